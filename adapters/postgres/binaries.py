@@ -1,0 +1,111 @@
+"""Finding PostgreSQL server and client binaries.
+
+Search order: ``SHADOW_PG_BINDIR`` (passed in by the caller, never read here at import), ``PATH``,
+``pg_config --bindir``, ``/usr/lib/postgresql/<major>/bin`` (Debian/Ubuntu keep them off ``PATH``),
+``/usr/pgsql-<major>/bin`` (RPM), and last the optional ``pgserver`` wheel, which ships PostgreSQL 16
+binaries so the demo runs on a machine with neither PostgreSQL nor Docker.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from shadow.errors import BinaryNotFound
+
+TOOLS = ("initdb", "pg_ctl", "postgres", "pg_dump", "pg_restore", "psql")
+
+
+@dataclass(frozen=True)
+class PgBinaries:
+    bindir: Path
+    major: int
+
+    def path(self, tool: str) -> str:
+        return str(self.bindir / tool)
+
+
+def _version_of(bindir: Path) -> int | None:
+    exe = bindir / "pg_dump"
+    if not exe.is_file():
+        return None
+    try:
+        out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"(\d+)(?:\.\d+)?", out)
+    return int(match.group(1)) if match else None
+
+
+def _candidates(explicit: str | None) -> list[Path]:
+    dirs: list[Path] = []
+    if explicit:
+        dirs.append(Path(explicit))
+    on_path = shutil.which("pg_dump")
+    if on_path:
+        dirs.append(Path(on_path).resolve().parent)
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        try:
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, timeout=10).stdout.strip()
+            if out:
+                dirs.append(Path(out))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    dirs += [Path(p) for p in glob.glob("/usr/lib/postgresql/*/bin")]
+    dirs += [Path(p) for p in glob.glob("/usr/pgsql-*/bin")]
+    try:  # optional extra: pip install 'shadow[embedded]'
+        import pgserver  # type: ignore[import-not-found]
+
+        dirs.append(Path(pgserver.__file__).parent / "pginstall" / "bin")
+    except Exception:  # noqa: BLE001 - any failure just means the wheel is not usable
+        pass
+    return dirs
+
+
+@functools.lru_cache(maxsize=8)
+def find_binaries(explicit: str | None = None, need_server: bool = True) -> list[PgBinaries]:
+    """Every complete set of binaries found, newest major first."""
+    found: dict[Path, PgBinaries] = {}
+    tools = TOOLS if need_server else ("pg_dump", "pg_restore", "psql")
+    for d in _candidates(explicit):
+        d = d.resolve() if d.exists() else d
+        if d in found or not all((d / t).is_file() for t in tools):
+            continue
+        major = _version_of(d)
+        if major is not None:
+            found[d] = PgBinaries(d, major)
+    return sorted(found.values(), key=lambda b: -b.major)
+
+
+def binaries_for(server_major: int | None = None, explicit: str | None = None) -> PgBinaries:
+    """The binaries to use for a server of ``server_major``: client tools must be at least as new."""
+    available = find_binaries(explicit)
+    if not available:
+        raise BinaryNotFound(
+            "no PostgreSQL binaries found (looked on PATH, pg_config, /usr/lib/postgresql/*/bin, /usr/pgsql-*/bin "
+            "and the pgserver wheel); install PostgreSQL (e.g. apt-get install postgresql) or "
+            "pip install 'shadow[embedded]', or set SHADOW_PG_BINDIR"
+        )
+    if server_major is None:
+        return available[0]
+    usable = [b for b in available if b.major >= server_major]
+    if not usable:
+        have = ", ".join(f"{b.major} ({b.bindir})" for b in available)
+        raise BinaryNotFound(
+            f"production runs PostgreSQL {server_major} but the newest local client binaries are {have}; "
+            f"pg_dump must be at least as new as the server: install postgresql-client-{server_major} "
+            f"(or newer) or set SHADOW_PG_BINDIR"
+        )
+    # The closest version that is new enough gives the most faithful shadow.
+    return min(usable, key=lambda b: b.major)
+
+
+def environ_path() -> str:
+    return os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")

@@ -1,0 +1,195 @@
+"""A throwaway PostgreSQL cluster made with the local server binaries (the ``local`` shadow backend).
+
+``initdb`` into a temp dir labelled with the run id, its own port on 127.0.0.1 and its own socket dir,
+scram password auth with a random password, torn down in ``stop()`` — which ``__exit__`` calls even when
+start-up failed half way. ``initdb``/``postgres`` refuse to run as root, so as root the cluster runs as an
+unprivileged system user (``postgres`` when it exists, else ``nobody``) that owns the temp dir.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import secrets
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from adapters.postgres.binaries import PgBinaries, binaries_for
+from shadow.errors import InfrastructureError
+
+TEMP_PREFIX = "shadow-pg-"
+SUPERUSER = "shadow"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _unprivileged_user() -> pwd.struct_passwd | None:
+    if os.geteuid() != 0:
+        return None
+    for name in (os.environ.get("SHADOW_PG_OS_USER") or "", "postgres", "nobody"):
+        if not name:
+            continue
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise InfrastructureError("running as root and no unprivileged user (postgres, nobody) to run a cluster as")
+
+
+class LocalCluster:
+    """One ephemeral cluster; use as a context manager."""
+
+    def __init__(self, label: str, binaries: PgBinaries | None = None, locale: str = "C.UTF-8") -> None:
+        self.label = label
+        self.binaries = binaries or binaries_for(None)
+        self.locale = locale
+        self.password = secrets.token_urlsafe(18)
+        self.port = 0
+        self.root: Path | None = None
+        self._user = _unprivileged_user()
+        self._started = False
+
+    # -- paths -------------------------------------------------------------------------------------------------
+    @property
+    def datadir(self) -> Path:
+        assert self.root is not None
+        return self.root / "data"
+
+    @property
+    def sockdir(self) -> Path:
+        assert self.root is not None
+        return self.root / "sock"
+
+    def dsn(self, dbname: str = "postgres", user: str = SUPERUSER, password: str | None = None) -> str:
+        return make_conninfo(
+            host="127.0.0.1",
+            port=self.port,
+            dbname=dbname,
+            user=user,
+            password=password if password is not None else self.password,
+            connect_timeout=10,
+        )
+
+    def connect(self, dbname: str = "postgres", autocommit: bool = True) -> psycopg.Connection:
+        return psycopg.connect(self.dsn(dbname), autocommit=autocommit)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def _run(self, args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        extra: dict[str, object] = {}
+        if self._user is not None:
+            extra = {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+        return subprocess.run(args, capture_output=True, text=True, env=env, **extra, **kw)  # type: ignore[call-overload]
+
+    def start(self) -> LocalCluster:
+        self.root = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{self.label}-"))
+        self.sockdir.mkdir()
+        pwfile = self.root / "pw"
+        pwfile.write_text(self.password + "\n")
+        if self._user is not None:
+            for p in (self.root, self.sockdir, pwfile):
+                os.chown(p, self._user.pw_uid, self._user.pw_gid)
+        init = self._run(
+            [
+                self.binaries.path("initdb"),
+                "-D", str(self.datadir),
+                "-U", SUPERUSER,
+                f"--pwfile={pwfile}",
+                "--auth=scram-sha-256",
+                "-E", "UTF8",
+                f"--locale={self.locale}",
+                "--no-sync",
+            ],
+            timeout=120,
+        )
+        pwfile.unlink()
+        if init.returncode != 0:
+            raise InfrastructureError(f"initdb failed: {init.stderr.strip() or init.stdout.strip()}")
+        # Settings for a disposable copy: no durability needed, never reachable from outside.
+        with open(self.datadir / "postgresql.conf", "a") as conf:
+            conf.write(
+                "\nlisten_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = '{self.sockdir}'\n"
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                "max_connections = 50\nshared_buffers = 64MB\n"
+            )
+        for attempt in range(5):
+            self.port = free_port()
+            started = self._run(
+                [
+                    self.binaries.path("pg_ctl"), "start", "-w", "-t", "60",
+                    "-D", str(self.datadir),
+                    "-l", str(self.root / "server.log"),
+                    "-o", f"-p {self.port}",
+                ],
+                timeout=90,
+            )
+            if started.returncode == 0:
+                self._started = True
+                return self
+            log = self.log_tail()
+            if "could not bind" not in log and "already in use" not in log:
+                break
+        raise InfrastructureError(f"could not start a local PostgreSQL cluster: {self.log_tail() or started.stderr}")
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            assert self.root is not None
+            return "\n".join((self.root / "server.log").read_text(errors="replace").splitlines()[-lines:])
+        except (OSError, AssertionError):
+            return ""
+
+    def is_running(self) -> bool:
+        if not self._started:
+            return False
+        return self._run([self.binaries.path("pg_ctl"), "status", "-D", str(self.datadir)], timeout=30).returncode == 0
+
+    def stop(self) -> None:
+        """Stop the server and remove every file; safe to call twice and after a failed start."""
+        if self.root is None:
+            return
+        if self._started:
+            try:
+                self._run([self.binaries.path("pg_ctl"), "stop", "-m", "immediate", "-w", "-D", str(self.datadir)], timeout=60)
+            except subprocess.SubprocessError:
+                pass
+            self._started = False
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root = None
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    # -- helpers for tests and the demo ---------------------------------------------------------------------
+    def create_database(self, name: str) -> str:
+        with self.connect() as conn:
+            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+        return self.dsn(name)
+
+
+def wait_until_gone(port: int, seconds: float = 5.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        time.sleep(0.05)

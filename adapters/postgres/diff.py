@@ -1,0 +1,193 @@
+"""PostgreSQL change sets: catalog changes plus row changes, with implied changes nested under their cause.
+
+Row changes are counted between two *live* databases (the pristine copy and the changed one) without pulling
+whole tables into Python: rows are hashed in SQL and grouped into buckets by their key's hash; only the rows
+of buckets whose (count, sum of hashes) differ are fetched, as (key, hash) pairs, a batch of buckets at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from adapters.postgres.observe import relation_sql, row_hash_expr
+from shadow.changes import Change, RowDelta, diff_objects
+
+# A column's ordinal shifts when an earlier one is dropped: that is not a change of the column.
+IGNORED_PROPERTIES = ("position",)
+SAMPLE = 5
+FETCH_BATCH_ROWS = 200_000
+
+
+def table_of(kind: str, name: str, props: dict[str, Any]) -> str | None:
+    """The table an object belongs to, if any."""
+    if kind in ("index", "trigger"):
+        return props.get("table")
+    if kind == "constraint":
+        return props.get("on")
+    if kind == "column":
+        return name.rsplit(".", 1)[0]
+    if kind == "sequence" and props.get("owned_by"):
+        return str(props["owned_by"]).rsplit(".", 1)[0]
+    return None
+
+
+def diff(before: dict[str, Any], after: dict[str, Any], rows: dict[str, RowDelta]) -> list[Change]:
+    """The change set from observation ``before`` to ``after``; ``rows`` holds counted row changes."""
+    changes = diff_objects(before["objects"], after["objects"], ignore=IGNORED_PROPERTIES)
+    for table in sorted(set(after["data"]) - set(before["data"])):
+        if after["data"][table]["rows"]:
+            changes.append(Change("insert", "rows", table, {"count": after["data"][table]["rows"]}))
+    for table in sorted(set(before["data"]) - set(after["data"])):
+        if before["data"][table]["rows"]:
+            changes.append(Change("delete", "rows", table, {"count": before["data"][table]["rows"]}))
+    for table, delta in sorted(rows.items()):
+        for op in ("insert", "update", "delete"):
+            if delta.count(op):
+                detail: dict[str, Any] = {"count": delta.count(op)}
+                if delta.samples.get(op):
+                    detail["sample_keys"] = delta.samples[op]
+                if not delta.by_key:
+                    detail["compared_as"] = "multiset (no primary key)"
+                changes.append(Change(op, "rows", table, detail))
+    return nest(changes, before["objects"], after["objects"])
+
+
+def nest(changes: list[Change], before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
+    """Put every change that another one implies under it."""
+    def props(change: Change) -> dict[str, Any]:
+        side = before if change.op == "drop" else after
+        return side.get(change.kind, {}).get(change.name) or before.get(change.kind, {}).get(change.name) or {}
+
+    by_address = {c.address: c for c in changes}
+    parent_of: dict[str, str] = {}
+    for change in changes:
+        p = props(change)
+        table = table_of(change.kind, change.name, p)
+        candidates: list[str] = []
+        if change.kind == "index" and p.get("constraint") and table:
+            candidates.append(f"{change.op} constraint {table}.{p['constraint']}")
+        if change.kind == "sequence" and change.op == "alter":
+            owners = ([table] if table else []) + list(p.get("used_by") or [])
+            candidates += [f"insert rows {t}" for t in owners] + [f"add table {t}" for t in owners]
+        if change.kind == "sequence" and change.op in ("add", "drop") and p.get("owned_by"):
+            candidates.append(f"{change.op} column {p['owned_by']}")
+        if table and change.kind != "table":
+            candidates.append(f"{change.op} table {table}")
+        if change.kind == "rows" and change.op in ("insert", "delete"):
+            candidates.append(f"{'add' if change.op == 'insert' else 'drop'} table {change.name}")
+            candidates.append(f"{'add' if change.op == 'insert' else 'drop'} materialized_view {change.name}")
+        if change.kind not in ("schema", "extension") and change.op in ("add", "drop"):
+            schema = change.name.split(".", 1)[0] if "." in change.name else None
+            if schema:
+                candidates.append(f"{change.op} schema {schema}")
+        for candidate in candidates:
+            if candidate in by_address and candidate != change.address:
+                parent_of[change.address] = candidate
+                break
+    top: list[Change] = []
+    for change in changes:
+        parent = parent_of.get(change.address)
+        if parent:
+            by_address[parent].children.append(change)
+        else:
+            top.append(change)
+    return top
+
+
+def count_rows(
+    conn_before: psycopg.Connection,
+    conn_after: psycopg.Connection,
+    table: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+) -> RowDelta:
+    """Count inserted/updated/deleted rows of ``table`` between two live databases."""
+    b_data, a_data = before["data"][table], after["data"][table]
+    b_cols = _columns(before, table)
+    a_cols = _columns(after, table)
+    dropped = sorted(b_cols - a_cols)
+    key = a_data.get("key") if a_data.get("key") and a_data.get("key") == b_data.get("key") else None
+    total = max(b_data["rows"], a_data["rows"])
+    buckets = 1
+    while buckets < 4096 and buckets * 256 < total:
+        buckets *= 2
+
+    rel = relation_sql(table, bool(a_data.get("only", True)))
+
+    def select(drop: list[str], what: sql.Composable, where: sql.Composable = sql.SQL("")) -> sql.Composable:
+        h = row_hash_expr(drop)
+        k = _key_expr(key) if key else sql.SQL("{}::text").format(h)
+        return sql.SQL("SELECT {what} FROM (SELECT {k} AS k, {h} AS h FROM {rel} t) s {where}").format(
+            what=what, k=k, h=h, rel=rel, where=where
+        )
+
+    agg = sql.SQL("(hashtext(k) & {m}) AS b, count(*), sum(h::numeric)::text").format(m=sql.Literal(buckets - 1))
+
+    def buckets_of(conn: psycopg.Connection, drop: list[str]) -> dict[int, tuple[int, str]]:
+        q = sql.SQL("{} GROUP BY 1").format(select(drop, agg))
+        return {b: (n, s) for b, n, s in conn.execute(q)}
+
+    bb, ab = buckets_of(conn_before, dropped), buckets_of(conn_after, [])
+    differing = sorted(b for b in set(bb) | set(ab) if bb.get(b) != ab.get(b))
+    inserted = updated = deleted = 0
+    samples: dict[str, list[str]] = {"insert": [], "update": [], "delete": []}
+    per_bucket = max(1, total // buckets)
+    step = max(1, FETCH_BATCH_ROWS // per_bucket)
+    for i in range(0, len(differing), step):
+        batch = differing[i : i + step]
+        where = sql.SQL("WHERE (hashtext(k) & {}) = ANY({})").format(sql.Literal(buckets - 1), sql.Literal(batch))
+
+        def fetch(conn: psycopg.Connection, drop: list[str]) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for kk, hh in conn.execute(select(drop, sql.SQL("k, h"), where)):
+                if key:
+                    out[kk] = hh
+                else:
+                    out[kk] = out.get(kk, 0) + 1  # multiset: count of identical rows
+            return out
+
+        old, new = fetch(conn_before, dropped), fetch(conn_after, [])
+        if key:
+            for k in new.keys() - old.keys():
+                inserted += 1
+                _sample(samples["insert"], k)
+            for k in old.keys() - new.keys():
+                deleted += 1
+                _sample(samples["delete"], k)
+            for k in old.keys() & new.keys():
+                if old[k] != new[k]:
+                    updated += 1
+                    _sample(samples["update"], k)
+        else:
+            for k in old.keys() | new.keys():
+                d = new.get(k, 0) - old.get(k, 0)
+                if d > 0:
+                    inserted += d
+                elif d < 0:
+                    deleted += -d
+    return RowDelta(inserted, updated, deleted, by_key=key is not None,
+                    samples={op: sorted(v) for op, v in samples.items() if v})
+
+
+def _key_expr(key: list[str]) -> sql.Composable:
+    return sql.SQL("jsonb_build_array({})::text").format(sql.SQL(", ").join(sql.SQL("t.") + sql.Identifier(c) for c in key))
+
+
+def _columns(observation: dict[str, Any], table: str) -> set[str]:
+    prefix = table + "."
+    # Column names in observations are quote_ident-ed; to_jsonb keys are raw names.
+    return {_unquote(n[len(prefix):]) for n in observation["objects"]["column"] if n.startswith(prefix)}
+
+
+def _unquote(ident: str) -> str:
+    if ident.startswith('"') and ident.endswith('"'):
+        return ident[1:-1].replace('""', '"')
+    return ident
+
+
+def _sample(bucket: list[str], key: str) -> None:
+    if len(bucket) < SAMPLE:
+        bucket.append(key)

@@ -1,0 +1,91 @@
+"""Running an SQL action's statements on one database (a shadow or, during apply, production).
+
+When every statement may run inside a transaction, they run in **one** transaction: a failure anywhere rolls
+all of them back, so a half-applied migration cannot happen. Statements PostgreSQL refuses to run in a
+transaction block (``CREATE INDEX CONCURRENTLY``, ``VACUUM`` …) or that manage transactions themselves force
+statement-by-statement autocommit, like ``psql`` does.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import psycopg
+from psycopg import errors as pgerrors
+
+from shadow.errors import ActionFailed, SqlError, TargetUnreachable
+from shadow.sqlsplit import Statement
+
+NON_TRANSACTIONAL = re.compile(
+    r"""^\s*(
+        (create|drop)\s+(unique\s+)?index\s+concurrently
+      | reindex\b.*\bconcurrently
+      | vacuum\b | cluster\b(?!.*\bon\b)
+      | (create|drop|alter)\s+database\b | alter\s+system\b | (create|drop)\s+tablespace\b
+      | begin\b | start\s+transaction\b | commit\b | end\b | rollback\b | abort\b | savepoint\b
+      | call\b | alter\s+subscription\b | (create|drop)\s+subscription\b
+      | alter\s+type\b.*\badd\s+value\b
+    )""",
+    re.IGNORECASE | re.VERBOSE | re.DOTALL,
+)
+
+
+def forces_autocommit(statement: Statement) -> bool:
+    return bool(NON_TRANSACTIONAL.match(_strip_comments(statement.text)))
+
+
+def _strip_comments(text: str) -> str:
+    return re.sub(r"(--[^\n]*\n)|(/\*.*?\*/)", " ", text + "\n", flags=re.DOTALL)
+
+
+def execute(dsn: str, statements: list[Statement], timeout: float, target: str) -> str:
+    """Run ``statements``; return ``"transaction"`` or ``"autocommit"`` (how they ran)."""
+    deadline = time.monotonic() + timeout
+    one_transaction = not any(forces_autocommit(s) for s in statements)
+    try:
+        conn = psycopg.connect(dsn, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise TargetUnreachable(f"cannot connect: {_first_line(exc)}", target=target) from exc
+    with conn:
+        try:
+            if one_transaction:
+                with conn.transaction():
+                    for st in statements:
+                        _run(conn, st, deadline, target)
+            else:
+                for st in statements:
+                    _run(conn, st, deadline, target)
+        except psycopg.OperationalError as exc:
+            if isinstance(exc, pgerrors.QueryCanceled):
+                raise ActionFailed(f"the SQL action timed out after {timeout:g} s", target=target) from exc
+            raise TargetUnreachable(f"lost the connection during the action: {_first_line(exc)}", target=target) from exc
+    return "transaction" if one_transaction else "autocommit"
+
+
+def _run(conn: psycopg.Connection, st: Statement, deadline: float, target: str) -> None:
+    remaining_ms = int((deadline - time.monotonic()) * 1000)
+    if remaining_ms <= 0:
+        raise ActionFailed("the SQL action timed out", target=target)
+    conn.execute(f"SET statement_timeout = {max(remaining_ms, 1)}")
+    try:
+        conn.execute(st.text, prepare=False)
+    except pgerrors.QueryCanceled:
+        raise
+    except psycopg.OperationalError:
+        raise
+    except psycopg.Error as exc:
+        line = st.line
+        position = getattr(exc.diag, "statement_position", None)
+        if position:
+            line += st.text[: int(position) - 1].count("\n")
+        message = exc.diag.message_primary or _first_line(exc)
+        if exc.diag.message_detail:
+            message += f" ({exc.diag.message_detail})"
+        raise SqlError(f"the server rejected the statement: {message}", file=st.file, line=line,
+                       statement=st.text, target=target) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

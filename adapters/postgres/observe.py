@@ -1,0 +1,330 @@
+"""Observing a PostgreSQL database: its catalog and a content hash per table, computed in SQL.
+
+An observation is plain JSON-able data::
+
+    {"server": {"major": 15, "version_num": 150018},
+     "objects": {kind: {name: {property: value}}},     # kinds are the change-address kinds
+     "data": {table: {"rows": n, "hash": "…", "key": [pk columns] | None}}}
+
+Names are schema-qualified with ``search_path = ''`` so definitions (``pg_get_viewdef`` …) are deterministic.
+Objects that belong to an extension are covered by ``extension`` and not listed one by one. Everything is read in
+one REPEATABLE READ transaction, so the observation is one consistent snapshot; ``snapshot`` lets a checkpoint
+observe exactly what ``pg_dump --snapshot`` dumps.
+
+Row hashing: ``jsonb_hash_extended(jsonb_strip_nulls(to_jsonb(row)), 0)``. jsonb works for every column type
+(``hash_record_extended`` fails on json, xml, point …), and stripping nulls makes "add a nullable column" leave
+every row's hash alone, so it is not reported as an update of every row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from shadow.errors import TargetUnreachable
+
+SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema', 'pg_toast')"
+USER_NS = f"n.nspname NOT IN {SYSTEM_SCHEMAS} AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%'"
+# Objects owned by an extension are reported as the extension.
+NOT_EXT = "NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = {cls}::regclass AND d.objid = {oid} AND d.deptype = 'e')"
+
+Q_SCHEMAS = f"""
+SELECT quote_ident(n.nspname), pg_get_userbyid(n.nspowner), n.nspacl::text, obj_description(n.oid, 'pg_namespace')
+FROM pg_namespace n WHERE {USER_NS} AND {NOT_EXT.format(cls="'pg_namespace'", oid='n.oid')}
+"""
+
+Q_RELATIONS = f"""
+SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.relkind, pg_get_userbyid(c.relowner),
+       c.relacl::text, c.relpersistence, c.relrowsecurity, c.relforcerowsecurity, c.relispartition,
+       CASE WHEN c.relispartition THEN pg_get_expr(c.relpartbound, c.oid) END,
+       CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END,
+       (SELECT quote_ident(pn.nspname) || '.' || quote_ident(pc.relname) FROM pg_inherits i
+          JOIN pg_class pc ON pc.oid = i.inhparent JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+          WHERE i.inhrelid = c.oid ORDER BY i.inhseqno LIMIT 1),
+       c.reloptions::text, obj_description(c.oid, 'pg_class'),
+       CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END,
+       CASE WHEN c.relkind = 'm' THEN c.relispopulated END
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm') AND {USER_NS} AND {NOT_EXT.format(cls="'pg_class'", oid='c.oid')}
+"""
+
+Q_COLUMNS = f"""
+SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), quote_ident(a.attname),
+       row_number() OVER (PARTITION BY c.oid ORDER BY a.attnum), format_type(a.atttypid, a.atttypmod),
+       a.attnotnull, pg_get_expr(ad.adbin, ad.adrelid), a.attidentity, a.attgenerated,
+       CASE WHEN a.attcollation <> t.typcollation THEN a.attcollation::regcollation::text END,
+       col_description(c.oid, a.attnum), a.attname
+FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm') AND a.attnum > 0 AND NOT a.attisdropped AND {USER_NS}
+  AND {NOT_EXT.format(cls="'pg_class'", oid='c.oid')}
+"""
+
+Q_INDEXES = f"""
+SELECT quote_ident(n.nspname) || '.' || quote_ident(ic.relname), quote_ident(n.nspname) || '.' || quote_ident(tc.relname),
+       pg_get_indexdef(i.indexrelid), i.indisvalid,
+       (SELECT quote_ident(co.conname) FROM pg_constraint co WHERE co.conindid = i.indexrelid AND co.conrelid = i.indrelid LIMIT 1)
+FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid JOIN pg_class tc ON tc.oid = i.indrelid
+JOIN pg_namespace n ON n.oid = ic.relnamespace
+WHERE {USER_NS} AND {NOT_EXT.format(cls="'pg_class'", oid='tc.oid')}
+"""
+
+Q_CONSTRAINTS = f"""
+SELECT quote_ident(n.nspname) || '.' || COALESCE(quote_ident(c.relname), quote_ident(t.typname)) || '.' || quote_ident(co.conname),
+       co.contype, pg_get_constraintdef(co.oid), co.convalidated, co.condeferrable, co.condeferred,
+       quote_ident(n.nspname) || '.' || COALESCE(quote_ident(c.relname), quote_ident(t.typname))
+FROM pg_constraint co JOIN pg_namespace n ON n.oid = co.connamespace
+LEFT JOIN pg_class c ON c.oid = co.conrelid LEFT JOIN pg_type t ON t.oid = co.contypid
+WHERE {USER_NS} AND (c.oid IS NOT NULL OR t.oid IS NOT NULL)
+  AND {NOT_EXT.format(cls="'pg_class'", oid='COALESCE(c.oid, 0)')}
+  AND {NOT_EXT.format(cls="'pg_type'", oid='COALESCE(t.oid, 0)')}
+"""
+
+Q_ROUTINES = f"""
+SELECT p.oid::regprocedure::text, p.prokind, pg_get_userbyid(p.proowner), p.proacl::text,
+       CASE WHEN p.prokind IN ('f', 'p', 'w') THEN pg_get_functiondef(p.oid) ELSE p.prosrc END,
+       obj_description(p.oid, 'pg_proc')
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE {USER_NS} AND {NOT_EXT.format(cls="'pg_proc'", oid='p.oid')}
+"""
+
+Q_TRIGGERS = f"""
+SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) || '.' || quote_ident(tg.tgname),
+       pg_get_triggerdef(tg.oid), tg.tgenabled, quote_ident(n.nspname) || '.' || quote_ident(c.relname)
+FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT tg.tgisinternal AND {USER_NS} AND {NOT_EXT.format(cls="'pg_class'", oid='c.oid')}
+"""
+
+Q_POLICIES = f"""
+SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), quote_ident(p.polname), p.polcmd, p.polpermissive,
+       ARRAY(SELECT CASE WHEN r = 0 THEN 'public' ELSE pg_get_userbyid(r) END FROM unnest(p.polroles) r ORDER BY 1)::text,
+       pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)
+FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE {USER_NS}
+"""
+
+Q_SEQUENCES = f"""
+SELECT c.oid, quote_ident(n.nspname) || '.' || quote_ident(c.relname), format_type(s.seqtypid, NULL), s.seqstart,
+       s.seqincrement, s.seqmin, s.seqmax, s.seqcycle, s.seqcache, pg_get_userbyid(c.relowner), c.relacl::text,
+       (SELECT quote_ident(tn.nspname) || '.' || quote_ident(tc.relname) || '.' || quote_ident(a.attname)
+          FROM pg_depend d JOIN pg_class tc ON tc.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = tc.relnamespace
+          JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+          WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid AND d.refclassid = 'pg_class'::regclass
+            AND d.deptype IN ('a', 'i') LIMIT 1),
+       ARRAY(SELECT DISTINCT quote_ident(tn.nspname) || '.' || quote_ident(tc.relname)
+          FROM pg_depend d JOIN pg_attrdef ad ON ad.oid = d.objid JOIN pg_class tc ON tc.oid = ad.adrelid
+          JOIN pg_namespace tn ON tn.oid = tc.relnamespace
+          WHERE d.classid = 'pg_attrdef'::regclass AND d.refobjid = c.oid ORDER BY 1)
+FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE {USER_NS} AND {NOT_EXT.format(cls="'pg_class'", oid='c.oid')}
+"""
+
+Q_TYPES = f"""
+SELECT quote_ident(n.nspname) || '.' || quote_ident(t.typname), t.typtype, pg_get_userbyid(t.typowner),
+       CASE t.typtype
+         WHEN 'e' THEN ARRAY(SELECT e.enumlabel::text FROM pg_enum e WHERE e.enumtypid = t.oid ORDER BY e.enumsortorder)::text
+         WHEN 'd' THEN format_type(t.typbasetype, t.typtypmod) || CASE WHEN t.typnotnull THEN ' NOT NULL' ELSE '' END
+                       || COALESCE(' DEFAULT ' || t.typdefault, '')
+         WHEN 'c' THEN ARRAY(SELECT quote_ident(a.attname) || ' ' || format_type(a.atttypid, a.atttypmod)
+                       FROM pg_attribute a WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+                       ORDER BY a.attnum)::text
+         WHEN 'r' THEN (SELECT format_type(r.rngsubtype, NULL) FROM pg_range r WHERE r.rngtypid = t.oid)
+       END
+FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+WHERE {USER_NS} AND t.typtype IN ('e', 'd', 'c', 'r')
+  AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_class c WHERE c.oid = t.typrelid) = 'c')
+  AND {NOT_EXT.format(cls="'pg_type'", oid='t.oid')}
+"""
+
+Q_EXTENSIONS = """
+SELECT e.extname, e.extversion, n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+"""
+
+KIND_NAMES = {"r": "table", "p": "partitioned table", "f": "foreign table", "v": "view", "m": "materialized view"}
+
+
+def server_major(conn: psycopg.Connection) -> int:
+    return int(conn.info.server_version) // 10000
+
+
+def observe(conn: psycopg.Connection, *, snapshot: str | None = None, with_data: bool = True) -> dict[str, Any]:
+    """Observe the database ``conn`` is connected to. Leaves the connection's transaction state as it found it."""
+    autocommit = conn.autocommit
+    conn.autocommit = False
+    try:
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            if snapshot:
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            conn.execute("SET LOCAL search_path = ''")
+            # A table under RLS would be counted short; make the server refuse instead of lying.
+            conn.execute("SET LOCAL row_security = off")
+            return _observe_in_tx(conn, with_data)
+    except psycopg.OperationalError as exc:
+        raise TargetUnreachable(f"lost the connection while observing: {exc}") from exc
+    finally:
+        if not conn.closed:
+            conn.autocommit = autocommit
+
+
+def _observe_in_tx(conn: psycopg.Connection, with_data: bool) -> dict[str, Any]:
+    objects: dict[str, dict[str, dict[str, Any]]] = {
+        k: {}
+        for k in (
+            "schema", "extension", "type", "table", "column", "index", "constraint", "view",
+            "materialized_view", "function", "procedure", "trigger", "sequence",
+        )
+    }
+    for name, owner, acl, comment in conn.execute(Q_SCHEMAS):
+        objects["schema"][name] = {"owner": owner, "acl": acl, "comment": comment}
+    for name, version, schema in conn.execute(Q_EXTENSIONS):
+        objects["extension"][name] = {"version": version, "schema": schema}
+    for name, typtype, owner, detail in conn.execute(Q_TYPES):
+        kind = {"e": "enum", "d": "domain", "c": "composite", "r": "range"}[typtype]
+        objects["type"][name] = {"type_kind": kind, "owner": owner, "definition": detail}
+
+    relkinds: dict[str, str] = {}
+    for (_oid, name, relkind, owner, acl, persistence, rls, force_rls, is_part, bound, partkey, parent, options,
+         comment, viewdef, populated) in conn.execute(Q_RELATIONS):
+        relkinds[name] = relkind
+        props: dict[str, Any] = {"owner": owner, "acl": acl, "comment": comment}
+        if relkind in ("v", "m"):
+            props["definition"] = viewdef
+            if relkind == "m":
+                props["populated"] = populated
+            objects["view" if relkind == "v" else "materialized_view"][name] = props
+            continue
+        props.update(
+            {
+                "table_kind": KIND_NAMES[relkind],
+                "unlogged": persistence == "u",
+                "row_security": rls,
+                "force_row_security": force_rls,
+                "partition_of": parent if is_part else None,
+                "inherits": parent if parent and not is_part else None,
+                "partition_bound": bound,
+                "partition_key": partkey,
+                "options": options,
+                "policies": {},
+            }
+        )
+        objects["table"][name] = props
+    for table, pol, cmd, permissive, roles, qual, check in conn.execute(Q_POLICIES):
+        if table in objects["table"]:
+            objects["table"][table]["policies"][pol] = {
+                "command": cmd, "permissive": permissive, "roles": roles, "using": qual, "with_check": check,
+            }
+
+    table_columns: dict[str, list[tuple[str, str]]] = {}
+    for (rel, col, position, typ, notnull, default, identity, generated, collation, comment,
+         rawname) in conn.execute(Q_COLUMNS):
+        if relkinds.get(rel) in ("v", "m"):
+            # A view's columns are part of its definition; listing them separately is noise.
+            continue
+        objects["column"][f"{rel}.{col}"] = {
+            "position": position,
+            "type": typ,
+            "not_null": notnull,
+            "default": None if generated else default,
+            "identity": {"a": "always", "d": "by default"}.get(identity),
+            "generated": default if generated else None,
+            "collation": collation,
+            "comment": comment,
+        }
+        table_columns.setdefault(rel, []).append((rawname, typ))
+
+    for name, table, definition, valid, constraint in conn.execute(Q_INDEXES):
+        objects["index"][name] = {"table": table, "definition": definition, "valid": valid, "constraint": constraint}
+    for name, contype, definition, validated, deferrable, deferred, owner_name in conn.execute(Q_CONSTRAINTS):
+        objects["constraint"][name] = {
+            "constraint_type": {"p": "primary key", "f": "foreign key", "u": "unique", "c": "check",
+                                "x": "exclusion", "t": "trigger", "n": "not null"}.get(contype, contype),
+            "definition": definition,
+            "validated": validated,
+            "deferrable": deferrable,
+            "deferred": deferred,
+            "on": owner_name,
+        }
+    for signature, prokind, owner, acl, definition, comment in conn.execute(Q_ROUTINES):
+        kind = "procedure" if prokind == "p" else "function"
+        objects[kind][signature] = {
+            "routine_kind": {"f": "function", "p": "procedure", "a": "aggregate", "w": "window"}[prokind],
+            "owner": owner, "acl": acl, "definition": definition, "comment": comment,
+        }
+    for name, definition, enabled, table in conn.execute(Q_TRIGGERS):
+        objects["trigger"][name] = {"definition": definition, "enabled": enabled, "table": table}
+
+    seq_rows = conn.execute(Q_SEQUENCES).fetchall()
+    for (oid, name, typ, start, inc, smin, smax, cycle, cache, owner, acl, owned_by, used_by) in seq_rows:
+        last_value, is_called = _sequence_state(conn, name)
+        objects["sequence"][name] = {
+            "type": typ, "start": start, "increment": inc, "min": smin, "max": smax, "cycle": cycle, "cache": cache,
+            "owner": owner, "acl": acl, "owned_by": owned_by, "used_by": list(used_by or []),
+            "last_value": last_value, "is_called": is_called,
+        }
+
+    data: dict[str, Any] = {}
+    if with_data:
+        keys = _primary_keys(conn)
+        for name, relkind in sorted(relkinds.items()):
+            props = objects["table"].get(name) or objects["materialized_view"].get(name)
+            if relkind not in ("r", "p", "m") or props is None:
+                continue
+            if relkind == "m" and not props.get("populated"):
+                continue
+            if props.get("partition_of"):
+                continue  # counted through its partitioned root
+            data[name] = table_data(conn, name, only=relkind != "p", key=keys.get(name))
+    return {
+        "server": {"version_num": conn.info.server_version, "major": server_major(conn)},
+        "objects": objects,
+        "data": data,
+    }
+
+
+def _sequence_state(conn: psycopg.Connection, name: str) -> tuple[Any, Any]:
+    # Reading a sequence relation works for its owner and SELECT holders; otherwise the value is unknown.
+    try:
+        with conn.transaction():
+            row = conn.execute(sql.SQL("SELECT last_value, is_called FROM " + name)).fetchone()
+        return (row[0], row[1]) if row else (None, None)
+    except psycopg.errors.InsufficientPrivilege:
+        return (None, None)
+
+
+def _primary_keys(conn: psycopg.Connection) -> dict[str, list[str]]:
+    rows = conn.execute(
+        f"""
+        SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+               ARRAY(SELECT a.attname::text FROM unnest(i.indkey) WITH ORDINALITY k(attnum, ord)
+                     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum ORDER BY k.ord)
+        FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE i.indisprimary AND {USER_NS}
+        """
+    ).fetchall()
+    return {name: list(cols) for name, cols in rows}
+
+
+def row_hash_expr(drop_columns: list[str] | None = None) -> sql.Composable:
+    """SQL for one row's hash; ``drop_columns`` are left out (columns the other side no longer has)."""
+    doc: sql.Composable = sql.SQL("to_jsonb(t)")
+    if drop_columns:
+        doc = sql.SQL("({} - {}::text[])").format(doc, sql.Literal(sorted(drop_columns)))
+    return sql.SQL("jsonb_hash_extended(jsonb_strip_nulls({}), 0)").format(doc)
+
+
+def relation_sql(name: str, only: bool) -> sql.Composable:
+    # ``name`` is already quote_ident-ed by the catalog query.
+    return sql.SQL(("ONLY " if only else "") + name)
+
+
+def table_data(conn: psycopg.Connection, name: str, *, only: bool, key: list[str] | None) -> dict[str, Any]:
+    query = sql.SQL("SELECT count(*), COALESCE(sum({h}::numeric), 0)::text FROM {rel} t").format(
+        h=row_hash_expr(), rel=relation_sql(name, only)
+    )
+    row = conn.execute(query).fetchone()
+    assert row is not None
+    return {"rows": int(row[0]), "hash": row[1], "key": key, "only": only}

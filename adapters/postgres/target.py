@@ -1,0 +1,303 @@
+"""The PostgreSQL target: checkpoint with ``pg_dump``, shadow in a throwaway server, observe, restore."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from adapters import Checkpoint, Endpoint
+from adapters.postgres import dsn as dsnlib
+from adapters.postgres.binaries import PgBinaries, binaries_for
+from adapters.postgres.cluster import LocalCluster
+from adapters.postgres.diff import count_rows, diff
+from adapters.postgres.execute import execute
+from adapters.postgres.observe import observe
+from adapters.postgres.restore import restore_into_empty, restore_over, run_pg_dump
+from shadow.changes import Change, RowDelta, differences
+from shadow.errors import BadInput, InfrastructureError, TargetUnreachable
+from shadow.sqlsplit import Statement
+from snapshots import Artifact, Store
+
+PRISTINE_SUFFIX = "__shadow_pristine"
+
+Q_ROLES = """
+SELECT rolname, rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolcanlogin, rolreplication, rolbypassrls
+FROM pg_roles WHERE rolname !~ '^pg_' ORDER BY rolname
+"""
+Q_MEMBERS = """
+SELECT r.rolname, m.rolname FROM pg_auth_members am JOIN pg_roles r ON r.oid = am.roleid
+JOIN pg_roles m ON m.oid = am.member WHERE r.rolname !~ '^pg_' OR m.rolname !~ '^pg_'
+"""
+Q_DATABASE = """
+SELECT current_database(), pg_encoding_to_char(encoding), datcollate, datctype
+FROM pg_database WHERE datname = current_database()
+"""
+
+
+def fingerprint_of(observation: dict[str, Any]) -> str:
+    body = json.dumps({"objects": observation["objects"], "data": observation["data"]}, sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def endpoint_env(name: str, dsn: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(variables every action gets, variables it gets when this is the plan's only postgres target)."""
+    url = dsnlib.to_url(dsnlib.parse(dsn))
+    var = re.sub(r"[^A-Z0-9]", "_", name.upper())
+    return {f"SHADOW_{var}_URL": url}, {"DATABASE_URL": url, **dsnlib.pg_env(dsn)}
+
+
+class PostgresTarget:
+    kind = "postgres"
+
+    def __init__(self, name: str, spec: Mapping[str, Any], settings: Any) -> None:
+        self.name = name
+        self.dsn = str(spec["dsn"])
+        self.settings = settings
+        self._params = dsnlib.parse(self.dsn)
+
+    # -- connection ---------------------------------------------------------------------------------------
+    def describe(self) -> str:
+        return dsnlib.redact(self.dsn)
+
+    def connect(self, autocommit: bool = True) -> psycopg.Connection:
+        try:
+            return psycopg.connect(self.dsn, autocommit=autocommit, connect_timeout=int(self._params.get("connect_timeout", 10)))
+        except psycopg.OperationalError as exc:
+            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "connection refused"
+            password = self._params.get("password")
+            if password:
+                reason = reason.replace(str(password), "***")
+            raise TargetUnreachable(f"cannot connect to {self.describe()}: {reason}", target=self.name) from exc
+
+    def secrets(self) -> tuple[str, ...]:
+        password = self._params.get("password")
+        return (str(password),) if password else ()
+
+    def endpoint(self) -> Endpoint:
+        env, exclusive = endpoint_env(self.name, self.dsn)
+        return Endpoint(env=env, exclusive_env=exclusive, dsn=self.dsn, secrets=self.secrets())
+
+    def binaries(self, server_major: int) -> PgBinaries:
+        return binaries_for(server_major, self.settings.pg_bindir)
+
+    # -- observe / fingerprint ----------------------------------------------------------------------------
+    def observe(self) -> dict[str, Any]:
+        with self.connect() as conn:
+            try:
+                return observe(conn)
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise InfrastructureError(
+                    f"the connecting role cannot read everything it must observe: {exc.diag.message_primary} "
+                    "(shadow needs SELECT on every table, and a role that row-level security does not filter)",
+                    target=self.name,
+                ) from exc
+
+    def fingerprint(self, observation: dict[str, Any] | None = None) -> str:
+        return fingerprint_of(observation if observation is not None else self.observe())
+
+    # -- checkpoint -----------------------------------------------------------------------------------------
+    def checkpoint(self, store: Store, run_id: str) -> Checkpoint:
+        """Dump and observe production from one exported snapshot, so the fingerprint describes the dump."""
+        with self.connect(autocommit=False) as holder:
+            holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            row = holder.execute("SELECT pg_export_snapshot()").fetchone()
+            assert row is not None
+            snapshot = str(row[0])
+            major = int(holder.info.server_version) // 10000
+            binaries = self.binaries(major)
+            db = holder.execute(Q_DATABASE).fetchone()
+            assert db is not None
+            roles = [list(r) for r in holder.execute(Q_ROLES)]
+            members = [list(r) for r in holder.execute(Q_MEMBERS)]
+            with self.connect() as conn:
+                observation = observe(conn, snapshot=snapshot)
+            with store.new_artifact() as slot:
+                run_pg_dump(binaries, self.dsn, slot.path, snapshot)
+            holder.rollback()
+        assert slot.artifact is not None
+        return Checkpoint(
+            target=self.name, kind=self.kind, run_id=run_id, observation=observation,
+            fingerprint=fingerprint_of(observation),
+            artifacts={"dump": {"sha256": slot.artifact.sha256, "size": slot.artifact.size, "format": "pg_dump custom"}},
+            meta={
+                "server_version_num": observation["server"]["version_num"], "major": major,
+                "database": db[0], "encoding": db[1], "collate": db[2], "ctype": db[3],
+                "roles": roles, "members": members, "endpoint": self.describe(),
+            },
+        )
+
+    # -- shadow ---------------------------------------------------------------------------------------------
+    @contextmanager
+    def shadow(self, checkpoint: Checkpoint, store: Store, run_id: str, backend: str) -> Iterator[PgShadow]:
+        if backend != "local":
+            raise InfrastructureError(f"the {backend} backend is not available for postgres targets yet")
+        archive = store.open_verified(_artifact(checkpoint))
+        binaries = self.binaries(int(checkpoint.meta["major"]))
+        with LocalCluster(label=run_id, binaries=binaries) as cluster:
+            yield PgShadow(self.name, cluster, binaries, checkpoint, archive, backend)
+
+    # -- production ---------------------------------------------------------------------------------------
+    def execute_sql(self, endpoint: Endpoint, statements: list[Statement], timeout: float) -> str:
+        assert endpoint.dsn is not None
+        return execute(endpoint.dsn, statements, timeout, self.name)
+
+    def changes_since(self, checkpoint: Checkpoint, shadow: Any | None) -> list[Change]:
+        after = self.observe()
+        rows: dict[str, RowDelta] = {}
+        if shadow is not None:
+            with self.connect() as prod, shadow.connect_pristine() as pristine:
+                rows = _count_changed_rows(pristine, prod, checkpoint.observation, after)
+        return diff(checkpoint.observation, after, rows)
+
+    def restore(self, checkpoint: Checkpoint, store: Store) -> None:
+        archive = store.open_verified(_artifact(checkpoint))
+        restore_over(self.binaries(int(checkpoint.meta["major"])), self.dsn, archive)
+
+    def verify_restored(self, checkpoint: Checkpoint) -> list[str]:
+        """Differences between production now and the checkpoint; empty when the restore is exact."""
+        now = self.observe()
+        if fingerprint_of(now) == checkpoint.fingerprint:
+            return []
+        before = {"objects": checkpoint.observation["objects"], "data": checkpoint.observation["data"]}
+        return differences(before, {"objects": now["objects"], "data": now["data"]}) or ["fingerprints differ"]
+
+
+class PgShadow:
+    """A restored copy of one checkpoint in a throwaway server, plus a pristine twin for row diffs."""
+
+    def __init__(self, name: str, server: LocalCluster, binaries: PgBinaries, checkpoint: Checkpoint,
+                 archive: Path, backend: str) -> None:
+        self.name = name
+        self.server = server
+        self.backend = backend
+        self.checkpoint = checkpoint
+        self.database = str(checkpoint.meta["database"])
+        self.pristine = self.database[: 63 - len(PRISTINE_SUFFIX)] + PRISTINE_SUFFIX
+        self.warnings: list[str] = []
+        self._build(binaries, archive)
+        self.dsn = server.dsn(self.database)
+        env, exclusive = endpoint_env(name, self.dsn)
+        self.endpoint = Endpoint(env=env, exclusive_env=exclusive, dsn=self.dsn)
+        with psycopg.connect(self.server.dsn(self.pristine), autocommit=True) as conn:
+            self.pristine_observation = observe(conn)
+        self.fidelity = self._fidelity()
+
+    def _build(self, binaries: PgBinaries, archive: Path) -> None:
+        meta = self.checkpoint.meta
+        with self.server.connect() as conn:
+            existing = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles")}
+            for name, superuser, inherit, createrole, createdb, _login, replication, bypassrls in meta.get("roles", []):
+                if name in existing:
+                    continue
+                options = [
+                    "SUPERUSER" if superuser else "NOSUPERUSER", "INHERIT" if inherit else "NOINHERIT",
+                    "CREATEROLE" if createrole else "NOCREATEROLE", "CREATEDB" if createdb else "NOCREATEDB",
+                    "REPLICATION" if replication else "NOREPLICATION", "BYPASSRLS" if bypassrls else "NOBYPASSRLS",
+                    "NOLOGIN",
+                ]
+                conn.execute(sql.SQL("CREATE ROLE {} " + " ".join(options)).format(sql.Identifier(name)))
+            for role, member in meta.get("members", []):
+                try:
+                    conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(member)))
+                except psycopg.Error as exc:
+                    self.warnings.append(f"role membership {member} → {role} not copied: {exc.diag.message_primary}")
+            if self.database != "postgres":
+                self._create_database(conn, meta)
+        problems = restore_into_empty(binaries, self.server.dsn(self.database), archive)
+        if problems:
+            self.warnings.append("pg_restore reported: " + "; ".join(problems[:5]))
+        with self.server.connect() as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(self.pristine), sql.Identifier(self.database)))
+
+    def _create_database(self, conn: psycopg.Connection, meta: dict[str, Any]) -> None:
+        create = sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}")
+        try:
+            conn.execute(create.format(sql.Identifier(self.database), sql.Literal(meta["encoding"]),
+                                       sql.Literal(meta["collate"]), sql.Literal(meta["ctype"])))
+        except psycopg.Error:
+            self.warnings.append(
+                f"locale {meta['collate']!r} is not available here; the shadow uses C.UTF-8 (sorting may differ)"
+            )
+            conn.execute(create.format(sql.Identifier(self.database), sql.Literal(meta["encoding"]),
+                                       sql.Literal("C.UTF-8"), sql.Literal("C.UTF-8")))
+
+    def _fidelity(self) -> list[str]:
+        """Differences between the restored copy and the checkpoint; a faithful shadow has none."""
+        if fingerprint_of(self.pristine_observation) == self.checkpoint.fingerprint:
+            return []
+        cp = self.checkpoint.observation
+        return differences({"objects": cp["objects"], "data": cp["data"]},
+                           {"objects": self.pristine_observation["objects"], "data": self.pristine_observation["data"]})
+
+    def connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.dsn, autocommit=True)
+
+    def connect_pristine(self) -> psycopg.Connection:
+        return psycopg.connect(self.server.dsn(self.pristine), autocommit=True)
+
+    def observe(self) -> dict[str, Any]:
+        with self.connect() as conn:
+            return observe(conn)
+
+    def changes(self) -> list[Change]:
+        after = self.observe()
+        with self.connect_pristine() as before_conn, self.connect() as after_conn:
+            rows = _count_changed_rows(before_conn, after_conn, self.pristine_observation, after)
+        return diff(self.pristine_observation, after, rows)
+
+    def check(self, query: str) -> Any:
+        with self.connect() as conn:
+            try:
+                row = conn.execute(query, prepare=False).fetchone()
+            except psycopg.Error as exc:
+                raise BadInput(f"check query failed on the shadow: {exc.diag.message_primary or exc}",
+                               target=self.name) from exc
+        return None if row is None else row[0]
+
+
+def _count_changed_rows(before_conn: psycopg.Connection, after_conn: psycopg.Connection,
+                        before: dict[str, Any], after: dict[str, Any]) -> dict[str, RowDelta]:
+    rows: dict[str, RowDelta] = {}
+    for table in sorted(set(before["data"]) & set(after["data"])):
+        b, a = before["data"][table], after["data"][table]
+        if (b["rows"], b["hash"]) != (a["rows"], a["hash"]):
+            delta = count_rows(before_conn, after_conn, table, before, after)
+            if not delta.empty:
+                rows[table] = delta
+    return rows
+
+
+def _artifact(checkpoint: Checkpoint) -> Artifact:
+    dump = checkpoint.artifacts["dump"]
+    return Artifact(dump["sha256"], int(dump["size"]))
+
+
+class PostgresKind:
+    name = "postgres"
+    keys = ("dsn", "image")
+
+    def validate(self, spec: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
+        for key in spec:
+            if key not in self.keys and key != "kind":
+                yield key, f"unknown key for a postgres target (expected: {', '.join(self.keys)})"
+        if "dsn" not in spec:
+            yield None, "a postgres target needs `dsn:` (e.g. dsn: ${APP_DATABASE_URL})"
+        elif not isinstance(spec["dsn"], str) or not spec["dsn"].strip():
+            yield "dsn", "must be a PostgreSQL connection string or URL"
+        else:
+            try:
+                dsnlib.parse(spec["dsn"])
+            except BadInput as exc:
+                yield "dsn", str(exc)
+
+    def target(self, name: str, spec: Mapping[str, Any], settings: Any) -> PostgresTarget:
+        return PostgresTarget(name, spec, settings)

@@ -1,0 +1,110 @@
+"""The one exception tree of shadow.
+
+::
+
+    ShadowError                     exit 3 unless a subclass says otherwise
+    ├── BadInput                    exit 2: the user's plan, SQL, arguments or files are wrong
+    │   ├── PlanError               a plan file key is missing/invalid (carries every problem with file:line)
+    │   ├── SqlError                an action's SQL cannot be split or fails (file, line, statement)
+    │   └── UnknownRun              no run with that id in the journal
+    ├── InfrastructureError         exit 3: a target, a binary, the disk or the state dir failed us
+    │   ├── TargetUnreachable       production (or a shadow) cannot be connected to
+    │   ├── BinaryNotFound          no usable PostgreSQL binaries
+    │   ├── SnapshotCorrupt         a stored artifact does not match its sha256
+    │   └── RestoreFailed           production could NOT be restored: a human must look
+    └── ActionFailed                the action exited non-zero / timed out / its SQL failed (exit 1 as an outcome)
+
+Backend errors (psycopg, subprocess) are translated where they happen, with ``raise ... from exc``.
+Only the CLI catches broadly.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INFRA = 3
+
+
+class ShadowError(Exception):
+    """Root of every error shadow raises on purpose."""
+
+    exit_code = EXIT_INFRA
+
+    def __init__(self, message: str, *, target: str | None = None, run_id: str | None = None) -> None:
+        self.target = target
+        self.run_id = run_id
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        if self.target:
+            return f"target {self.target!r}: {message}"
+        return message
+
+
+class BadInput(ShadowError):
+    exit_code = EXIT_BAD_INPUT
+
+
+class PlanError(BadInput):
+    """One or more problems in a plan file, each already carrying its location."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems) if len(problems) < 2 else f"{len(problems)} problems: " + "; ".join(problems))
+
+
+class SqlError(BadInput):
+    """SQL that cannot be split, or that the server rejected."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        statement: str | None = None,
+        target: str | None = None,
+    ) -> None:
+        self.file = file
+        self.line = line
+        self.statement = statement
+        where = f"{file}:{line}: " if file and line else (f"{file}: " if file else "")
+        text = f"{where}{message}"
+        if statement:
+            text += f" (statement: {_shorten(statement)})"
+        super().__init__(text, target=target)
+
+
+class UnknownRun(BadInput):
+    pass
+
+
+class InfrastructureError(ShadowError):
+    exit_code = EXIT_INFRA
+
+
+class TargetUnreachable(InfrastructureError):
+    pass
+
+
+class BinaryNotFound(InfrastructureError):
+    pass
+
+
+class SnapshotCorrupt(InfrastructureError):
+    pass
+
+
+class RestoreFailed(InfrastructureError):
+    """Production is neither at the checkpoint nor at the rehearsed outcome; nothing more was attempted."""
+
+
+class ActionFailed(ShadowError):
+    exit_code = EXIT_FAILED
+
+
+def _shorten(sql: str, limit: int = 160) -> str:
+    flat = " ".join(sql.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

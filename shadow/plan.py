@@ -1,0 +1,420 @@
+"""Loading and validating a plan file (``shadow.yaml``) into frozen objects.
+
+Every problem is collected with its location (``file:line: key``) before anything fails, so a user fixes a plan
+in one go. ``${VAR}`` / ``${VAR:-default}`` in string values come from the environment given to :func:`load_plan`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shadow.errors import PlanError
+
+VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+CMP = re.compile(r"^\s*(==|=|<=|>=|<|>|!=)?\s*(\d+)\s*$")
+BACKENDS = ("auto", "local", "docker")
+ROW_KEYS = ("inserted", "updated", "deleted")
+DEFAULT_TIMEOUT = 30 * 60.0
+
+
+@dataclass(frozen=True)
+class Comparison:
+    op: str
+    value: int
+
+    def holds(self, actual: int) -> bool:
+        return {
+            "==": actual == self.value, "!=": actual != self.value, "<=": actual <= self.value,
+            ">=": actual >= self.value, "<": actual < self.value, ">": actual > self.value,
+        }[self.op]
+
+    def __str__(self) -> str:
+        return f"{self.op} {self.value}" if self.op != "==" else str(self.value)
+
+
+@dataclass(frozen=True)
+class RowRule:
+    table: str
+    counts: Mapping[str, Comparison]  # inserted/updated/deleted → comparison; "unchanged" is all == 0
+    line: int
+
+
+@dataclass(frozen=True)
+class Check:
+    sql: str
+    equals: Any
+    line: int
+
+
+@dataclass(frozen=True)
+class Expectation:
+    must: tuple[str, ...] = ()
+    may: tuple[str, ...] = ()
+    rows: tuple[RowRule, ...] = ()
+    checks: tuple[Check, ...] = ()
+    declared: bool = False  # False: the plan says nothing about this target, so every change is unexpected
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    name: str
+    kind: str
+    options: Mapping[str, Any]
+    line: int
+
+
+@dataclass(frozen=True)
+class Action:
+    sql_files: tuple[Path, ...] = ()
+    sql_display: tuple[str, ...] = ()
+    sql_target: str | None = None
+    command: str | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    timeout: float = DEFAULT_TIMEOUT
+
+    @property
+    def kind(self) -> str:
+        return "sql" if self.sql_files else "command"
+
+    def describe(self) -> str:
+        return ("sql: " + ", ".join(self.sql_display)) if self.sql_files else f"command: {self.command}"
+
+
+@dataclass(frozen=True)
+class Policy:
+    backend: str = "auto"
+
+
+@dataclass(frozen=True)
+class Plan:
+    path: Path
+    sha256: str
+    targets: tuple[TargetSpec, ...]
+    action: Action
+    expect: Mapping[str, Expectation]
+    policy: Policy
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def target(self, name: str) -> TargetSpec:
+        return next(t for t in self.targets if t.name == name)
+
+
+class _Doc:
+    """The parsed YAML plus the line of every key path, for error messages."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.lines: dict[tuple[Any, ...], int] = {}
+        self.problems: list[str] = []
+
+    def at(self, path: tuple[Any, ...]) -> str:
+        probe = path
+        while probe and probe not in self.lines:
+            probe = probe[:-1]
+        line = self.lines.get(probe, 1)
+        key = ".".join(str(p) for p in path) or "(top level)"
+        return f"{self.file}:{line}: {key}"
+
+    def problem(self, path: tuple[Any, ...], message: str) -> None:
+        self.problems.append(f"{self.at(path)}: {message}")
+
+    def line(self, path: tuple[Any, ...]) -> int:
+        return self.lines.get(path, 1)
+
+
+def _to_python(node: yaml.Node, loader: yaml.SafeLoader, doc: _Doc, path: tuple[Any, ...]) -> Any:
+    doc.lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=True)
+            if key in out:
+                doc.problems.append(f"{doc.file}:{key_node.start_mark.line + 1}: {'.'.join(map(str, path + (key,)))}: duplicate key")
+            out[key] = _to_python(value_node, loader, doc, path + (key,))
+            doc.lines[path + (key,)] = key_node.start_mark.line + 1
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(v, loader, doc, path + (i,)) for i, v in enumerate(node.value)]
+    return loader.construct_object(node, deep=True)
+
+
+def _interpolate(value: Any, env: Mapping[str, str], doc: _Doc, path: tuple[Any, ...]) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env, doc, path + (k,)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env, doc, path + (i,)) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def repl(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is not None:
+            return default
+        doc.problem(path, f"environment variable {name} is not set")
+        return ""
+
+    return VAR.sub(repl, value)
+
+
+def load_plan(path: Path, env: Mapping[str, str], kinds: Mapping[str, Any] | None = None) -> Plan:
+    """Read, interpolate and validate a plan file; raise :class:`PlanError` with every problem found."""
+    from adapters import REGISTRY
+
+    kinds = REGISTRY if kinds is None else kinds
+    path = Path(path)
+    shown = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise PlanError([f"{shown}: plan file not found (pass -f FILE)"]) from exc
+    except OSError as exc:
+        raise PlanError([f"{shown}: cannot read the plan file: {exc.strerror}"]) from exc
+    doc = _Doc(shown)
+    try:
+        text = raw.decode("utf-8")
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = _to_python(node, loader, doc, ()) if node is not None else None
+        finally:
+            loader.dispose()
+    except UnicodeDecodeError as exc:
+        raise PlanError([f"{shown}: the plan file is not UTF-8"]) from exc
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f"{mark.line + 1}:{mark.column + 1}" if mark else "1"
+        raise PlanError([f"{shown}:{line}: not valid YAML: {exc.problem or exc}"]) from exc
+    if not isinstance(data, dict):
+        raise PlanError([f"{shown}:1: a plan is a mapping with the keys version, targets, action, expect, policy"])
+    data = _interpolate(data, env, doc, ())
+
+    _known(doc, data, (), ("version", "targets", "action", "expect", "policy"))
+    if data.get("version", 1) != 1:
+        doc.problem(("version",), f"unsupported plan version {data.get('version')!r} (this shadow reads version 1)")
+
+    targets = _targets(doc, data.get("targets"), kinds)
+    names = [t.name for t in targets]
+    action = _action(doc, data.get("action"), path.parent.resolve(), targets)
+    expect = _expectations(doc, data.get("expect") or {}, names)
+    policy = _policy(doc, data.get("policy") or {})
+    if doc.problems:
+        raise PlanError(doc.problems)
+    return Plan(
+        path=path.resolve(),
+        sha256=hashlib.sha256(raw).hexdigest(),
+        targets=tuple(targets),
+        action=action,
+        expect={n: expect.get(n, Expectation()) for n in names},
+        policy=policy,
+    )
+
+
+def _known(doc: _Doc, data: dict[str, Any], path: tuple[Any, ...], keys: tuple[str, ...]) -> None:
+    for key in data:
+        if key not in keys:
+            doc.problem(path + (key,), f"unknown key (expected one of: {', '.join(keys)})")
+
+
+def _targets(doc: _Doc, raw: Any, kinds: Mapping[str, Any]) -> list[TargetSpec]:
+    if raw is None:
+        doc.problem(("targets",), "missing: a plan needs at least one target")
+        return []
+    if not isinstance(raw, dict) or not raw:
+        doc.problem(("targets",), "must be a mapping of target names to their settings")
+        return []
+    out: list[TargetSpec] = []
+    for name, spec in raw.items():
+        where = ("targets", name)
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name):
+            doc.problem(where, "a target name starts with a letter and has only letters, digits, _ and -")
+            continue
+        if not isinstance(spec, dict):
+            doc.problem(where, "must be a mapping with at least `kind`")
+            continue
+        kind = spec.get("kind")
+        if kind is None:
+            doc.problem(where + ("kind",), f"missing (one of: {', '.join(sorted(kinds))})")
+            continue
+        if kind not in kinds:
+            doc.problem(where + ("kind",), f"unknown target kind {kind!r} (known: {', '.join(sorted(kinds))})")
+            continue
+        for key, message in kinds[kind].validate(spec):
+            doc.problem(where + ((key,) if key else ()), message)
+        out.append(TargetSpec(name, kind, {k: v for k, v in spec.items() if k != "kind"}, doc.line(where)))
+    return out
+
+
+def _action(doc: _Doc, raw: Any, folder: Path, targets: list[TargetSpec]) -> Action:
+    if not isinstance(raw, dict):
+        doc.problem(("action",), "missing: give `sql: FILE` (or a list of files) or `command: \"...\"`")
+        return Action()
+    _known(doc, raw, ("action",), ("sql", "command", "target", "env", "timeout"))
+    has_sql, has_cmd = "sql" in raw, "command" in raw
+    if has_sql == has_cmd:
+        doc.problem(("action",), "give exactly one of `sql` and `command`")
+        return Action()
+    env: dict[str, str] = {}
+    if "env" in raw:
+        if not isinstance(raw["env"], dict):
+            doc.problem(("action", "env"), "must be a mapping of variable names to values")
+        else:
+            for k, v in raw["env"].items():
+                if not isinstance(k, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+                    doc.problem(("action", "env", k), "not a valid environment variable name")
+                elif isinstance(v, (dict, list)) or v is None:
+                    doc.problem(("action", "env", k), "must be a string or number")
+                else:
+                    env[k] = str(v).lower() if isinstance(v, bool) else str(v)
+    timeout = DEFAULT_TIMEOUT
+    if "timeout" in raw:
+        timeout_value = _duration(raw["timeout"])
+        if timeout_value is None:
+            doc.problem(("action", "timeout"), "must be seconds or a duration like 90s, 10m, 1h")
+        else:
+            timeout = timeout_value
+    if has_cmd:
+        if not isinstance(raw["command"], str) or not raw["command"].strip():
+            doc.problem(("action", "command"), "must be a non-empty shell command")
+            return Action()
+        return Action(command=raw["command"], env=env, timeout=timeout)
+    files = raw["sql"] if isinstance(raw["sql"], list) else [raw["sql"]]
+    paths: list[Path] = []
+    shown: list[str] = []
+    for i, f in enumerate(files):
+        where = ("action", "sql") + ((i,) if isinstance(raw["sql"], list) else ())
+        if not isinstance(f, str) or not f:
+            doc.problem(where, "must be a path to an SQL file, relative to the plan file")
+            continue
+        p = (folder / f).resolve()
+        if not p.is_file():
+            doc.problem(where, f"SQL file not found: {f}")
+            continue
+        paths.append(p)
+        shown.append(f)
+    pg = [t.name for t in targets if t.kind == "postgres"]
+    sql_target = raw.get("target")
+    if sql_target is not None and sql_target not in pg:
+        doc.problem(("action", "target"), f"{sql_target!r} is not a postgres target of this plan")
+    elif sql_target is None:
+        if len(pg) == 1:
+            sql_target = pg[0]
+        elif targets:
+            doc.problem(("action", "target"), "an SQL action needs `target:` naming the postgres target it runs on"
+                        if pg else "an SQL action needs a postgres target")
+    return Action(sql_files=tuple(paths), sql_display=tuple(shown), sql_target=sql_target, env=env, timeout=timeout)
+
+
+def _duration(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)) and value > 0:
+        return float(value)
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", value)
+        if m:
+            scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, None: 1}[m.group(2)]
+            seconds = float(m.group(1)) * scale
+            return seconds if seconds > 0 else None
+    return None
+
+
+def parse_comparison(value: Any) -> Comparison | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value >= 0:
+        return Comparison("==", value)
+    if isinstance(value, str):
+        m = CMP.match(value)
+        if m:
+            op = m.group(1) or "=="
+            return Comparison("==" if op == "=" else op, int(m.group(2)))
+    return None
+
+
+def _expectations(doc: _Doc, raw: Any, names: list[str]) -> dict[str, Expectation]:
+    if not isinstance(raw, dict):
+        doc.problem(("expect",), "must map target names to their expectations")
+        return {}
+    out: dict[str, Expectation] = {}
+    for name, spec in raw.items():
+        where = ("expect", name)
+        if name not in names:
+            doc.problem(where, f"no target named {name!r} in `targets`")
+            continue
+        if spec is None:
+            spec = {}
+        if not isinstance(spec, dict):
+            doc.problem(where, "must be a mapping with must / may / rows / checks")
+            continue
+        _known(doc, spec, where, ("must", "may", "rows", "checks"))
+        lists: dict[str, tuple[str, ...]] = {}
+        for key in ("must", "may"):
+            items = spec.get(key) or []
+            if not isinstance(items, list):
+                doc.problem(where + (key,), "must be a list of change addresses like `add column public.users.email`")
+                items = []
+            for i, item in enumerate(items):
+                if not isinstance(item, str) or len(item.split(None, 2)) != 3:
+                    doc.problem(where + (key, i), f"{item!r} is not a change address `<op> <kind> <name>`")
+            lists[key] = tuple(i for i in items if isinstance(i, str))
+        rows: list[RowRule] = []
+        raw_rows = spec.get("rows") or {}
+        if not isinstance(raw_rows, dict):
+            doc.problem(where + ("rows",), "must map table names to `unchanged` or {inserted, updated, deleted}")
+            raw_rows = {}
+        for table, rule in raw_rows.items():
+            rwhere = where + ("rows", table)
+            if rule == "unchanged":
+                rows.append(RowRule(table, {k: Comparison("==", 0) for k in ROW_KEYS}, doc.line(rwhere)))
+                continue
+            if not isinstance(rule, dict):
+                doc.problem(rwhere, "must be `unchanged` or a mapping like {inserted: 0, deleted: \"<= 10\"}")
+                continue
+            counts: dict[str, Comparison] = {}
+            for key, value in rule.items():
+                cmp = parse_comparison(value)
+                if key not in ROW_KEYS:
+                    doc.problem(rwhere + (key,), f"unknown key (expected one of: {', '.join(ROW_KEYS)})")
+                elif cmp is None:
+                    doc.problem(rwhere + (key,), f"{value!r} is not a count or a comparison like \"<= 10\"")
+                else:
+                    counts[key] = cmp
+            rows.append(RowRule(table, counts, doc.line(rwhere)))
+        checks: list[Check] = []
+        raw_checks = spec.get("checks") or []
+        if not isinstance(raw_checks, list):
+            doc.problem(where + ("checks",), "must be a list of {sql, equals}")
+            raw_checks = []
+        for i, check in enumerate(raw_checks):
+            cwhere = where + ("checks", i)
+            if not isinstance(check, dict) or not isinstance(check.get("sql"), str) or "equals" not in check:
+                doc.problem(cwhere, "a check needs `sql:` (a query returning one value) and `equals:`")
+                continue
+            _known(doc, check, cwhere, ("sql", "equals"))
+            checks.append(Check(check["sql"], check["equals"], doc.line(cwhere)))
+        out[name] = Expectation(lists["must"], lists["may"], tuple(rows), tuple(checks), declared=True)
+    return out
+
+
+def _policy(doc: _Doc, raw: Any) -> Policy:
+    if not isinstance(raw, dict):
+        doc.problem(("policy",), "must be a mapping")
+        return Policy()
+    _known(doc, raw, ("policy",), ("backend",))
+    backend = raw.get("backend", "auto")
+    if backend not in BACKENDS:
+        doc.problem(("policy", "backend"), f"{backend!r} is not one of: {', '.join(BACKENDS)}")
+        backend = "auto"
+    return Policy(backend=backend)

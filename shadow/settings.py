@@ -1,0 +1,37 @@
+"""The environment variables shadow reads — all of them, in one place, only when asked."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    pg_bindir: str | None = None
+    environ: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, state_dir: str | Path | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        chosen = state_dir or env.get("SHADOW_STATE_DIR") or ".shadow"
+        return cls(
+            state_dir=Path(chosen).absolute(),
+            pg_bindir=env.get("SHADOW_PG_BINDIR") or None,
+            environ=env,
+        )
+
+    @property
+    def store_dir(self) -> Path:
+        return self.state_dir / "snapshots"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.state_dir / "runs"
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / "journal.sqlite"

@@ -1,0 +1,165 @@
+"""The checkpoint store: content-addressed artifacts plus one manifest per (run, target).
+
+Layout under the store root (``<state-dir>/snapshots``)::
+
+    objects/sha256/ab/abcdef…      artifacts (pg_dump archives, object copies …), named by their sha256
+    manifests/<run-id>/<target>.json
+    tmp/                           partial writes; never read
+
+Every write goes to ``tmp/`` first, is fsynced and moved into place with ``os.replace`` — a crash leaves either
+the old state or the new one, never half a file. ``open_verified`` re-hashes an artifact before anything is
+restored from it and refuses a mismatch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shadow.errors import InfrastructureError, SnapshotCorrupt
+
+CHUNK = 1 << 20
+README = """This directory is shadow's checkpoint store. Artifacts are named by their sha256 and verified before
+any restore; do not edit them. Remove old runs with `shadow gc`, not by hand.
+"""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    sha256: str
+    size: int
+
+
+@dataclass
+class Slot:
+    path: Path
+    artifact: Artifact | None = None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Store:
+    """A local checkpoint store rooted at ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _ensure(self) -> None:
+        try:
+            for sub in ("objects/sha256", "manifests", "tmp"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            readme = self.root / "README"
+            if not readme.exists():
+                atomic_write_bytes(readme, README.encode())
+        except OSError as exc:
+            raise InfrastructureError(f"snapshot store {self.root} is not writable: {exc.strerror}") from exc
+
+    def object_path(self, sha256: str) -> Path:
+        return self.root / "objects" / "sha256" / sha256[:2] / sha256
+
+    @contextmanager
+    def new_artifact(self) -> Iterator[Slot]:
+        """Yield a slot whose ``path`` the caller writes; on success it is hashed and moved into the store
+        and ``slot.artifact`` is set. On failure the partial file is removed."""
+        self._ensure()
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.root / "tmp", prefix="artifact-")
+        except OSError as exc:
+            raise InfrastructureError(f"snapshot store {self.root} is not writable: {exc.strerror}") from exc
+        os.close(fd)
+        slot = Slot(Path(tmp))
+        try:
+            yield slot
+            slot.artifact = self.add(slot.path)
+        finally:
+            if slot.path.exists():
+                slot.path.unlink()
+
+    def add(self, path: Path) -> Artifact:
+        """Move ``path`` (a file inside ``tmp/``) into the store under its sha256."""
+        try:
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+            sha = sha256_file(path)
+            size = path.stat().st_size
+            dest = self.object_path(sha)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists():
+                path.unlink()
+            else:
+                os.replace(path, dest)
+                _fsync_dir(dest.parent)
+            return Artifact(sha, size)
+        except OSError as exc:
+            raise InfrastructureError(f"could not store a checkpoint artifact in {self.root}: {exc.strerror}") from exc
+
+    def open_verified(self, artifact: Artifact) -> Path:
+        """The artifact's path, after checking its sha256 — refuse to restore from a corrupt file."""
+        path = self.object_path(artifact.sha256)
+        if not path.exists():
+            raise SnapshotCorrupt(f"checkpoint artifact {artifact.sha256[:12]} is missing from {self.root}")
+        actual = sha256_file(path)
+        if actual != artifact.sha256:
+            raise SnapshotCorrupt(
+                f"checkpoint artifact {path} is corrupt: sha256 {actual[:12]}… does not match the recorded "
+                f"{artifact.sha256[:12]}…; nothing was restored"
+            )
+        return path
+
+    def write_manifest(self, run_id: str, target: str, manifest: dict[str, Any]) -> None:
+        self._ensure()
+        body = json.dumps(manifest, indent=1, sort_keys=True, default=str).encode()
+        try:
+            atomic_write_bytes(self.root / "manifests" / run_id / f"{target}.json", body)
+        except OSError as exc:
+            raise InfrastructureError(f"could not write a checkpoint manifest: {exc.strerror}") from exc
+
+    def read_manifest(self, run_id: str, target: str) -> dict[str, Any]:
+        path = self.root / "manifests" / run_id / f"{target}.json"
+        try:
+            result: dict[str, Any] = json.loads(path.read_text())
+            return result
+        except FileNotFoundError as exc:
+            raise SnapshotCorrupt(f"no checkpoint manifest for run {run_id} target {target!r} at {path}") from exc
+        except (OSError, ValueError) as exc:
+            raise SnapshotCorrupt(f"checkpoint manifest {path} is unreadable: {exc}") from exc

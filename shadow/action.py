@@ -1,0 +1,119 @@
+"""Running a plan's action against a set of endpoints (the shadows during rehearsal, production during apply).
+
+A command action runs in the plan's folder with a scrubbed environment: ``PATH``, ``HOME`` (a fresh temp dir),
+``LANG``, ``TZ``, the plan's ``action.env`` and the endpoints' variables — nothing else of the caller's
+environment, so production credentials in the caller's shell never reach a rehearsal. It runs in its own
+process group, so a timeout kills everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from adapters import Endpoint
+from shadow.errors import ActionFailed
+from shadow.plan import Plan
+from shadow.sqlsplit import Statement
+
+PASSTHROUGH = ("PATH", "LANG", "TZ")
+LOG_TAIL = 20
+
+
+@dataclass
+class ActionResult:
+    ok: bool
+    seconds: float
+    mode: str = ""  # sql: "transaction" | "autocommit"; command: "process"
+    error: str | None = None
+    log: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "seconds": round(self.seconds, 3), "mode": self.mode, "error": self.error, "log": self.log}
+
+
+def action_env(plan: Plan, endpoints: Mapping[str, Endpoint], kinds: Mapping[str, str], caller: Mapping[str, str],
+               home: str) -> dict[str, str]:
+    env = {k: caller[k] for k in PASSTHROUGH if k in caller}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env.setdefault("LANG", "C.UTF-8")
+    env["HOME"] = home
+    env.update(plan.action.env)
+    per_kind: dict[str, int] = {}
+    for name in endpoints:
+        per_kind[kinds[name]] = per_kind.get(kinds[name], 0) + 1
+    for name, ep in endpoints.items():
+        env.update(ep.env)
+        if per_kind[kinds[name]] == 1:
+            env.update(ep.exclusive_env)
+    return env
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def run_command(command: str, cwd: Path, env: dict[str, str], timeout: float, log_path: Path,
+                secrets: tuple[str, ...]) -> ActionResult:
+    start = time.monotonic()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile() as out:
+        try:
+            proc = subprocess.Popen(command, shell=True, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        except OSError as exc:
+            return ActionResult(False, time.monotonic() - start, "process", f"cannot start the command: {exc.strerror}")
+        try:
+            code = proc.wait(timeout=timeout)
+            error = None if code == 0 else f"the command exited with status {code}"
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            code, error = -1, f"the command timed out after {timeout:g} s and was killed"
+        except BaseException:
+            _kill_group(proc)  # Ctrl-C / SIGTERM: never leave the action running on its own
+            raise
+        out.seek(0)
+        text = redact(out.read().decode(errors="replace"), secrets)
+    log_path.write_text(text)
+    tail = "\n".join(text.splitlines()[-LOG_TAIL:])
+    if error and tail:
+        error += "; last output:\n" + tail
+    return ActionResult(code == 0 and error is None, time.monotonic() - start, "process", error, str(log_path))
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def run_action(plan: Plan, statements: list[Statement], endpoints: Mapping[str, Endpoint], targets: Mapping[str, Any],
+               caller_env: Mapping[str, str], log_path: Path) -> ActionResult:
+    """Run the action once against ``endpoints``. SQL errors propagate as :class:`SqlError`."""
+    action = plan.action
+    if action.sql_files:
+        assert action.sql_target is not None
+        start = time.monotonic()
+        try:
+            mode = targets[action.sql_target].execute_sql(endpoints[action.sql_target], statements, action.timeout)
+        except ActionFailed as exc:
+            return ActionResult(False, time.monotonic() - start, "sql", str(exc))
+        return ActionResult(True, time.monotonic() - start, mode)
+    kinds = {name: t.kind for name, t in targets.items()}
+    secrets = tuple(s for ep in endpoints.values() for s in ep.secrets)
+    with tempfile.TemporaryDirectory(prefix="shadow-home-") as home:
+        env = action_env(plan, endpoints, kinds, caller_env, home)
+        assert action.command is not None
+        return run_command(action.command, plan.folder, env, action.timeout, log_path, secrets)

@@ -1,0 +1,223 @@
+"""The ``shadow`` command line: a thin layer over :mod:`shadow.run`.
+
+Exit codes: 0 expectations hold / applied / restored · 1 expectations failed, apply refused or rolled back ·
+2 bad input (plan, SQL, arguments) · 3 infrastructure failure (a target, binaries, disk). This is the only place
+that catches broadly; ``--traceback`` shows what it caught.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from shadow import run as runmod
+from shadow.errors import EXIT_BAD_INPUT, EXIT_INFRA, ShadowError
+from shadow.report import VERDICT_LINES
+from shadow.settings import Settings
+
+PLAN_OPTION = click.option("-f", "--file", "plan_file", default="shadow.yaml", show_default=True,
+                           type=click.Path(dir_okay=False, path_type=Path), help="The plan file.")
+JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (for machines).")
+QUIET_OPTION = click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+
+
+class Ctx:
+    def __init__(self, state_dir: str | None, show_traceback: bool) -> None:
+        self.settings = Settings.from_env(state_dir=state_dir)
+        self.traceback = show_traceback
+        self.err = Console(stderr=True, highlight=False)
+        self.out = Console(highlight=False, soft_wrap=True)
+
+
+def _fail(ctx: Ctx, exc: BaseException, code: int) -> NoReturn:
+    if ctx.traceback:
+        traceback.print_exception(exc)
+    ctx.err.print(f"[bold red]shadow: error:[/] {escape(str(exc))}")
+    sys.exit(code)
+
+
+def _guard(ctx: Ctx, fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except ShadowError as exc:
+        _fail(ctx, exc, exc.exit_code)
+    except KeyboardInterrupt:
+        ctx.err.print("[bold red]shadow: interrupted[/] (shadows were removed; see `shadow runs`)")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one broad catch: map to exit 3, never a bare traceback
+        if ctx.traceback:
+            traceback.print_exception(exc)
+        ctx.err.print(f"[bold red]shadow: internal error:[/] {escape(type(exc).__name__)}: {escape(str(exc))} "
+                      "(run with --traceback for details)")
+        sys.exit(EXIT_INFRA)
+
+
+def _progress(ctx: Ctx, quiet: bool) -> runmod.Progress:
+    def show(event: str, text: str) -> None:
+        if quiet:
+            return
+        style = {"start": "dim", "done": "green", "failed": "red", "info": "cyan"}.get(event, "")
+        mark = {"start": "…", "done": "✓", "failed": "✗", "info": "•"}.get(event, " ")
+        if event == "start":
+            return  # only finished steps are printed; they carry the elapsed time
+        ctx.err.print(f"[{style}]{mark} {escape(text)}[/]")
+    return show
+
+
+def _print_result(ctx: Ctx, result: runmod.RunResult, as_json: bool) -> None:
+    model = result.to_dict()
+    if as_json:
+        click.echo(json.dumps(model, indent=2, default=str))
+        return
+    colour = "green" if result.exit_code == 0 else "red"
+    ctx.out.print(f"[bold {colour}]{escape(VERDICT_LINES.get(result.outcome, result.outcome))}[/]")
+    if result.reason:
+        ctx.out.print(escape(result.reason))
+    for v in result.verdicts:
+        if not v.ok:
+            where = f"{v.target}: " if v.target else ""
+            ctx.out.print(f"  [red]✗[/] {escape(where + v.rule)} [bold]{escape(v.subject)}[/] — {escape(v.message)}")
+    for d in result.divergence[:20]:
+        ctx.out.print(f"  [red]≠[/] {escape(d)}")
+    ctx.out.print(f"run [bold]{result.run_id}[/] · report: {escape(result.report_dir)}/report.md")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--state-dir", envvar="SHADOW_STATE_DIR", default=None,
+              help="Where journal, reports and checkpoints live [default: ./.shadow, or $SHADOW_STATE_DIR].")
+@click.option("--traceback", "show_traceback", is_flag=True, help="Show the Python traceback of an error.")
+@click.version_option(package_name="shadow")
+@click.pass_context
+def cli(click_ctx: click.Context, state_dir: str | None, show_traceback: bool) -> None:
+    """shadow — rehearse a risky change on a disposable copy, check it against your expectations, then apply
+    it to production or roll it back.
+
+    \b
+    Exit codes: 0 ok · 1 expectations failed / refused / rolled back · 2 bad input · 3 infrastructure failure.
+    """
+    click_ctx.obj = Ctx(state_dir, show_traceback)
+
+
+@cli.command("plan")
+@PLAN_OPTION
+@JSON_OPTION
+@QUIET_OPTION
+@click.pass_obj
+def plan_cmd(ctx: Ctx, plan_file: Path, as_json: bool, quiet: bool) -> None:
+    """Checkpoint, rehearse on a shadow copy, diff and judge. Never writes to production.
+
+    Exit 0 when every expectation holds, 1 when one does not.
+    """
+    result = _guard(ctx, lambda: runmod.plan(plan_file, ctx.settings, _progress(ctx, quiet or as_json)))
+    _print_result(ctx, result, as_json)
+    sys.exit(result.exit_code)
+
+
+@cli.command("apply")
+@PLAN_OPTION
+@JSON_OPTION
+@QUIET_OPTION
+@click.pass_obj
+def apply_cmd(ctx: Ctx, plan_file: Path, as_json: bool, quiet: bool) -> None:
+    """Rehearse like `plan`; if it passes, apply to production and verify, or roll back.
+
+    Exit 0 when applied, 1 when refused or rolled back.
+    """
+    result = _guard(ctx, lambda: runmod.apply(plan_file, ctx.settings, _progress(ctx, quiet or as_json)))
+    _print_result(ctx, result, as_json)
+    sys.exit(result.exit_code)
+
+
+@cli.command("rollback")
+@click.argument("run_id")
+@click.option("-f", "--file", "plan_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="The plan file, if it moved since the run.")
+@click.option("--force", is_flag=True, help="Restore even if production changed since the apply (loses those writes).")
+@JSON_OPTION
+@QUIET_OPTION
+@click.pass_obj
+def rollback_cmd(ctx: Ctx, run_id: str, plan_file: Path | None, force: bool, as_json: bool, quiet: bool) -> None:
+    """Restore production to the checkpoint of an applied run, and verify it.
+
+    Exit 0 restored, 1 refused (production changed since the apply; --force overrides).
+    """
+    result = _guard(ctx, lambda: runmod.rollback(run_id, ctx.settings, plan_file, force, _progress(ctx, quiet or as_json)))
+    _print_result(ctx, result, as_json)
+    sys.exit(result.exit_code)
+
+
+@cli.command("runs")
+@click.option("-n", "--limit", default=50, show_default=True, help="How many runs to list, newest first.")
+@JSON_OPTION
+@click.pass_obj
+def runs_cmd(ctx: Ctx, limit: int, as_json: bool) -> None:
+    """List runs: id, time, command, plan, outcome."""
+    rows = _guard(ctx, lambda: runmod.runs(ctx.settings, limit))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        ctx.out.print("no runs yet")
+        return
+    from rich.table import Table
+
+    table = Table("run", "started (UTC)", "command", "outcome", "plan", box=None)
+    for r in rows:
+        table.add_row(r["id"], r["started_at"], r["command"], r["outcome"] or "running?", r["plan"])
+    ctx.out.print(table)
+
+
+@cli.command("show")
+@click.argument("run_id")
+@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
+@click.pass_obj
+def show_cmd(ctx: Ctx, run_id: str, fmt: str) -> None:
+    """Print a run's report."""
+    click.echo(_guard(ctx, lambda: runmod.show(run_id, ctx.settings, fmt)), nl=False)
+
+
+@cli.command("demo")
+@click.option("--keep", is_flag=True, help="Leave the demo's production cluster running until Enter is pressed.")
+@click.pass_obj
+def demo_cmd(ctx: Ctx, keep: bool) -> None:
+    """Run the demo: a throwaway local "production" database gets a safe migration applied and a destructive one
+    refused. Needs PostgreSQL server binaries (or `pip install 'shadow[embedded]'`), no Docker."""
+    from shadow import demo
+
+    code = _guard(ctx, lambda: demo.run(ctx.settings, ctx.out, ctx.err, keep))
+    sys.exit(code)
+
+
+def _sigterm(_signum: int, _frame: Any) -> None:
+    # Turn SIGTERM into KeyboardInterrupt so every `finally` and `__exit__` runs (shadows are removed,
+    # an apply in progress is rolled back).
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        cli.main(args=argv, prog_name="shadow", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        exc.show()
+        sys.exit(EXIT_BAD_INPUT)
+    except click.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_BAD_INPUT)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Judging a change set against a target's expectations.
+
+- every ``must`` pattern matches at least one change;
+- every top-level change is covered by a ``must`` or ``may`` pattern (changes nested under a covered change are
+  implied by it); anything else is *unexpected*;
+- ``rows`` rules hold for the counted row changes;
+- ``checks`` queries return their expected value on the shadow.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from shadow.changes import Change, matches, walk
+from shadow.plan import Expectation
+
+
+@dataclass(frozen=True)
+class Verdict:
+    target: str
+    rule: str  # "must", "unexpected", "rows", "check", "action", "fidelity"
+    subject: str
+    ok: bool
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "rule": self.rule, "subject": self.subject, "ok": self.ok, "message": self.message}
+
+
+def judge(target: str, changes: list[Change], expectation: Expectation,
+          run_check: Callable[[str], Any] | None) -> list[Verdict]:
+    out: list[Verdict] = []
+    all_changes = list(walk(changes))
+    for pattern in expectation.must:
+        hit = [c.address for c in all_changes if matches(pattern, c)]
+        out.append(Verdict(target, "must", pattern, bool(hit),
+                           f"happened: {', '.join(hit[:3])}" if hit else "required change did not happen"))
+    patterns = expectation.must + expectation.may
+    for change in changes:
+        if not any(matches(p, change) for p in patterns):
+            hint = "" if expectation.declared else " (the plan has no `expect` for this target)"
+            out.append(Verdict(target, "unexpected", change.address, False,
+                               f"not covered by must/may{hint}{_count(change)}"))
+    row_changes = {(c.op, c.name): c for c in all_changes if c.kind == "rows"}
+    tables = {name for (_op, name) in row_changes}
+    for rule in expectation.rows:
+        covered = sorted(t for t in tables if fnmatch.fnmatchcase(t, rule.table)) or [rule.table]
+        for table in covered:
+            for key, cmp in rule.counts.items():
+                op = {"inserted": "insert", "updated": "update", "deleted": "delete"}[key]
+                change = row_changes.get((op, table))
+                actual = int(change.detail.get("count", 0)) if change else 0
+                ok = cmp.holds(actual)
+                out.append(Verdict(target, "rows", f"{table} {key}", ok,
+                                   f"{actual} {key}, expected {cmp}"))
+    for check in expectation.checks:
+        if run_check is None:
+            out.append(Verdict(target, "check", check.sql, False, "checks need a shadow to run on"))
+            continue
+        actual = run_check(check.sql)
+        ok = _same(actual, check.equals)
+        out.append(Verdict(target, "check", check.sql, ok, f"returned {actual!r}, expected {check.equals!r}"))
+    return out
+
+
+def _count(change: Change) -> str:
+    count = change.detail.get("count")
+    return f" ({count} rows)" if count is not None else ""
+
+
+def _same(actual: Any, expected: Any) -> bool:
+    """Compare a query's value with a YAML value: 0 equals 0, '0' and Decimal('0'); true equals 't'."""
+    if actual == expected:
+        return True
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        return str(actual).lower() in ("true", "t") if expected is True else str(actual).lower() in ("false", "f")
+    try:
+        return float(actual) == float(expected)
+    except (TypeError, ValueError):
+        return str(actual) == str(expected)
+
+
+def compare_change_sets(expected: list[Change], actual: list[Change]) -> list[str]:
+    """How ``actual`` (production after apply) diverges from ``expected`` (the shadow's change set)."""
+    def index(changes: list[Change]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for c in walk(changes):
+            if c.kind == "rows":
+                out[c.address] = c.detail.get("count")
+            elif c.op == "alter":
+                # what changed and to what, but not sequence positions (other sessions move them)
+                out[c.address] = {k: v["to"] for k, v in c.detail.items() if k not in ("last_value", "is_called")}
+            else:
+                out[c.address] = None
+        return out
+
+    exp, act = index(expected), index(actual)
+    problems: list[str] = []
+    for address in sorted(set(exp) - set(act)):
+        problems.append(f"rehearsed but not in production: {address}")
+    for address in sorted(set(act) - set(exp)):
+        problems.append(f"in production but not rehearsed: {address}")
+    for address in sorted(set(exp) & set(act)):
+        if exp[address] != act[address]:
+            problems.append(f"{address}: rehearsal {exp[address]!r}, production {act[address]!r}")
+    return problems

@@ -94,6 +94,8 @@ class Target(Protocol):
 
 class Kind(Protocol):
     name: str
+    change_ops: tuple[str, ...]  # the ops and kinds its change addresses use, for validating expectations
+    change_kinds: tuple[str, ...]
 
     def validate(self, spec: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
         """(key, problem) for every problem in a target's plan settings."""

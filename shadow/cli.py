@@ -34,7 +34,7 @@ class Ctx:
     def __init__(self, state_dir: str | None, show_traceback: bool) -> None:
         self.settings = Settings.from_env(state_dir=state_dir)
         self.traceback = show_traceback
-        self.err = Console(stderr=True, highlight=False)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
         self.out = Console(highlight=False, soft_wrap=True)
 
 

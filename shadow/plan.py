@@ -207,7 +207,7 @@ def load_plan(path: Path, env: Mapping[str, str], kinds: Mapping[str, Any] | Non
     targets = _targets(doc, data.get("targets"), kinds)
     names = [t.name for t in targets]
     action = _action(doc, data.get("action"), path.parent.resolve(), targets)
-    expect = _expectations(doc, data.get("expect") or {}, names)
+    expect = _expectations(doc, data.get("expect") or {}, {t.name: kinds[t.kind] for t in targets})
     policy = _policy(doc, data.get("policy") or {})
     if doc.problems:
         raise PlanError(doc.problems)
@@ -343,7 +343,25 @@ def parse_comparison(value: Any) -> Comparison | None:
     return None
 
 
-def _expectations(doc: _Doc, raw: Any, names: list[str]) -> dict[str, Expectation]:
+def _address_problem(address: Any, kind: Any) -> str | None:
+    """Why ``address`` is not a change address the target's kind can produce (None when it is fine)."""
+    parts = address.split(None, 2) if isinstance(address, str) else []
+    if len(parts) != 3:
+        return f"{address!r} is not a change address `<op> <kind> <name>`"
+    op, change_kind, _name = parts
+    if not _is_glob(op) and op not in kind.change_ops:
+        return f"{address!r}: unknown operation {op!r} (one of: {', '.join(kind.change_ops)})"
+    if not _is_glob(change_kind) and change_kind not in kind.change_kinds:
+        return f"{address!r}: unknown kind {change_kind!r} (one of: {', '.join(kind.change_kinds)})"
+    return None
+
+
+def _is_glob(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def _expectations(doc: _Doc, raw: Any, target_kinds: Mapping[str, Any]) -> dict[str, Expectation]:
+    names = list(target_kinds)
     if not isinstance(raw, dict):
         doc.problem(("expect",), "must map target names to their expectations")
         return {}
@@ -366,8 +384,9 @@ def _expectations(doc: _Doc, raw: Any, names: list[str]) -> dict[str, Expectatio
                 doc.problem(where + (key,), "must be a list of change addresses like `add column public.users.email`")
                 items = []
             for i, item in enumerate(items):
-                if not isinstance(item, str) or len(item.split(None, 2)) != 3:
-                    doc.problem(where + (key, i), f"{item!r} is not a change address `<op> <kind> <name>`")
+                problem = _address_problem(item, target_kinds[name])
+                if problem:
+                    doc.problem(where + (key, i), problem)
             lists[key] = tuple(i for i in items if isinstance(i, str))
         rows: list[RowRule] = []
         raw_rows = spec.get("rows") or {}

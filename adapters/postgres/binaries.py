@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import glob
-import os
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -44,9 +44,9 @@ def _version_of(bindir: Path) -> int | None:
 
 
 def _candidates(explicit: str | None) -> list[Path]:
+    if explicit:  # SHADOW_PG_BINDIR: the user chose; look nowhere else
+        return [Path(explicit)]
     dirs: list[Path] = []
-    if explicit:
-        dirs.append(Path(explicit))
     on_path = shutil.which("pg_dump")
     if on_path:
         dirs.append(Path(on_path).resolve().parent)
@@ -60,12 +60,10 @@ def _candidates(explicit: str | None) -> list[Path]:
             pass
     dirs += [Path(p) for p in glob.glob("/usr/lib/postgresql/*/bin")]
     dirs += [Path(p) for p in glob.glob("/usr/pgsql-*/bin")]
-    try:  # optional extra: pip install 'shadow[embedded]'
-        import pgserver  # type: ignore[import-not-found]
-
-        dirs.append(Path(pgserver.__file__).parent / "pginstall" / "bin")
-    except Exception:  # noqa: BLE001 - any failure just means the wheel is not usable
-        pass
+    # Optional extra (pip install 'shadow[embedded]'): located, not imported — importing it has side effects.
+    spec = importlib.util.find_spec("pgserver")
+    if spec is not None and spec.origin:
+        dirs.append(Path(spec.origin).parent / "pginstall" / "bin")
     return dirs
 
 
@@ -87,6 +85,8 @@ def find_binaries(explicit: str | None = None, need_server: bool = True) -> list
 def binaries_for(server_major: int | None = None, explicit: str | None = None) -> PgBinaries:
     """The binaries to use for a server of ``server_major``: client tools must be at least as new."""
     available = find_binaries(explicit)
+    if not available and explicit:
+        raise BinaryNotFound(f"SHADOW_PG_BINDIR={explicit} does not hold PostgreSQL binaries ({', '.join(TOOLS)})")
     if not available:
         raise BinaryNotFound(
             "no PostgreSQL binaries found (looked on PATH, pg_config, /usr/lib/postgresql/*/bin, /usr/pgsql-*/bin "
@@ -106,6 +106,3 @@ def binaries_for(server_major: int | None = None, explicit: str | None = None) -
     # The closest version that is new enough gives the most faithful shadow.
     return min(usable, key=lambda b: b.major)
 
-
-def environ_path() -> str:
-    return os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")

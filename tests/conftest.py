@@ -1,0 +1,115 @@
+"""Shared fixtures: a real PostgreSQL server playing production, one fresh database per test, and the CLI.
+
+Tests never touch the developer's home directory or default state dir: every run gets ``--state-dir`` in
+``tmp_path``. The only network address used is 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from adapters.postgres.cluster import LocalCluster
+from adapters.postgres.target import PostgresTarget
+from shadow.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_SCHEMA = ROOT / "examples" / "demo" / "schema.sql"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[LocalCluster]:
+    """A real PostgreSQL server (local binaries) that plays production for the whole session."""
+    with LocalCluster(label="test-production") as cluster:
+        yield cluster
+
+
+@dataclass
+class ProdDb:
+    """One production database for one test."""
+
+    server: LocalCluster
+    name: str
+    dsn: str
+
+    def connect(self) -> psycopg.Connection:
+        return psycopg.connect(self.dsn, autocommit=True)
+
+    def execute(self, sql: str) -> None:
+        with self.connect() as conn:
+            conn.execute(sql)
+
+    def scalar(self, sql: str) -> object:
+        with self.connect() as conn:
+            row = conn.execute(sql).fetchone()
+            return None if row is None else row[0]
+
+    def target(self, settings: Settings | None = None) -> PostgresTarget:
+        return PostgresTarget("app", {"dsn": self.dsn}, settings or Settings.from_env(state_dir="/nonexistent"))
+
+    def fingerprint(self) -> str:
+        return self.target().fingerprint()
+
+
+@pytest.fixture
+def empty_db(pg_server: LocalCluster) -> Iterator[ProdDb]:
+    name = "prod_" + uuid.uuid4().hex[:10]
+    dsn = pg_server.create_database(name)
+    yield ProdDb(pg_server, name, dsn)
+    with pg_server.connect() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def prod_db(empty_db: ProdDb) -> ProdDb:
+    """A production database holding the demo shop (users, orders, audit_log, a view, a trigger)."""
+    empty_db.execute(DEMO_SCHEMA.read_text())
+    return empty_db
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        return self.out + self.err
+
+
+@pytest.fixture
+def shadow_cli(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Run the real ``shadow`` CLI in a subprocess with a state dir in tmp_path."""
+    state = tmp_path / "state"
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300) -> CliResult:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
+        full_env.update(env or {})
+        proc = subprocess.run(
+            [sys.executable, "-m", "shadow.cli", "--state-dir", str(state), *args],
+            capture_output=True, text=True, env=full_env, cwd=cwd or tmp_path, timeout=timeout,
+        )
+        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+    run.state_dir = state  # type: ignore[attr-defined]
+    return run
+
+
+def write_plan(folder: Path, body: str, files: dict[str, str] | None = None, name: str = "shadow.yaml") -> Path:
+    """Write a plan (and the SQL/script files it names) into ``folder``."""
+    for rel, content in (files or {}).items():
+        p = folder / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(content)
+    plan = folder / name
+    plan.write_text(body)
+    return plan

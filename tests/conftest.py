@@ -17,6 +17,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from adapters.postgres.binaries import find_binaries
 from adapters.postgres.cluster import LocalCluster
 from adapters.postgres.target import PostgresTarget
 from shadow.settings import Settings
@@ -27,8 +28,11 @@ DEMO_SCHEMA = ROOT / "examples" / "demo" / "schema.sql"
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[LocalCluster]:
-    """A real PostgreSQL server (local binaries) that plays production for the whole session."""
-    with LocalCluster(label="test-production") as cluster:
+    """A real PostgreSQL server that plays production for the whole session.
+
+    It runs the *oldest* local major, so shadows (which use the closest major at least as new) match it.
+    """
+    with LocalCluster(label="test-production", binaries=find_binaries()[-1]) as cluster:
         yield cluster
 
 

@@ -87,9 +87,13 @@ class Target(Protocol):
         """Production's changes since the checkpoint (rows counted against the shadow's pristine copy)."""
 
     def restore(self, checkpoint: Checkpoint, store: Store) -> None:
-        """Put production back to the checkpoint. Callers verify with :meth:`observe`."""
+        """Put production back to the checkpoint. Callers then call :meth:`verify_restored`."""
 
-    def execute_sql(self, endpoint: Endpoint, statements: list[Any], timeout: float) -> None: ...
+    def verify_restored(self, checkpoint: Checkpoint) -> list[str]:
+        """How production differs from the checkpoint now; empty when it observes equal."""
+
+    def execute_sql(self, endpoint: Endpoint, statements: list[Any], timeout: float) -> str:
+        """Run an SQL action's statements on ``endpoint``; return how ("transaction" | "autocommit")."""
 
 
 class Kind(Protocol):

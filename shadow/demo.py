@@ -8,6 +8,7 @@ import psycopg
 from rich.console import Console
 from rich.markup import escape
 
+from adapters.postgres.binaries import binaries_for
 from adapters.postgres.cluster import LocalCluster
 from adapters.postgres.target import PostgresTarget
 from shadow import run as runmod
@@ -22,7 +23,7 @@ def run(settings: Settings, out: Console, err: Console, keep: bool = False) -> i
     if not (EXAMPLES / "schema.sql").exists():
         raise BadInput(f"the demo files are not at {EXAMPLES}; run the demo from a clone of the shadow repository")
     out.print("[bold]shadow demo[/] — starting a throwaway PostgreSQL as the demo's [bold]production[/] …")
-    with LocalCluster(label="demo-production") as prod:
+    with LocalCluster(label="demo-production", binaries=binaries_for(None, settings.pg_bindir)) as prod:
         dsn = prod.create_database("shop")
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute((EXAMPLES / "schema.sql").read_text())

@@ -51,8 +51,8 @@ def judge(target: str, changes: list[Change], expectation: Expectation,
         for table in covered:
             for key, cmp in rule.counts.items():
                 op = {"inserted": "insert", "updated": "update", "deleted": "delete"}[key]
-                change = row_changes.get((op, table))
-                actual = int(change.detail.get("count", 0)) if change else 0
+                found = row_changes.get((op, table))
+                actual = int(found.detail.get("count", 0)) if found else 0
                 ok = cmp.holds(actual)
                 out.append(Verdict(target, "rows", f"{table} {key}", ok,
                                    f"{actual} {key}, expected {cmp}"))

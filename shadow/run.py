@@ -324,7 +324,7 @@ def restore_target(session: _Session, t: Target, cp: Checkpoint) -> None:
                 f"`shadow rollback {cp.run_id}`", target=t.name, run_id=cp.run_id,
             ) from exc
     with session.step("verify restore", t.name):
-        problems = t.verify_restored(cp)  # type: ignore[attr-defined]
+        problems = t.verify_restored(cp)
     tr.restore = {"needed": True, "verified": not problems, "differences": problems}
     if problems:
         raise RestoreFailed(f"restored, but production does not observe equal to the checkpoint: {'; '.join(problems[:5])}",

@@ -285,8 +285,8 @@ class PostgresKind:
     name = "postgres"
     keys = ("dsn", "image")
     # The vocabulary of change addresses: `<op> <kind> <name>`.
-    change_ops = ("add", "drop", "alter", "insert", "update", "delete")
-    change_kinds = ("schema", "table", "column", "index", "constraint", "view", "materialized_view", "function",
+    change_ops: tuple[str, ...] = ("add", "drop", "alter", "insert", "update", "delete")
+    change_kinds: tuple[str, ...] = ("schema", "table", "column", "index", "constraint", "view", "materialized_view", "function",
                     "procedure", "trigger", "sequence", "type", "extension", "rows")
 
     def validate(self, spec: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:

@@ -286,3 +286,26 @@ action:
     assert seen["PGPORT"] != str(prod_db.server.port)
     assert set(seen) <= {"PATH", "HOME", "LANG", "TZ", "GREETING", "SHADOW_APP_URL", "DATABASE_URL", "PGHOST",
                          "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PWD", "SHLVL", "_", "OLDPWD"}
+
+
+def test_rehearsal_runs_as_productions_role_and_hits_the_same_permission_errors(prod_db, shadow_cli, tmp_path):
+    role = f"app_{prod_db.name}"
+    prod_db.execute(f"""
+        CREATE ROLE {role} LOGIN PASSWORD 'app-pass';
+        GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role};
+        GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {role};
+        GRANT UPDATE ON users TO {role};
+    """)
+    dsn = f"postgresql://{role}:app-pass@127.0.0.1:{prod_db.server.port}/{prod_db.name}"
+    write_plan(tmp_path, """
+targets: {app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}}
+action: {sql: m.sql}
+expect: {app: {may: [update rows public.users]}}
+""", {"m.sql": "UPDATE users SET full_name = upper(full_name) WHERE id < 5;\n"})
+    allowed = shadow_cli("plan", env={"APP_DATABASE_URL": dsn})
+    assert allowed.code == 0, allowed.text
+    (tmp_path / "m.sql").write_text("ALTER TABLE orders ADD COLUMN note text;\n")
+    denied = shadow_cli("plan", env={"APP_DATABASE_URL": dsn})
+    assert denied.code == 2, denied.text
+    assert "must be owner of table orders" in denied.err
+    assert "app-pass" not in denied.text

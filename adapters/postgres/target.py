@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import secrets
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +17,7 @@ from psycopg import sql
 from adapters import Checkpoint, Endpoint
 from adapters.postgres import dsn as dsnlib
 from adapters.postgres.binaries import PgBinaries, binaries_for
-from adapters.postgres.cluster import LocalCluster
+from adapters.postgres.cluster import SUPERUSER, LocalCluster
 from adapters.postgres.diff import count_rows, diff
 from adapters.postgres.execute import execute
 from adapters.postgres.observe import observe
@@ -37,7 +38,7 @@ SELECT r.rolname, m.rolname FROM pg_auth_members am JOIN pg_roles r ON r.oid = a
 JOIN pg_roles m ON m.oid = am.member WHERE r.rolname !~ '^pg_' OR m.rolname !~ '^pg_'
 """
 Q_DATABASE = """
-SELECT current_database(), pg_encoding_to_char(encoding), datcollate, datctype
+SELECT current_database(), pg_encoding_to_char(encoding), datcollate, datctype, pg_get_userbyid(datdba), current_user
 FROM pg_database WHERE datname = current_database()
 """
 
@@ -130,6 +131,7 @@ class PostgresTarget:
             meta={
                 "server_version_num": observation["server"]["version_num"], "major": major,
                 "database": db[0], "encoding": db[1], "collate": db[2], "ctype": db[3],
+                "database_owner": db[4], "user": db[5],
                 "roles": roles, "members": members, "endpoint": self.describe(),
             },
         )
@@ -183,10 +185,11 @@ class PgShadow:
         self.pristine = self.database[: 63 - len(PRISTINE_SUFFIX)] + PRISTINE_SUFFIX
         self.warnings: list[str] = []
         self._build(binaries, archive)
-        self.dsn = server.dsn(self.database)
-        env, exclusive = endpoint_env(name, self.dsn)
-        self.endpoint = Endpoint(env=env, exclusive_env=exclusive, dsn=self.dsn)
-        with psycopg.connect(self.server.dsn(self.pristine), autocommit=True) as conn:
+        self.dsn = server.dsn(self.database)  # shadow's own superuser: observing, checks
+        action_dsn = self._action_dsn()
+        env, exclusive = endpoint_env(name, action_dsn)
+        self.endpoint = Endpoint(env=env, exclusive_env=exclusive, dsn=action_dsn)
+        with self.connect_pristine() as conn:
             self.pristine_observation = observe(conn)
         self.fidelity = self._fidelity()
 
@@ -211,12 +214,26 @@ class PgShadow:
                     self.warnings.append(f"role membership {member} → {role} not copied: {exc.diag.message_primary}")
             if self.database != "postgres":
                 self._create_database(conn, meta)
+            if meta.get("database_owner"):
+                conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                    sql.Identifier(self.database), sql.Identifier(meta["database_owner"])))
         problems = restore_into_empty(binaries, self.server.dsn(self.database), archive)
         if problems:
             self.warnings.append("pg_restore reported: " + "; ".join(problems[:5]))
         with self.server.connect() as conn:
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
                 sql.Identifier(self.pristine), sql.Identifier(self.database)))
+
+    def _action_dsn(self) -> str:
+        """The action connects as production's user (same role attributes and grants), so a rehearsal hits the
+        same permission errors production would."""
+        user = self.checkpoint.meta.get("user")
+        if not user or user == SUPERUSER:
+            return self.dsn
+        password = secrets.token_urlsafe(18)
+        with self.server.connect() as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user), sql.Literal(password)))
+        return self.server.dsn(self.database, user=user, password=password)
 
     def _create_database(self, conn: psycopg.Connection, meta: dict[str, Any]) -> None:
         create = sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}")
@@ -239,10 +256,17 @@ class PgShadow:
                            {"objects": self.pristine_observation["objects"], "data": self.pristine_observation["data"]})
 
     def connect(self) -> psycopg.Connection:
-        return psycopg.connect(self.dsn, autocommit=True)
+        return self._connect(self.dsn)
 
     def connect_pristine(self) -> psycopg.Connection:
-        return psycopg.connect(self.server.dsn(self.pristine), autocommit=True)
+        return self._connect(self.server.dsn(self.pristine))
+
+    def _connect(self, dsn: str) -> psycopg.Connection:
+        try:
+            return psycopg.connect(dsn, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise InfrastructureError(f"lost the shadow database ({self.backend} backend): "
+                                      f"{str(exc).strip().splitlines()[-1]}", target=self.name) from exc
 
     def observe(self) -> dict[str, Any]:
         with self.connect() as conn:

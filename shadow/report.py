@@ -70,6 +70,7 @@ VERDICT_LINES = {
     "refused": "REFUSED — nothing was applied to production",
     "rolled_back": "ROLLED BACK — production was restored to the checkpoint and verified",
     "restored": "RESTORED — production is back at the checkpoint, verified",
+    "restore_failed": "ROLLBACK FAILED — production may be neither at the checkpoint nor at the rehearsed outcome",
     "error": "ERROR",
     "interrupted": "INTERRUPTED",
 }

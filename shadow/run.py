@@ -299,36 +299,50 @@ def _apply(session: _Session, plan_: Plan, statements: list[Statement], targets:
 
 
 def _roll_back(session: _Session, targets: dict[str, Target], checkpoints: dict[str, Checkpoint], reason: str) -> None:
+    """Restore every target (each one is tried even when another fails), then verify."""
     result = session.result
     session.progress("info", f"rolling back: {reason}")
+    failures = _restore_all(session, targets, checkpoints)
+    if failures:
+        result.outcome = "restore_failed"
+        result.reason = f"{reason}; ROLLBACK FAILED: " + " | ".join(str(f) for f in failures)
+        raise failures[0]
     result.outcome = "rolled_back"
     result.reason = reason + "; production was restored to the checkpoint and verified"
+
+
+def _restore_all(session: _Session, targets: dict[str, Target], checkpoints: dict[str, Checkpoint]) -> list[RestoreFailed]:
+    failures: list[RestoreFailed] = []
     for name, t in targets.items():
-        restore_target(session, t, checkpoints[name])
+        try:
+            restore_target(session, t, checkpoints[name])
+        except RestoreFailed as exc:
+            failures.append(exc)
+    return failures
 
 
 def restore_target(session: _Session, t: Target, cp: Checkpoint) -> None:
-    """Restore one target from its checkpoint and verify; raise RestoreFailed if it does not observe equal."""
-    result = session.result
-    tr = result.targets[t.name]
-    if t.fingerprint() == cp.fingerprint:
-        tr.restore = {"needed": False, "verified": True, "note": "production still equals the checkpoint"}
-        return
-    with session.step("restore", t.name, undo=f"production {t.name!r} must equal checkpoint of run {cp.run_id}"):
-        try:
+    """Restore one target from its checkpoint and verify; raise RestoreFailed unless it observes equal."""
+    tr = session.result.targets[t.name]
+    retry = f"the checkpoint is intact; retry with `shadow rollback {cp.run_id} --force` once the cause is fixed"
+    try:
+        if t.fingerprint() == cp.fingerprint:
+            tr.restore = {"needed": False, "verified": True, "note": "production still equals the checkpoint"}
+            return
+        with session.step("restore", t.name, undo=f"production {t.name!r} must equal checkpoint of run {cp.run_id}"):
             t.restore(cp, session.store)
-        except ShadowError as exc:
-            tr.restore = {"needed": True, "verified": False, "error": str(exc)}
-            raise RestoreFailed(
-                f"could NOT restore production: {exc}. The checkpoint is intact; retry with "
-                f"`shadow rollback {cp.run_id}`", target=t.name, run_id=cp.run_id,
-            ) from exc
-    with session.step("verify restore", t.name):
-        problems = t.verify_restored(cp)
+        with session.step("verify restore", t.name):
+            problems = t.verify_restored(cp)
+    except RestoreFailed as exc:
+        tr.restore = {"needed": True, "verified": False, "error": str(exc)}
+        raise RestoreFailed(f"could NOT restore production: {exc}; {retry}", target=t.name, run_id=cp.run_id) from exc
+    except ShadowError as exc:
+        tr.restore = {"needed": True, "verified": False, "error": str(exc)}
+        raise RestoreFailed(f"could NOT restore production ({exc}); {retry}", target=t.name, run_id=cp.run_id) from exc
     tr.restore = {"needed": True, "verified": not problems, "differences": problems}
     if problems:
-        raise RestoreFailed(f"restored, but production does not observe equal to the checkpoint: {'; '.join(problems[:5])}",
-                            target=t.name, run_id=cp.run_id)
+        raise RestoreFailed(f"restored, but production does not observe equal to the checkpoint: "
+                            f"{'; '.join(problems[:5])}", target=t.name, run_id=cp.run_id)
 
 
 def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Path | None = None,
@@ -369,8 +383,11 @@ def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Pat
                                  f"those writes ({'; '.join(diffs[:3])}). Use --force to restore anyway.")
                 result.divergence = diffs
                 return result
-        for name, t in targets.items():
-            restore_target(session, t, checkpoints[name])
+        failures = _restore_all(session, targets, checkpoints)
+        if failures:
+            result.outcome = "restore_failed"
+            result.reason = "ROLLBACK FAILED: " + " | ".join(str(f) for f in failures)
+            raise failures[0]
         result.outcome = "restored"
         result.reason = f"production restored to the checkpoint of run {run_id} and verified"
     except ShadowError as exc:

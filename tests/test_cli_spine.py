@@ -309,3 +309,21 @@ expect: {app: {may: [update rows public.users]}}
     assert denied.code == 2, denied.text
     assert "must be owner of table orders" in denied.err
     assert "app-pass" not in denied.text
+
+
+def test_rollback_refuses_a_corrupt_checkpoint_and_changes_nothing(prod_db, shadow_cli, tmp_path):
+    _safe(tmp_path)
+    applied = shadow_cli("apply", env=_env(prod_db))
+    run_id = applied.out.split("run ")[-1].split()[0]
+    after_apply = prod_db.fingerprint()
+    (artifact,) = [p for p in (shadow_cli.state_dir / "snapshots" / "objects").rglob("*") if p.is_file()]
+    data = bytearray(artifact.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    artifact.write_bytes(bytes(data))
+    r = shadow_cli("rollback", run_id, env=_env(prod_db))
+    assert r.code == 3, r.text
+    assert "corrupt" in r.err and "nothing was restored" in r.err
+    assert "Traceback" not in r.text
+    assert prod_db.fingerprint() == after_apply
+    report = json.loads(shadow_cli("show", "--format", "json", json.loads(shadow_cli("runs", "--json").out)[0]["id"]).out)
+    assert report["outcome"] == "restore_failed"

@@ -327,3 +327,20 @@ def test_rollback_refuses_a_corrupt_checkpoint_and_changes_nothing(prod_db, shad
     assert prod_db.fingerprint() == after_apply
     report = json.loads(shadow_cli("show", "--format", "json", json.loads(shadow_cli("runs", "--json").out)[0]["id"]).out)
     assert report["outcome"] == "restore_failed"
+
+
+def test_role_filtered_by_row_level_security_is_refused_rather_than_miscounted(prod_db, shadow_cli, tmp_path):
+    role = f"rls_{prod_db.name}"
+    prod_db.execute(f"""
+        CREATE ROLE {role} LOGIN PASSWORD 'rls-pass';
+        GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role};
+        GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {role};
+        ALTER TABLE orders ENABLE ROW LEVEL SECURITY;
+        CREATE POLICY only_first_user ON orders TO {role} USING (user_id = 1);
+    """)
+    dsn = f"postgresql://{role}:rls-pass@127.0.0.1:{prod_db.server.port}/{prod_db.name}"
+    write_plan(tmp_path, "targets: {app: {kind: postgres, dsn: '${APP_DATABASE_URL}'}}\naction: {sql: m.sql}\n",
+               {"m.sql": "SELECT 1;"})
+    r = shadow_cli("plan", env={"APP_DATABASE_URL": dsn})
+    assert r.code == 3, r.text
+    assert "row-level security" in r.err

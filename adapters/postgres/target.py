@@ -92,14 +92,20 @@ class PostgresTarget:
     # -- observe / fingerprint ----------------------------------------------------------------------------
     def observe(self) -> dict[str, Any]:
         with self.connect() as conn:
-            try:
-                return observe(conn)
-            except psycopg.errors.InsufficientPrivilege as exc:
-                raise InfrastructureError(
-                    f"the connecting role cannot read everything it must observe: {exc.diag.message_primary} "
-                    "(shadow needs SELECT on every table, and a role that row-level security does not filter)",
-                    target=self.name,
-                ) from exc
+            return self._observe(conn)
+
+    def _observe(self, conn: psycopg.Connection, snapshot: str | None = None) -> dict[str, Any]:
+        try:
+            return observe(conn, snapshot=snapshot)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise InfrastructureError(
+                f"the connecting role cannot read everything shadow observes: {exc.diag.message_primary} "
+                "(it needs SELECT on every table and sequence, and must not be filtered by row-level security)",
+                target=self.name,
+            ) from exc
+        except psycopg.Error as exc:
+            raise InfrastructureError(f"observing production failed: {exc.diag.message_primary or exc}",
+                                      target=self.name) from exc
 
     def fingerprint(self, observation: dict[str, Any] | None = None) -> str:
         return fingerprint_of(observation if observation is not None else self.observe())
@@ -119,7 +125,7 @@ class PostgresTarget:
             roles = [list(r) for r in holder.execute(Q_ROLES)]
             members = [list(r) for r in holder.execute(Q_MEMBERS)]
             with self.connect() as conn:
-                observation = observe(conn, snapshot=snapshot)
+                observation = self._observe(conn, snapshot)
             with store.new_artifact() as slot:
                 run_pg_dump(binaries, self.dsn, slot.path, snapshot)
             holder.rollback()

@@ -7,18 +7,42 @@ of buckets whose (count, sum of hashes) differ are fetched, as (key, hash) pairs
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from adapters.postgres.observe import relation_sql, row_hash_expr
+from adapters.postgres.observe import relation_sql, row_hash_expr, set_read_settings
 from shadow.changes import Change, RowDelta, diff_objects
 
 # A column's ordinal shifts when an earlier one is dropped: that is not a change of the column.
 IGNORED_PROPERTIES = ("position",)
 SAMPLE = 5
 FETCH_BATCH_ROWS = 200_000
+
+
+def split_name(name: str) -> list[str]:
+    """The dot-separated parts of a qualified name made of ``quote_ident``-ed parts, each still quoted.
+
+    A dot inside a quoted part (``"Order.Items"``) is part of the name, not a separator.
+    """
+    parts: list[str] = []
+    start, quoted = 0, False
+    for i, ch in enumerate(name):
+        if ch == '"':
+            quoted = not quoted  # an escaped quote ("") toggles twice
+        elif ch == "." and not quoted:
+            parts.append(name[start:i])
+            start = i + 1
+    parts.append(name[start:])
+    return parts
+
+
+def _parent(name: str) -> str:
+    """``schema.table`` of ``schema.table.column``."""
+    return ".".join(split_name(name)[:-1])
 
 
 def table_of(kind: str, name: str, props: dict[str, Any]) -> str | None:
@@ -28,9 +52,9 @@ def table_of(kind: str, name: str, props: dict[str, Any]) -> str | None:
     if kind == "constraint":
         return props.get("on")
     if kind == "column":
-        return name.rsplit(".", 1)[0]
+        return _parent(name)
     if kind == "sequence" and props.get("owned_by"):
-        return str(props["owned_by"]).rsplit(".", 1)[0]
+        return _parent(str(props["owned_by"]))
     return None
 
 
@@ -80,7 +104,8 @@ def nest(changes: list[Change], before: dict[str, Any], after: dict[str, Any]) -
             candidates.append(f"{'add' if change.op == 'insert' else 'drop'} table {change.name}")
             candidates.append(f"{'add' if change.op == 'insert' else 'drop'} materialized_view {change.name}")
         if change.kind not in ("schema", "extension") and change.op in ("add", "drop"):
-            schema = change.name.split(".", 1)[0] if "." in change.name else None
+            parts = split_name(change.name)
+            schema = parts[0] if len(parts) > 1 else None
             if schema:
                 candidates.append(f"{change.op} schema {schema}")
         for candidate in candidates:
@@ -105,10 +130,37 @@ def count_rows(
     after: dict[str, Any],
 ) -> RowDelta:
     """Count inserted/updated/deleted rows of ``table`` between two live databases."""
+    with ExitStack() as stack:
+        for conn in (conn_before, conn_after):
+            stack.enter_context(_reading(conn))
+        return _count_rows(conn_before, conn_after, table, before, after)
+
+
+@contextmanager
+def _reading(conn: psycopg.Connection) -> Iterator[None]:
+    """One snapshot for both passes over a table, with the settings observe hashes rows under.
+
+    Without them, a database whose default TimeZone (or bytea_output …) differs from the shadow's server would
+    show every row of a table with such a column as updated.
+    """
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        set_read_settings(conn)
+        yield
+
+
+def _count_rows(
+    conn_before: psycopg.Connection,
+    conn_after: psycopg.Connection,
+    table: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+) -> RowDelta:
     b_data, a_data = before["data"][table], after["data"][table]
-    b_cols = _columns(before, table)
-    a_cols = _columns(after, table)
-    dropped = sorted(b_cols - a_cols)
+    a_cols = list(a_data["columns"])
+    # A dropped column is not an update of every row: hash the old rows without it. (An added column is left
+    # out of the old rows anyway, and NULL values are left out of the new ones.)
+    b_cols = [c for c in b_data["columns"] if c in a_cols]
     key = a_data.get("key") if a_data.get("key") and a_data.get("key") == b_data.get("key") else None
     total = max(b_data["rows"], a_data["rows"])
     buckets = 1
@@ -117,8 +169,8 @@ def count_rows(
 
     rel = relation_sql(table, bool(a_data.get("only", True)))
 
-    def select(drop: list[str], what: sql.Composable, where: sql.Composable = sql.SQL("")) -> sql.Composable:
-        h = row_hash_expr(drop)
+    def select(columns: list[str], what: sql.Composable, where: sql.Composable = sql.SQL("")) -> sql.Composed:
+        h = row_hash_expr(columns)
         k = _key_expr(key) if key else sql.SQL("{}::text").format(h)
         return sql.SQL("SELECT {what} FROM (SELECT {k} AS k, {h} AS h FROM {rel} t) s {where}").format(
             what=what, k=k, h=h, rel=rel, where=where
@@ -126,11 +178,11 @@ def count_rows(
 
     agg = sql.SQL("(hashtext(k) & {m}) AS b, count(*), sum(h::numeric)::text").format(m=sql.Literal(buckets - 1))
 
-    def buckets_of(conn: psycopg.Connection, drop: list[str]) -> dict[int, tuple[int, str]]:
-        q = sql.SQL("{} GROUP BY 1").format(select(drop, agg))
+    def buckets_of(conn: psycopg.Connection, columns: list[str]) -> dict[int, tuple[int, str]]:
+        q = sql.SQL("{} GROUP BY 1").format(select(columns, agg))
         return {b: (n, s) for b, n, s in conn.execute(q)}
 
-    bb, ab = buckets_of(conn_before, dropped), buckets_of(conn_after, [])
+    bb, ab = buckets_of(conn_before, b_cols), buckets_of(conn_after, a_cols)
     differing = sorted(b for b in set(bb) | set(ab) if bb.get(b) != ab.get(b))
     inserted = updated = deleted = 0
     samples: dict[str, list[str]] = {"insert": [], "update": [], "delete": []}
@@ -140,16 +192,16 @@ def count_rows(
         batch = differing[i : i + step]
         where = sql.SQL("WHERE (hashtext(k) & {}) = ANY({})").format(sql.Literal(buckets - 1), sql.Literal(batch))
 
-        def fetch(conn: psycopg.Connection, drop: list[str]) -> dict[str, Any]:
+        def fetch(conn: psycopg.Connection, columns: list[str]) -> dict[str, Any]:
             out: dict[str, Any] = {}
-            for kk, hh in conn.execute(select(drop, sql.SQL("k, h"), where)):
+            for kk, hh in conn.execute(select(columns, sql.SQL("k, h"), where)):
                 if key:
                     out[kk] = hh
                 else:
                     out[kk] = out.get(kk, 0) + 1  # multiset: count of identical rows
             return out
 
-        old, new = fetch(conn_before, dropped), fetch(conn_after, [])
+        old, new = fetch(conn_before, b_cols), fetch(conn_after, a_cols)
         if key:
             for k in new.keys() - old.keys():
                 inserted += 1
@@ -174,18 +226,6 @@ def count_rows(
 
 def _key_expr(key: list[str]) -> sql.Composable:
     return sql.SQL("jsonb_build_array({})::text").format(sql.SQL(", ").join(sql.SQL("t.") + sql.Identifier(c) for c in key))
-
-
-def _columns(observation: dict[str, Any], table: str) -> set[str]:
-    prefix = table + "."
-    # Column names in observations are quote_ident-ed; to_jsonb keys are raw names.
-    return {_unquote(n[len(prefix):]) for n in observation["objects"]["column"] if n.startswith(prefix)}
-
-
-def _unquote(ident: str) -> str:
-    if ident.startswith('"') and ident.endswith('"'):
-        return ident[1:-1].replace('""', '"')
-    return ident
 
 
 def _sample(bucket: list[str], key: str) -> None:

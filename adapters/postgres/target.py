@@ -167,7 +167,8 @@ class PostgresTarget:
 
     def restore(self, checkpoint: Checkpoint, store: Store) -> None:
         archive = store.open_verified(_artifact(checkpoint))
-        restore_over(self.binaries(int(checkpoint.meta["major"])), self.dsn, archive)
+        restore_over(self.binaries(int(checkpoint.meta["major"])), self.dsn, archive,
+                     observation=checkpoint.observation)
 
     def verify_restored(self, checkpoint: Checkpoint) -> list[str]:
         """Differences between production now and the checkpoint; empty when the restore is exact."""
@@ -223,7 +224,8 @@ class PgShadow:
             if meta.get("database_owner"):
                 conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
                     sql.Identifier(self.database), sql.Identifier(meta["database_owner"])))
-        problems = restore_into_empty(binaries, self.server.dsn(self.database), archive)
+        problems = restore_into_empty(binaries, self.server.dsn(self.database), archive,
+                                      observation=self.checkpoint.observation)
         if problems:
             self.warnings.append("pg_restore reported: " + "; ".join(problems[:5]))
         with self.server.connect() as conn:
@@ -317,7 +319,7 @@ class PostgresKind:
     # The vocabulary of change addresses: `<op> <kind> <name>`.
     change_ops: tuple[str, ...] = ("add", "drop", "alter", "insert", "update", "delete")
     change_kinds: tuple[str, ...] = ("schema", "table", "column", "index", "constraint", "view", "materialized_view", "function",
-                    "procedure", "trigger", "sequence", "type", "extension", "rows")
+                    "procedure", "trigger", "sequence", "type", "extension", "default_privileges", "rows")
 
     def validate(self, spec: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
         for key in spec:

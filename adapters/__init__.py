@@ -77,7 +77,9 @@ class Target(Protocol):
 
     def checkpoint(self, store: Store, run_id: str) -> Checkpoint: ...
 
-    def shadow(self, checkpoint: Checkpoint, store: Store, run_id: str, backend: str) -> AbstractContextManager[ShadowCopy]: ...
+    def shadow(self, checkpoint: Checkpoint, store: Store, run_id: str, backend: str,
+               limits: Any = None) -> AbstractContextManager[ShadowCopy]:
+        """A disposable copy built from ``checkpoint`` on ``backend`` ("local" | "docker"), torn down on exit."""
 
     def observe(self) -> dict[str, Any]: ...
 

@@ -88,8 +88,18 @@ class Action:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Resource limits for shadow containers (docker backend)."""
+
+    memory: str | None = None
+    cpus: float | None = None
+    pids: int | None = None
+
+
+@dataclass(frozen=True)
 class Policy:
     backend: str = "auto"
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True)
@@ -431,9 +441,33 @@ def _policy(doc: _Doc, raw: Any) -> Policy:
     if not isinstance(raw, dict):
         doc.problem(("policy",), "must be a mapping")
         return Policy()
-    _known(doc, raw, ("policy",), ("backend",))
+    _known(doc, raw, ("policy",), ("backend", "limits"))
     backend = raw.get("backend", "auto")
     if backend not in BACKENDS:
         doc.problem(("policy", "backend"), f"{backend!r} is not one of: {', '.join(BACKENDS)}")
         backend = "auto"
-    return Policy(backend=backend)
+    return Policy(backend=backend, limits=_limits(doc, raw.get("limits")))
+
+
+def _limits(doc: _Doc, raw: Any) -> Limits:
+    if raw is None:
+        return Limits()
+    where = ("policy", "limits")
+    if not isinstance(raw, dict):
+        doc.problem(where, "must be a mapping like {memory: 1g, cpus: 2, pids: 512}")
+        return Limits()
+    _known(doc, raw, where, ("memory", "cpus", "pids"))
+    memory = raw.get("memory")
+    if memory is not None and not re.fullmatch(r"\d+(\.\d+)?\s*[bkmgBKMG]?", str(memory)):
+        doc.problem(where + ("memory",), f"{memory!r} is not a size like 512m or 2g")
+        memory = None
+    cpus = raw.get("cpus")
+    if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or cpus <= 0):
+        doc.problem(where + ("cpus",), f"{cpus!r} is not a positive number of CPUs")
+        cpus = None
+    pids = raw.get("pids")
+    if pids is not None and (isinstance(pids, bool) or not isinstance(pids, int) or pids < 16):
+        doc.problem(where + ("pids",), f"{pids!r} is not a process count of at least 16")
+        pids = None
+    return Limits(str(memory).replace(" ", "").lower() if memory is not None else None,
+                  float(cpus) if cpus is not None else None, pids)

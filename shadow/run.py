@@ -86,12 +86,24 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + pysecrets.token_hex(3)
 
 
-def choose_backend(policy: str) -> tuple[str, str]:
-    if policy == "docker":
-        raise BadInput("policy.backend: docker is not available in this version of shadow; use `local` or `auto`")
-    if policy == "local":
-        return "local", "policy.backend is local"
-    return "local", "auto: using the local PostgreSQL binaries (the docker backend is not available in this version)"
+def choose_backend(policy: str, settings: Settings) -> tuple[str, str]:
+    """The backend for this run and why; ``SHADOW_BACKEND`` overrides the plan's ``policy.backend``."""
+    from adapters.docker import engine_answers
+
+    wanted = settings.backend or policy
+    origin = "SHADOW_BACKEND" if settings.backend else "policy.backend"
+    if wanted not in ("auto", "local", "docker"):
+        raise BadInput(f"{origin}: {wanted!r} is not one of auto, local, docker")
+    if wanted == "local":
+        return "local", f"{origin} is local"
+    answers, why = engine_answers()
+    if wanted == "docker":
+        if not answers:
+            raise InfrastructureError(f"{origin} is docker but {why}")
+        return "docker", f"{origin} is docker; {why}"
+    if answers:
+        return "docker", f"auto: {why}"
+    return "local", f"auto: {why}; using the local PostgreSQL binaries"
 
 
 class _Session:
@@ -156,7 +168,7 @@ def apply(plan_file: str | Path, settings: Settings | None = None, progress: Pro
 def _execute(plan_file: str | Path, settings: Settings, command: str, progress: Progress) -> RunResult:
     loaded = load_plan(Path(plan_file), settings.environ)
     statements = load_sql_files(list(loaded.action.sql_files), list(loaded.action.sql_display))
-    backend, why = choose_backend(loaded.policy.backend)
+    backend, why = choose_backend(loaded.policy.backend, settings)
     targets = _targets(loaded, settings)
     result = RunResult(new_run_id(), command, str(loaded.path), time.time(), backend, why,
                        action=loaded.action.describe())
@@ -171,7 +183,8 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
             shadows: dict[str, ShadowCopy] = {}
             for name, t in targets.items():
                 with session.step("shadow", name):
-                    shadows[name] = stack.enter_context(t.shadow(checkpoints[name], session.store, result.run_id, backend))
+                    shadows[name] = stack.enter_context(
+                        t.shadow(checkpoints[name], session.store, result.run_id, backend, loaded.policy.limits))
                 _fidelity(result, name, shadows[name], checkpoints[name])
             _rehearse(session, loaded, statements, targets, shadows)
             if not result.passed:

@@ -13,6 +13,8 @@ class Settings:
     state_dir: Path
     pg_bindir: str | None = None
     environ: Mapping[str, str] = field(default_factory=dict)
+    backend: str | None = None  # SHADOW_BACKEND: overrides the plan's policy.backend (e.g. for a CI matrix)
+    postgres_image: str = "postgres:{major}"  # SHADOW_POSTGRES_IMAGE; {major} is production's major version
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, state_dir: str | Path | None = None) -> Settings:
@@ -22,6 +24,8 @@ class Settings:
             state_dir=Path(chosen).absolute(),
             pg_bindir=env.get("SHADOW_PG_BINDIR") or None,
             environ=env,
+            backend=env.get("SHADOW_BACKEND") or None,
+            postgres_image=env.get("SHADOW_POSTGRES_IMAGE") or "postgres:{major}",
         )
 
     @property

@@ -23,6 +23,38 @@ from adapters.postgres.target import PostgresTarget
 from shadow.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Containers here: never pull (there is no registry), no Ryuk reaper image, published ports on 127.0.0.1.
+# testcontainers reads these when it is first imported, which shadow does lazily — so setting them here is early
+# enough. The images are built locally by scripts/build-images.sh.
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+os.environ.setdefault("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1")
+os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
+os.environ.setdefault("SHADOW_POSTGRES_IMAGE", "shadow-test/postgres:{major}")
+TEST_IMAGES = {15: "shadow-test/postgres:15", 17: "shadow-test/postgres:17"}
+
+
+def docker_or_skip() -> None:
+    """Skip when no Docker engine answers — except in CI, where the Docker tests must run."""
+    from adapters.docker import engine_answers
+
+    answers, why = engine_answers()
+    if not answers:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {why}: the Docker tests must run in CI")
+        pytest.skip(f"docker backend: {why}")
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """The shadow backend a test runs on: ``local`` unless a test parametrises it (indirect=True)."""
+    chosen = getattr(request, "param", "local")
+    if chosen == "docker":
+        docker_or_skip()
+    return str(chosen)
+
+
+BOTH_BACKENDS = pytest.mark.parametrize("backend", ["local", "docker"], indirect=True)
 DEMO_SCHEMA = ROOT / "examples" / "demo" / "schema.sql"
 
 
@@ -91,12 +123,14 @@ class CliResult:
 
 
 @pytest.fixture
-def shadow_cli(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """Run the real ``shadow`` CLI in a subprocess with a state dir in tmp_path."""
+def shadow_cli(tmp_path: Path, backend: str):  # type: ignore[no-untyped-def]
+    """Run the real ``shadow`` CLI in a subprocess with a state dir in tmp_path, on the test's backend."""
     state = tmp_path / "state"
 
     def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300) -> CliResult:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
+        full_env["SHADOW_BACKEND"] = backend
+        full_env["SHADOW_POSTGRES_IMAGE"] = os.environ["SHADOW_POSTGRES_IMAGE"]
         full_env.update(env or {})
         proc = subprocess.run(
             [sys.executable, "-m", "shadow.cli", "--state-dir", str(state), *args],

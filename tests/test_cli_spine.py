@@ -6,7 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from tests.conftest import ProdDb, write_plan
+from tests.conftest import BOTH_BACKENDS, ProdDb, write_plan
+
+pytestmark = BOTH_BACKENDS
 
 SAFE_SQL = """
 SET lock_timeout = '5s';

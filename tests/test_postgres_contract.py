@@ -26,7 +26,7 @@ from adapters.postgres.restore import restore_into_empty, restore_over
 from adapters.postgres.target import PgShadow, PostgresTarget, fingerprint_of
 from shadow.changes import Change, walk
 from snapshots import Artifact, Store
-from tests.conftest import ProdDb
+from tests.conftest import BOTH_BACKENDS, ProdDb
 
 READER, WRITER, OWNER = "contract_reader", "contract_writer", "contract_owner"
 RUN_ID = "contract"
@@ -611,8 +611,9 @@ def _fact_values(db: ProdDb, facts: dict[str, Any]) -> dict[str, Any]:
     return {query: db.scalar(query) if expected is SAME else expected for query, expected in facts.items()}
 
 
+@BOTH_BACKENDS
 @pytest.mark.parametrize("schema", list(SCHEMAS.values()), ids=list(SCHEMAS))
-def test_restore_brings_production_back_to_the_checkpoint(schema, empty_db, roles, store):
+def test_restore_brings_production_back_to_the_checkpoint(schema, empty_db, roles, store, backend):
     for extension in schema.extensions:
         if not available(empty_db, extension):
             pytest.skip(f"contrib extension {extension} is not installed on this server")
@@ -621,7 +622,8 @@ def test_restore_brings_production_back_to_the_checkpoint(schema, empty_db, role
     target = empty_db.target()
     checkpoint = target.checkpoint(store, RUN_ID)
 
-    with target.shadow(checkpoint, store, RUN_ID, "local") as sh:
+    with target.shadow(checkpoint, store, RUN_ID, backend) as sh:
+        assert sh.backend == backend
         assert sh.fidelity == []
         assert sh.warnings == []
         assert {query: sh.check(query) for query in facts} == facts
@@ -653,14 +655,14 @@ def test_restore_is_repeatable_and_leaves_an_unchanged_database_unchanged(prod_d
 # -- the diff side: changes made inside the shadow -------------------------------------------------------------
 
 @pytest.fixture
-def shadow_of(store: Store) -> Iterator[Callable[[ProdDb], tuple[PostgresTarget, PgShadow]]]:
+def shadow_of(store: Store, backend: str) -> Iterator[Callable[[ProdDb], tuple[PostgresTarget, PgShadow]]]:
     """Checkpoint a production database and build a faithful shadow of it; torn down after the test."""
     with ExitStack() as stack:
 
         def build(db: ProdDb) -> tuple[PostgresTarget, PgShadow]:
             target = db.target()
             checkpoint = target.checkpoint(store, RUN_ID)
-            sh = stack.enter_context(target.shadow(checkpoint, store, RUN_ID, "local"))
+            sh = stack.enter_context(target.shadow(checkpoint, store, RUN_ID, backend))
             assert sh.fidelity == []
             return target, sh
 

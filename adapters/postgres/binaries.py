@@ -14,6 +14,7 @@ import importlib.util
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +25,35 @@ TOOLS = ("initdb", "pg_ctl", "postgres", "pg_dump", "pg_restore", "psql")
 
 @dataclass(frozen=True)
 class PgBinaries:
+    """Local binaries in one directory."""
+
     bindir: Path
     major: int
 
     def path(self, tool: str) -> str:
         return str(self.bindir / tool)
+
+    def argv(self, tool: str, mounts: Sequence[Path] = ()) -> list[str]:
+        """The command that runs ``tool``; ``mounts`` are the paths it reads or writes (for containers)."""
+        return [self.path(tool)]
+
+
+@dataclass(frozen=True)
+class ContainerTools:
+    """Client tools run inside a throwaway container of ``image`` — when production's server is newer than every
+    local ``pg_dump``. ``--network host`` lets the tool reach the same addresses as this process; the files it
+    reads or writes are mounted at the same paths; PGPASSWORD is passed by name, never on the command line."""
+
+    image: str
+    major: int
+
+    def argv(self, tool: str, mounts: Sequence[Path] = ()) -> list[str]:
+        volumes = [arg for m in sorted({str(Path(p)) for p in mounts}) for arg in ("-v", f"{m}:{m}")]
+        return ["docker", "run", "--rm", "-i", "--network", "host", "-e", "PGPASSWORD", "--label",
+                "shadow.role=client-tool", *volumes, "--entrypoint", tool, self.image]
+
+
+ClientTools = PgBinaries | ContainerTools
 
 
 def _version_of(bindir: Path) -> int | None:

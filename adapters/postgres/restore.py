@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters.postgres.binaries import PgBinaries
+from adapters.postgres.binaries import ClientTools
 from adapters.postgres.dsn import libpq_env
 from shadow.errors import InfrastructureError, RestoreFailed
 
@@ -191,7 +191,7 @@ class _Replay:
     after: Path | None = None
 
 
-def _replay(binaries: PgBinaries, archive: Path, folder: Path, observation: Mapping[str, Any] | None) -> _Replay:
+def _replay(binaries: ClientTools, archive: Path, folder: Path, observation: Mapping[str, Any] | None) -> _Replay:
     if observation is None:
         return _Replay()
     objects = observation.get("objects", {})
@@ -199,7 +199,7 @@ def _replay(binaries: PgBinaries, archive: Path, folder: Path, observation: Mapp
     extensions = {name: {"version": e.get("version"), "schema": e.get("schema")}
                   for name, e in objects.get("extension", {}).items()}
     if extensions:
-        toc = subprocess.run([binaries.path("pg_restore"), "-l", str(archive)],
+        toc = subprocess.run([*binaries.argv("pg_restore", [archive.parent]), "-l", str(archive)],
                              capture_output=True, text=True, env=_env({}))
         if toc.returncode != 0:
             raise RestoreFailed(f"pg_restore could not read the checkpoint archive: {toc.stderr.strip()[:500]}")
@@ -214,7 +214,7 @@ def _replay(binaries: PgBinaries, archive: Path, folder: Path, observation: Mapp
     return replay
 
 
-def restore_into_empty(binaries: PgBinaries, dsn: str, archive: Path,
+def restore_into_empty(binaries: ClientTools, dsn: str, archive: Path,
                        observation: Mapping[str, Any] | None = None) -> list[str]:
     """Restore ``archive`` into an empty database (a shadow). Returns pg_restore's complaints, if any.
 
@@ -228,9 +228,10 @@ def restore_into_empty(binaries: PgBinaries, dsn: str, archive: Path,
         if proc.returncode != 0:
             problems.extend(line for line in proc.stderr.splitlines() if line.strip())
 
-    pg_restore = [binaries.path("pg_restore"), "--no-password", "-d", conninfo]
-    psql = [binaries.path("psql"), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", "-d", conninfo]
     with tempfile.TemporaryDirectory(prefix="shadow-restore-") as folder:
+        mounts = [archive.parent, Path(folder)]
+        pg_restore = [*binaries.argv("pg_restore", mounts), "--no-password", "-d", conninfo]
+        psql = [*binaries.argv("psql", mounts), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", "-d", conninfo]
         replay = _replay(binaries, archive, Path(folder), observation)
         if replay.schemas and replay.rest and replay.between:
             run([*pg_restore, "-L", str(replay.schemas), str(archive)])
@@ -243,7 +244,7 @@ def restore_into_empty(binaries: PgBinaries, dsn: str, archive: Path,
     return problems[:20]
 
 
-def restore_over(binaries: PgBinaries, dsn: str, archive: Path, lock_timeout: str = "60s",
+def restore_over(binaries: ClientTools, dsn: str, archive: Path, lock_timeout: str = "60s",
                  observation: Mapping[str, Any] | None = None) -> None:
     """Replace the database's contents with ``archive``, atomically. Raise :class:`RestoreFailed` if not done.
 
@@ -257,14 +258,14 @@ def restore_over(binaries: PgBinaries, dsn: str, archive: Path, lock_timeout: st
         files = [pre]
         if replay.schemas and replay.between:
             schemas = Path(folder) / "schemas.sql"
-            part = subprocess.run([binaries.path("pg_restore"), "-L", str(replay.schemas), "-f", str(schemas),
+            part = subprocess.run([*binaries.argv("pg_restore", [archive.parent, Path(folder)]), "-L", str(replay.schemas), "-f", str(schemas),
                                    str(archive)], capture_output=True, text=True, env=_env({}))
             if part.returncode != 0:
                 raise RestoreFailed(f"pg_restore could not read the checkpoint archive: {part.stderr.strip()[:500]}")
             files += [schemas, replay.between]
         rest = ["-L", str(replay.rest)] if replay.rest else []
         dump = subprocess.Popen(
-            [binaries.path("pg_restore"), *rest, "-f", "-", str(archive)],
+            [*binaries.argv("pg_restore", [archive.parent, Path(folder)]), *rest, "-f", "-", str(archive)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env({}),
         )
         assert dump.stdout is not None
@@ -273,7 +274,7 @@ def restore_over(binaries: PgBinaries, dsn: str, archive: Path, lock_timeout: st
             sources += ["-f", str(replay.after)]
         try:
             psql = subprocess.run(
-                [binaries.path("psql"), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", "--single-transaction",
+                [*binaries.argv("psql", [Path(folder)]), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", "--single-transaction",
                  "-d", conninfo, *sources],
                 stdin=dump.stdout, capture_output=True, text=True, env=_env(env),
             )
@@ -290,16 +291,22 @@ def restore_over(binaries: PgBinaries, dsn: str, archive: Path, lock_timeout: st
         raise RestoreFailed(f"pg_restore could not read the checkpoint archive: {dump_err.strip()[:500]}")
 
 
+# What the client tools may see of our environment: libpq's TLS settings and, for container tools, the Docker
+# client's. Never the caller's PG* variables — the DSN says where to connect.
+KEEP_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "PGSSLROOTCERT", "DOCKER_HOST", "DOCKER_CONTEXT",
+            "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY", "DOCKER_CONFIG")
+
+
 def _env(extra: dict[str, str]) -> dict[str, str]:
     import os
 
-    base = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "PGSSLROOTCERT")}
+    base = {k: v for k, v in os.environ.items() if k in KEEP_ENV}
     return {**base, **extra}
 
 
-def run_pg_dump(binaries: PgBinaries, dsn: str, out: Path, snapshot: str | None) -> None:
+def run_pg_dump(binaries: ClientTools, dsn: str, out: Path, snapshot: str | None) -> None:
     conninfo, env = libpq_env(dsn)
-    args = [binaries.path("pg_dump"), "--no-password", "-Fc", "-Z", "1", "-f", str(out), "-d", conninfo]
+    args = [*binaries.argv("pg_dump", [out.parent]), "--no-password", "-Fc", "-Z", "1", "-f", str(out), "-d", conninfo]
     if snapshot:
         args.append(f"--snapshot={snapshot}")
     proc = subprocess.run(args, capture_output=True, text=True, env=_env(env))

@@ -16,14 +16,16 @@ from psycopg import sql
 
 from adapters import Checkpoint, Endpoint
 from adapters.postgres import dsn as dsnlib
-from adapters.postgres.binaries import PgBinaries, binaries_for
+from adapters.docker import engine_answers
+from adapters.postgres.binaries import ClientTools, ContainerTools, binaries_for
+from adapters.postgres.container import ContainerServer, Limits
 from adapters.postgres.cluster import SUPERUSER, LocalCluster
 from adapters.postgres.diff import count_rows, diff
 from adapters.postgres.execute import execute
 from adapters.postgres.observe import observe
 from adapters.postgres.restore import restore_into_empty, restore_over, run_pg_dump
 from shadow.changes import Change, RowDelta, differences
-from shadow.errors import BadInput, InfrastructureError, TargetUnreachable
+from shadow.errors import BadInput, BinaryNotFound, InfrastructureError, TargetUnreachable
 from shadow.sqlsplit import Statement
 from snapshots import Artifact, Store
 
@@ -60,6 +62,7 @@ class PostgresTarget:
 
     def __init__(self, name: str, spec: Mapping[str, Any], settings: Any) -> None:
         self.name = name
+        self.spec = dict(spec)
         self.dsn = str(spec["dsn"])
         self.settings = settings
         self._params = dsnlib.parse(self.dsn)
@@ -86,8 +89,15 @@ class PostgresTarget:
         env, exclusive = endpoint_env(self.name, self.dsn)
         return Endpoint(env=env, exclusive_env=exclusive, dsn=self.dsn, secrets=self.secrets())
 
-    def binaries(self, server_major: int) -> PgBinaries:
-        return binaries_for(server_major, self.settings.pg_bindir)
+    def binaries(self, server_major: int) -> ClientTools:
+        """Client tools at least as new as production: local ones, else the same tools in a container of the
+        matching image when a Docker engine answers (PostgreSQL 17 in production, 15 on the laptop)."""
+        try:
+            return binaries_for(server_major, self.settings.pg_bindir)
+        except BinaryNotFound as exc:
+            if self.settings.pg_bindir or not engine_answers()[0]:
+                raise
+            return ContainerTools(self.image_for(server_major), server_major)
 
     # -- observe / fingerprint ----------------------------------------------------------------------------
     def observe(self) -> dict[str, Any]:
@@ -144,13 +154,24 @@ class PostgresTarget:
 
     # -- shadow ---------------------------------------------------------------------------------------------
     @contextmanager
-    def shadow(self, checkpoint: Checkpoint, store: Store, run_id: str, backend: str) -> Iterator[PgShadow]:
-        if backend != "local":
-            raise InfrastructureError(f"the {backend} backend is not available for postgres targets yet")
+    def shadow(self, checkpoint: Checkpoint, store: Store, run_id: str, backend: str,
+               limits: Any = None) -> Iterator[PgShadow]:
         archive = store.open_verified(_artifact(checkpoint))
-        binaries = self.binaries(int(checkpoint.meta["major"]))
-        with LocalCluster(label=run_id, binaries=binaries) as cluster:
-            yield PgShadow(self.name, cluster, binaries, checkpoint, archive, backend)
+        major = int(checkpoint.meta["major"])
+        tools = self.binaries(major)
+        server: LocalCluster | ContainerServer
+        if backend == "docker":
+            server = ContainerServer(run_id, self.image_for(major), major, Limits(
+                getattr(limits, "memory", None), getattr(limits, "cpus", None), getattr(limits, "pids", None)))
+        else:
+            server = LocalCluster(label=run_id, binaries=binaries_for(major, self.settings.pg_bindir))
+        with server:
+            yield PgShadow(self.name, server, tools, checkpoint, archive, backend)
+
+    def image_for(self, major: int) -> str:
+        """The shadow image: the target's ``image:``, else SHADOW_POSTGRES_IMAGE, else ``postgres:<major>``."""
+        template = str(self.spec.get("image") or self.settings.postgres_image)
+        return template.replace("{major}", str(major))
 
     # -- production ---------------------------------------------------------------------------------------
     def execute_sql(self, endpoint: Endpoint, statements: list[Statement], timeout: float) -> str:
@@ -182,7 +203,7 @@ class PostgresTarget:
 class PgShadow:
     """A restored copy of one checkpoint in a throwaway server, plus a pristine twin for row diffs."""
 
-    def __init__(self, name: str, server: LocalCluster, binaries: PgBinaries, checkpoint: Checkpoint,
+    def __init__(self, name: str, server: LocalCluster | ContainerServer, binaries: ClientTools, checkpoint: Checkpoint,
                  archive: Path, backend: str) -> None:
         self.name = name
         self.server = server
@@ -200,7 +221,7 @@ class PgShadow:
             self.pristine_observation = observe(conn)
         self.fidelity = self._fidelity()
 
-    def _build(self, binaries: PgBinaries, archive: Path) -> None:
+    def _build(self, binaries: ClientTools, archive: Path) -> None:
         meta = self.checkpoint.meta
         with self.server.connect() as conn:
             existing = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles")}

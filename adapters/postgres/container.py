@@ -1,0 +1,123 @@
+"""A disposable PostgreSQL container (the ``docker`` shadow backend), started through testcontainers.
+
+The container is labelled with the run id (``adapters.docker.labels``), gets the plan's resource limits, runs
+with durability off (a shadow is thrown away), and is removed in ``stop()`` — which ``__exit__`` calls even
+when start-up failed half way. Images are never built here: ``postgres:<major>`` by default (pulled by Docker
+as usual), or the plan's ``image:`` / ``SHADOW_POSTGRES_IMAGE`` (``{major}`` is replaced by the major version).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+from adapters.docker import labels
+from shadow.errors import InfrastructureError
+
+SUPERUSER = "shadow"
+DURABILITY_OFF = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    memory: str | None = None  # docker syntax: "512m", "2g"
+    cpus: float | None = None
+    pids: int | None = None
+
+    def docker_kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.memory:
+            out["mem_limit"] = self.memory
+        if self.cpus:
+            out["nano_cpus"] = int(self.cpus * 1e9)
+        if self.pids:
+            out["pids_limit"] = self.pids
+        return out
+
+
+class ContainerServer:
+    """One PostgreSQL container; use as a context manager. Same surface as ``LocalCluster``."""
+
+    def __init__(self, label: str, image: str, major: int, limits: Limits | None = None) -> None:
+        self.label = label
+        self.image = image
+        self.major = major
+        self.limits = limits or Limits()
+        self.password = secrets.token_urlsafe(18)
+        self.host = "127.0.0.1"
+        self.port = 0
+        self._container: Any = None
+
+    def dsn(self, dbname: str = "postgres", user: str = SUPERUSER, password: str | None = None) -> str:
+        return make_conninfo(host=self.host, port=self.port, dbname=dbname, user=user,
+                             password=password if password is not None else self.password, connect_timeout=10)
+
+    def connect(self, dbname: str = "postgres", autocommit: bool = True) -> psycopg.Connection:
+        return psycopg.connect(self.dsn(dbname), autocommit=autocommit)
+
+    def start(self) -> ContainerServer:
+        from testcontainers.community.postgres import PostgresContainer
+
+        container = PostgresContainer(self.image, username=SUPERUSER, password=self.password, dbname="postgres",
+                                      driver=None)
+        container.with_command(DURABILITY_OFF)
+        container.with_kwargs(labels=labels(self.label, "postgres-shadow"), **self.limits.docker_kwargs())
+        self._container = container
+        try:
+            container.start()
+            self.host = container.get_container_host_ip()
+            self.port = int(container.get_exposed_port(5432))
+        except Exception as exc:  # noqa: BLE001 - docker/testcontainers raise many kinds
+            raise InfrastructureError(
+                f"could not start a PostgreSQL container from image {self.image!r}: {str(exc).strip()[:300]}"
+            ) from exc
+        return self
+
+    @property
+    def container_id(self) -> str | None:
+        wrapped = getattr(self._container, "_container", None)
+        return getattr(wrapped, "id", None)
+
+    def is_running(self) -> bool:
+        try:
+            wrapped = self._container.get_wrapped_container()
+            wrapped.reload()
+            return bool(wrapped.status == "running")
+        except Exception:  # noqa: BLE001
+            return False
+
+    def log_tail(self, lines: int = 5) -> str:
+        try:
+            text = self._container.get_wrapped_container().logs(tail=lines).decode(errors="replace")
+            return str(text)
+        except Exception:  # noqa: BLE001
+            return ""
+
+    def stop(self) -> None:
+        """Remove the container; safe to call twice and after a failed start."""
+        if self._container is not None:
+            try:
+                self._container.stop()
+            except Exception:  # noqa: BLE001 - already gone is fine; gc catches the rest by label
+                pass
+            self._container = None
+
+    def __enter__(self) -> ContainerServer:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def create_database(self, name: str) -> str:
+        with self.connect() as conn:
+            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+        return self.dsn(name)

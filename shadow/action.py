@@ -100,8 +100,10 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def run_action(plan: Plan, statements: list[Statement], endpoints: Mapping[str, Endpoint], targets: Mapping[str, Any],
-               caller_env: Mapping[str, str], log_path: Path) -> ActionResult:
-    """Run the action once against ``endpoints``. SQL errors propagate as :class:`SqlError`."""
+               caller_env: Mapping[str, str], log_path: Path, sandbox: Any = None,
+               production: bool = False) -> ActionResult:
+    """Run the action once against ``endpoints`` — in ``sandbox`` (a :class:`shadow.sandbox.Sandbox`) when the
+    plan isolates it in a container. SQL errors propagate as :class:`SqlError`."""
     action = plan.action
     if action.sql_files:
         assert action.sql_target is not None
@@ -116,4 +118,6 @@ def run_action(plan: Plan, statements: list[Statement], endpoints: Mapping[str, 
     with tempfile.TemporaryDirectory(prefix="shadow-home-") as home:
         env = action_env(plan, endpoints, kinds, caller_env, home)
         assert action.command is not None
+        if sandbox is not None:
+            return sandbox.run(action.command, plan.folder, env, action.timeout, log_path, secrets, production)  # type: ignore[no-any-return]
         return run_command(action.command, plan.folder, env, action.timeout, log_path, secrets)

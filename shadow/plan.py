@@ -20,6 +20,7 @@ from shadow.errors import PlanError
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 CMP = re.compile(r"^\s*(==|=|<=|>=|<|>|!=)?\s*(\d+)\s*$")
 BACKENDS = ("auto", "local", "docker")
+ISOLATIONS = ("process", "container")
 ROW_KEYS = ("inserted", "updated", "deleted")
 DEFAULT_TIMEOUT = 30 * 60.0
 
@@ -78,6 +79,8 @@ class Action:
     command: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
     timeout: float = DEFAULT_TIMEOUT
+    isolation: str = "process"  # process | container (the command runs in a container on an internal network)
+    image: str | None = None  # the container image for isolation: container
 
     @property
     def kind(self) -> str:
@@ -270,7 +273,17 @@ def _action(doc: _Doc, raw: Any, folder: Path, targets: list[TargetSpec]) -> Act
     if not isinstance(raw, dict):
         doc.problem(("action",), "missing: give `sql: FILE` (or a list of files) or `command: \"...\"`")
         return Action()
-    _known(doc, raw, ("action",), ("sql", "command", "target", "env", "timeout"))
+    _known(doc, raw, ("action",), ("sql", "command", "target", "env", "timeout", "isolation", "image"))
+    isolation = raw.get("isolation", "process")
+    if isolation not in ISOLATIONS:
+        doc.problem(("action", "isolation"), f"{isolation!r} is not one of: {', '.join(ISOLATIONS)}")
+        isolation = "process"
+    image = raw.get("image")
+    if image is not None and (not isinstance(image, str) or not image.strip()):
+        doc.problem(("action", "image"), "must be a container image name like python:3.12-slim")
+        image = None
+    if image is not None and isolation != "container":
+        doc.problem(("action", "image"), "only used with `isolation: container`")
     has_sql, has_cmd = "sql" in raw, "command" in raw
     if has_sql == has_cmd:
         doc.problem(("action",), "give exactly one of `sql` and `command`")
@@ -298,7 +311,7 @@ def _action(doc: _Doc, raw: Any, folder: Path, targets: list[TargetSpec]) -> Act
         if not isinstance(raw["command"], str) or not raw["command"].strip():
             doc.problem(("action", "command"), "must be a non-empty shell command")
             return Action()
-        return Action(command=raw["command"], env=env, timeout=timeout)
+        return Action(command=raw["command"], env=env, timeout=timeout, isolation=isolation, image=image)
     files = raw["sql"] if isinstance(raw["sql"], list) else [raw["sql"]]
     paths: list[Path] = []
     shown: list[str] = []
@@ -323,6 +336,9 @@ def _action(doc: _Doc, raw: Any, folder: Path, targets: list[TargetSpec]) -> Act
         elif targets:
             doc.problem(("action", "target"), "an SQL action needs `target:` naming the postgres target it runs on"
                         if pg else "an SQL action needs a postgres target")
+    if isolation == "container":
+        doc.problem(("action", "isolation"), "`isolation: container` is for `command` actions; SQL actions are run "
+                                             "by shadow itself over one connection")
     return Action(sql_files=tuple(paths), sql_display=tuple(shown), sql_target=sql_target, env=env, timeout=timeout)
 
 

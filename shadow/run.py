@@ -169,6 +169,9 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
     loaded = load_plan(Path(plan_file), settings.environ)
     statements = load_sql_files(list(loaded.action.sql_files), list(loaded.action.sql_display))
     backend, why = choose_backend(loaded.policy.backend, settings)
+    if loaded.action.isolation == "container" and backend != "docker":
+        raise BadInput("action.isolation: container needs the docker backend, but this run uses "
+                       f"{backend} ({why})")
     targets = _targets(loaded, settings)
     result = RunResult(new_run_id(), command, str(loaded.path), time.time(), backend, why,
                        action=loaded.action.describe())
@@ -186,14 +189,21 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
                     shadows[name] = stack.enter_context(
                         t.shadow(checkpoints[name], session.store, result.run_id, backend, loaded.policy.limits))
                 _fidelity(result, name, shadows[name], checkpoints[name])
-            _rehearse(session, loaded, statements, targets, shadows)
+            endpoints: dict[str, Endpoint] = {n: s.endpoint for n, s in shadows.items()}
+            sandbox = None
+            if loaded.action.isolation == "container":
+                from shadow.sandbox import Sandbox
+
+                sandbox = stack.enter_context(Sandbox(result.run_id, loaded.action.image or settings.action_image))
+                endpoints = {n: s.attach(sandbox.network) for n, s in shadows.items()}  # type: ignore[attr-defined]
+            _rehearse(session, loaded, statements, targets, shadows, endpoints, sandbox)
             if not result.passed:
                 result.outcome = "failed" if command == "plan" else "refused"
                 result.reason = _failure_reason(result)
             elif command == "plan":
                 result.outcome = "passed"
             else:
-                _apply(session, loaded, statements, targets, shadows, checkpoints)
+                _apply(session, loaded, statements, targets, shadows, checkpoints, sandbox)
     except ShadowError as exc:
         if result.outcome == "running":
             result.outcome = "error"
@@ -235,13 +245,12 @@ def _fidelity(result: RunResult, name: str, shadow: Any, checkpoint: Checkpoint)
 
 
 def _rehearse(session: _Session, plan_: Plan, statements: list[Statement], targets: dict[str, Target],
-              shadows: dict[str, ShadowCopy]) -> None:
+              shadows: dict[str, ShadowCopy], endpoints: dict[str, Endpoint], sandbox: Any) -> None:
     result = session.result
-    endpoints: dict[str, Endpoint] = {n: s.endpoint for n, s in shadows.items()}
     with session.step("rehearse"):
         try:
             result.rehearsal = run_action(plan_, statements, endpoints, targets, session.settings.environ,
-                                          session.dir / "action-rehearsal.log")
+                                          session.dir / "action-rehearsal.log", sandbox)
         except SqlError as exc:
             result.rehearsal = ActionResult(False, 0.0, "sql", str(exc))
             result.verdicts.append(Verdict(plan_.action.sql_target or "", "action", "rehearsal", False, str(exc)))
@@ -260,7 +269,7 @@ def _rehearse(session: _Session, plan_: Plan, statements: list[Statement], targe
 
 
 def _apply(session: _Session, plan_: Plan, statements: list[Statement], targets: dict[str, Target],
-           shadows: dict[str, ShadowCopy], checkpoints: dict[str, Checkpoint]) -> None:
+           shadows: dict[str, ShadowCopy], checkpoints: dict[str, Checkpoint], sandbox: Any) -> None:
     result = session.result
     # Drift: refuse if anyone wrote to production since the checkpoint the rehearsal ran on.
     for name, t in targets.items():
@@ -277,7 +286,7 @@ def _apply(session: _Session, plan_: Plan, statements: list[Statement], targets:
         with session.step("apply", undo=undo):
             try:
                 result.production = run_action(plan_, statements, endpoints, targets, session.settings.environ,
-                                               session.dir / "action-apply.log")
+                                               session.dir / "action-apply.log", sandbox, production=True)
             except SqlError as exc:
                 result.production = ActionResult(False, 0.0, "sql", str(exc))
         if not result.production.ok:

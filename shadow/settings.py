@@ -15,6 +15,7 @@ class Settings:
     environ: Mapping[str, str] = field(default_factory=dict)
     backend: str | None = None  # SHADOW_BACKEND: overrides the plan's policy.backend (e.g. for a CI matrix)
     postgres_image: str = "postgres:{major}"  # SHADOW_POSTGRES_IMAGE; {major} is production's major version
+    action_image: str = "python:3.12-slim"  # SHADOW_ACTION_IMAGE: for `isolation: container` without `image:`
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, state_dir: str | Path | None = None) -> Settings:
@@ -26,6 +27,7 @@ class Settings:
             environ=env,
             backend=env.get("SHADOW_BACKEND") or None,
             postgres_image=env.get("SHADOW_POSTGRES_IMAGE") or "postgres:{major}",
+            action_image=env.get("SHADOW_ACTION_IMAGE") or "python:3.12-slim",
         )
 
     @property

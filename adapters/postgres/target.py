@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from adapters import Checkpoint, Endpoint
 from adapters.postgres import dsn as dsnlib
@@ -286,6 +287,21 @@ class PgShadow:
 
     def connect(self) -> psycopg.Connection:
         return self._connect(self.dsn)
+
+    def attach(self, network: Any) -> Endpoint:
+        """Join the sandbox's internal network under the target's name; the endpoint an isolated action uses."""
+        if not isinstance(self.server, ContainerServer) or not self.server.container_id:
+            raise InfrastructureError("an isolated action needs the docker backend", target=self.name)
+        alias = re.sub(r"[^a-z0-9-]", "-", self.name.lower())
+        try:
+            network.connect(self.server.container_id, aliases=[alias])
+        except Exception as exc:  # noqa: BLE001 - docker SDK errors
+            raise InfrastructureError(f"could not attach the shadow to the sandbox network: {exc}",
+                                      target=self.name) from exc
+        assert self.endpoint.dsn is not None
+        params = {**dsnlib.parse(self.endpoint.dsn), "host": alias, "port": 5432}
+        env, exclusive = endpoint_env(self.name, make_conninfo(**params))
+        return Endpoint(env=env, exclusive_env=exclusive, dsn=make_conninfo(**params))
 
     def connect_pristine(self) -> psycopg.Connection:
         return self._connect(self.server.dsn(self.pristine))

@@ -1,0 +1,97 @@
+"""``action.isolation: container``: the action runs where it can only touch its disposable copies.
+
+During the rehearsal the action's container sits on an **internal** Docker network (no gateway: no outside
+network, no host ports — production is unreachable by construction) that the shadow containers are attached to
+under their target's name; the plan folder is mounted read-only, a scratch dir is writable, and the environment
+is exactly what the plan hands over plus the shadows' endpoints — nothing of the host's. During apply the same
+image runs the same command with the host's network, because there it must reach production.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from adapters.docker import client, labels
+from shadow.action import ActionResult, redact
+from shadow.errors import InfrastructureError
+
+WORKDIR = "/plan"
+SCRATCH = "/scratch"
+
+
+class Sandbox:
+    """An internal network for one run; use as a context manager (the network is removed on exit)."""
+
+    def __init__(self, run_id: str, image: str) -> None:
+        self.run_id = run_id
+        self.image = image
+        self.network: Any = None
+        self._docker: Any = None
+
+    def __enter__(self) -> Sandbox:
+        try:
+            self._docker = client()
+            # internal: no route out of the bridge. inhibit_ipv4: the host gets no address on the bridge either —
+            # without it, an internal network still reaches every host service listening on 0.0.0.0 through
+            # the gateway address (seen here on Docker 20.10).
+            self.network = self._docker.networks.create(
+                f"shadow-{self.run_id}", driver="bridge", internal=True, labels=labels(self.run_id, "sandbox-network"),
+                options={"com.docker.network.bridge.inhibit_ipv4": "true"},
+            )
+        except InfrastructureError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - docker SDK errors
+            raise InfrastructureError(f"could not create the action's internal network: {exc}") from exc
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        if self.network is not None:
+            try:
+                self.network.reload()
+                for container in self.network.containers:
+                    self.network.disconnect(container, force=True)
+                self.network.remove()
+            except Exception:  # noqa: BLE001 - `shadow gc` removes what is left (labelled)
+                pass
+        if self._docker is not None:
+            self._docker.close()
+
+    def run(self, command: str, plan_folder: Path, env: dict[str, str], timeout: float, log_path: Path,
+            secrets: tuple[str, ...], production: bool = False) -> ActionResult:
+        """Run ``command`` in the image; on the internal network, or on the host's during apply."""
+        start = time.monotonic()
+        env = {k: v for k, v in env.items() if k != "PATH"}  # the image's own PATH
+        env["HOME"] = SCRATCH
+        with tempfile.TemporaryDirectory(prefix="shadow-scratch-") as scratch:
+            Path(scratch).chmod(0o777)
+            try:
+                container = self._docker.containers.run(
+                    self.image, ["sh", "-c", command], detach=True, environment=env, working_dir=WORKDIR,
+                    volumes={str(plan_folder): {"bind": WORKDIR, "mode": "ro"}, scratch: {"bind": SCRATCH, "mode": "rw"}},
+                    network=None if production else self.network.name,
+                    network_mode="host" if production else None,
+                    labels=labels(self.run_id, "action"),
+                )
+            except Exception as exc:  # noqa: BLE001
+                return ActionResult(False, time.monotonic() - start, "container",
+                                    f"could not start the action container from {self.image!r}: {exc}")
+            try:
+                try:
+                    code = int(container.wait(timeout=timeout)["StatusCode"])
+                    error = None if code == 0 else f"the command exited with status {code}"
+                except Exception:  # noqa: BLE001 - requests' ReadTimeout: the action ran too long
+                    container.kill()
+                    code, error = -1, f"the command timed out after {timeout:g} s and was killed"
+                text = redact(container.logs().decode(errors="replace"), secrets)
+            finally:
+                container.remove(force=True)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text(text)
+        tail = "\n".join(text.splitlines()[-20:])
+        if error and tail:
+            error += "; last output:\n" + tail
+        return ActionResult(error is None, time.monotonic() - start, "container", error, str(log_path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -30,7 +31,8 @@ def run(settings: Settings, out: Console, err: Console, keep: bool = False) -> i
         out.print(f"production: PostgreSQL {prod.binaries.major} on 127.0.0.1:{prod.port}, database [bold]shop[/] "
                   "(500 users, 2000 orders)")
         env = {**settings.environ, "SHOP_DATABASE_URL": dsn}
-        demo_settings = Settings(state_dir=settings.state_dir, pg_bindir=settings.pg_bindir, environ=env)
+        # The demo shows the embedded default (local binaries, no Docker) unless SHADOW_BACKEND says otherwise.
+        demo_settings = replace(settings, environ=env, backend=settings.backend or "local")
         production = PostgresTarget("shop", {"dsn": dsn}, demo_settings)
 
         def progress(event: str, text: str) -> None:

@@ -57,3 +57,34 @@ def test_production_newer_than_local_server_binaries_needs_docker(production_17,
     r = shadow_cli("plan", env={"APP_DATABASE_URL": production_17})
     assert r.code == 3, r.text
     assert "production runs PostgreSQL 17" in r.err
+
+
+LIMITS_PROBE = """
+import json, os, docker
+client = docker.from_env()
+(container,) = [c for c in client.containers.list(filters={"label": "shadow.role=postgres-shadow"})
+                if c.ports["5432/tcp"][0]["HostPort"] == os.environ["PGPORT"]]  # this run's shadow
+host = container.attrs["HostConfig"]
+json.dump({"memory": host["Memory"], "cpus": host["NanoCpus"], "pids": host["PidsLimit"],
+           "labels": container.labels}, open("limits.json", "w"))
+"""
+
+
+@pytest.mark.parametrize("backend", ["docker"], indirect=True)
+def test_shadow_containers_get_the_plans_limits_and_run_labels(prod_db, shadow_cli, tmp_path, backend):
+    import json
+    import sys
+
+    write_plan(tmp_path, f"""
+targets: {{app: {{kind: postgres, dsn: "${{APP_DATABASE_URL}}"}}}}
+action: {{command: "{sys.executable} probe.py"}}
+policy:
+  limits: {{memory: 256m, cpus: 1.5, pids: 200}}
+""", {"probe.py": LIMITS_PROBE})
+    r = shadow_cli("plan", "--json", env={"APP_DATABASE_URL": prod_db.dsn, "DOCKER_HOST": "unix:///var/run/docker.sock"})
+    assert r.code == 0, r.text
+    seen = json.loads((tmp_path / "limits.json").read_text())
+    assert seen["memory"] == 256 * 1024 * 1024
+    assert seen["cpus"] == 1_500_000_000
+    assert seen["pids"] == 200
+    assert seen["labels"]["shadow.run-id"] == json.loads(r.out)["run_id"]

@@ -4,6 +4,7 @@ binaries are chosen by version."""
 from __future__ import annotations
 
 import glob
+import json
 import os
 import signal
 import sqlite3
@@ -17,7 +18,7 @@ import pytest
 
 from adapters.postgres.binaries import find_binaries
 from adapters.postgres.cluster import TEMP_PREFIX, LocalCluster
-from tests.conftest import ProdDb, write_plan
+from tests.conftest import BOTH_BACKENDS, ProdDb, write_plan
 
 
 def _shadow_dirs() -> set[str]:
@@ -118,12 +119,17 @@ expect: {app: {may: [insert rows public.audit_log]}}
     assert rows == [("apply", "done", rows[0][2])] and "shadow rollback" in rows[0][2]
 
 
-def test_shadow_cluster_is_removed_when_the_plan_fails(prod_db, shadow_cli, tmp_path):
+@BOTH_BACKENDS
+def test_shadow_is_removed_when_the_action_fails(prod_db, shadow_cli, tmp_path, backend):
     write_plan(tmp_path, "targets: {app: {kind: postgres, dsn: '${APP_DATABASE_URL}'}}\naction: {command: 'exit 3'}\n")
-    before_dirs = _shadow_dirs()
-    r = shadow_cli("plan", env={"APP_DATABASE_URL": prod_db.dsn})
+    r = shadow_cli("plan", "--json", env={"APP_DATABASE_URL": prod_db.dsn})
     assert r.code == 1
-    assert not (_shadow_dirs() - before_dirs)
+    run_id = json.loads(r.out)["run_id"]
+    assert not [d for d in _shadow_dirs() if run_id in d]
+    if backend == "docker":
+        import docker
+
+        assert docker.from_env().containers.list(all=True, filters={"label": f"shadow.run-id={run_id}"}) == []
 
 
 @pytest.mark.skipif(len({b.major for b in find_binaries()}) < 2, reason="needs two PostgreSQL majors locally")

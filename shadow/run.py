@@ -188,7 +188,6 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
                 with session.step("shadow", name):
                     shadows[name] = stack.enter_context(
                         t.shadow(checkpoints[name], session.store, result.run_id, backend, loaded.policy.limits))
-                _fidelity(result, name, shadows[name], checkpoints[name])
             endpoints: dict[str, Endpoint] = {n: s.endpoint for n, s in shadows.items()}
             sandbox = None
             if loaded.action.isolation == "container":
@@ -197,6 +196,8 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
                 sandbox = stack.enter_context(Sandbox(result.run_id, loaded.action.image or settings.action_image))
                 endpoints = {n: s.attach(sandbox.network) for n, s in shadows.items()}  # type: ignore[attr-defined]
             _rehearse(session, loaded, statements, targets, shadows, endpoints, sandbox)
+            for name in targets:  # read after the rehearsal: the pristine copy is observed while the action runs
+                _fidelity(result, name, shadows[name], checkpoints[name])
             if not result.passed:
                 result.outcome = "failed" if command == "plan" else "refused"
                 result.reason = _failure_reason(result)

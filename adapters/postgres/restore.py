@@ -26,6 +26,7 @@ created at its checkpoint version, which makes the archive's ``CREATE EXTENSION 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import tempfile
@@ -230,7 +231,9 @@ def restore_into_empty(binaries: ClientTools, dsn: str, archive: Path,
 
     with tempfile.TemporaryDirectory(prefix="shadow-restore-") as folder:
         mounts = [archive.parent, Path(folder)]
-        pg_restore = [*binaries.argv("pg_restore", mounts), "--no-password", "-d", conninfo]
+        # Parallel restore of the custom-format archive (a shadow needs no single transaction).
+        jobs = str(max(1, min(4, os.cpu_count() or 1)))
+        pg_restore = [*binaries.argv("pg_restore", mounts), "--no-password", "-j", jobs, "-d", conninfo]
         psql = [*binaries.argv("psql", mounts), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", "-d", conninfo]
         replay = _replay(binaries, archive, Path(folder), observation)
         if replay.schemas and replay.rest and replay.between:

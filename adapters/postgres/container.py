@@ -9,6 +9,7 @@ as usual), or the plan's ``image:`` / ``SHADOW_POSTGRES_IMAGE`` (``{major}`` is 
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -60,11 +61,12 @@ class ContainerServer:
     def connect(self, dbname: str = "postgres", autocommit: bool = True) -> psycopg.Connection:
         return psycopg.connect(self.dsn(dbname), autocommit=autocommit)
 
-    def start(self) -> ContainerServer:
-        from testcontainers.community.postgres import PostgresContainer
+    def start(self, timeout: float = 120.0) -> ContainerServer:
+        from testcontainers.core.container import DockerContainer
 
-        container = PostgresContainer(self.image, username=SUPERUSER, password=self.password, dbname="postgres",
-                                      driver=None)
+        container = DockerContainer(self.image)
+        container.with_env("POSTGRES_USER", SUPERUSER).with_env("POSTGRES_PASSWORD", self.password)
+        container.with_env("POSTGRES_DB", "postgres").with_exposed_ports(5432)
         container.with_command(DURABILITY_OFF)
         container.with_kwargs(labels=labels(self.label, "postgres-shadow"), **self.limits.docker_kwargs())
         self._container = container
@@ -76,7 +78,27 @@ class ContainerServer:
             raise InfrastructureError(
                 f"could not start a PostgreSQL container from image {self.image!r}: {str(exc).strip()[:300]}"
             ) from exc
+        self._wait_ready(timeout)
         return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        # Poll from this side of the published port, the way every client will connect. (The image's own
+        # init-time server listens on no TCP address, so the first successful connection is the real server;
+        # testcontainers' postgres wait execs psql in the container once a second, which costs ~0.3 s here.)
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                with psycopg.connect(self.dsn(), connect_timeout=2) as conn:
+                    conn.execute("SELECT 1")
+                return
+            except psycopg.OperationalError as exc:
+                last = exc
+            if not self.is_running():
+                raise InfrastructureError(f"the PostgreSQL container from {self.image!r} exited: {self.log_tail()}")
+            time.sleep(0.05)
+        raise InfrastructureError(f"the PostgreSQL container from {self.image!r} did not accept connections "
+                                  f"within {timeout:g} s: {last}")
 
     @property
     def container_id(self) -> str | None:

@@ -176,6 +176,38 @@ def runs_cmd(ctx: Ctx, limit: int, as_json: bool) -> None:
     ctx.out.print(table)
 
 
+@cli.command("gc")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@JSON_OPTION
+@click.pass_obj
+def gc_cmd(ctx: Ctx, dry_run: bool, as_json: bool) -> None:
+    """Remove what killed runs left behind (containers, networks, local clusters, temp dirs); never anything
+    of a run still alive. Exit 0."""
+    from shadow import gc
+
+    result = _guard(ctx, lambda: gc.gc(dry_run))
+    skipped = f"docker: skipped ({result.docker_skipped})" if result.docker_skipped else None
+    if as_json:
+        click.echo(json.dumps(result.to_list(), indent=2))
+        if skipped:
+            ctx.err.print(escape(skipped))
+        return
+    verb = "would remove" if dry_run else "removed"
+    for item in result.removed:
+        ctx.out.print(f"{verb} {item.kind:<9} {escape(item.id)}  run {escape(item.run_id or '-')}  "
+                      f"[dim]({escape(item.detail)})[/]")
+    for item, why in result.failed:
+        ctx.err.print(f"[red]could not remove {item.kind} {escape(item.id)}[/]  run {escape(item.run_id or '-')}: "
+                      f"{escape(why)}")
+    if skipped:
+        ctx.out.print(escape(skipped))
+    if not result.removed and not result.failed:
+        ctx.out.print("nothing to remove")
+    else:
+        failed = f", {len(result.failed)} could not be removed" if result.failed else ""
+        ctx.out.print(f"{len(result.removed)} {'to remove (dry run)' if dry_run else 'removed'}{failed}")
+
+
 @cli.command("show")
 @click.argument("run_id")
 @click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)

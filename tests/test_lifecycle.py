@@ -25,9 +25,9 @@ def _shadow_dirs() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), TEMP_PREFIX + "2*")))
 
 
-def _start(tmp_path: Path, db: ProdDb, *args: str) -> subprocess.Popen[str]:
+def _start(tmp_path: Path, db: ProdDb, *args: str, backend: str = "local") -> subprocess.Popen[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
-    env["APP_DATABASE_URL"] = db.dsn
+    env.update(APP_DATABASE_URL=db.dsn, SHADOW_BACKEND=backend, SHADOW_POSTGRES_IMAGE=os.environ["SHADOW_POSTGRES_IMAGE"])
     return subprocess.Popen([sys.executable, "-m", "shadow.cli", "--state-dir", str(tmp_path / "state"), *args],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

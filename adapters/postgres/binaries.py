@@ -49,8 +49,11 @@ class ContainerTools:
 
     def argv(self, tool: str, mounts: Sequence[Path] = ()) -> list[str]:
         volumes = [arg for m in sorted({str(Path(p)) for p in mounts}) for arg in ("-v", f"{m}:{m}")]
-        return ["docker", "run", "--rm", "-i", "--network", "host", "-e", "PGPASSWORD", "--label",
-                "shadow.role=client-tool", *volumes, "--entrypoint", tool, self.image]
+        from adapters.docker import labels
+
+        tags = [arg for k, v in labels("client-tool", "client-tool").items() for arg in ("--label", f"{k}={v}")]
+        return ["docker", "run", "--rm", "-i", "--network", "host", "-e", "PGPASSWORD", *tags, *volumes,
+                "--entrypoint", tool, self.image]
 
 
 ClientTools = PgBinaries | ContainerTools

@@ -4,14 +4,20 @@
 scram password auth with a random password, torn down in ``stop()`` — which ``__exit__`` calls even when
 start-up failed half way. ``initdb``/``postgres`` refuse to run as root, so as root the cluster runs as an
 unprivileged system user (``postgres`` when it exists, else ``nobody``) that owns the temp dir.
+
+The temp dir holds ``shadow-labels.json``: the same labels a shadow container carries (run id, owning pid and
+host), so ``shadow gc`` can tell a killed run's cluster from a live one's (:func:`stop_leftover` stops the former).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import secrets
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -22,10 +28,13 @@ from types import TracebackType
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from adapters.docker import labels
 from adapters.postgres.binaries import PgBinaries, binaries_for
 from shadow.errors import InfrastructureError
+from snapshots import atomic_write_bytes
 
 TEMP_PREFIX = "shadow-pg-"
+LABELS_FILE = "shadow-labels.json"
 SUPERUSER = "shadow"
 
 
@@ -95,6 +104,7 @@ class LocalCluster:
 
     def start(self) -> LocalCluster:
         self.root = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{self.label}-"))
+        atomic_write_bytes(self.root / LABELS_FILE, json.dumps(labels(self.label, "local-cluster")).encode())
         self.sockdir.mkdir()
         pwfile = self.root / "pw"
         pwfile.write_text(self.password + "\n")
@@ -184,6 +194,89 @@ class LocalCluster:
         with self.connect() as conn:
             conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
         return self.dsn(name)
+
+
+def read_labels(root: Path) -> dict[str, str] | None:
+    """The labels a cluster's temp dir was created with, or None (not written yet, or unreadable)."""
+    try:
+        found = json.loads((root / LABELS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else None
+
+
+def stop_leftover(root: Path) -> str:
+    """Stop the server of a cluster whose owning process is gone; say what was done.
+
+    ``pg_ctl stop -m immediate`` from the binaries the server was started with (``postmaster.opts`` names them),
+    run as the data dir's owner; if that cannot stop it, SIGQUIT (what immediate mode sends) then SIGKILL to the
+    pid in ``postmaster.pid`` — but only while that pid is still this data dir's postmaster.
+    """
+    datadir = root / "data"
+    pid = _postmaster_pid(datadir)
+    if pid is None:
+        return "no postgres running"
+    pg_ctl = _pg_ctl_of(datadir)
+    if pg_ctl is not None:
+        owner = datadir.stat()
+        as_owner: dict[str, object] = {}
+        if os.geteuid() == 0 and owner.st_uid != 0:
+            as_owner = {"user": owner.st_uid, "group": owner.st_gid, "extra_groups": []}
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
+        try:
+            subprocess.run([str(pg_ctl), "stop", "-m", "immediate", "-w", "-t", "30", "-D", str(datadir)],
+                           capture_output=True, env=env, timeout=60, **as_owner)  # type: ignore[call-overload]
+        except (OSError, subprocess.SubprocessError):
+            pass
+    for sig in (signal.SIGQUIT, signal.SIGKILL):
+        if not _is_postmaster(pid, datadir):
+            return f"postgres pid {pid} stopped"
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + 10
+        while _is_postmaster(pid, datadir) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if _is_postmaster(pid, datadir):
+        raise InfrastructureError(f"postgres pid {pid} of {datadir} does not stop")
+    return f"postgres pid {pid} stopped"
+
+
+def _postmaster_pid(datadir: Path) -> int | None:
+    """The pid in ``postmaster.pid`` while it is still that data dir's postmaster, else None."""
+    try:
+        pid = int((datadir / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+    return pid if _is_postmaster(pid, datadir) else None
+
+
+def _is_postmaster(pid: int, datadir: Path) -> bool:
+    proc = Path(f"/proc/{pid}")
+    if Path("/proc/self").exists():
+        # The postmaster's command line names its data dir (pg_ctl starts it with -D); a reused pid does not.
+        # A zombie has an empty command line: it is gone, only not reaped yet.
+        try:
+            return str(datadir) in proc.joinpath("cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            return False
+    try:  # no /proc: trust postmaster.pid, as pg_ctl itself does
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _pg_ctl_of(datadir: Path) -> Path | None:
+    try:
+        postgres = shlex.split((datadir / "postmaster.opts").read_text().splitlines()[0])[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    pg_ctl = Path(postgres).parent / "pg_ctl"
+    return pg_ctl if pg_ctl.is_file() else None
 
 
 def wait_until_gone(port: int, seconds: float = 5.0) -> None:

@@ -1,0 +1,158 @@
+"""``shadow gc``: remove what killed runs left behind, and nothing a live run still uses.
+
+A run cleans up after itself on every path it sees (errors, Ctrl-C, SIGTERM); SIGKILL, an OOM kill or a power
+cut leave its shadows behind. Every one of them is labelled with the run id and the owning process
+(``adapters.docker.labels``), so gc removes exactly those whose owner is gone:
+
+* Docker containers and networks labelled ``shadow.run-id`` whose ``shadow.pid`` no longer runs on this host
+  (another host's are never ours to judge);
+* local throwaway clusters (``shadow-pg-*`` in the temp dir) whose ``shadow-labels.json`` names a dead owner:
+  their postgres is stopped, then the dir removed. A dir without labels is left alone — it is being created,
+  or an older shadow made it and its owner cannot be known;
+* ``shadow-restore-*`` and ``shadow-home-*`` temp dirs in which nothing changed for an hour (they carry no
+  owner, so age is the only sign that their run is over).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from adapters import docker as dockerlib
+from adapters.postgres.cluster import TEMP_PREFIX, read_labels, stop_leftover
+from shadow.errors import InfrastructureError
+
+STALE_PREFIXES = ("shadow-restore-", "shadow-home-")
+STALE_AFTER = 3600.0  # seconds without a change before an unlabelled temp dir counts as abandoned
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """One thing a dead run left behind: ``kind`` is container, network, cluster or tempdir."""
+
+    kind: str
+    id: str  # container id, network name or path
+    run_id: str | None
+    detail: str = ""
+
+
+@dataclass
+class GcResult:
+    """What gc removed (or, with ``dry_run``, would remove), what it could not remove and why."""
+
+    dry_run: bool
+    removed: list[Leftover] = field(default_factory=list)
+    failed: list[tuple[Leftover, str]] = field(default_factory=list)
+    docker_skipped: str | None = None  # why Docker was not looked at; None when it was
+
+    def to_list(self) -> list[dict[str, Any]]:
+        status = "would remove" if self.dry_run else "removed"
+        rows = [{**_fields(item), "status": status, "error": None} for item in self.removed]
+        return rows + [{**_fields(item), "status": "failed", "error": why} for item, why in self.failed]
+
+
+def _fields(item: Leftover) -> dict[str, Any]:
+    return {"kind": item.kind, "id": item.id, "run_id": item.run_id, "detail": item.detail}
+
+
+def gc(dry_run: bool = False) -> GcResult:
+    """Find and remove the leftovers of runs whose owning process is gone; never touch a live run's."""
+    result = GcResult(dry_run)
+    _collect_docker(result)
+    _collect_clusters(result, Path(tempfile.gettempdir()))
+    _collect_stale_dirs(result, Path(tempfile.gettempdir()), time.time())
+    return result
+
+
+def _collect_docker(result: GcResult) -> None:
+    try:
+        containers = dockerlib.leftover_containers()
+        client = dockerlib.client()
+    except InfrastructureError as exc:
+        result.docker_skipped = str(exc)
+        return
+    from docker.errors import APIError, NotFound
+
+    try:
+        # Containers first: a network cannot be removed while a container is attached to it.
+        for container in containers:
+            item = Leftover("container", container.short_id, container.labels.get(dockerlib.LABEL_RUN),
+                            f"owner pid {container.labels.get(dockerlib.LABEL_PID)} gone")
+            _remove(result, item, partial(container.remove, force=True, v=True), (NotFound,), (APIError,))
+        for network in client.networks.list(filters={"label": dockerlib.LABEL_RUN}):
+            found = network.attrs.get("Labels") or {}
+            if dockerlib.owner_alive(found):
+                continue
+            item = Leftover("network", network.name, found.get(dockerlib.LABEL_RUN),
+                            f"owner pid {found.get(dockerlib.LABEL_PID)} gone")
+            _remove(result, item, network.remove, (NotFound,), (APIError,))
+    finally:
+        client.close()
+
+
+def _collect_clusters(result: GcResult, tmp: Path) -> None:
+    for root in sorted(tmp.glob(TEMP_PREFIX + "*")):
+        found = read_labels(root)
+        if not root.is_dir() or found is None or dockerlib.owner_alive(found):
+            continue
+        item = Leftover("cluster", str(root), found.get(dockerlib.LABEL_RUN),
+                        f"owner pid {found.get(dockerlib.LABEL_PID)} gone")
+        _remove(result, item, partial(_remove_cluster, root), (FileNotFoundError,), (OSError, InfrastructureError))
+
+
+def _remove_cluster(root: Path) -> str:
+    stopped = stop_leftover(root)
+    shutil.rmtree(root)
+    return stopped
+
+
+def _collect_stale_dirs(result: GcResult, tmp: Path, now: float) -> None:
+    for prefix in STALE_PREFIXES:
+        for path in sorted(tmp.glob(prefix + "*")):
+            if not path.is_dir() or path.is_symlink():
+                continue
+            try:
+                idle = now - _newest_mtime(path)
+            except FileNotFoundError:
+                continue  # its run removed it just now
+            if idle < STALE_AFTER:
+                continue
+            item = Leftover("tempdir", str(path), None, f"unchanged for {idle / 3600:.1f} h")
+            _remove(result, item, partial(shutil.rmtree, path), (FileNotFoundError,), (OSError,))
+
+
+def _remove(result: GcResult, item: Leftover, remove: Callable[[], object], gone: tuple[type[BaseException], ...],
+            failure: tuple[type[BaseException], ...]) -> None:
+    """Remove one leftover (unless dry run) and record it; ``gone`` means someone else removed it first."""
+    if result.dry_run:
+        result.removed.append(item)
+        return
+    try:
+        said = remove()
+    except gone:
+        return
+    except failure as exc:
+        result.failed.append((item, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__))
+        return
+    if isinstance(said, str) and said:
+        item = Leftover(item.kind, item.id, item.run_id, f"{item.detail}; {said}")
+    result.removed.append(item)
+
+
+def _newest_mtime(root: Path) -> float:
+    """When anything in the tree last changed (a dir's own mtime misses writes to files already in it)."""
+    newest = root.lstat().st_mtime
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            try:
+                newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
+            except OSError:
+                continue
+    return newest

@@ -23,19 +23,18 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 
 import psycopg
 from psycopg.conninfo import make_conninfo
 
 from adapters.docker import labels
 from adapters.postgres.binaries import PgBinaries, binaries_for
+from adapters.postgres.server import SUPERUSER, Server
 from shadow.errors import InfrastructureError
 from snapshots import atomic_write_bytes
 
 TEMP_PREFIX = "shadow-pg-"
 LABELS_FILE = "shadow-labels.json"
-SUPERUSER = "shadow"
 
 
 def free_port() -> int:
@@ -57,7 +56,7 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
     raise InfrastructureError("running as root and no unprivileged user (postgres, nobody) to run a cluster as")
 
 
-class LocalCluster:
+class LocalCluster(Server):
     """One ephemeral cluster; use as a context manager."""
 
     def __init__(self, label: str, binaries: PgBinaries | None = None, locale: str = "C.UTF-8") -> None:
@@ -91,8 +90,6 @@ class LocalCluster:
             connect_timeout=10,
         )
 
-    def connect(self, dbname: str = "postgres", autocommit: bool = True) -> psycopg.Connection:
-        return psycopg.connect(self.dsn(dbname), autocommit=autocommit)
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def _run(self, args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
@@ -178,22 +175,6 @@ class LocalCluster:
             self._started = False
         shutil.rmtree(self.root, ignore_errors=True)
         self.root = None
-
-    def __enter__(self) -> LocalCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
-
-    # -- helpers for tests and the demo ---------------------------------------------------------------------
-    def create_database(self, name: str) -> str:
-        with self.connect() as conn:
-            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
-        return self.dsn(name)
 
 
 def read_labels(root: Path) -> dict[str, str] | None:

@@ -11,16 +11,15 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import make_conninfo
 
 from adapters.docker import labels
+from adapters.postgres.server import SUPERUSER, Server
 from shadow.errors import InfrastructureError
 
-SUPERUSER = "shadow"
 DURABILITY_OFF = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
 
 
@@ -41,7 +40,7 @@ class Limits:
         return out
 
 
-class ContainerServer:
+class ContainerServer(Server):
     """One PostgreSQL container; use as a context manager. Same surface as ``LocalCluster``."""
 
     def __init__(self, label: str, image: str, major: int, limits: Limits | None = None) -> None:
@@ -57,9 +56,6 @@ class ContainerServer:
     def dsn(self, dbname: str = "postgres", user: str = SUPERUSER, password: str | None = None) -> str:
         return make_conninfo(host=self.host, port=self.port, dbname=dbname, user=user,
                              password=password if password is not None else self.password, connect_timeout=10)
-
-    def connect(self, dbname: str = "postgres", autocommit: bool = True) -> psycopg.Connection:
-        return psycopg.connect(self.dsn(dbname), autocommit=autocommit)
 
     def start(self, timeout: float = 120.0) -> ContainerServer:
         from testcontainers.core.container import DockerContainer
@@ -128,18 +124,3 @@ class ContainerServer:
             except Exception:  # noqa: BLE001 - already gone is fine; gc catches the rest by label
                 pass
             self._container = None
-
-    def __enter__(self) -> ContainerServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
-
-    def create_database(self, name: str) -> str:
-        with self.connect() as conn:
-            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
-        return self.dsn(name)

@@ -21,7 +21,8 @@ from adapters.postgres import dsn as dsnlib
 from adapters.docker import engine_answers
 from adapters.postgres.binaries import ClientTools, ContainerTools, binaries_for
 from adapters.postgres.container import ContainerServer, Limits
-from adapters.postgres.cluster import SUPERUSER, LocalCluster
+from adapters.postgres.cluster import LocalCluster
+from adapters.postgres.server import SUPERUSER, Server
 from adapters.postgres.diff import count_rows, diff
 from adapters.postgres.execute import execute
 from adapters.postgres.observe import observe
@@ -161,7 +162,7 @@ class PostgresTarget:
         archive = store.open_verified(_artifact(checkpoint))
         major = int(checkpoint.meta["major"])
         tools = self.binaries(major)
-        server: LocalCluster | ContainerServer
+        server: Server
         if backend == "docker":
             server = ContainerServer(run_id, self.image_for(major), major, Limits(
                 getattr(limits, "memory", None), getattr(limits, "cpus", None), getattr(limits, "pids", None)))
@@ -205,7 +206,7 @@ class PostgresTarget:
 class PgShadow:
     """A restored copy of one checkpoint in a throwaway server, plus a pristine twin for row diffs."""
 
-    def __init__(self, name: str, server: LocalCluster | ContainerServer, binaries: ClientTools, checkpoint: Checkpoint,
+    def __init__(self, name: str, server: Server, binaries: ClientTools, checkpoint: Checkpoint,
                  archive: Path, backend: str) -> None:
         self.name = name
         self.server = server

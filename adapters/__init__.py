@@ -120,9 +120,10 @@ REGISTRY = Registry()
 
 
 def _load() -> None:
-    from adapters import postgres
+    from adapters import postgres, s3
 
     REGISTRY.register(postgres.KIND)
+    REGISTRY.register(s3.KIND)
 
 
 _load()

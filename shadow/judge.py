@@ -56,6 +56,14 @@ def judge(target: str, changes: list[Change], expectation: Expectation,
                 ok = cmp.holds(actual)
                 out.append(Verdict(target, "rows", f"{table} {key}", ok,
                                    f"{actual} {key}, expected {cmp}"))
+    object_changes = [c for c in all_changes if c.kind == "object"]
+    for orule in expectation.objects:
+        for key, cmp in orule.counts.items():
+            op = {"added": "add", "deleted": "delete", "modified": "modify"}[key]
+            actual = sum(1 for c in object_changes
+                         if c.op == op and fnmatch.fnmatchcase(c.name.split("/", 1)[-1], orule.pattern))
+            out.append(Verdict(target, "objects", f"{orule.pattern} {key}", cmp.holds(actual),
+                               f"{actual} {key}, expected {cmp}"))
     for check in expectation.checks:
         if run_check is None:
             out.append(Verdict(target, "check", check.sql, False, "checks need a shadow to run on"))

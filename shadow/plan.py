@@ -22,6 +22,7 @@ CMP = re.compile(r"^\s*(==|=|<=|>=|<|>|!=)?\s*(\d+)\s*$")
 BACKENDS = ("auto", "local", "docker")
 ISOLATIONS = ("process", "container")
 ROW_KEYS = ("inserted", "updated", "deleted")
+OBJECT_KEYS = ("added", "deleted", "modified")
 DEFAULT_TIMEOUT = 30 * 60.0
 
 
@@ -55,11 +56,19 @@ class Check:
 
 
 @dataclass(frozen=True)
+class ObjectRule:
+    pattern: str  # a key glob within the target's bucket, e.g. "invoices/2026/*"
+    counts: Mapping[str, Comparison]  # added/deleted/modified → comparison
+    line: int
+
+
+@dataclass(frozen=True)
 class Expectation:
     must: tuple[str, ...] = ()
     may: tuple[str, ...] = ()
     rows: tuple[RowRule, ...] = ()
     checks: tuple[Check, ...] = ()
+    objects: tuple[ObjectRule, ...] = ()
     declared: bool = False  # False: the plan says nothing about this target, so every change is unexpected
 
 
@@ -402,7 +411,7 @@ def _expectations(doc: _Doc, raw: Any, target_kinds: Mapping[str, Any]) -> dict[
         if not isinstance(spec, dict):
             doc.problem(where, "must be a mapping with must / may / rows / checks")
             continue
-        _known(doc, spec, where, ("must", "may", "rows", "checks"))
+        _known(doc, spec, where, ("must", "may", "rows", "checks", "objects"))
         lists: dict[str, tuple[str, ...]] = {}
         for key in ("must", "may"):
             items = spec.get(key) or []
@@ -449,7 +458,30 @@ def _expectations(doc: _Doc, raw: Any, target_kinds: Mapping[str, Any]) -> dict[
                 continue
             _known(doc, check, cwhere, ("sql", "equals"))
             checks.append(Check(check["sql"], check["equals"], doc.line(cwhere)))
-        out[name] = Expectation(lists["must"], lists["may"], tuple(rows), tuple(checks), declared=True)
+        objects: list[ObjectRule] = []
+        raw_objects = spec.get("objects") or {}
+        if not isinstance(raw_objects, dict):
+            doc.problem(where + ("objects",), "must map key globs to {added, deleted, modified} counts")
+            raw_objects = {}
+        for pattern, rule in raw_objects.items():
+            owhere = where + ("objects", pattern)
+            if rule == "unchanged":
+                rule = {k: 0 for k in OBJECT_KEYS}
+            if not isinstance(rule, dict):
+                doc.problem(owhere, "must be `unchanged` or a mapping like {deleted: 0, modified: \"<= 500\"}")
+                continue
+            ocounts: dict[str, Comparison] = {}
+            for key, value in rule.items():
+                cmp = parse_comparison(value)
+                if key not in OBJECT_KEYS:
+                    doc.problem(owhere + (key,), f"unknown key (expected one of: {', '.join(OBJECT_KEYS)})")
+                elif cmp is None:
+                    doc.problem(owhere + (key,), f"{value!r} is not a count or a comparison like \"<= 10\"")
+                else:
+                    ocounts[key] = cmp
+            objects.append(ObjectRule(str(pattern), ocounts, doc.line(owhere)))
+        out[name] = Expectation(lists["must"], lists["may"], tuple(rows), tuple(checks), tuple(objects),
+                                declared=True)
     return out
 
 

@@ -230,7 +230,14 @@ def _checkpoint_all(session: _Session, targets: dict[str, Target]) -> dict[str, 
         session.result.targets[name].checkpoint = {
             "fingerprint": cp.fingerprint, "artifacts": cp.artifacts,
             "server_version": cp.meta.get("server_version_num"),
+            **{k: cp.meta[k] for k in ("mode", "objects", "copied_bytes") if k in cp.meta},
         }
+        # Safety findings (an unversioned bucket …) block the plan unless the plan allows them.
+        for finding in cp.meta.get("findings", []):
+            allowed = bool(finding.get("allowed"))
+            session.result.verdicts.append(Verdict(name, "safety", finding["id"], allowed,
+                                                   finding["message"] + (" (allowed by the plan)" if allowed else
+                                                                         " — add it to the target's `allow:`")))
     return checkpoints
 
 

@@ -450,7 +450,7 @@ class S3Kind:
         if "prefix" in spec and not isinstance(spec["prefix"], str):
             yield "prefix", "must be a key prefix like invoices/2026/"
         url = spec.get("endpoint_url")
-        if url is not None and (not isinstance(url, str) or not re.match(r"https?://", url)):
+        if url not in (None, "") and (not isinstance(url, str) or not re.match(r"https?://", url)):
             yield "endpoint_url", f"{url!r} is not an http(s) URL"
         allow = spec.get("allow")
         if allow is not None and (not isinstance(allow, list) or

@@ -86,7 +86,9 @@ def _change_lines(changes: list[dict[str, Any]], depth: int = 0) -> list[str]:
     for c in changes:
         detail = c.get("detail") or {}
         extra = ""
-        if "count" in detail:
+        if detail.get("content_diff"):
+            extra = " — " + "; ".join(str(x) for x in detail["content_diff"][:3])
+        elif "count" in detail:
             extra = f" — {detail['count']} row(s)"
             if detail.get("sample_keys"):
                 extra += f", e.g. keys {', '.join(detail['sample_keys'][:3])}"
@@ -104,6 +106,23 @@ def _change_lines(changes: list[dict[str, Any]], depth: int = 0) -> list[str]:
             if len(implied) > MAX_IMPLIED:
                 lines.append(f"{'  ' * (depth + 1)}- … {len(implied) - MAX_IMPLIED} more implied changes")
     return lines
+
+
+def _prefix_table(changes: list[dict[str, Any]]) -> list[str]:
+    """Object changes counted per prefix (the key up to its last '/')."""
+    counts: dict[str, dict[str, int]] = {}
+    for c in changes:
+        if c["kind"] != "object":
+            continue
+        key = c["name"].split("/", 1)[-1]
+        prefix = key.rsplit("/", 1)[0] + "/" if "/" in key else "(top level)"
+        row = counts.setdefault(prefix, {"add": 0, "modify": 0, "delete": 0})
+        row[c["op"]] = row.get(c["op"], 0) + 1
+    if not counts:
+        return []
+    lines = ["| prefix | added | modified | deleted |", "|---|---|---|---|"]
+    lines += [f"| `{p}` | {r['add']} | {r['modify']} | {r['delete']} |" for p, r in sorted(counts.items())]
+    return lines + [""]
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -146,6 +165,7 @@ def render_markdown(m: dict[str, Any]) -> str:
         for w in t.get("warnings") or []:
             out.append(f"- ⚠️ {w}")
         out += ["", "### Changes in the rehearsal", ""]
+        out += _prefix_table(t["changes"])
         out += _change_lines(t["changes"]) or ["_no changes_"]
         if t.get("production_changes") is not None:
             out += ["", "### Changes observed in production", ""]

@@ -20,7 +20,7 @@ from adapters import REGISTRY, Checkpoint, Endpoint, ShadowCopy, Target
 from shadow import report
 from shadow.action import ActionResult, run_action
 from shadow.changes import Change
-from shadow.errors import BadInput, InfrastructureError, RestoreFailed, ShadowError, SqlError
+from shadow.errors import ActionFailed, BadInput, InfrastructureError, RestoreFailed, ShadowError, SqlError
 from shadow.journal import Journal
 from shadow.judge import Verdict, compare_change_sets, judge
 from shadow.plan import Plan, load_plan
@@ -290,25 +290,37 @@ def _apply(session: _Session, plan_: Plan, statements: list[Statement], targets:
                 return
     endpoints = {n: t.endpoint() for n, t in targets.items()}
     undo = f"restore every target from the checkpoints of run {result.run_id} (shadow rollback {result.run_id})"
+    sql_target = plan_.action.sql_target if plan_.action.sql_files else None
+    blocker = targets[sql_target].atomic_blocker(statements) if sql_target else None  # type: ignore[attr-defined]
     try:
-        with session.step("apply", undo=undo):
-            try:
-                result.production = run_action(plan_, statements, endpoints, targets, session.settings.environ,
-                                               session.dir / "action-apply.log", sandbox, production=True)
-            except SqlError as exc:
-                result.production = ActionResult(False, 0.0, "sql", str(exc))
-        if not result.production.ok:
-            _roll_back(session, targets, checkpoints, f"the action failed on production: {result.production.error}")
-            return
-        for name, t in targets.items():
-            with session.step("verify", name):
-                prod_changes = t.changes_since(checkpoints[name], shadows[name])
-                result.targets[name].production_changes = prod_changes
-                result.divergence += [f"{name}: {d}" for d in
-                                      compare_change_sets(result.targets[name].changes, prod_changes)]
-        if result.divergence:
-            _roll_back(session, targets, checkpoints, "production did not change the way the shadow did")
-            return
+        if sql_target and len(targets) == 1 and blocker is None:
+            _apply_in_one_transaction(session, plan_, statements, targets[sql_target], shadows[sql_target],
+                                      checkpoints[sql_target])
+            if result.outcome == "rolled_back":
+                return
+        else:
+            with session.step("apply", undo=undo):
+                try:
+                    result.production = run_action(plan_, statements, endpoints, targets, session.settings.environ,
+                                                   session.dir / "action-apply.log", sandbox, production=True)
+                except SqlError as exc:
+                    result.production = ActionResult(False, 0.0, "sql", str(exc))
+            if blocker is not None:
+                result.production.mode += (f" — {blocker.where} cannot run in a transaction "
+                                           f"({' '.join(blocker.text.split()[:4])} …), so a failure is undone by "
+                                           "restoring the checkpoint")
+            if not result.production.ok:
+                _roll_back(session, targets, checkpoints, f"the action failed on production: {result.production.error}")
+                return
+            for name, t in targets.items():
+                with session.step("verify", name):
+                    prod_changes = t.changes_since(checkpoints[name], shadows[name])
+                    result.targets[name].production_changes = prod_changes
+                    result.divergence += [f"{name}: {d}" for d in
+                                          compare_change_sets(result.targets[name].changes, prod_changes)]
+            if result.divergence:
+                _roll_back(session, targets, checkpoints, "production did not change the way the shadow did")
+                return
     except RestoreFailed:
         raise
     except BaseException as exc:
@@ -326,6 +338,33 @@ def _apply(session: _Session, plan_: Plan, statements: list[Statement], targets:
         session.store.write_manifest(result.run_id, name, manifest)
     result.outcome = "applied"
     result.reason = "applied to production; production changed exactly as rehearsed"
+
+
+def _apply_in_one_transaction(session: _Session, plan_: Plan, statements: list[Statement], t: Target,
+                               shadow: ShadowCopy, checkpoint: Checkpoint) -> None:
+    """Every statement is transactional: apply in one transaction, compare production's change set with the
+    rehearsal's *inside* it, and COMMIT only on a match — otherwise ROLLBACK: production is never changed."""
+    result = session.result
+    tr = result.targets[t.name]
+    start = time.monotonic()
+    problems: list[str] | None = None
+    with session.step("apply", t.name, undo="none: one transaction, committed only after verification"):
+        try:
+            problems, tr.production_changes = t.apply_sql_verified(  # type: ignore[attr-defined]
+                statements, plan_.action.timeout, checkpoint, shadow,
+                lambda changes: compare_change_sets(tr.changes, changes))
+            result.production = ActionResult(True, time.monotonic() - start, "one transaction, verified before COMMIT")
+        except (SqlError, ActionFailed) as exc:
+            result.production = ActionResult(False, time.monotonic() - start, "one transaction", str(exc))
+    if problems:
+        result.divergence += [f"{t.name}: {d}" for d in problems]
+    if problems or not result.production.ok:
+        cause = ("production diverged from the rehearsal inside the transaction" if problems
+                 else f"the action failed on production: {result.production.error}")
+        # ROLLBACK already undid everything; restore_target confirms production equals the checkpoint.
+        restore_target(session, t, checkpoint)
+        result.outcome = "rolled_back"
+        result.reason = f"{cause}; the transaction was rolled back — production was never changed"
 
 
 def _roll_back(session: _Session, targets: dict[str, Target], checkpoints: dict[str, Checkpoint], reason: str) -> None:

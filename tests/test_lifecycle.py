@@ -107,6 +107,7 @@ expect:
 
 
 def test_apply_journals_production_steps_with_their_undo(prod_db, shadow_cli, tmp_path):
+    # (the command-action path journals "restore every target …": see the SIGTERM test above)
     write_plan(tmp_path, """
 targets: {app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}}
 action: {sql: m.sql}
@@ -116,7 +117,7 @@ expect: {app: {may: [insert rows public.audit_log]}}
     assert r.code == 0, r.text
     journal = sqlite3.connect(shadow_cli.state_dir / "journal.sqlite")
     rows = journal.execute("SELECT step, state, undo FROM steps").fetchall()
-    assert rows == [("apply", "done", rows[0][2])] and "shadow rollback" in rows[0][2]
+    assert rows == [("apply", "done", rows[0][2])] and "one transaction" in rows[0][2]
 
 
 @BOTH_BACKENDS

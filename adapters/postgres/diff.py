@@ -143,8 +143,10 @@ def _reading(conn: psycopg.Connection) -> Iterator[None]:
     Without them, a database whose default TimeZone (or bytea_output …) differs from the shadow's server would
     show every row of a table with such a column as updated.
     """
-    with conn.transaction():
-        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+    in_tx = conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+    with conn.transaction():  # a savepoint when the caller's transaction is open (a transactional apply)
+        if not in_tx:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         set_read_settings(conn)
         yield
 

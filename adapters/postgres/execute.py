@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -61,6 +62,33 @@ def execute(dsn: str, statements: list[Statement], timeout: float, target: str) 
                 raise ActionFailed(f"the SQL action timed out after {timeout:g} s", target=target) from exc
             raise TargetUnreachable(f"lost the connection during the action: {_first_line(exc)}", target=target) from exc
     return "transaction" if one_transaction else "autocommit"
+
+
+def execute_verified(dsn: str, statements: list[Statement], timeout: float, target: str,
+                     verify: Callable[[psycopg.Connection], list[str]]) -> list[str]:
+    """Run ``statements`` in one transaction, then ``verify(conn)`` inside it, before anything is visible to
+    anyone else: COMMIT when it returns no problems, ROLLBACK otherwise. Returns the problems — with a
+    ROLLBACK, production was never changed."""
+    deadline = time.monotonic() + timeout
+    try:
+        conn = psycopg.connect(dsn, autocommit=True)
+    except psycopg.OperationalError as exc:
+        raise TargetUnreachable(f"cannot connect: {_first_line(exc)}", target=target) from exc
+    problems: list[str] = []
+    with conn:
+        try:
+            with conn.transaction():
+                for st in statements:
+                    _run(conn, st, deadline, target)
+                conn.execute("SET LOCAL statement_timeout = 0")  # the timeout bounds the action, not the check
+                problems = verify(conn)
+                if problems:
+                    raise psycopg.Rollback()
+        except psycopg.OperationalError as exc:
+            if isinstance(exc, pgerrors.QueryCanceled):
+                raise ActionFailed(f"the SQL action timed out after {timeout:g} s", target=target) from exc
+            raise TargetUnreachable(f"lost the connection during the action: {_first_line(exc)}", target=target) from exc
+    return problems
 
 
 def _run(conn: psycopg.Connection, st: Statement, deadline: float, target: str) -> None:

@@ -181,12 +181,19 @@ def server_major(conn: psycopg.Connection) -> int:
 
 
 def observe(conn: psycopg.Connection, *, snapshot: str | None = None, with_data: bool = True) -> dict[str, Any]:
-    """Observe the database ``conn`` is connected to. Leaves the connection's transaction state as it found it."""
+    """Observe the database ``conn`` is connected to. Leaves the connection's transaction state as it found it.
+
+    Inside an open transaction (a transactional apply observing its own uncommitted changes) it reads in a
+    savepoint of that transaction; otherwise in a REPEATABLE READ, READ ONLY transaction of its own.
+    """
+    in_tx = conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
     autocommit = conn.autocommit
-    conn.autocommit = False
+    if not in_tx:
+        conn.autocommit = False
     try:
         with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            if not in_tx:
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             if snapshot:
                 conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
             set_read_settings(conn)
@@ -194,7 +201,7 @@ def observe(conn: psycopg.Connection, *, snapshot: str | None = None, with_data:
     except psycopg.OperationalError as exc:
         raise TargetUnreachable(f"lost the connection while observing: {exc}") from exc
     finally:
-        if not conn.closed:
+        if not conn.closed and not in_tx:
             conn.autocommit = autocommit
 
 

@@ -7,7 +7,7 @@ import json
 import re
 import secrets
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from adapters.postgres.container import ContainerServer, Limits
 from adapters.postgres.cluster import LocalCluster
 from adapters.postgres.server import SUPERUSER, Server
 from adapters.postgres.diff import count_rows, diff
-from adapters.postgres.execute import execute
+from adapters.postgres.execute import execute, execute_verified, forces_autocommit
 from adapters.postgres.observe import observe
 from adapters.postgres.restore import restore_into_empty, restore_over, run_pg_dump
 from shadow.changes import Change, RowDelta, differences
@@ -180,6 +180,26 @@ class PostgresTarget:
     def execute_sql(self, endpoint: Endpoint, statements: list[Statement], timeout: float) -> str:
         assert endpoint.dsn is not None
         return execute(endpoint.dsn, statements, timeout, self.name)
+
+    def atomic_blocker(self, statements: list[Statement]) -> Statement | None:
+        """The first statement that cannot run inside a transaction, or None when all can."""
+        return next((st for st in statements if forces_autocommit(st)), None)
+
+    def apply_sql_verified(self, statements: list[Statement], timeout: float, checkpoint: Checkpoint, shadow: Any,
+                           judge: Callable[[list[Change]], list[str]]) -> tuple[list[str], list[Change]]:
+        """Apply in one transaction, observe production *inside* it, and COMMIT only when ``judge`` finds the
+        change set equal to the rehearsal's; otherwise ROLLBACK, which costs nothing."""
+        seen: list[Change] = []
+
+        def verify(conn: psycopg.Connection) -> list[str]:
+            after = self._observe(conn)
+            with shadow.connect_pristine() as pristine:
+                rows = _count_changed_rows(pristine, conn, checkpoint.observation, after)
+            seen.extend(diff(checkpoint.observation, after, rows))
+            return judge(seen)
+
+        problems = execute_verified(self.dsn, statements, timeout, self.name, verify)
+        return problems, seen
 
     def changes_since(self, checkpoint: Checkpoint, shadow: Any | None) -> list[Change]:
         after = self.observe()

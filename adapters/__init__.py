@@ -94,7 +94,8 @@ class Target(Protocol):
     def verify_restored(self, checkpoint: Checkpoint) -> list[str]:
         """How production differs from the checkpoint now; empty when it observes equal."""
 
-    def execute_sql(self, endpoint: Endpoint, statements: list[Any], timeout: float) -> str:
+    def execute_sql(self, endpoint: Endpoint, statements: list[Any], timeout: float,
+                    trace: list[dict[str, Any]] | None = None) -> str:
         """Run an SQL action's statements on ``endpoint``; return how ("transaction" | "autocommit")."""
 
 

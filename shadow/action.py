@@ -34,9 +34,11 @@ class ActionResult:
     mode: str = ""  # sql: "transaction" | "autocommit"; command: "process"
     error: str | None = None
     log: str | None = None
+    locks: list[dict[str, Any]] | None = None  # SQL rehearsals: per statement, locks taken and tables rewritten
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "seconds": round(self.seconds, 3), "mode": self.mode, "error": self.error, "log": self.log}
+        return {"ok": self.ok, "seconds": round(self.seconds, 3), "mode": self.mode, "error": self.error,
+                "log": self.log, "locks": self.locks}
 
 
 def action_env(plan: Plan, endpoints: Mapping[str, Endpoint], kinds: Mapping[str, str], caller: Mapping[str, str],
@@ -108,11 +110,13 @@ def run_action(plan: Plan, statements: list[Statement], endpoints: Mapping[str, 
     if action.sql_files:
         assert action.sql_target is not None
         start = time.monotonic()
+        trace: list[dict[str, Any]] | None = None if production else []
         try:
-            mode = targets[action.sql_target].execute_sql(endpoints[action.sql_target], statements, action.timeout)
+            mode = targets[action.sql_target].execute_sql(endpoints[action.sql_target], statements, action.timeout,
+                                                          trace)
         except ActionFailed as exc:
-            return ActionResult(False, time.monotonic() - start, "sql", str(exc))
-        return ActionResult(True, time.monotonic() - start, mode)
+            return ActionResult(False, time.monotonic() - start, "sql", str(exc), locks=trace)
+        return ActionResult(True, time.monotonic() - start, mode, locks=trace)
     kinds = {name: t.kind for name, t in targets.items()}
     secrets = tuple(s for ep in endpoints.values() for s in ep.secrets)
     with tempfile.TemporaryDirectory(prefix="shadow-home-") as home:

@@ -112,6 +112,7 @@ class Limits:
 class Policy:
     backend: str = "auto"
     limits: Limits = field(default_factory=Limits)
+    max_lock: Mapping[str, float] = field(default_factory=dict)  # "ACCESS EXCLUSIVE" → seconds
 
 
 @dataclass(frozen=True)
@@ -489,12 +490,36 @@ def _policy(doc: _Doc, raw: Any) -> Policy:
     if not isinstance(raw, dict):
         doc.problem(("policy",), "must be a mapping")
         return Policy()
-    _known(doc, raw, ("policy",), ("backend", "limits"))
+    _known(doc, raw, ("policy",), ("backend", "limits", "max_lock"))
     backend = raw.get("backend", "auto")
     if backend not in BACKENDS:
         doc.problem(("policy", "backend"), f"{backend!r} is not one of: {', '.join(BACKENDS)}")
         backend = "auto"
-    return Policy(backend=backend, limits=_limits(doc, raw.get("limits")))
+    return Policy(backend=backend, limits=_limits(doc, raw.get("limits")), max_lock=_max_lock(doc, raw.get("max_lock")))
+
+
+LOCK_MODES = ("ACCESS SHARE", "ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE",
+              "EXCLUSIVE", "ACCESS EXCLUSIVE")
+
+
+def _max_lock(doc: _Doc, raw: Any) -> dict[str, float]:
+    if raw is None:
+        return {}
+    where = ("policy", "max_lock")
+    if not isinstance(raw, dict):
+        doc.problem(where, 'must map lock modes to durations, e.g. {"ACCESS EXCLUSIVE": 2s}')
+        return {}
+    out: dict[str, float] = {}
+    for mode, limit in raw.items():
+        name = str(mode).upper().replace("_", " ")
+        seconds = _duration(limit) if limit not in (0, "0") else 0.0
+        if name not in LOCK_MODES:
+            doc.problem(where + (mode,), f"unknown lock mode {mode!r} (one of: {', '.join(LOCK_MODES)})")
+        elif seconds is None:
+            doc.problem(where + (mode,), f"{limit!r} is not a duration like 500ms, 2s, 1m")
+        else:
+            out[name] = seconds
+    return out
 
 
 def _limits(doc: _Doc, raw: Any) -> Limits:

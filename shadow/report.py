@@ -178,6 +178,15 @@ def render_markdown(m: dict[str, Any]) -> str:
                 out.append(f"- {d}")
             if r.get("error"):
                 out.append(f"- {r['error']}")
+    trace = (m["action"].get("rehearsal") or {}).get("locks") or []
+    if any(step["locks"] or step["rewrote"] for step in trace):
+        out += ["", "## Lock trace (rehearsal)", "", "| statement | relation | lock | held s | rewrote |",
+                "|---|---|---|---|---|"]
+        for step in trace:
+            rewrote = ", ".join(step["rewrote"])
+            for lock in step["locks"] or [{"relation": "", "mode": "", "seconds": step["seconds"]}]:
+                out.append(f"| `{step['statement']}` {_cell(step['text'][:50])} | {lock['relation']} | {lock['mode']} "
+                           f"| {lock['seconds']:.2f} | {rewrote if not lock['relation'] or lock['relation'] in step['rewrote'] else ''} |")
     if m.get("divergence"):
         out += ["", "## Divergence between rehearsal and production", ""] + [f"- {d}" for d in m["divergence"]]
     if m.get("steps"):

@@ -265,6 +265,14 @@ def _rehearse(session: _Session, plan_: Plan, statements: list[Statement], targe
             result.outcome = "error"
             result.reason = str(exc)
             raise
+    for step in result.rehearsal.locks or []:
+        for lock in step["locks"]:
+            limit = plan_.policy.max_lock.get(lock["mode"])
+            if limit is not None and lock["seconds"] > limit:
+                result.verdicts.append(Verdict(
+                    plan_.action.sql_target or "", "max_lock", f"{lock['mode']} on {lock['relation']}", False,
+                    f"held {lock['seconds']:.2f} s from {step['statement']} ({step['text'][:60]}), "
+                    f"policy.max_lock allows {limit:g} s"))
     if not result.rehearsal.ok:
         result.verdicts.append(Verdict("", "action", "rehearsal", False,
                                        f"the action failed on the shadow: {result.rehearsal.error}"))

@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from typing import Any
 
 import psycopg
 from psycopg import errors as pgerrors
 
+from adapters.postgres.locks import LockTracer
 from shadow.errors import ActionFailed, SqlError, TargetUnreachable
 from shadow.sqlsplit import Statement
 
@@ -40,27 +42,40 @@ def _strip_comments(text: str) -> str:
     return re.sub(r"(--[^\n]*\n)|(/\*.*?\*/)", " ", text + "\n", flags=re.DOTALL)
 
 
-def execute(dsn: str, statements: list[Statement], timeout: float, target: str) -> str:
-    """Run ``statements``; return ``"transaction"`` or ``"autocommit"`` (how they ran)."""
+def execute(dsn: str, statements: list[Statement], timeout: float, target: str,
+            trace: list[dict[str, Any]] | None = None) -> str:
+    """Run ``statements``; return ``"transaction"`` or ``"autocommit"`` (how they ran). With ``trace`` (a list),
+    record per statement the locks it took and the tables it rewrote (see :mod:`adapters.postgres.locks`)."""
     deadline = time.monotonic() + timeout
     one_transaction = not any(forces_autocommit(s) for s in statements)
     try:
         conn = psycopg.connect(dsn, autocommit=True)
     except psycopg.OperationalError as exc:
         raise TargetUnreachable(f"cannot connect: {_first_line(exc)}", target=target) from exc
+    tracer = LockTracer(conn, dsn, one_transaction) if trace is not None else None
+
+    def run_all() -> None:
+        for st in statements:
+            if tracer:
+                tracer.before(st)
+            _run(conn, st, deadline, target)
+            if tracer:
+                tracer.after()
+
     with conn:
         try:
             if one_transaction:
                 with conn.transaction():
-                    for st in statements:
-                        _run(conn, st, deadline, target)
+                    run_all()
             else:
-                for st in statements:
-                    _run(conn, st, deadline, target)
+                run_all()
         except psycopg.OperationalError as exc:
             if isinstance(exc, pgerrors.QueryCanceled):
                 raise ActionFailed(f"the SQL action timed out after {timeout:g} s", target=target) from exc
             raise TargetUnreachable(f"lost the connection during the action: {_first_line(exc)}", target=target) from exc
+        finally:
+            if tracer is not None and trace is not None:
+                trace.extend(tracer.finish())
     return "transaction" if one_transaction else "autocommit"
 
 

@@ -177,9 +177,10 @@ class PostgresTarget:
         return template.replace("{major}", str(major))
 
     # -- production ---------------------------------------------------------------------------------------
-    def execute_sql(self, endpoint: Endpoint, statements: list[Statement], timeout: float) -> str:
+    def execute_sql(self, endpoint: Endpoint, statements: list[Statement], timeout: float,
+                    trace: list[dict[str, Any]] | None = None) -> str:
         assert endpoint.dsn is not None
-        return execute(endpoint.dsn, statements, timeout, self.name)
+        return execute(endpoint.dsn, statements, timeout, self.name, trace)
 
     def atomic_blocker(self, statements: list[Statement]) -> Statement | None:
         """The first statement that cannot run inside a transaction, or None when all can."""

@@ -229,6 +229,39 @@ def demo_cmd(ctx: Ctx, keep: bool) -> None:
     sys.exit(code)
 
 
+@cli.command("lint")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--allow", "allow", multiple=True, metavar="ID",
+              help="Allow a finding id (repeatable, or comma-separated).")
+@JSON_OPTION
+@click.pass_obj
+def lint_cmd(ctx: Ctx, files: tuple[Path, ...], allow: tuple[str, ...], as_json: bool) -> None:
+    """Static findings on SQL files, before anything runs (linted together, in the order given, like one SQL
+    action's files).
+
+    Exit 0 when no error-level finding remains after --allow, 1 when one does, 2 when the SQL does not parse.
+    """
+    from shadow import lint
+
+    ids = [i.strip() for a in allow for i in a.split(",") if i.strip()]
+    findings = _guard(ctx, lambda: lint.lint_files(list(files)))
+    kept, allowed = _guard(ctx, lambda: lint.allowed(findings, ids))
+    allowed_ids = {id(f) for f in allowed}
+    if as_json:
+        click.echo(json.dumps([f.to_dict() | {"allowed": id(f) in allowed_ids} for f in findings], indent=2))
+    else:
+        colour = {"error": "red", "warning": "yellow", "info": "cyan"}
+        for f in kept:
+            ctx.out.print(f"{escape(f.where)} [{colour[f.severity]}]{f.severity}[/] [bold]{f.id}[/] {escape(f.message)}")
+            ctx.out.print(f"    [dim]hint: {escape(f.hint)}[/]")
+        for f in allowed:
+            ctx.out.print(f"[dim]{escape(f.where)} allowed {f.id}[/]")
+        counts = {s: sum(f.severity == s for f in kept) for s in ("error", "warning", "info")}
+        summary = ", ".join(f"{n} {s}{'s' if n != 1 and s != 'info' else ''}" for s, n in counts.items())
+        ctx.out.print(f"{summary}, {len(allowed)} allowed" if findings else "no findings")
+    sys.exit(1 if any(f.severity == "error" for f in kept) else 0)
+
+
 def _sigterm(_signum: int, _frame: Any) -> None:
     # Turn SIGTERM into KeyboardInterrupt so every `finally` and `__exit__` runs (shadows are removed,
     # an apply in progress is rolled back).

@@ -113,6 +113,7 @@ class Policy:
     backend: str = "auto"
     limits: Limits = field(default_factory=Limits)
     max_lock: Mapping[str, float] = field(default_factory=dict)  # "ACCESS EXCLUSIVE" → seconds
+    allow: tuple[Any, ...] = ()  # finding ids, or {id, file} to allow one only in matching files
 
 
 @dataclass(frozen=True)
@@ -490,12 +491,22 @@ def _policy(doc: _Doc, raw: Any) -> Policy:
     if not isinstance(raw, dict):
         doc.problem(("policy",), "must be a mapping")
         return Policy()
-    _known(doc, raw, ("policy",), ("backend", "limits", "max_lock"))
+    _known(doc, raw, ("policy",), ("backend", "limits", "max_lock", "allow"))
+    allow = raw.get("allow") or []
+    if not isinstance(allow, list):
+        doc.problem(("policy", "allow"), "must be a list of finding ids (see `shadow lint`), or {id, file} entries")
+        allow = []
+    else:
+        from shadow.lint import allow_problems
+
+        for problem in allow_problems(allow):
+            doc.problem(("policy", "allow"), problem)
     backend = raw.get("backend", "auto")
     if backend not in BACKENDS:
         doc.problem(("policy", "backend"), f"{backend!r} is not one of: {', '.join(BACKENDS)}")
         backend = "auto"
-    return Policy(backend=backend, limits=_limits(doc, raw.get("limits")), max_lock=_max_lock(doc, raw.get("max_lock")))
+    return Policy(backend=backend, limits=_limits(doc, raw.get("limits")), max_lock=_max_lock(doc, raw.get("max_lock")),
+                  allow=tuple(allow))
 
 
 LOCK_MODES = ("ACCESS SHARE", "ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE",

@@ -49,6 +49,7 @@ def model(result: RunResult) -> dict[str, Any]:
             for t in result.targets.values()
         ],
         "expectations": [v.to_dict() for v in result.verdicts],
+        "findings": result.findings,
         "divergence": result.divergence,
         "steps": result.steps,
         "report_dir": result.report_dir,
@@ -155,6 +156,12 @@ def render_markdown(m: dict[str, Any]) -> str:
         for v in expectations:
             mark = "✅" if v["ok"] else "❌"
             out.append(f"| {mark} | {v['target']} | {v['rule']} | `{_cell(v['subject'])}` | {_cell(v['message'])} |")
+    findings = m.get("findings") or []
+    if findings:
+        out += ["", "## Static findings", "", "| | id | where | finding | fix |", "|---|---|---|---|---|"]
+        for f in findings:
+            mark = "allowed" if f["allowed"] else {"error": "❌", "warning": "⚠️", "info": "ℹ️"}.get(f["severity"], "")
+            out.append(f"| {mark} | `{f['id']}` | `{f['file']}:{f['line']}` | {_cell(f['message'])} | {_cell(f['hint'])} |")
     for t in m["targets"]:
         out += ["", f"## Target `{t['name']}` ({t['kind']})", "", f"- endpoint: `{t['endpoint']}`"]
         cp = t.get("checkpoint")

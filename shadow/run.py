@@ -64,6 +64,7 @@ class RunResult:
     rehearsal: ActionResult | None = None
     production: ActionResult | None = None
     verdicts: list[Verdict] = field(default_factory=list)
+    findings: list[dict[str, Any]] = field(default_factory=list)  # static findings on the SQL, with "allowed"
     divergence: list[str] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
     finished_at: float | None = None
@@ -175,6 +176,7 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
     targets = _targets(loaded, settings)
     result = RunResult(new_run_id(), command, str(loaded.path), time.time(), backend, why,
                        action=loaded.action.describe())
+    _static_findings(result, loaded, statements)
     for name, t in targets.items():
         result.targets[name] = TargetResult(name, t.kind, t.describe())
     session = _Session(settings, result, progress)
@@ -218,6 +220,49 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
     finally:
         session.finish()
     return result
+
+
+def _static_findings(result: RunResult, plan_: Plan, statements: list[Statement]) -> None:
+    """sqlglot's findings on the SQL, before anything runs: error-level ones fail the plan unless allowed."""
+    if not statements:
+        return
+    from shadow import lint
+
+    sources = {shown: path.read_text(encoding="utf-8")
+               for path, shown in zip(plan_.action.sql_files, plan_.action.sql_display, strict=True)}
+    findings = lint.lint(statements, sources) + _unexpected_tables(plan_, statements)
+    kept, allowed = lint.allowed(findings, list(plan_.policy.allow))
+    result.findings = [{**f.to_dict(), "allowed": False} for f in kept] + [{**f.to_dict(), "allowed": True}
+                                                                         for f in allowed]
+    target = plan_.action.sql_target or ""
+    for f in kept:
+        if f.severity == "error":
+            result.verdicts.append(Verdict(target, "finding", f"{f.id} at {f.where}", False,
+                                           f"{f.message} — {f.hint} (or allow it: policy.allow: [{f.id}])"))
+
+
+def _unexpected_tables(plan_: Plan, statements: list[Statement]) -> list[Any]:
+    """A statement writing a table that the expectations do not mention is flagged before the rehearsal."""
+    import fnmatch
+
+    from shadow import lint
+
+    expect = plan_.expect.get(plan_.action.sql_target or "")
+    if expect is None or not expect.declared:
+        return []
+    patterns = [p.split(None, 2)[2] for p in expect.must + expect.may if len(p.split(None, 2)) == 3]
+    patterns += [rule.table for rule in expect.rows]
+    out = []
+    for st in statements:
+        for table in sorted(lint.touched(st)[1]):
+            qualified = table if "." in table else f"public.{table}"
+            if not any(fnmatch.fnmatchcase(qualified, p) or fnmatch.fnmatchcase(qualified, p.rsplit(".", 1)[0])
+                       or lint.same_table(table, p) for p in patterns):
+                out.append(lint.Finding("unexpected-table", "warning",
+                                        f"{st.where} writes {qualified}, which the expectations do not mention",
+                                        "add what should happen to it to expect.must / may / rows", st.file, st.line,
+                                        st.text))
+    return out
 
 
 def _checkpoint_all(session: _Session, targets: dict[str, Target]) -> dict[str, Checkpoint]:

@@ -16,6 +16,8 @@ action: {sql: m.sql}
 expect:
   app:
     may: [update rows public.users, add column public.users.*, add index public.*]
+policy:
+  allow: [update-without-where]   # the static finding is expected here
 """
 
 

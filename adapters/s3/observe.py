@@ -32,7 +32,11 @@ def list_current(client: Any, bucket: str, prefix: str) -> dict[str, dict[str, A
 
 
 def list_versions(client: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
-    """Every version and delete marker under ``prefix``, newest first per key, as S3 lists them."""
+    """Every version and delete marker under ``prefix``.
+
+    Not in history order: boto3 returns versions and delete markers as two separate lists, and ``modified`` has
+    one-second resolution, so neither tells which of two entries made in the same second came first.
+    """
     for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Versions", []):
             yield {"key": item["Key"], "version_id": item["VersionId"], "latest": item["IsLatest"],

@@ -4,11 +4,13 @@
   scope — nothing is copied, the versions are the checkpoint. On an unversioned bucket every object in scope is
   copied into the snapshot store (content-addressed, sha256-verified before a restore); the report says so and
   what it cost. The manifest itself is a store artifact.
-- **shadow**: moto's S3 server on 127.0.0.1 in this process, with throwaway credentials and the bucket seeded
-  from the checkpoint (same keys, content, content type, metadata and tags).
+- **shadow**: moto's S3 server on 127.0.0.1 in a child process of its own, with throwaway credentials and the
+  bucket seeded from the checkpoint (same keys, content, content type, metadata and tags).
 - **restore** never destroys a version: a modified key gets its checkpoint version copied back over it, a key
-  created since gets a delete marker, a key deleted since gets only the delete markers made since removed. Only
-  changed keys cost requests (plus the listing pages); a bounded thread pool sends them.
+  created since gets a delete marker, a key deleted since gets only the delete markers made since removed, a key
+  whose tags alone changed is retagged. It is planned from an observation, so only changed keys cost a write
+  (plus the HEAD/tagging reads and listing pages) and a second restore writes nothing; a bounded thread pool
+  sends them.
 """
 
 from __future__ import annotations
@@ -16,19 +18,22 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import logging
 import re
 import secrets
-from urllib.parse import urlencode
-from collections.abc import Callable, Iterator, Mapping
+import selectors
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import urlencode
 
 import yaml
 
 from adapters import Checkpoint, Endpoint
-from adapters.s3.observe import describe, diff, list_current, list_versions, observe, versioning
+from adapters.s3.observe import diff, list_versions, observe, versioning
 from shadow.changes import Change, differences
 from shadow.errors import BadInput, InfrastructureError, SnapshotCorrupt, TargetUnreachable
 from snapshots import Artifact, Store
@@ -40,6 +45,51 @@ REGION = "us-east-1"
 
 def _env_name(name: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", name.upper())
+
+
+# moto keeps every bucket in module globals of the process serving it (and bucket names are global across its
+# accounts), so two servers in one process share their buckets and a stopped one leaves its objects to the next.
+# Each shadow gets a process of its own; it exits when its stdin closes, which also happens if shadow is killed.
+_SERVER = """\
+import logging, sys
+from moto.server import ThreadedMotoServer
+logging.getLogger("werkzeug").setLevel(logging.ERROR)
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()
+"""
+SERVER_START_TIMEOUT = 60.0
+
+
+@contextmanager
+def moto_server(label: str) -> Iterator[str]:
+    """moto's S3 server in a child process on 127.0.0.1; yields its URL. ``label`` (with the run id) shows in ps."""
+    with tempfile.TemporaryFile() as log:
+        try:
+            proc = subprocess.Popen([sys.executable, "-c", _SERVER, label], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=log)
+        except OSError as exc:
+            raise InfrastructureError(f"could not start moto's S3 server for a shadow: {exc}") from exc
+        assert proc.stdin is not None and proc.stdout is not None
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(proc.stdout, selectors.EVENT_READ)
+                line = proc.stdout.readline() if sel.select(SERVER_START_TIMEOUT) else b""
+            if not line.strip().isdigit():
+                log.seek(0)
+                tail = log.read().decode(errors="replace").strip().splitlines()[-5:]
+                raise InfrastructureError("moto's S3 server for a shadow did not start"
+                                          + (": " + " | ".join(tail) if tail else ""))
+            yield f"http://127.0.0.1:{int(line)}"
+        finally:
+            proc.stdin.close()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
 
 
 def fingerprint_of(observation: dict[str, Any]) -> str:
@@ -123,10 +173,15 @@ class S3Target:
         manifest: dict[str, dict[str, Any]] = {}
         copied = 0
         if status == "Enabled":
+            seen: dict[str, list[str]] = {}
             for item in self._call("listing versions", lambda: list(list_versions(client, self.bucket, self.prefix))):
+                seen.setdefault(item["key"], []).append(item["version_id"])
                 if item["latest"] and not item["marker"]:
                     manifest[item["key"]] = {"version_id": item["version_id"], "etag": item["etag"],
                                              "size": item["size"]}
+            for key, entry in manifest.items():
+                # Every version and delete marker the key had: whatever else a restore finds was made since.
+                entry["known_versions"] = sorted(seen[key])
             observation = self._call("observing", observe, client, self.bucket, self.prefix,
                                      {k: v["version_id"] for k, v in manifest.items()})
         else:
@@ -196,51 +251,33 @@ class S3Target:
     @contextmanager
     def shadow(self, checkpoint: Checkpoint, store: Store, run_id: str, backend: str,
                limits: Any = None) -> Iterator[S3Shadow]:
-        from moto.server import ThreadedMotoServer
-
         manifest = self._manifest(checkpoint, store)
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's server logs every request otherwise
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-        try:
-            yield S3Shadow(self, server, checkpoint, manifest, store, backend)
-        finally:
-            server.stop()
+        with moto_server(f"shadow-s3 run={run_id} target={self.name}") as url:
+            yield S3Shadow(self, url, checkpoint, manifest, store, backend)
 
     # -- production ----------------------------------------------------------------------------------------
-    def execute_sql(self, endpoint: Endpoint, statements: list[Any], timeout: float) -> str:
+    def execute_sql(self, endpoint: Endpoint, statements: list[Any], timeout: float,
+                    trace: list[dict[str, Any]] | None = None) -> str:
         raise BadInput("an SQL action cannot run on an s3 target", target=self.name)
 
     def changes_since(self, checkpoint: Checkpoint, shadow: Any | None) -> list[Change]:
         return diff(checkpoint.observation, self.observe())
 
     def restore(self, checkpoint: Checkpoint, store: Store) -> None:
+        # Planned from an observation, so only keys that differ from the checkpoint cost a write (one each, bar
+        # the delete markers of a key deleted more than once), and a second restore writes nothing.
         manifest = self._manifest(checkpoint, store)
         client = self.client()
-        props = {n.split("/", 1)[1]: p for n, p in checkpoint.observation["objects"]["object"].items()}
-        versioned = checkpoint.meta.get("mode") == "versions"
-        if versioned:
-            ops = self._plan_versioned_restore(client, manifest)
+        want, have = _by_key(checkpoint.observation), _by_key(self.observe())
+        changed = sorted(key for key, props in want.items() if have.get(key) != props)
+        created = sorted(set(have) - set(want))
+        if checkpoint.meta.get("mode") == "versions":
+            ops = self._plan_versioned_restore(client, manifest, want, have, changed)
         else:
-            ops = self._plan_copy_restore(client, manifest, store, props)
+            ops = self._plan_copy_restore(client, manifest, store, want, have, changed)
+        # On a versioned bucket a delete without a version id only adds a delete marker: no version is lost.
+        ops += [lambda key=key: client.delete_object(Bucket=self.bucket, Key=key) for key in created]
         self._run_ops("restoring", ops)
-        # What a new version does not show: tags, metadata or content type changed in place (tagging never
-        # makes a version; an unversioned bucket has none). Put back exactly the keys that still differ.
-        now = self.observe()["objects"]["object"]
-        fixes: list[Callable[..., Any]] = []
-        for key, want in props.items():
-            have = now.get(f"{self.bucket}/{key}")
-            if have is None or have == want:
-                continue
-            if {k: v for k, v in have.items() if k != "tags"} == {k: v for k, v in want.items() if k != "tags"}:
-                # Everything but the tags matches, so the current object is the checkpoint's: retag it.
-                fixes.append(lambda key=key, tags=want["tags"]: self._retag(client, key, tags))
-            elif versioned:
-                fixes.append(lambda key=key: self._copy_back(client, key, manifest[key]["version_id"]))
-            else:
-                path = store.open_verified(Artifact(manifest[key]["sha256"], int(manifest[key]["size"])))
-                fixes.append(lambda key=key, path=path: self._put_back(client, key, path, props[key]))
-        self._run_ops("restoring tags and metadata", fixes)
 
     def _retag(self, client: Any, key: str, tags: dict[str, str]) -> None:
         if tags:
@@ -250,59 +287,61 @@ class S3Target:
             client.delete_object_tagging(Bucket=self.bucket, Key=key)
 
     def _run_ops(self, what: str, ops: list[Any]) -> None:
+        if not ops:
+            return
         with ThreadPoolExecutor(WORKERS) as pool:
             self._call(what, lambda: list(pool.map(lambda op: op(), ops)))
 
-    def _plan_versioned_restore(self, client: Any, want: dict[str, dict[str, Any]]) -> list[Any]:
+    def _plan_versioned_restore(self, client: Any, manifest: dict[str, dict[str, Any]],
+                                want: dict[str, dict[str, Any]], have: dict[str, dict[str, Any]],
+                                changed: list[str]) -> list[Any]:
+        if not changed:
+            return []
         history: dict[str, list[dict[str, Any]]] = {}
         for item in self._call("listing versions", lambda: list(list_versions(client, self.bucket, self.prefix))):
             history.setdefault(item["key"], []).append(item)
+        lost = [key for key in changed
+                if manifest[key]["version_id"] not in {v["version_id"] for v in history.get(key, [])}]
+        if lost:  # checked before anything is written
+            raise InfrastructureError(f"checkpoint versions of {len(lost)} key(s) no longer exist (deleted or "
+                                      f"expired), e.g. {lost[0]!r}; they cannot be restored", target=self.name)
         ops: list[Any] = []
-        for key, versions in history.items():
-            current = next((v for v in versions if v["latest"]), None)
-            target = want.get(key)
-            if target is None:
-                if current is not None and not current["marker"]:
-                    ops.append(lambda key=key: client.delete_object(Bucket=self.bucket, Key=key))
+        for key in changed:
+            entry, tags = manifest[key], want[key]["tags"]
+            if _only_tags_differ(have.get(key), want[key]):
+                ops.append(lambda key=key, tags=tags: self._retag(client, key, tags))
                 continue
-            if current is not None and current["version_id"] == target["version_id"]:
-                continue
-            cp_version = next((v for v in versions if v["version_id"] == target["version_id"]), None)
-            if cp_version is None:
-                raise InfrastructureError(f"checkpoint version {target['version_id']} of {key!r} no longer exists "
-                                          "(deleted or expired); it cannot be restored", target=self.name)
-            # Delete markers made since the checkpoint, and nothing else on top of its version: removing exactly
-            # those markers makes the checkpoint version current again, without copying a byte.
-            newer = [v for v in versions if v is not cp_version and v["modified"] >= cp_version["modified"]]
-            if newer and all(v["marker"] for v in newer):
-                for marker in newer:
-                    ops.append(lambda key=key, vid=marker["version_id"]:
-                               client.delete_object(Bucket=self.bucket, Key=key, VersionId=vid))
+            # S3 lists versions with a one-second LastModified, so "made since the checkpoint" is "not among the
+            # versions the checkpoint saw", never a timestamp comparison.
+            known = set(entry.get("known_versions") or [entry["version_id"]])
+            since = [v for v in history[key] if v["version_id"] not in known]
+            if key not in have and since and all(v["marker"] for v in since):
+                # Deleted since, nothing written since: removing exactly those markers makes the checkpoint
+                # version current again, without writing a new version.
+                ops += [lambda key=key, vid=marker["version_id"]:
+                        client.delete_object(Bucket=self.bucket, Key=key, VersionId=vid) for marker in since]
             else:
-                ops.append(lambda key=key, vid=target["version_id"]: self._copy_back(client, key, vid))
-        missing = set(want) - set(history)
-        if missing:
-            raise InfrastructureError(f"checkpoint versions of {len(missing)} key(s) no longer exist, e.g. "
-                                      f"{sorted(missing)[0]!r}; they cannot be restored", target=self.name)
+                ops.append(lambda key=key, vid=entry["version_id"], tags=tags: self._copy_back(client, key, vid, tags))
         return ops
 
-    def _copy_back(self, client: Any, key: str, version_id: str) -> None:
-        # Metadata and tags come with the copy (MetadataDirective / TaggingDirective COPY).
+    def _copy_back(self, client: Any, key: str, version_id: str, tags: dict[str, str]) -> None:
+        # Content type and metadata never change on a version, so they come with the copy; tags can, so they are
+        # set to the checkpoint's in the same request.
         client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key,
                                                                      "VersionId": version_id},
-                           MetadataDirective="COPY", TaggingDirective="COPY")
+                           MetadataDirective="COPY", TaggingDirective="REPLACE", Tagging=urlencode(tags))
 
-    def _plan_copy_restore(self, client: Any, want: dict[str, dict[str, Any]], store: Store,
-                           props: dict[str, dict[str, Any]]) -> list[Any]:
-        current = self._call("listing", list_current, client, self.bucket, self.prefix)
+    def _plan_copy_restore(self, client: Any, manifest: dict[str, dict[str, Any]], store: Store,
+                           want: dict[str, dict[str, Any]], have: dict[str, dict[str, Any]],
+                           changed: list[str]) -> list[Any]:
         ops: list[Any] = []
-        for key in set(current) - set(want):
-            ops.append(lambda key=key: client.delete_object(Bucket=self.bucket, Key=key))
-        for key, target in want.items():
-            if key in current and current[key]["etag"] == target["etag"]:
+        for key in changed:
+            if _only_tags_differ(have.get(key), want[key]):
+                ops.append(lambda key=key, tags=want[key]["tags"]: self._retag(client, key, tags))
                 continue
-            path = store.open_verified(Artifact(target["sha256"], int(target["size"])))
-            ops.append(lambda key=key, path=path: self._put_back(client, key, path, props.get(key, {})))
+            # Verified now, before the first write: a corrupt copy stops the restore before it starts.
+            path = store.open_verified(Artifact(manifest[key]["sha256"], int(manifest[key]["size"])))
+            ops.append(lambda key=key, path=path, props=want[key]: self._put_back(client, key, path, props))
         return ops
 
     def _put_back(self, client: Any, key: str, path: Any, props: dict[str, Any]) -> None:
@@ -324,15 +363,14 @@ class S3Target:
 class S3Shadow:
     """An ephemeral S3 endpoint holding one bucket seeded from the checkpoint."""
 
-    def __init__(self, target: S3Target, server: Any, checkpoint: Checkpoint, manifest: dict[str, dict[str, Any]],
+    def __init__(self, target: S3Target, url: str, checkpoint: Checkpoint, manifest: dict[str, dict[str, Any]],
                  store: Store, backend: str) -> None:
         self.name = target.name
         self.target = target
         self.backend = backend
         self.checkpoint = checkpoint
         self.warnings: list[str] = []
-        host, port = server.get_host_and_port()
-        self.url = f"http://{host}:{port}"
+        self.url = url
         self.key_id, self.secret = "shadow" + secrets.token_hex(6), secrets.token_urlsafe(24)
         self.client = _client(self.url, aws_access_key_id=self.key_id, aws_secret_access_key=self.secret,
                               region_name=REGION)
@@ -403,6 +441,21 @@ class S3Shadow:
 
     def check(self, query: str) -> Any:
         raise BadInput("`checks` run SQL and are for postgres targets", target=self.name)
+
+    def attach(self, network: Any) -> Endpoint:
+        raise BadInput("`action.isolation: container` cannot reach an s3 shadow yet (it is served from a child "
+                       "process on 127.0.0.1); use `isolation: process` for plans with s3 targets", target=self.name)
+
+
+def _by_key(observation: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """key → properties of an observation's objects (their names are ``<bucket>/<key>``)."""
+    return {name.split("/", 1)[1]: props for name, props in observation["objects"]["object"].items()}
+
+
+def _only_tags_differ(have: dict[str, Any] | None, want: dict[str, Any]) -> bool:
+    """The current object is the checkpoint's but for its tags (tagging changes an object in place)."""
+    return have is not None and {k: v for k, v in have.items() if k != "tags"} == \
+        {k: v for k, v in want.items() if k != "tags"}
 
 
 def _comparable(objects: dict[str, Any]) -> dict[str, Any]:

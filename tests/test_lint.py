@@ -1,0 +1,409 @@
+"""Static SQL findings: every finding id fires on a migration that deserves it and stays quiet on the safe rewrite;
+parse errors name file, line and column; touched tables; allow lists; the `shadow lint` CLI. Pure logic, no services."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shadow.errors import BadInput, SqlError
+from shadow.lint import RULES, Finding, allow_problems, allowed, lint, lint_files, same_table, touched
+from shadow.sqlsplit import Statement, split_sql
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ids(sql: str, file: str = "m.sql") -> list[str]:
+    return [f.id for f in lint(split_sql(sql, file), {file: sql})]
+
+
+def one(sql: str) -> Statement:
+    return Statement("m.sql", 1, sql)
+
+
+# (id, a migration that triggers it, a safe rewrite that does not)
+CASES = [
+    ("drop-table", "DROP TABLE users",
+     "CREATE TABLE import_scratch (id int); DROP TABLE import_scratch"),
+    ("drop-column", "ALTER TABLE users DROP COLUMN legacy_flag",
+     "ALTER TABLE users ALTER COLUMN legacy_flag DROP NOT NULL"),
+    ("drop-column", "ALTER TABLE users DROP legacy_flag",
+     "ALTER TABLE users DROP CONSTRAINT users_legacy_flag_check"),
+    ("drop-schema", "DROP SCHEMA legacy CASCADE",
+     "CREATE SCHEMA staging; DROP SCHEMA staging"),
+    ("drop-index", "DROP INDEX users_email_idx",
+     "CREATE INDEX CONCURRENTLY users_email_tmp ON users (email); DROP INDEX users_email_tmp"),
+    ("drop-view", "DROP MATERIALIZED VIEW user_stats",
+     "CREATE OR REPLACE VIEW user_stats AS SELECT count(*) FROM users"),
+    ("drop-database", "DROP DATABASE old_app", "ALTER DATABASE old_app WITH ALLOW_CONNECTIONS false"),
+    ("truncate", "TRUNCATE TABLE audit_log",
+     "DELETE FROM audit_log WHERE created_at < now() - interval '90 days'"),
+    ("delete-without-where", "DELETE FROM sessions", "DELETE FROM sessions WHERE expires_at < now()"),
+    ("update-without-where", "UPDATE users SET active = true", "UPDATE users SET active = true WHERE active IS NULL"),
+    ("update-without-where", "UPDATE users SET plan = p.name FROM plans p",
+     "UPDATE users SET plan = p.name FROM plans p WHERE p.id = users.plan_id"),
+    ("alter-column-type", "ALTER TABLE users ALTER COLUMN id TYPE bigint",
+     "ALTER TABLE users ADD COLUMN id_new bigint"),
+    ("alter-column-type", "ALTER TABLE users ALTER COLUMN id SET DATA TYPE bigint USING id::bigint",
+     "ALTER TABLE users ALTER COLUMN id SET DEFAULT 0"),
+    ("set-not-null", "ALTER TABLE users ALTER COLUMN email SET NOT NULL",
+     "ALTER TABLE users ADD CONSTRAINT email_nn CHECK (email IS NOT NULL) NOT VALID"),
+    ("volatile-default", "ALTER TABLE users ADD COLUMN token uuid NOT NULL DEFAULT gen_random_uuid()",
+     "ALTER TABLE users ADD COLUMN token uuid"),
+    ("volatile-default", "ALTER TABLE users ADD COLUMN seen_at timestamptz DEFAULT clock_timestamp()",
+     "ALTER TABLE users ADD COLUMN seen_at timestamptz NOT NULL DEFAULT now()"),  # now() is STABLE: no rewrite
+    ("volatile-default", "ALTER TABLE users ADD COLUMN n bigserial", "ALTER TABLE users ADD COLUMN n bigint DEFAULT 0"),
+    ("create-index-blocking", "CREATE INDEX users_email_idx ON users (email)",
+     "CREATE INDEX CONCURRENTLY users_email_idx ON users (email)"),
+    ("create-index-blocking", "CREATE UNIQUE INDEX ON public.users USING btree (lower(email))",
+     "CREATE TABLE public.invites (email text); CREATE UNIQUE INDEX ON invites USING btree (lower(email))"),
+    ("add-foreign-key", "ALTER TABLE orders ADD CONSTRAINT orders_user_fk FOREIGN KEY (user_id) REFERENCES users (id)",
+     "ALTER TABLE orders ADD CONSTRAINT orders_user_fk FOREIGN KEY (user_id) REFERENCES users (id) NOT VALID;\n"
+     "ALTER TABLE orders VALIDATE CONSTRAINT orders_user_fk"),
+    ("add-foreign-key", "ALTER TABLE orders ADD COLUMN coupon_id int REFERENCES coupons (id)",
+     "ALTER TABLE orders ADD COLUMN coupon_id int"),
+    ("add-check", "ALTER TABLE orders ADD CONSTRAINT total_positive CHECK (total > 0)",
+     "ALTER TABLE orders ADD CONSTRAINT total_positive CHECK (total > 0) NOT VALID"),
+    ("add-unique", "ALTER TABLE users ADD CONSTRAINT users_email_key UNIQUE (email)",
+     "ALTER TABLE users ADD CONSTRAINT users_email_key UNIQUE USING INDEX users_email_idx"),
+    ("add-primary-key", "ALTER TABLE events ADD PRIMARY KEY (id)",
+     "ALTER TABLE events ADD CONSTRAINT events_pkey PRIMARY KEY USING INDEX events_id_idx"),
+    ("rename-table", "ALTER TABLE users RENAME TO customers",
+     "CREATE VIEW customers AS SELECT * FROM users"),
+    ("rename-table", "ALTER TABLE users SET SCHEMA archive", "ALTER TABLE users RENAME CONSTRAINT a TO b"),
+    ("rename-column", "ALTER TABLE users RENAME COLUMN name TO full_name",
+     "ALTER TABLE users ADD COLUMN full_name text"),
+    ("rename-column", "ALTER TABLE users RENAME name TO full_name",  # sqlglot misreads this one: tokens don't
+     "ALTER TABLE users RENAME CONSTRAINT users_name_check TO users_full_name_check"),
+    ("non-transactional", "CREATE INDEX CONCURRENTLY users_email_idx ON users (email)",
+     "CREATE TABLE t (email text); CREATE INDEX ON t (email)"),
+    ("non-transactional", "DROP INDEX CONCURRENTLY users_email_idx", "DROP INDEX users_email_idx"),
+    ("non-transactional", "VACUUM (ANALYZE) users", "ANALYZE users"),
+    ("non-transactional", "REINDEX INDEX CONCURRENTLY users_email_idx", "REINDEX INDEX users_email_idx"),
+    ("non-transactional", "CREATE DATABASE reporting", "CREATE SCHEMA reporting"),
+    ("non-transactional", "ALTER SYSTEM SET work_mem = '64MB'", "SET work_mem = '64MB'"),
+    ("non-transactional", "BEGIN; UPDATE users SET a = 1 WHERE id = 2; COMMIT", "UPDATE users SET a = 1 WHERE id = 2"),
+    ("opaque-statement", "DO $$ BEGIN UPDATE users SET a = 1 WHERE id = 2; END $$",
+     "UPDATE users SET a = 1 WHERE id = 2"),
+    ("no-lock-timeout", "ALTER TABLE users ADD COLUMN nickname text",
+     "SET lock_timeout = '5s';\nALTER TABLE users ADD COLUMN nickname text"),
+    ("no-statement-timeout", "LOCK TABLE users IN SHARE MODE",
+     "SET statement_timeout TO '15min';\nLOCK TABLE users IN SHARE MODE"),
+]
+
+
+@pytest.mark.parametrize(("rule_id", "bad", "safe"), CASES, ids=[f"{c[0]}:{c[1][:40]}" for c in CASES])
+def test_each_finding_fires_on_the_risky_migration_and_not_on_the_safe_rewrite(rule_id: str, bad: str,
+                                                                               safe: str) -> None:
+    assert rule_id in ids(bad)
+    assert rule_id not in ids(safe)
+
+
+def test_every_finding_id_has_a_triggering_case() -> None:
+    assert {c[0] for c in CASES} == set(RULES)
+
+
+def test_finding_carries_severity_message_hint_file_line_and_statement() -> None:
+    sql = "SET lock_timeout = '1s';\nSET statement_timeout = '1min';\n\nDELETE FROM sessions;\n"
+    [f] = lint(split_sql(sql, "db/0007_purge.sql"))
+    assert f == Finding(
+        id="delete-without-where", severity="error", message="DELETE FROM sessions without WHERE deletes every row",
+        hint=RULES["delete-without-where"].hint, file="db/0007_purge.sql", line=4, statement="DELETE FROM sessions")
+    assert f.to_dict() == {"id": "delete-without-where", "severity": "error", "message": f.message, "hint": f.hint,
+                           "file": "db/0007_purge.sql", "line": 4, "statement": "DELETE FROM sessions"}
+    assert all(rule.severity in ("error", "warning", "info") and rule.hint and "\n" not in rule.hint
+               for rule in RULES.values())
+
+
+def test_messages_name_the_table_and_column() -> None:
+    [f] = [f for f in lint([one('ALTER TABLE ONLY app."Users" ALTER COLUMN "Email" TYPE text')])
+           if f.id == "alter-column-type"]
+    assert f.message.startswith("ALTER TABLE app.Users ALTER COLUMN Email TYPE rewrites the table")
+    [g] = [f for f in lint([one("ALTER TABLE users ADD COLUMN t uuid DEFAULT public.gen_random_uuid()")])
+           if f.id == "volatile-default"]
+    assert "gen_random_uuid()" in g.message
+
+
+def test_every_action_of_a_multi_action_alter_table_is_checked_even_when_sqlglot_gives_up_on_one() -> None:
+    # VALIDATE CONSTRAINT makes sqlglot keep the whole statement as an opaque Command
+    found = ids("ALTER TABLE t VALIDATE CONSTRAINT fk, ALTER COLUMN a TYPE int, ADD COLUMN b numeric(10, 2) "
+                "DEFAULT random(), ADD CONSTRAINT c CHECK (b > 0) NOT VALID, ADD CONSTRAINT d FOREIGN KEY (a) "
+                "REFERENCES u (id)")
+    assert {"alter-column-type", "volatile-default", "add-foreign-key"} <= set(found)
+    assert "add-check" not in found  # NOT VALID belongs to its own action
+
+
+def test_keywords_in_strings_and_comments_are_not_findings() -> None:
+    sql = ("SET lock_timeout = '1s'; SET statement_timeout = '1min';\n"
+           "-- DROP TABLE users;\n/* TRUNCATE users */\n"
+           "INSERT INTO notes (body) VALUES ('DROP TABLE users; DELETE FROM users');\n"
+           "ALTER TABLE users ADD COLUMN memo text DEFAULT 'random() SET NOT NULL'")
+    assert ids(sql) == []
+
+
+def test_objects_created_earlier_in_the_migration_are_not_flagged() -> None:
+    sql = ("CREATE TABLE tmp_import (id int, email text);\n"
+           "CREATE INDEX tmp_import_email ON tmp_import (email);\n"
+           "ALTER TABLE tmp_import ALTER COLUMN email SET NOT NULL, ADD PRIMARY KEY (id);\n"
+           "DELETE FROM tmp_import;\n"
+           "DROP TABLE tmp_import;\n")
+    assert ids(sql) == []
+    # IF NOT EXISTS may have created nothing: the table may be an old one
+    assert "create-index-blocking" in ids("CREATE TABLE IF NOT EXISTS t (a int); CREATE INDEX ON t (a)")
+
+
+# --- hygiene: lock_timeout / statement_timeout -------------------------------------------------------------------
+
+
+def hygiene(sql: str, file: str = "m.sql") -> list[tuple[str, int]]:
+    return [(f.id, f.line) for f in lint(split_sql(sql, file)) if f.id.startswith("no-")]
+
+
+def test_missing_timeouts_are_reported_once_per_file_at_the_first_lock_taking_statement() -> None:
+    sql = ("SELECT 1;\n"
+           "UPDATE users SET a = 1 WHERE id = 1;\n"  # row locks only: not the lock this rule is about
+           "ALTER TABLE users ADD COLUMN b int;\n"
+           "ALTER TABLE users ADD COLUMN c int;\n"
+           "CREATE INDEX ON users (b);\n")
+    assert hygiene(sql) == [("no-lock-timeout", 3), ("no-statement-timeout", 3)]
+
+
+def test_a_timeout_set_before_the_lock_taking_statement_satisfies_the_rule() -> None:
+    assert hygiene("SET lock_timeout = '2s';\nSET SESSION statement_timeout = 60000;\nDROP TABLE t;") == []
+    assert hygiene("SELECT set_config('lock_timeout', '2s', false);\nSET LOCAL statement_timeout TO '1min';\n"
+                   "TRUNCATE t;") == []
+    # set after the statement, turned off, or reset: the statement ran without one
+    assert hygiene("TRUNCATE t;\nSET lock_timeout = '2s';\nSET statement_timeout = '1min';") == [
+        ("no-lock-timeout", 1), ("no-statement-timeout", 1)]
+    assert hygiene("SET lock_timeout = 0;\nSET statement_timeout = '1min';\nTRUNCATE t;") == [("no-lock-timeout", 3)]
+    assert hygiene("SET lock_timeout = '1s';\nSET statement_timeout = DEFAULT;\nTRUNCATE t;") == [
+        ("no-statement-timeout", 3)]
+    assert hygiene("SET lock_timeout = '1s';\nSET statement_timeout = '1s';\nRESET ALL;\nTRUNCATE t;") == [
+        ("no-lock-timeout", 4), ("no-statement-timeout", 4)]
+
+
+def test_timeouts_carry_over_to_later_files_of_the_same_action_and_each_file_is_reported_once() -> None:
+    first = split_sql("SET lock_timeout = '3s';\nALTER TABLE a ADD COLUMN x int;\nALTER TABLE a ADD COLUMN y int;", "1.sql")
+    second = split_sql("VACUUM FULL b;\nCLUSTER b USING b_pkey;", "2.sql")
+    found = [(f.file, f.line, f.id) for f in lint(first + second) if f.id.startswith("no-")]
+    # lock_timeout from 1.sql covers 2.sql; the missing statement_timeout is reported once in each file
+    assert found == [("1.sql", 2, "no-statement-timeout"), ("2.sql", 1, "no-statement-timeout")]
+
+
+def test_statements_that_take_no_heavy_lock_need_no_timeout() -> None:
+    sql = ("CREATE TABLE t (a int);\nCREATE INDEX ON t (a);\nINSERT INTO t SELECT 1;\n"
+           "CREATE INDEX CONCURRENTLY users_a ON users (a);\nANALYZE users;\nCOMMENT ON TABLE t IS 'x'")
+    assert hygiene(sql) == []
+
+
+# --- parse errors --------------------------------------------------------------------------------------------------
+
+
+def parse_error(sql: str, file: str = "m.sql") -> SqlError:
+    with pytest.raises(SqlError) as err:
+        lint(split_sql(sql, file), {file: sql})
+    return err.value
+
+
+def test_a_parse_error_names_file_line_and_column() -> None:
+    sql = "SET lock_timeout = '1s';\n\nCREATE TABLE t (\n    a int,\n    b int REFERENCES\n);\n"
+    err = parse_error(sql, "db/0001_init.sql")
+    assert err.file == "db/0001_init.sql" and err.line == 6
+    assert "db/0001_init.sql:6:" in str(err) and "line 6, column 1" in str(err)
+    assert err.exit_code == 2
+
+
+def test_a_parse_error_in_a_statement_that_starts_mid_line_gets_the_absolute_column() -> None:
+    err = parse_error("SELECT 1; INSERT INTO t VALUES (1, 2")
+    #                  1234567890123456789012345678901234567 -> the unclosed list ends at '2', column 36
+    assert err.line == 1 and "line 1, column 36" in str(err)
+    err = parse_error("SELECT 1;\nSELECT 2; INSERT INTO t\n  VALUES ((1)")
+    assert err.line == 3 and "line 3, column 13" in str(err)
+
+
+def test_a_statement_that_does_not_start_with_an_sql_command_is_a_parse_error() -> None:
+    err = parse_error("SELECT 1;\n  SELEC 2;")
+    assert err.line == 2 and "line 2, column 3" in str(err) and "'SELEC'" in str(err)
+    assert parse_error("CHECKPOINT; misspelled").line == 1
+
+
+def test_valid_postgres_that_sqlglot_cannot_parse_is_not_a_parse_error() -> None:
+    sql = ("CLUSTER users USING users_pkey; NOTIFY jobs, 'go'; REASSIGN OWNED BY old_role TO new_role; "
+           "CHECKPOINT; DISCARD ALL; START TRANSACTION; SAVEPOINT s; RELEASE SAVEPOINT s; END")
+    lint(split_sql(sql, "m.sql"))
+
+
+def test_statements_sqlglot_only_keeps_as_commands_never_crash_the_linter() -> None:
+    sql = """
+      CREATE EXTENSION IF NOT EXISTS pgcrypto; CREATE FUNCTION f() RETURNS trigger LANGUAGE plpgsql AS $f$
+      BEGIN DROP TABLE x; RETURN NEW; END $f$; CREATE TRIGGER trg BEFORE UPDATE ON users FOR EACH ROW
+      EXECUTE FUNCTION f(); ALTER TYPE mood ADD VALUE 'meh'; ALTER TABLE users ATTACH PARTITION p FOR VALUES FROM (1)
+      TO (2); ALTER TABLE users ENABLE ROW LEVEL SECURITY; ALTER TABLE users OWNER TO app; CREATE POLICY p ON users
+      USING (true); GRANT SELECT ON users TO app; REFRESH MATERIALIZED VIEW CONCURRENTLY mv; LOCK users;
+      CALL archive(1); EXPLAIN SELECT 1; SHOW lock_timeout; RESET lock_timeout; ALTER DEFAULT PRIVILEGES GRANT
+      SELECT ON TABLES TO app; SET search_path = app, public; MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN
+      DELETE; COPY t FROM STDIN
+    """
+    found = lint(split_sql(sql, "m.sql"))
+    assert "drop-table" not in {f.id for f in found}  # inside a function body: not run by the migration
+    assert {f.id for f in found} <= set(RULES)
+
+
+# --- touched tables ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("sql", "reads", "writes"), [
+    ("INSERT INTO archive.orders SELECT o.* FROM orders o JOIN users u ON u.id = o.user_id",
+     {"orders", "users"}, {"archive.orders"}),
+    ("INSERT INTO t (a) VALUES (1)", set(), {"t"}),
+    ("INSERT INTO t SELECT * FROM t", {"t"}, {"t"}),
+    ("WITH old AS (SELECT id FROM users WHERE seen < now()) DELETE FROM sessions USING old WHERE sessions.uid = old.id",
+     {"users"}, {"sessions"}),
+    ("UPDATE users SET plan = p.name FROM billing.plans p WHERE p.id = users.plan_id", {"billing.plans"}, {"users"}),
+    ('UPDATE "Users" SET a = (SELECT max(b) FROM Other) WHERE true', {"other"}, {"Users"}),
+    ("DELETE FROM ONLY public.users WHERE id IN (SELECT user_id FROM bans)", {"bans"}, {"public.users"}),
+    ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE", {"s"}, {"t"}),
+    ("SELECT * FROM a, generate_series(1, 3) g", {"a"}, set()),
+    ("CREATE TABLE t2 AS SELECT * FROM s.t1", {"s.t1"}, {"t2"}),
+    ("CREATE TABLE orders (id int, user_id int REFERENCES users (id))", {"users"}, {"orders"}),
+    ("CREATE VIEW v AS SELECT * FROM users", {"users"}, {"v"}),
+    ("CREATE INDEX CONCURRENTLY i ON app.users (email)", set(), {"app.users"}),
+    ("ALTER TABLE orders ADD CONSTRAINT fk FOREIGN KEY (uid) REFERENCES public.users (id) NOT VALID",
+     {"public.users"}, {"orders"}),
+    ("ALTER TABLE app.orders RENAME TO purchases", set(), {"app.orders", "app.purchases"}),
+    ("ALTER TABLE t VALIDATE CONSTRAINT fk", set(), {"t"}),
+    ("DROP TABLE IF EXISTS a, s.b CASCADE", set(), {"a", "s.b"}),
+    ("TRUNCATE a, b", set(), {"a", "b"}),
+    ("REFRESH MATERIALIZED VIEW CONCURRENTLY stats", set(), {"stats"}),
+    ("DROP INDEX users_email_idx", set(), set()),
+    ("DO $$ BEGIN DELETE FROM users; END $$", set(), set()),
+    ("SET lock_timeout = '1s'", set(), set()),
+])
+def test_touched_gives_the_tables_read_and_written(sql: str, reads: set[str], writes: set[str]) -> None:
+    assert touched(one(sql)) == (reads, writes)
+
+
+def test_same_table_matches_an_unqualified_name_to_a_qualified_one() -> None:
+    assert same_table("users", "public.users") and same_table("app.users", "app.users")
+    assert not same_table("app.users", "public.users") and not same_table("users", "Users")
+
+
+def test_touched_raises_a_parse_error_for_sql_that_does_not_parse() -> None:
+    with pytest.raises(SqlError, match="column"):
+        touched(one("SELECT (1"))
+
+
+# --- allow lists ---------------------------------------------------------------------------------------------------
+
+
+def findings_in(*files: tuple[str, str]) -> list[Finding]:
+    return lint([st for name, sql in files for st in split_sql(sql, name)])
+
+
+def test_allow_by_id_moves_every_finding_with_that_id_aside() -> None:
+    found = findings_in(("a.sql", "DROP TABLE x; TRUNCATE y"), ("b.sql", "DROP TABLE z"))
+    kept, ok = allowed(found, ["drop-table", "no-lock-timeout"])
+    assert {(f.file, f.id) for f in ok} == {("a.sql", "drop-table"), ("b.sql", "drop-table"),
+                                            ("a.sql", "no-lock-timeout"), ("b.sql", "no-lock-timeout")}
+    assert {f.id for f in kept} == {"truncate", "no-statement-timeout"}
+    assert len(kept) + len(ok) == len(found)
+
+
+def test_allow_by_id_and_file_glob_only_in_matching_files() -> None:
+    found = findings_in(("migrations/0042_drop_legacy.sql", "DROP TABLE legacy"),
+                        ("migrations/0043_more.sql", "DROP TABLE other"),
+                        ("hotfix/0042_drop_legacy.sql", "DROP TABLE third"))
+    kept, ok = allowed(found, [{"id": "drop-table", "file": "migrations/0042_*.sql"}])
+    assert [(f.file, f.id) for f in ok] == [("migrations/0042_drop_legacy.sql", "drop-table")]
+    # a glob without a slash matches the base name, wherever the file is
+    kept, ok = allowed(found, [{"id": "drop-table", "file": "0042_*.sql"}])
+    assert sorted(f.file for f in ok) == ["hotfix/0042_drop_legacy.sql", "migrations/0042_drop_legacy.sql"]
+    assert [f.file for f in kept if f.id == "drop-table"] == ["migrations/0043_more.sql"]
+
+
+def test_bad_allow_entries_are_refused_with_every_problem() -> None:
+    problems = allow_problems(["drop-tabel", {"id": "truncate", "files": "x"}, {"file": "*.sql"}, 42])  # type: ignore[list-item]
+    assert len(problems) == 4
+    assert "unknown finding id 'drop-tabel'" in problems[0] and "drop-table" in problems[0]
+    assert "files" in problems[1]
+    with pytest.raises(BadInput, match="drop-tabel"):
+        allowed([], ["drop-tabel"])
+    assert allow_problems(["truncate", {"id": "drop-table", "file": "m/*.sql"}]) == []
+
+
+# --- the CLI -------------------------------------------------------------------------------------------------------
+
+
+def shadow_lint(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "shadow.cli", "--state-dir", str(tmp_path / "state"), "lint", *args],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)})
+
+
+def write(tmp_path: Path, name: str, sql: str) -> str:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(sql)
+    return name
+
+
+def test_cli_exits_1_on_an_error_level_finding_and_prints_location_id_and_hint(tmp_path: Path) -> None:
+    f = write(tmp_path, "migrations/0042.sql", "SET lock_timeout = '1s';\nSET statement_timeout = '1min';\n"
+              "ALTER TABLE users ADD COLUMN age int;\nDELETE FROM users;\n")
+    result = shadow_lint(tmp_path, f)
+    assert result.returncode == 1, result.stderr
+    assert "migrations/0042.sql:4 error delete-without-where DELETE FROM users without WHERE" in result.stdout
+    assert "hint: add a WHERE clause" in result.stdout
+    assert "1 error, 0 warnings, 0 info, 0 allowed" in result.stdout
+
+
+def test_cli_exits_0_with_only_warnings_or_when_the_errors_are_allowed(tmp_path: Path) -> None:
+    warn = write(tmp_path, "warn.sql", "CREATE INDEX users_age ON users (age);\n")
+    result = shadow_lint(tmp_path, warn)
+    assert result.returncode == 0, result.stderr
+    assert "warn.sql:1 warning create-index-blocking" in result.stdout
+    bad = write(tmp_path, "bad.sql", "DROP TABLE users;\nTRUNCATE orders;\n")
+    assert shadow_lint(tmp_path, bad, "--allow", "drop-table").returncode == 1
+    result = shadow_lint(tmp_path, bad, "--allow", "drop-table", "--allow", "truncate,no-lock-timeout")
+    assert result.returncode == 0, result.stdout
+    assert "bad.sql:1 allowed drop-table" in result.stdout
+
+
+def test_cli_json_lists_every_finding_as_a_dict_with_its_allowed_flag(tmp_path: Path) -> None:
+    f = write(tmp_path, "m.sql", "SET lock_timeout = '1s';\nSET statement_timeout = '1min';\nDROP TABLE users;\n"
+              "UPDATE t SET a = 1;\n")
+    result = shadow_lint(tmp_path, "--json", f, "--allow", "drop-table")
+    assert result.returncode == 1
+    data = json.loads(result.stdout)
+    assert [(d["id"], d["severity"], d["line"], d["allowed"]) for d in data] == [
+        ("drop-table", "error", 3, True), ("update-without-where", "error", 4, False)]
+    assert set(data[0]) == {"id", "severity", "message", "hint", "file", "line", "statement", "allowed"}
+    assert data[1]["statement"] == "UPDATE t SET a = 1" and data[1]["file"] == "m.sql"
+
+
+def test_cli_exits_2_on_a_parse_error_with_file_line_and_column(tmp_path: Path) -> None:
+    f = write(tmp_path, "broken.sql", "SELECT 1;\nALTER TABLE t ADD COLUMN a int;\nINSERT INTO t VALUES (1;\n")
+    result = shadow_lint(tmp_path, f)
+    assert result.returncode == 2
+    assert "broken.sql:3:" in result.stderr and "line 3, column 23" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_exits_2_on_an_unknown_allow_id_or_a_missing_file(tmp_path: Path) -> None:
+    f = write(tmp_path, "m.sql", "SELECT 1;\n")
+    result = shadow_lint(tmp_path, f, "--allow", "drop-tabel")
+    assert result.returncode == 2 and "unknown finding id 'drop-tabel'" in result.stderr
+    result = shadow_lint(tmp_path, "nope.sql")
+    assert result.returncode == 2 and "nope.sql" in result.stderr
+
+
+def test_lint_files_lints_files_together_in_order(tmp_path: Path) -> None:
+    a = tmp_path / "1.sql"
+    b = tmp_path / "2.sql"
+    a.write_text("SET lock_timeout = '1s'; SET statement_timeout = '1s';\nCREATE TABLE t (a int);\n")
+    b.write_text("CREATE INDEX ON t (a);\nDROP TABLE t;\nDROP TABLE u;\n")
+    assert [(Path(f.file).name, f.line, f.id) for f in lint_files([a, b])] == [("2.sql", 3, "drop-table")]

@@ -152,8 +152,12 @@ class _Session:
             self.journal.close()
 
 
-def _targets(plan: Plan, settings: Settings) -> dict[str, Target]:
-    return {spec.name: REGISTRY[spec.kind].target(spec.name, spec.options, settings) for spec in plan.targets}
+def _targets(plan: Plan, settings: Settings, progress: Progress = _quiet) -> dict[str, Target]:
+    targets = {spec.name: REGISTRY[spec.kind].target(spec.name, spec.options, settings) for spec in plan.targets}
+    for t in targets.values():
+        if hasattr(t, "progress"):  # kinds with long-running steps report progress lines
+            t.progress = lambda text: progress("info", text)
+    return targets
 
 
 def plan(plan_file: str | Path, settings: Settings | None = None, progress: Progress = _quiet) -> RunResult:
@@ -173,7 +177,7 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
     if loaded.action.isolation == "container" and backend != "docker":
         raise BadInput("action.isolation: container needs the docker backend, but this run uses "
                        f"{backend} ({why})")
-    targets = _targets(loaded, settings)
+    targets = _targets(loaded, settings, progress)
     result = RunResult(new_run_id(), command, str(loaded.path), time.time(), backend, why,
                        action=loaded.action.describe())
     _static_findings(result, loaded, statements)
@@ -481,7 +485,7 @@ def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Pat
             raise BadInput(f"run {run_id} was not applied (it was a `{original.command}`, outcome "
                            f"{original.outcome}); nothing to roll back (use --force to restore its checkpoint anyway)")
     loaded = load_plan(Path(plan_file or original.plan_path), settings.environ)
-    targets = _targets(loaded, settings)
+    targets = _targets(loaded, settings, progress)
     result = RunResult(new_run_id(), "rollback", str(loaded.path), time.time(), of_run=run_id,
                        action=f"restore the checkpoints of run {run_id}")
     for name, t in targets.items():

@@ -24,7 +24,7 @@ import selectors
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -117,6 +117,8 @@ class S3Target:
         self.allow = tuple(spec.get("allow") or ())
         self.settings = settings
         self._client: Any = None
+        # Large scopes take a while: the orchestrator sets this to show progress (text lines).
+        self.progress: Callable[[str], None] | None = None
 
     # -- connection ----------------------------------------------------------------------------------------
     def client(self) -> Any:
@@ -160,7 +162,14 @@ class S3Target:
 
     # -- observe -------------------------------------------------------------------------------------------
     def observe(self) -> dict[str, Any]:
-        return self._call("observing", observe, self.client(), self.bucket, self.prefix)  # type: ignore[no-any-return]
+        return self._call("observing", observe, self.client(), self.bucket, self.prefix,  # type: ignore[no-any-return]
+                          None, self._progress("observed"))
+
+    def _progress(self, verb: str) -> Callable[[int, int], None] | None:
+        report = self.progress
+        if report is None:
+            return None
+        return lambda done, total: report(f"{self.name}: {verb} {done:,} of {total:,} objects")
 
     def fingerprint(self, observation: dict[str, Any] | None = None) -> str:
         return fingerprint_of(observation if observation is not None else self.observe())
@@ -289,8 +298,15 @@ class S3Target:
     def _run_ops(self, what: str, ops: list[Any]) -> None:
         if not ops:
             return
-        with ThreadPoolExecutor(WORKERS) as pool:
-            self._call(what, lambda: list(pool.map(lambda op: op(), ops)))
+        tick = self._progress(what)
+
+        def run_all() -> None:
+            with ThreadPoolExecutor(WORKERS) as pool:
+                for done, _ in enumerate(pool.map(lambda op: op(), ops), 1):
+                    if tick and done % 500 == 0:
+                        tick(done, len(ops))
+
+        self._call(what, run_all)
 
     def _plan_versioned_restore(self, client: Any, manifest: dict[str, dict[str, Any]],
                                 want: dict[str, dict[str, Any]], have: dict[str, dict[str, Any]],

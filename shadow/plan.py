@@ -425,29 +425,8 @@ def _expectations(doc: _Doc, raw: Any, target_kinds: Mapping[str, Any]) -> dict[
                 if problem:
                     doc.problem(where + (key, i), problem)
             lists[key] = tuple(i for i in items if isinstance(i, str))
-        rows: list[RowRule] = []
-        raw_rows = spec.get("rows") or {}
-        if not isinstance(raw_rows, dict):
-            doc.problem(where + ("rows",), "must map table names to `unchanged` or {inserted, updated, deleted}")
-            raw_rows = {}
-        for table, rule in raw_rows.items():
-            rwhere = where + ("rows", table)
-            if rule == "unchanged":
-                rows.append(RowRule(table, {k: Comparison("==", 0) for k in ROW_KEYS}, doc.line(rwhere)))
-                continue
-            if not isinstance(rule, dict):
-                doc.problem(rwhere, "must be `unchanged` or a mapping like {inserted: 0, deleted: \"<= 10\"}")
-                continue
-            counts: dict[str, Comparison] = {}
-            for key, value in rule.items():
-                cmp = parse_comparison(value)
-                if key not in ROW_KEYS:
-                    doc.problem(rwhere + (key,), f"unknown key (expected one of: {', '.join(ROW_KEYS)})")
-                elif cmp is None:
-                    doc.problem(rwhere + (key,), f"{value!r} is not a count or a comparison like \"<= 10\"")
-                else:
-                    counts[key] = cmp
-            rows.append(RowRule(table, counts, doc.line(rwhere)))
+        rows = [RowRule(table, counts, line) for table, counts, line in
+                _count_rules(doc, spec.get("rows"), where + ("rows",), ROW_KEYS, "table names")]
         checks: list[Check] = []
         raw_checks = spec.get("checks") or []
         if not isinstance(raw_checks, list):
@@ -460,30 +439,40 @@ def _expectations(doc: _Doc, raw: Any, target_kinds: Mapping[str, Any]) -> dict[
                 continue
             _known(doc, check, cwhere, ("sql", "equals"))
             checks.append(Check(check["sql"], check["equals"], doc.line(cwhere)))
-        objects: list[ObjectRule] = []
-        raw_objects = spec.get("objects") or {}
-        if not isinstance(raw_objects, dict):
-            doc.problem(where + ("objects",), "must map key globs to {added, deleted, modified} counts")
-            raw_objects = {}
-        for pattern, rule in raw_objects.items():
-            owhere = where + ("objects", pattern)
-            if rule == "unchanged":
-                rule = {k: 0 for k in OBJECT_KEYS}
-            if not isinstance(rule, dict):
-                doc.problem(owhere, "must be `unchanged` or a mapping like {deleted: 0, modified: \"<= 500\"}")
-                continue
-            ocounts: dict[str, Comparison] = {}
-            for key, value in rule.items():
-                cmp = parse_comparison(value)
-                if key not in OBJECT_KEYS:
-                    doc.problem(owhere + (key,), f"unknown key (expected one of: {', '.join(OBJECT_KEYS)})")
-                elif cmp is None:
-                    doc.problem(owhere + (key,), f"{value!r} is not a count or a comparison like \"<= 10\"")
-                else:
-                    ocounts[key] = cmp
-            objects.append(ObjectRule(str(pattern), ocounts, doc.line(owhere)))
+        objects = [ObjectRule(pattern, counts, line) for pattern, counts, line in
+                   _count_rules(doc, spec.get("objects"), where + ("objects",), OBJECT_KEYS, "key globs")]
         out[name] = Expectation(lists["must"], lists["may"], tuple(rows), tuple(checks), tuple(objects),
                                 declared=True)
+    return out
+
+
+def _count_rules(doc: _Doc, raw: Any, where: tuple[Any, ...], keys: tuple[str, ...],
+                 subjects: str) -> list[tuple[str, dict[str, Comparison], int]]:
+    """``rows:`` / ``objects:`` — each subject maps to `unchanged` or {key: count or comparison}."""
+    if raw is None:
+        return []
+    example = f'{{{keys[0]}: 0, {keys[-1]}: "<= 10"}}'
+    if not isinstance(raw, dict):
+        doc.problem(where, f"must map {subjects} to `unchanged` or a mapping like {example}")
+        return []
+    out: list[tuple[str, dict[str, Comparison], int]] = []
+    for subject, rule in raw.items():
+        swhere = where + (subject,)
+        if rule == "unchanged":
+            rule = {k: 0 for k in keys}
+        if not isinstance(rule, dict):
+            doc.problem(swhere, f"must be `unchanged` or a mapping like {example}")
+            continue
+        counts: dict[str, Comparison] = {}
+        for key, value in rule.items():
+            cmp = parse_comparison(value)
+            if key not in keys:
+                doc.problem(swhere + (key,), f"unknown key (expected one of: {', '.join(keys)})")
+            elif cmp is None:
+                doc.problem(swhere + (key,), f"{value!r} is not a count or a comparison like \"<= 10\"")
+            else:
+                counts[key] = cmp
+        out.append((str(subject), counts, doc.line(swhere)))
     return out
 
 

@@ -59,9 +59,13 @@ def action_env(plan: Plan, endpoints: Mapping[str, Endpoint], kinds: Mapping[str
 
 
 def redact(text: str, secrets: tuple[str, ...]) -> str:
+    """Replace every secret — also as it appears percent-encoded inside a URL — with ***."""
+    from urllib.parse import quote
+
     for secret in secrets:
         if secret:
-            text = text.replace(secret, "***")
+            for form in {secret, quote(secret, safe=""), quote(secret)}:
+                text = text.replace(form, "***")
     return text
 
 

@@ -61,6 +61,7 @@ class RowDelta:
     deleted: int = 0
     by_key: bool = True  # False: no primary key; compared as multisets (updates show as delete + insert)
     samples: dict[str, list[str]] = field(default_factory=dict)
+    digests: dict[str, str] = field(default_factory=dict)  # op → order-independent digest of the changed keys
 
     @property
     def empty(self) -> bool:

@@ -97,7 +97,9 @@ def compare_change_sets(expected: list[Change], actual: list[Change]) -> list[st
         out: dict[str, Any] = {}
         for c in walk(changes):
             if c.kind == "rows":
-                out[c.address] = c.detail.get("count")
+                # the count, and which existing rows (a digest of their keys) for updates and deletes
+                out[c.address] = c.detail.get("count") if "keys_digest" not in c.detail else (
+                    c.detail.get("count"), c.detail["keys_digest"])
             elif c.op == "alter":
                 # what changed and to what, but not sequence positions (other sessions move them)
                 out[c.address] = {k: v["to"] for k, v in c.detail.items() if k not in ("last_value", "is_called")}
@@ -112,6 +114,11 @@ def compare_change_sets(expected: list[Change], actual: list[Change]) -> list[st
     for address in sorted(set(act) - set(exp)):
         problems.append(f"in production but not rehearsed: {address}")
     for address in sorted(set(exp) & set(act)):
-        if exp[address] != act[address]:
-            problems.append(f"{address}: rehearsal {exp[address]!r}, production {act[address]!r}")
+        e, a = exp[address], act[address]
+        if e != a:
+            if isinstance(e, tuple) and isinstance(a, tuple) and e[0] == a[0]:
+                problems.append(f"{address}: {e[0]} in both, but not the same rows")
+            else:
+                e, a = (v[0] if isinstance(v, tuple) else v for v in (e, a))
+                problems.append(f"{address}: rehearsal {e!r}, production {a!r}")
     return problems

@@ -259,8 +259,13 @@ def _targets(doc: _Doc, raw: Any, kinds: Mapping[str, Any]) -> list[TargetSpec]:
         doc.problem(("targets",), "must be a mapping of target names to their settings")
         return []
     out: list[TargetSpec] = []
+    env_names: dict[str, str] = {}
     for name, spec in raw.items():
         where = ("targets", name)
+        var = re.sub(r"[^A-Z0-9]", "_", str(name).upper())
+        if var in env_names:
+            doc.problem(where, f"target names {env_names[var]!r} and {name!r} both become SHADOW_{var}_*; rename one")
+        env_names.setdefault(var, str(name))
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name):
             doc.problem(where, "a target name starts with a letter and has only letters, digits, _ and -")
             continue

@@ -13,8 +13,9 @@ from shadow.errors import BadInput
 def parse(dsn: str) -> dict[str, Any]:
     try:
         return {k: v for k, v in conninfo_to_dict(dsn).items() if v is not None}
-    except Exception as exc:  # psycopg raises ProgrammingError with the libpq message
-        raise BadInput(f"not a valid PostgreSQL connection string ({str(exc).splitlines()[0]})") from exc
+    except Exception as exc:  # psycopg raises ProgrammingError with the libpq message — which may quote the password
+        raise BadInput("not a valid PostgreSQL connection string (check its syntax: key=value pairs or a "
+                       "postgresql:// URL with percent-encoded special characters)") from exc
 
 
 def redact(dsn: str) -> str:
@@ -23,7 +24,7 @@ def redact(dsn: str) -> str:
         params = parse(dsn)
     except BadInput:
         return "<invalid dsn>"
-    return to_url({**params, "password": None})
+    return to_url({k: v for k, v in params.items() if "password" not in k})
 
 
 def to_url(params: dict[str, Any]) -> str:

@@ -67,6 +67,7 @@ def execute(dsn: str, statements: list[Statement], timeout: float, target: str,
             if one_transaction:
                 with conn.transaction():
                     run_all()
+                    _check_deferred(conn, statements, target)
             else:
                 run_all()
         except psycopg.OperationalError as exc:
@@ -96,6 +97,7 @@ def execute_verified(dsn: str, statements: list[Statement], timeout: float, targ
                 for st in statements:
                     _run(conn, st, deadline, target)
                 conn.execute("SET LOCAL statement_timeout = 0")  # the timeout bounds the action, not the check
+                _check_deferred(conn, statements, target)  # so what deferred triggers write is verified too
                 problems = verify(conn)
                 if problems:
                     raise psycopg.Rollback()
@@ -104,6 +106,18 @@ def execute_verified(dsn: str, statements: list[Statement], timeout: float, targ
                 raise ActionFailed(f"the SQL action timed out after {timeout:g} s", target=target) from exc
             raise TargetUnreachable(f"lost the connection during the action: {_first_line(exc)}", target=target) from exc
     return problems
+
+
+def _check_deferred(conn: psycopg.Connection, statements: list[Statement], target: str) -> None:
+    """Fire deferred constraints and constraint triggers now, inside the transaction, instead of at COMMIT."""
+    try:
+        conn.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    except psycopg.OperationalError:
+        raise
+    except psycopg.Error as exc:
+        last = statements[-1] if statements else None
+        raise SqlError(f"a deferred constraint failed at the end of the transaction: "
+                       f"{exc.diag.message_primary or exc}", file=last.file if last else None) from exc
 
 
 def _run(conn: psycopg.Connection, st: Statement, deadline: float, target: str) -> None:

@@ -40,6 +40,7 @@ READ_SETTINGS = {
     "extra_float_digits": "3",  # exact floats (shortest exact on PostgreSQL 12+)
     "bytea_output": "hex",
     "lc_monetary": "C",
+    "statement_timeout": "0",  # a database-level timeout must not cancel an observation half way
 }
 
 SYSTEM_SCHEMAS = "('pg_catalog', 'information_schema', 'pg_toast')"

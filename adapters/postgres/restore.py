@@ -267,31 +267,27 @@ def restore_over(binaries: ClientTools, dsn: str, archive: Path, lock_timeout: s
                 raise RestoreFailed(f"pg_restore could not read the checkpoint archive: {part.stderr.strip()[:500]}")
             files += [schemas, replay.between]
         rest = ["-L", str(replay.rest)] if replay.rest else []
-        dump = subprocess.Popen(
-            [*binaries.argv("pg_restore", [archive.parent, Path(folder)]), *rest, "-f", "-", str(archive)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env({}),
-        )
-        assert dump.stdout is not None
-        sources = [arg for f in files for arg in ("-f", str(f))] + ["-f", "-"]
+        # The whole script is written and checked first: if pg_restore died half way through a pipe, psql would
+        # take the end of its input for the end of the script and COMMIT a partial restore.
+        script = Path(folder) / "restore.sql"
+        dump = subprocess.run([*binaries.argv("pg_restore", [archive.parent, Path(folder)]), *rest, "-f", str(script),
+                               str(archive)], capture_output=True, text=True, env=_env({}))
+        if dump.returncode != 0:
+            raise RestoreFailed(f"pg_restore could not read the checkpoint archive: {dump.stderr.strip()[:500]}; "
+                                "nothing was changed")
+        sources = [arg for f in [*files, script] for arg in ("-f", str(f))]
         if replay.after:
             sources += ["-f", str(replay.after)]
-        try:
-            psql = subprocess.run(
-                [*binaries.argv("psql", [Path(folder)]), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", "--single-transaction",
-                 "-d", conninfo, *sources],
-                stdin=dump.stdout, capture_output=True, text=True, env=_env(env),
-            )
-        finally:
-            dump.stdout.close()
-            dump_err = dump.stderr.read().decode(errors="replace") if dump.stderr else ""
-            dump.wait()
+        psql = subprocess.run(
+            [*binaries.argv("psql", [Path(folder)]), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1",
+             "--single-transaction", "-d", conninfo, *sources],
+            capture_output=True, text=True, env=_env(env),
+        )
     if psql.returncode != 0:
         errors = [line for line in psql.stderr.splitlines() if "ERROR" in line or "FATAL" in line or "error" in line]
         raise RestoreFailed(
             "the restore transaction failed and was rolled back: " + ("; ".join(errors[:3]) or psql.stderr.strip()[:500])
         )
-    if dump.returncode != 0:
-        raise RestoreFailed(f"pg_restore could not read the checkpoint archive: {dump_err.strip()[:500]}")
 
 
 # What the client tools may see of our environment: libpq's TLS settings and, for container tools, the Docker

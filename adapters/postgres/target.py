@@ -126,8 +126,21 @@ class PostgresTarget:
     # -- checkpoint -----------------------------------------------------------------------------------------
     def checkpoint(self, store: Store, run_id: str) -> Checkpoint:
         """Dump and observe production from one exported snapshot, so the fingerprint describes the dump."""
+        try:
+            return self._checkpoint(store, run_id)
+        except psycopg.OperationalError as exc:
+            raise TargetUnreachable(f"lost production during the checkpoint: {_last_line(exc)}",
+                                    target=self.name) from exc
+        except psycopg.Error as exc:
+            raise InfrastructureError(f"the checkpoint failed: {_last_line(exc)}", target=self.name) from exc
+
+    def _checkpoint(self, store: Store, run_id: str) -> Checkpoint:
         with self.connect(autocommit=False) as holder:
             holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            # This connection holds the exported snapshot while pg_dump runs: production's own idle/statement
+            # timeouts must not end it half way.
+            holder.execute("SET idle_in_transaction_session_timeout = 0")
+            holder.execute("SET statement_timeout = 0")
             row = holder.execute("SELECT pg_export_snapshot()").fetchone()
             assert row is not None
             snapshot = str(row[0])
@@ -296,11 +309,32 @@ class PgShadow:
                                       observation=self.checkpoint.observation)
         if problems:
             self.warnings.append("pg_restore reported: " + "; ".join(problems[:5]))
+        self._cut_outbound_connections()
         with self.server.connect() as conn:
             # FILE_COPY (15+) copies the files instead of WAL-logging every block: faster for a throwaway twin.
             strategy = " STRATEGY FILE_COPY" if conn.info.server_version >= 150000 else ""
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}" + strategy).format(
                 sql.Identifier(self.pristine), sql.Identifier(self.database)))
+
+    def _cut_outbound_connections(self) -> None:
+        """A shadow must not reach production's neighbours: foreign servers restored from the dump still point
+        at real hosts with real credentials. Their user mappings are dropped, so foreign tables fail in the
+        rehearsal instead of writing to a real system."""
+        with self.server.connect(self.database) as conn:
+            mappings = conn.execute(
+                "SELECT srvname, CASE WHEN umuser = 0 THEN 'PUBLIC' ELSE quote_ident(usename) END "
+                "FROM pg_user_mappings").fetchall()
+            for server, user in mappings:
+                conn.execute(sql.SQL("DROP USER MAPPING IF EXISTS FOR " + user + " SERVER {}").format(
+                    sql.Identifier(server)))
+            servers = [r[0] for r in conn.execute("SELECT srvname FROM pg_foreign_server")]
+            dblink = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'dblink'").fetchone()
+        if servers:
+            self.warnings.append(f"foreign servers {', '.join(servers)} are cut off in the shadow (user mappings "
+                                 "dropped): an action using their foreign tables fails in the rehearsal")
+        if dblink:
+            self.warnings.append("dblink is installed: an action can still open connections of its own from the "
+                                 "shadow — use the docker backend with `isolation: container` to prevent it")
 
     def _action_dsn(self) -> str:
         """The action connects as production's user (same role attributes and grants), so a rehearsal hits the
@@ -391,6 +425,11 @@ def _count_changed_rows(before_conn: psycopg.Connection, after_conn: psycopg.Con
             if not delta.empty:
                 rows[table] = delta
     return rows
+
+
+def _last_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
 
 
 def _artifact(checkpoint: Checkpoint) -> Artifact:

@@ -210,11 +210,19 @@ def gc_cmd(ctx: Ctx, dry_run: bool, as_json: bool) -> None:
 
 @cli.command("show")
 @click.argument("run_id")
-@click.option("--format", "fmt", type=click.Choice(["md", "json"]), default="md", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["md", "json", "junit"]), default="md", show_default=True,
+              help="md: GitHub-flavoured, fits a pull-request comment · json: the report model (schema shipped as "
+                   "shadow/schema/report-v1.json) · junit: JUnit XML, one test case per expectation and finding.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
+              help="Write the report to FILE instead of printing it.")
 @click.pass_obj
-def show_cmd(ctx: Ctx, run_id: str, fmt: str) -> None:
-    """Print a run's report."""
-    click.echo(_guard(ctx, lambda: runmod.show(run_id, ctx.settings, fmt)), nl=False)
+def show_cmd(ctx: Ctx, run_id: str, fmt: str, output: Path | None) -> None:
+    """Print a run's report (or write it to a file)."""
+    text = _guard(ctx, lambda: runmod.show(run_id, ctx.settings, fmt, output))
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        ctx.err.print(f"report: {escape(str(output))}")
 
 
 @cli.command("demo")

@@ -1,18 +1,32 @@
 """The run report: one JSON model (``format_version`` 1) and renderers that take only that model.
 
-``shadow show`` re-renders a stored ``report.json``, so every renderer must work from the model alone.
+``shadow show`` re-renders a stored ``report.json``, so every renderer must work from the model alone. Formats
+(:data:`FORMATS`): ``md`` (GitHub-flavoured, always small enough for one pull-request comment), ``json`` (the model,
+described by the JSON Schema shipped as ``shadow/schema/report-v1.json``) and ``junit`` (:mod:`shadow.report_junit`).
+
+The model only grows within ``format_version`` 1: keys are added, never removed, renamed or given another type or
+meaning; consumers ignore keys they do not know. An incompatible change bumps ``format_version``.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from importlib import resources
 from typing import TYPE_CHECKING, Any
+
+from shadow.report_junit import render_junit
 
 if TYPE_CHECKING:
     from shadow.run import RunResult
 
 FORMAT_VERSION = 1
+FORMATS = ("md", "json", "junit")
+SCHEMA = "schema/report-v1.json"  # shipped in the package: the JSON Schema of format_version 1
 MAX_IMPLIED = 20
 
 
@@ -60,8 +74,20 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
 
 
+def render(m: dict[str, Any], fmt: str) -> str:
+    """The model in one of :data:`FORMATS`."""
+    renderers = {"md": render_markdown, "json": render_json, "junit": render_junit}
+    return renderers[fmt](m)
+
+
 def render_json(m: dict[str, Any]) -> str:
     return json.dumps(m, indent=2, sort_keys=False, default=str) + "\n"
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) that every ``format_version`` 1 model validates against."""
+    schema: dict[str, Any] = json.loads(resources.files("shadow").joinpath(SCHEMA).read_text(encoding="utf-8"))
+    return schema
 
 
 VERDICT_LINES = {
@@ -82,34 +108,264 @@ def summary_line(m: dict[str, Any]) -> str:
     return f"{head}: {m['reason']}" if m.get("reason") else head
 
 
-def _change_lines(changes: list[dict[str, Any]], depth: int = 0) -> list[str]:
-    lines: list[str] = []
-    for c in changes:
-        detail = c.get("detail") or {}
-        extra = ""
-        if detail.get("content_diff"):
-            extra = " — " + "; ".join(str(x) for x in detail["content_diff"][:3])
-        elif "count" in detail:
-            extra = f" — {detail['count']} row(s)"
-            if detail.get("sample_keys"):
-                extra += f", e.g. keys {', '.join(detail['sample_keys'][:3])}"
-            if detail.get("compared_as"):
-                extra += f" ({detail['compared_as']})"
-        elif c["op"] == "alter":
-            extra = " — " + "; ".join(
-                f"{k}: `{_short(v.get('from'))}` → `{_short(v.get('to'))}`" for k, v in detail.items()
-                if isinstance(v, dict)
-            )
-        lines.append(f"{'  ' * depth}- `{c['address']}`{extra}")
-        implied = c.get("implied") or []
-        if implied:
-            lines += _change_lines(implied[:MAX_IMPLIED], depth + 1)
-            if len(implied) > MAX_IMPLIED:
-                lines.append(f"{'  ' * (depth + 1)}- … {len(implied) - MAX_IMPLIED} more implied changes")
-    return lines
+def _short(value: Any, limit: int = 60) -> str:
+    text = str(value).replace("\n", " ").replace("`", "'")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _prefix_table(changes: list[dict[str, Any]]) -> list[str]:
+# --- Markdown -----------------------------------------------------------------------------------------------------
+#
+# The same Markdown serves the terminal (`shadow show`), `runs/<id>/report.md` and pull-request comments, so it is
+# GitHub-flavoured and always fits in one comment however large the change: every long list or table is a _Part
+# that the size budget may shorten, by whole rows and items only, ending with a count of what it left out.
+
+MD_LIMIT = 65_536  # GitHub's limit on a comment body, in characters
+MD_BUDGET = 60_000  # what lists and tables are shortened to, leaving room for a header a CI job puts around it
+LEFT_OUT = "the rest of this report is left out (too long for one comment) — report.json has all of it"
+COLLAPSE_OVER = 5  # longer lists of implied changes, lock-trace rows and steps are collapsed into <details>
+_HTML_TAG = re.compile(r"<(?=[A-Za-z/!?])")
+
+
+@dataclass
+class _Part:
+    """A list or table the size budget may shorten: whole rows or items only, then how many were left out.
+
+    Rows are rendered only when asked for, so a change set of millions costs what fits in a comment, not more.
+    """
+
+    rows: Sequence[Any]  # entries of the model
+    render_row: Callable[[Any], str]  # one table row, or one list item with everything nested under it
+    noun: str  # "changes" → "… and 1,234 more changes"
+    head: list[str] = field(default_factory=list)  # a table's header and delimiter rows
+    summary: str = ""  # collapsed into <details> with this summary when set
+    count: Callable[[Any], int] = lambda _row: 1  # how many things a row stands for in the "… and N more" count
+    first: Callable[[Any], bool] = lambda _row: False  # shown first when shortened (failed expectations, errors)
+    first_word: str = ""  # "failed" → "… and 12 more expectations (3 failed)"
+    _texts: dict[int, str] = field(default_factory=dict, init=False, repr=False)
+
+    def size(self, limit: float) -> int:
+        """The size of the whole part, or a size over ``limit`` once it is clear that it is longer."""
+        used = _size(self._wrap([], ""))
+        for i in range(len(self.rows)):
+            if used > limit:
+                break
+            used += _size([self._row(i)])
+        return used
+
+    def render(self, budget: float) -> list[str]:
+        if self.size(budget) <= budget:
+            return self._wrap([self._row(i) for i in range(len(self.rows))], "")
+        order = sorted(range(len(self.rows)), key=lambda i: not self.first(self.rows[i]))  # stable
+        counts = [(self.count(row), self.first(row)) for row in self.rows]
+        rest, rest_first = sum(n for n, _ in counts), sum(n for n, first in counts if first)
+        used = _size(self._wrap([], self._note(rest, rest_first)))  # the longest note it can need
+        shown: list[str] = []
+        for i in order:
+            cost = _size([self._row(i)])
+            if used + cost > budget:
+                break
+            shown.append(self._row(i))
+            used += cost
+            rest -= counts[i][0]
+            rest_first -= counts[i][0] if counts[i][1] else 0
+        note = self._note(rest, rest_first)
+        return self._wrap(shown, note) if shown else ["", note]
+
+    def _row(self, i: int) -> str:
+        if i not in self._texts:
+            self._texts[i] = self.render_row(self.rows[i])
+        return self._texts[i]
+
+    def _wrap(self, body: list[str], note: str) -> list[str]:
+        out = ["<details>", f"<summary>{self.summary}</summary>", ""] if self.summary else []
+        out += self.head + body
+        if note:  # after a blank line: a line right below a table would become one of its rows
+            out += ["", note]
+        return out + (["", "</details>"] if self.summary else [])
+
+    def _note(self, rest: int, rest_first: int) -> str:
+        extra = f" ({rest_first:,} {self.first_word})" if self.first_word and rest_first else ""
+        return f"… and {rest:,} more {self.noun}{extra} — report.json has them all"
+
+
+Block = list[str] | _Part
+
+
+def render_markdown(m: dict[str, Any]) -> str:
+    """GitHub-flavoured Markdown, always under :data:`MD_LIMIT` characters (a pull-request comment)."""
+    blocks = _markdown_blocks(m)
+    parts = [b for b in blocks if isinstance(b, _Part)]
+    fixed = sum(_size(b) for b in blocks if not isinstance(b, _Part))
+    shares = iter(_share([p.size(MD_BUDGET) for p in parts], MD_BUDGET - fixed))
+    out: list[str] = []
+    size = 0
+    for block in blocks:
+        lines = block.render(next(shares)) if isinstance(block, _Part) else block
+        # Only when the fixed text alone is too long (hundreds of targets): whole blocks are left out, never a piece.
+        if size + _size(lines) > MD_LIMIT - 200:
+            out += ["", f"… {LEFT_OUT}"]
+            break
+        out += lines
+        size += _size(lines)
+    return "\n".join(out) + "\n"
+
+
+def _share(sizes: list[int], budget: int) -> list[float]:
+    """Split ``budget`` max-min fairly: parts that fit get their size, the long ones share the rest equally."""
+    out = [0.0] * len(sizes)
+    left = float(max(budget, 0))
+    order = sorted(range(len(sizes)), key=sizes.__getitem__)
+    for n, i in enumerate(order):
+        out[i] = min(float(sizes[i]), left / (len(order) - n))
+        left -= out[i]
+    return out
+
+
+def _size(lines: list[str]) -> int:
+    # UTF-16 code units, one more per newline: never fewer than the characters GitHub counts, however it counts them.
+    return sum(len(line.encode("utf-16-le")) // 2 + 1 for line in lines)
+
+
+def _markdown_blocks(m: dict[str, Any]) -> list[Block]:
+    out = [f"# shadow {m['command']} — run `{m['run_id']}`", ""]
+    out.append(f"**{VERDICT_LINES.get(m['outcome'], m['outcome'])}**")
+    if m.get("reason"):
+        out += ["", _text(m["reason"], 2000)]
+    out += ["", f"- plan: `{_short(m['plan'], 300)}`", f"- action: {_text(m['action']['description'], 300)}"]
+    if m.get("of_run"):
+        out.append(f"- rolls back run: `{m['of_run']}`")
+    if m["backend"]["name"]:
+        out.append(f"- shadow backend: {m['backend']['name']} ({_text(m['backend']['reason'], 300)})")
+    out.append(f"- started: {m['started_at']}, finished: {m['finished_at']}")
+    for label, key in (("rehearsal", "rehearsal"), ("production", "production")):
+        a = m["action"].get(key)
+        if a:
+            state = "succeeded" if a["ok"] else "FAILED"
+            mode = f", {a['mode']}" if a.get("mode") else ""
+            out.append(f"- action on {label}: {state} in {a['seconds']:.2f} s{mode}")
+            if a.get("error"):
+                out.append(f"  - {_text(a['error'].splitlines()[0], 500)}")
+    blocks: list[Block] = [out]
+    if m["expectations"]:
+        blocks += [["", "## Expectations", ""], _Part(
+            m["expectations"], _expectation_row, "expectations",
+            ["| | target | rule | subject | result |", "|---|---|---|---|---|"],
+            first=lambda v: not v["ok"], first_word="failed")]
+    if m.get("findings"):
+        blocks += [["", "## Static findings", ""], _Part(
+            m["findings"], _finding_row, "findings", ["| | id | where | finding | fix |", "|---|---|---|---|---|"],
+            first=lambda f: f["severity"] == "error" and not f["allowed"], first_word="errors")]
+    for t in m["targets"]:
+        blocks += _target_blocks(t)
+    blocks += _lock_blocks((m["action"].get("rehearsal") or {}).get("locks") or [])
+    if m.get("divergence"):
+        blocks += [["", "## Divergence between rehearsal and production", ""],
+                   _Part(m["divergence"], lambda d: f"- {_text(d, 500)}", "differences")]
+    if m.get("steps"):
+        steps = m["steps"]
+        seconds = sum(s["seconds"] for s in steps)
+        summary = f"{len(steps):,} steps, {seconds:,.2f} s" if len(steps) > COLLAPSE_OVER else ""
+        blocks += [["", "## Steps", ""], _Part(steps, _step_row, "steps", ["| step | target | seconds | state |",
+                                                                          "|---|---|---|---|"], summary)]
+    return blocks
+
+
+def _expectation_row(v: dict[str, Any]) -> str:
+    mark = "✅" if v["ok"] else "❌"
+    return f"| {mark} | {_cell(v['target'])} | {_cell(v['rule'])} | `{_code(v['subject'])}` | {_cell(v['message'])} |"
+
+
+def _finding_row(f: dict[str, Any]) -> str:
+    mark = "allowed" if f["allowed"] else {"error": "❌", "warning": "⚠️", "info": "ℹ️"}.get(f["severity"], "")
+    where = f"{f['file']}:{f['line']}"
+    return f"| {mark} | `{_code(f['id'])}` | `{_code(where)}` | {_cell(f['message'])} | {_cell(f['hint'])} |"
+
+
+def _step_row(s: dict[str, Any]) -> str:
+    return f"| {_cell(s['step'])} | {_cell(s.get('target') or '')} | {s['seconds']:.2f} | {_cell(s['state'])} |"
+
+
+def _target_blocks(t: dict[str, Any]) -> list[Block]:
+    out = ["", f"## Target `{_short(t['name'], 200)}` ({t['kind']})", "", f"- endpoint: `{_short(t['endpoint'], 300)}`"]
+    cp = t.get("checkpoint")
+    if cp:
+        for role, art in (cp.get("artifacts") or {}).items():
+            out.append(f"- checkpoint {role}: sha256 `{art['sha256'][:16]}…`, {art['size']:,} bytes")
+        out.append(f"- fingerprint: `{cp['fingerprint'][:16]}…`")
+    blocks: list[Block] = [out]
+    if t.get("warnings"):
+        blocks.append(_Part(t["warnings"], lambda w: f"- ⚠️ {_text(w, 500)}", "warnings"))
+    blocks.append(["", "### Changes in the rehearsal", ""])
+    prefixes = _prefix_counts(t["changes"])
+    if prefixes:
+        blocks += [_Part(prefixes, lambda pr: f"| `{_code(pr[0])}` | {pr[1]['add']} | {pr[1]['modify']} "
+                                              f"| {pr[1]['delete']} |",
+                         "prefixes", ["| prefix | added | modified | deleted |", "|---|---|---|---|"]), [""]]
+    blocks.append(_changes_part(t["changes"]))
+    if t.get("production_changes") is not None:
+        blocks += [["", "### Changes observed in production", ""], _changes_part(t["production_changes"])]
+    if t.get("restore"):
+        r = t["restore"]
+        state = "verified" if r.get("verified") else "NOT VERIFIED"
+        blocks.append(["", f"### Restore: {state}" + ("" if r.get("needed", True) else " (not needed)")])
+        lines = [f"- {_text(d, 500)}" for d in r.get("differences") or []]
+        lines += [f"- {_text(r['error'], 2000)}"] if r.get("error") else []
+        if lines:
+            blocks.append(_Part(lines, str, "differences"))
+    return blocks
+
+
+def _changes_part(changes: list[dict[str, Any]]) -> Block:
+    if not changes:
+        return ["_no changes_"]
+    return _Part(changes, _change_item, "changes", count=lambda c: 1 + _implied_count(c))
+
+
+def _change_item(c: dict[str, Any]) -> str:
+    """A change and (up to MAX_IMPLIED of) the changes it implies, depth first; long ones collapsed."""
+    implied = _implied_count(c)
+    lines = [_change_line(c, 0)] + [_change_line(child, depth)
+                                    for depth, child in itertools.islice(_walk_implied(c, 1), MAX_IMPLIED)]
+    if implied > MAX_IMPLIED:
+        lines.append(f"  - … {implied - MAX_IMPLIED} more implied changes")
+    if implied > COLLAPSE_OVER:
+        # HTML and a nested list inside a list item: indented to the item's content, with blank lines around the list
+        # (https://github.github.com/gfm/#html-blocks).
+        lines[1:1] = [f"  <details><summary>{implied:,} implied changes</summary>", ""]
+        lines += ["", "  </details>"]
+    return "\n".join(lines)
+
+
+def _walk_implied(c: dict[str, Any], depth: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    for child in c.get("implied") or []:
+        yield depth, child
+        yield from _walk_implied(child, depth + 1)
+
+
+def _implied_count(c: dict[str, Any]) -> int:
+    return sum(1 + _implied_count(child) for child in c.get("implied") or [])
+
+
+def _change_line(c: dict[str, Any], depth: int) -> str:
+    detail = c.get("detail") or {}
+    extra = ""
+    if detail.get("content_diff"):
+        extra = " — " + "; ".join(str(x) for x in detail["content_diff"][:3])
+    elif "count" in detail:
+        extra = f" — {detail['count']} row(s)"
+        if detail.get("sample_keys"):
+            extra += f", e.g. keys {', '.join(str(k) for k in detail['sample_keys'][:3])}"
+        if detail.get("compared_as"):
+            extra += f" ({detail['compared_as']})"
+    elif c["op"] == "alter":
+        extra = " — " + "; ".join(
+            f"{k}: `{_short(v.get('from'))}` → `{_short(v.get('to'))}`" for k, v in detail.items()
+            if isinstance(v, dict)
+        )
+    return f"{'  ' * depth}- `{_short(c['address'], 300)}`{_text(extra, 500)}"
+
+
+def _prefix_counts(changes: list[dict[str, Any]]) -> list[tuple[str, dict[str, int]]]:
     """Object changes counted per prefix (the key up to its last '/')."""
     counts: dict[str, dict[str, int]] = {}
     for c in changes:
@@ -119,89 +375,37 @@ def _prefix_table(changes: list[dict[str, Any]]) -> list[str]:
         prefix = key.rsplit("/", 1)[0] + "/" if "/" in key else "(top level)"
         row = counts.setdefault(prefix, {"add": 0, "modify": 0, "delete": 0})
         row[c["op"]] = row.get(c["op"], 0) + 1
-    if not counts:
+    return sorted(counts.items())
+
+
+def _lock_blocks(trace: list[dict[str, Any]]) -> list[Block]:
+    if not any(step["locks"] or step["rewrote"] for step in trace):
         return []
-    lines = ["| prefix | added | modified | deleted |", "|---|---|---|---|"]
-    lines += [f"| `{p}` | {r['add']} | {r['modify']} | {r['delete']} |" for p, r in sorted(counts.items())]
-    return lines + [""]
+    rows = [(step, lock) for step in trace
+            for lock in step["locks"] or [{"relation": "", "mode": "", "seconds": step["seconds"]}]]
+    summary = f"{len(trace):,} statements, {len(rows):,} rows" if len(rows) > COLLAPSE_OVER else ""
+    head = ["| statement | relation | lock | held s | rewrote |", "|---|---|---|---|---|"]
+    return [["", "## Lock trace (rehearsal)", ""], _Part(rows, _lock_row, "lock trace rows", head, summary)]
 
 
-def _short(value: Any, limit: int = 60) -> str:
-    text = str(value).replace("\n", " ").replace("`", "'")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def _lock_row(row: tuple[dict[str, Any], dict[str, Any]]) -> str:
+    step, lock = row
+    rewrote = ", ".join(step["rewrote"]) if not lock["relation"] or lock["relation"] in step["rewrote"] else ""
+    return (f"| `{_code(step['statement'])}` {_cell(step['text'][:50])} | {_cell(lock['relation'])} | {lock['mode']} "
+            f"| {lock['seconds']:.2f} | {_cell(rewrote)} |")
 
 
-def render_markdown(m: dict[str, Any]) -> str:
-    out = [f"# shadow {m['command']} — run `{m['run_id']}`", ""]
-    out.append(f"**{VERDICT_LINES.get(m['outcome'], m['outcome'])}**")
-    if m.get("reason"):
-        out += ["", m["reason"]]
-    out += ["", f"- plan: `{m['plan']}`", f"- action: {m['action']['description']}"]
-    if m.get("of_run"):
-        out.append(f"- rolls back run: `{m['of_run']}`")
-    if m["backend"]["name"]:
-        out.append(f"- shadow backend: {m['backend']['name']} ({m['backend']['reason']})")
-    out.append(f"- started: {m['started_at']}, finished: {m['finished_at']}")
-    for label, key in (("rehearsal", "rehearsal"), ("production", "production")):
-        a = m["action"].get(key)
-        if a:
-            state = "succeeded" if a["ok"] else "FAILED"
-            mode = f", {a['mode']}" if a.get("mode") else ""
-            out.append(f"- action on {label}: {state} in {a['seconds']:.2f} s{mode}")
-            if a.get("error"):
-                out.append(f"  - {a['error'].splitlines()[0]}")
-    expectations = m["expectations"]
-    if expectations:
-        out += ["", "## Expectations", "", "| | target | rule | subject | result |", "|---|---|---|---|---|"]
-        for v in expectations:
-            mark = "✅" if v["ok"] else "❌"
-            out.append(f"| {mark} | {v['target']} | {v['rule']} | `{_cell(v['subject'])}` | {_cell(v['message'])} |")
-    findings = m.get("findings") or []
-    if findings:
-        out += ["", "## Static findings", "", "| | id | where | finding | fix |", "|---|---|---|---|---|"]
-        for f in findings:
-            mark = "allowed" if f["allowed"] else {"error": "❌", "warning": "⚠️", "info": "ℹ️"}.get(f["severity"], "")
-            out.append(f"| {mark} | `{f['id']}` | `{f['file']}:{f['line']}` | {_cell(f['message'])} | {_cell(f['hint'])} |")
-    for t in m["targets"]:
-        out += ["", f"## Target `{t['name']}` ({t['kind']})", "", f"- endpoint: `{t['endpoint']}`"]
-        cp = t.get("checkpoint")
-        if cp:
-            for role, art in (cp.get("artifacts") or {}).items():
-                out.append(f"- checkpoint {role}: sha256 `{art['sha256'][:16]}…`, {art['size']:,} bytes")
-            out.append(f"- fingerprint: `{cp['fingerprint'][:16]}…`")
-        for w in t.get("warnings") or []:
-            out.append(f"- ⚠️ {w}")
-        out += ["", "### Changes in the rehearsal", ""]
-        out += _prefix_table(t["changes"])
-        out += _change_lines(t["changes"]) or ["_no changes_"]
-        if t.get("production_changes") is not None:
-            out += ["", "### Changes observed in production", ""]
-            out += _change_lines(t["production_changes"]) or ["_no changes_"]
-        if t.get("restore"):
-            r = t["restore"]
-            state = "verified" if r.get("verified") else "NOT VERIFIED"
-            out += ["", f"### Restore: {state}" + ("" if r.get("needed", True) else " (not needed)")]
-            for d in r.get("differences") or []:
-                out.append(f"- {d}")
-            if r.get("error"):
-                out.append(f"- {r['error']}")
-    trace = (m["action"].get("rehearsal") or {}).get("locks") or []
-    if any(step["locks"] or step["rewrote"] for step in trace):
-        out += ["", "## Lock trace (rehearsal)", "", "| statement | relation | lock | held s | rewrote |",
-                "|---|---|---|---|---|"]
-        for step in trace:
-            rewrote = ", ".join(step["rewrote"])
-            for lock in step["locks"] or [{"relation": "", "mode": "", "seconds": step["seconds"]}]:
-                out.append(f"| `{step['statement']}` {_cell(step['text'][:50])} | {lock['relation']} | {lock['mode']} "
-                           f"| {lock['seconds']:.2f} | {rewrote if not lock['relation'] or lock['relation'] in step['rewrote'] else ''} |")
-    if m.get("divergence"):
-        out += ["", "## Divergence between rehearsal and production", ""] + [f"- {d}" for d in m["divergence"]]
-    if m.get("steps"):
-        out += ["", "## Steps", "", "| step | target | seconds | state |", "|---|---|---|---|"]
-        for s in m["steps"]:
-            out.append(f"| {s['step']} | {s.get('target') or ''} | {s['seconds']:.2f} | {s['state']} |")
-    return "\n".join(out) + "\n"
+def _text(value: Any, limit: int) -> str:
+    """Free text on one line: clipped, and no raw HTML tags (which could close our <details>)."""
+    text = " ".join(str(value).splitlines())
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return _HTML_TAG.sub("&lt;", text)
 
 
 def _cell(text: Any) -> str:
+    return _text(str(text).replace("`", "'"), 200).replace("|", "\\|")
+
+
+def _code(text: Any) -> str:
+    """A table cell's text for inside `backticks` (where HTML is shown as is, but a pipe still ends the cell)."""
     return _short(text, 200).replace("|", "\\|")

@@ -418,10 +418,18 @@ def _apply_in_one_transaction(session: _Session, plan_: Plan, statements: list[S
     if problems or not result.production.ok:
         cause = ("production diverged from the rehearsal inside the transaction" if problems
                  else f"the action failed on production: {result.production.error}")
-        # ROLLBACK already undid everything; restore_target confirms production equals the checkpoint.
-        restore_target(session, t, checkpoint)
+        # ROLLBACK undid everything shadow did. Never restore here: if production differs from the checkpoint
+        # now, other sessions committed meanwhile, and restoring would delete their writes.
         result.outcome = "rolled_back"
-        result.reason = f"{cause}; the transaction was rolled back — production was never changed"
+        if t.fingerprint() == checkpoint.fingerprint:
+            tr.restore = {"needed": False, "verified": True, "note": "the transaction was rolled back"}
+            result.reason = f"{cause}; the transaction was rolled back — production was never changed"
+        else:
+            tr.restore = {"needed": False, "verified": False,
+                          "note": "production differs from the checkpoint because other sessions wrote to it "
+                                  "meanwhile; shadow rolled its own transaction back and did not touch their writes"}
+            result.reason = (f"{cause}; the transaction was rolled back — shadow changed nothing, but OTHER "
+                             "SESSIONS wrote to production during the apply (see the divergence)")
 
 
 def _roll_back(session: _Session, targets: dict[str, Target], checkpoints: dict[str, Checkpoint], reason: str) -> None:
@@ -541,15 +549,23 @@ def runs(settings: Settings | None = None, limit: int = 50) -> list[dict[str, An
         journal.close()
 
 
-def show(run_id: str, settings: Settings | None = None, fmt: str = "md") -> str:
+def show(run_id: str, settings: Settings | None = None, fmt: str = "md", output: Path | None = None) -> str:
+    """A run's stored report in ``fmt`` (one of ``report.FORMATS``); also written to ``output`` when given."""
     settings = settings or Settings.from_env()
+    if fmt not in report.FORMATS:
+        raise BadInput(f"unknown report format {fmt!r}; use one of {', '.join(report.FORMATS)}")
     path = settings.runs_dir / run_id / "report.json"
     if not path.exists():
         raise BadInput(f"no report for run {run_id!r} in {settings.runs_dir} (see `shadow runs`)")
     import json
 
-    model = json.loads(path.read_text())
-    return report.render_json(model) if fmt == "json" else report.render_markdown(model)
+    text = report.render(json.loads(path.read_text()), fmt)
+    if output is not None:
+        try:
+            atomic_write_bytes(output, text.encode("utf-8"))
+        except OSError as exc:
+            raise BadInput(f"cannot write the report to {output}: {exc.strerror or exc}") from exc
+    return text
 
 
 def _failure_reason(result: RunResult) -> str:

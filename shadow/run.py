@@ -502,6 +502,12 @@ def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Pat
     session.journal.start_run(result.run_id, "rollback", str(loaded.path), loaded.sha256)
     try:
         checkpoints = {n: Checkpoint.from_dict(session.store.read_manifest(run_id, n)) for n in targets}
+        for name, t in targets.items():
+            recorded = checkpoints[name].meta.get("endpoint")
+            if recorded and recorded != t.describe():
+                raise BadInput(f"target {name!r} now points at {t.describe()}, but run {run_id} checkpointed "
+                               f"{recorded}; restoring one over the other is refused (fix the plan or its "
+                               "environment)")
         manifests = {n: session.store.read_manifest(run_id, n) for n in targets}
         for name, t in targets.items():
             after = manifests[name].get("after_apply")

@@ -62,3 +62,17 @@ action: {{command: 'echo $SHADOW_APP_URL; test "$PGPORT" != "{empty_db.server.po
     assert "ROLLED BACK" in r.out and "***@127.0.0.1" in r.out
     for text in [r.text] + [p.read_text() for p in shadow_cli.state_dir.rglob("*.log")]:
         assert "S3cr3t" not in text
+
+
+def test_rollback_refuses_to_restore_a_checkpoint_over_another_database(prod_db, shadow_cli, tmp_path):
+    write_plan(tmp_path, """
+targets: {app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}}
+action: {sql: m.sql}
+expect: {app: {may: ["* rows public.audit_log"]}}
+""", {"m.sql": "INSERT INTO audit_log VALUES (now(), 'x');"})
+    applied = shadow_cli("apply", "--json", env={"APP_DATABASE_URL": prod_db.dsn})
+    assert applied.code == 0, applied.text
+    other = prod_db.server.create_database(prod_db.name + "_other")
+    r = shadow_cli("rollback", json.loads(applied.out)["run_id"], "--force", env={"APP_DATABASE_URL": other})
+    assert r.code == 2, r.text
+    assert "restoring one over the other is refused" in r.err

@@ -29,6 +29,7 @@ NON_TRANSACTIONAL = re.compile(
       | begin\b | start\s+transaction\b | commit\b | end\b | rollback\b | abort\b | savepoint\b
       | call\b | alter\s+subscription\b | (create|drop)\s+subscription\b
       | alter\s+type\b.*\badd\s+value\b
+      | alter\s+table\b.*\bdetach\s+partition\b.*\bconcurrently\b | discard\s+all\b
     )""",
     re.IGNORECASE | re.VERBOSE | re.DOTALL,
 )

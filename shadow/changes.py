@@ -16,9 +16,6 @@ from typing import Any
 
 from deepdiff import DeepDiff
 
-ROW_OPS = ("insert", "update", "delete")
-
-
 @dataclass
 class Change:
     op: str

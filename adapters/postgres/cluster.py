@@ -258,12 +258,3 @@ def _pg_ctl_of(datadir: Path) -> Path | None:
         return None
     pg_ctl = Path(postgres).parent / "pg_ctl"
     return pg_ctl if pg_ctl.is_file() else None
-
-
-def wait_until_gone(port: int, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) != 0:
-                return
-        time.sleep(0.05)

@@ -16,6 +16,7 @@ from typing import Any
 
 from deepdiff import DeepDiff
 
+
 @dataclass
 class Change:
     op: str

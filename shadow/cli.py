@@ -176,6 +176,28 @@ def runs_cmd(ctx: Ctx, limit: int, as_json: bool) -> None:
     ctx.out.print(table)
 
 
+@cli.command("audit")
+@JSON_OPTION
+@click.pass_obj
+def audit_cmd(ctx: Ctx, as_json: bool) -> None:
+    """Verify the journal's hash chain and name the first row that was edited, deleted, inserted or reordered.
+
+    Exit 0 when the chain is intact, 1 when it is not.
+    """
+    from shadow import journal
+
+    result = _guard(ctx, lambda: journal.audit(ctx.settings.journal_path))
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    elif result.tampered is None:
+        ctx.out.print(f"[bold green]journal intact[/]: {result.rows} rows chained, head {result.head or '-'}")
+        for note in result.notes:
+            ctx.out.print(f"  note: {escape(note)}")
+    else:
+        ctx.out.print(f"[bold red]journal NOT intact[/] ({escape(result.path)}): {escape(result.tampered.describe())}")
+    sys.exit(result.exit_code)
+
+
 @cli.command("gc")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
 @JSON_OPTION

@@ -1,46 +1,119 @@
 """The run journal: a SQLite file in the state dir, written ahead of every step that touches production.
 
-``runs`` holds one row per run (what, when, which plan, outcome); ``steps`` holds every step with its state
-(``started`` → ``done`` | ``failed``) and, for steps that touch production, how to undo them. A step row is
-committed (WAL, ``synchronous=FULL``) *before* the step starts, so after a crash the journal says what may have
+Rows are only ever inserted, and every inserted row is one link of a hash chain::
+
+    run_starts   one row when a run starts (what, when, which plan)
+    run_ends     one row each time a run's outcome is recorded (the latest one counts)
+    step_starts  one row per step, committed *before* the step starts, with how to undo it
+    step_ends    one row each time a step's state is recorded (``done`` | ``failed``; the latest one counts)
+    notes        anything else worth keeping, e.g. that old rows were migrated into the chain
+
+Each row carries ``link`` (its place in the one chain that spans all five tables, 1, 2, 3 …), ``prev_hash`` (the
+``row_hash`` of link - 1; 64 zeros for link 1) and ``row_hash``: the sha256 of the row's canonical content — the
+table name and every column but ``row_hash``, as sorted compact JSON. A step or run that ends is therefore never
+updated: its end is a new link. The views ``runs`` and ``steps`` show each run and step with its latest state, in
+the shape readers expect. ``chain_head`` is the one row that is rewritten: the link and hash of the newest row,
+so that deleting rows at the end of the chain is noticed too. Appends are serialised with ``BEGIN IMMEDIATE``;
+each commits (WAL, ``synchronous=FULL``) before the step starts, so after a crash the journal says what may have
 happened and what undoes it.
+
+:func:`audit` re-hashes every row and names the first one that does not match: an edited value, a deleted,
+inserted or reordered row, a changed view or an unknown table. The chain has no secret key, so it proves that
+nothing was changed *without* recomputing every later hash; to prove more, keep the head hash that
+``shadow audit --json`` prints somewhere else (a CI log) and compare it later.
+
+A journal written before the chain (schema version 1: ``runs`` and ``steps`` tables updated in place) is migrated
+when shadow opens it for writing or listing: its rows are replayed into the chain, in run order, and a ``notes``
+row records that the chain vouches for them only from then on. :func:`audit` never migrates; it reports such a
+journal as unverifiable.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shadow.errors import InfrastructureError, UnknownRun
+from shadow.errors import BadInput, InfrastructureError, UnknownRun
+from snapshots import make_private_dir, make_private_file
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    id          TEXT PRIMARY KEY,
+SCHEMA_VERSION = 2
+GENESIS = "0" * 64
+CHAINED = ("run_starts", "run_ends", "step_starts", "step_ends", "notes")
+LINK_COLUMNS = """
+    link      INTEGER PRIMARY KEY,
+    prev_hash TEXT NOT NULL,
+    row_hash  TEXT NOT NULL,"""
+TABLES = f"""
+CREATE TABLE run_starts ({LINK_COLUMNS}
+    id          TEXT NOT NULL UNIQUE,
     command     TEXT NOT NULL,
     plan_path   TEXT NOT NULL,
     plan_sha256 TEXT NOT NULL,
-    started_at  REAL NOT NULL,
-    finished_at REAL,
-    outcome     TEXT,
+    started_at  REAL NOT NULL
+);
+CREATE TABLE run_ends ({LINK_COLUMNS}
+    run_id      TEXT NOT NULL,
+    finished_at REAL NOT NULL,
+    outcome     TEXT NOT NULL,
     summary     TEXT
 );
-CREATE TABLE IF NOT EXISTS steps (
-    run_id     TEXT NOT NULL REFERENCES runs(id),
+CREATE INDEX run_ends_run ON run_ends (run_id);
+CREATE TABLE step_starts ({LINK_COLUMNS}
+    run_id     TEXT NOT NULL,
     seq        INTEGER NOT NULL,
     target     TEXT,
     step       TEXT NOT NULL,
-    state      TEXT NOT NULL,
     undo       TEXT,
-    detail     TEXT,
+    detail     TEXT NOT NULL,
     started_at REAL NOT NULL,
-    ended_at   REAL,
-    PRIMARY KEY (run_id, seq)
+    UNIQUE (run_id, seq)
+);
+CREATE TABLE step_ends ({LINK_COLUMNS}
+    run_id   TEXT NOT NULL,
+    seq      INTEGER NOT NULL,
+    state    TEXT NOT NULL,
+    detail   TEXT,
+    ended_at REAL NOT NULL
+);
+CREATE INDEX step_ends_step ON step_ends (run_id, seq);
+CREATE TABLE notes ({LINK_COLUMNS}
+    at   REAL NOT NULL,
+    text TEXT NOT NULL
+);
+CREATE TABLE chain_head (
+    one       INTEGER PRIMARY KEY CHECK (one = 1),
+    link      INTEGER NOT NULL,
+    row_hash  TEXT NOT NULL
 );
 """
+VIEWS = {
+    "runs": """CREATE VIEW runs AS
+SELECT s.id, s.command, s.plan_path, s.plan_sha256, s.started_at, e.finished_at, e.outcome, e.summary
+FROM run_starts s
+LEFT JOIN run_ends e ON e.link = (SELECT MAX(link) FROM run_ends WHERE run_id = s.id)""",
+    "steps": """CREATE VIEW steps AS
+SELECT s.run_id, s.seq, s.target, s.step, COALESCE(e.state, 'started') AS state, s.undo,
+       COALESCE(e.detail, s.detail) AS detail, s.started_at, e.ended_at
+FROM step_starts s
+LEFT JOIN step_ends e ON e.link = (SELECT MAX(link) FROM step_ends WHERE run_id = s.run_id AND seq = s.seq)""",
+}
+KNOWN_TABLES = frozenset(CHAINED) | {"chain_head"}
+KNOWN_INDEXES = frozenset({"run_ends_run", "step_ends_step"})
+
+
+def row_hash(table: str, row: dict[str, Any]) -> str:
+    """sha256 of a row's canonical content: the table and every column except ``row_hash``."""
+    content = {k: v for k, v in row.items() if k != "row_hash"}
+    body = json.dumps([table, content], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -55,54 +128,146 @@ class RunRow:
     summary: str | None
 
 
+def _connect(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    return db
+
+
+def _secure_sidecars(path: Path) -> None:
+    for suffix in ("-wal", "-shm", "-journal"):
+        sidecar = path.with_name(path.name + suffix)
+        if sidecar.exists():
+            os.chmod(sidecar, 0o600)
+
+
+def _schema_version(db: sqlite3.Connection) -> int:
+    """2 for a chained journal, 1 for the pre-chain layout, 0 for an empty file."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version:
+        return version
+    kind = db.execute("SELECT type FROM sqlite_master WHERE name = 'runs'").fetchone()
+    return 1 if kind and kind[0] == "table" else 0
+
+
 class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(SCHEMA)
+            make_private_dir(path.parent)
+            make_private_file(path)
+            self.db = _connect(path)
+            self._prepare()
+            _secure_sidecars(path)
         except (OSError, sqlite3.Error) as exc:
             raise InfrastructureError(f"state dir {path.parent} is not usable: {exc}") from exc
 
     def close(self) -> None:
         self.db.close()
 
-    def _write(self, query: str, args: tuple[Any, ...]) -> None:
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
         try:
-            self.db.execute(query, args)
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    def _prepare(self) -> None:
+        with self._transaction() as db:
+            version = _schema_version(db)
+            if version == SCHEMA_VERSION:
+                return
+            if version > SCHEMA_VERSION:
+                raise InfrastructureError(f"journal {self.path} has schema version {version}; this shadow reads "
+                                          f"up to {SCHEMA_VERSION} (upgrade shadow)")
+            if version == 1:
+                db.execute("ALTER TABLE runs RENAME TO v1_runs")
+                db.execute("ALTER TABLE steps RENAME TO v1_steps")
+            for statement in TABLES.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            for view in VIEWS.values():
+                db.execute(view)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            if version == 1:
+                self._migrate_v1(db)
+
+    def _migrate_v1(self, db: sqlite3.Connection) -> None:
+        runs = db.execute("SELECT id, command, plan_path, plan_sha256, started_at, finished_at, outcome, summary "
+                          "FROM v1_runs ORDER BY started_at, id").fetchall()
+        steps = 0
+        for rid, command, plan_path, plan_sha256, started_at, finished_at, outcome, summary in runs:
+            self._append(db, "run_starts", {"id": rid, "command": command, "plan_path": plan_path,
+                                            "plan_sha256": plan_sha256, "started_at": started_at})
+            for seq, target, step, state, undo, detail, s_at, e_at in db.execute(
+                    "SELECT seq, target, step, state, undo, detail, started_at, ended_at FROM v1_steps "
+                    "WHERE run_id = ? ORDER BY seq", (rid,)).fetchall():
+                self._append(db, "step_starts", {"run_id": rid, "seq": seq, "target": target, "step": step,
+                                                 "undo": undo, "detail": detail or "{}", "started_at": s_at})
+                if state != "started":
+                    self._append(db, "step_ends", {"run_id": rid, "seq": seq, "state": state, "detail": None,
+                                                   "ended_at": e_at if e_at is not None else s_at})
+                steps += 1
+            if outcome is not None:
+                self._append(db, "run_ends", {"run_id": rid, "finished_at": finished_at or started_at,
+                                              "outcome": outcome, "summary": summary})
+        db.execute("DROP TABLE v1_steps")
+        db.execute("DROP TABLE v1_runs")
+        self._append(db, "notes", {"at": time.time(), "text": (
+            f"migrated {len(runs)} runs and {steps} steps from the unchained schema 1 journal; the chain vouches "
+            "for them only from this note on")})
+
+    def _append(self, db: sqlite3.Connection, table: str, values: dict[str, Any]) -> None:
+        """Insert one row as the next link; the caller holds an IMMEDIATE transaction."""
+        head = db.execute("SELECT link, row_hash FROM chain_head").fetchone()
+        link, prev = (head[0] + 1, head[1]) if head else (1, GENESIS)
+        row = {"link": link, "prev_hash": prev, **values}
+        row["row_hash"] = row_hash(table, row)
+        cols = ", ".join(row)
+        db.execute(f"INSERT INTO {table} ({cols}) VALUES ({', '.join('?' * len(row))})", tuple(row.values()))
+        db.execute("INSERT OR REPLACE INTO chain_head (one, link, row_hash) VALUES (1, ?, ?)",
+                   (link, row["row_hash"]))
+
+    def _write(self, table: str, values: dict[str, Any]) -> None:
+        try:
+            with self._transaction() as db:
+                self._append(db, table, values)
         except sqlite3.Error as exc:
             raise InfrastructureError(f"cannot write the journal {self.path}: {exc}") from exc
 
     def start_run(self, run_id: str, command: str, plan_path: str, plan_sha256: str) -> None:
-        self._write(
-            "INSERT INTO runs (id, command, plan_path, plan_sha256, started_at) VALUES (?, ?, ?, ?, ?)",
-            (run_id, command, plan_path, plan_sha256, time.time()),
-        )
+        self._write("run_starts", {"id": run_id, "command": command, "plan_path": plan_path,
+                                   "plan_sha256": plan_sha256, "started_at": time.time()})
 
     def finish_run(self, run_id: str, outcome: str, summary: str) -> None:
-        self._write("UPDATE runs SET finished_at = ?, outcome = ?, summary = ? WHERE id = ?",
-                    (time.time(), outcome, summary, run_id))
+        self._write("run_ends", {"run_id": run_id, "finished_at": time.time(), "outcome": outcome,
+                                 "summary": summary})
 
     def begin_step(self, run_id: str, step: str, target: str | None = None, undo: str | None = None,
                    detail: dict[str, Any] | None = None) -> int:
-        row = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM steps WHERE run_id = ?", (run_id,)).fetchone()
-        seq = int(row[0])
-        self._write(
-            "INSERT INTO steps (run_id, seq, target, step, state, undo, detail, started_at) VALUES (?, ?, ?, ?, 'started', ?, ?, ?)",
-            (run_id, seq, target, step, undo, json.dumps(detail or {}), time.time()),
-        )
+        try:
+            with self._transaction() as db:
+                row = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM step_starts WHERE run_id = ?",
+                                 (run_id,)).fetchone()
+                seq = int(row[0])
+                self._append(db, "step_starts", {"run_id": run_id, "seq": seq, "target": target, "step": step,
+                                                 "undo": undo, "detail": json.dumps(detail or {}),
+                                                 "started_at": time.time()})
+        except sqlite3.Error as exc:
+            raise InfrastructureError(f"cannot write the journal {self.path}: {exc}") from exc
         return seq
 
     def end_step(self, run_id: str, seq: int, state: str = "done", detail: dict[str, Any] | None = None) -> None:
-        if detail is None:
-            self._write("UPDATE steps SET state = ?, ended_at = ? WHERE run_id = ? AND seq = ?",
-                        (state, time.time(), run_id, seq))
-        else:
-            self._write("UPDATE steps SET state = ?, ended_at = ?, detail = ? WHERE run_id = ? AND seq = ?",
-                        (state, time.time(), json.dumps(detail), run_id, seq))
+        self._write("step_ends", {"run_id": run_id, "seq": seq, "state": state,
+                                  "detail": None if detail is None else json.dumps(detail),
+                                  "ended_at": time.time()})
+
+    def note(self, text: str) -> None:
+        self._write("notes", {"at": time.time(), "text": text})
 
     def steps(self, run_id: str) -> list[dict[str, Any]]:
         cur = self.db.execute(
@@ -127,3 +292,135 @@ class Journal:
         if row is None:
             raise UnknownRun(f"no run {run_id!r} in this state dir (see `shadow runs`)")
         return RunRow(*row)
+
+
+@dataclass(frozen=True)
+class Tampered:
+    """The first row of the chain that does not verify, and why."""
+
+    table: str
+    link: int | None
+    problem: str
+    run_id: str | None = None
+    key: str | None = None  # the row's own key: ``id`` of a run, ``seq`` of a step
+
+    def describe(self) -> str:
+        where = self.table if self.link is None else f"{self.table} link {self.link}"
+        about = ", ".join(p for p in (f"run {self.run_id}" if self.run_id else "", self.key or "") if p)
+        return f"{where}{f' ({about})' if about else ''}: {self.problem}"
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    path: str
+    schema_version: int
+    rows: int = 0
+    head: str | None = None
+    notes: list[str] = field(default_factory=list)
+    tampered: Tampered | None = None
+
+    @property
+    def intact(self) -> bool:
+        return self.tampered is None
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.intact else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "intact": self.intact, "schema_version": self.schema_version, "rows": self.rows,
+                "head": self.head, "notes": self.notes,
+                "tampered": None if self.tampered is None else asdict(self.tampered) | {
+                    "message": self.tampered.describe()}}
+
+
+def audit(path: Path) -> AuditResult:
+    """Verify the hash chain of the journal at ``path`` without writing to it; name the first bad row."""
+    if not path.is_file():
+        raise BadInput(f"no journal at {path} (nothing has run with this state dir; pass --state-dir)")
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, timeout=30)
+        try:
+            return _audit(db, path)
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise InfrastructureError(f"cannot read the journal {path}: {exc}") from exc
+
+
+def _audit(db: sqlite3.Connection, path: Path) -> AuditResult:
+    db.row_factory = sqlite3.Row
+    db.execute("BEGIN")
+    version = _schema_version(db)
+    if version != SCHEMA_VERSION:
+        problem = ("written before the hash chain (schema 1); its rows cannot be verified — any shadow command "
+                   "that reads the journal (e.g. `shadow runs`) migrates it into the chain"
+                   if version == 1 else f"unknown journal schema version {version}")
+        return AuditResult(str(path), version, tampered=Tampered("journal", None, problem))
+    rows: list[tuple[int, str, dict[str, Any]]] = []
+    for table in CHAINED:
+        rows.extend((r["link"], table, dict(r)) for r in db.execute(f"SELECT * FROM {table}"))
+    rows.sort(key=lambda item: (item[0], item[1]))
+    notes: list[str] = []
+    tampered = _schema_problem(db)
+    prev_hash, expected = GENESIS, 1
+    for link, table, row in rows if tampered is None else []:
+        bad = _link_problem(table, row, expected, prev_hash)
+        if bad:
+            tampered = _tampered(table, row, bad)
+            break
+        if table == "notes":
+            notes.append(row["text"])
+        prev_hash, expected = row["row_hash"], link + 1
+    if tampered is None:
+        tampered = _head_problem(db, (expected - 1, prev_hash) if rows else None)
+    return AuditResult(str(path), version, len(rows), prev_hash if rows and tampered is None else None, notes,
+                       tampered)
+
+
+def _head_problem(db: sqlite3.Connection, last: tuple[int, str] | None) -> Tampered | None:
+    head = [tuple(r) for r in db.execute("SELECT link, row_hash FROM chain_head")]
+    if head == ([last] if last else []):
+        return None
+    chain = f"link {last[0]}" if last else "no row"
+    recorded = f"link {head[0][0]}" if head else "no head"
+    return Tampered("chain_head", None, f"the chain ends at {chain} but its head records {recorded}: rows at the "
+                                        "end were deleted, or the head was edited")
+
+
+def _schema_problem(db: sqlite3.Connection) -> Tampered | None:
+    for kind, name, sql in db.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name"):
+        if name.startswith("sqlite_"):
+            continue
+        if kind == "table" and name not in KNOWN_TABLES:
+            return Tampered(name, None, "a table that is not part of the journal (rows outside the chain)")
+        if kind == "view" and VIEWS.get(name) != sql:
+            return Tampered(name, None, "the view's definition is not the one shadow created")
+        if kind == "trigger":
+            return Tampered(name, None, "a trigger that is not part of the journal")
+        if kind == "index" and name not in KNOWN_INDEXES:
+            return Tampered(name, None, "an index that is not part of the journal")
+    missing = (set(CHAINED) | set(VIEWS)) - {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
+    if missing:
+        return Tampered(sorted(missing)[0], None, "missing from the journal (dropped?)")
+    return None
+
+
+def _link_problem(table: str, row: dict[str, Any], expected: int, prev_hash: str) -> str | None:
+    link = row["link"]
+    if link < expected:
+        return f"link {link} appears twice (a copied or inserted row)"
+    if link > expected:
+        missing = f"link {expected}" if link == expected + 1 else f"links {expected}–{link - 1}"
+        return f"{missing} before it is missing (a deleted row)"
+    if row["row_hash"] != row_hash(table, row):
+        return "its content does not match its row_hash (edited after it was written)"
+    if row["prev_hash"] != prev_hash:
+        return f"its prev_hash does not match the row_hash of link {link - 1} (rows replaced or reordered)"
+    return None
+
+
+def _tampered(table: str, row: dict[str, Any], problem: str) -> Tampered:
+    run_id = row.get("run_id") or row.get("id")
+    key = f"seq {row['seq']}" if "seq" in row else None
+    return Tampered(table, row["link"], problem, run_id=None if run_id is None else str(run_id), key=key)

@@ -9,6 +9,10 @@ Layout under the store root (``<state-dir>/snapshots``)::
 Every write goes to ``tmp/`` first, is fsynced and moved into place with ``os.replace`` — a crash leaves either
 the old state or the new one, never half a file. ``open_verified`` re-hashes an artifact before anything is
 restored from it and refuses a mismatch.
+
+Checkpoints hold production data, so the store is private whatever the umask: directories are 0700 and files
+0600, set with ``chmod`` after creation (a umask can only take permissions away from ``mkdir``/``open`` modes, and
+a directory created by someone else's ``mkdir`` keeps its mode until shadow tightens it).
 """
 
 from __future__ import annotations
@@ -51,6 +55,32 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` and its missing parents as 0700 directories, and make ``path`` itself 0700."""
+    missing: list[Path] = []
+    probe = Path(path)
+    while not probe.is_dir():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+        os.chmod(directory, 0o700)
+    if not missing:
+        os.chmod(path, 0o700)
+
+
+def make_private_file(path: Path) -> None:
+    """Create ``path`` (empty) if it does not exist, and make it 0600."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +117,9 @@ class Store:
     def _ensure(self) -> None:
         try:
             for sub in ("objects/sha256", "manifests", "tmp"):
-                (self.root / sub).mkdir(parents=True, exist_ok=True)
+                make_private_dir(self.root / sub)
+            for directory in (self.root, self.root / "objects"):
+                os.chmod(directory, 0o700)
             readme = self.root / "README"
             if not readme.exists():
                 atomic_write_bytes(readme, README.encode())
@@ -118,12 +150,13 @@ class Store:
     def add(self, path: Path) -> Artifact:
         """Move ``path`` (a file inside ``tmp/``) into the store under its sha256."""
         try:
+            os.chmod(path, 0o600)
             with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
             sha = sha256_file(path)
             size = path.stat().st_size
             dest = self.object_path(sha)
-            dest.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(dest.parent)
             if dest.exists():
                 path.unlink()
             else:
@@ -150,6 +183,7 @@ class Store:
         self._ensure()
         body = json.dumps(manifest, indent=1, sort_keys=True, default=str).encode()
         try:
+            make_private_dir(self.root / "manifests" / run_id)
             atomic_write_bytes(self.root / "manifests" / run_id / f"{target}.json", body)
         except OSError as exc:
             raise InfrastructureError(f"could not write a checkpoint manifest: {exc.strerror}") from exc

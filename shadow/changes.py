@@ -60,6 +60,7 @@ class RowDelta:
     by_key: bool = True  # False: no primary key; compared as multisets (updates show as delete + insert)
     samples: dict[str, list[str]] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)  # op → order-independent digest of the changed keys
+    sample_rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # op → {key, before, after}, redacted
 
     @property
     def empty(self) -> bool:

@@ -232,9 +232,10 @@ def gc_cmd(ctx: Ctx, dry_run: bool, as_json: bool) -> None:
 
 @cli.command("show")
 @click.argument("run_id")
-@click.option("--format", "fmt", type=click.Choice(["md", "json", "junit"]), default="md", show_default=True,
+@click.option("--format", "fmt", type=click.Choice(["md", "json", "junit", "html"]), default="md", show_default=True,
               help="md: GitHub-flavoured, fits a pull-request comment · json: the report model (schema shipped as "
-                   "shadow/schema/report-v1.json) · junit: JUnit XML, one test case per expectation and finding.")
+                   "shadow/schema/report-v1.json) · junit: JUnit XML, one test case per expectation and finding · "
+                   "html: one self-contained page (verdict, changes, sample rows, lock trace, timing).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Write the report to FILE instead of printing it.")
 @click.pass_obj

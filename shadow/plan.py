@@ -114,6 +114,7 @@ class Policy:
     limits: Limits = field(default_factory=Limits)
     max_lock: Mapping[str, float] = field(default_factory=dict)  # "ACCESS EXCLUSIVE" → seconds
     allow: tuple[Any, ...] = ()  # finding ids, or {id, file} to allow one only in matching files
+    redact: tuple[str, ...] = ()  # column globs (`col`, `table.col`, `schema.table.col`) never shown in reports
 
 
 @dataclass(frozen=True)
@@ -485,7 +486,12 @@ def _policy(doc: _Doc, raw: Any) -> Policy:
     if not isinstance(raw, dict):
         doc.problem(("policy",), "must be a mapping")
         return Policy()
-    _known(doc, raw, ("policy",), ("backend", "limits", "max_lock", "allow"))
+    _known(doc, raw, ("policy",), ("backend", "limits", "max_lock", "allow", "redact"))
+    redact = raw.get("redact") or []
+    if not isinstance(redact, list) or not all(isinstance(p, str) and p.strip() for p in redact):
+        doc.problem(("policy", "redact"), "must be a list of column globs like password_hash, *_token or "
+                                          "public.users.email")
+        redact = []
     allow = raw.get("allow") or []
     if not isinstance(allow, list):
         doc.problem(("policy", "allow"), "must be a list of finding ids (see `shadow lint`), or {id, file} entries")
@@ -500,7 +506,7 @@ def _policy(doc: _Doc, raw: Any) -> Policy:
         doc.problem(("policy", "backend"), f"{backend!r} is not one of: {', '.join(BACKENDS)}")
         backend = "auto"
     return Policy(backend=backend, limits=_limits(doc, raw.get("limits")), max_lock=_max_lock(doc, raw.get("max_lock")),
-                  allow=tuple(allow))
+                  allow=tuple(allow), redact=tuple(p.strip() for p in redact))
 
 
 LOCK_MODES = ("ACCESS SHARE", "ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE",

@@ -2,7 +2,11 @@
 
 ``shadow show`` re-renders a stored ``report.json``, so every renderer must work from the model alone. Formats
 (:data:`FORMATS`): ``md`` (GitHub-flavoured, always small enough for one pull-request comment), ``json`` (the model,
-described by the JSON Schema shipped as ``shadow/schema/report-v1.json``) and ``junit`` (:mod:`shadow.report_junit`).
+described by the JSON Schema shipped as ``shadow/schema/report-v1.json``), ``junit`` (:mod:`shadow.report_junit`)
+and ``html`` (one self-contained page, :mod:`shadow.report_html`).
+
+Row values enter the model only as sample rows, already redacted (:mod:`shadow.redact`): :func:`model` applies the
+plan's ``policy.redact`` on top of what the adapter redacted, so no renderer can show more.
 
 The model only grows within ``format_version`` 1: keys are added, never removed, renamed or given another type or
 meaning; consumers ignore keys they do not know. An incompatible change bumps ``format_version``.
@@ -19,18 +23,20 @@ from datetime import datetime, timezone
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from shadow import redact
 from shadow.report_junit import render_junit
 
 if TYPE_CHECKING:
     from shadow.run import RunResult
 
 FORMAT_VERSION = 1
-FORMATS = ("md", "json", "junit")
+FORMATS = ("md", "json", "junit", "html")
 SCHEMA = "schema/report-v1.json"  # shipped in the package: the JSON Schema of format_version 1
 MAX_IMPLIED = 20
 
 
 def model(result: RunResult) -> dict[str, Any]:
+    patterns = tuple(result.redact)
     return {
         "format_version": FORMAT_VERSION,
         "run_id": result.run_id,
@@ -55,8 +61,9 @@ def model(result: RunResult) -> dict[str, Any]:
                 "kind": t.kind,
                 "endpoint": t.endpoint,
                 "checkpoint": t.checkpoint,
-                "changes": [c.to_dict() for c in t.changes],
-                "production_changes": None if t.production_changes is None else [c.to_dict() for c in t.production_changes],
+                "changes": _redacted([c.to_dict() for c in t.changes], patterns),
+                "production_changes": None if t.production_changes is None
+                else _redacted([c.to_dict() for c in t.production_changes], patterns),
                 "warnings": t.warnings,
                 "restore": t.restore,
             }
@@ -67,7 +74,23 @@ def model(result: RunResult) -> dict[str, Any]:
         "divergence": result.divergence,
         "steps": result.steps,
         "report_dir": result.report_dir,
+        "redact": list(patterns),
     }
+
+
+def _redacted(changes: list[dict[str, Any]], patterns: tuple[str, ...]) -> list[dict[str, Any]]:
+    out = []
+    for c in changes:
+        c = dict(c)
+        detail = c.get("detail")
+        if detail and c["kind"] == "rows":
+            c["detail"] = redact.rows_detail(c["name"], detail, patterns)
+        elif detail and detail.get("content_diff"):
+            c["detail"] = {**detail, "content_diff": redact.content_lines(detail["content_diff"])}
+        if c.get("implied"):
+            c["implied"] = _redacted(c["implied"], patterns)
+        out.append(c)
+    return out
 
 
 def _iso(ts: float) -> str:
@@ -76,7 +99,9 @@ def _iso(ts: float) -> str:
 
 def render(m: dict[str, Any], fmt: str) -> str:
     """The model in one of :data:`FORMATS`."""
-    renderers = {"md": render_markdown, "json": render_json, "junit": render_junit}
+    from shadow.report_html import render_html
+
+    renderers = {"md": render_markdown, "json": render_json, "junit": render_junit, "html": render_html}
     return renderers[fmt](m)
 
 
@@ -100,6 +125,8 @@ VERDICT_LINES = {
     "restore_failed": "ROLLBACK FAILED — production may be neither at the checkpoint nor at the rehearsed outcome",
     "error": "ERROR",
     "interrupted": "INTERRUPTED",
+    "awaiting_approval": "AWAITING APPROVAL — every expectation holds; production was not touched",
+    "recovered": "RECOVERED — a killed run was settled",
 }
 
 
@@ -355,6 +382,10 @@ def _change_line(c: dict[str, Any], depth: int) -> str:
         extra = f" — {detail['count']} row(s)"
         if detail.get("sample_keys"):
             extra += f", e.g. keys {', '.join(str(k) for k in detail['sample_keys'][:3])}"
+        cells = changed_cells((detail.get("sample_rows") or [None])[0])
+        if c["op"] == "update" and cells:
+            extra += " (" + ", ".join(f"{col}: {_short(_value(b), 30)} → {_short(_value(a), 30)}"
+                                      for col, b, a in cells[:3]) + ")"
         if detail.get("compared_as"):
             extra += f" ({detail['compared_as']})"
     elif c["op"] == "alter":
@@ -363,6 +394,19 @@ def _change_line(c: dict[str, Any], depth: int) -> str:
             if isinstance(v, dict)
         )
     return f"{'  ' * depth}- `{_short(c['address'], 300)}`{_text(extra, 500)}"
+
+
+def changed_cells(sample: dict[str, Any] | None) -> list[tuple[str, Any, Any]]:
+    """(column, before, after) of each cell an updated sample row changed; a column the row did not have is None."""
+    if not sample or sample.get("before") is None or sample.get("after") is None:
+        return []
+    before, after = sample["before"], sample["after"]
+    return [(col, before.get(col), after.get(col)) for col in dict.fromkeys([*before, *after])
+            if before.get(col) != after.get(col)]
+
+
+def _value(value: Any) -> str:
+    return "NULL" if value is None else str(value)
 
 
 def _prefix_counts(changes: list[dict[str, Any]]) -> list[tuple[str, dict[str, int]]]:

@@ -70,6 +70,7 @@ class RunResult:
     finished_at: float | None = None
     report_dir: str = ""
     of_run: str | None = None
+    redact: tuple[str, ...] = ()  # the plan's policy.redact: column globs whose values reports never show
 
     @property
     def passed(self) -> bool:
@@ -147,6 +148,7 @@ class _Session:
         try:
             atomic_write_bytes(self.dir / "report.json", report.render_json(model).encode())
             atomic_write_bytes(self.dir / "report.md", report.render_markdown(model).encode())
+            atomic_write_bytes(self.dir / "report.html", report.render(model, "html").encode())
         finally:
             self.journal.finish_run(self.result.run_id, self.result.outcome, report.summary_line(model))
             self.journal.close()
@@ -180,6 +182,7 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
     targets = _targets(loaded, settings, progress)
     result = RunResult(new_run_id(), command, str(loaded.path), time.time(), backend, why,
                        action=loaded.action.describe())
+    result.redact = loaded.policy.redact
     _static_findings(result, loaded, statements)
     for name, t in targets.items():
         result.targets[name] = TargetResult(name, t.kind, t.describe())
@@ -496,6 +499,7 @@ def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Pat
     targets = _targets(loaded, settings, progress)
     result = RunResult(new_run_id(), "rollback", str(loaded.path), time.time(), of_run=run_id,
                        action=f"restore the checkpoints of run {run_id}")
+    result.redact = loaded.policy.redact
     for name, t in targets.items():
         result.targets[name] = TargetResult(name, t.kind, t.describe())
     session = _Session(settings, result, progress)

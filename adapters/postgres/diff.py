@@ -8,6 +8,7 @@ of buckets whose (count, sum of hashes) differ are fetched, as (key, hash) pairs
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -16,11 +17,13 @@ import psycopg
 from psycopg import sql
 
 from adapters.postgres.observe import relation_sql, row_hash_expr, set_read_settings
+from shadow import redact
 from shadow.changes import Change, RowDelta, diff_objects
 
 # A column's ordinal shifts when an earlier one is dropped: that is not a change of the column.
 IGNORED_PROPERTIES = ("position",)
 SAMPLE = 5
+SAMPLE_VALUE_CHARS = 200  # a sample row's values are clipped to this many characters
 FETCH_BATCH_ROWS = 200_000
 
 
@@ -74,6 +77,8 @@ def diff(before: dict[str, Any], after: dict[str, Any], rows: dict[str, RowDelta
                 detail: dict[str, Any] = {"count": delta.count(op)}
                 if delta.samples.get(op):
                     detail["sample_keys"] = delta.samples[op]
+                if delta.sample_rows.get(op):
+                    detail["sample_rows"] = delta.sample_rows[op]
                 if delta.digests.get(op):
                     detail["keys_digest"] = delta.digests[op]
                 if not delta.by_key:
@@ -231,11 +236,51 @@ def _count_rows(
                 elif d < 0:
                     deleted += -d
                     digest["delete"] += -d * _key_hash(str(k))
+    sample_rows: dict[str, list[dict[str, Any]]] = {}
+    if key:
+        sample_rows = _sample_rows(conn_before, conn_after, table, rel, key, list(b_data["columns"]), a_cols, samples)
+        if any(redact.looks_secret(c) for c in key):
+            samples = {op: [redact.MARKER] * len(v) for op, v in samples.items()}
     # Which existing rows changed, not only how many: production deleting other rows than the rehearsal did must
     # diverge. (Inserted keys are left out: generated keys — UUIDs, timestamps — differ by nature.)
     return RowDelta(inserted, updated, deleted, by_key=key is not None,
                     samples={op: sorted(v) for op, v in samples.items() if v},
-                    digests={op: format(v % DIGEST_MOD, "x") for op, v in digest.items() if v})
+                    digests={op: format(v % DIGEST_MOD, "x") for op, v in digest.items() if v},
+                    sample_rows=sample_rows)
+
+
+def _sample_rows(conn_before: psycopg.Connection, conn_after: psycopg.Connection, table: str, rel: sql.Composable,
+                 key: list[str], b_cols: list[str], a_cols: list[str],
+                 samples: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
+    """The sampled rows as they were and as they are (values as text, clipped; secret-looking columns redacted)."""
+    wanted = sorted({k for keys in samples.values() for k in keys})
+    if not wanted:
+        return {}
+
+    def fetch(conn: psycopg.Connection, columns: list[str]) -> dict[str, dict[str, Any] | None]:
+        values = sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in columns)
+        query = sql.SQL("SELECT {k}, ARRAY[{v}]::text[] FROM {rel} t WHERE {k} = ANY({wanted})").format(
+            k=_key_expr(key), v=values, rel=rel, wanted=sql.Literal(wanted))
+        return {k: redact.row(table, dict(zip(columns, map(_clip, vals), strict=True)))
+                for k, vals in conn.execute(query)}
+
+    old, new = fetch(conn_before, b_cols), fetch(conn_after, a_cols)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for op, keys in samples.items():
+        out[op] = [{"key": redact.row(table, dict(zip(key, map(_key_text, json.loads(k)), strict=True))),
+                    "before": None if op == "insert" else old.get(k),
+                    "after": None if op == "delete" else new.get(k)} for k in sorted(keys)]
+    return out
+
+
+def _clip(value: str | None) -> str | None:
+    if value is None or len(value) <= SAMPLE_VALUE_CHARS:
+        return value
+    return value[: SAMPLE_VALUE_CHARS - 1] + "…"
+
+
+def _key_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 DIGEST_MOD = 1 << 96

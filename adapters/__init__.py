@@ -121,10 +121,11 @@ REGISTRY = Registry()
 
 
 def _load() -> None:
-    from adapters import postgres, s3
+    from adapters import git, postgres, s3
 
     REGISTRY.register(postgres.KIND)
     REGISTRY.register(s3.KIND)
+    REGISTRY.register(git.KIND)
 
 
 _load()

@@ -3,7 +3,8 @@
 - every ``must`` pattern matches at least one change;
 - every top-level change is covered by a ``must`` or ``may`` pattern (changes nested under a covered change are
   implied by it); anything else is *unexpected*;
-- ``rows`` rules hold for the counted row changes;
+- ``rows`` rules hold for the counted row changes; ``objects`` (S3 keys) and ``files`` (git paths) count rules hold
+  for the added / deleted / modified objects or files whose name matches the glob;
 - ``checks`` queries return their expected value on the shadow.
 """
 
@@ -56,14 +57,16 @@ def judge(target: str, changes: list[Change], expectation: Expectation,
                 ok = cmp.holds(actual)
                 out.append(Verdict(target, "rows", f"{table} {key}", ok,
                                    f"{actual} {key}, expected {cmp}"))
-    object_changes = [c for c in all_changes if c.kind == "object"]
-    for orule in expectation.objects:
-        for key, cmp in orule.counts.items():
-            op = {"added": "add", "deleted": "delete", "modified": "modify"}[key]
-            actual = sum(1 for c in object_changes
-                         if c.op == op and fnmatch.fnmatchcase(c.name.split("/", 1)[-1], orule.pattern))
-            out.append(Verdict(target, "objects", f"{orule.pattern} {key}", cmp.holds(actual),
-                               f"{actual} {key}, expected {cmp}"))
+    # objects are named <bucket>/<key> and their globs are key globs; files are named by their path
+    for rule_name, kind, rules, subject in (("objects", "object", expectation.objects, lambda n: n.split("/", 1)[-1]),
+                                            ("files", "file", expectation.files, lambda n: n)):
+        counted = [c for c in all_changes if c.kind == kind]
+        for orule in rules:
+            for key, cmp in orule.counts.items():
+                op = {"added": "add", "deleted": "delete", "modified": "modify"}[key]
+                actual = sum(1 for c in counted if c.op == op and fnmatch.fnmatchcase(subject(c.name), orule.pattern))
+                out.append(Verdict(target, rule_name, f"{orule.pattern} {key}", cmp.holds(actual),
+                                   f"{actual} {key}, expected {cmp}"))
     for check in expectation.checks:
         if run_check is None:
             out.append(Verdict(target, "check", check.sql, False, "checks need a shadow to run on"))
@@ -100,6 +103,10 @@ def compare_change_sets(expected: list[Change], actual: list[Change]) -> list[st
                 # the count, and which existing rows (a digest of their keys) for updates and deletes
                 out[c.address] = c.detail.get("count") if "keys_digest" not in c.detail else (
                     c.detail.get("count"), c.detail["keys_digest"])
+            elif c.kind == "file":
+                # the content and mode a file ended with (commit ids differ between runs; file contents do not)
+                out[c.address] = {k: v["to"] if isinstance(v, dict) else v for k, v in c.detail.items()
+                                  if k in ("blob", "mode")}
             elif c.op == "alter":
                 # what changed and to what, but not sequence positions (other sessions move them)
                 out[c.address] = {k: v["to"] for k, v in c.detail.items() if k not in ("last_value", "is_called")}

@@ -70,6 +70,7 @@ class Expectation:
     checks: tuple[Check, ...] = ()
     objects: tuple[ObjectRule, ...] = ()
     declared: bool = False  # False: the plan says nothing about this target, so every change is unexpected
+    files: tuple[ObjectRule, ...] = ()  # git targets: path globs ("k8s/**") with added/deleted/modified counts
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,7 @@ def load_plan(path: Path, env: Mapping[str, str], kinds: Mapping[str, Any] | Non
     if data.get("version", 1) != 1:
         doc.problem(("version",), f"unsupported plan version {data.get('version')!r} (this shadow reads version 1)")
 
-    targets = _targets(doc, data.get("targets"), kinds)
+    targets = _targets(doc, data.get("targets"), kinds, path.parent.resolve())
     names = [t.name for t in targets]
     action = _action(doc, data.get("action"), path.parent.resolve(), targets)
     expect = _expectations(doc, data.get("expect") or {}, {t.name: kinds[t.kind] for t in targets})
@@ -252,7 +253,7 @@ def _known(doc: _Doc, data: dict[str, Any], path: tuple[Any, ...], keys: tuple[s
             doc.problem(path + (key,), f"unknown key (expected one of: {', '.join(keys)})")
 
 
-def _targets(doc: _Doc, raw: Any, kinds: Mapping[str, Any]) -> list[TargetSpec]:
+def _targets(doc: _Doc, raw: Any, kinds: Mapping[str, Any], folder: Path | None = None) -> list[TargetSpec]:
     if raw is None:
         doc.problem(("targets",), "missing: a plan needs at least one target")
         return []
@@ -282,7 +283,11 @@ def _targets(doc: _Doc, raw: Any, kinds: Mapping[str, Any]) -> list[TargetSpec]:
             continue
         for key, message in kinds[kind].validate(spec):
             doc.problem(where + ((key,) if key else ()), message)
-        out.append(TargetSpec(name, kind, {k: v for k, v in spec.items() if k != "kind"}, doc.line(where)))
+        options = {k: v for k, v in spec.items() if k != "kind"}
+        resolve = getattr(kinds[kind], "resolve_paths", None)  # a kind's relative paths are the plan folder's
+        if resolve is not None and folder is not None:
+            options = resolve(options, folder)
+        out.append(TargetSpec(name, kind, options, doc.line(where)))
     return out
 
 
@@ -419,7 +424,7 @@ def _expectations(doc: _Doc, raw: Any, target_kinds: Mapping[str, Any]) -> dict[
         if not isinstance(spec, dict):
             doc.problem(where, "must be a mapping with must / may / rows / checks")
             continue
-        _known(doc, spec, where, ("must", "may", "rows", "checks", "objects"))
+        _known(doc, spec, where, ("must", "may", "rows", "checks", "objects", "files"))
         lists: dict[str, tuple[str, ...]] = {}
         for key in ("must", "may"):
             items = spec.get(key) or []
@@ -447,8 +452,10 @@ def _expectations(doc: _Doc, raw: Any, target_kinds: Mapping[str, Any]) -> dict[
             checks.append(Check(check["sql"], check["equals"], doc.line(cwhere)))
         objects = [ObjectRule(pattern, counts, line) for pattern, counts, line in
                    _count_rules(doc, spec.get("objects"), where + ("objects",), OBJECT_KEYS, "key globs")]
+        files = [ObjectRule(pattern, counts, line) for pattern, counts, line in
+                 _count_rules(doc, spec.get("files"), where + ("files",), OBJECT_KEYS, "path globs")]
         out[name] = Expectation(lists["must"], lists["may"], tuple(rows), tuple(checks), tuple(objects),
-                                declared=True)
+                                declared=True, files=tuple(files))
     return out
 
 

@@ -10,32 +10,51 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import click
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from shadow import run as runmod
 from shadow.errors import EXIT_BAD_INPUT, EXIT_INFRA, ShadowError
-from shadow.report import VERDICT_LINES
+from shadow.report import VERDICT_LINES, summary_line
 from shadow.settings import Settings
 
 PLAN_OPTION = click.option("-f", "--file", "plan_file", default="shadow.yaml", show_default=True,
                            type=click.Path(dir_okay=False, path_type=Path), help="The plan file.")
 JSON_OPTION = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON (for machines).")
-QUIET_OPTION = click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+
+
+def _remember_quiet(click_ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+    ctx = click_ctx.find_object(Ctx)
+    if ctx is not None:
+        ctx.quiet = value
+    return value
+
+
+QUIET_OPTION = click.option("-q", "--quiet", is_flag=True, callback=_remember_quiet,
+                            help="Only the verdict and where the report is: no progress, no tables.")
 
 
 class Ctx:
     def __init__(self, state_dir: str | None, show_traceback: bool) -> None:
         self.settings = Settings.from_env(state_dir=state_dir)
         self.traceback = show_traceback
-        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.out = Console(highlight=False, soft_wrap=True)
+        self.quiet = False
+        # https://no-color.org: NO_COLOR set and not empty means no colour; nor when the stream is not a terminal.
+        plain = bool(self.settings.environ.get("NO_COLOR"))
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True, color_system=_colours(sys.stderr, plain))
+        self.out = Console(highlight=False, soft_wrap=True, color_system=_colours(sys.stdout, plain))
+
+
+def _colours(stream: Any, plain: bool) -> Literal["auto"] | None:
+    return None if plain or not stream.isatty() else "auto"
 
 
 def _fail(ctx: Ctx, exc: BaseException, code: int) -> NoReturn:
@@ -62,6 +81,8 @@ def _guard(ctx: Ctx, fn: Callable[[], Any]) -> Any:
 
 
 def _progress(ctx: Ctx, quiet: bool) -> runmod.Progress:
+    started = time.monotonic()
+
     def show(event: str, text: str) -> None:
         if quiet:
             return
@@ -69,7 +90,7 @@ def _progress(ctx: Ctx, quiet: bool) -> runmod.Progress:
         mark = {"start": "…", "done": "✓", "failed": "✗", "info": "•"}.get(event, " ")
         if event == "start":
             return  # only finished steps are printed; they carry the elapsed time
-        ctx.err.print(f"[{style}]{mark} {escape(text)}[/]")
+        ctx.err.print(f"[dim]{time.monotonic() - started:6.1f}s[/] [{style}]{mark} {escape(text)}[/]")
     return show
 
 
@@ -79,6 +100,11 @@ def _print_result(ctx: Ctx, result: runmod.RunResult, as_json: bool) -> None:
         click.echo(json.dumps(model, indent=2, default=str))
         return
     colour = "green" if result.exit_code == 0 else "red"
+    if ctx.quiet:
+        ctx.out.print(f"[bold {colour}]{escape(summary_line(model))}[/]")
+        ctx.out.print(f"run {result.run_id} · report: {escape(result.report_dir)}/report.md")
+        return
+    ctx.out.print(_summary_table(model))
     ctx.out.print(f"[bold {colour}]{escape(VERDICT_LINES.get(result.outcome, result.outcome))}[/]")
     if result.reason:
         ctx.out.print(escape(result.reason))
@@ -88,7 +114,27 @@ def _print_result(ctx: Ctx, result: runmod.RunResult, as_json: bool) -> None:
             ctx.out.print(f"  [red]✗[/] {escape(where + v.rule)} [bold]{escape(v.subject)}[/] — {escape(v.message)}")
     for d in result.divergence[:20]:
         ctx.out.print(f"  [red]≠[/] {escape(d)}")
-    ctx.out.print(f"run [bold]{result.run_id}[/] · report: {escape(result.report_dir)}/report.md")
+    ctx.out.print(f"run [bold]{result.run_id}[/] · report: {escape(result.report_dir)}/report.md "
+                  f"(and report.html)")
+
+
+def _summary_table(model: dict[str, Any]) -> Table:
+    """One row per target: its changes, rows changed, and its expectations; the steps' time in the caption."""
+    table = Table("target", "changes", "rows +/~/-", "expectations", title="shadow " + model["command"],
+                  title_justify="left", caption=f"{sum(s['seconds'] for s in model['steps']):.1f} s in "
+                                                f"{len(model['steps'])} steps", caption_justify="left")
+    targets = list(model["targets"])
+    if any(not v["target"] for v in model["expectations"]):
+        targets.append({"name": "", "changes": []})  # expectations of the run as a whole (the action)
+    for t in targets:
+        rows = {op: sum(c.get("detail", {}).get("count", 0) for c in t["changes"]
+                        if c["kind"] == "rows" and c["op"] == op) for op in ("insert", "update", "delete")}
+        verdicts = [v for v in model["expectations"] if v["target"] == t["name"]]
+        failed = sum(not v["ok"] for v in verdicts)
+        held = f"[green]{len(verdicts) - failed} ✓[/]" + (f" [bold red]{failed} ✗[/]" if failed else "")
+        table.add_row(escape(t["name"] or "(run)"), str(len(t["changes"])),
+                      f"+{rows['insert']:,} ~{rows['update']:,} -{rows['delete']:,}", held if verdicts else "—")
+    return table
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -6,6 +6,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 IDENTITY = {"GIT_AUTHOR_NAME": "Ann", "GIT_AUTHOR_EMAIL": "ann@example.com",
             "GIT_COMMITTER_NAME": "Ann", "GIT_COMMITTER_EMAIL": "ann@example.com"}
@@ -46,7 +47,7 @@ class Repo:
     def remote_head(self, branch: str = "main") -> str:
         return git(self.remote, "rev-parse", f"refs/heads/{branch}")
 
-    def state(self) -> dict[str, object]:
+    def state(self) -> dict[str, Any]:
         """What a user sees: status (staged, unstaged, untracked), refs, HEAD, and every file's bytes and mode."""
         files = {}
         for base, dirs, names in os.walk(self.wc):

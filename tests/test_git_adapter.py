@@ -125,7 +125,7 @@ def test_shadow_is_the_same_working_copy_with_a_throwaway_remote(repo: Repo, tmp
         assert git(sh.work, "status", "--porcelain=v1", "--untracked-files=all") == prod_status
         assert (sh.work / "assets/logo.bin").read_bytes() == BINARY
         assert not (sh.work / "debug.log").exists()
-        assert sh.endpoint.env["SHADOW_INFRA_WORKTREE"] == str(sh.work) == sh.endpoint.workdir
+        assert sh.endpoint.env["SHADOW_INFRA_WORKTREE"] == str(sh.work) == getattr(sh.endpoint, "workdir")
         assert git(sh.remote_dir, "for-each-ref") == remote_before
         git(sh.work, "commit", "-q", "-am", "in the shadow")
         git(sh.work, "push", "-q")

@@ -520,7 +520,7 @@ class GitShadow:
         git.run("read-tree", manifest["index_tree"])
         git.run("update-index", "-q", "--refresh", check=False)
         self.pristine_observation = self.observe()
-        self.endpoint = GitEndpoint(env={f"SHADOW_{_env_name(self.name)}_WORKTREE": str(self.work),
+        self.endpoint: Endpoint = GitEndpoint(env={f"SHADOW_{_env_name(self.name)}_WORKTREE": str(self.work),
                                          **prod.identity()}, secrets=prod.secrets, workdir=str(self.work))
 
     def _copy_config(self, prod: Git) -> None:

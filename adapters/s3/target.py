@@ -33,7 +33,7 @@ from urllib.parse import urlencode
 import yaml
 
 from adapters import Checkpoint, Endpoint
-from adapters.s3.observe import diff, list_versions, observe, versioning
+from adapters.s3.observe import describe, diff, list_current, list_versions, observe, versioning
 from shadow.changes import Change, differences
 from shadow.errors import BadInput, InfrastructureError, SnapshotCorrupt, TargetUnreachable
 from snapshots import Artifact, Store
@@ -191,6 +191,7 @@ class S3Target:
             for key, entry in manifest.items():
                 # Every version and delete marker the key had: whatever else a restore finds was made since.
                 entry["known_versions"] = sorted(seen[key])
+            self._record_parts(client, manifest)
             observation = self._call("observing", observe, client, self.bucket, self.prefix,
                                      {k: v["version_id"] for k, v in manifest.items()})
         else:
@@ -208,6 +209,7 @@ class S3Target:
                     manifest[key] = {"sha256": art.sha256, "size": art.size,
                                      "etag": observation["objects"]["object"][f"{self.bucket}/{key}"]["etag"]}
                     copied += art.size
+            self._record_parts(client, manifest)
         with store.new_artifact() as slot:
             slot.path.write_text(json.dumps(manifest, sort_keys=True))
         assert slot.artifact is not None
@@ -218,7 +220,8 @@ class S3Target:
                                     "format": "s3 manifest"}},
             meta={"bucket": self.bucket, "prefix": self.prefix, "versioning": status, "objects": len(manifest),
                   "copied_bytes": copied, "mode": "versions" if status == "Enabled" else "copies",
-                  "findings": findings, "endpoint": self.describe()},
+                  "findings": findings, "endpoint": self.describe(),
+                  **({"versions": {k: v["version_id"] for k, v in manifest.items()}} if status == "Enabled" else {})},
         )
 
     def _safety_findings(self, client: Any, status: str | None) -> list[dict[str, Any]]:
@@ -272,20 +275,37 @@ class S3Target:
     def changes_since(self, checkpoint: Checkpoint, shadow: Any | None) -> list[Change]:
         return diff(checkpoint.observation, self.observe())
 
+    def _record_parts(self, client: Any, manifest: dict[str, dict[str, Any]]) -> None:
+        """Part sizes of multipart objects, so a restore can rebuild them with the same parts and so the same ETag."""
+        multipart = [key for key, entry in manifest.items() if "-" in str(entry.get("etag", ""))]
+
+        def sizes(key: str) -> list[int]:
+            extra = {"VersionId": manifest[key]["version_id"]} if "version_id" in manifest[key] else {}
+            count = int(manifest[key]["etag"].rsplit("-", 1)[1])
+            return [int(client.head_object(Bucket=self.bucket, Key=key, PartNumber=n, **extra)["ContentLength"])
+                    for n in range(1, count + 1)]
+
+        with ThreadPoolExecutor(WORKERS) as pool:
+            for key, parts in zip(multipart, self._call("reading part sizes", lambda: list(pool.map(sizes, multipart)))):
+                manifest[key]["parts"] = parts
+
     def restore(self, checkpoint: Checkpoint, store: Store) -> None:
-        # Planned from an observation, so only keys that differ from the checkpoint cost a write (one each, bar
-        # the delete markers of a key deleted more than once), and a second restore writes nothing.
+        """Only keys that differ from the checkpoint cost a write, and a second restore writes nothing.
+
+        On a versioned bucket the plan comes from the version listing alone — a key whose current version is
+        the checkpoint's has the checkpoint's content, type and metadata, since a version never changes. Its
+        tags can change in place, and S3 cannot list tags, so they are checked (and put back) by
+        :meth:`verify_restored`, which reads every object anyway.
+        """
         manifest = self._manifest(checkpoint, store)
         client = self.client()
-        want, have = _by_key(checkpoint.observation), _by_key(self.observe())
-        changed = sorted(key for key, props in want.items() if have.get(key) != props)
-        created = sorted(set(have) - set(want))
         if checkpoint.meta.get("mode") == "versions":
-            ops = self._plan_versioned_restore(client, manifest, want, have, changed)
+            ops = self._plan_versioned_restore(client, manifest, _by_key(checkpoint.observation))
         else:
+            want, have = _by_key(checkpoint.observation), _by_key(self.observe())
+            changed = sorted(key for key, props in want.items() if have.get(key) != props)
             ops = self._plan_copy_restore(client, manifest, store, want, have, changed)
-        # On a versioned bucket a delete without a version id only adds a delete marker: no version is lost.
-        ops += [lambda key=key: client.delete_object(Bucket=self.bucket, Key=key) for key in created]
+            ops += [lambda key=key: client.delete_object(Bucket=self.bucket, Key=key) for key in set(have) - set(want)]
         self._run_ops("restoring", ops)
 
     def _retag(self, client: Any, key: str, tags: dict[str, str]) -> None:
@@ -308,44 +328,81 @@ class S3Target:
 
         self._call(what, run_all)
 
+    def _key_history(self, client: Any, key: str) -> list[dict[str, Any]]:
+        """Every version and delete marker of one key (a listing scoped to the key, exact matches only)."""
+        return [v for v in list_versions(client, self.bucket, key) if v["key"] == key]
+
     def _plan_versioned_restore(self, client: Any, manifest: dict[str, dict[str, Any]],
-                                want: dict[str, dict[str, Any]], have: dict[str, dict[str, Any]],
-                                changed: list[str]) -> list[Any]:
-        if not changed:
-            return []
-        history: dict[str, list[dict[str, Any]]] = {}
-        for item in self._call("listing versions", lambda: list(list_versions(client, self.bucket, self.prefix))):
-            history.setdefault(item["key"], []).append(item)
-        lost = [key for key in changed
-                if manifest[key]["version_id"] not in {v["version_id"] for v in history.get(key, [])}]
-        if lost:  # checked before anything is written
-            raise InfrastructureError(f"checkpoint versions of {len(lost)} key(s) no longer exist (deleted or "
-                                      f"expired), e.g. {lost[0]!r}; they cannot be restored", target=self.name)
+                                want: dict[str, dict[str, Any]]) -> list[Any]:
+        current = self._call("listing objects", list_current, client, self.bucket, self.prefix)
         ops: list[Any] = []
-        for key in changed:
-            entry, tags = manifest[key], want[key]["tags"]
-            if _only_tags_differ(have.get(key), want[key]):
-                ops.append(lambda key=key, tags=tags: self._retag(client, key, tags))
+        for key, entry in manifest.items():
+            now = current.get(key)
+            if now is None:
+                continue  # deleted since: below
+            if now["etag"] != entry["etag"] or now["size"] != entry["size"]:
+                ops.append(lambda key=key, entry=entry: self._copy_back(client, key, entry, want[key]))
+        # A delete without a version id only adds a delete marker: no version is lost.
+        ops += [lambda key=key: client.delete_object(Bucket=self.bucket, Key=key)
+                for key in current if key not in manifest]
+        deleted = [key for key in manifest if key not in current]
+        with ThreadPoolExecutor(WORKERS) as pool:
+            histories = self._call("listing versions", lambda: list(
+                pool.map(lambda key: self._key_history(client, key), deleted)))
+        lost = []
+        for key, history in zip(deleted, histories):
+            entry = manifest[key]
+            if entry["version_id"] not in {v["version_id"] for v in history}:
+                lost.append(key)
                 continue
             # S3 lists versions with a one-second LastModified, so "made since the checkpoint" is "not among the
             # versions the checkpoint saw", never a timestamp comparison.
             known = set(entry.get("known_versions") or [entry["version_id"]])
-            since = [v for v in history[key] if v["version_id"] not in known]
-            if key not in have and since and all(v["marker"] for v in since):
+            since = [v for v in history if v["version_id"] not in known]
+            if since and all(v["marker"] for v in since):
                 # Deleted since, nothing written since: removing exactly those markers makes the checkpoint
                 # version current again, without writing a new version.
                 ops += [lambda key=key, vid=marker["version_id"]:
                         client.delete_object(Bucket=self.bucket, Key=key, VersionId=vid) for marker in since]
             else:
-                ops.append(lambda key=key, vid=entry["version_id"], tags=tags: self._copy_back(client, key, vid, tags))
+                ops.append(lambda key=key, entry=entry: self._copy_back(client, key, entry, want[key]))
+        if lost:  # checked before anything is written
+            raise InfrastructureError(f"checkpoint versions of {len(lost)} key(s) no longer exist (deleted or "
+                                      f"expired), e.g. {lost[0]!r}; they cannot be restored", target=self.name)
         return ops
 
-    def _copy_back(self, client: Any, key: str, version_id: str, tags: dict[str, str]) -> None:
+    def _copy_back(self, client: Any, key: str, entry: dict[str, Any], props: dict[str, Any]) -> None:
+        source = {"Bucket": self.bucket, "Key": key, "VersionId": entry["version_id"]}
+        if entry.get("parts"):
+            self._multipart(client, key, props, entry["parts"],
+                            lambda n, byte_range, upload: client.upload_part_copy(
+                                Bucket=self.bucket, Key=key, UploadId=upload, PartNumber=n, CopySource=source,
+                                CopySourceRange=byte_range)["CopyPartResult"]["ETag"])
+            return
         # Content type and metadata never change on a version, so they come with the copy; tags can, so they are
         # set to the checkpoint's in the same request.
-        client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": key,
-                                                                     "VersionId": version_id},
-                           MetadataDirective="COPY", TaggingDirective="REPLACE", Tagging=urlencode(tags))
+        client.copy_object(Bucket=self.bucket, Key=key, CopySource=source, MetadataDirective="COPY",
+                           TaggingDirective="REPLACE", Tagging=urlencode(props.get("tags") or {}))
+
+    def _multipart(self, client: Any, key: str, props: dict[str, Any], parts: list[int],
+                   send_part: Callable[[int, str, str], str]) -> None:
+        """Rebuild an object from parts of the checkpoint's sizes: the same parts give the same ETag."""
+        extra: dict[str, Any] = {"Metadata": props.get("metadata") or {}}
+        if props.get("content_type"):
+            extra["ContentType"] = props["content_type"]
+        if props.get("tags"):
+            extra["Tagging"] = urlencode(props["tags"])
+        upload = client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)["UploadId"]
+        try:
+            done, start = [], 0
+            for n, size in enumerate(parts, start=1):
+                done.append({"PartNumber": n, "ETag": send_part(n, f"bytes={start}-{start + size - 1}", upload)})
+                start += size
+            client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload,
+                                             MultipartUpload={"Parts": done})
+        except BaseException:
+            client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload)
+            raise
 
     def _plan_copy_restore(self, client: Any, manifest: dict[str, dict[str, Any]], store: Store,
                            want: dict[str, dict[str, Any]], have: dict[str, dict[str, Any]],
@@ -357,10 +414,22 @@ class S3Target:
                 continue
             # Verified now, before the first write: a corrupt copy stops the restore before it starts.
             path = store.open_verified(Artifact(manifest[key]["sha256"], int(manifest[key]["size"])))
-            ops.append(lambda key=key, path=path, props=want[key]: self._put_back(client, key, path, props))
+            ops.append(lambda key=key, path=path, props=want[key], parts=manifest[key].get("parts"):
+                       self._put_back(client, key, path, props, parts))
         return ops
 
-    def _put_back(self, client: Any, key: str, path: Any, props: dict[str, Any]) -> None:
+    def _put_back(self, client: Any, key: str, path: Any, props: dict[str, Any], parts: list[int] | None) -> None:
+        if parts:
+            def send(n: int, byte_range: str, upload: str) -> str:
+                first, last = (int(x) for x in byte_range.removeprefix("bytes=").split("-"))
+                with open(path, "rb") as fh:
+                    fh.seek(first)
+                    body = fh.read(last - first + 1)
+                return str(client.upload_part(Bucket=self.bucket, Key=key, UploadId=upload, PartNumber=n,
+                                              Body=body)["ETag"])
+
+            self._multipart(client, key, props, parts, send)
+            return
         extra: dict[str, Any] = {"Metadata": props.get("metadata") or {}}
         if props.get("content_type"):
             extra["ContentType"] = props["content_type"]
@@ -370,10 +439,51 @@ class S3Target:
             client.put_object(Bucket=self.bucket, Key=key, Body=fh, **extra)
 
     def verify_restored(self, checkpoint: Checkpoint) -> list[str]:
-        now = self.observe()
+        """Observe production against the checkpoint; on a versioned bucket, also put back drifted tags.
+
+        Tags change in place and no S3 call lists them, so only reading every object finds a tag-only change —
+        which verification does anyway. Keys still at their checkpoint version cost that one tagging read (their
+        content, type and metadata are the version's); any other key costs a HEAD as well.
+        """
+        if "versions" not in checkpoint.meta:
+            now = self.observe()
+        else:
+            now = self._call("verifying", self._observe_settling_tags, checkpoint)
         if fingerprint_of(now) == checkpoint.fingerprint:
             return []
         return differences(checkpoint.observation["objects"], now["objects"]) or ["fingerprints differ"]
+
+    def _observe_settling_tags(self, checkpoint: Checkpoint) -> dict[str, Any]:
+        client = self.client()
+        want = _by_key(checkpoint.observation)
+        pinned: dict[str, str] = checkpoint.meta["versions"]
+        current = {v["key"]: v for v in list_versions(client, self.bucket, self.prefix) if v["latest"] and not v["marker"]}
+        tick, done = self._progress("verified"), 0
+
+        def one(key: str) -> tuple[str, dict[str, Any]]:
+            if pinned.get(key) != current[key]["version_id"]:
+                props = describe(client, self.bucket, key)
+                if key in want and props != want[key] and _same_content(props, want[key]) \
+                        and "-" not in str(want[key]["etag"]):
+                    # Rewritten over equal content with other metadata or type: the listing cannot tell.
+                    self._copy_back(client, key, {"version_id": pinned[key], "parts": None}, want[key])
+                    props = describe(client, self.bucket, key)
+                return key, props
+            tagging = client.get_object_tagging(Bucket=self.bucket, Key=key)
+            tags = {t["Key"]: t["Value"] for t in sorted(tagging.get("TagSet", []), key=lambda t: t["Key"])}
+            if tags != want[key]["tags"]:
+                self._retag(client, key, want[key]["tags"])
+                tags = dict(want[key]["tags"])
+            return key, {**want[key], "tags": tags}
+
+        objects: dict[str, dict[str, Any]] = {}
+        with ThreadPoolExecutor(WORKERS) as pool:
+            for key, props in pool.map(one, sorted(current)):
+                objects[f"{self.bucket}/{key}"] = props
+                done += 1
+                if tick and done % 500 == 0:
+                    tick(done, len(current))
+        return {**checkpoint.observation, "objects": {"object": objects}}
 
 
 class S3Shadow:
@@ -455,6 +565,30 @@ class S3Shadow:
         new = self.client.get_object(Bucket=self.target.bucket, Key=key)["Body"].read()
         return content_diff(key, self._checkpoint_body(key), new)
 
+    def rehearse_rollback(self) -> list[str]:
+        """Undo the rehearsal in the shadow: put back every object that differs from the checkpoint (from the
+        checkpoint's own versions or copies), remove those created, and compare the shadow with the checkpoint.
+        Production's restore works from versions instead; what both prove is that the checkpoint is readable
+        and complete."""
+        bucket = self.target.bucket
+        want, have = _by_key(self.checkpoint.observation), _by_key(self.observe())
+
+        def put_back(key: str) -> None:
+            p = want[key]
+            extra: dict[str, Any] = {"Metadata": p.get("metadata") or {}}
+            if p.get("content_type"):
+                extra["ContentType"] = p["content_type"]
+            if p.get("tags"):
+                extra["Tagging"] = urlencode(p["tags"])
+            self.client.put_object(Bucket=bucket, Key=key, Body=self._checkpoint_body(key), **extra)
+
+        ops = [lambda key=key: put_back(key) for key in want if have.get(key) != want[key]]
+        ops += [lambda key=key: self.client.delete_object(Bucket=bucket, Key=key) for key in set(have) - set(want)]
+        with ThreadPoolExecutor(WORKERS) as pool:
+            self.target._call("restoring the shadow", lambda: list(pool.map(lambda op: op(), ops)))
+        cp, now = _comparable(self.checkpoint.observation["objects"]), _comparable(self.observe()["objects"])
+        return [] if cp == now else differences(cp, now)
+
     def check(self, query: str) -> Any:
         raise BadInput("`checks` run SQL and are for postgres targets", target=self.name)
 
@@ -466,6 +600,10 @@ class S3Shadow:
 def _by_key(observation: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """key → properties of an observation's objects (their names are ``<bucket>/<key>``)."""
     return {name.split("/", 1)[1]: props for name, props in observation["objects"]["object"].items()}
+
+
+def _same_content(have: dict[str, Any], want: dict[str, Any]) -> bool:
+    return have.get("etag") == want.get("etag") and have.get("size") == want.get("size")
 
 
 def _only_tags_differ(have: dict[str, Any] | None, want: dict[str, Any]) -> bool:

@@ -40,6 +40,9 @@ def _remember_quiet(click_ctx: click.Context, _param: click.Parameter, value: bo
 
 QUIET_OPTION = click.option("-q", "--quiet", is_flag=True, callback=_remember_quiet,
                             help="Only the verdict and where the report is: no progress, no tables.")
+LOCK_TIMEOUT_OPTION = click.option(
+    "--lock-timeout", type=click.FloatRange(min=0), default=runmod.DEFAULT_LOCK_TIMEOUT, show_default=True,
+    metavar="SECONDS", help="How long to wait for another run holding a target's lock; 0 refuses at once (exit 3).")
 
 
 class Ctx:
@@ -169,16 +172,25 @@ def plan_cmd(ctx: Ctx, plan_file: Path, as_json: bool, quiet: bool) -> None:
 
 
 @cli.command("apply")
-@PLAN_OPTION
+@click.option("-f", "--file", "plan_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="The plan file [default: shadow.yaml, or the approved run's plan with --run].")
+@click.option("--run", "approved_run", default=None, metavar="RUN_ID",
+              help="Apply exactly the rehearsal of this approved `shadow plan` run (see `shadow approve`).")
+@LOCK_TIMEOUT_OPTION
 @JSON_OPTION
 @QUIET_OPTION
 @click.pass_obj
-def apply_cmd(ctx: Ctx, plan_file: Path, as_json: bool, quiet: bool) -> None:
+def apply_cmd(ctx: Ctx, plan_file: Path | None, approved_run: str | None, lock_timeout: float, as_json: bool,
+              quiet: bool) -> None:
     """Rehearse like `plan`; if it passes, apply to production and verify, or roll back.
 
+    Two applies on one target never interleave: the second waits for the first (--lock-timeout) or refuses.
     Exit 0 when applied, 1 when refused or rolled back.
     """
-    result = _guard(ctx, lambda: runmod.apply(plan_file, ctx.settings, _progress(ctx, quiet or as_json)))
+    if plan_file is None and approved_run is None:
+        plan_file = Path("shadow.yaml")
+    result = _guard(ctx, lambda: runmod.apply(plan_file, ctx.settings, _progress(ctx, quiet or as_json),
+                                              lock_timeout, approved_run))
     _print_result(ctx, result, as_json)
     sys.exit(result.exit_code)
 
@@ -188,17 +200,61 @@ def apply_cmd(ctx: Ctx, plan_file: Path, as_json: bool, quiet: bool) -> None:
 @click.option("-f", "--file", "plan_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="The plan file, if it moved since the run.")
 @click.option("--force", is_flag=True, help="Restore even if production changed since the apply (loses those writes).")
+@LOCK_TIMEOUT_OPTION
 @JSON_OPTION
 @QUIET_OPTION
 @click.pass_obj
-def rollback_cmd(ctx: Ctx, run_id: str, plan_file: Path | None, force: bool, as_json: bool, quiet: bool) -> None:
+def rollback_cmd(ctx: Ctx, run_id: str, plan_file: Path | None, force: bool, lock_timeout: float, as_json: bool,
+                 quiet: bool) -> None:
     """Restore production to the checkpoint of an applied run, and verify it.
 
     Exit 0 restored, 1 refused (production changed since the apply; --force overrides).
     """
-    result = _guard(ctx, lambda: runmod.rollback(run_id, ctx.settings, plan_file, force, _progress(ctx, quiet or as_json)))
+    result = _guard(ctx, lambda: runmod.rollback(run_id, ctx.settings, plan_file, force,
+                                                 _progress(ctx, quiet or as_json), lock_timeout))
     _print_result(ctx, result, as_json)
     sys.exit(result.exit_code)
+
+
+@cli.command("recover")
+@LOCK_TIMEOUT_OPTION
+@JSON_OPTION
+@QUIET_OPTION
+@click.pass_obj
+def recover_cmd(ctx: Ctx, lock_timeout: float, as_json: bool, quiet: bool) -> None:
+    """Settle every run whose process was killed: finish a verified apply, or restore the checkpoint and verify.
+
+    Until then, new runs on those targets are refused. Exit 0 when every run was settled (or none needed it).
+    """
+    settled = _guard(ctx, lambda: runmod.recover(ctx.settings, _progress(ctx, quiet or as_json), lock_timeout))
+    if as_json:
+        click.echo(json.dumps(settled, indent=2))
+        return
+    if not settled:
+        ctx.out.print("nothing to recover: no run was left unfinished")
+    for row in settled:
+        ctx.out.print(f"run [bold]{row['run']}[/] ({row['command']}, killed while {row['was']}): "
+                      f"[bold]{row['outcome']}[/] — {escape(row['summary'])}")
+
+
+@cli.command("approve")
+@click.argument("run_id")
+@click.option("--by", required=True, help="Who approves (recorded in the journal).")
+@click.option("--comment", default="", help="Why, or anything the record should keep.")
+@JSON_OPTION
+@click.pass_obj
+def approve_cmd(ctx: Ctx, run_id: str, by: str, comment: str, as_json: bool) -> None:
+    """Approve a passed `shadow plan` run of a plan with `policy.approval: required`.
+
+    The approval binds the plan file, the action's files, the expectations and the checkpoint (sha256);
+    `shadow apply --run RUN_ID` then applies exactly that rehearsal, or refuses if any of them changed.
+    """
+    approval = _guard(ctx, lambda: runmod.approve(run_id, by, comment, ctx.settings))
+    if as_json:
+        click.echo(json.dumps(approval, indent=2))
+        return
+    ctx.out.print(f"[bold green]approved[/] run {run_id} by {escape(approval['by'])}; apply it with "
+                  f"`shadow apply --run {run_id}`")
 
 
 @cli.command("runs")

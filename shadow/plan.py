@@ -116,6 +116,8 @@ class Policy:
     max_lock: Mapping[str, float] = field(default_factory=dict)  # "ACCESS EXCLUSIVE" → seconds
     allow: tuple[Any, ...] = ()  # finding ids, or {id, file} to allow one only in matching files
     redact: tuple[str, ...] = ()  # column globs (`col`, `table.col`, `schema.table.col`) never shown in reports
+    approval: str = "none"  # "required": `shadow plan` stops awaiting `shadow approve`; apply needs --run
+    rehearse_rollback: bool = True  # restore each shadow from its checkpoint after the rehearsal and verify it
 
 
 @dataclass(frozen=True)
@@ -493,7 +495,16 @@ def _policy(doc: _Doc, raw: Any) -> Policy:
     if not isinstance(raw, dict):
         doc.problem(("policy",), "must be a mapping")
         return Policy()
-    _known(doc, raw, ("policy",), ("backend", "limits", "max_lock", "allow", "redact"))
+    _known(doc, raw, ("policy",), ("backend", "limits", "max_lock", "allow", "redact", "approval",
+                                   "rehearse_rollback"))
+    approval = raw.get("approval", "none")
+    if approval not in ("none", "required"):
+        doc.problem(("policy", "approval"), f"{approval!r} is not one of: none, required")
+        approval = "none"
+    rehearse_rollback = raw.get("rehearse_rollback", True)
+    if not isinstance(rehearse_rollback, bool):
+        doc.problem(("policy", "rehearse_rollback"), f"{rehearse_rollback!r} is not true or false")
+        rehearse_rollback = True
     redact = raw.get("redact") or []
     if not isinstance(redact, list) or not all(isinstance(p, str) and p.strip() for p in redact):
         doc.problem(("policy", "redact"), "must be a list of column globs like password_hash, *_token or "
@@ -513,7 +524,8 @@ def _policy(doc: _Doc, raw: Any) -> Policy:
         doc.problem(("policy", "backend"), f"{backend!r} is not one of: {', '.join(BACKENDS)}")
         backend = "auto"
     return Policy(backend=backend, limits=_limits(doc, raw.get("limits")), max_lock=_max_lock(doc, raw.get("max_lock")),
-                  allow=tuple(allow), redact=tuple(p.strip() for p in redact))
+                  allow=tuple(allow), redact=tuple(p.strip() for p in redact), approval=approval,
+                  rehearse_rollback=rehearse_rollback)
 
 
 LOCK_MODES = ("ACCESS SHARE", "ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE",

@@ -7,7 +7,10 @@ undoes it. Shadows live in an ``ExitStack`` so they are torn down on every path,
 
 from __future__ import annotations
 
+import json
+import os
 import secrets as pysecrets
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -19,8 +22,9 @@ from typing import Any
 from adapters import REGISTRY, Checkpoint, Endpoint, ShadowCopy, Target
 from shadow import report
 from shadow.action import ActionResult, run_action
-from shadow.changes import Change
+from shadow.changes import Change, differences
 from shadow.errors import ActionFailed, BadInput, InfrastructureError, RestoreFailed, ShadowError, SqlError
+from shadow.guard import FaultPoints, Liveness, RunRecord, holder_text, lock_targets, refuse_if_unrecovered
 from shadow.journal import Journal
 from shadow.judge import Verdict, compare_change_sets, judge
 from shadow.plan import Plan, load_plan
@@ -30,7 +34,9 @@ from snapshots import Store, atomic_write_bytes
 
 Progress = Callable[[str, str], None]
 
-EXIT_FOR_OUTCOME = {"passed": 0, "applied": 0, "restored": 0, "failed": 1, "refused": 1, "rolled_back": 1}
+EXIT_FOR_OUTCOME = {"passed": 0, "applied": 0, "restored": 0, "awaiting_approval": 0, "approved": 0,
+                    "recovered": 0, "failed": 1, "refused": 1, "rolled_back": 1}
+DEFAULT_LOCK_TIMEOUT = 60.0
 
 
 def _quiet(_event: str, _text: str) -> None:
@@ -123,6 +129,24 @@ class _Session:
             raise InfrastructureError(f"state dir {settings.state_dir} is not writable: {exc.strerror}") from exc
         result.report_dir = str(self.dir)
         self.journal = Journal(settings.journal_path)
+        self.liveness = Liveness(self.dir)
+        self.faults = FaultPoints(settings.environ)
+        self.record: RunRecord | None = None
+
+    def begin(self, targets: dict[str, Target], plan_path: str, plan_sha256: str) -> None:
+        """Journal the run and leave the record that says, after a crash, which targets it had and how far it got."""
+        r = self.result
+        self.record = RunRecord(r.run_id, r.command, plan_path, {n: t.describe() for n, t in targets.items()},
+                                pid=os.getpid(), host=socket.gethostname(), of_run=r.of_run)
+        self.record.save(self.dir)
+        self.journal.start_run(r.run_id, r.command, plan_path, plan_sha256)
+        self.faults.reached("start run")
+
+    def phase(self, name: str) -> None:
+        assert self.record is not None
+        self.record.phase = name
+        self.record.save(self.dir)
+        self.faults.reached(f"phase {name}")
 
     @contextmanager
     def step(self, name: str, target: str | None = None, undo: str | None = None) -> Iterator[None]:
@@ -130,6 +154,7 @@ class _Session:
         label = f"{name} {target}" if target else name
         self.progress("start", label)
         seq = self.journal.begin_step(self.result.run_id, name, target, undo) if undo else None
+        self.faults.reached(f"begin {label}")
         start = time.monotonic()
         state = "failed"
         try:
@@ -140,6 +165,8 @@ class _Session:
             self.result.steps.append({"step": name, "target": target, "seconds": round(seconds, 3), "state": state})
             if seq is not None:
                 self.journal.end_step(self.result.run_id, seq, state)
+            if state == "done":
+                self.faults.reached(f"end {label}")
             self.progress("done" if state == "done" else "failed", f"{label} ({seconds:.1f} s)")
 
     def finish(self) -> None:
@@ -152,6 +179,9 @@ class _Session:
         finally:
             self.journal.finish_run(self.result.run_id, self.result.outcome, report.summary_line(model))
             self.journal.close()
+            if self.record is not None:
+                self.phase("finished")
+            self.liveness.release()
 
 
 def _targets(plan: Plan, settings: Settings, progress: Progress = _quiet) -> dict[str, Target]:
@@ -167,19 +197,41 @@ def plan(plan_file: str | Path, settings: Settings | None = None, progress: Prog
     return _execute(plan_file, settings or Settings.from_env(), "plan", progress)
 
 
-def apply(plan_file: str | Path, settings: Settings | None = None, progress: Progress = _quiet) -> RunResult:
-    """Rehearse, and if the plan passes, apply to production, verify, or roll back."""
-    return _execute(plan_file, settings or Settings.from_env(), "apply", progress)
+def apply(plan_file: str | Path | None, settings: Settings | None = None, progress: Progress = _quiet,
+          lock_timeout: float = DEFAULT_LOCK_TIMEOUT, approved_run: str | None = None) -> RunResult:
+    """Rehearse, and if the plan passes, apply to production, verify, or roll back.
+
+    ``approved_run``: apply exactly the rehearsal approved with ``shadow approve`` — refused if the plan, the
+    action's files, the expectations or production changed since, or if the new rehearsal differs from it.
+    """
+    settings = settings or Settings.from_env()
+    approval = None
+    if approved_run is not None:
+        approval = read_approval(settings, approved_run)
+        plan_file = plan_file or approval["binding"]["plan_path"]
+    if plan_file is None:
+        raise BadInput("apply needs a plan file, or --run RUN_ID of an approved plan run")
+    return _execute(plan_file, settings, "apply", progress, lock_timeout, approval)
 
 
-def _execute(plan_file: str | Path, settings: Settings, command: str, progress: Progress) -> RunResult:
+def _execute(plan_file: str | Path, settings: Settings, command: str, progress: Progress,
+             lock_timeout: float = DEFAULT_LOCK_TIMEOUT, approval: dict[str, Any] | None = None) -> RunResult:
     loaded = load_plan(Path(plan_file), settings.environ)
     statements = load_sql_files(list(loaded.action.sql_files), list(loaded.action.sql_display))
+    if command == "apply" and loaded.policy.approval == "required" and approval is None:
+        raise BadInput(f"{loaded.path}: policy.approval is required — run `shadow plan`, have someone run "
+                       "`shadow approve RUN_ID --by NAME`, then `shadow apply --run RUN_ID`")
+    if approval is not None:
+        changed = _binding_changes(approval["binding"], binding(loaded))
+        if changed:
+            raise BadInput(f"run {approval['run_id']} was approved, but since then {'; '.join(changed)} — "
+                           "rehearse and approve again")
     backend, why = choose_backend(loaded.policy.backend, settings)
     if loaded.action.isolation == "container" and backend != "docker":
         raise BadInput("action.isolation: container needs the docker backend, but this run uses "
                        f"{backend} ({why})")
     targets = _targets(loaded, settings, progress)
+    refuse_if_unrecovered(settings.runs_dir, {n: t.describe() for n, t in targets.items()})
     result = RunResult(new_run_id(), command, str(loaded.path), time.time(), backend, why,
                        action=loaded.action.describe())
     result.redact = loaded.policy.redact
@@ -187,11 +239,18 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
     for name, t in targets.items():
         result.targets[name] = TargetResult(name, t.kind, t.describe())
     session = _Session(settings, result, progress)
-    session.journal.start_run(result.run_id, command, str(loaded.path), loaded.sha256)
-    progress("info", f"run {result.run_id}: {backend} backend ({why})")
     try:
         with ExitStack() as stack:
+            if command == "apply":
+                # Held from before the checkpoint to the end: nobody else writes through shadow meanwhile.
+                stack.enter_context(lock_targets(settings.state_dir / "locks", targets,
+                                                 holder_text(result.run_id, command), lock_timeout,
+                                                 lambda text: progress("info", text)))
+            session.begin(targets, str(loaded.path), loaded.sha256)
+            progress("info", f"run {result.run_id}: {backend} backend ({why})")
             checkpoints = _checkpoint_all(session, targets)
+            if approval is not None and _drifted_since_approval(session, targets, checkpoints, approval):
+                return result
             shadows: dict[str, ShadowCopy] = {}
             for name, t in targets.items():
                 with session.step("shadow", name):
@@ -207,9 +266,22 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
             _rehearse(session, loaded, statements, targets, shadows, endpoints, sandbox)
             for name in targets:  # read after the rehearsal: the pristine copy is observed while the action runs
                 _fidelity(result, name, shadows[name], checkpoints[name])
+            if result.passed and loaded.policy.rehearse_rollback:
+                _rehearse_rollback(session, shadows)
+            elif not loaded.policy.rehearse_rollback:
+                for tr in result.targets.values():
+                    tr.warnings.append("the rollback is unrehearsed (policy.rehearse_rollback: false)")
+            if approval is not None and result.passed:
+                _compare_with_approved(result, approval)
             if not result.passed:
                 result.outcome = "failed" if command == "plan" else "refused"
                 result.reason = _failure_reason(result)
+            elif command == "plan" and loaded.policy.approval == "required":
+                atomic_write_bytes(session.dir / "approval-request.json", json.dumps(
+                    {"run_id": result.run_id, "binding": binding(loaded, checkpoints, result)}, indent=1).encode())
+                result.outcome = "awaiting_approval"
+                result.reason = (f"passed; awaiting approval: `shadow approve {result.run_id} --by NAME`, then "
+                                 f"`shadow apply --run {result.run_id}`")
             elif command == "plan":
                 result.outcome = "passed"
             else:
@@ -227,6 +299,128 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
     finally:
         session.finish()
     return result
+
+
+def _rehearse_rollback(session: _Session, shadows: dict[str, ShadowCopy]) -> None:
+    """Prove the undo on each shadow: restore it from the checkpoint and verify it observes equal again."""
+    result = session.result
+    for name, shadow in shadows.items():
+        undo = getattr(shadow, "rehearse_rollback", None)
+        if undo is None:
+            result.targets[name].warnings.append(f"the rollback is unrehearsed: {result.targets[name].kind} "
+                                                 "shadows cannot rehearse it yet")
+            continue
+        with session.step("rehearse rollback", name):
+            try:
+                problems = undo()
+            except ShadowError as exc:
+                problems = [str(exc)]
+        result.verdicts.append(Verdict(
+            name, "rollback", "the undo restores the checkpoint", not problems,
+            "restored the shadow from the checkpoint after the rehearsal: it observes equal to the checkpoint"
+            if not problems else "restoring the shadow from the checkpoint did NOT bring it back: "
+            + "; ".join(problems[:5])))
+
+
+# -- approval ----------------------------------------------------------------------------------------------
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _action_files(plan_: Plan) -> dict[str, str]:
+    """The action's files: its SQL files, and any word of its command naming a file beside the plan."""
+    files = {str(f): _sha256_file(f) for f in plan_.action.sql_files}
+    for word in (plan_.action.command or "").split():
+        candidate = plan_.folder / word
+        if candidate.is_file():
+            files[str(candidate)] = _sha256_file(candidate)
+    return files
+
+
+def binding(plan_: Plan, checkpoints: dict[str, Checkpoint] | None = None,
+            result: RunResult | None = None) -> dict[str, Any]:
+    """What an approval binds: the plan file, the action's files, the expectations, and (when rehearsed) the
+    checkpoints and the rehearsed change sets."""
+    import hashlib
+
+    out: dict[str, Any] = {
+        "plan_path": str(plan_.path), "plan_sha256": plan_.sha256, "action_files": _action_files(plan_),
+        "expectations_sha256": hashlib.sha256(repr(sorted(plan_.expect.items())).encode()).hexdigest(),
+    }
+    if checkpoints is not None:
+        out["checkpoints"] = {n: cp.fingerprint for n, cp in checkpoints.items()}
+    if result is not None:
+        out["changes"] = {n: [c.to_dict() for c in tr.changes] for n, tr in result.targets.items()}
+    return out
+
+
+def _binding_changes(approved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    out = []
+    if approved["plan_sha256"] != now["plan_sha256"]:
+        out.append(f"the plan file {now['plan_path']} changed")
+    if approved["expectations_sha256"] != now["expectations_sha256"]:
+        out.append("the expectations changed")
+    for path in sorted(set(approved["action_files"]) | set(now["action_files"])):
+        if approved["action_files"].get(path) != now["action_files"].get(path):
+            out.append(f"the action's file {path} changed")
+    return out
+
+
+def _drifted_since_approval(session: _Session, targets: dict[str, Target], checkpoints: dict[str, Checkpoint],
+                            approval: dict[str, Any]) -> bool:
+    result = session.result
+    drifted = [n for n, cp in checkpoints.items() if approval["binding"]["checkpoints"].get(n) != cp.fingerprint]
+    for name in drifted:
+        approved_cp = Checkpoint.from_dict(session.store.read_manifest(approval["run_id"], name))
+        result.targets[name].production_changes = targets[name].changes_since(approved_cp, None)
+    if drifted:
+        result.outcome = "refused"
+        result.reason = (f"production {', '.join(drifted)} changed since run {approval['run_id']} was rehearsed and "
+                         "approved (drift); nothing was applied — rehearse and approve again")
+    return bool(drifted)
+
+
+def _compare_with_approved(result: RunResult, approval: dict[str, Any]) -> None:
+    for name, tr in result.targets.items():
+        approved = [Change.from_dict(c) for c in approval["binding"]["changes"].get(name, [])]
+        problems = compare_change_sets(approved, tr.changes)
+        result.verdicts.append(Verdict(name, "approval", f"run {approval['run_id']}", not problems,
+                                       f"the rehearsal matches the one {approval['by']} approved" if not problems else
+                                       "the rehearsal differs from the approved one: " + "; ".join(problems[:5])))
+
+
+def approve(run_id: str, by: str, comment: str = "", settings: Settings | None = None) -> dict[str, Any]:
+    """Record who approved which rehearsal; ``shadow apply --run RUN_ID`` then applies exactly that."""
+    settings = settings or Settings.from_env()
+    if not by.strip():
+        raise BadInput("--by must name who approves")
+    request = settings.runs_dir / run_id / "approval-request.json"
+    if not request.exists():
+        raise BadInput(f"run {run_id!r} is not awaiting approval (only a passed `shadow plan` of a plan with "
+                       "policy.approval: required is; see `shadow runs`)")
+    data = json.loads(request.read_text())
+    approval = {"run_id": run_id, "by": by.strip(), "comment": comment, "at": time.time(),
+                "binding": data["binding"]}
+    atomic_write_bytes(settings.runs_dir / run_id / "approval.json", json.dumps(approval, indent=1).encode())
+    journal = Journal(settings.journal_path)
+    try:
+        record_id = new_run_id()
+        journal.start_run(record_id, "approve", data["binding"]["plan_path"], data["binding"]["plan_sha256"])
+        journal.finish_run(record_id, "approved", f"approved run {run_id} by {by.strip()}"
+                           + (f": {comment}" if comment else ""))
+    finally:
+        journal.close()
+    return approval
+
+
+def read_approval(settings: Settings, run_id: str) -> dict[str, Any]:
+    path = settings.runs_dir / run_id / "approval.json"
+    if not path.exists():
+        raise BadInput(f"run {run_id!r} has not been approved (`shadow approve {run_id} --by NAME`)")
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data
 
 
 def _static_findings(result: RunResult, plan_: Plan, statements: list[Statement]) -> None:
@@ -350,6 +544,7 @@ def _apply(session: _Session, plan_: Plan, statements: list[Statement], targets:
                 return
     endpoints = {n: t.endpoint() for n, t in targets.items()}
     undo = f"restore every target from the checkpoints of run {result.run_id} (shadow rollback {result.run_id})"
+    session.phase("applying")
     sql_target = plan_.action.sql_target if plan_.action.sql_files else None
     blocker = targets[sql_target].atomic_blocker(statements) if sql_target else None  # type: ignore[attr-defined]
     try:
@@ -396,6 +591,7 @@ def _apply(session: _Session, plan_: Plan, statements: list[Statement], targets:
         after = t.observe()
         manifest["after_apply"] = {"fingerprint": t.fingerprint(after), "observation": after}
         session.store.write_manifest(result.run_id, name, manifest)
+    session.phase("applied")
     result.outcome = "applied"
     result.reason = "applied to production; production changed exactly as rehearsed"
 
@@ -483,7 +679,8 @@ def restore_target(session: _Session, t: Target, cp: Checkpoint) -> None:
 
 
 def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Path | None = None,
-             force: bool = False, progress: Progress = _quiet) -> RunResult:
+             force: bool = False, progress: Progress = _quiet,
+             lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> RunResult:
     """Restore production to the checkpoint of an applied run, and verify it."""
     settings = settings or Settings.from_env()
     journal = Journal(settings.journal_path)
@@ -502,38 +699,41 @@ def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Pat
     result.redact = loaded.policy.redact
     for name, t in targets.items():
         result.targets[name] = TargetResult(name, t.kind, t.describe())
+    refuse_if_unrecovered(settings.runs_dir, {n: t.describe() for n, t in targets.items()})
     session = _Session(settings, result, progress)
-    session.journal.start_run(result.run_id, "rollback", str(loaded.path), loaded.sha256)
     try:
-        checkpoints = {n: Checkpoint.from_dict(session.store.read_manifest(run_id, n)) for n in targets}
-        for name, t in targets.items():
-            recorded = checkpoints[name].meta.get("endpoint")
-            if recorded and recorded != t.describe():
-                raise BadInput(f"target {name!r} now points at {t.describe()}, but run {run_id} checkpointed "
-                               f"{recorded}; restoring one over the other is refused (fix the plan or its "
-                               "environment)")
-        manifests = {n: session.store.read_manifest(run_id, n) for n in targets}
-        for name, t in targets.items():
-            after = manifests[name].get("after_apply")
-            with session.step("drift check", name):
-                now = t.observe()
-            if after and t.fingerprint(now) != after["fingerprint"] and not force:
-                from shadow.changes import differences
-
-                diffs = differences({"objects": after["observation"]["objects"], "data": after["observation"]["data"]},
-                                    {"objects": now["objects"], "data": now["data"]})
-                result.outcome = "refused"
-                result.reason = (f"production {name!r} changed since run {run_id} was applied; restoring would lose "
-                                 f"those writes ({'; '.join(diffs[:3])}). Use --force to restore anyway.")
-                result.divergence = diffs
-                return result
-        failures = _restore_all(session, targets, checkpoints)
-        if failures:
-            result.outcome = "restore_failed"
-            result.reason = "ROLLBACK FAILED: " + " | ".join(str(f) for f in failures)
-            raise failures[0]
-        result.outcome = "restored"
-        result.reason = f"production restored to the checkpoint of run {run_id} and verified"
+        with lock_targets(settings.state_dir / "locks", targets, holder_text(result.run_id, "rollback"),
+                          lock_timeout, lambda text: progress("info", text)):
+            session.begin(targets, str(loaded.path), loaded.sha256)
+            checkpoints = {n: Checkpoint.from_dict(session.store.read_manifest(run_id, n)) for n in targets}
+            for name, t in targets.items():
+                recorded = checkpoints[name].meta.get("endpoint")
+                if recorded and recorded != t.describe():
+                    raise BadInput(f"target {name!r} now points at {t.describe()}, but run {run_id} "
+                                   f"checkpointed {recorded}; restoring one over the other is refused (fix the plan "
+                                   "or its environment)")
+            manifests = {n: session.store.read_manifest(run_id, n) for n in targets}
+            for name, t in targets.items():
+                after = manifests[name].get("after_apply")
+                with session.step("drift check", name):
+                    now = t.observe()
+                if after and t.fingerprint(now) != after["fingerprint"] and not force:
+                    diffs = differences({"objects": after["observation"]["objects"],
+                                         "data": after["observation"]["data"]},
+                                        {"objects": now["objects"], "data": now["data"]})
+                    result.outcome = "refused"
+                    result.reason = (f"production {name!r} changed since run {run_id} was applied; restoring would "
+                                     f"lose those writes ({'; '.join(diffs[:3])}). Use --force to restore anyway.")
+                    result.divergence = diffs
+                    return result
+            session.phase("restoring")
+            failures = _restore_all(session, targets, checkpoints)
+            if failures:
+                result.outcome = "restore_failed"
+                result.reason = "ROLLBACK FAILED: " + " | ".join(str(f) for f in failures)
+                raise failures[0]
+            result.outcome = "restored"
+            result.reason = f"production restored to the checkpoint of run {run_id} and verified"
     except ShadowError as exc:
         if result.outcome == "running":
             result.outcome = "error"
@@ -542,6 +742,93 @@ def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Pat
     finally:
         session.finish()
     return result
+
+
+def recover(settings: Settings | None = None, progress: Progress = _quiet,
+            lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> list[dict[str, Any]]:
+    """Settle every run whose process died before it finished; one line of what was done for each.
+
+    - a ``plan``, or an ``apply`` killed before it touched production: closed, production untouched;
+    - an ``apply`` killed while applying: every target restored to the checkpoint and verified;
+    - an ``apply`` killed after production was verified: production checked against what was verified;
+    - a ``rollback`` killed while restoring: the restore is run again (it is idempotent) and verified.
+    """
+    from shadow.guard import Liveness as Hold, unfinished
+
+    settings = settings or Settings.from_env()
+    out = []
+    for record in unfinished(settings.runs_dir):
+        folder = settings.runs_dir / record.run_id
+        try:
+            hold = Hold(folder)  # a second `shadow recover` would wait here rather than race
+        except OSError as exc:
+            raise InfrastructureError(f"cannot take over run {record.run_id}: {exc}") from exc
+        was = record.phase
+        try:
+            outcome, text = _recover_one(settings, record, progress, lock_timeout)
+        finally:
+            hold.release()
+        journal = Journal(settings.journal_path)
+        try:
+            journal.finish_run(record.run_id, outcome, f"recovered: {text}")
+        finally:
+            journal.close()
+        record.phase = "finished"
+        record.save(folder)
+        out.append({"run": record.run_id, "command": record.command, "was": was, "outcome": outcome,
+                    "summary": text})
+        progress("info", f"run {record.run_id} ({record.command}): {outcome} — {text}")
+    return out
+
+
+def _recover_one(settings: Settings, record: RunRecord, progress: Progress,
+                 lock_timeout: float) -> tuple[str, str]:
+    if record.command not in ("apply", "rollback") or record.phase == "rehearsing":
+        return "interrupted", "killed before it touched production; production was not changed by it"
+    loaded = load_plan(Path(record.plan_path), settings.environ)
+    targets = {n: t for n, t in _targets(loaded, settings, progress).items() if n in record.targets}
+    for name, t in targets.items():
+        if t.describe() != record.targets[name]:
+            raise BadInput(f"cannot recover run {record.run_id}: target {name!r} now points at {t.describe()}, but "
+                           f"the run worked on {record.targets[name]} (fix the plan or its environment)")
+    source = record.of_run if record.command == "rollback" else record.run_id
+    assert source is not None
+    result = RunResult(new_run_id(), "recover", record.plan_path, time.time(), of_run=record.run_id,
+                       action=f"settle run {record.run_id} ({record.command}, killed while {record.phase})")
+    for name, t in targets.items():
+        result.targets[name] = TargetResult(name, t.kind, t.describe())
+    session = _Session(settings, result, progress)
+    try:
+        with lock_targets(settings.state_dir / "locks", targets, holder_text(result.run_id, "recover"),
+                          lock_timeout, lambda text: progress("info", text)):
+            session.begin(targets, record.plan_path, loaded.sha256)
+            if record.command == "apply" and record.phase == "applied":
+                drifted = []
+                for name, t in targets.items():
+                    after = session.store.read_manifest(source, name).get("after_apply") or {}
+                    if t.fingerprint() != after.get("fingerprint"):
+                        drifted.append(name)
+                result.outcome = "recovered"
+                result.reason = ("applied and verified before it was killed" if not drifted else
+                                 f"applied and verified before it was killed; {', '.join(drifted)} changed since "
+                                 "(someone else wrote) — left alone")
+                return "applied", result.reason
+            checkpoints = {n: Checkpoint.from_dict(session.store.read_manifest(source, n)) for n in targets}
+            failures = _restore_all(session, targets, checkpoints)
+            if failures:
+                result.outcome = "restore_failed"
+                result.reason = "RECOVERY FAILED: " + " | ".join(str(f) for f in failures)
+                raise failures[0]
+            result.outcome = "recovered"
+            result.reason = f"production restored to the checkpoint of run {source} and verified"
+            return ("rolled_back" if record.command == "apply" else "restored"), result.reason
+    except ShadowError as exc:
+        if result.outcome == "running":
+            result.outcome = "error"
+            result.reason = str(exc)
+        raise
+    finally:
+        session.finish()
 
 
 def runs(settings: Settings | None = None, limit: int = 50) -> list[dict[str, Any]]:
@@ -567,8 +854,6 @@ def show(run_id: str, settings: Settings | None = None, fmt: str = "md", output:
     path = settings.runs_dir / run_id / "report.json"
     if not path.exists():
         raise BadInput(f"no report for run {run_id!r} in {settings.runs_dir} (see `shadow runs`)")
-    import json
-
     text = report.render(json.loads(path.read_text()), fmt)
     if output is not None:
         try:

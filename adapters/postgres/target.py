@@ -7,6 +7,7 @@ import json
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,13 @@ from shadow.sqlsplit import Statement
 from snapshots import Artifact, Store
 
 PRISTINE_SUFFIX = "__shadow_pristine"
+# Advisory lock key: a class id of shadow's own ("SH") and the database's name hashed.
+LOCK_SQL = "SELECT pg_try_advisory_lock(21320, hashtext(current_database()))"
+LOCK_HOLDER_SQL = """
+SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.classid = 21320 AND l.objid = hashtext(current_database())::oid
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) AND l.granted
+"""
 
 Q_ROLES = """
 SELECT rolname, rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolcanlogin, rolreplication, rolbypassrls
@@ -87,6 +95,30 @@ class PostgresTarget:
     def secrets(self) -> tuple[str, ...]:
         password = self._params.get("password")
         return (str(password),) if password else ()
+
+    @contextmanager
+    def lock(self, holder: str, timeout: float, wait: Callable[[str], None]) -> Iterator[None]:
+        """A session advisory lock on production's database, held on a connection of its own: two shadow runs
+        on two machines that share the database exclude each other. The server drops it if this process dies."""
+        conn = self.connect()
+        try:
+            conn.execute("SELECT set_config('application_name', %s, false)", [f"shadow lock: {holder}"[:63]])
+            deadline, told = time.monotonic() + timeout, False
+            while not conn.execute(LOCK_SQL).fetchone()[0]:  # type: ignore[index]
+                row = conn.execute(LOCK_HOLDER_SQL).fetchone()
+                owner = row[0] if row and row[0] else "another session"
+                if time.monotonic() >= deadline:
+                    from shadow.guard import LockTimeout
+
+                    raise LockTimeout(f"{owner} holds shadow's advisory lock on {self.describe()} (waited "
+                                      f"{timeout:g} s; raise --lock-timeout to wait longer)", target=self.name)
+                if not told:
+                    wait(f"waiting up to {timeout:g} s for {owner} (advisory lock on the database)")
+                    told = True
+                time.sleep(0.25)
+            yield
+        finally:
+            conn.close()
 
     def endpoint(self) -> Endpoint:
         env, exclusive = endpoint_env(self.name, self.dsn)
@@ -221,7 +253,16 @@ class PostgresTarget:
         if shadow is not None:
             with self.connect() as prod, shadow.connect_pristine() as pristine:
                 rows = _count_changed_rows(pristine, prod, checkpoint.observation, after)
-        return diff(checkpoint.observation, after, rows)
+            return diff(checkpoint.observation, after, rows)
+        changes = diff(checkpoint.observation, after, rows)
+        before = checkpoint.observation["data"]
+        for table in sorted(set(before) & set(after["data"])):
+            was, now = before[table], after["data"][table]
+            if (was["rows"], was["hash"]) != (now["rows"], now["hash"]):
+                # No copy of the checkpoint to count rows against: say only that the content changed.
+                changes.append(Change("update", "rows", table, {"rows_before": was["rows"], "rows_after": now["rows"],
+                                                                "note": "content changed; rows not counted"}))
+        return changes
 
     def restore(self, checkpoint: Checkpoint, store: Store) -> None:
         archive = store.open_verified(_artifact(checkpoint))
@@ -249,6 +290,7 @@ class PgShadow:
         self.database = str(checkpoint.meta["database"])
         self.pristine = self.database[: 63 - len(PRISTINE_SUFFIX)] + PRISTINE_SUFFIX
         self.warnings: list[str] = []
+        self.binaries, self.archive = binaries, archive
         self._build(binaries, archive)
         self.dsn = server.dsn(self.database)  # shadow's own superuser: observing, checks
         action_dsn = self._action_dsn()
@@ -404,6 +446,17 @@ class PgShadow:
         with self.connect_pristine() as before_conn, self.connect() as after_conn:
             rows = _count_changed_rows(before_conn, after_conn, self.pristine_observation, after)
         return diff(self.pristine_observation, after, rows)
+
+    def rehearse_rollback(self) -> list[str]:
+        """Undo the rehearsal exactly as a rollback would undo production (the same restore over the same
+        archive), then compare the copy with the checkpoint; empty when the undo is proven."""
+        restore_over(self.binaries, self.dsn, self.archive, observation=self.checkpoint.observation)
+        now = self.observe()
+        if fingerprint_of(now) == self.checkpoint.fingerprint:
+            return []
+        cp = self.checkpoint.observation
+        return differences({"objects": cp["objects"], "data": cp["data"]},
+                           {"objects": now["objects"], "data": now["data"]}) or ["fingerprints differ"]
 
     def check(self, query: str) -> Any:
         with self.connect() as conn:

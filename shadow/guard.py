@@ -1,0 +1,183 @@
+"""What keeps two runs apart and lets a killed run be found: run records, liveness, target locks, fault points.
+
+- **Run record** (``runs/<id>/run.json``): command, pid, the identity of every target and the run's *phase*
+  (``rehearsing`` → ``applying`` → ``applied`` → ``finished``; a rollback goes ``restoring`` → ``finished``).
+  It is rewritten atomically (and fsynced) before each phase begins, so after a crash it says how far the run
+  got; the journal says which step.
+- **Liveness**: a running shadow holds an exclusive ``flock`` on ``runs/<id>/alive`` for its whole life. The
+  kernel drops it when the process dies however it dies, so "the lock can be taken" means "nobody runs this".
+- **Target locks**: ``locks/<identity hash>.lock`` (flock) on this machine, plus the kind's own lock on the
+  production resource (a PostgreSQL advisory lock) so that runs on two machines sharing a database exclude each
+  other too. Locks are taken in a fixed order, so two runs cannot deadlock.
+- **Fault points**: tests set ``SHADOW_FAULT_KILL_AT=<n>`` to have the process SIGKILL itself at its n-th
+  journal transition, and ``SHADOW_FAULT_TRACE=<file>`` to list the transitions a run goes through.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shadow.errors import InfrastructureError
+from snapshots import atomic_write_bytes
+
+POLL_SECONDS = 0.25
+
+
+class LockTimeout(InfrastructureError):
+    """Another run holds a target's lock and did not let go within ``--lock-timeout``."""
+
+
+class Unrecovered(InfrastructureError):
+    """A killed run left a target unfinished; ``shadow recover`` must settle it first."""
+
+
+def identity_key(identity: str) -> str:
+    return hashlib.sha256(identity.encode()).hexdigest()[:20]
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    command: str
+    plan_path: str
+    targets: dict[str, str]  # name → identity (where it is, without secrets)
+    phase: str = "rehearsing"
+    pid: int = 0
+    host: str = ""
+    of_run: str | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> RunRecord:
+        data = json.loads(path.read_text())
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+    def save(self, folder: Path) -> None:
+        atomic_write_bytes(folder / "run.json", json.dumps(self.__dict__, sort_keys=True).encode())
+
+
+class Liveness:
+    """Held by a run for its whole life: an exclusive flock on ``runs/<id>/alive``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.fd = os.open(folder / "alive", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def is_alive(folder: Path) -> bool:
+    """Whether a process still holds the run's liveness lock."""
+    try:
+        fd = os.open(folder / "alive", os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def unfinished(runs_dir: Path) -> list[RunRecord]:
+    """Runs whose process died before they finished, oldest first."""
+    out = []
+    for path in sorted(runs_dir.glob("*/run.json")):
+        try:
+            record = RunRecord.load(path)
+        except (OSError, ValueError, TypeError):
+            continue
+        if record.phase != "finished" and not is_alive(path.parent):
+            out.append(record)
+    return out
+
+
+def refuse_if_unrecovered(runs_dir: Path, identities: Mapping[str, str]) -> None:
+    """Refuse new work on a target that a killed run left unfinished."""
+    wanted = set(identities.values())
+    for record in unfinished(runs_dir):
+        touched = sorted(name for name, ident in record.targets.items() if ident in wanted)
+        if touched and record.command in ("apply", "rollback", "recover"):
+            raise Unrecovered(f"run {record.run_id} (`shadow {record.command}`, pid {record.pid}) was killed while "
+                              f"{record.phase} on {', '.join(touched)}; run `shadow recover` to settle it before "
+                              "starting new work on that target")
+
+
+@contextmanager
+def file_lock(path: Path, holder: str, timeout: float, wait: Callable[[str], None]) -> Iterator[None]:
+    """An exclusive flock on ``path``; waits up to ``timeout`` seconds (telling ``wait`` who holds it)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline, told = time.monotonic() + timeout, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                owner = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another shadow run"
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(f"{owner} holds the lock on this target (waited {timeout:g} s; raise "
+                                      "--lock-timeout to wait longer)") from None
+                if not told:
+                    wait(f"waiting up to {timeout:g} s for {owner} to release the target")
+                    told = True
+                time.sleep(POLL_SECONDS)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, holder.encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
+@contextmanager
+def lock_targets(locks_dir: Path, targets: Mapping[str, Any], holder: str, timeout: float,
+                 wait: Callable[[str], None]) -> Iterator[None]:
+    """Lock every target on this machine (flock) and at the resource itself (the kind's ``lock``, if any)."""
+    with ExitStack() as stack:
+        for name, t in sorted(targets.items(), key=lambda item: identity_key(item[1].describe())):
+            tell = _prefixed(wait, name)
+            stack.enter_context(file_lock(locks_dir / f"{identity_key(t.describe())}.lock", holder, timeout, tell))
+            if hasattr(t, "lock"):
+                stack.enter_context(t.lock(holder, timeout, tell))
+        yield
+
+
+def _prefixed(wait: Callable[[str], None], name: str) -> Callable[[str], None]:
+    return lambda text: wait(f"{name}: {text}")
+
+
+def holder_text(run_id: str, command: str) -> str:
+    return f"run {run_id} (`shadow {command}`, pid {os.getpid()} on {socket.gethostname()})"
+
+
+class FaultPoints:
+    """Journal transitions a test can kill the process at (``SHADOW_FAULT_KILL_AT``) or list (``…_TRACE``)."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.kill_at = int(environ.get("SHADOW_FAULT_KILL_AT") or 0)
+        self.trace = environ.get("SHADOW_FAULT_TRACE") or None
+        self.count = 0
+
+    def reached(self, label: str) -> None:
+        self.count += 1
+        if self.trace:
+            with open(self.trace, "a", encoding="utf-8") as fh:
+                fh.write(f"{self.count}\t{label}\n")
+        if self.count == self.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -40,6 +40,8 @@ def test_gitops_example_rehearses_applies_and_reverts(tmp_path: Path, shadow_cli
     assert "+          image: registry.example.com/shop/api:1.4.2" in \
         changes["modify file k8s/production/api/deployment.yaml"]["content_diff"]
     assert [c["subject"] for c in changes["move ref origin:refs/heads/main"]["commits"]] == ["api: 1.4.2"]
+    undo = [v for v in json.loads(planned.out)["expectations"] if v["rule"] == "rollback"]
+    assert undo and undo[0]["ok"], "the revert was rehearsed on the shadow's clone and verified"
     assert repo.state() == before and repo.remote_head() == remote_before  # a plan never writes production
 
     applied = shadow_cli("apply", "--json", "-f", str(folder / "shadow.yaml"))

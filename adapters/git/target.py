@@ -249,8 +249,10 @@ class GitTarget:
         return describe_changes(diff(checkpoint.observation, self.observe()), self.repo())
 
     def restore(self, checkpoint: Checkpoint, store: Store) -> None:
+        self.restore_from(checkpoint, self._manifest(checkpoint, store))
+
+    def restore_from(self, checkpoint: Checkpoint, manifest: dict[str, Any]) -> None:
         git = self.repo()
-        manifest = self._manifest(checkpoint, store)
         now = self.observe()
         want, have = checkpoint.observation["objects"]["ref"], now["objects"]["ref"]
         strangers = [f"{n} is at {have[n][:12]}" for n in sorted(have)
@@ -491,6 +493,7 @@ class GitShadow:
         self.backend = backend
         self.checkpoint = checkpoint
         self.warnings: list[str] = []
+        self.manifest = manifest
         self.work = tmp / "work"
         self.remote_dir = tmp / "remote.git"
         self.remote: str | None = manifest["remote"]
@@ -541,6 +544,16 @@ class GitShadow:
 
     def changes(self) -> list[Change]:
         return describe_changes(diff(self.pristine_observation, self.observe()), self.git)
+
+    def rehearse_rollback(self) -> list[str]:
+        """Undo the rehearsal with production's own restore (same mode: reset, or revert commits pushed to the
+        throwaway remote), then verify the clone as a rollback verifies production."""
+        spec: dict[str, Any] = {"path": str(self.work), "rollback": self.target.rollback}
+        if self.remote:
+            spec["remote"] = self.remote
+        twin = GitTarget(self.name, spec, self.target.settings)
+        twin.restore_from(self.checkpoint, self.manifest)
+        return twin.verify_restored(self.checkpoint)
 
     def check(self, query: str) -> Any:
         raise BadInput("`checks` run SQL and are for postgres targets", target=self.name)

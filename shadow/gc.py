@@ -9,8 +9,8 @@ cut leave its shadows behind. Every one of them is labelled with the run id and 
 * local throwaway clusters (``shadow-pg-*`` in the temp dir) whose ``shadow-labels.json`` names a dead owner:
   their postgres is stopped, then the dir removed. A dir without labels is left alone — it is being created,
   or an older shadow made it and its owner cannot be known;
-* ``shadow-restore-*`` and ``shadow-home-*`` temp dirs in which nothing changed for an hour (they carry no
-  owner, so age is the only sign that their run is over).
+* ``shadow-restore-*``, ``shadow-home-*`` and ``shadow-git-*`` (a git shadow's clone) temp dirs in which nothing
+  changed for an hour (they carry no owner, so age is the only sign that their run is over).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from adapters import docker as dockerlib
 from adapters.postgres.cluster import TEMP_PREFIX, read_labels, stop_leftover
 from shadow.errors import InfrastructureError
 
-STALE_PREFIXES = ("shadow-restore-", "shadow-home-")
+STALE_PREFIXES = ("shadow-restore-", "shadow-home-", "shadow-git-")
 STALE_AFTER = 3600.0  # seconds without a change before an unlabelled temp dir counts as abandoned
 
 

@@ -249,9 +249,10 @@ def test_gc_dry_run_lists_stale_temp_dirs_and_gc_removes_only_those_idle_for_an_
     two_hours_ago = time.time() - 7200
     stale = Path(tempfile.mkdtemp(prefix="shadow-restore-gctest-"))
     (stale / "dump").write_text("x")
+    stale_clone = Path(tempfile.mkdtemp(prefix="shadow-git-gctest-"))
     busy = Path(tempfile.mkdtemp(prefix="shadow-home-gctest-"))
     (busy / "recent").write_text("written just now")
-    for path in (stale / "dump", stale, busy):
+    for path in (stale / "dump", stale, stale_clone, busy):
         os.utime(path, (two_hours_ago, two_hours_ago))
     fresh = Path(tempfile.mkdtemp(prefix="shadow-home-gctest-"))
     try:
@@ -259,6 +260,7 @@ def test_gc_dry_run_lists_stale_temp_dirs_and_gc_removes_only_those_idle_for_an_
         assert dry.code == 0, dry.text
         rows = {row["id"]: row for row in json.loads(dry.out)}
         assert rows[str(stale)]["status"] == "would remove" and rows[str(stale)]["kind"] == "tempdir"
+        assert rows[str(stale_clone)]["status"] == "would remove"
         assert str(busy) not in rows and str(fresh) not in rows
         assert "docker: skipped (no Docker engine answers" in dry.err
         assert stale.is_dir()
@@ -266,7 +268,7 @@ def test_gc_dry_run_lists_stale_temp_dirs_and_gc_removes_only_those_idle_for_an_
         r = _gc(env=NO_DOCKER)
         assert r.code == 0, r.text
         assert f"removed tempdir   {stale}  run -" in r.out
-        assert not stale.exists() and busy.is_dir() and fresh.is_dir()
+        assert not stale.exists() and not stale_clone.exists() and busy.is_dir() and fresh.is_dir()
     finally:
-        for path in (stale, busy, fresh):
+        for path in (stale, stale_clone, busy, fresh):
             shutil.rmtree(path, ignore_errors=True)

@@ -408,7 +408,8 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
-        exc.show()
+        hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
+        click.echo(f"shadow: error: {exc.format_message()}{hint}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except click.Abort:
         sys.exit(130)

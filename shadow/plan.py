@@ -24,6 +24,9 @@ ISOLATIONS = ("process", "container")
 ROW_KEYS = ("inserted", "updated", "deleted")
 OBJECT_KEYS = ("added", "deleted", "modified")
 DEFAULT_TIMEOUT = 30 * 60.0
+MAX_PLAN_BYTES = 1 << 20  # a plan is a page of YAML; more is a wrong file, not a plan
+MAP_TAG, SEQ_TAG = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
+MAX_NODES = 100_000  # aliases can make a small file expand exponentially ("billion laughs")
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,7 @@ class _Doc:
         self.file = file
         self.lines: dict[tuple[Any, ...], int] = {}
         self.problems: list[str] = []
+        self.nodes = 0
 
     def at(self, path: tuple[Any, ...]) -> str:
         probe = path
@@ -161,7 +165,12 @@ class _Doc:
 
 
 def _to_python(node: yaml.Node, loader: yaml.SafeLoader, doc: _Doc, path: tuple[Any, ...]) -> Any:
+    doc.nodes += 1
+    if doc.nodes > MAX_NODES:
+        raise PlanError([f"{doc.file}: too many nodes (more than {MAX_NODES:,}; aliases expanding?)"])
     doc.lines[path] = node.start_mark.line + 1
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in (MAP_TAG, SEQ_TAG):
+        raise PlanError([f"{doc.file}:{node.start_mark.line + 1}: not valid YAML: tag {node.tag!r} is not allowed"])
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
@@ -204,11 +213,14 @@ def load_plan(path: Path, env: Mapping[str, str], kinds: Mapping[str, Any] | Non
     path = Path(path)
     shown = str(path)
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_PLAN_BYTES + 1)
     except FileNotFoundError as exc:
         raise PlanError([f"{shown}: plan file not found (pass -f FILE)"]) from exc
     except OSError as exc:
         raise PlanError([f"{shown}: cannot read the plan file: {exc.strerror}"]) from exc
+    if len(raw) > MAX_PLAN_BYTES:
+        raise PlanError([f"{shown}: too large for a plan file (more than {MAX_PLAN_BYTES >> 20} MiB)"])
     doc = _Doc(shown)
     try:
         text = raw.decode("utf-8")
@@ -224,6 +236,13 @@ def load_plan(path: Path, env: Mapping[str, str], kinds: Mapping[str, Any] | Non
         mark = exc.problem_mark or exc.context_mark
         line = f"{mark.line + 1}:{mark.column + 1}" if mark else "1"
         raise PlanError([f"{shown}:{line}: not valid YAML: {exc.problem or exc}"]) from exc
+    except yaml.reader.ReaderError as exc:  # a NUL or another control character; it carries no mark
+        line = text.count("\n", 0, exc.position) + 1
+        raise PlanError([f"{shown}:{line}: not valid YAML: character #x{exc.character:04x} is not allowed"]) from exc
+    except yaml.YAMLError as exc:
+        raise PlanError([f"{shown}: not valid YAML: {' '.join(str(exc).split())}"]) from exc
+    except RecursionError as exc:
+        raise PlanError([f"{shown}: not valid YAML: nested too deeply"]) from exc
     if not isinstance(data, dict):
         raise PlanError([f"{shown}:1: a plan is a mapping with the keys version, targets, action, expect, policy"])
     data = _interpolate(data, env, doc, ())

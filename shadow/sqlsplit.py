@@ -32,7 +32,8 @@ def split_sql(source: str, file: str) -> list[Statement]:
     try:
         tokens = Postgres().tokenize(source)
     except TokenError as exc:
-        raise SqlError(f"cannot read the SQL: {exc}", file=file, line=_line_of_error(str(exc))) from exc
+        message = " ".join(str(exc).split())
+        raise SqlError(f"cannot read the SQL: {message}", file=file, line=_line_of_error(str(exc), source)) from exc
     statements: list[Statement] = []
     start: int | None = None
     end = 0
@@ -58,11 +59,16 @@ def _statement(source: str, file: str, start: int, end: int) -> Statement:
     return Statement(file, line, source[start : end + 1].strip())
 
 
-def _line_of_error(message: str) -> int | None:
+def _line_of_error(message: str, source: str) -> int | None:
     import re
 
     match = re.search(r"[Ll]ine (\d+)", message)
-    return int(match.group(1)) if match else None
+    if match:
+        return int(match.group(1))
+    # sqlglot quotes the source just before the point where it gave up: that point's line
+    quoted = re.fullmatch(r"Error tokenizing '(.*)'", message, re.DOTALL)
+    at = source.rfind(quoted.group(1)) if quoted and quoted.group(1) else -1
+    return source.count("\n", 0, at + len(quoted.group(1)) - 1) + 1 if quoted and at >= 0 else None
 
 
 def load_sql_files(paths: list[Path], display: list[str]) -> list[Statement]:

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import ProdDb, write_plan
+from adapters.postgres.cluster import LocalCluster, free_port
+from tests.conftest import DEMO_SCHEMA, ProdDb, write_plan
+from tests.inprocess import run_main
 
 GOOD_TARGETS = """
 version: 1
@@ -137,3 +144,257 @@ def test_unknown_cli_argument_is_exit_2(shadow_cli):
 def test_every_verb_has_help(shadow_cli, verb):
     r = shadow_cli(verb, "--help")
     assert r.code == 0 and "Usage:" in r.out
+
+
+# --- the corpus: every malformed input through the real entry point ------------------------------------------
+
+T = "version: 1\ntargets:\n  app:\n    kind: postgres\n    dsn: ${APP_DATABASE_URL}\n"  # lines 1-5
+A = "action: {sql: m.sql}\n"  # line 6 after T
+
+
+@dataclass(frozen=True)
+class Bad:
+    """One malformed input: the files to write, the CLI arguments, the exit code and what the message names."""
+
+    id: str
+    args: tuple[str, ...]
+    needles: tuple[str, ...]
+    code: int = 2
+    files: dict[str, str | bytes] = field(default_factory=dict)
+    dsn: str | None = "prod"  # prod: the real production database; None: no DSN in play; else this DSN
+
+
+def plan(id: str, body: str | bytes, *needles: str, files: dict[str, str | bytes] | None = None,
+         code: int = 2, dsn: str | None = "prod") -> Bad:
+    return Bad(id, ("plan", "-q"), needles, code, {"shadow.yaml": body, "m.sql": "SELECT 1;\n", **(files or {})}, dsn)
+
+
+def cli(id: str, *args: str, needles: tuple[str, ...], code: int = 2,
+        files: dict[str, str | bytes] | None = None) -> Bad:
+    return Bad(id, args, needles, code, files or {}, None)
+
+
+def _nested(depth: int) -> str:
+    return "a: " + "[" * depth + "]" * depth + "\n"
+
+
+def _laughs() -> str:
+    lines = ['l0: &l0 ["ha", "ha", "ha", "ha", "ha", "ha", "ha", "ha", "ha", "ha"]']
+    lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 10)]
+    return "\n".join(lines) + "\n" + T.split("\n", 1)[1] + A
+
+
+CORPUS: list[Bad] = [
+    # YAML that does not parse
+    plan("yaml-unclosed-flow", "targets: [1, 2\n", "shadow.yaml:2:1: not valid YAML"),
+    plan("yaml-tab-indent", "targets:\n\tapp: {kind: postgres}\n", "shadow.yaml:2:1: not valid YAML"),
+    plan("yaml-unclosed-quote", T + 'action: {sql: "m.sql}\n', "shadow.yaml:7:1: not valid YAML"),
+    plan("yaml-bad-indent", "targets:\n  app:\n    kind: postgres\n   dsn: x\n", "shadow.yaml:4", "not valid YAML"),
+    plan("yaml-undefined-alias", T + "action: *nope\n", "shadow.yaml:6", "not valid YAML", "nope"),
+    plan("yaml-two-documents", T + A + "---\n" + T + A, "shadow.yaml:7", "not valid YAML"),
+    plan("yaml-python-tag", T + "action: !!python/object/apply:os.system ['true']\n", "shadow.yaml:6",
+         "not valid YAML"),
+    plan("yaml-nul-byte", T + A + "expect: {app: {must: [\"a\0b\"]}}\n", "shadow.yaml", "not valid YAML"),
+    plan("yaml-nested-too-deep", _nested(5000), "shadow.yaml", "nested too deeply"),
+    plan("yaml-billion-laughs", _laughs(), "shadow.yaml", "too many nodes"),
+    # not a plan at all
+    plan("empty-file", "", "shadow.yaml:1", "a plan is a mapping"),
+    plan("only-comments", "# a plan, one day\n", "shadow.yaml:1", "a plan is a mapping"),
+    plan("top-level-list", "- targets\n- action\n", "shadow.yaml:1", "a plan is a mapping"),
+    plan("top-level-scalar", "hello\n", "shadow.yaml:1", "a plan is a mapping"),
+    plan("binary-junk", bytes(range(256)) * 8, "shadow.yaml", "not UTF-8"),
+    plan("latin-1", T.encode() + "action: {sql: caf\u00e9.sql}\n".encode("latin-1"), "shadow.yaml", "not UTF-8"),
+    plan("utf-16", (T + A).encode("utf-16"), "shadow.yaml", "not UTF-8"),
+    plan("huge-20-mb", T + A + "# " + "x" * (20 << 20) + "\n", "shadow.yaml", "too large"),
+    # the plan's shape
+    plan("missing-targets", "version: 1\n" + A, "shadow.yaml:1: targets", "missing"),
+    plan("missing-action", T, "shadow.yaml:1: action", "missing"),
+    plan("targets-empty", "targets: {}\n" + A, "shadow.yaml:1: targets", "must be a mapping"),
+    plan("targets-list", "targets: [app]\n" + A, "shadow.yaml:1: targets", "must be a mapping"),
+    plan("target-scalar", "targets: {app: postgres}\n" + A, "shadow.yaml:1: targets.app", "must be a mapping"),
+    plan("target-without-kind", "targets:\n  app: {dsn: x}\n" + A, "shadow.yaml:2: targets.app.kind", "missing"),
+    plan("unknown-kind", "targets:\n  app: {kind: mysql, dsn: x}\n" + A, "targets.app.kind",
+         "unknown target kind 'mysql'"),
+    plan("postgres-without-dsn", "targets:\n  app: {kind: postgres}\n" + A, "shadow.yaml:2: targets.app",
+         "needs `dsn:`"),
+    plan("dsn-is-a-list", "targets:\n  app: {kind: postgres, dsn: [a, b]}\n" + A, "targets.app.dsn"),
+    plan("target-name", "targets:\n  1app: {kind: postgres, dsn: x}\n" + A, "shadow.yaml:2: targets.1app",
+         "starts with a letter"),
+    plan("variable-not-set", "targets:\n  app: {kind: postgres, dsn: '${NOT_SET_ANYWHERE_X}'}\n" + A,
+         "shadow.yaml:2: targets.app.dsn", "NOT_SET_ANYWHERE_X is not set"),
+    plan("unknown-top-key", T + A + "actions: {sql: m.sql}\n", "shadow.yaml:7: actions", "unknown key"),
+    plan("version-2", T.replace("version: 1", "version: 2") + A, "shadow.yaml:1: version",
+         "unsupported plan version 2"),
+    plan("version-string", T.replace("version: 1", "version: one") + A, "shadow.yaml:1: version",
+         "unsupported plan version 'one'"),
+    plan("duplicate-key", T + A + A, "shadow.yaml:7: action", "duplicate key"),
+    # action
+    plan("action-scalar", T + "action: m.sql\n", "shadow.yaml:6: action", "give `sql: FILE`"),
+    plan("action-sql-and-command", T + "action: {sql: m.sql, command: ls}\n", "shadow.yaml:6: action",
+         "exactly one of"),
+    plan("action-neither", T + "action: {timeout: 5s}\n", "shadow.yaml:6: action", "exactly one of"),
+    plan("action-unknown-key", T + "action: {sql: m.sql, retries: 3}\n", "shadow.yaml:6: action.retries",
+         "unknown key"),
+    plan("sql-file-missing", T + "action: {sql: missing.sql}\n", "shadow.yaml:6: action.sql",
+         "SQL file not found: missing.sql"),
+    plan("sql-list-with-number", T + "action: {sql: [m.sql, 3]}\n", "shadow.yaml:6: action.sql.1",
+         "must be a path"),
+    plan("sql-empty-string", T + "action: {sql: ''}\n", "shadow.yaml:6: action.sql", "must be a path"),
+    plan("sql-is-a-directory", T + "action: {sql: sub}\n", "action.sql", "SQL file not found: sub",
+         files={"sub/x.sql": "SELECT 1;"}),
+    plan("command-empty", T + "action: {command: ''}\n", "shadow.yaml:6: action.command", "non-empty"),
+    plan("command-list", T + "action: {command: [ls, -l]}\n", "shadow.yaml:6: action.command", "non-empty"),
+    plan("timeout-words", T + "action: {sql: m.sql, timeout: soon}\n", "action.timeout", "duration"),
+    plan("timeout-negative", T + "action: {sql: m.sql, timeout: -5}\n", "action.timeout", "duration"),
+    plan("timeout-bool", T + "action: {sql: m.sql, timeout: yes}\n", "action.timeout", "duration"),
+    plan("env-list", T + "action: {sql: m.sql, env: [A=1]}\n", "shadow.yaml:6: action.env", "mapping"),
+    plan("env-bad-name", T + "action: {sql: m.sql, env: {'1X': a}}\n", "action.env.1X",
+         "not a valid environment variable name"),
+    plan("env-value-list", T + "action: {sql: m.sql, env: {X: [1]}}\n", "action.env.X", "string or number"),
+    plan("isolation-bad", T + "action: {command: ls, isolation: vm}\n", "action.isolation", "'vm' is not one of"),
+    plan("image-without-container", T + "action: {command: ls, image: alpine}\n", "action.image",
+         "only used with `isolation: container`"),
+    plan("sql-target-unknown", T + "action: {sql: m.sql, target: other}\n", "action.target",
+         "'other' is not a postgres target"),
+    # expectations
+    plan("expect-list", T + A + "expect: [app]\n", "shadow.yaml:7: expect", "must map target names"),
+    plan("expect-unknown-target", T + A + "expect: {web: {must: []}}\n", "shadow.yaml:7: expect.web",
+         "no target named 'web'"),
+    plan("expect-misspelt-key", T + A + "expect:\n  app:\n    mustt: [x]\n", "shadow.yaml:9: expect.app.mustt",
+         "unknown key"),
+    plan("must-not-a-list", T + A + "expect: {app: {must: add column public.users.x}}\n", "expect.app.must",
+         "must be a list"),
+    plan("must-not-an-address", T + A + "expect:\n  app:\n    must: [drop the table]\n",
+         "shadow.yaml:9: expect.app.must.0", "'drop the table': unknown kind 'the'"),
+    plan("must-unknown-op", T + A + "expect: {app: {must: [explode column public.users.x]}}\n",
+         "expect.app.must.0", "unknown operation 'explode'"),
+    plan("must-unknown-kind", T + A + "expect: {app: {may: [add gadget public.x]}}\n", "expect.app.may.0",
+         "unknown kind 'gadget'"),
+    plan("rows-not-a-count", T + A + "expect: {app: {rows: {public.t: {deleted: lots}}}}\n",
+         "expect.app.rows.public.t.deleted", "'lots' is not a count"),
+    plan("rows-unknown-key", T + A + "expect: {app: {rows: {public.t: {changed: 1}}}}\n",
+         "expect.app.rows.public.t.changed", "unknown key"),
+    plan("rows-list", T + A + "expect: {app: {rows: [public.t]}}\n", "expect.app.rows", "must map table names"),
+    plan("rows-negative", T + A + "expect: {app: {rows: {public.t: {inserted: -1}}}}\n",
+         "expect.app.rows.public.t.inserted", "-1 is not a count"),
+    plan("checks-not-a-list", T + A + "expect: {app: {checks: {sql: x}}}\n", "expect.app.checks", "must be a list"),
+    plan("check-without-equals", T + A + "expect: {app: {checks: [{sql: select 1}]}}\n", "expect.app.checks.0",
+         "needs `sql:`"),
+    plan("check-unknown-key", T + A + "expect: {app: {checks: [{sql: select 1, equals: 1, within: 2}]}}\n",
+         "expect.app.checks.0.within", "unknown key"),
+    # policy
+    plan("policy-list", T + A + "policy: [local]\n", "shadow.yaml:7: policy", "must be a mapping"),
+    plan("policy-unknown-key", T + A + "policy: {backend: local, retries: 2}\n", "policy.retries", "unknown key"),
+    plan("policy-backend", T + A + "policy: {backend: cloud}\n", "policy.backend", "'cloud' is not one of"),
+    plan("limits-memory", T + A + "policy: {limits: {memory: lots}}\n", "policy.limits.memory", "not a size"),
+    plan("limits-cpus", T + A + "policy: {limits: {cpus: -1}}\n", "policy.limits.cpus", "not a positive number"),
+    plan("limits-pids", T + A + "policy: {limits: {pids: 2}}\n", "policy.limits.pids", "at least 16"),
+    plan("max-lock-mode", T + A + "policy: {max_lock: {TOTAL: 2s}}\n", "policy.max_lock.TOTAL",
+         "unknown lock mode"),
+    plan("max-lock-duration", T + A + 'policy: {max_lock: {"ACCESS EXCLUSIVE": forever}}\n',
+         "policy.max_lock.ACCESS EXCLUSIVE", "not a duration"),
+    plan("allow-not-a-list", T + A + "policy: {allow: drop-table}\n", "policy.allow", "must be a list"),
+    plan("allow-unknown-id", T + A + "policy: {allow: [drop-everything]}\n", "policy.allow", "drop-everything"),
+    # SQL files
+    plan("sql-unterminated-string", T + A, "m.sql:2", files={"m.sql": "SELECT 1;\nSELECT 'unterminated;\n"}),
+    plan("sql-does-not-parse", T + A, "m.sql:2", files={"m.sql": "SELECT 1;\nSELEC * FORM users;\n"}),
+    plan("sql-not-utf-8", T + A, "m.sql", "not UTF-8", files={"m.sql": "SELECT 'caf\u00e9';\n".encode("latin-1")}),
+    plan("sql-binary-junk", T + A, "m.sql", files={"m.sql": bytes(range(256)) * 4}),
+    plan("sql-psql-meta-command", T + A, "m.sql:1", "psql meta-commands", files={"m.sql": "\\i other.sql\n"}),
+    # production cannot be reached
+    plan("dsn-not-a-dsn", T + A, "shadow.yaml:5: targets.app.dsn", "not a valid PostgreSQL connection string", dsn="not a dsn = at all"),
+    plan("dsn-unknown-parameter", T + A, "shadow.yaml:5: targets.app.dsn", "not a valid PostgreSQL connection string",
+         dsn="postgresql://127.0.0.1/x?frobnicate=1"),
+    plan("dsn-closed-port", T + A, "target 'app'", "cannot connect to postgresql://someone@127.0.0.1", code=3,
+         dsn="postgresql://someone:hunter2@127.0.0.1:{closed}/prod?connect_timeout=3"),
+    plan("dsn-wrong-password", T + A, "target 'app'", "password authentication failed", code=3, dsn="wrong-password"),
+    plan("dsn-no-such-database", T + A, "target 'app'", "does not exist", code=3, dsn="no-such-database"),
+    # the command line
+    cli("unknown-command", "frobnicate", needles=("No such command 'frobnicate'",)),
+    cli("unknown-option", "plan", "--no-such-flag", needles=("No such option", "--no-such-flag", "shadow plan --help")),
+    cli("unknown-global-option", "--colour", "runs", needles=("No such option", "--colour")),
+    cli("show-unknown-run", "show", "20990101-000000-abcdef", needles=("no report for run '20990101-000000-abcdef'",)),
+    cli("show-bad-format", "show", "x", "--format", "pdf", needles=("Invalid value for '--format'", "'pdf'")),
+    cli("show-without-run", "show", needles=("Missing argument 'RUN_ID'",)),
+    cli("show-path-as-run-id", "show", "../..", needles=("no report for run '../..'",)),
+    cli("rollback-unknown-run", "rollback", "20990101-000000-abcdef", needles=("no run '20990101-000000-abcdef'",)),
+    cli("runs-limit-not-a-number", "runs", "--limit", "many", needles=("Invalid value for '-n' / '--limit'",)),
+    cli("plan-file-missing", "plan", "-f", "nope.yaml", needles=("nope.yaml: plan file not found",)),
+    cli("plan-file-is-a-directory", "plan", "-f", "sub", needles=("'sub' is a directory",),
+        files={"sub/shadow.yaml": T + A}),
+    cli("lint-file-missing", "lint", "nope.sql", needles=("nope.sql", "SQL file not found")),
+    cli("lint-not-parsing", "lint", "m.sql", needles=("m.sql:1",), files={"m.sql": "SELEC * FORM users;\n"}),
+    cli("lint-not-utf-8", "lint", "m.sql", needles=("m.sql", "not UTF-8"), files={"m.sql": b"SELECT '\xff';\n"}),
+    cli("audit-without-journal", "audit", needles=("no journal at",)),
+    cli("rollback-without-run-id", "rollback", needles=("Missing argument 'RUN_ID'",)),
+    cli("lint-without-files", "lint", needles=("Missing argument 'FILES...'",)),
+    cli("gc-unknown-option", "gc", "--everything", needles=("No such option", "--everything")),
+    cli("plan-file-option-without-value", "plan", "-f", needles=("Option '-f' requires an argument",)),
+    Bad("state-dir-is-a-file", ("--state-dir", "blocker/state", "plan", "-q"), ("not writable",), 3,
+        {"blocker": "a file", "shadow.yaml": T + A, "m.sql": "SELECT 1;\n"}),
+]
+
+
+@pytest.fixture(scope="module")
+def corpus_prod(pg_server: LocalCluster) -> Iterator[ProdDb]:
+    name = "prod_" + uuid.uuid4().hex[:10]
+    db = ProdDb(pg_server, name, pg_server.create_database(name))
+    db.execute(DEMO_SCHEMA.read_text())
+    yield db
+    with pg_server.connect() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _dsn(case: Bad, prod: ProdDb) -> str | None:
+    if case.dsn is None:
+        return None
+    return {
+        "prod": prod.dsn,
+        "wrong-password": prod.server.dsn(prod.name, password="not-" + prod.server.password),
+        "no-such-database": prod.server.dsn("no_such_db_" + uuid.uuid4().hex[:6]),
+    }.get(case.dsn, case.dsn.replace("{closed}", str(free_port())))
+
+
+def _write(folder: Path, files: dict[str, str | bytes]) -> None:
+    for rel, content in files.items():
+        path = folder / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+
+
+def test_corpus_of_bad_inputs(corpus_prod, tmp_path, capsys):
+    assert len(CORPUS) >= 50 and len({c.id for c in CORPUS}) == len(CORPUS)
+    fingerprint = corpus_prod.fingerprint()
+    failures: list[str] = []
+    started = time.monotonic()
+    for case in CORPUS:
+        folder = tmp_path / case.id
+        folder.mkdir()
+        _write(folder, case.files)
+        dsn = _dsn(case, corpus_prod)
+        r = run_main(folder / "state", *case.args, env={"APP_DATABASE_URL": dsn} if dsn else {}, cwd=folder)
+        lines = [line for line in r.text.splitlines() if line.strip()]
+        problems = []
+        if r.code != case.code:
+            problems.append(f"exit {r.code}, expected {case.code}")
+        if "Traceback" in r.text or "internal error" in r.text:
+            problems.append("a traceback or internal error")
+        if len(lines) != 1 or not lines[0].startswith("shadow: error: "):
+            problems.append(f"{len(lines)} lines instead of one `shadow: error: …` line")
+        problems += [f"no {n!r}" for n in case.needles if n not in r.text]
+        if dsn and "hunter2" in r.text:
+            problems.append("the DSN's password is shown")
+        if case.dsn == "prod" or case.dsn in ("wrong-password", "no-such-database"):
+            now = corpus_prod.fingerprint()
+            if now != fingerprint:
+                problems.append("PRODUCTION CHANGED")
+                fingerprint = now
+        if problems:
+            failures.append(f"{case.id}: {'; '.join(problems)}\n    {r.text.strip()[:400]}")
+    with capsys.disabled():
+        print(f"\nbad-input corpus: {len(CORPUS)} malformed inputs tried in {time.monotonic() - started:.1f} s, "
+              f"{len(failures)} mishandled")
+    assert not failures, "\n".join(failures)

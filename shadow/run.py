@@ -23,7 +23,8 @@ from adapters import REGISTRY, Checkpoint, Endpoint, ShadowCopy, Target
 from shadow import report
 from shadow.action import ActionResult, run_action
 from shadow.changes import Change, differences
-from shadow.errors import ActionFailed, BadInput, InfrastructureError, RestoreFailed, ShadowError, SqlError
+from shadow.errors import (ActionFailed, BadInput, InfrastructureError, RestoreFailed, ShadowError, SnapshotCorrupt,
+                           SqlError, TargetUnreachable)
 from shadow.guard import FaultPoints, Liveness, RunRecord, holder_text, lock_targets, refuse_if_unrecovered
 from shadow.journal import Journal
 from shadow.judge import Verdict, compare_change_sets, judge
@@ -511,6 +512,11 @@ def _rehearse(session: _Session, plan_: Plan, statements: list[Statement], targe
             result.outcome = "error"
             result.reason = str(exc)
             raise
+        except ShadowError:
+            _raise_if_a_shadow_died(result, shadows)
+            raise
+        if not result.rehearsal.ok:
+            _raise_if_a_shadow_died(result, shadows)
     for step in result.rehearsal.locks or []:
         for lock in step["locks"]:
             limit = plan_.policy.max_lock.get(lock["mode"])
@@ -528,6 +534,17 @@ def _rehearse(session: _Session, plan_: Plan, statements: list[Statement], targe
             result.targets[name].changes = shadow.changes()
         with session.step("judge", name):
             result.verdicts += judge(name, result.targets[name].changes, plan_.expect[name], shadow.check)
+
+
+def _raise_if_a_shadow_died(result: RunResult, shadows: dict[str, ShadowCopy]) -> None:
+    """A rehearsal that failed because its shadow's server died (killed, container gone) failed for want of
+    infrastructure, not because of the action: say so instead of blaming the action."""
+    for name, shadow in shadows.items():
+        lost = getattr(shadow, "lost", None)
+        why = lost() if lost is not None else None
+        if why:
+            raise InfrastructureError(f"the shadow's server ({result.backend} backend) died during the rehearsal "
+                                      f"({why}); production was not touched", target=name)
 
 
 def _apply(session: _Session, plan_: Plan, statements: list[Statement], targets: dict[str, Target],
@@ -578,8 +595,12 @@ def _apply(session: _Session, plan_: Plan, statements: list[Statement], targets:
                 return
     except RestoreFailed:
         raise
+    except ShadowError as exc:
+        # Lost production (or a shadow) mid-apply: production is restored and the run ends as rolled back.
+        _roll_back(session, targets, checkpoints, f"the apply did not finish ({exc})")
+        return
     except BaseException as exc:
-        # Interrupted or lost a target mid-apply: put production back before giving up.
+        # Interrupted mid-apply: put production back before giving up.
         reason = f"apply interrupted: {exc or type(exc).__name__}"
         try:
             _roll_back(session, targets, checkpoints, reason)
@@ -611,6 +632,10 @@ def _apply_in_one_transaction(session: _Session, plan_: Plan, statements: list[S
                 lambda changes: compare_change_sets(tr.changes, changes))
             result.production = ActionResult(True, time.monotonic() - start, "one transaction, verified before COMMIT")
         except (SqlError, ActionFailed) as exc:
+            result.production = ActionResult(False, time.monotonic() - start, "one transaction", str(exc))
+        except TargetUnreachable as exc:
+            if t.fingerprint() != checkpoint.fingerprint:
+                raise  # the connection may have dropped after COMMIT reached production: restore the checkpoint
             result.production = ActionResult(False, time.monotonic() - start, "one transaction", str(exc))
     if problems:
         result.divergence += [f"{t.name}: {d}" for d in problems]
@@ -657,7 +682,8 @@ def _restore_all(session: _Session, targets: dict[str, Target], checkpoints: dic
 def restore_target(session: _Session, t: Target, cp: Checkpoint) -> None:
     """Restore one target from its checkpoint and verify; raise RestoreFailed unless it observes equal."""
     tr = session.result.targets[t.name]
-    retry = f"the checkpoint is intact; retry with `shadow rollback {cp.run_id} --force` once the cause is fixed"
+    again = "`shadow recover`" if session.result.command == "recover" else f"`shadow rollback {cp.run_id} --force`"
+    retry = f"the checkpoint is intact; retry with {again} once the cause is fixed"
     try:
         if t.fingerprint() == cp.fingerprint:
             tr.restore = {"needed": False, "verified": True, "note": "production still equals the checkpoint"}
@@ -666,6 +692,11 @@ def restore_target(session: _Session, t: Target, cp: Checkpoint) -> None:
             t.restore(cp, session.store)
         with session.step("verify restore", t.name):
             problems = t.verify_restored(cp)
+    except SnapshotCorrupt as exc:
+        tr.restore = {"needed": True, "verified": False, "error": str(exc)}
+        raise RestoreFailed(f"refused to restore production from a damaged checkpoint: {exc}; production was left as "
+                            f"it is — put the artifact back (from a backup of the store), then run {again}",
+                            target=t.name, run_id=cp.run_id) from exc
     except RestoreFailed as exc:
         tr.restore = {"needed": True, "verified": False, "error": str(exc)}
         raise RestoreFailed(f"could NOT restore production: {exc}; {retry}", target=t.name, run_id=cp.run_id) from exc

@@ -17,6 +17,7 @@ a directory created by someone else's ``mkdir`` keeps its mode until shadow tigh
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -108,6 +109,15 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _out_of_space(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) is ENOSPC — raised here, or reported by a tool such as pg_dump."""
+    while exc is not None:
+        if (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or os.strerror(errno.ENOSPC) in str(exc):
+            return True
+        exc = exc.__cause__
+    return False
+
+
 class Store:
     """A local checkpoint store rooted at ``root``."""
 
@@ -143,6 +153,12 @@ class Store:
         try:
             yield slot
             slot.artifact = self.add(slot.path)
+        except Exception as exc:
+            if _out_of_space(exc):
+                raise InfrastructureError(f"the snapshot store {self.root} is out of disk space: {exc}; no partial "
+                                          "checkpoint was kept (free space there, or move the state dir with "
+                                          "--state-dir)") from exc
+            raise
         finally:
             if slot.path.exists():
                 slot.path.unlink()

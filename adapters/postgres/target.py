@@ -427,6 +427,14 @@ class PgShadow:
         env, exclusive = endpoint_env(self.name, make_conninfo(**params))
         return Endpoint(env=env, exclusive_env=exclusive, dsn=make_conninfo(**params))
 
+    def lost(self) -> str | None:
+        """Why the shadow's server no longer answers (killed, its container gone), or None while it does."""
+        try:
+            with psycopg.connect(self.server.dsn(), autocommit=True, connect_timeout=5):
+                return None
+        except psycopg.OperationalError as exc:
+            return _last_line(exc)
+
     def connect_pristine(self) -> psycopg.Connection:
         return self._connect(self.server.dsn(self.pristine))
 

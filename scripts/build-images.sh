@@ -5,6 +5,9 @@
 #   shadow-test/postgres:17   Debian trixie   minbase + postgresql-17
 #   shadow-test/action:latest Debian bookworm minbase + python3, python3-psycopg,
 #                             postgresql-client-15, ca-certificates
+#   shadow-test/moto:latest   shadow-test/action + moto's S3 server (moto[server]
+#                             installed with the host's pip into /opt/moto), on
+#                             port 5000 like the motoserver/moto image
 #
 # Each rootfs is made with `debootstrap --variant=minbase` from the Debian
 # mirror apt uses on this machine, trimmed, and turned into an image with
@@ -12,7 +15,7 @@
 #
 # Usage: scripts/build-images.sh [--force] [IMAGE...]
 #   --force   rebuild even when the tag already exists
-#   IMAGE     any of: postgres:15 postgres:17 action (default: all three)
+#   IMAGE     any of: postgres:15 postgres:17 action moto (default: all four)
 # Env: MIRROR=http://...  override the Debian mirror (default: apt's)
 #      BUILD_TMP=/var/tmp where the rootfs directories are made
 #
@@ -37,12 +40,12 @@ for arg in "$@"; do
     case $arg in
         --force|-f) FORCE=1 ;;
         -h|--help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        postgres:15|postgres:17|action|action:latest) WANT+=("${arg%:latest}") ;;
+        postgres:15|postgres:17|action|action:latest|moto|moto:latest) WANT+=("${arg%:latest}") ;;
         shadow-test/*) a=${arg#shadow-test/}; WANT+=("${a%:latest}") ;;
         *) echo "unknown argument: $arg (try --help)" >&2; exit 2 ;;
     esac
 done
-[ ${#WANT[@]} -gt 0 ] || WANT=(postgres:15 postgres:17 action)
+[ ${#WANT[@]} -gt 0 ] || WANT=(postgres:15 postgres:17 action moto)
 
 log() { printf '[build-images] %s\n' "$*" >&2; }
 
@@ -323,6 +326,21 @@ build_action() {
         'CMD ["/bin/bash"]'
 }
 
+# moto's server for S3 shadows in the docker backend: the action image plus moto
+# from PyPI (the host's pip, same Python minor as bookworm's python3: 3.11).
+build_moto() {
+    local tag=shadow-test/moto:latest ctx
+    image_exists shadow-test/action:latest || build_action
+    ctx=$(mktemp -d "$BUILD_TMP/shadow-moto.XXXXXX")
+    python3 -m pip install --quiet --disable-pip-version-check --no-compile --target "$ctx/moto" \
+        --python-version 3.11 --only-binary=:all: --implementation cp 'moto[server]>=5'
+    printf '%s\n' 'FROM shadow-test/action:latest' 'COPY moto /opt/moto' 'ENV PYTHONPATH=/opt/moto' \
+        'EXPOSE 5000' 'ENTRYPOINT ["python3", "-m", "moto.server", "-H", "0.0.0.0", "-p", "5000"]' \
+        >"$ctx/Dockerfile"
+    DOCKER_BUILDKIT=0 docker build -q -t "$tag" "$ctx" >/dev/null
+    rm -rf "$ctx"
+}
+
 # ----------------------------------------------------------------------- main
 rc=0
 for want in "${WANT[@]}"; do
@@ -330,6 +348,7 @@ for want in "${WANT[@]}"; do
         postgres:15) tag=shadow-test/postgres:15; cmd=(build_postgres 15 bookworm) ;;
         postgres:17) tag=shadow-test/postgres:17; cmd=(build_postgres 17 trixie) ;;
         action)      tag=shadow-test/action:latest; cmd=(build_action) ;;
+        moto)        tag=shadow-test/moto:latest; cmd=(build_moto) ;;
     esac
     if [ "$FORCE" = 0 ] && image_exists "$tag"; then
         log "$tag exists; skipping (use --force to rebuild)"

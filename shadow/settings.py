@@ -16,6 +16,7 @@ class Settings:
     backend: str | None = None  # SHADOW_BACKEND: overrides the plan's policy.backend (e.g. for a CI matrix)
     postgres_image: str = "postgres:{major}"  # SHADOW_POSTGRES_IMAGE; {major} is production's major version
     action_image: str = "python:3.12-slim"  # SHADOW_ACTION_IMAGE: for `isolation: container` without `image:`
+    s3_image: str = "motoserver/moto:latest"  # SHADOW_S3_IMAGE: moto's S3 server for s3 shadows (docker backend)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, state_dir: str | Path | None = None) -> Settings:
@@ -28,6 +29,7 @@ class Settings:
             backend=env.get("SHADOW_BACKEND") or None,
             postgres_image=env.get("SHADOW_POSTGRES_IMAGE") or "postgres:{major}",
             action_image=env.get("SHADOW_ACTION_IMAGE") or "python:3.12-slim",
+            s3_image=env.get("SHADOW_S3_IMAGE") or "motoserver/moto:latest",
         )
 
     @property

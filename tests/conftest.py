@@ -32,6 +32,7 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 os.environ.setdefault("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1")
 os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
 os.environ.setdefault("SHADOW_POSTGRES_IMAGE", "shadow-test/postgres:{major}")
+os.environ.setdefault("SHADOW_S3_IMAGE", "shadow-test/moto:latest")
 TEST_IMAGES = {15: "shadow-test/postgres:15", 17: "shadow-test/postgres:17"}
 
 
@@ -132,6 +133,7 @@ def shadow_cli(tmp_path: Path, backend: str):  # type: ignore[no-untyped-def]
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
         full_env["SHADOW_BACKEND"] = backend
         full_env["SHADOW_POSTGRES_IMAGE"] = os.environ["SHADOW_POSTGRES_IMAGE"]
+        full_env["SHADOW_S3_IMAGE"] = os.environ["SHADOW_S3_IMAGE"]
         full_env.update(env or {})
         proc = subprocess.run(
             [sys.executable, "-m", "shadow.cli", "--state-dir", str(state), *args],

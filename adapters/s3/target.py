@@ -24,6 +24,7 @@ import selectors
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -90,6 +91,69 @@ def moto_server(label: str) -> Iterator[str]:
                 proc.kill()
                 proc.wait()
             proc.stdout.close()
+
+
+MOTO_PORT = 5000  # where moto's server listens in its image (motoserver/moto, shadow-test/moto)
+
+
+class MotoContainer:
+    """moto's S3 server in a labelled container (the docker backend); the URL is its port published on 127.0.0.1."""
+
+    def __init__(self, image: str, run_id: str) -> None:
+        from testcontainers.core.container import DockerContainer
+
+        from adapters.docker import labels
+
+        self.image = image
+        self._container = DockerContainer(image).with_exposed_ports(MOTO_PORT)
+        self._container.with_kwargs(labels=labels(run_id, "s3-shadow"))
+        self.url = ""
+
+    def start(self, timeout: float = SERVER_START_TIMEOUT) -> MotoContainer:
+        import urllib.error
+        import urllib.request
+
+        try:
+            self._container.start()
+            host = self._container.get_container_host_ip()
+            self.url = f"http://{host}:{int(self._container.get_exposed_port(MOTO_PORT))}"
+        except Exception as exc:  # noqa: BLE001 - docker/testcontainers raise many kinds
+            raise InfrastructureError(f"could not start moto's S3 server from image {self.image!r}: "
+                                      f"{str(exc).strip()[:300]}") from exc
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/", timeout=2):
+                    return self
+            except (urllib.error.URLError, OSError) as exc:
+                if time.monotonic() > deadline:
+                    raise InfrastructureError(f"moto's S3 server from {self.image!r} did not answer on {self.url} "
+                                              f"within {timeout:g} s: {exc}") from exc
+                time.sleep(0.1)
+
+    @property
+    def container_id(self) -> str | None:
+        return getattr(getattr(self._container, "_container", None), "id", None)
+
+    def stop(self) -> None:
+        try:
+            self._container.stop()
+        except Exception:  # noqa: BLE001 - already gone is fine; gc catches the rest by label
+            pass
+
+
+@contextmanager
+def moto_endpoint(backend: str, image: str, run_id: str, label: str) -> Iterator[tuple[str, MotoContainer | None]]:
+    """An empty S3 endpoint for one shadow: a container in the docker backend, else a child process."""
+    if backend != "docker":
+        with moto_server(label) as url:
+            yield url, None
+        return
+    container = MotoContainer(image, run_id)
+    try:
+        yield container.start().url, container
+    finally:
+        container.stop()
 
 
 def fingerprint_of(observation: dict[str, Any]) -> str:
@@ -264,8 +328,9 @@ class S3Target:
     def shadow(self, checkpoint: Checkpoint, store: Store, run_id: str, backend: str,
                limits: Any = None) -> Iterator[S3Shadow]:
         manifest = self._manifest(checkpoint, store)
-        with moto_server(f"shadow-s3 run={run_id} target={self.name}") as url:
-            yield S3Shadow(self, url, checkpoint, manifest, store, backend)
+        with moto_endpoint(backend, self.settings.s3_image, run_id, f"shadow-s3 run={run_id} target={self.name}") \
+                as (url, container):
+            yield S3Shadow(self, url, checkpoint, manifest, store, backend, container)
 
     # -- production ----------------------------------------------------------------------------------------
     def execute_sql(self, endpoint: Endpoint, statements: list[Any], timeout: float,
@@ -328,37 +393,37 @@ class S3Target:
 
         self._call(what, run_all)
 
-    def _key_history(self, client: Any, key: str) -> list[dict[str, Any]]:
-        """Every version and delete marker of one key (a listing scoped to the key, exact matches only)."""
-        return [v for v in list_versions(client, self.bucket, key) if v["key"] == key]
-
     def _plan_versioned_restore(self, client: Any, manifest: dict[str, dict[str, Any]],
                                 want: dict[str, dict[str, Any]]) -> list[Any]:
+        """One write per changed key. The current objects (``list_objects_v2``) say which keys changed or were
+        created; only when a key was deleted since is the scope's version history listed, to find exactly the
+        delete markers made since — S3 has no cheaper way to learn a marker's version id without a read per key."""
         current = self._call("listing objects", list_current, client, self.bucket, self.prefix)
         ops: list[Any] = []
         for key, entry in manifest.items():
             now = current.get(key)
-            if now is None:
-                continue  # deleted since: below
-            if now["etag"] != entry["etag"] or now["size"] != entry["size"]:
+            if now is not None and (now["etag"] != entry["etag"] or now["size"] != entry["size"]):
                 ops.append(lambda key=key, entry=entry: self._copy_back(client, key, entry, want[key]))
         # A delete without a version id only adds a delete marker: no version is lost.
         ops += [lambda key=key: client.delete_object(Bucket=self.bucket, Key=key)
                 for key in current if key not in manifest]
         deleted = [key for key in manifest if key not in current]
-        with ThreadPoolExecutor(WORKERS) as pool:
-            histories = self._call("listing versions", lambda: list(
-                pool.map(lambda key: self._key_history(client, key), deleted)))
-        lost = []
-        for key, history in zip(deleted, histories):
+        if not deleted:
+            return ops
+        history: dict[str, list[dict[str, Any]]] = {}
+        for item in self._call("listing versions", lambda: list(list_versions(client, self.bucket, self.prefix))):
+            history.setdefault(item["key"], []).append(item)
+        lost = [key for key in deleted
+                if manifest[key]["version_id"] not in {v["version_id"] for v in history.get(key, [])}]
+        if lost:  # checked before anything is written
+            raise InfrastructureError(f"checkpoint versions of {len(lost)} key(s) no longer exist (deleted or "
+                                      f"expired), e.g. {lost[0]!r}; they cannot be restored", target=self.name)
+        for key in deleted:
             entry = manifest[key]
-            if entry["version_id"] not in {v["version_id"] for v in history}:
-                lost.append(key)
-                continue
             # S3 lists versions with a one-second LastModified, so "made since the checkpoint" is "not among the
             # versions the checkpoint saw", never a timestamp comparison.
             known = set(entry.get("known_versions") or [entry["version_id"]])
-            since = [v for v in history if v["version_id"] not in known]
+            since = [v for v in history[key] if v["version_id"] not in known]
             if since and all(v["marker"] for v in since):
                 # Deleted since, nothing written since: removing exactly those markers makes the checkpoint
                 # version current again, without writing a new version.
@@ -366,9 +431,6 @@ class S3Target:
                         client.delete_object(Bucket=self.bucket, Key=key, VersionId=vid) for marker in since]
             else:
                 ops.append(lambda key=key, entry=entry: self._copy_back(client, key, entry, want[key]))
-        if lost:  # checked before anything is written
-            raise InfrastructureError(f"checkpoint versions of {len(lost)} key(s) no longer exist (deleted or "
-                                      f"expired), e.g. {lost[0]!r}; they cannot be restored", target=self.name)
         return ops
 
     def _copy_back(self, client: Any, key: str, entry: dict[str, Any], props: dict[str, Any]) -> None:
@@ -490,8 +552,9 @@ class S3Shadow:
     """An ephemeral S3 endpoint holding one bucket seeded from the checkpoint."""
 
     def __init__(self, target: S3Target, url: str, checkpoint: Checkpoint, manifest: dict[str, dict[str, Any]],
-                 store: Store, backend: str) -> None:
+                 store: Store, backend: str, container: MotoContainer | None = None) -> None:
         self.name = target.name
+        self.container = container
         self.target = target
         self.backend = backend
         self.checkpoint = checkpoint
@@ -593,8 +656,18 @@ class S3Shadow:
         raise BadInput("`checks` run SQL and are for postgres targets", target=self.name)
 
     def attach(self, network: Any) -> Endpoint:
-        raise BadInput("`action.isolation: container` cannot reach an s3 shadow yet (it is served from a child "
-                       "process on 127.0.0.1); use `isolation: process` for plans with s3 targets", target=self.name)
+        """Join the sandbox's internal network under the target's name; the endpoint an isolated action uses."""
+        if self.container is None or not self.container.container_id:
+            raise InfrastructureError("an isolated action needs the docker backend", target=self.name)
+        alias = re.sub(r"[^a-z0-9-]", "-", self.name.lower())
+        try:
+            network.connect(self.container.container_id, aliases=[alias])
+        except Exception as exc:  # noqa: BLE001 - docker SDK errors
+            raise InfrastructureError(f"could not attach the s3 shadow to the sandbox network: {exc}",
+                                      target=self.name) from exc
+        url = f"http://{alias}:{MOTO_PORT}"
+        env = {**self.endpoint.env, f"SHADOW_{_env_name(self.name)}_ENDPOINT_URL": url}
+        return Endpoint(env=env, exclusive_env={**self.endpoint.exclusive_env, "AWS_ENDPOINT_URL": url})
 
 
 def _by_key(observation: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -237,8 +237,8 @@ def load_plan(path: Path, env: Mapping[str, str], kinds: Mapping[str, Any] | Non
         line = f"{mark.line + 1}:{mark.column + 1}" if mark else "1"
         raise PlanError([f"{shown}:{line}: not valid YAML: {exc.problem or exc}"]) from exc
     except yaml.reader.ReaderError as exc:  # a NUL or another control character; it carries no mark
-        line = text.count("\n", 0, exc.position) + 1
-        raise PlanError([f"{shown}:{line}: not valid YAML: character #x{exc.character:04x} is not allowed"]) from exc
+        row = text.count("\n", 0, exc.position) + 1
+        raise PlanError([f"{shown}:{row}: not valid YAML: character #x{exc.character:04x} is not allowed"]) from exc
     except yaml.YAMLError as exc:
         raise PlanError([f"{shown}: not valid YAML: {' '.join(str(exc).split())}"]) from exc
     except RecursionError as exc:

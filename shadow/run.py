@@ -31,7 +31,7 @@ from shadow.judge import Verdict, compare_change_sets, judge
 from shadow.plan import Plan, load_plan
 from shadow.settings import Settings
 from shadow.sqlsplit import Statement, load_sql_files
-from snapshots import Store, atomic_write_bytes
+from snapshots import Store, atomic_write_bytes, make_private_dir
 
 Progress = Callable[[str, str], None]
 
@@ -125,7 +125,8 @@ class _Session:
         self.store = Store(settings.store_dir)
         self.dir = settings.runs_dir / result.run_id
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            make_private_dir(settings.runs_dir)
+            make_private_dir(self.dir)  # reports and the action's logs: private whatever their own modes
         except OSError as exc:
             raise InfrastructureError(f"state dir {settings.state_dir} is not writable: {exc.strerror}") from exc
         result.report_dir = str(self.dir)

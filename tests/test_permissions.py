@@ -36,6 +36,11 @@ def _assert_private(state: Path) -> None:
     for path in [store, *store.rglob("*")]:
         if path.is_dir() and _mode(path) != 0o700 or path.is_file() and _mode(path) != 0o600:
             wrong[str(path)] = oct(_mode(path))
+    runs = state / "runs"
+    # Reports and action logs sit in private run directories (the files keep their own modes).
+    for path in [runs, *runs.glob("*")] if runs.exists() else []:
+        if path.is_dir() and _mode(path) != 0o700:
+            wrong[str(path)] = oct(_mode(path))
     assert not wrong, wrong
 
 

@@ -24,12 +24,14 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from adapters.docker import LABEL_PID, LABEL_ROLE
 from adapters.postgres.cluster import LABELS_FILE, TEMP_PREFIX
 from tests.conftest import BOTH_BACKENDS, CliResult, ProdDb, write_plan
+from tests.test_lifecycle import _wait_for
 
 ONLY_IN_PRODUCTION = "SELECT pg_sleep(CASE WHEN current_setting('port') = '{port}' THEN 120 ELSE 0 END);"
 
@@ -57,8 +59,9 @@ def _finish(proc: subprocess.Popen[str], timeout: float = 180) -> CliResult:
     return CliResult(proc.returncode, out, err)
 
 
-def _shadow(tmp_path: Path, db: ProdDb, scratch: Path, *args: str, **kw: object) -> CliResult:
-    return _finish(_start(tmp_path, db, scratch, *args, **kw))  # type: ignore[arg-type]
+def _shadow(tmp_path: Path, db: ProdDb, scratch: Path, *args: str, state: Path | None = None,
+            env: dict[str, str] | None = None) -> CliResult:
+    return _finish(_start(tmp_path, db, scratch, *args, state=state, env=env))
 
 
 def _one_clear_line(r: CliResult) -> str:
@@ -87,6 +90,22 @@ def _terminate_in_production(db: ProdDb, proc: subprocess.Popen[str], like: str,
 
 
 # -- 1. production's connection dropped mid-apply ------------------------------------------------------------
+def _apply_losing_production(db: ProdDb, tmp_path: Path, scratch: Path, like: str) -> dict[str, Any]:
+    """Apply, terminate the production backend running a query ``like`` this, and check the run ended rolled back
+    with production at the checkpoint; return the run's model."""
+    checkpoint = db.fingerprint()
+    proc = _start(tmp_path, db, scratch, "apply", "--json")
+    _terminate_in_production(db, proc, like)
+    r = _finish(proc)
+
+    assert db.fingerprint() == checkpoint
+    assert r.code == 1, r.text
+    assert "Traceback" not in r.text
+    model: dict[str, Any] = json.loads(r.out)
+    assert model["outcome"] == "rolled_back", model["reason"]
+    return model
+
+
 def test_connection_dropped_inside_the_apply_transaction_leaves_production_at_the_checkpoint(
         prod_db: ProdDb, tmp_path: Path, scratch: Path) -> None:
     write_plan(tmp_path, """
@@ -96,16 +115,7 @@ expect: {app: {may: [insert rows public.audit_log, update rows public.users]}}
 """, {"m.sql": "INSERT INTO audit_log VALUES ('2026-11-26', 'before the pause');\n"
                + ONLY_IN_PRODUCTION.format(port=prod_db.server.port) + "\n"
                "UPDATE users SET full_name = upper(full_name) WHERE id <= 10;\n"})
-    checkpoint = prod_db.fingerprint()
-    proc = _start(tmp_path, prod_db, scratch, "apply", "--json")
-    _terminate_in_production(prod_db, proc, "%pg_sleep%")
-    r = _finish(proc)
-
-    assert prod_db.fingerprint() == checkpoint
-    assert r.code == 1, r.text
-    assert "Traceback" not in r.text
-    model = json.loads(r.out)
-    assert model["outcome"] == "rolled_back"
+    model = _apply_losing_production(prod_db, tmp_path, scratch, "%pg_sleep%")
     assert "lost the connection" in model["reason"] and "production was never changed" in model["reason"]
 
 
@@ -121,16 +131,7 @@ expect:
 """, {"m.sql": "INSERT INTO audit_log VALUES ('2026-11-26', 'committed before the drop');\n"
                + ONLY_IN_PRODUCTION.format(port=prod_db.server.port) + "\n"
                "CREATE INDEX CONCURRENTLY audit_log_message_idx ON audit_log (message);\n"})
-    checkpoint = prod_db.fingerprint()
-    proc = _start(tmp_path, prod_db, scratch, "apply", "--json")
-    _terminate_in_production(prod_db, proc, "%pg_sleep%")
-    r = _finish(proc)
-
-    assert prod_db.fingerprint() == checkpoint
-    assert r.code == 1, r.text
-    assert "Traceback" not in r.text
-    model = json.loads(r.out)
-    assert model["outcome"] == "rolled_back"
+    model = _apply_losing_production(prod_db, tmp_path, scratch, "%pg_sleep%")
     assert "lost the connection" in model["reason"]
     assert "restored to the checkpoint and verified" in model["reason"]
     assert model["targets"][0]["restore"]["needed"] is True and model["targets"][0]["restore"]["verified"] is True
@@ -156,15 +157,9 @@ action:
   env: {{PROD_PORT: "{prod_db.server.port}"}}
 expect: {{app: {{may: [insert rows public.audit_log]}}}}
 """, {"job.py": HOLD_PRODUCTION})
-    checkpoint = prod_db.fingerprint()
-    proc = _start(tmp_path, prod_db, scratch, "apply")
-    _terminate_in_production(prod_db, proc, "%shadow-faults-hold%")
-    r = _finish(proc)
-
-    assert prod_db.fingerprint() == checkpoint
-    assert r.code == 1, r.text
-    assert "Traceback" not in r.text
-    assert "job: lost production" in r.out and "production was restored to the checkpoint and verified" in r.out
+    model = _apply_losing_production(prod_db, tmp_path, scratch, "%shadow-faults-hold%")
+    assert "job: lost production" in model["reason"]
+    assert "production was restored to the checkpoint and verified" in model["reason"]
 
 
 # -- 2. the shadow's server dying mid-rehearsal ------------------------------------------------------------
@@ -176,28 +171,18 @@ with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
 """
 
 
-def _wait_for(path: Path, proc: subprocess.Popen[str], seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"shadow exited early: {proc.communicate()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("the action did not start")
-        time.sleep(0.05)
-
-
-def _kill_local_shadow(scratch: Path, pid: int) -> Path:
+def _kill_local_shadow(scratch: Path, pid: int) -> None:
+    """SIGKILL the postmaster of the local shadow cluster that shadow process ``pid`` started."""
     for root in scratch.glob(TEMP_PREFIX + "*"):
         labels = json.loads((root / LABELS_FILE).read_text())
         if labels[LABEL_PID] == str(pid):
             postmaster = int((root / "data" / "postmaster.pid").read_text().split("\n", 1)[0])
             os.kill(postmaster, signal.SIGKILL)
-            return root
+            return
     raise AssertionError(f"no local shadow cluster of pid {pid} in {scratch}")
 
 
-def _shadow_containers(pid: int) -> list[object]:
+def _shadow_containers(pid: int) -> list[Any]:
     import docker
 
     return docker.from_env().containers.list(all=True, filters={"label": [f"{LABEL_PID}={pid}",
@@ -222,7 +207,7 @@ action:
     else:
         containers = _shadow_containers(proc.pid)
         assert len(containers) == 1
-        subprocess.run(["docker", "kill", containers[0].id], check=True, capture_output=True)  # type: ignore[attr-defined]
+        containers[0].kill()
     r = _finish(proc)
 
     assert r.code == 3, r.text

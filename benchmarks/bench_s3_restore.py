@@ -151,10 +151,10 @@ def phases(target: S3Target, meter: Meter, rows: list[Measure]) -> Iterator[None
 
         setattr(target, name, wrapper)
 
-    wrapped = ("_plan_versioned_restore", "_plan_copy_restore", "_run_ops", "observe")
-    wrap("_plan_versioned_restore", lambda *a, **k: "plan: list objects + each deleted key's versions")
+    wrapped = ("_changed_ops", "_deleted_ops", "_plan_copy_restore", "observe")
+    wrap("_changed_ops", lambda *a, **k: "plan: modified and created keys (from list_objects_v2)")
+    wrap("_deleted_ops", lambda *a, **k: "plan: keys deleted since (version listing, overlaps writes)")
     wrap("_plan_copy_restore", lambda *a, **k: "plan: list current objects")
-    wrap("_run_ops", lambda what, ops, *a, **k: f"{what}: {len(ops):,} ops")
     wrap("observe", lambda *a, **k: "observe(): list + HEAD + tagging of every key")
     try:
         yield
@@ -342,7 +342,7 @@ def main() -> None:
 
         print(HEADER)
         print(row(shadow))
-        covered = Measure("(other)", shadow.seconds - sum(m.seconds for m in breakdown),
+        covered = Measure("(the rest: list_objects_v2 and the writes)", shadow.seconds - sum(m.seconds for m in breakdown),
                           shadow.counts - sum((m.counts for m in breakdown), Counter()))
         for m in breakdown + ([covered] if breakdown else []):
             print(row(m, "  - "))

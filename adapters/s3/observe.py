@@ -19,13 +19,17 @@ from typing import Any
 from shadow.changes import Change
 
 WORKERS = 16
+# Ask for as many entries per listing page as the server will give: AWS caps a page at 1,000 whatever is asked;
+# servers that do not (moto) answer in fewer, and every page costs them a pass over the whole bucket.
+PAGE = {"PageSize": 100_000}
 OBJECT_PROPS = ("etag", "size", "content_type", "metadata", "tags")
 
 
 def list_current(client: Any, bucket: str, prefix: str) -> dict[str, dict[str, Any]]:
     """key → {"etag", "size"} of every current object under ``prefix`` (paged)."""
     out: dict[str, dict[str, Any]] = {}
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix,
+                                                                        PaginationConfig=PAGE):
         for item in page.get("Contents", []):
             out[item["Key"]] = {"etag": item["ETag"].strip('"'), "size": int(item["Size"])}
     return out
@@ -37,7 +41,8 @@ def list_versions(client: Any, bucket: str, prefix: str) -> Iterator[dict[str, A
     Not in history order: boto3 returns versions and delete markers as two separate lists, and ``modified`` has
     one-second resolution, so neither tells which of two entries made in the same second came first.
     """
-    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix,
+                                                                       PaginationConfig=PAGE):
         for item in page.get("Versions", []):
             yield {"key": item["Key"], "version_id": item["VersionId"], "latest": item["IsLatest"],
                    "marker": False, "etag": item["ETag"].strip('"'), "size": int(item["Size"]),

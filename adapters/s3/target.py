@@ -357,20 +357,25 @@ class S3Target:
     def restore(self, checkpoint: Checkpoint, store: Store) -> None:
         """Only keys that differ from the checkpoint cost a write, and a second restore writes nothing.
 
-        On a versioned bucket the plan comes from the version listing alone — a key whose current version is
-        the checkpoint's has the checkpoint's content, type and metadata, since a version never changes. Its
-        tags can change in place, and S3 cannot list tags, so they are checked (and put back) by
-        :meth:`verify_restored`, which reads every object anyway.
+        On a versioned bucket the plan comes from listings alone, never a read per object: a key whose current
+        ETag and size are the checkpoint's has its content (content type and metadata rewritten over equal
+        content, and tags, which change in place and which no S3 call lists, are checked and put back by
+        :meth:`verify_restored`, which reads every object anyway).
         """
         manifest = self._manifest(checkpoint, store)
         client = self.client()
+        want = _by_key(checkpoint.observation)
         if checkpoint.meta.get("mode") == "versions":
-            ops = self._plan_versioned_restore(client, manifest, _by_key(checkpoint.observation))
-        else:
-            want, have = _by_key(checkpoint.observation), _by_key(self.observe())
-            changed = sorted(key for key, props in want.items() if have.get(key) != props)
-            ops = self._plan_copy_restore(client, manifest, store, want, have, changed)
-            ops += [lambda key=key: client.delete_object(Bucket=self.bucket, Key=key) for key in set(have) - set(want)]
+            current = self._call("listing objects", list_current, client, self.bucket, self.prefix)
+            deleted = [key for key in manifest if key not in current]
+            # The writes for modified and created keys start while the version history is being listed.
+            self._run_ops("restoring", self._changed_ops(client, manifest, want, current),
+                          then=lambda: self._deleted_ops(client, manifest, want, deleted))
+            return
+        have = _by_key(self.observe())
+        changed = sorted(key for key, props in want.items() if have.get(key) != props)
+        ops = self._plan_copy_restore(client, manifest, store, want, have, changed)
+        ops += [lambda key=key: client.delete_object(Bucket=self.bucket, Key=key) for key in set(have) - set(want)]
         self._run_ops("restoring", ops)
 
     def _retag(self, client: Any, key: str, tags: dict[str, str]) -> None:
@@ -380,44 +385,51 @@ class S3Target:
         else:  # an empty TagSet is a delete (and moto's server rejects an empty PUT)
             client.delete_object_tagging(Bucket=self.bucket, Key=key)
 
-    def _run_ops(self, what: str, ops: list[Any]) -> None:
-        if not ops:
-            return
+    def _run_ops(self, what: str, ops: list[Any], then: Callable[[], list[Any]] | None = None) -> None:
+        """Send ``ops`` from a bounded pool; ``then`` plans more while they run, and its ops join the pool."""
         tick = self._progress(what)
 
         def run_all() -> None:
             with ThreadPoolExecutor(WORKERS) as pool:
-                for done, _ in enumerate(pool.map(lambda op: op(), ops), 1):
-                    if tick and done % 500 == 0:
-                        tick(done, len(ops))
+                futures = [pool.submit(op) for op in ops]
+                try:
+                    futures += [pool.submit(op) for op in (then() if then else [])]
+                finally:
+                    for done, future in enumerate(futures, 1):
+                        future.result()
+                        if tick and done % 500 == 0:
+                            tick(done, len(futures))
 
         self._call(what, run_all)
 
-    def _plan_versioned_restore(self, client: Any, manifest: dict[str, dict[str, Any]],
-                                want: dict[str, dict[str, Any]]) -> list[Any]:
-        """One write per changed key. The current objects (``list_objects_v2``) say which keys changed or were
-        created; only when a key was deleted since is the scope's version history listed, to find exactly the
-        delete markers made since — S3 has no cheaper way to learn a marker's version id without a read per key."""
-        current = self._call("listing objects", list_current, client, self.bucket, self.prefix)
+    def _changed_ops(self, client: Any, manifest: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]],
+                     current: dict[str, dict[str, Any]]) -> list[Any]:
+        """Modified keys get their checkpoint version copied back; keys created since get a delete marker (a
+        delete without a version id only adds one: no version is lost)."""
         ops: list[Any] = []
         for key, entry in manifest.items():
             now = current.get(key)
             if now is not None and (now["etag"] != entry["etag"] or now["size"] != entry["size"]):
                 ops.append(lambda key=key, entry=entry: self._copy_back(client, key, entry, want[key]))
-        # A delete without a version id only adds a delete marker: no version is lost.
         ops += [lambda key=key: client.delete_object(Bucket=self.bucket, Key=key)
                 for key in current if key not in manifest]
-        deleted = [key for key in manifest if key not in current]
+        return ops
+
+    def _deleted_ops(self, client: Any, manifest: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]],
+                     deleted: list[str]) -> list[Any]:
+        """Keys deleted since: the scope's version history names exactly the delete markers made since — S3 has no
+        cheaper way to learn a marker's version id than a read per key."""
         if not deleted:
-            return ops
+            return []
         history: dict[str, list[dict[str, Any]]] = {}
         for item in self._call("listing versions", lambda: list(list_versions(client, self.bucket, self.prefix))):
             history.setdefault(item["key"], []).append(item)
         lost = [key for key in deleted
                 if manifest[key]["version_id"] not in {v["version_id"] for v in history.get(key, [])}]
-        if lost:  # checked before anything is written
+        if lost:
             raise InfrastructureError(f"checkpoint versions of {len(lost)} key(s) no longer exist (deleted or "
                                       f"expired), e.g. {lost[0]!r}; they cannot be restored", target=self.name)
+        ops: list[Any] = []
         for key in deleted:
             entry = manifest[key]
             # S3 lists versions with a one-second LastModified, so "made since the checkpoint" is "not among the

@@ -433,7 +433,7 @@ class PgShadow:
             with psycopg.connect(self.server.dsn(), autocommit=True, connect_timeout=5):
                 return None
         except psycopg.OperationalError as exc:
-            return _last_line(exc)
+            return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
     def connect_pristine(self) -> psycopg.Connection:
         return self._connect(self.server.dsn(self.pristine))

@@ -217,16 +217,19 @@ def rollback_cmd(ctx: Ctx, run_id: str, plan_file: Path | None, force: bool, loc
 
 
 @cli.command("recover")
+@click.option("-f", "--file", "plan_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="The plan file, if it moved since the killed run (its targets must point where the run worked).")
 @LOCK_TIMEOUT_OPTION
 @JSON_OPTION
 @QUIET_OPTION
 @click.pass_obj
-def recover_cmd(ctx: Ctx, lock_timeout: float, as_json: bool, quiet: bool) -> None:
+def recover_cmd(ctx: Ctx, plan_file: Path | None, lock_timeout: float, as_json: bool, quiet: bool) -> None:
     """Settle every run whose process was killed: finish a verified apply, or restore the checkpoint and verify.
 
     Until then, new runs on those targets are refused. Exit 0 when every run was settled (or none needed it).
     """
-    settled = _guard(ctx, lambda: runmod.recover(ctx.settings, _progress(ctx, quiet or as_json), lock_timeout))
+    settled = _guard(ctx, lambda: runmod.recover(ctx.settings, _progress(ctx, quiet or as_json), lock_timeout,
+                                                 plan_file))
     if as_json:
         click.echo(json.dumps(settled, indent=2))
         return

@@ -56,6 +56,8 @@ class RunRecord:
     pid: int = 0
     host: str = ""
     of_run: str | None = None
+    # An apply in one transaction: {"target": name, "xid": id once it began} — the server knows if it committed.
+    transaction: dict[str, Any] | None = None
 
     @classmethod
     def load(cls, path: Path) -> RunRecord:

@@ -144,9 +144,11 @@ class _Session:
         self.journal.start_run(r.run_id, r.command, plan_path, plan_sha256)
         self.faults.reached("start run")
 
-    def phase(self, name: str) -> None:
+    def phase(self, name: str, transaction: dict[str, Any] | None = None) -> None:
         assert self.record is not None
         self.record.phase = name
+        if transaction is not None:
+            self.record.transaction = transaction
         self.record.save(self.dir)
         self.faults.reached(f"phase {name}")
 
@@ -181,7 +183,10 @@ class _Session:
         finally:
             self.journal.finish_run(self.result.run_id, self.result.outcome, report.summary_line(model))
             self.journal.close()
-            if self.record is not None:
+            # A run that stopped while production was being written, without settling it, stays unfinished:
+            # `shadow recover` settles it, and until then no new work starts on its targets.
+            settled = self.result.outcome in ("applied", "rolled_back", "restored", "refused", "recovered")
+            if self.record is not None and (settled or self.record.phase not in ("applying", "restoring")):
                 self.phase("finished")
             self.liveness.release()
 
@@ -248,6 +253,8 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
                 stack.enter_context(lock_targets(settings.state_dir / "locks", targets,
                                                  holder_text(result.run_id, command), lock_timeout,
                                                  lambda text: progress("info", text)))
+                # Checked again under the locks: a run that held them may have been killed meanwhile.
+                refuse_if_unrecovered(settings.runs_dir, {n: t.describe() for n, t in targets.items()})
             session.begin(targets, str(loaded.path), loaded.sha256)
             progress("info", f"run {result.run_id}: {backend} backend ({why})")
             checkpoints = _checkpoint_all(session, targets)
@@ -317,6 +324,8 @@ def _rehearse_rollback(session: _Session, shadows: dict[str, ShadowCopy]) -> Non
                 problems = undo()
             except ShadowError as exc:
                 problems = [str(exc)]
+            except Exception as exc:  # noqa: BLE001 - a failed undo is a verdict on the plan, not a crash
+                problems = [f"{type(exc).__name__}: {exc}"]
         result.verdicts.append(Verdict(
             name, "rollback", "the undo restores the checkpoint", not problems,
             "restored the shadow from the checkpoint after the rehearsal: it observes equal to the checkpoint"
@@ -354,7 +363,9 @@ def binding(plan_: Plan, checkpoints: dict[str, Checkpoint] | None = None,
     if checkpoints is not None:
         out["checkpoints"] = {n: cp.fingerprint for n, cp in checkpoints.items()}
     if result is not None:
-        out["changes"] = {n: [c.to_dict() for c in tr.changes] for n, tr in result.targets.items()}
+        # As the report shows them: redacted (policy.redact and secret-looking columns, content diffs).
+        model = report.model(result)
+        out["changes"] = {t["name"]: t["changes"] for t in model["targets"]}
     return out
 
 
@@ -562,11 +573,12 @@ def _apply(session: _Session, plan_: Plan, statements: list[Statement], targets:
                 return
     endpoints = {n: t.endpoint() for n, t in targets.items()}
     undo = f"restore every target from the checkpoints of run {result.run_id} (shadow rollback {result.run_id})"
-    session.phase("applying")
     sql_target = plan_.action.sql_target if plan_.action.sql_files else None
     blocker = targets[sql_target].atomic_blocker(statements) if sql_target else None  # type: ignore[attr-defined]
+    one_transaction = bool(sql_target and len(targets) == 1 and blocker is None)
+    session.phase("applying", transaction={"target": sql_target, "xid": None} if one_transaction else None)
     try:
-        if sql_target and len(targets) == 1 and blocker is None:
+        if one_transaction and sql_target:
             _apply_in_one_transaction(session, plan_, statements, targets[sql_target], shadows[sql_target],
                                       checkpoints[sql_target])
             if result.outcome == "rolled_back":
@@ -630,7 +642,8 @@ def _apply_in_one_transaction(session: _Session, plan_: Plan, statements: list[S
         try:
             problems, tr.production_changes = t.apply_sql_verified(  # type: ignore[attr-defined]
                 statements, plan_.action.timeout, checkpoint, shadow,
-                lambda changes: compare_change_sets(tr.changes, changes))
+                lambda changes: compare_change_sets(tr.changes, changes),
+                lambda xid: session.phase("applying", transaction={"target": t.name, "xid": xid}))
             result.production = ActionResult(True, time.monotonic() - start, "one transaction, verified before COMMIT")
         except (SqlError, ActionFailed) as exc:
             result.production = ActionResult(False, time.monotonic() - start, "one transaction", str(exc))
@@ -683,7 +696,8 @@ def _restore_all(session: _Session, targets: dict[str, Target], checkpoints: dic
 def restore_target(session: _Session, t: Target, cp: Checkpoint) -> None:
     """Restore one target from its checkpoint and verify; raise RestoreFailed unless it observes equal."""
     tr = session.result.targets[t.name]
-    again = "`shadow recover`" if session.result.command == "recover" else f"`shadow rollback {cp.run_id} --force`"
+    again = "`shadow recover` (new work on this target is refused until then)"
+    rerun = f"`shadow rollback {session.result.of_run}` again"
     retry = f"the checkpoint is intact; retry with {again} once the cause is fixed"
     try:
         if t.fingerprint() == cp.fingerprint:
@@ -694,9 +708,10 @@ def restore_target(session: _Session, t: Target, cp: Checkpoint) -> None:
         with session.step("verify restore", t.name):
             problems = t.verify_restored(cp)
     except SnapshotCorrupt as exc:
-        tr.restore = {"needed": True, "verified": False, "error": str(exc)}
+        tr.restore = {"needed": True, "verified": False, "error": str(exc), "untouched": True}
         raise RestoreFailed(f"refused to restore production from a damaged checkpoint: {exc}; production was left as "
-                            f"it is — put the artifact back (from a backup of the store), then run {again}",
+                            f"it is — put the artifact back (from a backup of the store), then run "
+                            f"{rerun if session.result.command == 'rollback' else again}",
                             target=t.name, run_id=cp.run_id) from exc
     except RestoreFailed as exc:
         tr.restore = {"needed": True, "verified": False, "error": str(exc)}
@@ -736,6 +751,7 @@ def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Pat
     try:
         with lock_targets(settings.state_dir / "locks", targets, holder_text(result.run_id, "rollback"),
                           lock_timeout, lambda text: progress("info", text)):
+            refuse_if_unrecovered(settings.runs_dir, {n: t.describe() for n, t in targets.items()})
             session.begin(targets, str(loaded.path), loaded.sha256)
             checkpoints = {n: Checkpoint.from_dict(session.store.read_manifest(run_id, n)) for n in targets}
             for name, t in targets.items():
@@ -761,6 +777,12 @@ def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Pat
             session.phase("restoring")
             failures = _restore_all(session, targets, checkpoints)
             if failures:
+                restores = [tr.restore or {} for tr in result.targets.values()]
+                if all(r.get("untouched") or not r.get("needed") for r in restores):
+                    # Refused before anything was written (a damaged checkpoint): production is as it was.
+                    result.outcome = "refused"
+                    result.reason = "ROLLBACK REFUSED, production untouched: " + " | ".join(str(f) for f in failures)
+                    raise failures[0]
                 result.outcome = "restore_failed"
                 result.reason = "ROLLBACK FAILED: " + " | ".join(str(f) for f in failures)
                 raise failures[0]
@@ -777,55 +799,67 @@ def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Pat
 
 
 def recover(settings: Settings | None = None, progress: Progress = _quiet,
-            lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> list[dict[str, Any]]:
+            lock_timeout: float = DEFAULT_LOCK_TIMEOUT, plan_file: str | Path | None = None) -> list[dict[str, Any]]:
     """Settle every run whose process died before it finished; one line of what was done for each.
 
     - a ``plan``, or an ``apply`` killed before it touched production: closed, production untouched;
-    - an ``apply`` killed while applying: every target restored to the checkpoint and verified;
+    - an ``apply`` in one transaction: the server says whether the transaction committed (it only commits after
+      production was verified inside it); if it did not, production was never changed and nothing is restored;
+    - any other ``apply`` killed while applying: every target restored to the checkpoint and verified;
     - an ``apply`` killed after production was verified: production checked against what was verified;
     - a ``rollback`` killed while restoring: the restore is run again (it is idempotent) and verified.
+
+    ``plan_file``: the plan, if it moved since the run (its targets must still point where the run worked).
     """
     from shadow.guard import Liveness as Hold, unfinished
 
     settings = settings or Settings.from_env()
     out = []
-    for record in unfinished(settings.runs_dir):
-        folder = settings.runs_dir / record.run_id
+    for stale in unfinished(settings.runs_dir):
+        folder = settings.runs_dir / stale.run_id
         try:
-            hold = Hold(folder)  # a second `shadow recover` would wait here rather than race
+            hold = Hold(folder)  # a second `shadow recover` waits here rather than race
         except OSError as exc:
-            raise InfrastructureError(f"cannot take over run {record.run_id}: {exc}") from exc
-        was = record.phase
+            raise InfrastructureError(f"cannot take over run {stale.run_id}: {exc}") from exc
         try:
-            outcome, text = _recover_one(settings, record, progress, lock_timeout)
+            record = RunRecord.load(folder / "run.json")  # as the other recover, if any, left it
+            if record.phase == "finished":
+                continue
+            was = record.phase
+            outcome, text = _recover_one(settings, record, progress, lock_timeout, plan_file)
+            journal = Journal(settings.journal_path)
+            try:
+                journal.finish_run(record.run_id, outcome, f"recovered: {text}")
+            finally:
+                journal.close()
+            record.phase = "finished"
+            record.save(folder)
         finally:
             hold.release()
-        journal = Journal(settings.journal_path)
-        try:
-            journal.finish_run(record.run_id, outcome, f"recovered: {text}")
-        finally:
-            journal.close()
-        record.phase = "finished"
-        record.save(folder)
         out.append({"run": record.run_id, "command": record.command, "was": was, "outcome": outcome,
                     "summary": text})
         progress("info", f"run {record.run_id} ({record.command}): {outcome} — {text}")
     return out
 
 
-def _recover_one(settings: Settings, record: RunRecord, progress: Progress,
-                 lock_timeout: float) -> tuple[str, str]:
+def _recover_one(settings: Settings, record: RunRecord, progress: Progress, lock_timeout: float,
+                 plan_file: str | Path | None) -> tuple[str, str]:
     if record.command not in ("apply", "rollback") or record.phase == "rehearsing":
         return "interrupted", "killed before it touched production; production was not changed by it"
-    loaded = load_plan(Path(record.plan_path), settings.environ)
-    targets = {n: t for n, t in _targets(loaded, settings, progress).items() if n in record.targets}
+    loaded = load_plan(Path(plan_file or record.plan_path), settings.environ)
+    all_targets = _targets(loaded, settings, progress)
+    missing = sorted(set(record.targets) - set(all_targets))
+    if missing:
+        raise BadInput(f"cannot recover run {record.run_id}: {loaded.path} has no target named "
+                       f"{', '.join(missing)} any more (give the run's plan with -f)")
+    targets = {n: all_targets[n] for n in record.targets}
     for name, t in targets.items():
         if t.describe() != record.targets[name]:
             raise BadInput(f"cannot recover run {record.run_id}: target {name!r} now points at {t.describe()}, but "
                            f"the run worked on {record.targets[name]} (fix the plan or its environment)")
     source = record.of_run if record.command == "rollback" else record.run_id
     assert source is not None
-    result = RunResult(new_run_id(), "recover", record.plan_path, time.time(), of_run=record.run_id,
+    result = RunResult(new_run_id(), "recover", str(loaded.path), time.time(), of_run=record.run_id,
                        action=f"settle run {record.run_id} ({record.command}, killed while {record.phase})")
     for name, t in targets.items():
         result.targets[name] = TargetResult(name, t.kind, t.describe())
@@ -833,7 +867,7 @@ def _recover_one(settings: Settings, record: RunRecord, progress: Progress,
     try:
         with lock_targets(settings.state_dir / "locks", targets, holder_text(result.run_id, "recover"),
                           lock_timeout, lambda text: progress("info", text)):
-            session.begin(targets, record.plan_path, loaded.sha256)
+            session.begin(targets, str(loaded.path), loaded.sha256)
             if record.command == "apply" and record.phase == "applied":
                 drifted = []
                 for name, t in targets.items():
@@ -845,6 +879,10 @@ def _recover_one(settings: Settings, record: RunRecord, progress: Progress,
                                  f"applied and verified before it was killed; {', '.join(drifted)} changed since "
                                  "(someone else wrote) — left alone")
                 return "applied", result.reason
+            if record.command == "apply" and record.transaction:
+                settled = _settle_transaction(session, targets[record.transaction["target"]], record)
+                if settled is not None:
+                    return settled
             checkpoints = {n: Checkpoint.from_dict(session.store.read_manifest(source, n)) for n in targets}
             failures = _restore_all(session, targets, checkpoints)
             if failures:
@@ -861,6 +899,27 @@ def _recover_one(settings: Settings, record: RunRecord, progress: Progress,
         raise
     finally:
         session.finish()
+
+
+def _settle_transaction(session: _Session, t: Target, record: RunRecord) -> tuple[str, str] | None:
+    """An apply in one transaction never needs a restore: its transaction committed (after production was
+    verified inside it) or it did not (and changed nothing). Restoring would delete other sessions' writes."""
+    result = session.result
+    assert record.transaction is not None
+    xid = record.transaction.get("xid")
+    with session.step("transaction outcome", t.name):
+        status = t.transaction_outcome(int(xid)) if xid is not None else "never began"  # type: ignore[attr-defined]
+    if status == "committed":
+        result.outcome, outcome = "recovered", "applied"
+        result.reason = (f"its transaction {xid} committed — only after production was verified inside it: "
+                         "production has the rehearsed change")
+    elif status in ("aborted", "never began"):
+        result.outcome, outcome = "recovered", "rolled_back"
+        result.reason = (f"its transaction {'never began' if xid is None else f'{xid} did not commit'}: production "
+                         "was never changed by it, and nothing was restored (other sessions' writes are kept)")
+    else:
+        return None  # the server no longer knows: fall back to restoring the checkpoint
+    return outcome, result.reason
 
 
 def runs(settings: Settings | None = None, limit: int = 50) -> list[dict[str, Any]]:

@@ -328,7 +328,7 @@ def test_rollback_refuses_a_corrupt_checkpoint_and_changes_nothing(prod_db, shad
     assert "Traceback" not in r.text
     assert prod_db.fingerprint() == after_apply
     report = json.loads(shadow_cli("show", "--format", "json", json.loads(shadow_cli("runs", "--json").out)[0]["id"]).out)
-    assert report["outcome"] == "restore_failed"
+    assert report["outcome"] == "refused"  # refused before writing: settled, nothing for recover to do
 
 
 def test_role_filtered_by_row_level_security_is_refused_rather_than_miscounted(prod_db, shadow_cli, tmp_path):

@@ -182,3 +182,49 @@ def test_unrecovered_run_blocks_new_work_until_recover(production: Production, t
     assert {r["outcome"] for r in runs} >= {"rolled_back", "recovered"}
     assert shadow(tmp_path, production, "plan").returncode == 0
 
+
+
+ONE_TRANSACTION = """
+targets: {app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}}
+action: {sql: migrate.sql}
+expect: {app: {must: ["add column public.users.nickname"], may: ["update rows public.users"]}}
+"""
+MIGRATE_SQL = """SET lock_timeout = '5s';
+SET statement_timeout = '60s';
+ALTER TABLE users ADD COLUMN nickname text;
+UPDATE users SET nickname = lower(full_name) WHERE id > 0;
+"""
+
+
+def test_recover_asks_the_server_whether_a_one_transaction_apply_committed(production: Production,
+                                                                           tmp_path: Path) -> None:
+    write_plan(tmp_path, ONE_TRANSACTION, {"migrate.sql": MIGRATE_SQL})
+    points = transitions(tmp_path, production, "apply")
+    began = [i for i, p in enumerate(points, 1) if p == "phase applying"]
+    assert len(began) == 2, points  # the phase, then the transaction's id once it began
+    ended = points.index("end apply app") + 1
+
+    production.reset()
+    killed = shadow(tmp_path, production, "apply", env={"SHADOW_FAULT_KILL_AT": str(began[1])}, state="open")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with psycopg.connect(production.dsn, autocommit=True) as conn:  # the application keeps writing
+        conn.execute("INSERT INTO audit_log VALUES ('2031-05-05', 'written after the kill')")
+    recovered = shadow(tmp_path, production, "recover", "--json", state="open")
+    assert recovered.returncode == 0, recovered.stderr
+    import json
+
+    (row,) = json.loads(recovered.stdout)
+    assert row["outcome"] == "rolled_back" and "nothing was restored" in row["summary"], row
+    with psycopg.connect(production.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM audit_log WHERE message = 'written after the kill'").fetchone()[0] == 1
+        assert conn.execute("SELECT count(*) FROM information_schema.columns "
+                            "WHERE column_name = 'nickname'").fetchone()[0] == 0
+
+    production.reset()
+    killed = shadow(tmp_path, production, "apply", env={"SHADOW_FAULT_KILL_AT": str(ended)}, state="committed")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    recovered = shadow(tmp_path, production, "recover", "--json", state="committed")
+    (row,) = json.loads(recovered.stdout)
+    assert row["outcome"] == "applied" and "committed" in row["summary"], row
+    with psycopg.connect(production.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM users WHERE nickname IS NOT NULL").fetchone()[0] > 0

@@ -62,7 +62,8 @@ class ContainerServer(Server):
 
         container = DockerContainer(self.image)
         container.with_env("POSTGRES_USER", SUPERUSER).with_env("POSTGRES_PASSWORD", self.password)
-        container.with_env("POSTGRES_DB", "postgres").with_exposed_ports(5432)
+        container.with_env("POSTGRES_DB", "postgres")
+        container.ports["5432/tcp"] = ("127.0.0.1",)  # type: ignore[assignment]  # never on other interfaces
         container.with_command(DURABILITY_OFF)
         container.with_kwargs(labels=labels(self.label, "postgres-shadow"), **self.limits.docker_kwargs())
         self._container = container

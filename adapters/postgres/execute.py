@@ -82,10 +82,12 @@ def execute(dsn: str, statements: list[Statement], timeout: float, target: str,
 
 
 def execute_verified(dsn: str, statements: list[Statement], timeout: float, target: str,
-                     verify: Callable[[psycopg.Connection], list[str]]) -> list[str]:
+                     verify: Callable[[psycopg.Connection], list[str]],
+                     on_begin: Callable[[int], None] | None = None) -> list[str]:
     """Run ``statements`` in one transaction, then ``verify(conn)`` inside it, before anything is visible to
     anyone else: COMMIT when it returns no problems, ROLLBACK otherwise. Returns the problems — with a
-    ROLLBACK, production was never changed."""
+    ROLLBACK, production was never changed. ``on_begin`` gets the transaction's id before any statement runs,
+    so that whoever finds the run killed can ask the server whether it committed (``txid_status``)."""
     deadline = time.monotonic() + timeout
     try:
         conn = psycopg.connect(dsn, autocommit=True)
@@ -95,6 +97,8 @@ def execute_verified(dsn: str, statements: list[Statement], timeout: float, targ
     with conn:
         try:
             with conn.transaction():
+                if on_begin is not None:
+                    on_begin(int(conn.execute("SELECT txid_current()").fetchone()[0]))  # type: ignore[index]
                 for st in statements:
                     _run(conn, st, deadline, target)
                 conn.execute("SET LOCAL statement_timeout = 0")  # the timeout bounds the action, not the check

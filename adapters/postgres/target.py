@@ -103,6 +103,8 @@ class PostgresTarget:
         conn = self.connect()
         try:
             conn.execute("SELECT set_config('application_name', %s, false)", [f"shadow lock: {holder}"[:63]])
+            if conn.info.server_version >= 140000:  # an idle session must not be ended while it holds the lock
+                conn.execute("SET idle_session_timeout = 0")
             deadline, told = time.monotonic() + timeout, False
             while not conn.execute(LOCK_SQL).fetchone()[0]:  # type: ignore[index]
                 row = conn.execute(LOCK_HOLDER_SQL).fetchone()
@@ -232,7 +234,8 @@ class PostgresTarget:
         return next((st for st in statements if forces_autocommit(st)), None)
 
     def apply_sql_verified(self, statements: list[Statement], timeout: float, checkpoint: Checkpoint, shadow: Any,
-                           judge: Callable[[list[Change]], list[str]]) -> tuple[list[str], list[Change]]:
+                           judge: Callable[[list[Change]], list[str]],
+                           on_begin: Callable[[int], None] | None = None) -> tuple[list[str], list[Change]]:
         """Apply in one transaction, observe production *inside* it, and COMMIT only when ``judge`` finds the
         change set equal to the rehearsal's; otherwise ROLLBACK, which costs nothing."""
         seen: list[Change] = []
@@ -244,8 +247,22 @@ class PostgresTarget:
             seen.extend(diff(checkpoint.observation, after, rows))
             return judge(seen)
 
-        problems = execute_verified(self.dsn, statements, timeout, self.name, verify)
+        problems = execute_verified(self.dsn, statements, timeout, self.name, verify, on_begin)
         return problems, seen
+
+    def transaction_outcome(self, xid: int, wait: float = 30.0) -> str:
+        """Whether transaction ``xid`` committed ("committed" | "aborted" | "unknown"). One still open belongs to a killed
+        shadow (nobody can send its COMMIT any more): its backend is ended first, which aborts it."""
+        with self.connect() as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE backend_xid IS NOT NULL AND backend_xid::text::bigint = %s", [xid % 2**32])
+            deadline = time.monotonic() + wait
+            while True:
+                row = conn.execute("SELECT txid_status(%s)", [xid]).fetchone()
+                status = row[0] if row else None
+                if status != "in progress" or time.monotonic() > deadline:
+                    return str(status or "unknown")
+                time.sleep(0.2)
 
     def changes_since(self, checkpoint: Checkpoint, shadow: Any | None) -> list[Change]:
         after = self.observe()

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlencode
@@ -105,7 +105,9 @@ class MotoContainer:
         from adapters.docker import labels
 
         self.image = image
-        self._container = DockerContainer(image).with_exposed_ports(MOTO_PORT)
+        self._container = DockerContainer(image)
+        # Published on 127.0.0.1 only: moto checks no credentials, so the port must not face the network.
+        self._container.ports[f"{MOTO_PORT}/tcp"] = ("127.0.0.1",)  # type: ignore[assignment]
         self._container.with_kwargs(labels=labels(run_id, "s3-shadow"))
         self.url = ""
 
@@ -394,11 +396,13 @@ class S3Target:
                 futures = [pool.submit(op) for op in ops]
                 try:
                     futures += [pool.submit(op) for op in (then() if then else [])]
-                finally:
-                    for done, future in enumerate(futures, 1):
-                        future.result()
-                        if tick and done % 500 == 0:
-                            tick(done, len(futures))
+                except BaseException:
+                    wait(futures)  # what was sent finishes; the planning error is the one to report
+                    raise
+                for done, future in enumerate(futures, 1):
+                    future.result()
+                    if tick and done % 500 == 0:
+                        tick(done, len(futures))
 
         self._call(what, run_all)
 

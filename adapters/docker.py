@@ -8,6 +8,7 @@ containers of runs still alive.
 from __future__ import annotations
 
 import os
+import re
 import socket
 from functools import lru_cache
 from typing import Any
@@ -65,6 +66,18 @@ def owner_alive(container_labels: dict[str, str]) -> bool:
 def leftover_containers() -> list[Any]:
     c = client()
     return [k for k in c.containers.list(all=True, filters={"label": LABEL_RUN}) if not owner_alive(k.labels)]
+
+
+def join_network(network: Any, container_id: str | None, name: str) -> str:
+    """Attach a shadow's container to a sandbox network under the target's name; the alias an action uses."""
+    if not container_id:
+        raise InfrastructureError("an isolated action needs the docker backend")
+    alias = re.sub(r"[^a-z0-9-]", "-", name.lower())
+    try:
+        network.connect(container_id, aliases=[alias])
+    except Exception as exc:  # noqa: BLE001 - docker SDK errors
+        raise InfrastructureError(f"could not attach the shadow of {name!r} to the sandbox network: {exc}") from exc
+    return alias
 
 
 def _first_line(exc: BaseException) -> str:

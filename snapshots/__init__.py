@@ -195,6 +195,21 @@ class Store:
             )
         return path
 
+    def put_json(self, data: Any) -> dict[str, Any]:
+        """Store ``data`` as a JSON artifact; its reference (``sha256``, ``size``) for a checkpoint's artifacts."""
+        with self.new_artifact() as slot:
+            slot.path.write_text(json.dumps(data, sort_keys=True))
+        assert slot.artifact is not None
+        return {"sha256": slot.artifact.sha256, "size": slot.artifact.size}
+
+    def get_json(self, ref: dict[str, Any]) -> Any:
+        """A JSON artifact stored with :meth:`put_json`, sha256-verified."""
+        path = self.open_verified(Artifact(ref["sha256"], int(ref["size"])))
+        try:
+            return json.loads(path.read_text())
+        except ValueError as exc:
+            raise SnapshotCorrupt(f"checkpoint artifact {path} is unreadable: {exc}") from exc
+
     def write_manifest(self, run_id: str, target: str, manifest: dict[str, Any]) -> None:
         self._ensure()
         body = json.dumps(manifest, indent=1, sort_keys=True, default=str).encode()

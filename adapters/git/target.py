@@ -39,7 +39,7 @@ from adapters.git.observe import files as observe_files
 from adapters.git.repo import Git, url_secrets, without_credentials
 from shadow.changes import Change, differences
 from shadow.errors import BadInput, InfrastructureError, RestoreFailed, SnapshotCorrupt
-from snapshots import Artifact, Store
+from snapshots import Store
 
 ROLLBACKS = ("revert", "reset")
 CONTENT_DIFF_LIMIT = 64 * 1024  # bytes: text files up to this size get a unified diff in the report
@@ -191,14 +191,10 @@ class GitTarget:
                                              **self._fetch_remote(git, keep)}
         manifest = {"commit": top, "index_tree": index_tree, "tree": tree, "remote": self.remote,
                     "tracking": tracking, "keep": keep}
-        with store.new_artifact() as slot:
-            slot.path.write_text(json.dumps(manifest, sort_keys=True))
-        assert slot.artifact is not None
         return Checkpoint(
             target=self.name, kind=self.kind, run_id=run_id, observation=observation,
             fingerprint=fingerprint_of(observation),
-            artifacts={"manifest": {"sha256": slot.artifact.sha256, "size": slot.artifact.size,
-                                    "format": "git checkpoint manifest"}},
+            artifacts={"manifest": {**store.put_json(manifest), "format": "git checkpoint manifest"}},
             meta={"mode": f"refs under {keep}", "objects": len(observation["objects"]["file"]),
                   "copied_bytes": written, "rollback": self.rollback, "endpoint": self.describe()},
         )
@@ -218,12 +214,7 @@ class GitTarget:
         return {f"{self.remote}:{r[len(prefix):]}": s for r, s in local_refs(git, (prefix + "refs",)).items()}
 
     def _manifest(self, checkpoint: Checkpoint, store: Store) -> dict[str, Any]:
-        art = checkpoint.artifacts["manifest"]
-        path = store.open_verified(Artifact(art["sha256"], int(art["size"])))
-        try:
-            data: dict[str, Any] = json.loads(path.read_text())
-        except ValueError as exc:
-            raise SnapshotCorrupt(f"checkpoint manifest {path} is unreadable: {exc}") from exc
+        data: dict[str, Any] = store.get_json(checkpoint.artifacts["manifest"])
         if not self.repo().has_object(data["commit"]):
             raise SnapshotCorrupt(f"checkpoint commit {data['commit'][:12]} is gone from {self.repo().cwd} "
                                   f"(was {data['keep']} deleted?)", target=self.name)

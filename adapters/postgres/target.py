@@ -19,7 +19,7 @@ from psycopg.conninfo import make_conninfo
 
 from adapters import Checkpoint, Endpoint
 from adapters.postgres import dsn as dsnlib
-from adapters.docker import engine_answers
+from adapters.docker import engine_answers, join_network
 from adapters.postgres.binaries import ClientTools, ContainerTools, binaries_for
 from adapters.postgres.container import ContainerServer, Limits
 from adapters.postgres.cluster import LocalCluster
@@ -431,14 +431,8 @@ class PgShadow:
 
     def attach(self, network: Any) -> Endpoint:
         """Join the sandbox's internal network under the target's name; the endpoint an isolated action uses."""
-        if not isinstance(self.server, ContainerServer) or not self.server.container_id:
-            raise InfrastructureError("an isolated action needs the docker backend", target=self.name)
-        alias = re.sub(r"[^a-z0-9-]", "-", self.name.lower())
-        try:
-            network.connect(self.server.container_id, aliases=[alias])
-        except Exception as exc:  # noqa: BLE001 - docker SDK errors
-            raise InfrastructureError(f"could not attach the shadow to the sandbox network: {exc}",
-                                      target=self.name) from exc
+        container_id = self.server.container_id if isinstance(self.server, ContainerServer) else None
+        alias = join_network(network, container_id, self.name)
         assert self.endpoint.dsn is not None
         params = {**dsnlib.parse(self.endpoint.dsn), "host": alias, "port": 5432}
         env, exclusive = endpoint_env(self.name, make_conninfo(**params))

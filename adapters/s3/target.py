@@ -36,7 +36,7 @@ import yaml
 from adapters import Checkpoint, Endpoint
 from adapters.s3.observe import describe, diff, list_current, list_versions, observe, versioning
 from shadow.changes import Change, differences
-from shadow.errors import BadInput, InfrastructureError, SnapshotCorrupt, TargetUnreachable
+from shadow.errors import BadInput, InfrastructureError, TargetUnreachable
 from snapshots import Artifact, Store
 
 WORKERS = 16
@@ -276,14 +276,10 @@ class S3Target:
                                      "etag": observation["objects"]["object"][f"{self.bucket}/{key}"]["etag"]}
                     copied += art.size
             self._record_parts(client, manifest)
-        with store.new_artifact() as slot:
-            slot.path.write_text(json.dumps(manifest, sort_keys=True))
-        assert slot.artifact is not None
         return Checkpoint(
             target=self.name, kind=self.kind, run_id=run_id, observation=observation,
             fingerprint=fingerprint_of(observation),
-            artifacts={"manifest": {"sha256": slot.artifact.sha256, "size": slot.artifact.size,
-                                    "format": "s3 manifest"}},
+            artifacts={"manifest": {**store.put_json(manifest), "format": "s3 manifest"}},
             meta={"bucket": self.bucket, "prefix": self.prefix, "versioning": status, "objects": len(manifest),
                   "copied_bytes": copied, "mode": "versions" if status == "Enabled" else "copies",
                   "findings": findings, "endpoint": self.describe(),
@@ -317,13 +313,8 @@ class S3Target:
         return findings
 
     def _manifest(self, checkpoint: Checkpoint, store: Store) -> dict[str, dict[str, Any]]:
-        art = checkpoint.artifacts["manifest"]
-        path = store.open_verified(Artifact(art["sha256"], int(art["size"])))
-        try:
-            data: dict[str, dict[str, Any]] = json.loads(path.read_text())
-            return data
-        except ValueError as exc:
-            raise SnapshotCorrupt(f"checkpoint manifest {path} is unreadable: {exc}") from exc
+        data: dict[str, dict[str, Any]] = store.get_json(checkpoint.artifacts["manifest"])
+        return data
 
     # -- shadow --------------------------------------------------------------------------------------------
     @contextmanager
@@ -673,14 +664,9 @@ class S3Shadow:
 
     def attach(self, network: Any) -> Endpoint:
         """Join the sandbox's internal network under the target's name; the endpoint an isolated action uses."""
-        if self.container is None or not self.container.container_id:
-            raise InfrastructureError("an isolated action needs the docker backend", target=self.name)
-        alias = re.sub(r"[^a-z0-9-]", "-", self.name.lower())
-        try:
-            network.connect(self.container.container_id, aliases=[alias])
-        except Exception as exc:  # noqa: BLE001 - docker SDK errors
-            raise InfrastructureError(f"could not attach the s3 shadow to the sandbox network: {exc}",
-                                      target=self.name) from exc
+        from adapters.docker import join_network
+
+        alias = join_network(network, self.container.container_id if self.container else None, self.name)
         url = f"http://{alias}:{MOTO_PORT}"
         env = {**self.endpoint.env, f"SHADOW_{_env_name(self.name)}_ENDPOINT_URL": url}
         return Endpoint(env=env, exclusive_env={**self.endpoint.exclusive_env, "AWS_ENDPOINT_URL": url})

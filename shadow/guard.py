@@ -151,12 +151,15 @@ def file_lock(path: Path, holder: str, timeout: float, wait: Callable[[str], Non
 def lock_targets(locks_dir: Path, targets: Mapping[str, Any], holder: str, timeout: float,
                  wait: Callable[[str], None]) -> Iterator[None]:
     """Lock every target on this machine (flock) and at the resource itself (the kind's ``lock``, if any)."""
+    held: set[str] = set()  # resource locks already taken by this run (two targets, one database)
     with ExitStack() as stack:
         for name, t in sorted(targets.items(), key=lambda item: identity_key(item[1].describe())):
             tell = _prefixed(wait, name)
             stack.enter_context(file_lock(locks_dir / f"{identity_key(t.describe())}.lock", holder, timeout, tell))
-            if hasattr(t, "lock"):
+            resource = getattr(t, "lock_identity", t.describe)()
+            if hasattr(t, "lock") and resource not in held:
                 stack.enter_context(t.lock(holder, timeout, tell))
+                held.add(resource)
         yield
 
 

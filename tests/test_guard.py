@@ -177,3 +177,16 @@ def test_a_rollback_that_does_not_restore_the_checkpoint_is_caught(prod_db: Prod
         shadow.archive = store.open_verified(_artifact(older))
         problems = shadow.rehearse_rollback()
     assert problems and any("nickname" in p for p in problems), problems
+
+
+def test_two_targets_in_one_database_share_its_advisory_lock(prod_db: ProdDb, shadow_cli, tmp_path: Path) -> None:
+    write_plan(tmp_path, """
+targets:
+  app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}
+  reporting: {kind: postgres, dsn: "${REPORTING_URL}"}
+action: {command: "true"}
+policy: {rehearse_rollback: false}
+""")
+    env = {"APP_DATABASE_URL": prod_db.dsn, "REPORTING_URL": prod_db.dsn + " application_name=reporting"}
+    applied = shadow_cli("apply", "--lock-timeout", "2", env=env)
+    assert applied.code == 0, applied.text

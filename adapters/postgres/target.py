@@ -96,6 +96,11 @@ class PostgresTarget:
         password = self._params.get("password")
         return (str(password),) if password else ()
 
+    def lock_identity(self) -> str:
+        """The database the advisory lock is taken in (whatever user or options the DSN names)."""
+        p = self._params
+        return f"postgres://{p.get('host') or 'localhost'}:{p.get('port') or 5432}/{p.get('dbname') or ''}"
+
     @contextmanager
     def lock(self, holder: str, timeout: float, wait: Callable[[str], None]) -> Iterator[None]:
         """A session advisory lock on production's database, held on a connection of its own: two shadow runs

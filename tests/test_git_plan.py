@@ -166,3 +166,44 @@ action: {command: "true"}
     assert "shadow.yaml:4: targets.config: a git target needs exactly one of `path:`" in result.text
     assert "shadow.yaml:8: targets.config.rollback: 'rebase' is not one of: revert, reset" in result.text
     assert "Traceback" not in result.text
+
+
+WAIT = """
+import os, pathlib, time
+pathlib.Path(os.environ["STARTED"]).write_text("x")
+deadline = time.time() + 120
+while not pathlib.Path(os.environ["RELEASE"]).exists() and time.time() < deadline:
+    time.sleep(0.1)
+"""
+
+
+def test_two_state_dirs_cannot_apply_to_one_working_copy_at_once(tmp_path: Path) -> None:
+    import os
+    import sys
+    import time
+
+    _folder, repo = example(tmp_path)
+    write_plan(tmp_path, f"""
+targets: {{config: {{kind: git, path: "{repo.wc}"}}}}
+action:
+  command: "{sys.executable} {tmp_path / 'wait.py'}"
+  env: {{STARTED: "{tmp_path / 'started'}", RELEASE: "{tmp_path / 'release'}"}}
+policy: {{rehearse_rollback: false}}
+""", {"wait.py": WAIT})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")} | {"SHADOW_BACKEND": "local"}
+
+    def shadow(state: str, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "shadow.cli", "--state-dir", str(tmp_path / state), *args],
+                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = shadow("state-a", "apply")
+    deadline = time.monotonic() + 90
+    while not (tmp_path / "started").exists():
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
+    second = shadow("state-b", "apply", "--lock-timeout", "0")
+    out, err = second.communicate(timeout=120)
+    assert second.returncode == 3 and "holds the lock" in err, out + err
+    (tmp_path / "release").write_text("go")
+    out, err = first.communicate(timeout=180)
+    assert first.returncode == 0, out + err

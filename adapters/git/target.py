@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +128,17 @@ class GitTarget:
     @property
     def secrets(self) -> tuple[str, ...]:
         return self.repo().secrets
+
+    @contextmanager
+    def lock(self, holder: str, timeout: float, wait: Callable[[str], None]) -> Iterator[None]:
+        """A lock in the repository itself (``shadow.lock`` in its git dir): runs with different state dirs on
+        this machine exclude each other too."""
+        from shadow.guard import file_lock
+
+        git = self.repo()
+        git_dir = Path(os.fsdecode(git.run("rev-parse", "--absolute-git-dir").stdout.strip()))
+        with file_lock(git_dir / "shadow.lock", holder, timeout, wait):
+            yield
 
     def _sync_clone(self) -> None:
         """``url:`` targets: bring shadow's own clone to the remote branch (it is shadow's, so it may be reset)."""

@@ -55,7 +55,7 @@ def run(settings: Settings, out: Console, err: Console, keep: bool = False) -> i
         out.print(f"  production fingerprint before {before[:12]}… after {after[:12]}… → "
                   + ("[bold green]production untouched[/]" if untouched else "[bold red]PRODUCTION CHANGED[/]"))
 
-        out.print("\nReports (Markdown and JSON) are in "
+        out.print("\nReports (Markdown, HTML and JSON) are in "
                   f"[bold]{escape(str(settings.runs_dir))}[/]; try [italic]shadow runs[/] and "
                   f"[italic]shadow show {bad.run_id}[/].")
         if keep:

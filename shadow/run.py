@@ -7,6 +7,7 @@ undoes it. Shadows live in an ``ExitStack`` so they are torn down on every path,
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets as pysecrets
@@ -25,13 +26,14 @@ from shadow.action import ActionResult, run_action
 from shadow.changes import Change, differences
 from shadow.errors import (ActionFailed, BadInput, InfrastructureError, RestoreFailed, ShadowError, SnapshotCorrupt,
                            SqlError, TargetUnreachable)
-from shadow.guard import FaultPoints, Liveness, RunRecord, holder_text, lock_targets, refuse_if_unrecovered
+from shadow.guard import (FaultPoints, Liveness, RunRecord, holder_text, lock_targets, refuse_if_unrecovered,
+                          unfinished)
 from shadow.journal import Journal
 from shadow.judge import Verdict, compare_change_sets, judge
 from shadow.plan import Plan, load_plan
 from shadow.settings import Settings
 from shadow.sqlsplit import Statement, load_sql_files
-from snapshots import Store, atomic_write_bytes, make_private_dir
+from snapshots import Store, atomic_write_bytes, make_private_dir, sha256_file
 
 Progress = Callable[[str, str], None]
 
@@ -144,6 +146,23 @@ class _Session:
         self.journal.start_run(r.run_id, r.command, plan_path, plan_sha256)
         self.faults.reached("start run")
 
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """The body of a run: whatever ends it unsettled is recorded as its outcome; the report is always written."""
+        result = self.result
+        try:
+            yield
+        except ShadowError as exc:
+            if result.outcome == "running":
+                result.outcome, result.reason = "error", str(exc)
+            raise
+        except BaseException:
+            if result.outcome == "running":
+                result.outcome, result.reason = "interrupted", "interrupted"
+            raise
+        finally:
+            self.finish()
+
     def phase(self, name: str, transaction: dict[str, Any] | None = None) -> None:
         assert self.record is not None
         self.record.phase = name
@@ -246,7 +265,7 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
     for name, t in targets.items():
         result.targets[name] = TargetResult(name, t.kind, t.describe())
     session = _Session(settings, result, progress)
-    try:
+    with session.running():
         with ExitStack() as stack:
             if command == "apply":
                 # Held from before the checkpoint to the end: nobody else writes through shadow meanwhile.
@@ -295,18 +314,6 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
                 result.outcome = "passed"
             else:
                 _apply(session, loaded, statements, targets, shadows, checkpoints, sandbox)
-    except ShadowError as exc:
-        if result.outcome == "running":
-            result.outcome = "error"
-            result.reason = str(exc)
-        raise
-    except BaseException:
-        if result.outcome == "running":
-            result.outcome = "interrupted"
-            result.reason = "interrupted"
-        raise
-    finally:
-        session.finish()
     return result
 
 
@@ -334,19 +341,13 @@ def _rehearse_rollback(session: _Session, shadows: dict[str, ShadowCopy]) -> Non
 
 
 # -- approval ----------------------------------------------------------------------------------------------
-def _sha256_file(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _action_files(plan_: Plan) -> dict[str, str]:
     """The action's files: its SQL files, and any word of its command naming a file beside the plan."""
-    files = {str(f): _sha256_file(f) for f in plan_.action.sql_files}
+    files = {str(f): sha256_file(f) for f in plan_.action.sql_files}
     for word in (plan_.action.command or "").split():
         candidate = plan_.folder / word
         if candidate.is_file():
-            files[str(candidate)] = _sha256_file(candidate)
+            files[str(candidate)] = sha256_file(candidate)
     return files
 
 
@@ -354,8 +355,6 @@ def binding(plan_: Plan, checkpoints: dict[str, Checkpoint] | None = None,
             result: RunResult | None = None) -> dict[str, Any]:
     """What an approval binds: the plan file, the action's files, the expectations, and (when rehearsed) the
     checkpoints and the rehearsed change sets."""
-    import hashlib
-
     out: dict[str, Any] = {
         "plan_path": str(plan_.path), "plan_sha256": plan_.sha256, "action_files": _action_files(plan_),
         "expectations_sha256": hashlib.sha256(repr(sorted(plan_.expect.items())).encode()).hexdigest(),
@@ -614,11 +613,7 @@ def _apply(session: _Session, plan_: Plan, statements: list[Statement], targets:
         return
     except BaseException as exc:
         # Interrupted mid-apply: put production back before giving up.
-        reason = f"apply interrupted: {exc or type(exc).__name__}"
-        try:
-            _roll_back(session, targets, checkpoints, reason)
-        except RestoreFailed:
-            raise
+        _roll_back(session, targets, checkpoints, f"apply interrupted: {exc or type(exc).__name__}")
         raise
     for name, t in targets.items():
         manifest = session.store.read_manifest(result.run_id, name)
@@ -748,7 +743,7 @@ def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Pat
         result.targets[name] = TargetResult(name, t.kind, t.describe())
     refuse_if_unrecovered(settings.runs_dir, {n: t.describe() for n, t in targets.items()})
     session = _Session(settings, result, progress)
-    try:
+    with session.running():
         with lock_targets(settings.state_dir / "locks", targets, holder_text(result.run_id, "rollback"),
                           lock_timeout, lambda text: progress("info", text)):
             refuse_if_unrecovered(settings.runs_dir, {n: t.describe() for n, t in targets.items()})
@@ -788,13 +783,6 @@ def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Pat
                 raise failures[0]
             result.outcome = "restored"
             result.reason = f"production restored to the checkpoint of run {run_id} and verified"
-    except ShadowError as exc:
-        if result.outcome == "running":
-            result.outcome = "error"
-            result.reason = str(exc)
-        raise
-    finally:
-        session.finish()
     return result
 
 
@@ -811,14 +799,12 @@ def recover(settings: Settings | None = None, progress: Progress = _quiet,
 
     ``plan_file``: the plan, if it moved since the run (its targets must still point where the run worked).
     """
-    from shadow.guard import Liveness as Hold, unfinished
-
     settings = settings or Settings.from_env()
     out = []
     for stale in unfinished(settings.runs_dir):
         folder = settings.runs_dir / stale.run_id
         try:
-            hold = Hold(folder)  # a second `shadow recover` waits here rather than race
+            hold = Liveness(folder)  # a second `shadow recover` waits here rather than race
         except OSError as exc:
             raise InfrastructureError(f"cannot take over run {stale.run_id}: {exc}") from exc
         try:
@@ -864,7 +850,7 @@ def _recover_one(settings: Settings, record: RunRecord, progress: Progress, lock
     for name, t in targets.items():
         result.targets[name] = TargetResult(name, t.kind, t.describe())
     session = _Session(settings, result, progress)
-    try:
+    with session.running():
         with lock_targets(settings.state_dir / "locks", targets, holder_text(result.run_id, "recover"),
                           lock_timeout, lambda text: progress("info", text)):
             session.begin(targets, str(loaded.path), loaded.sha256)
@@ -892,13 +878,6 @@ def _recover_one(settings: Settings, record: RunRecord, progress: Progress, lock
             result.outcome = "recovered"
             result.reason = f"production restored to the checkpoint of run {source} and verified"
             return ("rolled_back" if record.command == "apply" else "restored"), result.reason
-    except ShadowError as exc:
-        if result.outcome == "running":
-            result.outcome = "error"
-            result.reason = str(exc)
-        raise
-    finally:
-        session.finish()
 
 
 def _settle_transaction(session: _Session, t: Target, record: RunRecord) -> tuple[str, str] | None:

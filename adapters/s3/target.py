@@ -456,12 +456,7 @@ class S3Target:
     def _multipart(self, client: Any, key: str, props: dict[str, Any], parts: list[int],
                    send_part: Callable[[int, str, str], str]) -> None:
         """Rebuild an object from parts of the checkpoint's sizes: the same parts give the same ETag."""
-        extra: dict[str, Any] = {"Metadata": props.get("metadata") or {}}
-        if props.get("content_type"):
-            extra["ContentType"] = props["content_type"]
-        if props.get("tags"):
-            extra["Tagging"] = urlencode(props["tags"])
-        upload = client.create_multipart_upload(Bucket=self.bucket, Key=key, **extra)["UploadId"]
+        upload = client.create_multipart_upload(Bucket=self.bucket, Key=key, **_object_args(props))["UploadId"]
         try:
             done, start = [], 0
             for n, size in enumerate(parts, start=1):
@@ -499,13 +494,8 @@ class S3Target:
 
             self._multipart(client, key, props, parts, send)
             return
-        extra: dict[str, Any] = {"Metadata": props.get("metadata") or {}}
-        if props.get("content_type"):
-            extra["ContentType"] = props["content_type"]
-        if props.get("tags"):
-            extra["Tagging"] = urlencode(props["tags"])
         with open(path, "rb") as fh:
-            client.put_object(Bucket=self.bucket, Key=key, Body=fh, **extra)
+            client.put_object(Bucket=self.bucket, Key=key, Body=fh, **_object_args(props))
 
     def verify_restored(self, checkpoint: Checkpoint) -> list[str]:
         """Observe production against the checkpoint; on a versioned bucket, also put back drifted tags.
@@ -593,20 +583,14 @@ class S3Shadow:
         self.client.create_bucket(Bucket=t.bucket)
         if self.checkpoint.meta.get("versioning") == "Enabled":
             self.client.put_bucket_versioning(Bucket=t.bucket, VersioningConfiguration={"Status": "Enabled"})
-        props = self.checkpoint.observation["objects"]["object"]
-
-        def seed(item: tuple[str, dict[str, Any]]) -> None:
-            key, entry = item
-            p = props[f"{t.bucket}/{key}"]
-            extra: dict[str, Any] = {"Metadata": p.get("metadata") or {}}
-            if p.get("content_type"):
-                extra["ContentType"] = p["content_type"]
-            if p.get("tags"):
-                extra["Tagging"] = urlencode(p["tags"])
-            self.client.put_object(Bucket=t.bucket, Key=key, Body=self._checkpoint_body(key), **extra)
-
         with ThreadPoolExecutor(WORKERS) as pool:
-            t._call("seeding the shadow", lambda: list(pool.map(seed, self.manifest.items())))
+            t._call("seeding the shadow", lambda: list(pool.map(self._put_checkpoint_object, self.manifest)))
+
+    def _put_checkpoint_object(self, key: str) -> None:
+        """The checkpoint's object at ``key`` — content, content type, metadata, tags — into the shadow."""
+        props = self.checkpoint.observation["objects"]["object"][f"{self.target.bucket}/{key}"]
+        self.client.put_object(Bucket=self.target.bucket, Key=key, Body=self._checkpoint_body(key),
+                               **_object_args(props))
 
     @property
     def fidelity(self) -> list[str]:
@@ -643,16 +627,7 @@ class S3Shadow:
         bucket = self.target.bucket
         want, have = _by_key(self.checkpoint.observation), _by_key(self.observe())
 
-        def put_back(key: str) -> None:
-            p = want[key]
-            extra: dict[str, Any] = {"Metadata": p.get("metadata") or {}}
-            if p.get("content_type"):
-                extra["ContentType"] = p["content_type"]
-            if p.get("tags"):
-                extra["Tagging"] = urlencode(p["tags"])
-            self.client.put_object(Bucket=bucket, Key=key, Body=self._checkpoint_body(key), **extra)
-
-        ops = [lambda key=key: put_back(key) for key in want if have.get(key) != want[key]]
+        ops = [lambda key=key: self._put_checkpoint_object(key) for key in want if have.get(key) != want[key]]
         ops += [lambda key=key: self.client.delete_object(Bucket=bucket, Key=key) for key in set(have) - set(want)]
         with ThreadPoolExecutor(WORKERS) as pool:
             self.target._call("restoring the shadow", lambda: list(pool.map(lambda op: op(), ops)))
@@ -675,6 +650,16 @@ class S3Shadow:
 def _by_key(observation: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """key → properties of an observation's objects (their names are ``<bucket>/<key>``)."""
     return {name.split("/", 1)[1]: props for name, props in observation["objects"]["object"].items()}
+
+
+def _object_args(props: dict[str, Any]) -> dict[str, Any]:
+    """put_object / create_multipart_upload arguments that give an object these observed properties."""
+    args: dict[str, Any] = {"Metadata": props.get("metadata") or {}}
+    if props.get("content_type"):
+        args["ContentType"] = props["content_type"]
+    if props.get("tags"):
+        args["Tagging"] = urlencode(props["tags"])
+    return args
 
 
 def _same_content(have: dict[str, Any], want: dict[str, Any]) -> bool:

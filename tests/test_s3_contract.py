@@ -28,7 +28,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 
 from adapters.postgres.cluster import free_port
 from adapters.s3.target import S3Shadow, S3Target
-from shadow.errors import SnapshotCorrupt, TargetUnreachable
+from shadow.errors import InfrastructureError, SnapshotCorrupt, TargetUnreachable
 from shadow.settings import Settings
 from snapshots import Store
 from tests.conftest import ROOT
@@ -329,8 +329,11 @@ def test_versioned_restore_is_planned_from_the_listing_and_tags_settle_in_verifi
 
     target.restore(cp, store)
 
-    assert sorted(requests.writes) == ["CopyObject", "DeleteObject", "DeleteObject"], requests.sent
-    assert not [op for op in requests.sent if op.startswith(("Get", "Head"))], requests.sent
+    # One copy for the modified key, one batch that marks the created key deleted, one batch that removes the
+    # marker hiding the deleted key — found with one HEAD of that key, the only read.
+    assert sorted(requests.writes) == ["CopyObject", "DeleteObjects", "DeleteObjects"], requests.sent
+    assert [op for op in requests.sent if op.startswith(("Get", "Head"))] == ["HeadObject"], requests.sent
+    assert "ListObjectVersions" not in requests.sent, "no version history needed"
     assert prod.read("inv/retag.txt").tags == {"a": "9"}, "tag-only changes are left to verification"
 
     assert target.verify_restored(cp) == []
@@ -415,6 +418,63 @@ def test_a_key_deleted_and_recreated_gets_its_checkpoint_version_copied_back(pro
     assert prod.read("inv/phoenix.txt") == SEED["inv/phoenix.txt"]
     after = prod.history("inv/phoenix.txt")["inv/phoenix.txt"]
     assert set(after) > set(before) and len(after) == len(before) + 1  # one new version: the copy
+
+
+@VERSIONED_ONLY
+def test_a_key_deleted_twice_since_loses_both_markers(prod: Prod, tmp_path: Path, store: Store) -> None:
+    prod.seed(SEED)
+    target = make_target(prod, tmp_path)
+    cp = target.checkpoint(store, RUN_ID)
+    before = prod.history("inv/doomed.txt")["inv/doomed.txt"]
+    prod.client.delete_object(Bucket=prod.bucket, Key="inv/doomed.txt")
+    prod.client.delete_object(Bucket=prod.bucket, Key="inv/doomed.txt")  # a marker on a marker
+    assert len(prod.history("inv/doomed.txt")["inv/doomed.txt"]) == len(before) + 2
+
+    target.restore(cp, store)
+
+    assert prod.read("inv/doomed.txt") == SEED["inv/doomed.txt"]
+    assert sorted(prod.history("inv/doomed.txt")["inv/doomed.txt"]) == sorted(before)
+    assert target.verify_restored(cp) == []
+
+
+@VERSIONED_ONLY
+def test_a_key_deleted_recreated_and_deleted_again_gets_its_checkpoint_version_copied_back(
+        prod: Prod, tmp_path: Path, store: Store) -> None:
+    prod.seed(SEED)
+    target = make_target(prod, tmp_path)
+    cp = target.checkpoint(store, RUN_ID)
+    prod.client.delete_object(Bucket=prod.bucket, Key="inv/phoenix.txt")
+    prod.put("inv/phoenix.txt", Obj(b"risen for a while", "text/html"))
+    prod.client.delete_object(Bucket=prod.bucket, Key="inv/phoenix.txt")
+    written_since = {vid for vid, marker in prod.history("inv/phoenix.txt")["inv/phoenix.txt"] if not marker}
+
+    target.restore(cp, store)
+
+    # Removing the newest marker showed the version written since, not the checkpoint's: the restore saw that
+    # and copied the checkpoint version back over it. Every version is still there.
+    assert prod.read("inv/phoenix.txt") == SEED["inv/phoenix.txt"]
+    after = {vid for vid, marker in prod.history("inv/phoenix.txt")["inv/phoenix.txt"] if not marker}
+    assert written_since < after
+    assert target.verify_restored(cp) == []
+
+
+@VERSIONED_ONLY
+def test_a_deleted_key_whose_checkpoint_version_is_gone_fails_and_stays_deleted(
+        prod: Prod, tmp_path: Path, store: Store) -> None:
+    prod.seed(SEED)
+    prod.put("inv/doomed.txt", Obj(b"an older version, from before the checkpoint"))
+    prod.put("inv/doomed.txt", SEED["inv/doomed.txt"])
+    target = make_target(prod, tmp_path)
+    cp = target.checkpoint(store, RUN_ID)
+    checkpoint_version = cp.meta["versions"]["inv/doomed.txt"]
+    prod.client.delete_object(Bucket=prod.bucket, Key="inv/doomed.txt")
+    prod.client.delete_object(Bucket=prod.bucket, Key="inv/doomed.txt", VersionId=checkpoint_version)
+
+    with pytest.raises(InfrastructureError, match="no longer exist.*inv/doomed.txt"):
+        target.restore(cp, store)
+
+    # The marker made since was removed, but the older version it then showed is hidden again.
+    assert not prod.exists("inv/doomed.txt")
 
 
 @VERSIONED_ONLY

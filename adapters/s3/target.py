@@ -8,9 +8,9 @@
   bucket seeded from the checkpoint (same keys, content, content type, metadata and tags).
 - **restore** never destroys a version: a modified key gets its checkpoint version copied back over it, a key
   created since gets a delete marker, a key deleted since gets only the delete markers made since removed, a key
-  whose tags alone changed is retagged. It is planned from an observation, so only changed keys cost a write
-  (plus the HEAD/tagging reads and listing pages) and a second restore writes nothing; a bounded thread pool
-  sends them.
+  whose tags alone changed is retagged. Only changed keys cost a write and a second restore writes nothing. On a
+  versioned bucket the plan comes from a listing of the scope (plus one HEAD per key deleted since, which names
+  its delete marker); on an unversioned one from an observation. A bounded thread pool sends the writes.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from shadow.errors import BadInput, InfrastructureError, TargetUnreachable
 from snapshots import Artifact, Store
 
 WORKERS = 16
+DELETE_BATCH = 1000  # objects per DeleteObjects request: S3's limit
 CONTENT_DIFF_LIMIT = 64 * 1024  # bytes: objects up to this size get a content diff in the report
 REGION = "us-east-1"
 
@@ -350,8 +351,8 @@ class S3Target:
     def restore(self, checkpoint: Checkpoint, store: Store) -> None:
         """Only keys that differ from the checkpoint cost a write, and a second restore writes nothing.
 
-        On a versioned bucket the plan comes from listings alone, never a read per object: a key whose current
-        ETag and size are the checkpoint's has its content (content type and metadata rewritten over equal
+        On a versioned bucket the plan comes from a listing, never a read per unchanged object: a key whose
+        current ETag and size are the checkpoint's has its content (content type and metadata rewritten over equal
         content, and tags, which change in place and which no S3 call lists, are checked and put back by
         :meth:`verify_restored`, which reads every object anyway).
         """
@@ -360,16 +361,40 @@ class S3Target:
         want = _by_key(checkpoint.observation)
         if checkpoint.meta.get("mode") == "versions":
             current = self._call("listing objects", list_current, client, self.bucket, self.prefix)
-            deleted = [key for key in manifest if key not in current]
-            # The writes for modified and created keys start while the version history is being listed.
-            self._run_ops("restoring", self._changed_ops(client, manifest, want, current),
-                          then=lambda: self._deleted_ops(client, manifest, want, deleted))
+            self._call("restoring", self._restore_versions, client, manifest, want, current)
             return
         have = _by_key(self.observe())
         changed = sorted(key for key, props in want.items() if have.get(key) != props)
         ops = self._plan_copy_restore(client, manifest, store, want, have, changed)
-        ops += [lambda key=key: client.delete_object(Bucket=self.bucket, Key=key) for key in set(have) - set(want)]
+        ops += self._batched_deletes(client, [{"Key": key} for key in sorted(set(have) - set(want))])
         self._run_ops("restoring", ops)
+
+    def _restore_versions(self, client: Any, manifest: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]],
+                          current: dict[str, dict[str, Any]]) -> None:
+        """Modified keys get their checkpoint version copied back, keys created since a delete marker, keys deleted
+        since lose the delete marker that hides their checkpoint version — all from one bounded pool.
+
+        A deleted key costs one HEAD, which names the marker that is its current version (S3 answers a read of a
+        deleted key with the marker's version id); the markers then go in batches of 1,000. That is cheaper than
+        the scope's version history, which servers list slowly (moto copies every version of the bucket for each
+        page) and which is listed only for the keys the HEADs could not settle.
+        """
+        deleted = [key for key in manifest if key not in current]
+        tick = self._progress("restoring")
+        with ThreadPoolExecutor(WORKERS) as pool:
+            # The HEADs go first: removing the markers waits on them, the other writes do not.
+            heads = [pool.submit(self._current_marker, client, key) for key in deleted]
+            futures = [pool.submit(op) for op in self._changed_ops(client, manifest, want, current)]
+            try:
+                markers = {key: head.result() for key, head in zip(deleted, heads)}
+                futures += [pool.submit(op) for op in self._undelete(client, manifest, want, markers)]
+            except BaseException:
+                wait(futures)  # what was sent finishes; the planning error is the one to report
+                raise
+            for done, future in enumerate(futures, 1):
+                future.result()
+                if tick and done % 500 == 0:
+                    tick(done, len(futures))
 
     def _retag(self, client: Any, key: str, tags: dict[str, str]) -> None:
         if tags:
@@ -378,24 +403,33 @@ class S3Target:
         else:  # an empty TagSet is a delete (and moto's server rejects an empty PUT)
             client.delete_object_tagging(Bucket=self.bucket, Key=key)
 
-    def _run_ops(self, what: str, ops: list[Any], then: Callable[[], list[Any]] | None = None) -> None:
-        """Send ``ops`` from a bounded pool; ``then`` plans more while they run, and its ops join the pool."""
+    def _run_ops(self, what: str, ops: list[Any]) -> None:
+        """Send ``ops`` from a bounded pool, with progress."""
         tick = self._progress(what)
 
         def run_all() -> None:
             with ThreadPoolExecutor(WORKERS) as pool:
                 futures = [pool.submit(op) for op in ops]
-                try:
-                    futures += [pool.submit(op) for op in (then() if then else [])]
-                except BaseException:
-                    wait(futures)  # what was sent finishes; the planning error is the one to report
-                    raise
                 for done, future in enumerate(futures, 1):
                     future.result()
                     if tick and done % 500 == 0:
                         tick(done, len(futures))
 
         self._call(what, run_all)
+
+    def _batched_deletes(self, client: Any, objects: list[dict[str, str]]) -> list[Any]:
+        """One DeleteObjects per 1,000 objects (S3's limit). Without a version id a delete on a versioned bucket
+        only adds a delete marker; with one it removes exactly that version."""
+        return [lambda batch=objects[i:i + DELETE_BATCH]: self._delete_batch(client, batch)
+                for i in range(0, len(objects), DELETE_BATCH)]
+
+    def _delete_batch(self, client: Any, batch: list[dict[str, str]]) -> None:
+        errors = client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}).get("Errors")
+        if errors:
+            first = errors[0]
+            raise InfrastructureError(f"{len(errors)} of {len(batch)} deletes refused by {self.describe()}, e.g. "
+                                      f"{first.get('Key')!r}: {first.get('Code')}: {first.get('Message', '')}",
+                                      target=self.name)
 
     def _changed_ops(self, client: Any, manifest: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]],
                      current: dict[str, dict[str, Any]]) -> list[Any]:
@@ -404,38 +438,70 @@ class S3Target:
         ops: list[Any] = []
         for key, entry in manifest.items():
             now = current.get(key)
-            if now is not None and (now["etag"] != entry["etag"] or now["size"] != entry["size"]):
+            if now is not None and not _at_entry(now, entry):
                 ops.append(lambda key=key, entry=entry: self._copy_back(client, key, entry, want[key]))
-        ops += [lambda key=key: client.delete_object(Bucket=self.bucket, Key=key)
-                for key in current if key not in manifest]
-        return ops
+        return ops + self._batched_deletes(client, [{"Key": key} for key in current if key not in manifest])
+
+    def _current_marker(self, client: Any, key: str) -> str | None:
+        """The version id of the delete marker that is ``key``'s current version, or None when the answer does not
+        name one (the key came back meanwhile, or the server does not say)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            response = exc.response.get("ResponseMetadata", {})
+            headers = response.get("HTTPHeaders", {})
+            if headers.get("x-amz-delete-marker") == "true":
+                return headers.get("x-amz-version-id") or None
+            if response.get("HTTPStatusCode") == 404:
+                return None
+            raise
+        return None
+
+    def _undelete(self, client: Any, manifest: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]],
+                  markers: dict[str, str | None]) -> list[Any]:
+        """Keys deleted since: remove the marker each HEAD named, when the checkpoint never saw it (so it was made
+        since), and the checkpoint version is current again without a new version written. A key left different
+        (deleted twice, or re-created and deleted again since) or not settled by its HEAD is settled from the
+        version history; returns the writes that takes."""
+        unmarked = {key: vid for key, vid in markers.items()
+                    if vid is not None and vid not in _known_versions(manifest[key])}
+        for op in self._batched_deletes(client, [{"Key": key, "VersionId": vid} for key, vid in unmarked.items()]):
+            op()
+        rest = [key for key in markers if key not in unmarked]
+        if unmarked:
+            now = list_current(client, self.bucket, self.prefix)
+            rest += [key for key in unmarked if not _at_entry(now.get(key), manifest[key])]
+        return self._deleted_ops(client, manifest, want, rest, set(unmarked))
 
     def _deleted_ops(self, client: Any, manifest: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]],
-                     deleted: list[str]) -> list[Any]:
-        """Keys deleted since: the scope's version history names exactly the delete markers made since — S3 has no
-        cheaper way to learn a marker's version id than a read per key."""
-        if not deleted:
+                     keys: list[str], unmarked: set[str]) -> list[Any]:
+        """Keys still not at their checkpoint version: the scope's version history names exactly the delete
+        markers made since, and anything else written since (which only a copy of the checkpoint version
+        covers)."""
+        if not keys:
             return []
         history: dict[str, list[dict[str, Any]]] = {}
-        for item in self._call("listing versions", lambda: list(list_versions(client, self.bucket, self.prefix))):
+        for item in list_versions(client, self.bucket, self.prefix):
             history.setdefault(item["key"], []).append(item)
-        lost = [key for key in deleted
+        lost = [key for key in keys
                 if manifest[key]["version_id"] not in {v["version_id"] for v in history.get(key, [])}]
         if lost:
+            # A marker removed above must not leave an older version showing: the key reads as deleted again.
+            for op in self._batched_deletes(client, [{"Key": key} for key in lost if key in unmarked]):
+                op()
             raise InfrastructureError(f"checkpoint versions of {len(lost)} key(s) no longer exist (deleted or "
                                       f"expired), e.g. {lost[0]!r}; they cannot be restored", target=self.name)
         ops: list[Any] = []
-        for key in deleted:
+        for key in keys:
             entry = manifest[key]
             # S3 lists versions with a one-second LastModified, so "made since the checkpoint" is "not among the
             # versions the checkpoint saw", never a timestamp comparison.
-            known = set(entry.get("known_versions") or [entry["version_id"]])
+            known = _known_versions(entry)
             since = [v for v in history[key] if v["version_id"] not in known]
             if since and all(v["marker"] for v in since):
-                # Deleted since, nothing written since: removing exactly those markers makes the checkpoint
-                # version current again, without writing a new version.
-                ops += [lambda key=key, vid=marker["version_id"]:
-                        client.delete_object(Bucket=self.bucket, Key=key, VersionId=vid) for marker in since]
+                ops += self._batched_deletes(client, [{"Key": key, "VersionId": v["version_id"]} for v in since])
             else:
                 ops.append(lambda key=key, entry=entry: self._copy_back(client, key, entry, want[key]))
         return ops
@@ -660,6 +726,16 @@ def _object_args(props: dict[str, Any]) -> dict[str, Any]:
     if props.get("tags"):
         args["Tagging"] = urlencode(props["tags"])
     return args
+
+
+def _known_versions(entry: dict[str, Any]) -> set[str]:
+    """Every version and delete marker a key had at the checkpoint: anything else was made since."""
+    return set(entry.get("known_versions") or [entry["version_id"]])
+
+
+def _at_entry(now: dict[str, Any] | None, entry: dict[str, Any]) -> bool:
+    """A listed object has a manifest entry's content (same ETag and size)."""
+    return now is not None and now["etag"] == entry["etag"] and now["size"] == entry["size"]
 
 
 def _same_content(have: dict[str, Any], want: dict[str, Any]) -> bool:

@@ -154,8 +154,8 @@ def store(tmp_path: Path) -> Store:
 
 
 def make_target(prod: Prod, tmp_path: Path, prefix: str = PREFIX, name: str = "invoices",
-                bucket: str | None = None, url: str | None = None) -> S3Target:
-    spec = {"bucket": bucket or prod.bucket, "prefix": prefix, "endpoint_url": url or prod.url}
+                bucket: str | None = None, url: str | None = None, **extra: Any) -> S3Target:
+    spec = {"bucket": bucket or prod.bucket, "prefix": prefix, "endpoint_url": url or prod.url, **extra}
     return S3Target(name, spec, Settings.from_env(state_dir=str(tmp_path)))
 
 
@@ -498,22 +498,34 @@ def test_a_key_created_since_gets_a_delete_marker_and_keeps_its_versions(prod: P
 
 
 @VERSIONED_ONLY
-@pytest.mark.parametrize(("rule_prefix", "found"), [("inv/", True), ("", True), ("inv/2026/", True),
-                                                    ("other/", False)])
-def test_noncurrent_version_expiry_on_the_prefix_is_a_finding(prod: Prod, tmp_path: Path, store: Store,
-                                                              rule_prefix: str, found: bool) -> None:
+@pytest.mark.parametrize(("rule_filter", "days", "retain_days", "found"), [
+    ({"Prefix": "inv/"}, 7, None, True),
+    ({"Prefix": ""}, 7, None, True),
+    ({"Prefix": "inv/2026/"}, 7, None, True),
+    ({"And": {"Prefix": "inv/", "Tags": [{"Key": "tier", "Value": "cold"}]}}, 7, None, True),
+    ({"Tag": {"Key": "tier", "Value": "cold"}}, 7, None, True),
+    ({"Prefix": "other/"}, 7, None, False),
+    ({"Prefix": "inv/"}, 90, None, False),  # outlives the default retention (30 days)
+    ({"Prefix": "inv/"}, 7, 7, False),  # the target accepts a one-week window
+    ({"Prefix": "inv/"}, 7, 8, True),
+])
+def test_noncurrent_version_expiry_before_the_retention_ends_is_a_finding(
+        prod: Prod, tmp_path: Path, store: Store, rule_filter: dict[str, Any], days: int, retain_days: int | None,
+        found: bool) -> None:
     prod.seed({"inv/a.json": SEED["inv/a.json"]})
     prod.client.put_bucket_lifecycle_configuration(Bucket=prod.bucket, LifecycleConfiguration={"Rules": [
-        {"ID": "tidy", "Status": "Enabled", "Filter": {"Prefix": rule_prefix},
-         "NoncurrentVersionExpiration": {"NoncurrentDays": 7}},
+        {"ID": "tidy", "Status": "Enabled", "Filter": rule_filter,
+         "NoncurrentVersionExpiration": {"NoncurrentDays": days}},
     ]})
+    target = make_target(prod, tmp_path, **({"retain_days": retain_days} if retain_days else {}))
 
-    cp = make_target(prod, tmp_path).checkpoint(store, RUN_ID)
+    cp = target.checkpoint(store, RUN_ID)
 
     expiry = [f for f in cp.meta["findings"] if f["id"] == "s3-lifecycle-expiry"]
     assert bool(expiry) == found
     if found:
-        assert "7 day" in expiry[0]["message"] and "'tidy'" in expiry[0]["message"]
+        message = expiry[0]["message"]
+        assert f"{days} day" in message and "'tidy'" in message and f"retention of {retain_days or 30}" in message
         assert expiry[0]["allowed"] is False
 
 

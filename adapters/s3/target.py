@@ -40,6 +40,7 @@ from shadow.errors import BadInput, InfrastructureError, TargetUnreachable
 from snapshots import Artifact, Store
 
 WORKERS = 16
+RETAIN_DAYS = 30  # how long a checkpoint must stay restorable, unless the target says otherwise
 DELETE_BATCH = 1000  # objects per DeleteObjects request: S3's limit
 CONTENT_DIFF_LIMIT = 64 * 1024  # bytes: objects up to this size get a content diff in the report
 REGION = "us-east-1"
@@ -182,6 +183,7 @@ class S3Target:
         self.prefix = str(spec.get("prefix") or "")
         self.endpoint_url = spec.get("endpoint_url") or None
         self.allow = tuple(spec.get("allow") or ())
+        self.retain_days = int(spec.get("retain_days") or RETAIN_DAYS)
         self.settings = settings
         self._client: Any = None
         # Large scopes take a while: the orchestrator sets this to show progress (text lines).
@@ -302,15 +304,21 @@ class S3Target:
         for rule in rules:
             if rule.get("Status") != "Enabled":
                 continue
-            scope = rule.get("Filter", {}).get("Prefix", rule.get("Prefix", "")) or ""
+            # A rule filtered by tags or sizes may still match objects in scope: only its prefix can rule it out.
+            filt = rule.get("Filter") or {}
+            scope = filt.get("Prefix", filt.get("And", {}).get("Prefix", rule.get("Prefix", ""))) or ""
             if not (scope.startswith(self.prefix) or self.prefix.startswith(scope)):
                 continue
             expiry = rule.get("NoncurrentVersionExpiration", {}).get("NoncurrentDays")
-            if expiry is not None:
+            # A version the apply replaces turns noncurrent then, and the rule expires it that many days later:
+            # a rule at least as long as the retention cannot take a version the rollback needs.
+            if expiry is not None and int(expiry) < self.retain_days:
                 findings.append({"id": "s3-lifecycle-expiry", "allowed": "lifecycle-expiry" in self.allow,
                                  "message": f"lifecycle rule {rule.get('ID', '?')!r} expires noncurrent versions "
-                                            f"under {scope or '(all)'} after {expiry} day(s): a checkpoint older "
-                                            "than that cannot be restored"})
+                                            f"under {scope or '(all)'} after {expiry} day(s), before the "
+                                            f"checkpoint's retention of {self.retain_days} day(s) ends: a rollback "
+                                            "after that cannot restore (set the target's retain_days to accept a "
+                                            "shorter window)"})
         return findings
 
     def _manifest(self, checkpoint: Checkpoint, store: Store) -> dict[str, dict[str, Any]]:
@@ -777,7 +785,7 @@ def content_diff(key: str, old: bytes, new: bytes, limit: int = 40) -> list[str]
 
 class S3Kind:
     name = "s3"
-    keys = ("bucket", "prefix", "endpoint_url", "allow")
+    keys = ("bucket", "prefix", "endpoint_url", "allow", "retain_days")
     change_ops: tuple[str, ...] = ("add", "delete", "modify")
     change_kinds: tuple[str, ...] = ("object",)
 
@@ -799,6 +807,9 @@ class S3Kind:
         if allow is not None and (not isinstance(allow, list) or
                                   any(a not in ("unversioned", "lifecycle-expiry") for a in allow)):
             yield "allow", "a list of: unversioned, lifecycle-expiry"
+        days = spec.get("retain_days")
+        if days is not None and (isinstance(days, bool) or not isinstance(days, int) or days < 1):
+            yield "retain_days", f"{days!r} is not a whole number of days (1 or more)"
 
     def target(self, name: str, spec: Mapping[str, Any], settings: Any) -> S3Target:
         return S3Target(name, spec, settings)

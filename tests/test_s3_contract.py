@@ -477,6 +477,32 @@ def test_a_deleted_key_whose_checkpoint_version_is_gone_fails_and_stays_deleted(
     assert not prod.exists("inv/doomed.txt")
 
 
+def test_deletes_go_in_batches_of_1000_and_keys_xml_cannot_carry_go_alone(tmp_path: Path) -> None:
+    """Pure logic, with a recording client: moto's server cannot store or list such keys faithfully (it lists a
+    \r as \n and fails on \uffff), so no real endpoint here can show the hazard. In a DeleteObjects body XML
+    turns \r into \n — a delete marker on another key — and cannot carry \x01 or \uffff at all."""
+    sent: list[tuple[str, Any]] = []
+
+    class Recorder:
+        def delete_objects(self, Bucket: str, Delete: dict[str, Any]) -> dict[str, Any]:
+            sent.append(("batch", [o["Key"] for o in Delete["Objects"]]))
+            return {}
+
+        def delete_object(self, Bucket: str, **kwargs: Any) -> None:
+            sent.append(("one", kwargs))
+
+    target = S3Target("t", {"bucket": "acme"}, Settings.from_env(state_dir=str(tmp_path)))
+    plain = [{"Key": f"inv/k{i:04d} ü ✓", "VersionId": f"v{i}"} for i in range(2500)]
+    odd = [{"Key": "inv/cr\rkey", "VersionId": "m1"}, {"Key": "inv/ctl\x01"}, {"Key": "inv/x\uffff"}]
+
+    for op in target._batched_deletes(Recorder(), plain[:1200] + odd + plain[1200:]):
+        op()
+
+    assert [len(keys) for what, keys in sent if what == "batch"] == [1000, 1000, 500]
+    assert [keys for what, keys in sent if what == "one"] == odd
+    assert {k for what, keys in sent if what == "batch" for k in keys} == {o["Key"] for o in plain}
+
+
 @VERSIONED_ONLY
 def test_a_key_created_since_gets_a_delete_marker_and_keeps_its_versions(prod: Prod, tmp_path: Path,
                                                                         store: Store) -> None:

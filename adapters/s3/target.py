@@ -428,8 +428,13 @@ class S3Target:
     def _batched_deletes(self, client: Any, objects: list[dict[str, str]]) -> list[Any]:
         """One DeleteObjects per 1,000 objects (S3's limit). Without a version id a delete on a versioned bucket
         only adds a delete marker; with one it removes exactly that version."""
-        return [lambda batch=objects[i:i + DELETE_BATCH]: self._delete_batch(client, batch)
-                for i in range(0, len(objects), DELETE_BATCH)]
+        batchable = [o for o in objects if _xml_safe(o["Key"])]
+        ops: list[Any] = [lambda batch=batchable[i:i + DELETE_BATCH]: self._delete_batch(client, batch)
+                          for i in range(0, len(batchable), DELETE_BATCH)]
+        # A key XML cannot carry as it is (control characters; a carriage return, which XML turns into a line
+        # feed and so into another key) is deleted on its own: its name travels in the URL.
+        return ops + [lambda o=o: client.delete_object(Bucket=self.bucket, **o)
+                      for o in objects if not _xml_safe(o["Key"])]
 
     def _delete_batch(self, client: Any, batch: list[dict[str, str]]) -> None:
         errors = client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}).get("Errors")
@@ -734,6 +739,14 @@ def _object_args(props: dict[str, Any]) -> dict[str, Any]:
     if props.get("tags"):
         args["Tagging"] = urlencode(props["tags"])
     return args
+
+
+_XML_UNSAFE = re.compile("[^\t\n\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_safe(key: str) -> bool:
+    """``key`` survives an XML request body unchanged (DeleteObjects sends keys as XML text)."""
+    return _XML_UNSAFE.search(key) is None
 
 
 def _known_versions(entry: dict[str, Any]) -> set[str]:

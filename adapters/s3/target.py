@@ -41,6 +41,7 @@ from snapshots import Artifact, Store
 
 WORKERS = 16
 RETAIN_DAYS = 30  # how long a checkpoint must stay restorable, unless the target says otherwise
+LIST_PAGE = 1000  # objects per listing page on AWS (moto sends more, but each costs it a pass over the bucket)
 DELETE_BATCH = 1000  # objects per DeleteObjects request: S3's limit
 CONTENT_DIFF_LIMIT = 64 * 1024  # bytes: objects up to this size get a content diff in the report
 REGION = "us-east-1"
@@ -395,7 +396,8 @@ class S3Target:
             futures = [pool.submit(op) for op in self._changed_ops(client, manifest, want, current)]
             try:
                 markers = {key: head.result() for key, head in zip(deleted, heads)}
-                futures += [pool.submit(op) for op in self._undelete(client, manifest, want, markers)]
+                futures += [pool.submit(op) for op in self._undelete(client, pool, manifest, want, markers,
+                                                                      len(current))]
             except BaseException:
                 wait(futures)  # what was sent finishes; the planning error is the one to report
                 raise
@@ -472,8 +474,8 @@ class S3Target:
             raise
         return None
 
-    def _undelete(self, client: Any, manifest: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]],
-                  markers: dict[str, str | None]) -> list[Any]:
+    def _undelete(self, client: Any, pool: ThreadPoolExecutor, manifest: dict[str, dict[str, Any]],
+                  want: dict[str, dict[str, Any]], markers: dict[str, str | None], scope: int) -> list[Any]:
         """Keys deleted since: remove the marker each HEAD named, when the checkpoint never saw it (so it was made
         since), and the checkpoint version is current again without a new version written. A key left different
         (deleted twice, or re-created and deleted again since) or not settled by its HEAD is settled from the
@@ -483,10 +485,31 @@ class S3Target:
         for op in self._batched_deletes(client, [{"Key": key, "VersionId": vid} for key, vid in unmarked.items()]):
             op()
         rest = [key for key in markers if key not in unmarked]
-        if unmarked:
-            now = list_current(client, self.bucket, self.prefix)
-            rest += [key for key in unmarked if not _at_entry(now.get(key), manifest[key])]
+        rest += self._not_back(client, pool, manifest, list(unmarked), scope)
         return self._deleted_ops(client, manifest, want, rest, set(unmarked))
+
+    def _not_back(self, client: Any, pool: ThreadPoolExecutor, manifest: dict[str, dict[str, Any]],
+                  keys: list[str], scope: int) -> list[str]:
+        """Those of ``keys`` not showing their checkpoint content: from one more listing of the scope (``scope``
+        objects), or from a HEAD per key when that is fewer requests — a few keys in a large scope."""
+        if not keys:
+            return []
+        if len(keys) >= -(-scope // LIST_PAGE):
+            now = list_current(client, self.bucket, self.prefix)
+            return [key for key in keys if not _at_entry(now.get(key), manifest[key])]
+        from botocore.exceptions import ClientError
+
+        def back(key: str) -> bool:
+            try:
+                head = client.head_object(Bucket=self.bucket, Key=key)
+            except ClientError as exc:
+                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                    return False
+                raise
+            return head.get("VersionId") == manifest[key]["version_id"] or \
+                _at_entry({"etag": head["ETag"].strip('"'), "size": int(head["ContentLength"])}, manifest[key])
+
+        return [key for key, ok in zip(keys, pool.map(back, keys)) if not ok]
 
     def _deleted_ops(self, client: Any, manifest: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]],
                      keys: list[str], unmarked: set[str]) -> list[Any]:

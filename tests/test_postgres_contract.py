@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from adapters.postgres.cluster import LocalCluster
-from adapters.postgres.observe import observe
+from adapters.postgres.observe import LATER_KINDS, observe
 from adapters.postgres.restore import restore_into_empty, restore_over
 from adapters.postgres.target import PgShadow, PostgresTarget, fingerprint_of
 from shadow.changes import Change, walk
@@ -604,6 +604,86 @@ SCHEMAS = {
         },
         extensions=("pg_trgm", "hstore"),
     ),
+    "rules, statistics, publications, collations and event triggers": Schema(
+        setup="""
+            CREATE SCHEMA catalogue;
+            CREATE COLLATION byte_order (provider = libc, locale = 'C');
+            CREATE COLLATION catalogue.sku_order (provider = libc, locale = 'POSIX');
+            CREATE TABLE orders (id int PRIMARY KEY, region text NOT NULL, cents int NOT NULL);
+            CREATE TABLE orders_archive (id int PRIMARY KEY, region text, cents int);
+            CREATE TABLE catalogue.items (id int PRIMARY KEY, sku text COLLATE catalogue.sku_order NOT NULL, price int);
+            CREATE RULE archive_deleted AS ON DELETE TO orders
+                DO ALSO INSERT INTO orders_archive VALUES (OLD.id, OLD.region, OLD.cents);
+            CREATE RULE no_negative_price AS ON UPDATE TO catalogue.items WHERE NEW.price < 0 DO INSTEAD NOTHING;
+            CREATE STATISTICS orders_region_cents (ndistinct, dependencies) ON region, cents FROM orders;
+            CREATE STATISTICS catalogue.items_stats ON sku, price FROM catalogue.items;
+            CREATE PUBLICATION orders_pub FOR TABLE orders, catalogue.items WITH (publish = 'insert, update');
+            CREATE PUBLICATION everything FOR ALL TABLES;
+            CREATE FUNCTION note_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$;
+            CREATE EVENT TRIGGER ddl_noted ON ddl_command_end WHEN TAG IN ('CREATE TABLE') EXECUTE FUNCTION note_ddl();
+            CREATE EVENT TRIGGER drops_noted ON sql_drop EXECUTE FUNCTION note_ddl();
+            COMMENT ON RULE archive_deleted ON orders IS 'keep what is deleted';
+            COMMENT ON STATISTICS catalogue.items_stats IS 'sku against price';
+            COMMENT ON PUBLICATION orders_pub IS 'to the warehouse';
+            COMMENT ON EVENT TRIGGER drops_noted IS 'audit drops';
+            COMMENT ON COLLATION catalogue.sku_order IS 'bytewise skus';
+            INSERT INTO orders SELECT g, (ARRAY['eu', 'us'])[1 + g % 2], g * 100 FROM generate_series(1, 5) g;
+            INSERT INTO catalogue.items VALUES (1, 'B-2', 10), (2, 'a-1', 20);
+            DELETE FROM orders WHERE id = 4;  -- archived by the rule
+        """,
+        mutations=[
+            "DELETE FROM orders WHERE id = 2",
+            "ALTER TABLE orders DISABLE RULE archive_deleted",
+            "CREATE OR REPLACE RULE archive_deleted AS ON DELETE TO orders DO ALSO NOTHING",
+            "COMMENT ON RULE no_negative_price ON catalogue.items IS 'guard'",
+            "DROP RULE no_negative_price ON catalogue.items",
+            "CREATE RULE archive_is_final AS ON DELETE TO orders_archive DO INSTEAD NOTHING",
+            "ALTER STATISTICS orders_region_cents SET STATISTICS 500",
+            f"ALTER STATISTICS catalogue.items_stats OWNER TO {OWNER}",
+            "DROP STATISTICS orders_region_cents",
+            "CREATE STATISTICS catalogue.later_stats ON id, price FROM catalogue.items",
+            "CREATE STATISTICS public.later_public_stats ON id, cents FROM orders_archive",
+            "ALTER PUBLICATION orders_pub SET (publish = 'insert, update, delete')",
+            "ALTER PUBLICATION orders_pub DROP TABLE catalogue.items",
+            "ALTER PUBLICATION orders_pub ADD TABLE orders_archive",
+            "COMMENT ON PUBLICATION orders_pub IS NULL",
+            "DROP PUBLICATION everything",
+            "CREATE PUBLICATION later_pub FOR TABLE orders",
+            "ALTER EVENT TRIGGER ddl_noted DISABLE",
+            "COMMENT ON EVENT TRIGGER ddl_noted IS 'off for now'",
+            "DROP EVENT TRIGGER drops_noted",
+            "CREATE EVENT TRIGGER later_evt ON ddl_command_start EXECUTE FUNCTION note_ddl()",
+            "COMMENT ON COLLATION byte_order IS 'bytes'",
+            "ALTER COLLATION catalogue.sku_order RENAME TO sku_sort",
+            "DROP COLLATION byte_order",
+            "CREATE COLLATION public.later_public_coll (provider = libc, locale = 'C')",
+            "CREATE COLLATION catalogue.later_coll (provider = libc, locale = 'POSIX')",
+        ],
+        facts={
+            "SELECT string_agg(rulename || ':' || ev_enabled::text, ',' ORDER BY rulename) FROM pg_rewrite"
+            " WHERE rulename <> '_RETURN' AND ev_class >= 16384": "archive_deleted:O,no_negative_price:O",
+            "SELECT pg_get_ruledef(oid) FROM pg_rewrite WHERE rulename = 'archive_deleted'": SAME,
+            "SELECT obj_description(oid, 'pg_rewrite') FROM pg_rewrite WHERE rulename = 'archive_deleted'":
+                "keep what is deleted",
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM orders_archive": "4",
+            "SELECT string_agg(stxnamespace::regnamespace || '.' || stxname || ':' || pg_get_userbyid(stxowner), ','"
+            " ORDER BY stxname) FROM pg_statistic_ext": SAME,
+            "SELECT stxstattarget FROM pg_statistic_ext WHERE stxname = 'orders_region_cents'": SAME,
+            "SELECT string_agg(pubname || ':' || pubinsert || pubupdate || pubdelete, ',' ORDER BY pubname)"
+            " FROM pg_publication": "everything:truetruetrue,orders_pub:truetruefalse",
+            "SELECT string_agg(schemaname || '.' || tablename, ',' ORDER BY schemaname, tablename)"
+            " FROM pg_publication_tables WHERE pubname = 'orders_pub'": "catalogue.items,public.orders",
+            "SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = 'orders_pub'":
+                "to the warehouse",
+            "SELECT string_agg(evtname || ':' || evtenabled::text || ':' || coalesce(obj_description(oid, 'pg_event_trigger'),"
+            " '-'), ',' ORDER BY evtname) FROM pg_event_trigger": "ddl_noted:O:-,drops_noted:O:audit drops",
+            "SELECT string_agg(collnamespace::regnamespace || '.' || collname, ',' ORDER BY collname) FROM pg_collation"
+            " WHERE collnamespace <> 'pg_catalog'::regnamespace": "public.byte_order,catalogue.sku_order",
+            "SELECT attcollation::regcollation::text FROM pg_attribute"
+            " WHERE attrelid = 'catalogue.items'::regclass AND attname = 'sku'": "catalogue.sku_order",
+            "SELECT string_agg(sku, ',' ORDER BY sku) FROM catalogue.items": "B-2,a-1",
+        },
+    ),
 }
 
 
@@ -889,6 +969,66 @@ def test_default_privileges_are_observed_as_their_own_kind(prod_db, roles, shado
     changes = sh.changes()
     assert addresses(changes) == ["add default_privileges public.shadow", "add default_privileges shadow"]
     assert changes[0].detail == {"tables": f"{{{READER}=r/shadow}}"}
+
+
+def test_rules_statistics_publications_collations_and_event_triggers_are_observed(prod_db, shadow_of):
+    prod_db.execute("""
+        CREATE STATISTICS orders_user_status ON user_id, status FROM orders;
+        CREATE PUBLICATION shop_pub FOR TABLE orders;
+        CREATE PUBLICATION old_pub FOR TABLE users;
+        CREATE COLLATION byte_order (provider = libc, locale = 'C');
+    """)
+    _, sh = shadow_of(prod_db)
+    run_in(
+        sh,
+        "CREATE RULE keep_audit AS ON DELETE TO audit_log DO INSTEAD NOTHING",
+        "ALTER STATISTICS orders_user_status SET STATISTICS 200",
+        "DROP PUBLICATION old_pub",
+        "ALTER PUBLICATION shop_pub ADD TABLE users",
+        "COMMENT ON COLLATION byte_order IS 'bytes'",
+        "CREATE COLLATION posix_order (provider = libc, locale = 'POSIX')",
+        "CREATE TABLE later (id int PRIMARY KEY, v int)",
+        "CREATE RULE later_rule AS ON UPDATE TO later DO ALSO NOTHING",
+        "CREATE STATISTICS later_stats ON id, v FROM later",
+        "CREATE FUNCTION noop_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$",
+        "CREATE EVENT TRIGGER ddl_seen ON ddl_command_start WHEN TAG IN ('DROP TABLE') EXECUTE FUNCTION noop_ddl()",
+    )
+    changes = sh.changes()
+    assert addresses(changes) == [
+        "add collation public.posix_order",
+        "alter collation public.byte_order",
+        "add event_trigger ddl_seen",
+        "add function public.noop_ddl()",
+        "drop publication old_pub",
+        "alter publication shop_pub",
+        "add rule public.audit_log.keep_audit",
+        "alter statistics public.orders_user_status",
+        "add table public.later",
+    ]
+    found = everything(changes)
+    # a rule and extended statistics of an added table are part of it
+    assert {"add rule public.later.later_rule", "add statistics public.later_stats"} <= {
+        c.address for c in found["add table public.later"].children}
+    assert found["alter publication shop_pub"].detail == {
+        "tables": {"from": ["public.orders"], "to": ["public.orders", "public.users"]}}
+    assert found["alter statistics public.orders_user_status"].detail == {
+        "statistics_target": {"from": None, "to": 200}}
+    assert found["alter collation public.byte_order"].detail == {"comment": {"from": None, "to": "bytes"}}
+    assert found["add event_trigger ddl_seen"].detail["function"] == "public.noop_ddl()"
+    assert found["add event_trigger ddl_seen"].detail["tags"] == '{"DROP TABLE"}'
+    assert "INSTEAD NOTHING" in found["add rule public.audit_log.keep_audit"].detail["definition"]
+    assert found["add rule public.audit_log.keep_audit"].detail["table"] == "public.audit_log"
+
+
+def test_kinds_observed_later_are_absent_from_a_database_without_them(prod_db):
+    """So the fingerprints of such a database (checkpoints, after-apply records) are what they were before."""
+    with prod_db.connect() as conn:
+        kinds = set(observe(conn, with_data=False)["objects"])
+    assert kinds >= {"table", "procedure", "default_privileges"}  # the older kinds are there even when empty
+    assert not kinds & set(LATER_KINDS)
+    prod_db.execute("CREATE PUBLICATION shop_pub FOR TABLE orders")
+    with prod_db.connect() as conn:
+        assert set(observe(conn, with_data=False)["objects"]) - kinds == {"publication"}
 
 
 # pg_dump archives record neither an extension's version nor the absence of public; restore.py puts both

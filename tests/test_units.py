@@ -75,6 +75,20 @@ def test_plan_sql_action_needs_target_when_several_postgres_targets(tmp_path: Pa
         load_plan(plan_file, {})
 
 
+def test_plan_accepts_addresses_of_every_postgres_kind(tmp_path: Path):
+    (tmp_path / "m.sql").write_text("SELECT 1;")
+    addresses = ["add rule public.orders.redirect", "add publication app_pub", "alter statistics public.s1",
+                 "drop collation public.c", "add event_trigger e", "alter default_privileges shadow"]
+    plan_file = tmp_path / "p.yaml"
+    plan_file.write_text("targets:\n  db: {kind: postgres, dsn: 'host=x'}\naction: {sql: m.sql}\n"
+                         "expect:\n  db:\n    must: [" + ", ".join(addresses) + "]\n    may: [add gadget public.x]\n")
+    with pytest.raises(PlanError) as err:
+        load_plan(plan_file, {})
+    # the made-up kind is refused (so addresses are checked at all), the real ones are not
+    assert len(err.value.problems) == 1
+    assert "expect.db.may.0: 'add gadget public.x': unknown kind 'gadget'" in err.value.problems[0]
+
+
 @pytest.mark.parametrize(("text", "actual", "holds"), [
     (0, 0, True), (0, 1, False), ("<= 10", 10, True), ("<= 10", 11, False), (">= 1", 0, False), ("!= 3", 2, True),
 ])

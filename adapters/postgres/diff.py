@@ -51,7 +51,7 @@ def _parent(name: str) -> str:
 
 def table_of(kind: str, name: str, props: dict[str, Any]) -> str | None:
     """The table an object belongs to, if any."""
-    if kind in ("index", "trigger"):
+    if kind in ("index", "trigger", "rule", "statistics"):
         return props.get("table")
     if kind == "constraint":
         return props.get("on")

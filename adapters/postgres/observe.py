@@ -6,6 +6,9 @@ An observation is plain JSON-able data::
      "objects": {kind: {name: {property: value}}},     # kinds are the change-address kinds
      "data": {table: {"rows": n, "hash": "…", "key": [pk columns] | None, "only": bool, "columns": [names]}}}
 
+The kinds in :data:`LATER_KINDS` (rules, extended statistics, publications, event triggers, collations) appear in
+``objects`` only when the database has such objects (see there).
+
 Names are schema-qualified with ``search_path = ''`` so definitions (``pg_get_viewdef`` …) are deterministic.
 Objects that belong to an extension are covered by ``extension`` and not listed one by one. Everything is read in
 one REPEATABLE READ transaction, so the observation is one consistent snapshot; ``snapshot`` lets a checkpoint
@@ -170,6 +173,68 @@ FROM pg_default_acl d LEFT JOIN pg_namespace n ON n.oid = d.defaclnamespace
 """
 DEFAULT_PRIVILEGE_OBJECTS = {"r": "tables", "S": "sequences", "f": "functions", "T": "types", "n": "schemas"}
 
+# Rewrite rules other than the one that makes a view a view (``_RETURN``): named ``schema.relation.rule``.
+Q_RULES = f"""
+SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) || '.' || quote_ident(r.rulename),
+       pg_get_ruledef(r.oid), r.ev_enabled, quote_ident(n.nspname) || '.' || quote_ident(c.relname),
+       obj_description(r.oid, 'pg_rewrite')
+FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT (r.rulename = '_RETURN' AND c.relkind IN ('v', 'm')) AND {USER_NS}
+  AND {NOT_EXT.format(cls="'pg_class'", oid='c.oid')}
+"""
+
+# Extended statistics (CREATE STATISTICS). The target (ALTER STATISTICS … SET STATISTICS) is 13+; "default" is -1
+# before 17 and NULL from 17 on, both observed as None.
+Q_STATISTICS = """
+SELECT quote_ident(n.nspname) || '.' || quote_ident(s.stxname), pg_get_statisticsobjdef(s.oid),
+       pg_get_userbyid(s.stxowner), quote_ident(tn.nspname) || '.' || quote_ident(c.relname),
+       {target}, obj_description(s.oid, 'pg_statistic_ext')
+FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace
+JOIN pg_class c ON c.oid = s.stxrelid JOIN pg_namespace tn ON tn.oid = c.relnamespace
+WHERE {user_ns} AND {not_ext} AND {table_not_ext}
+"""
+
+# Publications belong to the database, not to a schema. Their tables are the ones named in the publication
+# (pg_publication_rel), not the expansion pg_publication_tables makes of FOR ALL TABLES / FOR TABLES IN SCHEMA:
+# creating a table covered that way is the table's change, not the publication's.
+Q_PUBLICATIONS = """
+SELECT p.oid, quote_ident(p.pubname), pg_get_userbyid(p.pubowner), p.puballtables, p.pubinsert, p.pubupdate,
+       p.pubdelete, p.pubtruncate, {via_root}, obj_description(p.oid, 'pg_publication')
+FROM pg_publication p
+"""
+# One entry per named table: ``schema.table``, on 15+ followed by its column list and row filter when it has them.
+Q_PUBLICATION_TABLES = """
+SELECT pr.prpubid, quote_ident(n.nspname) || '.' || quote_ident(c.relname) {extra}
+FROM pg_publication_rel pr JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+"""
+PUBLICATION_TABLE_EXTRA_15 = """
+       || COALESCE(' (' || (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum)
+                            FROM pg_attribute a WHERE a.attrelid = pr.prrelid AND a.attnum = ANY(pr.prattrs)) || ')', '')
+       || COALESCE(' WHERE (' || pg_get_expr(pr.prqual, pr.prrelid) || ')', '')
+"""
+Q_PUBLICATION_SCHEMAS = """
+SELECT pn.pnpubid, quote_ident(n.nspname)
+FROM pg_publication_namespace pn JOIN pg_namespace n ON n.oid = pn.pnnspid
+"""
+
+Q_EVENT_TRIGGERS = f"""
+SELECT quote_ident(e.evtname), e.evtevent, e.evtenabled, e.evtfoid::regprocedure::text, e.evttags::text,
+       pg_get_userbyid(e.evtowner), obj_description(e.oid, 'pg_event_trigger')
+FROM pg_event_trigger e
+WHERE {NOT_EXT.format(cls="'pg_event_trigger'", oid='e.oid')}
+"""
+
+# An ICU collation's locale is in collcollate/collctype up to 14, in colliculocale on 15 and 16, in colllocale
+# from 17 on (which also holds the builtin provider's): observed as collate and ctype on every version, so a
+# checkpoint and a shadow of different majors agree.
+Q_COLLATIONS = """
+SELECT quote_ident(n.nspname) || '.' || quote_ident(co.collname), co.collprovider,
+       COALESCE(co.collcollate::text, {locale}), COALESCE(co.collctype::text, {locale}), co.collisdeterministic,
+       {icu_rules}, pg_get_userbyid(co.collowner), obj_description(co.oid, 'pg_collation')
+FROM pg_collation co JOIN pg_namespace n ON n.oid = co.collnamespace
+WHERE {user_ns} AND {not_ext}
+"""
+
 Q_EXTENSIONS = """
 SELECT e.extname, e.extversion, n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
 """
@@ -317,6 +382,10 @@ def _observe_in_tx(conn: psycopg.Connection, with_data: bool) -> dict[str, Any]:
             "last_value": last_value, "is_called": is_called, "comment": comment,
         }
 
+    for kind, found in _observe_later_kinds(conn).items():
+        if found:
+            objects[kind] = found
+
     data: dict[str, Any] = {}
     if with_data:
         keys = _primary_keys(conn)
@@ -335,6 +404,58 @@ def _observe_in_tx(conn: psycopg.Connection, with_data: bool) -> dict[str, Any]:
         "objects": objects,
         "data": data,
     }
+
+
+# Kinds added to the observation after the others. Unlike those, they appear in ``objects`` only when the database
+# has at least one: the fingerprint of a database without any stays what it was, so checkpoints (and after-apply
+# records) taken by an earlier version of shadow still compare as equal.
+LATER_KINDS = ("rule", "statistics", "publication", "event_trigger", "collation")
+
+
+def _observe_later_kinds(conn: psycopg.Connection) -> dict[str, dict[str, dict[str, Any]]]:
+    major = server_major(conn)
+    out: dict[str, dict[str, dict[str, Any]]] = {k: {} for k in LATER_KINDS}
+    for name, definition, enabled, table, comment in conn.execute(Q_RULES):
+        out["rule"][name] = {"definition": definition, "table": table, "enabled": enabled, "comment": comment}
+
+    q_statistics = Q_STATISTICS.format(
+        target="CASE WHEN s.stxstattarget >= 0 THEN s.stxstattarget::int END" if major >= 13 else "NULL::int",
+        user_ns=USER_NS, not_ext=NOT_EXT.format(cls="'pg_statistic_ext'", oid="s.oid"),
+        table_not_ext=NOT_EXT.format(cls="'pg_class'", oid="c.oid"))
+    for name, definition, owner, table, target, comment in conn.execute(q_statistics):
+        out["statistics"][name] = {"definition": definition, "owner": owner, "table": table,
+                                   "statistics_target": target, "comment": comment}
+
+    tables: dict[int, list[str]] = {}
+    q_tables = Q_PUBLICATION_TABLES.format(extra=PUBLICATION_TABLE_EXTRA_15 if major >= 15 else "")
+    for pub, entry in conn.execute(q_tables):
+        tables.setdefault(pub, []).append(entry)
+    schemas: dict[int, list[str]] = {}
+    if major >= 15:  # FOR TABLES IN SCHEMA
+        for pub, schema in conn.execute(Q_PUBLICATION_SCHEMAS):
+            schemas.setdefault(pub, []).append(schema)
+    q_publications = Q_PUBLICATIONS.format(via_root="p.pubviaroot" if major >= 13 else "false")
+    for (oid, name, owner, all_tables, insert, update, delete, truncate, via_root,
+         comment) in conn.execute(q_publications):
+        out["publication"][name] = {
+            "owner": owner, "all_tables": all_tables, "insert": insert, "update": update, "delete": delete,
+            "truncate": truncate, "via_root": via_root, "tables": sorted(tables.get(oid, [])),
+            "schemas": sorted(schemas.get(oid, [])), "comment": comment,
+        }
+
+    for name, event, enabled, function, tags, owner, comment in conn.execute(Q_EVENT_TRIGGERS):
+        out["event_trigger"][name] = {"event": event, "enabled": enabled, "function": function, "tags": tags,
+                                      "owner": owner, "comment": comment}
+
+    locale = {15: "co.colliculocale", 16: "co.colliculocale"}.get(major, "co.colllocale" if major >= 17 else "NULL")
+    q_collations = Q_COLLATIONS.format(
+        locale=locale, icu_rules="co.collicurules" if major >= 16 else "NULL::text", user_ns=USER_NS,
+        not_ext=NOT_EXT.format(cls="'pg_collation'", oid="co.oid"))
+    for name, provider, collate, ctype, deterministic, icu_rules, owner, comment in conn.execute(q_collations):
+        out["collation"][name] = {"provider": provider, "collate": collate, "ctype": ctype,
+                                  "deterministic": deterministic, "icu_rules": icu_rules, "owner": owner,
+                                  "comment": comment}
+    return out
 
 
 def _sequence_state(conn: psycopg.Connection, name: str) -> tuple[Any, Any]:

@@ -520,7 +520,8 @@ class PostgresKind:
     # The vocabulary of change addresses: `<op> <kind> <name>`.
     change_ops: tuple[str, ...] = ("add", "drop", "alter", "insert", "update", "delete")
     change_kinds: tuple[str, ...] = ("schema", "table", "column", "index", "constraint", "view", "materialized_view", "function",
-                    "procedure", "trigger", "sequence", "type", "extension", "default_privileges", "rows")
+                    "procedure", "trigger", "sequence", "type", "extension", "default_privileges", "rule",
+                    "statistics", "publication", "event_trigger", "collation", "rows")
 
     def validate(self, spec: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
         for key in spec:

@@ -48,6 +48,7 @@ class GcResult:
     """What gc removed (or, with ``dry_run``, would remove), what it could not remove and why."""
 
     dry_run: bool
+    runs: set[str] | None = None  # only these runs' leftovers; None: every dead run's
     removed: list[Leftover] = field(default_factory=list)
     failed: list[tuple[Leftover, str]] = field(default_factory=list)
     docker_skipped: str | None = None  # why Docker was not looked at; None when it was
@@ -62,12 +63,17 @@ def _fields(item: Leftover) -> dict[str, Any]:
     return {"kind": item.kind, "id": item.id, "run_id": item.run_id, "detail": item.detail}
 
 
-def gc(dry_run: bool = False) -> GcResult:
-    """Find and remove the leftovers of runs whose owning process is gone; never touch a live run's."""
-    result = GcResult(dry_run)
+def gc(dry_run: bool = False, runs: set[str] | None = None) -> GcResult:
+    """Find and remove the leftovers of runs whose owning process is gone; never touch a live run's.
+
+    ``runs``: only the leftovers labelled with one of these run ids (``shadow recover`` clears the runs it
+    settled); unlabelled temp dirs are then left to a plain gc.
+    """
+    result = GcResult(dry_run, runs=runs)
     _collect_docker(result)
     _collect_clusters(result, Path(tempfile.gettempdir()))
-    _collect_stale_dirs(result, Path(tempfile.gettempdir()), time.time())
+    if runs is None:
+        _collect_stale_dirs(result, Path(tempfile.gettempdir()), time.time())
     return result
 
 
@@ -131,6 +137,8 @@ def _collect_stale_dirs(result: GcResult, tmp: Path, now: float) -> None:
 def _remove(result: GcResult, item: Leftover, remove: Callable[[], object], gone: tuple[type[BaseException], ...],
             failure: tuple[type[BaseException], ...]) -> None:
     """Remove one leftover (unless dry run) and record it; ``gone`` means someone else removed it first."""
+    if result.runs is not None and item.run_id not in result.runs:
+        return
     if result.dry_run:
         result.removed.append(item)
         return

@@ -825,7 +825,24 @@ def recover(settings: Settings | None = None, progress: Progress = _quiet,
         out.append({"run": record.run_id, "command": record.command, "was": was, "outcome": outcome,
                     "summary": text})
         progress("info", f"run {record.run_id} ({record.command}): {outcome} — {text}")
+    if out:
+        _clear_leftovers({entry["run"] for entry in out}, progress)
     return out
+
+
+def _clear_leftovers(runs: set[str], progress: Progress) -> None:
+    """The shadows a killed run left running (its clusters, containers, networks) go once it is settled."""
+    from shadow import gc
+
+    try:
+        result = gc.gc(runs=runs)
+    except InfrastructureError as exc:  # production is settled; a leftover is for `shadow gc` to retry
+        progress("info", f"leftover shadows not removed: {exc}")
+        return
+    if result.removed:
+        progress("info", f"removed {len(result.removed)} leftover shadow(s) of the settled run(s)")
+    for item, why in result.failed:
+        progress("info", f"could not remove leftover {item.kind} {item.id}: {why} (retry with `shadow gc`)")
 
 
 def _recover_one(settings: Settings, record: RunRecord, progress: Progress, lock_timeout: float,

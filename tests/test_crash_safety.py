@@ -11,12 +11,15 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from adapters.docker import LABEL_RUN
+from adapters.postgres.cluster import TEMP_PREFIX, read_labels
 from tests.conftest import ProdDb, write_plan
 
 # Autocommit writes in three steps: a kill between them leaves production half changed, so only a restore
@@ -93,6 +96,13 @@ def killed_then_recovered(tmp_path: Path, prod: Production, point: int, *args: s
     return recovered.stdout
 
 
+def clusters_of(state: Path) -> list[Path]:
+    """Shadow clusters labelled with a run of this state dir, still in the temp dir."""
+    runs = {p.name for p in (state / "runs").glob("*")}
+    return [root for root in Path(tempfile.gettempdir()).glob(TEMP_PREFIX + "*")
+            if (read_labels(root) or {}).get(LABEL_RUN) in runs]
+
+
 def test_sigkill_at_every_transition_of_apply_then_recover(production: Production, tmp_path: Path) -> None:
     write_plan(tmp_path, PLAN, {"migrate.py": MIGRATE})
     checkpoint = production.fingerprint()
@@ -101,7 +111,7 @@ def test_sigkill_at_every_transition_of_apply_then_recover(production: Productio
     assert rehearsed != checkpoint
     assert any(p.startswith("begin apply") for p in points) and "phase applied" in points
 
-    outcomes = {}
+    outcomes, left_running = {}, 0
     for point in range(1, len(points) + 1):
         production.reset()
         state = f"state{point}"
@@ -110,8 +120,10 @@ def test_sigkill_at_every_transition_of_apply_then_recover(production: Productio
         if point == len(points) // 2:  # new work on the target waits for `shadow recover`
             refused = shadow(tmp_path, production, "plan", state=state)
             assert refused.returncode == 3 and "shadow recover" in refused.stderr, refused.stderr
+        left_running += bool(clusters_of(tmp_path / state))
         recovered = shadow(tmp_path, production, "recover", state=state)
         assert recovered.returncode == 0 and "Traceback" not in recovered.stderr, recovered.stderr
+        assert clusters_of(tmp_path / state) == [], "recover leaves no shadow of the run it settled"
         now = production.fingerprint()
         assert now in (checkpoint, rehearsed), f"killed at {points[point - 1]!r}: production is neither"
         outcomes[points[point - 1]] = "checkpoint" if now == checkpoint else "rehearsed"
@@ -119,6 +131,7 @@ def test_sigkill_at_every_transition_of_apply_then_recover(production: Productio
     print(f"\ncovered {len(points)} kill points of apply: " +
           ", ".join(f"{p} → {o}" for p, o in outcomes.items()))
     assert set(outcomes.values()) == {"checkpoint", "rehearsed"}
+    assert left_running, "no kill point left a shadow running: the leftover check proves nothing"
 
 
 def test_sigkill_at_every_transition_of_rollback_then_recover(production: Production, tmp_path: Path) -> None:

@@ -74,6 +74,12 @@ class Schema:
     extensions: tuple[str, ...] = field(default=())  # contrib extensions the schema needs
 
 
+def _on_database(clause: str, role: str | None = None) -> str:
+    """SQL that runs ALTER DATABASE <this database> <clause> (or ALTER ROLE <role> IN DATABASE …)."""
+    who = f"ALTER ROLE {role} IN DATABASE %I " if role else "ALTER DATABASE %I "
+    return f"DO $do$ BEGIN EXECUTE format('{who}', current_database()) || $c${clause}$c$; END $do$"
+
+
 SCHEMAS = {
     "enum": Schema(
         setup="""
@@ -604,6 +610,40 @@ SCHEMAS = {
         },
         extensions=("pg_trgm", "hstore"),
     ),
+    "database and role settings": Schema(
+        setup=f"""
+            CREATE SCHEMA app;
+            CREATE SCHEMA "My Schema";
+            CREATE TABLE app.t (id int PRIMARY KEY);
+            INSERT INTO app.t VALUES (1), (2);
+            {_on_database('SET search_path = app, "My Schema", public')};
+            {_on_database("SET statement_timeout = '5min'")};
+            {_on_database("SET app.tenant = 'acme'")};
+            {_on_database("SET app.api_token = 'hunter2'")};
+            {_on_database("SET work_mem = '8MB'", role=READER)};
+        """,
+        mutations=[
+            _on_database("SET statement_timeout = '1min'"),
+            _on_database("RESET app.tenant"),
+            _on_database("SET search_path = public"),
+            _on_database("SET app.api_token = 'hunter3'"),
+            _on_database("SET work_mem = '16MB'", role=READER),
+            _on_database("SET lock_timeout = '3s'", role=WRITER),
+            _on_database("RESET ALL"),
+        ],
+        facts={
+            "SELECT current_setting('search_path')": 'app, "My Schema", public',
+            "SELECT current_setting('statement_timeout')": "5min",
+            "SELECT current_setting('app.tenant')": "acme",
+            "SELECT count(*) FROM t": 2,  # an unqualified name finds app.t through the database's search_path
+            "SELECT string_agg(c, ',' ORDER BY c) FROM pg_db_role_setting, unnest(setconfig) c WHERE setrole = 0"
+            " AND setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())": SAME,
+            "SELECT string_agg(pg_get_userbyid(setrole) || ':' || setconfig::text, ',' ORDER BY 1)"
+            " FROM pg_db_role_setting WHERE setrole <> 0"
+            " AND setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())":
+                f"{READER}:{{work_mem=8MB}}",
+        },
+    ),
     "rules, statistics, publications, collations and event triggers": Schema(
         setup="""
             CREATE SCHEMA catalogue;
@@ -969,6 +1009,47 @@ def test_default_privileges_are_observed_as_their_own_kind(prod_db, roles, shado
     changes = sh.changes()
     assert addresses(changes) == ["add default_privileges public.shadow", "add default_privileges shadow"]
     assert changes[0].detail == {"tables": f"{{{READER}=r/shadow}}"}
+
+
+def test_database_settings_reach_the_shadow_show_in_the_diff_and_are_restored(prod_db, roles, shadow_of, store):
+    mine = "SELECT string_agg(c, ',' ORDER BY c) FROM pg_db_role_setting, unnest(setconfig) c WHERE setrole = 0" \
+           " AND setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    for clause in ("SET search_path = public, \"$user\"", "SET app.tenant = 'acme'", "SET app.api_token = 'hunter2'",
+                   "SET session_preload_libraries = 'auto_explain'"):
+        prod_db.execute(_on_database(clause))
+    prod_db.execute(f"ALTER ROLE {WRITER} SET lock_timeout = '7s'")  # every database's, the shadow's too
+    try:
+        target, sh = shadow_of(prod_db)  # (asserts a faithful shadow)
+        at_checkpoint = prod_db.scalar(mine)
+        assert "session_preload_libraries=auto_explain" in str(at_checkpoint)
+        with psycopg.connect(sh.endpoint.dsn) as action:  # what the action's sessions get
+            assert action.execute("SELECT current_setting('app.tenant')").fetchone() == ("acme",)
+            assert action.execute("SHOW search_path").fetchone() == ('public, "$user"',)
+        assert sh.check(f"SELECT setconfig::text FROM pg_db_role_setting WHERE setrole = '{WRITER}'::regrole"
+                        " AND setdatabase = 0") == "{lock_timeout=7s}"
+        # Libraries a shadow server may not have are left out of it (and out of the observation).
+        assert "preload" not in str(sh.check(mine))
+
+        changed = [_on_database("SET app.tenant = 'globex'"), _on_database("SET app.api_token = 'letmein'"),
+                   _on_database("SET work_mem = '64MB'", role=READER)]
+        run_in(sh, *changed)
+        changes = {c.address: c for c in sh.changes()}
+        assert sorted(changes) == [f"add setting role.{READER}", "alter setting database"]
+        detail = changes["alter setting database"].detail
+        assert detail["app.tenant"] == {"from": "acme", "to": "globex"}, detail
+        assert "hunter2" not in repr(changes) and "letmein" not in repr(changes), "a secret-looking value is shown"
+        assert sh.rehearse_rollback() == []
+
+        for statement in changed:
+            prod_db.execute(statement)
+        checkpoint = sh.checkpoint
+        target.restore(checkpoint, store)
+        assert target.verify_restored(checkpoint) == []
+        assert prod_db.scalar(mine) == at_checkpoint  # session_preload_libraries included
+        assert prod_db.scalar("SELECT count(*) FROM pg_db_role_setting WHERE setrole <> 0 AND setdatabase = "
+                              "(SELECT oid FROM pg_database WHERE datname = current_database())") == 0
+    finally:
+        prod_db.execute(f"ALTER ROLE {WRITER} RESET ALL")
 
 
 def test_rules_statistics_publications_collations_and_event_triggers_are_observed(prod_db, shadow_of):

@@ -25,12 +25,15 @@ them for every read, so equal data hashes equal wherever it is observed.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
+from adapters.postgres import dbsettings
 from shadow.errors import TargetUnreachable
+from shadow.redact import looks_secret
 
 # SET LOCAL for every transaction that reads user data (observing, and counting row changes in diff).
 READ_SETTINGS = {
@@ -235,6 +238,13 @@ FROM pg_collation co JOIN pg_namespace n ON n.oid = co.collnamespace
 WHERE {user_ns} AND {not_ext}
 """
 
+# ALTER DATABASE … SET and ALTER ROLE … IN DATABASE … SET of this database. They change how every session behaves
+# (search_path, timeouts, custom settings RLS policies read with current_setting), and pg_dump does not carry them.
+Q_SETTINGS = """
+SELECT CASE WHEN s.setrole = 0 THEN NULL ELSE quote_ident(pg_get_userbyid(s.setrole)) END, s.setconfig
+FROM pg_db_role_setting s WHERE s.setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())
+"""
+
 Q_EXTENSIONS = """
 SELECT e.extname, e.extversion, n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
 """
@@ -409,7 +419,7 @@ def _observe_in_tx(conn: psycopg.Connection, with_data: bool) -> dict[str, Any]:
 # Kinds added to the observation after the others. Unlike those, they appear in ``objects`` only when the database
 # has at least one: the fingerprint of a database without any stays what it was, so checkpoints (and after-apply
 # records) taken by an earlier version of shadow still compare as equal.
-LATER_KINDS = ("rule", "statistics", "publication", "event_trigger", "collation")
+LATER_KINDS = ("rule", "statistics", "publication", "event_trigger", "collation", "setting")
 
 
 def _observe_later_kinds(conn: psycopg.Connection) -> dict[str, dict[str, dict[str, Any]]]:
@@ -455,7 +465,17 @@ def _observe_later_kinds(conn: psycopg.Connection) -> dict[str, dict[str, dict[s
         out["collation"][name] = {"provider": provider, "collate": collate, "ctype": ctype,
                                   "deterministic": deterministic, "icu_rules": icu_rules, "owner": owner,
                                   "comment": comment}
+
+    for role, config in conn.execute(Q_SETTINGS):
+        out["setting"][settings_name(role)] = {
+            name: f"sha256:{hashlib.sha256(value.encode()).hexdigest()[:16]}" if looks_secret(name) else value
+            for name, value in dbsettings.split(config) if name not in dbsettings.SESSION_LIBRARIES}
     return out
+
+
+def settings_name(role: str | None) -> str:
+    """``database`` for ALTER DATABASE … SET, ``role.<role>`` for ALTER ROLE <role> IN DATABASE … SET."""
+    return "database" if role is None else f"role.{role}"
 
 
 def _sequence_state(conn: psycopg.Connection, name: str) -> tuple[Any, Any]:

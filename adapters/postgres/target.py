@@ -27,9 +27,10 @@ from adapters.postgres.server import SUPERUSER, Server
 from adapters.postgres.diff import count_rows, diff
 from adapters.postgres.execute import execute, execute_verified, forces_autocommit
 from adapters.postgres.observe import observe
+from adapters.postgres import dbsettings
 from adapters.postgres.restore import restore_into_empty, restore_over, run_pg_dump
 from shadow.changes import Change, RowDelta, differences
-from shadow.errors import BadInput, BinaryNotFound, InfrastructureError, TargetUnreachable
+from shadow.errors import BadInput, BinaryNotFound, InfrastructureError, RestoreFailed, TargetUnreachable
 from shadow.sqlsplit import Statement
 from snapshots import Artifact, Store
 
@@ -189,6 +190,7 @@ class PostgresTarget:
             assert db is not None
             roles = [list(r) for r in holder.execute(Q_ROLES)]
             members = [list(r) for r in holder.execute(Q_MEMBERS)]
+            settings = dbsettings.read(holder, str(db[0]))
             with self.connect() as conn:
                 observation = self._observe(conn, snapshot)
             with store.new_artifact() as slot:
@@ -203,7 +205,7 @@ class PostgresTarget:
                 "server_version_num": observation["server"]["version_num"], "major": major,
                 "database": db[0], "encoding": db[1], "collate": db[2], "ctype": db[3],
                 "database_owner": db[4], "user": db[5],
-                "roles": roles, "members": members, "endpoint": self.describe(),
+                "roles": roles, "members": members, "settings": settings, "endpoint": self.describe(),
             },
         )
 
@@ -290,6 +292,8 @@ class PostgresTarget:
         archive = store.open_verified(_artifact(checkpoint))
         restore_over(self.binaries(int(checkpoint.meta["major"])), self.dsn, archive,
                      observation=checkpoint.observation)
+        with self.connect() as conn:
+            _settle_settings(conn, str(checkpoint.meta["database"]), checkpoint)
 
     def verify_restored(self, checkpoint: Checkpoint) -> list[str]:
         """Differences between production now and the checkpoint; empty when the restore is exact."""
@@ -379,6 +383,10 @@ class PgShadow:
             strategy = " STRATEGY FILE_COPY" if conn.info.server_version >= 150000 else ""
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}" + strategy).format(
                 sql.Identifier(self.pristine), sql.Identifier(self.database)))
+            # Last: a setting such as default_transaction_read_only must not get in the way of building the copy.
+            wanted = self.checkpoint.meta.get("settings") or []
+            dbsettings.settle(conn, self.database, wanted, every_database=True, shadow=True)
+            dbsettings.settle(conn, self.pristine, wanted, every_database=False, shadow=True)
 
     def _cut_outbound_connections(self) -> None:
         """A shadow must not reach production's neighbours: foreign servers restored from the dump still point
@@ -475,6 +483,8 @@ class PgShadow:
         """Undo the rehearsal exactly as a rollback would undo production (the same restore over the same
         archive), then compare the copy with the checkpoint; empty when the undo is proven."""
         restore_over(self.binaries, self.dsn, self.archive, observation=self.checkpoint.observation)
+        with self.server.connect() as conn:
+            _settle_settings(conn, self.database, self.checkpoint, shadow=True)
         now = self.observe()
         if fingerprint_of(now) == self.checkpoint.fingerprint:
             return []
@@ -490,6 +500,18 @@ class PgShadow:
                 raise BadInput(f"check query failed on the shadow: {exc.diag.message_primary or exc}",
                                target=self.name) from exc
         return None if row is None else row[0]
+
+
+def _settle_settings(conn: psycopg.Connection, database: str, checkpoint: Checkpoint, shadow: bool = False) -> None:
+    """Put the database's own settings (ALTER DATABASE / ALTER ROLE … IN DATABASE … SET) back to the checkpoint's;
+    pg_dump does not carry them. Checkpoints taken before shadow recorded them are left as they are."""
+    if "settings" not in checkpoint.meta:
+        return
+    try:
+        dbsettings.settle(conn, database, checkpoint.meta["settings"], every_database=False, shadow=shadow)
+    except psycopg.Error as exc:
+        raise RestoreFailed(f"the database's settings could not be put back: {_last_line(exc)}",
+                            target=checkpoint.target) from exc
 
 
 def _count_changed_rows(before_conn: psycopg.Connection, after_conn: psycopg.Connection,

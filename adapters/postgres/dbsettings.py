@@ -48,11 +48,12 @@ def split(config: list[str] | None) -> list[tuple[str, str]]:
 
 
 def settle(conn: psycopg.Connection, database: str, want: list[list[Any]], *, every_database: bool,
-           shadow: bool = False) -> list[str]:
+           shadow: bool = False, own_role: str | None = None) -> list[str]:
     """Make the settings of ``database`` (and, with ``every_database``, the roles' settings for every database)
     those of ``want``; only an entry that differs is touched. Returns what was changed, one line each. A role
     that does not exist here is skipped: its settings cannot apply to anyone. ``shadow``: leave out
-    :data:`SESSION_LIBRARIES`."""
+    :data:`SESSION_LIBRARIES`. ``own_role``: the role this server is run with, whose settings for every database
+    are left alone (they would apply to the shadow's own work: restores, observations)."""
     roles = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles")}
 
     def keep(pairs: list[Any]) -> list[tuple[str, str]]:
@@ -62,7 +63,7 @@ def settle(conn: psycopg.Connection, database: str, want: list[list[Any]], *, ev
     wanted = {(role, in_db): keep(pairs) for role, in_db, pairs in want}
     changed = []
     for role, in_db in sorted(set(have) | set(wanted), key=lambda k: (k[0] or "", k[1])):
-        if (role is not None and role not in roles) or (not in_db and not every_database):
+        if (role is not None and role not in roles) or (not in_db and (not every_database or role == own_role)):
             continue
         if have.get((role, in_db), []) == wanted.get((role, in_db), []):
             continue

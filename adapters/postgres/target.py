@@ -385,7 +385,7 @@ class PgShadow:
                 sql.Identifier(self.pristine), sql.Identifier(self.database)))
             # Last: a setting such as default_transaction_read_only must not get in the way of building the copy.
             wanted = self.checkpoint.meta.get("settings") or []
-            dbsettings.settle(conn, self.database, wanted, every_database=True, shadow=True)
+            dbsettings.settle(conn, self.database, wanted, every_database=True, shadow=True, own_role=SUPERUSER)
             dbsettings.settle(conn, self.pristine, wanted, every_database=False, shadow=True)
 
     def _cut_outbound_connections(self) -> None:

@@ -305,14 +305,25 @@ def audit_cmd(ctx: Ctx, as_json: bool) -> None:
 
 @cli.command("gc")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option("--checkpoints-older-than", "older_than", type=click.FloatRange(min=0), metavar="DAYS",
+              help="Also remove the checkpoints of finished runs started more than DAYS ago, and every stored "
+                   "artifact no other checkpoint uses. Those runs can no longer be rolled back.")
 @JSON_OPTION
 @click.pass_obj
-def gc_cmd(ctx: Ctx, dry_run: bool, as_json: bool) -> None:
+def gc_cmd(ctx: Ctx, dry_run: bool, older_than: float | None, as_json: bool) -> None:
     """Remove what killed runs left behind (containers, networks, local clusters, temp dirs); never anything
-    of a run still alive. Exit 0."""
+    of a run still alive. With --checkpoints-older-than, also prune old checkpoints from the store. Exit 0."""
     from shadow import gc
 
-    result = _guard(ctx, lambda: gc.gc(dry_run))
+    def both() -> gc.GcResult:
+        result = gc.gc(dry_run)
+        if older_than is not None:
+            pruned = gc.prune_checkpoints(ctx.settings, older_than, dry_run)
+            result.removed += pruned.removed
+            result.failed += pruned.failed
+        return result
+
+    result = _guard(ctx, both)
     skipped = f"docker: skipped ({result.docker_skipped})" if result.docker_skipped else None
     if as_json:
         click.echo(json.dumps(result.to_list(), indent=2))

@@ -15,12 +15,14 @@ cut leave its shadows behind. Every one of them is labelled with the run id and 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,8 @@ from typing import Any
 from adapters import docker as dockerlib
 from adapters.postgres.cluster import TEMP_PREFIX, read_labels, stop_leftover
 from shadow.errors import InfrastructureError
+from shadow.guard import RunRecord, is_alive
+from snapshots import atomic_write_bytes
 
 STALE_PREFIXES = ("shadow-restore-", "shadow-home-", "shadow-git-")
 STALE_AFTER = 3600.0  # seconds without a change before an unlabelled temp dir counts as abandoned
@@ -75,6 +79,89 @@ def gc(dry_run: bool = False, runs: set[str] | None = None) -> GcResult:
     if runs is None:
         _collect_stale_dirs(result, Path(tempfile.gettempdir()), time.time())
     return result
+
+
+def prune_checkpoints(settings: Any, older_than_days: float, dry_run: bool = False,
+                      now: float | None = None) -> GcResult:
+    """Remove the checkpoints of finished runs older than ``older_than_days``, then every store object no
+    remaining checkpoint refers to. A pruned run can no longer be rolled back; the run's record and its journal
+    rows stay, and a rollback names the prune.
+
+    Never while a run is alive (its artifacts exist before its manifest does), never a run that did not finish
+    (``shadow recover`` still needs its checkpoint), and never an object written or reused since this prune began
+    (a run that starts meanwhile touches every object it reuses).
+    """
+    result = GcResult(dry_run)
+    started = time.time() if now is None else now
+    runs_dir, manifests = settings.runs_dir, settings.store_dir / "manifests"
+    live = [p.parent.name for p in runs_dir.glob("*/alive") if is_alive(p.parent)]
+    if live:
+        raise InfrastructureError(f"run {live[0]} is running: prune checkpoints once no run is (nothing removed)")
+    cutoff = started - older_than_days * 86400
+    keep: list[Path] = []
+    for folder in sorted(p for p in manifests.glob("*") if p.is_dir()):
+        record = runs_dir / folder.name / "run.json"
+        finished = not record.exists() or RunRecord.load(record).phase == "finished"
+        if not finished or _run_started(folder) >= cutoff or (folder / PRUNED).exists():
+            keep.append(folder)
+            continue
+        item = Leftover("checkpoint", folder.name, folder.name, f"run older than {older_than_days:g} day(s)")
+        _remove(result, item, partial(_prune_run, folder, started), (FileNotFoundError,), (OSError,))
+    referenced: set[str] = set()
+    for folder in keep:
+        for path in folder.glob("*.json"):
+            if path.name != PRUNED:
+                _references(_read_json(path), settings.store_dir, referenced)
+    objects = settings.store_dir / "objects" / "sha256"
+    for path in sorted(objects.glob("*/*")):
+        if path.name in referenced or path.stat().st_mtime >= started:
+            continue
+        item = Leftover("artifact", path.name[:16], None, f"{path.stat().st_size:,} bytes, no checkpoint uses it")
+        _remove(result, item, partial(path.unlink), (FileNotFoundError,), (OSError,))
+    return result
+
+
+PRUNED = "pruned.json"
+
+
+def _read_json(path: Path) -> Any:
+    """A kept checkpoint's manifest; unreadable, nothing can be known unused, so nothing is swept."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise InfrastructureError(f"cannot read {path} ({exc}): no stored artifact was removed, since one it "
+                                  "refers to might be") from exc
+
+
+def _run_started(folder: Path) -> float:
+    """When a run started: its id begins with the UTC time (YYYYMMDD-HHMMSS); else the folder's mtime."""
+    try:
+        return datetime.strptime(folder.name[:15], "%Y%m%d-%H%M%S").replace(tzinfo=timezone.utc).timestamp()
+    except ValueError:
+        return folder.stat().st_mtime
+
+
+def _prune_run(folder: Path, when: float) -> None:
+    for path in folder.glob("*.json"):
+        path.unlink()
+    atomic_write_bytes(folder / PRUNED, json.dumps({"pruned_at": when}).encode())
+
+
+def _references(data: Any, store_dir: Path, out: set[str]) -> None:
+    """Every sha256 a checkpoint manifest refers to, and those its manifest artifacts (S3, git) refer to."""
+    if isinstance(data, dict):
+        sha = data.get("sha256")
+        if isinstance(sha, str) and sha not in out:
+            out.add(sha)
+            if str(data.get("format", "")).endswith("manifest"):
+                path = store_dir / "objects" / "sha256" / sha[:2] / sha
+                if path.exists():
+                    _references(_read_json(path), store_dir, out)
+        for value in data.values():
+            _references(value, store_dir, out)
+    elif isinstance(data, list):
+        for value in data:
+            _references(value, store_dir, out)
 
 
 def _collect_docker(result: GcResult) -> None:

@@ -32,7 +32,8 @@ from shadow.errors import InfrastructureError, SnapshotCorrupt
 
 CHUNK = 1 << 20
 README = """This directory is shadow's checkpoint store. Artifacts are named by their sha256 and verified before
-any restore; do not edit them. Remove old runs with `shadow gc`, not by hand.
+any restore; do not edit them. Remove old checkpoints with `shadow gc --checkpoints-older-than DAYS`, not by
+hand.
 """
 
 
@@ -174,10 +175,15 @@ class Store:
             dest = self.object_path(sha)
             make_private_dir(dest.parent)
             if dest.exists():
-                path.unlink()
-            else:
-                os.replace(path, dest)
-                _fsync_dir(dest.parent)
+                try:
+                    # Reused now: a checkpoint prune that began before this moment leaves it alone.
+                    os.utime(dest)
+                    path.unlink()
+                    return Artifact(sha, size)
+                except FileNotFoundError:
+                    pass  # pruned just now: store this copy instead
+            os.replace(path, dest)
+            _fsync_dir(dest.parent)
             return Artifact(sha, size)
         except OSError as exc:
             raise InfrastructureError(f"could not store a checkpoint artifact in {self.root}: {exc.strerror}") from exc
@@ -225,6 +231,9 @@ class Store:
             result: dict[str, Any] = json.loads(path.read_text())
             return result
         except FileNotFoundError as exc:
+            if (path.parent / "pruned.json").exists():
+                raise SnapshotCorrupt(f"the checkpoint of run {run_id} was pruned (`shadow gc "
+                                      "--checkpoints-older-than`): it can no longer be restored") from exc
             raise SnapshotCorrupt(f"no checkpoint manifest for run {run_id} target {target!r} at {path}") from exc
         except (OSError, ValueError) as exc:
             raise SnapshotCorrupt(f"checkpoint manifest {path} is unreadable: {exc}") from exc

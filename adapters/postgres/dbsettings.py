@@ -65,12 +65,17 @@ def settle(conn: psycopg.Connection, database: str, want: list[list[Any]], *, ev
     for role, in_db in sorted(set(have) | set(wanted), key=lambda k: (k[0] or "", k[1])):
         if (role is not None and role not in roles) or (not in_db and (not every_database or role == own_role)):
             continue
-        if have.get((role, in_db), []) == wanted.get((role, in_db), []):
+        now, then = dict(have.get((role, in_db), [])), dict(wanted.get((role, in_db), []))
+        if now == then:
             continue
+        # One parameter at a time, only those that differ: some need privileges (superuser-only parameters,
+        # GRANT SET) that the others do not.
         scope = _scope(database, role, in_db)
-        conn.execute(scope + sql.SQL(" RESET ALL"))
-        for name, value in wanted.get((role, in_db), []):
-            conn.execute(scope + sql.SQL(" SET ") + _assignment(name, value))
+        for name in sorted(set(now) - set(then)):
+            conn.execute(scope + sql.SQL(" RESET ") + _name(name))
+        for name, value in sorted(then.items()):
+            if now.get(name) != value:
+                conn.execute(scope + sql.SQL(" SET ") + _assignment(name, value))
         changed.append(scope.as_string(conn))
     return changed
 
@@ -83,8 +88,12 @@ def _scope(database: str, role: str | None, in_database: bool) -> sql.Composed:
     return sql.SQL("ALTER ROLE {}").format(sql.Identifier(role))
 
 
+def _name(name: str) -> sql.Composed:
+    return sql.SQL(".").join(sql.Identifier(part) for part in name.split("."))
+
+
 def _assignment(name: str, value: str) -> sql.Composed:
-    target = sql.SQL(".").join(sql.Identifier(part) for part in name.split("."))
+    target = _name(name)
     values: sql.Composable = sql.Literal(value)
     if name in LIST_SETTINGS:
         values = sql.SQL(", ").join(sql.Literal(element) for element in _list_elements(value))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -106,7 +107,8 @@ def prune_checkpoints(settings: Any, older_than_days: float, dry_run: bool = Fal
             keep.append(folder)
             continue
         item = Leftover("checkpoint", folder.name, folder.name, f"run older than {older_than_days:g} day(s)")
-        _remove(result, item, partial(_prune_run, folder, started), (FileNotFoundError,), (OSError,))
+        _remove(result, item, partial(_prune_run, folder, started), (FileNotFoundError,),
+                (OSError, subprocess.SubprocessError))
     referenced: set[str] = set()
     for folder in keep:
         for path in folder.glob("*.json"):
@@ -141,10 +143,38 @@ def _run_started(folder: Path) -> float:
         return folder.stat().st_mtime
 
 
-def _prune_run(folder: Path, when: float) -> None:
+def _prune_run(folder: Path, when: float) -> str:
+    """Remove a run's checkpoint manifests (leaving a marker), and the refs its git checkpoints keep in their
+    repositories; returns what went besides the manifests."""
+    dropped = []
     for path in folder.glob("*.json"):
+        try:
+            meta = json.loads(path.read_text()).get("meta") or {}
+        except (OSError, ValueError, AttributeError):
+            meta = {}
+        if meta.get("keep") and meta.get("repo"):
+            dropped.append(_drop_refs(Path(meta["repo"]), str(meta["keep"])))
         path.unlink()
     atomic_write_bytes(folder / PRUNED, json.dumps({"pruned_at": when}).encode())
+    return "; ".join(dropped)
+
+
+def _drop_refs(repo: Path, keep: str) -> str:
+    """Delete the refs under ``keep`` (``refs/shadow/<run>/<target>``) in ``repo``: they hold a git checkpoint's
+    commits, which git's own gc may then collect. A repository that is gone has nothing to drop."""
+    def git(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", "-C", str(repo), *args], input=stdin, capture_output=True, text=True,
+                              timeout=120)
+
+    if not repo.is_dir():
+        return f"{repo} is gone"
+    listed = git("for-each-ref", "--format=%(refname)", keep + "/")
+    refs = listed.stdout.split() if listed.returncode == 0 else []
+    if refs:
+        done = git("update-ref", "--stdin", stdin="".join(f"delete {ref}\n" for ref in refs))
+        if done.returncode != 0:
+            raise OSError(f"git update-ref in {repo}: {done.stderr.strip()}")
+    return f"{len(refs)} ref(s) under {keep} in {repo}"
 
 
 def _references(data: Any, store_dir: Path, out: set[str]) -> None:

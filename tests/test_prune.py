@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from adapters.git.target import GitTarget
 from adapters.s3.target import S3Target
 from shadow import gc
 from shadow.errors import InfrastructureError, SnapshotCorrupt
@@ -21,6 +22,7 @@ from shadow.guard import Liveness, RunRecord
 from shadow.settings import Settings
 from snapshots import Store
 from tests.conftest import ProdDb, write_plan
+from tests.gitrepos import make_repo
 from tests.test_cli_spine import SAFE_PLAN, SAFE_SQL
 
 DAY = 86400.0
@@ -124,3 +126,26 @@ def test_runs_alive_or_unfinished_keep_their_checkpoints(tmp_path: Path) -> None
             gc.prune_checkpoints(settings, 0, now=time.time() + DAY)
     finally:
         hold.release()
+
+
+def test_a_pruned_git_checkpoint_takes_its_refs_out_of_the_repository(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repos", {"README.md": "# infra\n", "app.yaml": "replicas: 2\n"})
+    repo.write("app.yaml", "replicas: 3\n")  # dirty: the checkpoint keeps a commit of it under its refs
+    settings = Settings.from_env(state_dir=tmp_path / "state")
+    store = Store(settings.store_dir)
+    target = GitTarget("infra", {"path": str(repo.wc)}, settings)
+    old, new = "20200101-000000-aaaaaa", time.strftime("%Y%m%d-%H%M%S-bbbbbb", time.gmtime())
+    for run in (old, new):
+        store.write_manifest(run, "infra", target.checkpoint(store, run).to_dict())
+
+    def refs(run: str) -> list[str]:
+        return repo.git("for-each-ref", "--format=%(refname)", f"refs/shadow/{run}/").split()
+
+    assert refs(old) and refs(new)
+
+    result = gc.prune_checkpoints(settings, 30, now=time.time() + 1)
+
+    (pruned,) = [i for i in result.removed if i.kind == "checkpoint"]
+    assert pruned.id == old and f"under refs/shadow/{old}/infra" in pruned.detail, pruned.detail
+    assert refs(old) == [] and refs(new), "only the pruned run's refs go"
+    assert store.read_manifest(new, "infra")

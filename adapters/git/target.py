@@ -207,7 +207,8 @@ class GitTarget:
             fingerprint=fingerprint_of(observation),
             artifacts={"manifest": {**store.put_json(manifest), "format": "git checkpoint manifest"}},
             meta={"mode": f"refs under {keep}", "objects": len(observation["objects"]["file"]),
-                  "copied_bytes": written, "rollback": self.rollback, "endpoint": self.describe()},
+                  "copied_bytes": written, "rollback": self.rollback, "endpoint": self.describe(),
+                  "repo": str(git.cwd), "keep": keep},
         )
 
     def _fetch_remote(self, git: Git, keep: str) -> dict[str, str]:

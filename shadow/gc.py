@@ -99,18 +99,19 @@ def prune_checkpoints(settings: Any, older_than_days: float, dry_run: bool = Fal
     if live:
         raise InfrastructureError(f"run {live[0]} is running: prune checkpoints once no run is (nothing removed)")
     cutoff = started - older_than_days * 86400
-    keep: list[Path] = []
-    for folder in sorted(p for p in manifests.glob("*") if p.is_dir()):
-        record = runs_dir / folder.name / "run.json"
-        finished = not record.exists() or RunRecord.load(record).phase == "finished"
-        if not finished or _run_started(folder) >= cutoff or (folder / PRUNED).exists():
-            keep.append(folder)
-            continue
+    folders = sorted(p for p in manifests.glob("*") if p.is_dir())
+    doomed = [folder for folder in folders if not (folder / PRUNED).exists() and _finished(runs_dir, folder.name)
+              and _run_started(folder) < cutoff]
+    for folder in doomed:
         item = Leftover("checkpoint", folder.name, folder.name, f"run older than {older_than_days:g} day(s)")
         _remove(result, item, partial(_prune_run, folder, started), (FileNotFoundError,),
                 (OSError, subprocess.SubprocessError))
+    # What every manifest still on disk refers to (one whose prune failed included); a dry run counts the doomed
+    # runs as gone.
     referenced: set[str] = set()
-    for folder in keep:
+    for folder in folders:
+        if dry_run and folder in doomed:
+            continue
         for path in folder.glob("*.json"):
             if path.name != PRUNED:
                 _references(_read_json(path), settings.store_dir, referenced)
@@ -124,6 +125,17 @@ def prune_checkpoints(settings: Any, older_than_days: float, dry_run: bool = Fal
 
 
 PRUNED = "pruned.json"
+
+
+def _finished(runs_dir: Path, run_id: str) -> bool:
+    """A run that finished (or left no record); an unreadable record counts as unfinished."""
+    record = runs_dir / run_id / "run.json"
+    if not record.exists():
+        return True
+    try:
+        return RunRecord.load(record).phase == "finished"
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def _read_json(path: Path) -> Any:

@@ -32,7 +32,7 @@ from adapters import docker as dockerlib
 from adapters.postgres.cluster import TEMP_PREFIX, read_labels, stop_leftover
 from shadow.errors import InfrastructureError
 from shadow.guard import RunRecord, is_alive
-from snapshots import atomic_write_bytes
+from snapshots import PRUNED, Store, atomic_write_bytes
 
 STALE_PREFIXES = ("shadow-restore-", "shadow-home-", "shadow-git-")
 STALE_AFTER = 3600.0  # seconds without a change before an unlabelled temp dir counts as abandoned
@@ -94,12 +94,12 @@ def prune_checkpoints(settings: Any, older_than_days: float, dry_run: bool = Fal
     """
     result = GcResult(dry_run)
     started = time.time() if now is None else now
-    runs_dir, manifests = settings.runs_dir, settings.store_dir / "manifests"
+    runs_dir, store = settings.runs_dir, Store(settings.store_dir)
     live = [p.parent.name for p in runs_dir.glob("*/alive") if is_alive(p.parent)]
     if live:
         raise InfrastructureError(f"run {live[0]} is running: prune checkpoints once no run is (nothing removed)")
     cutoff = started - older_than_days * 86400
-    folders = sorted(p for p in manifests.glob("*") if p.is_dir())
+    folders = store.manifest_dirs()
     doomed = [folder for folder in folders if not (folder / PRUNED).exists() and _finished(runs_dir, folder.name)
               and _run_started(folder) < cutoff]
     for folder in doomed:
@@ -114,17 +114,13 @@ def prune_checkpoints(settings: Any, older_than_days: float, dry_run: bool = Fal
             continue
         for path in folder.glob("*.json"):
             if path.name != PRUNED:
-                _references(_read_json(path), settings.store_dir, referenced)
-    objects = settings.store_dir / "objects" / "sha256"
-    for path in sorted(objects.glob("*/*")):
+                _references(_read_json(path), store, referenced)
+    for path in store.object_paths():
         if path.name in referenced or path.stat().st_mtime >= started:
             continue
         item = Leftover("artifact", path.name[:16], None, f"{path.stat().st_size:,} bytes, no checkpoint uses it")
         _remove(result, item, partial(path.unlink), (FileNotFoundError,), (OSError,))
     return result
-
-
-PRUNED = "pruned.json"
 
 
 def _finished(runs_dir: Path, run_id: str) -> bool:
@@ -189,21 +185,21 @@ def _drop_refs(repo: Path, keep: str) -> str:
     return f"{len(refs)} ref(s) under {keep} in {repo}"
 
 
-def _references(data: Any, store_dir: Path, out: set[str]) -> None:
+def _references(data: Any, store: Store, out: set[str]) -> None:
     """Every sha256 a checkpoint manifest refers to, and those its manifest artifacts (S3, git) refer to."""
     if isinstance(data, dict):
         sha = data.get("sha256")
         if isinstance(sha, str) and sha not in out:
             out.add(sha)
             if str(data.get("format", "")).endswith("manifest"):
-                path = store_dir / "objects" / "sha256" / sha[:2] / sha
+                path = store.object_path(sha)
                 if path.exists():
-                    _references(_read_json(path), store_dir, out)
+                    _references(_read_json(path), store, out)
         for value in data.values():
-            _references(value, store_dir, out)
+            _references(value, store, out)
     elif isinstance(data, list):
         for value in data:
-            _references(value, store_dir, out)
+            _references(value, store, out)
 
 
 def _collect_docker(result: GcResult) -> None:

@@ -31,6 +31,7 @@ from typing import Any
 from shadow.errors import InfrastructureError, SnapshotCorrupt
 
 CHUNK = 1 << 20
+PRUNED = "pruned.json"  # left in manifests/<run-id>/ when `shadow gc --checkpoints-older-than` removed the rest
 README = """This directory is shadow's checkpoint store. Artifacts are named by their sha256 and verified before
 any restore; do not edit them. Remove old checkpoints with `shadow gc --checkpoints-older-than DAYS`, not by
 hand.
@@ -140,6 +141,14 @@ class Store:
     def object_path(self, sha256: str) -> Path:
         return self.root / "objects" / "sha256" / sha256[:2] / sha256
 
+    def object_paths(self) -> list[Path]:
+        """Every stored artifact, by path."""
+        return sorted((self.root / "objects" / "sha256").glob("*/*"))
+
+    def manifest_dirs(self) -> list[Path]:
+        """One folder per run that wrote checkpoint manifests (or whose manifests were pruned)."""
+        return sorted(p for p in (self.root / "manifests").glob("*") if p.is_dir())
+
     @contextmanager
     def new_artifact(self) -> Iterator[Slot]:
         """Yield a slot whose ``path`` the caller writes; on success it is hashed and moved into the store
@@ -231,7 +240,7 @@ class Store:
             result: dict[str, Any] = json.loads(path.read_text())
             return result
         except FileNotFoundError as exc:
-            if (path.parent / "pruned.json").exists():
+            if (path.parent / PRUNED).exists():
                 raise SnapshotCorrupt(f"the checkpoint of run {run_id} was pruned (`shadow gc "
                                       "--checkpoints-older-than`): it can no longer be restored") from exc
             raise SnapshotCorrupt(f"no checkpoint manifest for run {run_id} target {target!r} at {path}") from exc

@@ -128,6 +128,11 @@ def plan(id: str, body: str | bytes, *needles: str, files: dict[str, str | bytes
     return Bad(id, ("plan", "-q"), needles, code, {"shadow.yaml": body, "m.sql": "SELECT 1;\n", **(files or {})}, dsn)
 
 
+def s3(id: str, keys: str, *needles: str) -> Bad:
+    """A plan with one more target, ``assets: {kind: s3, <keys>}`` (line 6)."""
+    return plan(id, T + f"  assets: {{kind: s3{', ' + keys if keys else ''}}}\n" + A, *needles)
+
+
 def cli(id: str, *args: str, needles: tuple[str, ...], code: int = 2,
         files: dict[str, str | bytes] | None = None) -> Bad:
     return Bad(id, args, needles, code, files or {}, None)
@@ -172,21 +177,18 @@ CORPUS: list[Bad] = [
     plan("targets-list", "targets: [app]\n" + A, "shadow.yaml:1: targets", "must be a mapping"),
     plan("target-scalar", "targets: {app: postgres}\n" + A, "shadow.yaml:1: targets.app", "must be a mapping"),
     # s3 targets (validated before any endpoint is contacted)
-    plan("s3-without-bucket", T + "  assets: {kind: s3}\n" + A, "shadow.yaml:6: targets.assets", "needs `bucket:`"),
-    plan("s3-bad-bucket-name", T + "  assets: {kind: s3, bucket: Not_A_Bucket}\n" + A,
-         "shadow.yaml:6: targets.assets.bucket", "not a valid bucket name"),
-    plan("s3-prefix-not-a-string", T + "  assets: {kind: s3, bucket: acme, prefix: [a]}\n" + A,
-         "targets.assets.prefix", "key prefix"),
-    plan("s3-endpoint-not-a-url", T + "  assets: {kind: s3, bucket: acme, endpoint_url: 127.0.0.1:9000}\n" + A,
-         "targets.assets.endpoint_url", "not an http(s) URL"),
-    plan("s3-allow-unknown", T + "  assets: {kind: s3, bucket: acme, allow: [everything]}\n" + A,
-         "targets.assets.allow", "unversioned, lifecycle-expiry"),
-    plan("s3-retain-days-zero", T + "  assets: {kind: s3, bucket: acme, retain_days: 0}\n" + A,
-         "targets.assets.retain_days", "whole number of days"),
-    plan("s3-retain-days-text", T + "  assets: {kind: s3, bucket: acme, retain_days: a month}\n" + A,
-         "targets.assets.retain_days", "whole number of days"),
-    plan("s3-unknown-key", T + "  assets: {kind: s3, bucket: acme, region: mars-1}\n" + A,
-         "targets.assets.region", "unknown key for an s3 target"),
+    s3("s3-without-bucket", "", "shadow.yaml:6: targets.assets", "needs `bucket:`"),
+    s3("s3-bad-bucket-name", "bucket: Not_A_Bucket", "shadow.yaml:6: targets.assets.bucket",
+       "not a valid bucket name"),
+    s3("s3-prefix-not-a-string", "bucket: acme, prefix: [a]", "targets.assets.prefix", "key prefix"),
+    s3("s3-endpoint-not-a-url", "bucket: acme, endpoint_url: 127.0.0.1:9000", "targets.assets.endpoint_url",
+       "not an http(s) URL"),
+    s3("s3-allow-unknown", "bucket: acme, allow: [everything]", "targets.assets.allow",
+       "unversioned, lifecycle-expiry"),
+    s3("s3-retain-days-zero", "bucket: acme, retain_days: 0", "targets.assets.retain_days", "whole number of days"),
+    s3("s3-retain-days-text", "bucket: acme, retain_days: a month", "targets.assets.retain_days",
+       "whole number of days"),
+    s3("s3-unknown-key", "bucket: acme, region: mars-1", "targets.assets.region", "unknown key for an s3 target"),
     plan("target-without-kind", "targets:\n  app: {dsn: x}\n" + A, "shadow.yaml:2: targets.app.kind", "missing"),
     plan("unknown-kind", "targets:\n  app: {kind: mysql, dsn: x}\n" + A, "targets.app.kind",
          "unknown target kind 'mysql'"),

@@ -401,10 +401,7 @@ class S3Target:
             except BaseException:
                 wait(futures)  # what was sent finishes; the planning error is the one to report
                 raise
-            for done, future in enumerate(futures, 1):
-                future.result()
-                if tick and done % 500 == 0:
-                    tick(done, len(futures))
+            _await_all(futures, tick)
 
     def _retag(self, client: Any, key: str, tags: dict[str, str]) -> None:
         if tags:
@@ -419,11 +416,7 @@ class S3Target:
 
         def run_all() -> None:
             with ThreadPoolExecutor(WORKERS) as pool:
-                futures = [pool.submit(op) for op in ops]
-                for done, future in enumerate(futures, 1):
-                    future.result()
-                    if tick and done % 500 == 0:
-                        tick(done, len(futures))
+                _await_all([pool.submit(op) for op in ops], tick)
 
         self._call(what, run_all)
 
@@ -457,22 +450,23 @@ class S3Target:
                 ops.append(lambda key=key, entry=entry: self._copy_back(client, key, entry, want[key]))
         return ops + self._batched_deletes(client, [{"Key": key} for key in current if key not in manifest])
 
-    def _current_marker(self, client: Any, key: str) -> str | None:
-        """The version id of the delete marker that is ``key``'s current version, or None when the answer does not
-        name one (the key came back meanwhile, or the server does not say)."""
+    def _head(self, client: Any, key: str) -> tuple[dict[str, Any] | None, dict[str, str]]:
+        """HEAD of ``key``: (its answer, {}) or, when it is not there, (None, the 404's headers)."""
         from botocore.exceptions import ClientError
 
         try:
-            client.head_object(Bucket=self.bucket, Key=key)
+            return client.head_object(Bucket=self.bucket, Key=key), {}
         except ClientError as exc:
             response = exc.response.get("ResponseMetadata", {})
-            headers = response.get("HTTPHeaders", {})
-            if headers.get("x-amz-delete-marker") == "true":
-                return headers.get("x-amz-version-id") or None
-            if response.get("HTTPStatusCode") == 404:
-                return None
-            raise
-        return None
+            if response.get("HTTPStatusCode") != 404:
+                raise
+            return None, response.get("HTTPHeaders", {})
+
+    def _current_marker(self, client: Any, key: str) -> str | None:
+        """The version id of the delete marker that is ``key``'s current version, or None when the answer does not
+        name one (the key came back meanwhile, or the server does not say)."""
+        _, headers = self._head(client, key)
+        return (headers.get("x-amz-version-id") or None) if headers.get("x-amz-delete-marker") == "true" else None
 
     def _undelete(self, client: Any, pool: ThreadPoolExecutor, manifest: dict[str, dict[str, Any]],
                   want: dict[str, dict[str, Any]], markers: dict[str, str | None], scope: int) -> list[Any]:
@@ -497,17 +491,10 @@ class S3Target:
         if len(keys) >= -(-scope // LIST_PAGE):
             now = list_current(client, self.bucket, self.prefix)
             return [key for key in keys if not _at_entry(now.get(key), manifest[key])]
-        from botocore.exceptions import ClientError
-
         def back(key: str) -> bool:
-            try:
-                head = client.head_object(Bucket=self.bucket, Key=key)
-            except ClientError as exc:
-                if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                    return False
-                raise
-            return head.get("VersionId") == manifest[key]["version_id"] or \
-                _at_entry({"etag": head["ETag"].strip('"'), "size": int(head["ContentLength"])}, manifest[key])
+            head, _ = self._head(client, key)
+            return head is not None and (head.get("VersionId") == manifest[key]["version_id"] or _at_entry(
+                {"etag": head["ETag"].strip('"'), "size": int(head["ContentLength"])}, manifest[key]))
 
         return [key for key, ok in zip(keys, pool.map(back, keys)) if not ok]
 
@@ -770,6 +757,14 @@ _XML_UNSAFE = re.compile("[^\t\n\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 def _xml_safe(key: str) -> bool:
     """``key`` survives an XML request body unchanged (DeleteObjects sends keys as XML text)."""
     return _XML_UNSAFE.search(key) is None
+
+
+def _await_all(futures: list[Any], tick: Callable[[int, int], None] | None) -> None:
+    """Wait for every future in order (the first failure raises), ticking progress every 500."""
+    for done, future in enumerate(futures, 1):
+        future.result()
+        if tick and done % 500 == 0:
+            tick(done, len(futures))
 
 
 def _known_versions(entry: dict[str, Any]) -> set[str]:

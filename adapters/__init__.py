@@ -95,8 +95,13 @@ class Target(Protocol):
         """How production differs from the checkpoint now; empty when it observes equal."""
 
     def execute_sql(self, endpoint: Endpoint, statements: list[Any], timeout: float,
-                    trace: list[dict[str, Any]] | None = None) -> str:
-        """Run an SQL action's statements on ``endpoint``; return how ("transaction" | "autocommit")."""
+                    trace: list[dict[str, Any]] | None = None, tag: str = "") -> str:
+        """Run an SQL action's statements on ``endpoint``; return how ("transaction" | "autocommit"). ``tag``
+        names the sessions that run them, for :meth:`end_sessions`."""
+
+    def end_sessions(self, tag: str) -> int:
+        """End what the resource still runs for a killed run's action (its sessions named ``tag``) and wait until
+        it has stopped; return how many there were. Kinds with nothing that outlives a client return 0."""
 
 
 class Kind(Protocol):

@@ -83,3 +83,18 @@ def join_network(network: Any, container_id: str | None, name: str) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def remove_containers(run_id: str, role: str) -> list[str]:
+    """Kill and remove the containers of ``run_id`` with ``role``; return the ids of any still there after."""
+    c = client()
+    try:
+        wanted = {"label": [f"{LABEL_RUN}={run_id}", f"{LABEL_ROLE}={role}"]}
+        for container in c.containers.list(all=True, filters=wanted):
+            try:
+                container.remove(force=True)  # force: SIGKILL first when it runs
+            except Exception:  # noqa: BLE001 - gone meanwhile; the listing below is what counts
+                pass
+        return [k.id for k in c.containers.list(all=True, filters=wanted)]
+    finally:
+        c.close()

@@ -2,23 +2,22 @@
 
 A command action runs in the plan's folder with a scrubbed environment: ``PATH``, ``HOME`` (a fresh temp dir),
 ``LANG``, ``TZ``, the plan's ``action.env`` and the endpoints' variables — nothing else of the caller's
-environment, so production credentials in the caller's shell never reach a rehearsal. It runs in its own
-process group, so a timeout kills everything it started.
+environment, so production credentials in the caller's shell never reach a rehearsal. It runs under a
+:mod:`shadow.warden`, so a timeout, an interrupt or shadow's own death stops everything it started.
 """
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from adapters import Endpoint
+from shadow import warden
 from shadow.errors import ActionFailed
 from shadow.plan import Plan
 from shadow.sqlsplit import Statement
@@ -42,7 +41,7 @@ class ActionResult:
 
 
 def action_env(plan: Plan, endpoints: Mapping[str, Endpoint], kinds: Mapping[str, str], caller: Mapping[str, str],
-               home: str) -> dict[str, str]:
+               home: str, run_id: str) -> dict[str, str]:
     env = {k: caller[k] for k in PASSTHROUGH if k in caller}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env.setdefault("LANG", "C.UTF-8")
@@ -55,7 +54,17 @@ def action_env(plan: Plan, endpoints: Mapping[str, Endpoint], kinds: Mapping[str
         env.update(ep.env)
         if per_kind[kinds[name]] == 1:
             env.update(ep.exclusive_env)
+    # The run's mark, inherited by everything the action starts: how `shadow recover` finds a straggler.
+    env[warden.MARK] = run_id
+    # libpq clients (psql, psycopg …) name their sessions after the run unless the plan names them, so that
+    # recover can end a statement the server still runs for a killed client.
+    env.setdefault("PGAPPNAME", session_tag(run_id))
     return env
+
+
+def session_tag(run_id: str) -> str:
+    """The ``application_name`` of the action's database sessions."""
+    return f"shadow action {run_id}"
 
 
 def redact(text: str, secrets: tuple[str, ...]) -> str:
@@ -69,25 +78,34 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class Launch:
+    """Who runs the action: the run it belongs to, and how its process identity is recorded durably before the
+    action is let go (so that ``shadow recover`` can stop it should shadow be killed)."""
+
+    run_id: str
+    started: Callable[[dict[str, Any]], None]
+
+
 def run_command(command: str, cwd: Path, env: dict[str, str], timeout: float, log_path: Path,
-                secrets: tuple[str, ...]) -> ActionResult:
+                secrets: tuple[str, ...], launch: Launch) -> ActionResult:
+    """Run ``command`` under a :mod:`shadow.warden`: nothing it starts outlives it, nor shadow."""
     start = time.monotonic()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryFile() as out:
         try:
-            proc = subprocess.Popen(command, shell=True, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = warden.spawn("process", command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         except OSError as exc:
             return ActionResult(False, time.monotonic() - start, "process", f"cannot start the command: {exc.strerror}")
         try:
+            launch.started(warden.identity(proc, launch.run_id))
+            warden.let_go(proc)
             code = proc.wait(timeout=timeout)
             error = None if code == 0 else f"the command exited with status {code}"
         except subprocess.TimeoutExpired:
-            _kill_group(proc)
             code, error = -1, f"the command timed out after {timeout:g} s and was killed"
-        except BaseException:
-            _kill_group(proc)  # Ctrl-C / SIGTERM: never leave the action running on its own
-            raise
+        finally:
+            warden.stop(proc)  # timeout, Ctrl-C, SIGTERM, a failed record: nothing of the action runs on its own
         out.seek(0)
         text = redact(out.read().decode(errors="replace"), secrets)
     log_path.write_text(text)
@@ -97,16 +115,8 @@ def run_command(command: str, cwd: Path, env: dict[str, str], timeout: float, lo
     return ActionResult(code == 0 and error is None, time.monotonic() - start, "process", error, str(log_path))
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
 def run_action(plan: Plan, statements: list[Statement], endpoints: Mapping[str, Endpoint], targets: Mapping[str, Any],
-               caller_env: Mapping[str, str], log_path: Path, sandbox: Any = None,
+               caller_env: Mapping[str, str], log_path: Path, launch: Launch, sandbox: Any = None,
                production: bool = False) -> ActionResult:
     """Run the action once against ``endpoints`` — in ``sandbox`` (a :class:`shadow.sandbox.Sandbox`) when the
     plan isolates it in a container. SQL errors propagate as :class:`SqlError`."""
@@ -117,21 +127,22 @@ def run_action(plan: Plan, statements: list[Statement], endpoints: Mapping[str, 
         trace: list[dict[str, Any]] | None = None if production else []
         try:
             mode = targets[action.sql_target].execute_sql(endpoints[action.sql_target], statements, action.timeout,
-                                                          trace)
+                                                          trace, tag=session_tag(launch.run_id))
         except ActionFailed as exc:
             return ActionResult(False, time.monotonic() - start, "sql", str(exc), locks=trace)
         return ActionResult(True, time.monotonic() - start, mode, locks=trace)
     kinds = {name: t.kind for name, t in targets.items()}
     secrets = tuple(s for ep in endpoints.values() for s in ep.secrets)
-    with tempfile.TemporaryDirectory(prefix="shadow-home-") as home:
-        env = action_env(plan, endpoints, kinds, caller_env, home)
+    with tempfile.TemporaryDirectory(prefix=f"shadow-home-{launch.run_id}-") as home:
+        env = action_env(plan, endpoints, kinds, caller_env, home, launch.run_id)
         assert action.command is not None
         if sandbox is not None:
-            return sandbox.run(action.command, plan.folder, env, action.timeout, log_path, secrets, production)  # type: ignore[no-any-return]
+            return sandbox.run(action.command, plan.folder, env, action.timeout, log_path, secrets, launch,  # type: ignore[no-any-return]
+                               production)
         # An endpoint may name a working directory (a git target's working copy): with exactly one, the command
         # runs there, and SHADOW_PLAN_DIR still leads to the plan's own files.
         workdirs = [w for ep in endpoints.values() if (w := getattr(ep, "workdir", None))]
         cwd = Path(workdirs[0]) if len(workdirs) == 1 else plan.folder
         if cwd != plan.folder:
             env["SHADOW_PLAN_DIR"] = str(plan.folder)
-        return run_command(action.command, cwd, env, action.timeout, log_path, secrets)
+        return run_command(action.command, cwd, env, action.timeout, log_path, secrets, launch)

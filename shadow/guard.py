@@ -24,7 +24,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,8 @@ class RunRecord:
     of_run: str | None = None
     # An apply in one transaction: {"target": name, "xid": id once it began} — the server knows if it committed.
     transaction: dict[str, Any] | None = None
+    # Every action process it started (shadow.warden.identity), recorded before the action was let go.
+    actions: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: Path) -> RunRecord:

@@ -22,7 +22,7 @@ from typing import Any
 
 from adapters import REGISTRY, Checkpoint, Endpoint, ShadowCopy, Target
 from shadow import report
-from shadow.action import ActionResult, run_action
+from shadow.action import ActionResult, Launch, run_action, session_tag
 from shadow.changes import Change, differences
 from shadow.errors import (ActionFailed, BadInput, InfrastructureError, RestoreFailed, ShadowError, SnapshotCorrupt,
                            SqlError, TargetUnreachable)
@@ -163,7 +163,18 @@ class _Session:
         finally:
             self.finish()
 
+    def launch(self) -> Launch:
+        """How this run's action is started: its processes are recorded before the action is let go."""
+        return Launch(self.result.run_id, self.action_started)
+
+    def action_started(self, identity: dict[str, Any]) -> None:
+        assert self.record is not None
+        self.record.actions.append(identity)
+        self.record.save(self.dir)
+        self.faults.reached("action recorded")
+
     def phase(self, name: str, transaction: dict[str, Any] | None = None) -> None:
+
         assert self.record is not None
         self.record.phase = name
         if transaction is not None:
@@ -516,7 +527,7 @@ def _rehearse(session: _Session, plan_: Plan, statements: list[Statement], targe
     with session.step("rehearse"):
         try:
             result.rehearsal = run_action(plan_, statements, endpoints, targets, session.settings.environ,
-                                          session.dir / "action-rehearsal.log", sandbox)
+                                          session.dir / "action-rehearsal.log", session.launch(), sandbox)
         except SqlError as exc:
             result.rehearsal = ActionResult(False, 0.0, "sql", str(exc))
             result.verdicts.append(Verdict(plan_.action.sql_target or "", "action", "rehearsal", False, str(exc)))
@@ -586,7 +597,8 @@ def _apply(session: _Session, plan_: Plan, statements: list[Statement], targets:
             with session.step("apply", undo=undo):
                 try:
                     result.production = run_action(plan_, statements, endpoints, targets, session.settings.environ,
-                                                   session.dir / "action-apply.log", sandbox, production=True)
+                                                   session.dir / "action-apply.log", session.launch(), sandbox,
+                                                   production=True)
                 except SqlError as exc:
                     result.production = ActionResult(False, 0.0, "sql", str(exc))
             if blocker is not None:
@@ -638,7 +650,8 @@ def _apply_in_one_transaction(session: _Session, plan_: Plan, statements: list[S
             problems, tr.production_changes = t.apply_sql_verified(  # type: ignore[attr-defined]
                 statements, plan_.action.timeout, checkpoint, shadow,
                 lambda changes: compare_change_sets(tr.changes, changes),
-                lambda xid: session.phase("applying", transaction={"target": t.name, "xid": xid}))
+                lambda xid: session.phase("applying", transaction={"target": t.name, "xid": xid}),
+                tag=session_tag(result.run_id))
             result.production = ActionResult(True, time.monotonic() - start, "one transaction, verified before COMMIT")
         except (SqlError, ActionFailed) as exc:
             result.production = ActionResult(False, time.monotonic() - start, "one transaction", str(exc))
@@ -845,8 +858,46 @@ def _clear_leftovers(runs: set[str], progress: Progress) -> None:
         progress("info", f"could not remove leftover {item.kind} {item.id}: {why} (retry with `shadow gc`)")
 
 
+def _stop_action(record: RunRecord, progress: Progress) -> None:
+    """Nothing of a killed run's action may still run when production is settled: its processes (the recorded
+    warden session, everything carrying the run's mark) and its containers are killed, and confirmed gone —
+    or recover refuses, and production is left as it is."""
+    from shadow import warden
+
+    here = socket.gethostname()
+    elsewhere = sorted({a["host"] for a in record.actions if a.get("host") and a["host"] != here})
+    if elsewhere:
+        raise InfrastructureError(f"cannot settle run {record.run_id}: its action ran on {', '.join(elsewhere)}, "
+                                  f"and from {here} shadow cannot make sure it stopped; run `shadow recover` there "
+                                  "(production was left as it is)", run_id=record.run_id)
+    sessions: list[dict[str, Any] | None] = [a for a in record.actions if a.get("session")] or [None]
+    for recorded in sessions:
+        alive = warden.stop_run_processes(record.run_id, recorded)
+        if alive:
+            raise InfrastructureError(f"cannot settle run {record.run_id}: its action's processes "
+                                      f"{', '.join(map(str, alive[:10]))} would not stop (SIGKILL); production was "
+                                      "left as it is — stop them, then run `shadow recover` again",
+                                      run_id=record.run_id)
+    if any(a.get("container") for a in record.actions):
+        from adapters.docker import remove_containers
+
+        try:
+            left = remove_containers(record.run_id, "action")
+        except InfrastructureError as exc:
+            raise InfrastructureError(f"cannot settle run {record.run_id}: its action ran in a container, and "
+                                      f"shadow cannot make sure it stopped ({exc}); production was left as it is",
+                                      run_id=record.run_id) from exc
+        if left:
+            raise InfrastructureError(f"cannot settle run {record.run_id}: its action's container "
+                                      f"{left[0][:12]} would not go away; production was left as it is",
+                                      run_id=record.run_id)
+    if record.actions:
+        progress("info", f"run {record.run_id}: its action is confirmed stopped")
+
+
 def _recover_one(settings: Settings, record: RunRecord, progress: Progress, lock_timeout: float,
                  plan_file: str | Path | None) -> tuple[str, str]:
+    _stop_action(record, progress)
     if record.command not in ("apply", "rollback") or record.phase == "rehearsing":
         return "interrupted", "killed before it touched production; production was not changed by it"
     loaded = load_plan(Path(plan_file or record.plan_path), settings.environ)
@@ -871,6 +922,11 @@ def _recover_one(settings: Settings, record: RunRecord, progress: Progress, lock
         with lock_targets(settings.state_dir / "locks", targets, holder_text(result.run_id, "recover"),
                           lock_timeout, lambda text: progress("info", text)):
             session.begin(targets, str(loaded.path), loaded.sha256)
+            if record.command == "apply":
+                for name, t in targets.items():  # a statement the server still runs for the killed client
+                    with session.step("end sessions", name):
+                        if ended := t.end_sessions(session_tag(record.run_id)):
+                            progress("info", f"{name}: ended {ended} session(s) the killed run left running")
             if record.command == "apply" and record.phase == "applied":
                 drifted = []
                 for name, t in targets.items():

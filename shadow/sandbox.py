@@ -9,6 +9,7 @@ image runs the same command with the host's network, because there it must reach
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -16,7 +17,8 @@ from types import TracebackType
 from typing import Any
 
 from adapters.docker import client, labels
-from shadow.action import ActionResult, redact
+from shadow import warden
+from shadow.action import ActionResult, Launch, redact
 from shadow.errors import InfrastructureError
 
 WORKDIR = "/plan"
@@ -61,16 +63,19 @@ class Sandbox:
             self._docker.close()
 
     def run(self, command: str, plan_folder: Path, env: dict[str, str], timeout: float, log_path: Path,
-            secrets: tuple[str, ...], production: bool = False) -> ActionResult:
-        """Run ``command`` in the image; on the internal network, or on the host's during apply."""
+            secrets: tuple[str, ...], launch: Launch, production: bool = False) -> ActionResult:
+        """Run ``command`` in the image; on the internal network, or on the host's during apply.
+
+        The container is created, recorded in the run record, put under a :mod:`shadow.warden` (which kills and
+        removes it should shadow die), and only then started."""
         start = time.monotonic()
         env = {k: v for k, v in env.items() if k != "PATH"}  # the image's own PATH
         env["HOME"] = SCRATCH
-        with tempfile.TemporaryDirectory(prefix="shadow-scratch-") as scratch:
+        with tempfile.TemporaryDirectory(prefix=f"shadow-scratch-{self.run_id}-") as scratch:
             Path(scratch).chmod(0o777)
             try:
-                container = self._docker.containers.run(
-                    self.image, ["sh", "-c", command], detach=True, environment=env, working_dir=WORKDIR,
+                container = self._docker.containers.create(
+                    self.image, ["sh", "-c", command], environment=env, working_dir=WORKDIR,
                     volumes={str(plan_folder): {"bind": WORKDIR, "mode": "ro"}, scratch: {"bind": SCRATCH, "mode": "rw"}},
                     network=None if production else self.network.name,
                     network_mode="host" if production else None,
@@ -78,8 +83,17 @@ class Sandbox:
                 )
             except Exception as exc:  # noqa: BLE001
                 return ActionResult(False, time.monotonic() - start, "container",
-                                    f"could not start the action container from {self.image!r}: {exc}")
+                                    f"could not create the action container from {self.image!r}: {exc}")
+            guard = None
             try:
+                guard = warden.spawn("container", container.id, stdout=subprocess.DEVNULL)
+                launch.started(warden.identity(guard, launch.run_id, container=container.id))
+                warden.let_go(guard)
+                try:
+                    container.start()
+                except Exception as exc:  # noqa: BLE001
+                    return ActionResult(False, time.monotonic() - start, "container",
+                                        f"could not start the action container from {self.image!r}: {exc}")
                 try:
                     code = int(container.wait(timeout=timeout)["StatusCode"])
                     error = None if code == 0 else f"the command exited with status {code}"
@@ -89,6 +103,8 @@ class Sandbox:
                 text = redact(container.logs().decode(errors="replace"), secrets)
             finally:
                 container.remove(force=True)
+                if guard is not None:
+                    warden.release(guard)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text(text)
         tail = "\n".join(text.splitlines()[-20:])

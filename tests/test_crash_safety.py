@@ -7,11 +7,13 @@ Each kill point gets a production database recreated from one template under the
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -241,3 +243,205 @@ def test_recover_asks_the_server_whether_a_one_transaction_apply_committed(produ
     assert row["outcome"] == "applied" and "committed" in row["summary"], row
     with psycopg.connect(production.dsn) as conn:
         assert conn.execute("SELECT count(*) FROM users WHERE nickname IS NOT NULL").fetchone()[0] > 0
+
+
+# -- an action that keeps writing after shadow is killed ------------------------------------------------------
+# step1 on every target at once; then a grandchild that left the action's session (setsid, its parent gone)
+# writes at PAUSE/2 and the action itself at PAUSE. In the rehearsal both writes land (deterministically, before
+# the action exits). Killed in production once step1 is visible, neither may ever land — not after `recover`.
+PAUSE = 4.0
+WRITER = r'''
+import os, subprocess, sys, time
+import psycopg
+
+PAUSE = float(sys.argv[1])
+KINDS = sys.argv[2].split(",")
+
+def write(step, row):
+    if "postgres" in KINDS:
+        with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+            conn.execute("UPDATE users SET full_name = full_name || %s WHERE id = %s", [" " + step, row])
+    if "s3" in KINDS and row == 1:
+        import boto3
+        boto3.client("s3").put_object(Bucket=os.environ["SHADOW_ASSETS_BUCKET"], Key=f"invoices/{step}.txt", Body=step)
+    if "git" in KINDS and row == 1:
+        subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", step], check=True)
+        subprocess.run(["git", "push", "-q", "origin", "HEAD"], check=True)
+
+write("step1", 1)
+if os.fork() == 0:          # leaves the action's session; orphaned at once, so re-parented
+    os.setsid()
+    if os.fork() == 0:
+        time.sleep(PAUSE / 2)
+        write("late", 2)
+    os._exit(0)
+time.sleep(PAUSE)
+write("step2", 1)
+'''
+
+
+def _orphan_plan(tmp_path: Path, kinds: list[str], s3_server: str = "", bucket_name: str = "",
+                 isolation: bool = False) -> None:
+    targets = ['  app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}']
+    expect = ['  app: {may: ["update rows public.users"]}']
+    if "s3" in kinds:
+        targets.append(f'  assets: {{kind: s3, bucket: {bucket_name}, prefix: invoices/, endpoint_url: "{s3_server}"}}')
+        expect.append('  assets: {may: ["add object *"]}')
+    if "git" in kinds:
+        targets.append(f'  config: {{kind: git, path: "{tmp_path / "repo" / "working copy"}", rollback: reset}}')
+        expect.append('  config: {may: ["move ref *"]}')
+    python = "python3" if isolation else sys.executable
+    script = "writer.py" if isolation else '"$SHADOW_PLAN_DIR/writer.py"' if "git" in kinds else "writer.py"
+    action = [f"  command: '{python} {script} {PAUSE} {','.join(kinds)}'",
+              "  env: {GIT_AUTHOR_NAME: a, GIT_AUTHOR_EMAIL: a@example.com, GIT_COMMITTER_NAME: a, "
+              "GIT_COMMITTER_EMAIL: a@example.com}"]
+    if isolation:
+        action.append("  isolation: container\n  image: shadow-test/action:latest")
+    write_plan(tmp_path, "targets:\n" + "\n".join(targets) + "\naction:\n" + "\n".join(action) + "\nexpect:\n"
+               + "\n".join(expect) + "\n", {"writer.py": WRITER})
+
+
+def _marked_processes(run_id: str) -> list[int]:
+    from shadow.warden import marked
+
+    return [int(p) for p in os.listdir("/proc") if p.isdigit() and marked(int(p), run_id)]
+
+
+def _kill_mid_action(tmp_path: Path, prod: Production, also_warden: bool, backend: str = "local",
+                     extra_env: dict[str, str] | None = None) -> str:
+    """Start `shadow apply`, SIGKILL it once step1 reached production (and the warden too, when asked); the run id."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
+    env.update(APP_DATABASE_URL=prod.dsn, SHADOW_BACKEND=backend, **(extra_env or {}))
+    for name in ("SHADOW_POSTGRES_IMAGE", "SHADOW_S3_IMAGE"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    proc = subprocess.Popen([sys.executable, "-m", "shadow.cli", "--state-dir", str(tmp_path / "state"), "apply"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            with psycopg.connect(prod.dsn) as conn:
+                if conn.execute("SELECT full_name FROM users WHERE id = 1").fetchone()[0].endswith(" step1"):
+                    break
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            time.sleep(0.05)
+        else:
+            raise AssertionError("step1 never reached production")
+        (run_dir,) = (tmp_path / "state" / "runs").iterdir()
+        record = json.loads((run_dir / "run.json").read_text())
+        wardens = [a["session"] for a in record.get("actions", [])]
+        proc.send_signal(signal.SIGKILL)
+        if also_warden:  # as an OOM kill of both would: only `recover` is left to stop the action
+            for pid in wardens:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    finally:
+        proc.kill()
+        proc.wait()
+    return run_dir.name
+
+
+ORPHAN_CASES = [pytest.param(["postgres"], False, id="postgres"),
+                pytest.param(["postgres", "s3", "git"], False, id="postgres+s3+git"),
+                pytest.param(["postgres", "s3", "git"], True, id="postgres+s3+git-warden-killed-too")]
+
+
+@pytest.mark.parametrize(("kinds", "also_warden"), ORPHAN_CASES)
+def test_a_killed_apply_leaves_no_action_writing_after_recover(production: Production, tmp_path: Path,
+                                                               kinds: list[str], also_warden: bool,
+                                                               request: pytest.FixtureRequest) -> None:
+    from tests.gitrepos import git, make_repo
+
+    client = name = repo = s3_server = None
+    if "s3" in kinds:
+        client, name = request.getfixturevalue("bucket")
+        s3_server = request.getfixturevalue("s3_server")
+        client.put_object(Bucket=name, Key="invoices/0.txt", Body=b"checkpointed")
+    if "git" in kinds:
+        repo = make_repo(tmp_path / "repo", {"README": "hello"})
+    _orphan_plan(tmp_path, kinds, s3_server or "", name or "")
+    checkpoint = production.fingerprint()
+    remote_before = repo.remote_head() if repo else None
+
+    def objects() -> list[str]:
+        assert client is not None
+        return sorted(o["Key"] for o in client.list_objects_v2(Bucket=name, Prefix="invoices/").get("Contents", []))
+
+    run_id = _kill_mid_action(tmp_path, production, also_warden, extra_env=
+                              {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+    recovered = shadow(tmp_path, production, "recover", "--json",
+                       env={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+    assert recovered.returncode == 0 and "Traceback" not in recovered.stderr, recovered.stderr
+    (row,) = json.loads(recovered.stdout)
+    assert row["outcome"] == "rolled_back", row
+    assert _marked_processes(run_id) == [], "an action process outlived recover"
+
+    time.sleep(PAUSE + 2)  # past the moment the orphans would have written
+    ended = {"postgres": "checkpoint" if production.fingerprint() == checkpoint else "CHANGED"}
+    if client is not None:
+        ended["s3"] = "checkpoint" if objects() == ["invoices/0.txt"] else f"CHANGED {objects()}"
+    if repo is not None:
+        log = git(repo.remote, "log", "--format=%s", "main").splitlines()
+        ended["git"] = ("checkpoint" if repo.remote_head() == remote_before and "step2" not in log
+                        else f"CHANGED {log}")
+    print(f"\nkilled mid-action ({'+'.join(kinds)}, warden {'killed' if also_warden else 'alive'}); "
+          f"after recover and {PAUSE + 2:g} s: " + ", ".join(f"{k} → {v}" for k, v in ended.items()))
+    assert set(ended.values()) == {"checkpoint"}, ended
+
+
+@pytest.mark.parametrize("also_warden", [False, True], ids=["warden-alive", "warden-killed-too"])
+def test_a_killed_apply_leaves_no_isolated_action_container(production: Production, tmp_path: Path,
+                                                            also_warden: bool) -> None:
+    from tests.conftest import docker_or_skip
+
+    docker_or_skip()
+    from adapters.docker import LABEL_RUN, client
+
+    _orphan_plan(tmp_path, ["postgres"], isolation=True)
+    checkpoint = production.fingerprint()
+    # Production as the action's container reaches it (host network during apply).
+    run_id = _kill_mid_action(tmp_path, production, also_warden, backend="docker")
+    recovered = shadow(tmp_path, production, "recover", "--json", env={"SHADOW_BACKEND": "docker"})
+    assert recovered.returncode == 0 and "Traceback" not in recovered.stderr, recovered.stderr
+    docker = client()
+    try:
+        assert docker.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"}) == []
+    finally:
+        docker.close()
+    time.sleep(PAUSE + 2)
+    now = production.fingerprint()
+    print(f"\nisolated action killed mid-apply (warden {'killed' if also_warden else 'alive'}): production → "
+          f"{'checkpoint' if now == checkpoint else 'CHANGED'}")
+    assert now == checkpoint
+
+
+SLOW_SQL = """VACUUM users;
+UPDATE users SET full_name = full_name || ' step1' WHERE id = 1;
+UPDATE users SET full_name = full_name || ' slow' WHERE id = 2 AND pg_sleep(%g) IS NOT NULL;
+""" % PAUSE
+
+
+def test_recover_ends_the_statement_production_still_runs_for_a_killed_apply(production: Production,
+                                                                              tmp_path: Path) -> None:
+    # VACUUM makes the action run statement by statement (autocommit): the slow UPDATE would commit on its own
+    # after the client is gone, unless recover ends its session first.
+    write_plan(tmp_path, """
+targets: {app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}}
+action: {sql: slow.sql}
+expect: {app: {may: ["update rows public.users"]}}
+policy: {allow: [update-without-where]}
+""", {"slow.sql": SLOW_SQL})
+    checkpoint = production.fingerprint()
+    run_id = _kill_mid_action(tmp_path, production, also_warden=False)
+    with psycopg.connect(production.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                            [f"shadow action {run_id}"]).fetchone()[0] == 1, "the slow statement runs on"
+    recovered = shadow(tmp_path, production, "recover")
+    assert recovered.returncode == 0, recovered.stderr
+    assert "ended 1 session(s) the killed run left running" in recovered.stderr + recovered.stdout
+    time.sleep(PAUSE + 1)
+    with psycopg.connect(production.dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM users WHERE full_name LIKE '%slow'").fetchone()[0] == 0
+    assert production.fingerprint() == checkpoint

@@ -44,13 +44,14 @@ def _strip_comments(text: str) -> str:
 
 
 def execute(dsn: str, statements: list[Statement], timeout: float, target: str,
-            trace: list[dict[str, Any]] | None = None) -> str:
+            trace: list[dict[str, Any]] | None = None, tag: str = "") -> str:
     """Run ``statements``; return ``"transaction"`` or ``"autocommit"`` (how they ran). With ``trace`` (a list),
-    record per statement the locks it took and the tables it rewrote (see :mod:`adapters.postgres.locks`)."""
+    record per statement the locks it took and the tables it rewrote (see :mod:`adapters.postgres.locks`).
+    ``tag`` names the session (``application_name``) so that a killed run's statement can be found and ended."""
     deadline = time.monotonic() + timeout
     one_transaction = not any(forces_autocommit(s) for s in statements)
     try:
-        conn = psycopg.connect(dsn, autocommit=True)
+        conn = _connect(dsn, tag)
     except psycopg.OperationalError as exc:
         raise TargetUnreachable(f"cannot connect: {_first_line(exc)}", target=target) from exc
     tracer = LockTracer(conn, dsn, one_transaction) if trace is not None else None
@@ -83,14 +84,14 @@ def execute(dsn: str, statements: list[Statement], timeout: float, target: str,
 
 def execute_verified(dsn: str, statements: list[Statement], timeout: float, target: str,
                      verify: Callable[[psycopg.Connection], list[str]],
-                     on_begin: Callable[[int], None] | None = None) -> list[str]:
+                     on_begin: Callable[[int], None] | None = None, tag: str = "") -> list[str]:
     """Run ``statements`` in one transaction, then ``verify(conn)`` inside it, before anything is visible to
     anyone else: COMMIT when it returns no problems, ROLLBACK otherwise. Returns the problems — with a
     ROLLBACK, production was never changed. ``on_begin`` gets the transaction's id before any statement runs,
     so that whoever finds the run killed can ask the server whether it committed (``txid_status``)."""
     deadline = time.monotonic() + timeout
     try:
-        conn = psycopg.connect(dsn, autocommit=True)
+        conn = _connect(dsn, tag)
     except psycopg.OperationalError as exc:
         raise TargetUnreachable(f"cannot connect: {_first_line(exc)}", target=target) from exc
     problems: list[str] = []
@@ -111,6 +112,28 @@ def execute_verified(dsn: str, statements: list[Statement], timeout: float, targ
                 raise ActionFailed(f"the SQL action timed out after {timeout:g} s", target=target) from exc
             raise TargetUnreachable(f"lost the connection during the action: {_first_line(exc)}", target=target) from exc
     return problems
+
+
+def _connect(dsn: str, tag: str) -> psycopg.Connection:
+    if tag:
+        return psycopg.connect(dsn, autocommit=True, application_name=tag[:63])
+    return psycopg.connect(dsn, autocommit=True)
+
+
+def end_sessions(conn: psycopg.Connection, tag: str, wait: float = 30.0) -> int:
+    """End every session of this database named ``tag`` (a killed run's statement the server still runs: it
+    would commit on its own once done) and wait until they are gone; return how many there were."""
+    query = ("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = %s "
+             "AND pid <> pg_backend_pid()")
+    pids = [r[0] for r in conn.execute(query, [tag[:63]])]
+    for pid in pids:
+        conn.execute("SELECT pg_terminate_backend(%s)", [pid])
+    deadline = time.monotonic() + wait
+    while conn.execute(query, [tag[:63]]).fetchone() is not None:
+        if time.monotonic() > deadline:
+            raise TargetUnreachable(f"sessions named {tag!r} did not end within {wait:g} s")
+        time.sleep(0.1)
+    return len(pids)
 
 
 def _check_deferred(conn: psycopg.Connection, statements: list[Statement], target: str) -> None:

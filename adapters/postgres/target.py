@@ -25,7 +25,7 @@ from adapters.postgres.container import ContainerServer, Limits
 from adapters.postgres.cluster import LocalCluster
 from adapters.postgres.server import SUPERUSER, Server
 from adapters.postgres.diff import count_rows, diff
-from adapters.postgres.execute import execute, execute_verified, forces_autocommit
+from adapters.postgres.execute import end_sessions, execute, execute_verified, forces_autocommit
 from adapters.postgres.observe import observe
 from adapters.postgres import dbsettings
 from adapters.postgres.restore import restore_into_empty, restore_over, run_pg_dump
@@ -232,9 +232,14 @@ class PostgresTarget:
 
     # -- production ---------------------------------------------------------------------------------------
     def execute_sql(self, endpoint: Endpoint, statements: list[Statement], timeout: float,
-                    trace: list[dict[str, Any]] | None = None) -> str:
+                    trace: list[dict[str, Any]] | None = None, tag: str = "") -> str:
         assert endpoint.dsn is not None
-        return execute(endpoint.dsn, statements, timeout, self.name, trace)
+        return execute(endpoint.dsn, statements, timeout, self.name, trace, tag)
+
+    def end_sessions(self, tag: str) -> int:
+        """End production's sessions named ``tag`` (a killed run's) and wait until they are gone."""
+        with self.connect() as conn:
+            return end_sessions(conn, tag)
 
     def atomic_blocker(self, statements: list[Statement]) -> Statement | None:
         """The first statement that cannot run inside a transaction, or None when all can."""
@@ -242,7 +247,8 @@ class PostgresTarget:
 
     def apply_sql_verified(self, statements: list[Statement], timeout: float, checkpoint: Checkpoint, shadow: Any,
                            judge: Callable[[list[Change]], list[str]],
-                           on_begin: Callable[[int], None] | None = None) -> tuple[list[str], list[Change]]:
+                           on_begin: Callable[[int], None] | None = None,
+                           tag: str = "") -> tuple[list[str], list[Change]]:
         """Apply in one transaction, observe production *inside* it, and COMMIT only when ``judge`` finds the
         change set equal to the rehearsal's; otherwise ROLLBACK, which costs nothing."""
         seen: list[Change] = []
@@ -254,7 +260,7 @@ class PostgresTarget:
             seen.extend(diff(checkpoint.observation, after, rows))
             return judge(seen)
 
-        problems = execute_verified(self.dsn, statements, timeout, self.name, verify, on_begin)
+        problems = execute_verified(self.dsn, statements, timeout, self.name, verify, on_begin, tag)
         return problems, seen
 
     def transaction_outcome(self, xid: int, wait: float = 30.0) -> str:

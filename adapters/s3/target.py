@@ -337,8 +337,11 @@ class S3Target:
 
     # -- production ----------------------------------------------------------------------------------------
     def execute_sql(self, endpoint: Endpoint, statements: list[Any], timeout: float,
-                    trace: list[dict[str, Any]] | None = None) -> str:
+                    trace: list[dict[str, Any]] | None = None, tag: str = "") -> str:
         raise BadInput("an SQL action cannot run on an s3 target", target=self.name)
+
+    def end_sessions(self, tag: str) -> int:
+        return 0  # nothing of a killed client's runs on here after the client is gone
 
     def changes_since(self, checkpoint: Checkpoint, shadow: Any | None) -> list[Change]:
         return diff(checkpoint.observation, self.observe())

@@ -445,3 +445,26 @@ policy: {allow: [update-without-where]}
     with psycopg.connect(production.dsn) as conn:
         assert conn.execute("SELECT count(*) FROM users WHERE full_name LIKE '%slow'").fetchone()[0] == 0
     assert production.fingerprint() == checkpoint
+
+
+def test_recover_refuses_when_it_cannot_make_sure_the_action_stopped(production: Production, tmp_path: Path) -> None:
+    write_plan(tmp_path, PLAN, {"migrate.py": MIGRATE})
+    points = transitions(tmp_path, production, "apply")
+    production.reset()
+    checkpoint = production.fingerprint()
+    recorded = [i for i, p in enumerate(points, 1) if p == "action recorded"]
+    assert len(recorded) == 2, points  # the rehearsal's action, then production's
+    killed = shadow(tmp_path, production, "apply", env={"SHADOW_FAULT_KILL_AT": str(recorded[1])}, state="far")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (run_json,) = (tmp_path / "far" / "runs").glob("*/run.json")
+    record = json.loads(run_json.read_text())
+    for identity in record["actions"]:
+        identity["host"] = "build-7.example"  # as if the action ran on another machine
+    run_json.write_text(json.dumps(record))
+
+    refused = shadow(tmp_path, production, "recover", state="far")
+    assert refused.returncode == 3, refused.stdout + refused.stderr
+    assert "its action ran on build-7.example" in refused.stderr and "Traceback" not in refused.stderr
+    assert "production was left as it is" in refused.stderr
+    assert production.fingerprint() == checkpoint
+    assert shadow(tmp_path, production, "plan", state="far").returncode == 3  # still unsettled: new work waits

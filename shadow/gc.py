@@ -6,11 +6,20 @@ cut leave its shadows behind. Every one of them is labelled with the run id and 
 
 * Docker containers and networks labelled ``shadow.run-id`` whose ``shadow.pid`` no longer runs on this host
   (another host's are never ours to judge);
-* local throwaway clusters (``shadow-pg-*`` in the temp dir) whose ``shadow-labels.json`` names a dead owner:
-  their postgres is stopped, then the dir removed. A dir without labels is left alone — it is being created,
-  or an older shadow made it and its owner cannot be known;
-* ``shadow-restore-*``, ``shadow-home-*`` and ``shadow-git-*`` (a git shadow's clone) temp dirs in which nothing
-  changed for an hour (they carry no owner, so age is the only sign that their run is over).
+* shadow's temp dirs (:mod:`adapters.tempdirs`): ``shadow-<what>-<run id>-<random>`` in the temp dir, ``what``
+  one of pg (a local cluster), restore, git, home, scratch. Any PostgreSQL server running inside one (a
+  cluster's, or one an action started) is stopped before the dir is removed. Whose a dir is, and whether that
+  run is over:
+
+  - its ``shadow-labels.json`` names the owning process: over once that process is gone;
+  - else, a ``home`` or ``scratch`` dir (the orchestrator names them, without labels) is over once the run its
+    name names is not running (its liveness lock ``runs/<id>/alive`` is free);
+  - else (no labels yet, a run this state dir does not know, or a name without a run id, as older shadows
+    made them): over once nothing in it changed for an hour — except a ``pg`` dir, never removed without labels.
+
+``runs``: only those runs' leftovers (``shadow recover`` clears the runs it settled, which are over by then, so
+a dir whose name names one of them goes even without labels); a labelled dir also belongs to a run when that run's record names its owning process (a rollback restores the
+checkpoint of another run, and its restore dir may carry that run's id, or none).
 """
 
 from __future__ import annotations
@@ -29,13 +38,15 @@ from pathlib import Path
 from typing import Any
 
 from adapters import docker as dockerlib
-from adapters.postgres.cluster import TEMP_PREFIX, read_labels, stop_leftover
+from adapters import tempdirs
+from adapters.postgres.cluster import stop_servers_in
 from shadow.errors import InfrastructureError
 from shadow.guard import RunRecord, is_alive
+from shadow.settings import Settings
 from snapshots import PRUNED, Store, atomic_write_bytes
 
-STALE_PREFIXES = ("shadow-restore-", "shadow-home-", "shadow-git-")
-STALE_AFTER = 3600.0  # seconds without a change before an unlabelled temp dir counts as abandoned
+STALE_AFTER = 3600.0  # seconds without a change before a temp dir whose owner cannot be known counts as abandoned
+NAMED_ONLY = ("home", "scratch")  # made by the orchestrator with the run id in the name, and no labels
 
 
 @dataclass(frozen=True)
@@ -68,17 +79,16 @@ def _fields(item: Leftover) -> dict[str, Any]:
     return {"kind": item.kind, "id": item.id, "run_id": item.run_id, "detail": item.detail}
 
 
-def gc(dry_run: bool = False, runs: set[str] | None = None) -> GcResult:
+def gc(dry_run: bool = False, runs: set[str] | None = None, settings: Settings | None = None) -> GcResult:
     """Find and remove the leftovers of runs whose owning process is gone; never touch a live run's.
 
-    ``runs``: only the leftovers labelled with one of these run ids (``shadow recover`` clears the runs it
-    settled); unlabelled temp dirs are then left to a plain gc.
+    ``runs``: only the leftovers of these runs (``shadow recover`` clears the runs it settled); temp dirs that
+    name no run are then left to a plain gc. ``settings``: whose run records tell a run's liveness and owner.
     """
+    settings = settings or Settings.from_env()
     result = GcResult(dry_run, runs=runs)
     _collect_docker(result)
-    _collect_clusters(result, Path(tempfile.gettempdir()))
-    if runs is None:
-        _collect_stale_dirs(result, Path(tempfile.gettempdir()), time.time())
+    _collect_tempdirs(result, Path(tempfile.gettempdir()), settings.runs_dir, time.time())
     return result
 
 
@@ -228,35 +238,62 @@ def _collect_docker(result: GcResult) -> None:
         client.close()
 
 
-def _collect_clusters(result: GcResult, tmp: Path) -> None:
-    for root in sorted(tmp.glob(TEMP_PREFIX + "*")):
-        found = read_labels(root)
-        if not root.is_dir() or found is None or dockerlib.owner_alive(found):
+def _collect_tempdirs(result: GcResult, tmp: Path, runs_dir: Path, now: float) -> None:
+    owners = _owners(runs_dir, result.runs)
+    for path in sorted(tmp.glob("shadow-*")):
+        named = tempdirs.parse(path.name)
+        if named is None or path.is_symlink() or not path.is_dir():
             continue
-        item = Leftover("cluster", str(root), found.get(dockerlib.LABEL_RUN),
-                        f"owner pid {found.get(dockerlib.LABEL_PID)} gone")
-        _remove(result, item, partial(_remove_cluster, root), (FileNotFoundError,), (OSError, InfrastructureError))
+        try:
+            verdict = _abandoned(path, *named, runs_dir, owners, result.runs, now)
+        except FileNotFoundError:
+            continue  # its run removed it just now
+        if verdict is not None:
+            item = Leftover("cluster" if named[0] == "pg" else "tempdir", str(path), *verdict)
+            _remove(result, item, partial(_remove_tempdir, path), (FileNotFoundError,),
+                    (OSError, InfrastructureError))
 
 
-def _remove_cluster(root: Path) -> str:
-    stopped = stop_leftover(root)
+def _owners(runs_dir: Path, runs: set[str] | None) -> dict[tuple[str, str], str]:
+    """(host, pid) → run id, from the records of ``runs`` (every run's when None): whose process made a dir."""
+    paths = [runs_dir / run / "run.json" for run in runs] if runs is not None else list(runs_dir.glob("*/run.json"))
+    out = {}
+    for path in sorted(paths):  # run ids sort by start time: a reused pid is the latest run's
+        try:
+            record = RunRecord.load(path)
+        except (OSError, ValueError, TypeError):
+            continue
+        if record.pid:
+            out[(record.host, str(record.pid))] = record.run_id
+    return out
+
+
+def _abandoned(path: Path, what: str, named_run: str | None, runs_dir: Path, owners: dict[tuple[str, str], str],
+               runs: set[str] | None, now: float) -> tuple[str | None, str] | None:
+    """(the run a temp dir belongs to, why that run is over), or None while the dir may still be in use."""
+    found = tempdirs.read_labels(path) or {}
+    run = found.get(dockerlib.LABEL_RUN) or named_run
+    if found.get(dockerlib.LABEL_PID):
+        if dockerlib.owner_alive(found):
+            return None
+        pid = found[dockerlib.LABEL_PID]
+        return owners.get((found.get(dockerlib.LABEL_HOST, ""), pid), run), f"owner pid {pid} gone"
+    if run and runs is not None:
+        return (run, f"run {run} settled") if run in runs else None
+    if run and what in NAMED_ONLY and (runs_dir / run).is_dir():
+        return None if is_alive(runs_dir / run) else (run, f"run {run} is not running")
+    if what == "pg":
+        return None  # being created, or an older shadow's: whether its server is still in use cannot be known
+    if runs is not None:
+        return None
+    idle = now - _newest_mtime(path)
+    return (run, f"unchanged for {idle / 3600:.1f} h") if idle >= STALE_AFTER else None
+
+
+def _remove_tempdir(root: Path) -> str:
+    stopped = stop_servers_in(root)
     shutil.rmtree(root)
-    return stopped
-
-
-def _collect_stale_dirs(result: GcResult, tmp: Path, now: float) -> None:
-    for prefix in STALE_PREFIXES:
-        for path in sorted(tmp.glob(prefix + "*")):
-            if not path.is_dir() or path.is_symlink():
-                continue
-            try:
-                idle = now - _newest_mtime(path)
-            except FileNotFoundError:
-                continue  # its run removed it just now
-            if idle < STALE_AFTER:
-                continue
-            item = Leftover("tempdir", str(path), None, f"unchanged for {idle / 3600:.1f} h")
-            _remove(result, item, partial(shutil.rmtree, path), (FileNotFoundError,), (OSError,))
+    return "; ".join(stopped)
 
 
 def _remove(result: GcResult, item: Leftover, remove: Callable[[], object], gone: tuple[type[BaseException], ...],

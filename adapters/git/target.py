@@ -26,14 +26,13 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from adapters import Checkpoint, Endpoint
+from adapters import Checkpoint, Endpoint, tempdirs
 from adapters.git.observe import blob_id, diff, local_refs, observe, present
 from adapters.git.observe import files as observe_files
 from adapters.git.repo import Git, url_secrets, without_credentials
@@ -187,8 +186,8 @@ class GitTarget:
             raise BadInput(f"the working copy has unresolved merge conflicts ({', '.join(conflicts[:3])}): "
                            "resolve or abort the merge first", target=self.name)
         keep = f"refs/shadow/{run_id}/{self.name}"
-        with tempfile.TemporaryDirectory(prefix=f"shadow-git-{run_id}-") as tmp:
-            written, index_tree, tree = _snapshot_trees(git, observation["objects"]["file"], Path(tmp))
+        with tempdirs.tempdir("git", run_id, "git-checkpoint") as tmp:
+            written, index_tree, tree = _snapshot_trees(git, observation["objects"]["file"], tmp)
         commit = _commit_of(git, "HEAD")
         index_commit = git.commit_tree(index_tree, [commit] if commit else [], f"shadow {run_id}: index")
         top = git.commit_tree(tree, ([commit] if commit else []) + [index_commit],
@@ -237,11 +236,8 @@ class GitTarget:
     def shadow(self, checkpoint: Checkpoint, store: Store, run_id: str, backend: str,
                limits: Any = None) -> Iterator[GitShadow]:
         manifest = self._manifest(checkpoint, store)
-        tmp = Path(tempfile.mkdtemp(prefix=f"shadow-git-{run_id}-{self.name}-"))
-        try:
+        with tempdirs.tempdir("git", run_id, f"git-shadow {self.name}") as tmp:
             yield GitShadow(self, checkpoint, manifest, tmp, backend)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     # -- production --------------------------------------------------------------------------------------------
     def execute_sql(self, endpoint: Endpoint, statements: list[Any], timeout: float,
@@ -284,7 +280,8 @@ class GitTarget:
                 git.run("symbolic-ref", "HEAD", head[5:])
             else:
                 git.run("update-ref", "--no-deref", "HEAD", head)
-        self._restore_files(git, manifest, checkpoint.observation["objects"]["file"], now["objects"]["file"])
+        self._restore_files(git, manifest, checkpoint.observation["objects"]["file"], now["objects"]["file"],
+                            checkpoint.run_id)
 
     def _push(self, git: Git, updates: dict[str, str | None], have: dict[str, str]) -> None:
         """Remote refs to their new values; every one leased to the value seen, so nobody's push is lost."""
@@ -302,12 +299,13 @@ class GitTarget:
             raise RestoreFailed(f"the remote {self.remote!r} refused the restore (did someone push meanwhile?): "
                                 f"{git.last_line(proc)}", target=self.name)
 
-    def _restore_files(self, git: Git, manifest: dict[str, Any], want: dict[str, Any], have: dict[str, Any]) -> None:
+    def _restore_files(self, git: Git, manifest: dict[str, Any], want: dict[str, Any], have: dict[str, Any],
+                       run_id: str) -> None:
         stale = [p for p, f in want.items()
                  if present(f) and (f["blob"], f["mode"]) != ((have.get(p) or {}).get("blob"),
                                                                 (have.get(p) or {}).get("mode"))]
-        with tempfile.TemporaryDirectory(prefix="shadow-restore-") as tmp:
-            index = Path(tmp) / "index"
+        with tempdirs.tempdir("restore", run_id, "git-restore") as tmp:
+            index = tmp / "index"
             git.run("read-tree", manifest["tree"], index=index)
             if stale:
                 paths = b"".join(os.fsencode(p) + b"\0" for p in stale)

@@ -5,13 +5,13 @@ scram password auth with a random password, torn down in ``stop()`` — which ``
 start-up failed half way. ``initdb``/``postgres`` refuse to run as root, so as root the cluster runs as an
 unprivileged system user (``postgres`` when it exists, else ``nobody``) that owns the temp dir.
 
-The temp dir holds ``shadow-labels.json``: the same labels a shadow container carries (run id, owning pid and
-host), so ``shadow gc`` can tell a killed run's cluster from a live one's (:func:`stop_leftover` stops the former).
+The temp dir (``shadow-pg-<run id>-…``, :mod:`adapters.tempdirs`) holds ``shadow-labels.json``: the same labels a
+shadow container carries (run id, owning pid and host), so ``shadow gc`` can tell a killed run's cluster from a
+live one's (:func:`stop_leftover` stops the former; :func:`stop_servers_in` any server in any of shadow's temp dirs).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import secrets
@@ -20,21 +20,20 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from adapters.docker import labels
+from adapters import tempdirs
 from adapters.postgres.binaries import PgBinaries, binaries_for
 from adapters.postgres.server import SUPERUSER, Server
 from shadow.errors import InfrastructureError
-from snapshots import atomic_write_bytes
+from adapters.tempdirs import LABELS_FILE, read_labels
 
-TEMP_PREFIX = "shadow-pg-"
-LABELS_FILE = "shadow-labels.json"
+TEMP_PREFIX = tempdirs.prefix("pg", None)
+__all__ = ["LABELS_FILE", "LocalCluster", "TEMP_PREFIX", "read_labels", "stop_leftover", "stop_servers_in"]
 
 
 def free_port() -> int:
@@ -100,8 +99,7 @@ class LocalCluster(Server):
         return subprocess.run(args, capture_output=True, text=True, env=env, **extra, **kw)  # type: ignore[call-overload]
 
     def start(self) -> LocalCluster:
-        self.root = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{self.label}-"))
-        atomic_write_bytes(self.root / LABELS_FILE, json.dumps(labels(self.label, "local-cluster")).encode())
+        self.root = tempdirs.make("pg", self.label, "local-cluster")
         self.sockdir.mkdir()
         pwfile = self.root / "pw"
         pwfile.write_text(self.password + "\n")
@@ -177,23 +175,30 @@ class LocalCluster(Server):
         self.root = None
 
 
-def read_labels(root: Path) -> dict[str, str] | None:
-    """The labels a cluster's temp dir was created with, or None (not written yet, or unreadable)."""
-    try:
-        found = json.loads((root / LABELS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else None
-
-
 def stop_leftover(root: Path) -> str:
-    """Stop the server of a cluster whose owning process is gone; say what was done.
+    """Stop the server of a cluster whose owning process is gone; say what was done."""
+    return stop_server(root / "data")
+
+
+def stop_servers_in(root: Path, depth: int = 4) -> list[str]:
+    """Stop every PostgreSQL server whose data dir lies in ``root`` (up to ``depth`` levels down), before the dir
+    is removed: a cluster's ``data``, or one an action made in its HOME or in a git shadow's clone. Says what was
+    done for each server that ran."""
+    said = []
+    for level in range(depth):
+        for pidfile in sorted(root.glob("/".join(["*"] * level + ["postmaster.pid"]))):
+            if _postmaster_pid(pidfile.parent) is not None:
+                said.append(stop_server(pidfile.parent))
+    return said
+
+
+def stop_server(datadir: Path) -> str:
+    """Stop the server of a data dir whose owning process is gone; say what was done.
 
     ``pg_ctl stop -m immediate`` from the binaries the server was started with (``postmaster.opts`` names them),
     run as the data dir's owner; if that cannot stop it, SIGQUIT (what immediate mode sends) then SIGKILL to the
     pid in ``postmaster.pid`` — but only while that pid is still this data dir's postmaster.
     """
-    datadir = root / "data"
     pid = _postmaster_pid(datadir)
     if pid is None:
         return "no postgres running"

@@ -29,12 +29,12 @@ import json
 import os
 import re
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from adapters import tempdirs
 from adapters.postgres.binaries import ClientTools
 from adapters.postgres.dsn import libpq_env
 from shadow.errors import InfrastructureError, RestoreFailed
@@ -216,10 +216,11 @@ def _replay(binaries: ClientTools, archive: Path, folder: Path, observation: Map
 
 
 def restore_into_empty(binaries: ClientTools, dsn: str, archive: Path,
-                       observation: Mapping[str, Any] | None = None) -> list[str]:
+                       observation: Mapping[str, Any] | None = None, run_id: str | None = None) -> list[str]:
     """Restore ``archive`` into an empty database (a shadow). Returns pg_restore's complaints, if any.
 
-    ``observation``: the checkpoint's, for what the archive cannot say (see the module docstring).
+    ``observation``: the checkpoint's, for what the archive cannot say (see the module docstring). ``run_id``:
+    the run whose checkpoint this is, for the name of the temp dir (:mod:`adapters.tempdirs`).
     """
     conninfo, env = libpq_env(dsn)
     problems: list[str] = []
@@ -229,13 +230,13 @@ def restore_into_empty(binaries: ClientTools, dsn: str, archive: Path,
         if proc.returncode != 0:
             problems.extend(line for line in proc.stderr.splitlines() if line.strip())
 
-    with tempfile.TemporaryDirectory(prefix="shadow-restore-") as folder:
-        mounts = [archive.parent, Path(folder)]
+    with tempdirs.tempdir("restore", run_id) as folder:
+        mounts = [archive.parent, folder]
         # Parallel restore of the custom-format archive (a shadow needs no single transaction).
         jobs = str(max(1, min(4, os.cpu_count() or 1)))
         pg_restore = [*binaries.argv("pg_restore", mounts), "--no-password", "-j", jobs, "-d", conninfo]
         psql = [*binaries.argv("psql", mounts), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", "-d", conninfo]
-        replay = _replay(binaries, archive, Path(folder), observation)
+        replay = _replay(binaries, archive, folder, observation)
         if replay.schemas and replay.rest and replay.between:
             run([*pg_restore, "-L", str(replay.schemas), str(archive)])
             run([*psql, "-f", str(replay.between)])
@@ -248,20 +249,21 @@ def restore_into_empty(binaries: ClientTools, dsn: str, archive: Path,
 
 
 def restore_over(binaries: ClientTools, dsn: str, archive: Path, lock_timeout: str = "60s",
-                 observation: Mapping[str, Any] | None = None) -> None:
+                 observation: Mapping[str, Any] | None = None, run_id: str | None = None) -> None:
     """Replace the database's contents with ``archive``, atomically. Raise :class:`RestoreFailed` if not done.
 
-    ``observation``: the checkpoint's, for what the archive cannot say (see the module docstring).
+    ``observation``: the checkpoint's, for what the archive cannot say (see the module docstring). ``run_id``:
+    the run whose checkpoint this is, for the name of the temp dir (:mod:`adapters.tempdirs`).
     """
     conninfo, env = libpq_env(dsn)
-    with tempfile.TemporaryDirectory(prefix="shadow-restore-") as folder:
-        pre = Path(folder) / "clear.sql"
+    with tempdirs.tempdir("restore", run_id) as folder:
+        pre = folder / "clear.sql"
         pre.write_text(f"SET lock_timeout = '{lock_timeout}';\n" + CLEAR_DATABASE)
-        replay = _replay(binaries, archive, Path(folder), observation)
+        replay = _replay(binaries, archive, folder, observation)
         files = [pre]
         if replay.schemas and replay.between:
-            schemas = Path(folder) / "schemas.sql"
-            part = subprocess.run([*binaries.argv("pg_restore", [archive.parent, Path(folder)]), "-L", str(replay.schemas), "-f", str(schemas),
+            schemas = folder / "schemas.sql"
+            part = subprocess.run([*binaries.argv("pg_restore", [archive.parent, folder]), "-L", str(replay.schemas), "-f", str(schemas),
                                    str(archive)], capture_output=True, text=True, env=_env({}))
             if part.returncode != 0:
                 raise RestoreFailed(f"pg_restore could not read the checkpoint archive: {part.stderr.strip()[:500]}")
@@ -269,8 +271,8 @@ def restore_over(binaries: ClientTools, dsn: str, archive: Path, lock_timeout: s
         rest = ["-L", str(replay.rest)] if replay.rest else []
         # The whole script is written and checked first: if pg_restore died half way through a pipe, psql would
         # take the end of its input for the end of the script and COMMIT a partial restore.
-        script = Path(folder) / "restore.sql"
-        dump = subprocess.run([*binaries.argv("pg_restore", [archive.parent, Path(folder)]), *rest, "-f", str(script),
+        script = folder / "restore.sql"
+        dump = subprocess.run([*binaries.argv("pg_restore", [archive.parent, folder]), *rest, "-f", str(script),
                                str(archive)], capture_output=True, text=True, env=_env({}))
         if dump.returncode != 0:
             raise RestoreFailed(f"pg_restore could not read the checkpoint archive: {dump.stderr.strip()[:500]}; "
@@ -279,7 +281,7 @@ def restore_over(binaries: ClientTools, dsn: str, archive: Path, lock_timeout: s
         if replay.after:
             sources += ["-f", str(replay.after)]
         psql = subprocess.run(
-            [*binaries.argv("psql", [Path(folder)]), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1",
+            [*binaries.argv("psql", [folder]), "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1",
              "--single-transaction", "-d", conninfo, *sources],
             capture_output=True, text=True, env=_env(env),
         )

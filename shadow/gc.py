@@ -82,8 +82,9 @@ def _fields(item: Leftover) -> dict[str, Any]:
 def gc(dry_run: bool = False, runs: set[str] | None = None, settings: Settings | None = None) -> GcResult:
     """Find and remove the leftovers of runs whose owning process is gone; never touch a live run's.
 
-    ``runs``: only the leftovers of these runs (``shadow recover`` clears the runs it settled); temp dirs that
-    name no run are then left to a plain gc. ``settings``: whose run records tell a run's liveness and owner.
+    ``runs``: only the leftovers of these runs (``shadow recover`` clears the runs it settled): what is labelled or
+    named with one of them, or labelled with the process one of them ran in; everything else is left to a plain
+    gc. ``settings``: the state dir whose run records say whether a run is alive and which process ran it.
     """
     settings = settings or Settings.from_env()
     result = GcResult(dry_run, runs=runs)

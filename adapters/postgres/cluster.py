@@ -185,10 +185,11 @@ def stop_servers_in(root: Path, depth: int = 4) -> list[str]:
     is removed: a cluster's ``data``, or one an action made in its HOME or in a git shadow's clone. Says what was
     done for each server that ran."""
     said = []
-    for level in range(depth):
-        for pidfile in sorted(root.glob("/".join(["*"] * level + ["postmaster.pid"]))):
-            if _postmaster_pid(pidfile.parent) is not None:
-                said.append(stop_server(pidfile.parent))
+    for folder, dirs, files in os.walk(root):  # hidden dirs too (an action's HOME may hold ~/.local/…)
+        if len(Path(folder).relative_to(root).parts) + 1 >= depth:
+            dirs.clear()
+        if "postmaster.pid" in files and _postmaster_pid(Path(folder)) is not None:
+            said.append(stop_server(Path(folder)))
     return said
 
 

@@ -22,7 +22,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from shadow import run as runmod
-from shadow.errors import EXIT_BAD_INPUT, EXIT_INFRA, ShadowError
+from shadow.errors import EXIT_BAD_INPUT, EXIT_INFRA, ShadowError, cap
 from shadow.report import VERDICT_LINES, summary_line
 from shadow.settings import Settings
 
@@ -60,10 +60,14 @@ def _colours(stream: Any, plain: bool) -> Literal["auto"] | None:
     return None if plain or not stream.isatty() else "auto"
 
 
+# Every error line is cut to this length: a message quoting a huge value must not become a huge line.
+MAX_ERROR_CHARS = 2000
+
+
 def _fail(ctx: Ctx, exc: BaseException, code: int) -> NoReturn:
     if ctx.traceback:
         traceback.print_exception(exc)
-    ctx.err.print(f"[bold red]shadow: error:[/] {escape(str(exc))}")
+    ctx.err.print(f"[bold red]shadow: error:[/] {escape(cap(str(exc), MAX_ERROR_CHARS))}")
     sys.exit(code)
 
 
@@ -78,7 +82,8 @@ def _guard(ctx: Ctx, fn: Callable[[], Any]) -> Any:
     except Exception as exc:  # noqa: BLE001 - the one broad catch: map to exit 3, never a bare traceback
         if ctx.traceback:
             traceback.print_exception(exc)
-        ctx.err.print(f"[bold red]shadow: internal error:[/] {escape(type(exc).__name__)}: {escape(str(exc))} "
+        ctx.err.print(f"[bold red]shadow: internal error:[/] {escape(type(exc).__name__)}: "
+                      f"{escape(cap(str(exc), MAX_ERROR_CHARS))} "
                       "(run with --traceback for details)")
         sys.exit(EXIT_INFRA)
 
@@ -423,7 +428,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.UsageError as exc:
         hint = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx else ""
-        click.echo(f"shadow: error: {exc.format_message()}{hint}", err=True)
+        click.echo(f"shadow: error: {cap(exc.format_message(), MAX_ERROR_CHARS)}{hint}", err=True)
         sys.exit(EXIT_BAD_INPUT)
     except click.Abort:
         sys.exit(130)

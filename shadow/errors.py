@@ -20,6 +20,8 @@ Only the CLI catches broadly.
 
 from __future__ import annotations
 
+import re
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -48,11 +50,15 @@ class BadInput(ShadowError):
 
 
 class PlanError(BadInput):
-    """One or more problems in a plan file, each already carrying its location."""
+    """One or more problems in a plan file, each already carrying its location (all in ``problems``; the message
+    names the first :data:`MAX_PROBLEMS_SHOWN`)."""
 
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__("; ".join(problems) if len(problems) < 2 else f"{len(problems)} problems: " + "; ".join(problems))
+        shown = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
+        if len(problems) > MAX_PROBLEMS_SHOWN:
+            shown += f"; and {len(problems) - MAX_PROBLEMS_SHOWN:,} more"
+        super().__init__(shown if len(problems) < 2 else f"{len(problems):,} problems: {shown}")
 
 
 class SqlError(BadInput):
@@ -105,6 +111,37 @@ class ActionFailed(ShadowError):
     exit_code = EXIT_FAILED
 
 
+MAX_PROBLEMS_SHOWN = 20
+REDACTED = "[redacted]"
+_LITERAL = re.compile(r"'(?:[^']|'')*'?")  # an unclosed one runs to the end of the excerpt
+_WORDISH = re.compile(r"[A-Za-z0-9+/_=.$:-]{20,}")
+
+
+def _secretish(word: str) -> bool:
+    """A long run that mixes digits and letters, in both cases or with key-ish punctuation, or is very long: an API
+    key, a token, a password hash ($6$…), a base64 secret. Lower-case SQL names with a digit are left alone."""
+    if not (re.search(r"\d", word) and re.search(r"[A-Za-z]", word)):
+        return False
+    return len(word) >= 32 or bool(re.search(r"[a-z]", word) and re.search(r"[A-Z]", word)) or bool(
+        re.search(r"[+/$=]", word))
+
+
+def cap(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters (``limit`` > 40), saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    keep = limit - 40  # room for the note
+    return f"{text[:keep]}… ({len(text) - keep:,} more characters)"
+
+
+def excerpt(text: str, limit: int = 60) -> str:
+    """``text`` on one line, secret-looking runs replaced by [redacted], at most ``limit`` characters (… marks a
+    cut): what an error may quote of a value the user gave."""
+    flat = " ".join(text[: limit * 4].split())  # never more than needed is scanned
+    flat = _WORDISH.sub(lambda m: REDACTED if _secretish(m.group()) else m.group(), flat)
+    return flat if len(flat) <= limit and len(text) <= limit * 4 else flat[: limit - 1] + "…"
+
+
 def _shorten(sql: str, limit: int = 160) -> str:
-    flat = " ".join(sql.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    """An excerpt of a statement for an error: string literals shown as '…' (they hold the data, and passwords)."""
+    return excerpt(_LITERAL.sub("'…'", sql[: limit * 4]) + (" …" if len(sql) > limit * 4 else ""), limit)

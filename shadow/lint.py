@@ -34,8 +34,8 @@ from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import Token, TokenType
 
 from adapters.postgres.execute import forces_autocommit
-from shadow.errors import BadInput, SqlError
-from shadow.sqlsplit import Statement, load_sql_files
+from shadow.errors import BadInput, SqlError, excerpt
+from shadow.sqlsplit import MAX_ANALYSED_STATEMENT, MAX_ANALYSED_TOTAL, Statement, load_sql_files
 
 Severity = Literal["error", "warning", "info"]
 
@@ -96,6 +96,13 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          "start the file with SET statement_timeout = '…', sized for the slowest statement"),
     Rule("opaque-statement", "info", "procedural code (DO, CALL) or a statement sqlglot cannot analyse",
          "keep it small; the rehearsal's diff shows what it actually changed"),
+    # what static analysis does not read (shadow.sqlsplit.MAX_ANALYSED_STATEMENT / MAX_ANALYSED_TOTAL)
+    Rule("statement-too-large", "info", "a statement too large for static analysis",
+         "the rehearsal's diff shows what it changed; split a bulk load into smaller statements to have them "
+         "checked"),
+    Rule("analysis-limit", "info", "statements after the first MiB of an action's SQL, which static analysis does "
+         "not read", "the rehearsal's diff shows what they changed; keep schema changes in a file of their own, "
+         "before bulk data"),
 )}
 
 
@@ -125,15 +132,25 @@ class Finding:
 def lint(statements: Sequence[Statement], sources: Mapping[str, str] | None = None) -> list[Finding]:
     """The findings on ``statements`` (one SQL action's, in order).
 
-    ``sources`` (file → its text) is optional: with it, a parse error on a statement that starts mid-line gets the
-    exact column. Raise :class:`SqlError` naming file, line and column when a statement does not parse.
+    ``sources`` is no longer needed (a statement knows its column) and is ignored. Raise :class:`SqlError` naming
+    file, line and column when a statement does not parse. Statements the splitter marked ``analyse=False`` are
+    not read: one finding names each statement too large, one the first statement past the total bound.
     """
     findings: list[Finding] = []
     created: set[str] = set()
     timeouts = {"lock_timeout": False, "statement_timeout": False}
     nagged: set[tuple[str, str]] = set()
+    left_out: list[Statement] = []
     for st in statements:
-        facts = _analyse(st, _start_column(st, sources))
+        if not st.analyse:
+            if len(st.text) > MAX_ANALYSED_STATEMENT:
+                findings.append(_finding(st, "statement-too-large", f"{_head(st)} is {_size(len(st.text))}, more "
+                                         f"than the {_size(MAX_ANALYSED_STATEMENT)} static analysis reads: it was "
+                                         "not checked (the rehearsal still runs it)"))
+            else:
+                left_out.append(st)
+            continue
+        facts = _analyse(st, st.column)
         subjects = _subjects(facts)
         is_new = bool(subjects) and all(_is_new(s, created) for s in subjects)
         for rule_id, message, hint in _checks(facts, skip_locking=is_new):
@@ -148,14 +165,27 @@ def lint(statements: Sequence[Statement], sources: Mapping[str, str] | None = No
                                              f"{setting} set before it: {why}"))
         timeouts.update(_timeout_settings(facts))
         created |= _creates(facts)
+    if left_out:
+        findings.append(_finding(left_out[0], "analysis-limit", f"static analysis stops after "
+                                 f"{_size(MAX_ANALYSED_TOTAL)} of SQL: this statement and the "
+                                 f"{len(left_out) - 1:,} after it ({_size(sum(len(s.text) for s in left_out))}) were "
+                                 "not checked (the rehearsal still runs them)"))
     return findings
+
+
+def _size(chars: int) -> str:
+    return f"{chars / (1 << 20):.1f} MiB" if chars >= 1 << 20 else f"{chars / 1024:.0f} KiB"
+
+
+def _head(st: Statement) -> str:
+    """``this INSERT`` — the statement's first word, read without tokenizing it all."""
+    m = re.match(r"[A-Za-z]+", st.text)
+    return f"this {m.group().upper()}" if m else "this statement"
 
 
 def lint_files(paths: Sequence[Path]) -> list[Finding]:
     """Read, split and lint SQL files together, in the order given (like one SQL action's files)."""
-    shown = [str(p) for p in paths]
-    statements = load_sql_files(list(paths), shown)
-    return lint(statements, {name: p.read_text(encoding="utf-8") for p, name in zip(paths, shown, strict=True)})
+    return lint(load_sql_files(list(paths), [str(p) for p in paths]))
 
 
 def touched(statement: Statement) -> tuple[set[str], set[str]]:
@@ -163,7 +193,9 @@ def touched(statement: Statement) -> tuple[set[str], set[str]]:
     unquoted names folded to lower case as PostgreSQL does. A table both read and written (``INSERT INTO a SELECT …
     FROM a``) is in both; the target of a plain UPDATE/DELETE only in ``writes``. Both are empty for what cannot be
     seen statically (DO, CALL) and for objects that are not tables (DROP INDEX, DROP SCHEMA)."""
-    return _touched(_analyse(statement, 1))
+    if not statement.analyse:
+        return set(), set()
+    return _touched(_analyse(statement, statement.column))
 
 
 AllowEntry = str | Mapping[str, str]
@@ -205,9 +237,14 @@ def _file_matches(file: str, glob: str) -> bool:
     return fnmatch.fnmatchcase(path, glob) or ("/" not in glob and fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], glob))
 
 
+# A finding carries its statement for reports; a long one is cut (the file and line name the whole).
+MAX_FINDING_STATEMENT = 2000
+
+
 def _finding(st: Statement, rule_id: str, message: str, hint: str | None = None) -> Finding:
     rule = RULES[rule_id]
-    return Finding(rule_id, rule.severity, message, hint or rule.hint, st.file, st.line, st.text)
+    text = st.text if len(st.text) <= MAX_FINDING_STATEMENT else st.text[: MAX_FINDING_STATEMENT - 1] + "…"
+    return Finding(rule_id, rule.severity, message, hint or rule.hint, st.file, st.line, text)
 
 
 # --- reading a statement: tokens, and a tree when sqlglot has a useful one ----------------------------------------
@@ -253,14 +290,16 @@ def _analyse(st: Statement, start_col: int) -> _Facts:
         if not words or words[0] in _UNMODELLED:
             return _Facts(st, None, tokens, words)
         if words[0] not in _PG_COMMANDS:
-            raise SqlError(f"cannot parse the SQL (line {st.line}, column {start_col}): {tokens[0].text!r} does not "
-                           "start an SQL command", file=st.file, line=st.line, statement=st.text)
+            first = f"{excerpt(tokens[0].text)!r}" if st.quote else "its first word"
+            raise SqlError(f"cannot parse the SQL (line {st.line}, column {start_col}): {first} does not "
+                           "start an SQL command", file=st.file, line=st.line, statement=_quotable(st))
         with _quiet_sqlglot():
             trees = [t for t in sqlglot.parse(st.text, read="postgres") if t is not None]
     except ParseError as exc:
         raise _parse_error(st, exc, start_col) from exc
-    except TokenError as exc:
-        raise SqlError(f"cannot read the SQL: {exc}", file=st.file, line=st.line, statement=st.text) from exc
+    except TokenError as exc:  # its message quotes the source at length: the statement's excerpt is enough
+        raise SqlError("cannot read the SQL: sqlglot cannot tokenize this statement", file=st.file, line=st.line,
+                       statement=_quotable(st)) from exc
     tree = trees[0] if len(trees) == 1 and isinstance(trees[0], exp.Expression) else None
     return _Facts(st, None if isinstance(tree, exp.Command) else tree, tokens, words)
 
@@ -298,19 +337,6 @@ def _quiet_sqlglot() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _start_column(st: Statement, sources: Mapping[str, str] | None) -> int:
-    source = (sources or {}).get(st.file)
-    if source is None:
-        return 1
-    line_start = 0
-    for _ in range(st.line - 1):
-        line_start = source.find("\n", line_start) + 1
-        if not line_start:
-            return 1
-    at = source.find(st.text, line_start)
-    return at - line_start + 1 if at >= 0 else 1
-
-
 def _parse_error(st: Statement, exc: ParseError, start_col: int) -> SqlError:
     error = exc.errors[0] if exc.errors else {}
     rel_line, col = int(error.get("line") or 1), int(error.get("col") or 1)
@@ -324,9 +350,17 @@ def _parse_error(st: Statement, exc: ParseError, start_col: int) -> SqlError:
     description = str(error.get("description") or exc).split("\n")[0]
     description = re.sub(r"<Token token_type: TokenType\.SENTINEL[^>]*>", "the end of the statement", description)
     description = re.sub(r"<Token token_type: [^,]*, text: ([^,]*),[^>]*>", r"'\1'", description)
-    near = f" (at {highlight!r})" if highlight else ""
-    return SqlError(f"cannot parse the SQL (line {line}, column {col}): {description}{near}",
-                    file=st.file, line=line, statement=st.text)
+    near = f" (at {excerpt(highlight)!r})" if highlight and st.quote else ""
+    if not st.quote:  # sqlglot's description can name the offending token
+        description = re.sub(r"'[^']*'", "…", description)
+    return SqlError(f"cannot parse the SQL (line {line}, column {col}): {excerpt(description, 200)}{near}",
+                    file=st.file, line=line, statement=_quotable(st))
+
+
+def _quotable(st: Statement) -> str | None:
+    """What an error may quote of ``st``: its text (the error shortens it), or nothing for a file outside the
+    plan's folder."""
+    return st.text if st.quote else None
 
 
 # Names in the word stream: a quoted or plain identifier, optionally qualified ("A . B").

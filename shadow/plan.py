@@ -6,6 +6,7 @@ in one go. ``${VAR}`` / ``${VAR:-default}`` in string values come from the envir
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import re
 from collections.abc import Mapping
@@ -15,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from shadow.errors import PlanError
+from shadow.errors import PlanError, cap
 
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 CMP = re.compile(r"^\s*(==|=|<=|>=|<|>|!=)?\s*(\d+)\s*$")
@@ -27,6 +28,9 @@ DEFAULT_TIMEOUT = 30 * 60.0
 MAX_PLAN_BYTES = 1 << 20  # a plan is a page of YAML; more is a wrong file, not a plan
 MAP_TAG, SEQ_TAG = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
 MAX_NODES = 100_000  # aliases can make a small file expand exponentially ("billion laughs")
+# ... or repeat one large value: every scalar is counted each time an alias brings it in, keys included.
+MAX_EXPANDED_CHARS = 4 * MAX_PLAN_BYTES
+MAX_PROBLEM_CHARS = 400  # one problem's line: a quoted value is cut rather than printed whole
 
 
 @dataclass(frozen=True)
@@ -86,8 +90,9 @@ class TargetSpec:
 
 @dataclass(frozen=True)
 class Action:
-    sql_files: tuple[Path, ...] = ()
+    sql_files: tuple[Path, ...] = ()  # each as the plan names it, from the plan's (resolved) folder: not resolved
     sql_display: tuple[str, ...] = ()
+    outside_files: tuple[Path, ...] = ()  # the real paths of the SQL files that lie outside the plan's folder
     sql_target: str | None = None
     command: str | None = None
     env: Mapping[str, str] = field(default_factory=dict)
@@ -100,7 +105,10 @@ class Action:
         return "sql" if self.sql_files else "command"
 
     def describe(self) -> str:
-        return ("sql: " + ", ".join(self.sql_display)) if self.sql_files else f"command: {self.command}"
+        if not self.sql_files:
+            return f"command: {self.command}"
+        outside = ", ".join(map(str, self.outside_files))
+        return "sql: " + ", ".join(self.sql_display) + (f" (outside the plan's folder: {outside})" if outside else "")
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,7 @@ class _Doc:
         self.lines: dict[tuple[Any, ...], int] = {}
         self.problems: list[str] = []
         self.nodes = 0
+        self.chars = 0  # the scalars' characters, with aliases expanded
 
     def at(self, path: tuple[Any, ...]) -> str:
         probe = path
@@ -158,7 +167,7 @@ class _Doc:
         return f"{self.file}:{line}: {key}"
 
     def problem(self, path: tuple[Any, ...], message: str) -> None:
-        self.problems.append(f"{self.at(path)}: {message}")
+        self.problems.append(cap(f"{self.at(path)}: {message}", MAX_PROBLEM_CHARS))
 
     def line(self, path: tuple[Any, ...]) -> int:
         return self.lines.get(path, 1)
@@ -169,20 +178,32 @@ def _to_python(node: yaml.Node, loader: yaml.SafeLoader, doc: _Doc, path: tuple[
     if doc.nodes > MAX_NODES:
         raise PlanError([f"{doc.file}: too many nodes (more than {MAX_NODES:,}; aliases expanding?)"])
     doc.lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.ScalarNode):
+        _count_chars(doc, node)
     if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in (MAP_TAG, SEQ_TAG):
         raise PlanError([f"{doc.file}:{node.start_mark.line + 1}: not valid YAML: tag {node.tag!r} is not allowed"])
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                _count_chars(doc, key_node)
             key = loader.construct_object(key_node, deep=True)
             if key in out:
-                doc.problems.append(f"{doc.file}:{key_node.start_mark.line + 1}: {'.'.join(map(str, path + (key,)))}: duplicate key")
+                doc.problems.append(cap(f"{doc.file}:{key_node.start_mark.line + 1}: "
+                                        f"{'.'.join(map(str, path + (key,)))}: duplicate key", MAX_PROBLEM_CHARS))
             out[key] = _to_python(value_node, loader, doc, path + (key,))
             doc.lines[path + (key,)] = key_node.start_mark.line + 1
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_to_python(v, loader, doc, path + (i,)) for i, v in enumerate(node.value)]
     return loader.construct_object(node, deep=True)
+
+
+def _count_chars(doc: _Doc, node: yaml.ScalarNode) -> None:
+    doc.chars += len(node.value)
+    if doc.chars > MAX_EXPANDED_CHARS:
+        raise PlanError([f"{doc.file}:{node.start_mark.line + 1}: too large once its aliases are expanded (more than "
+                         f"{MAX_EXPANDED_CHARS >> 20} MiB of values; an alias repeating a large value?)"])
 
 
 def _interpolate(value: Any, env: Mapping[str, str], doc: _Doc, path: tuple[Any, ...]) -> Any:
@@ -358,17 +379,32 @@ def _action(doc: _Doc, raw: Any, folder: Path, targets: list[TargetSpec]) -> Act
     files = raw["sql"] if isinstance(raw["sql"], list) else [raw["sql"]]
     paths: list[Path] = []
     shown: list[str] = []
+    outside: list[Path] = []
     for i, f in enumerate(files):
         where = ("action", "sql") + ((i,) if isinstance(raw["sql"], list) else ())
         if not isinstance(f, str) or not f:
             doc.problem(where, "must be a path to an SQL file, relative to the plan file")
             continue
-        p = (folder / f).resolve()
-        if not p.is_file():
+        named = folder / f
+        try:
+            real = named.resolve(strict=True)
+        except FileNotFoundError:
             doc.problem(where, f"SQL file not found: {f}")
             continue
-        paths.append(p)
+        except RuntimeError:  # Python 3.11's "Symlink loop"
+            doc.problem(where, f"SQL file {f} is a symlink loop")
+            continue
+        except OSError as exc:
+            doc.problem(where, f"SQL file {f} " + ("is a symlink loop" if exc.errno == errno.ELOOP
+                                                  else f"cannot be read: {exc.strerror}"))
+            continue
+        if not real.is_file():
+            doc.problem(where, f"SQL file not found: {f}")
+            continue
+        paths.append(named)
         shown.append(f)
+        if not real.is_relative_to(folder):
+            outside.append(real)
     pg = [t.name for t in targets if t.kind == "postgres"]
     sql_target = raw.get("target")
     if sql_target is not None and sql_target not in pg:
@@ -382,7 +418,8 @@ def _action(doc: _Doc, raw: Any, folder: Path, targets: list[TargetSpec]) -> Act
     if isolation == "container":
         doc.problem(("action", "isolation"), "`isolation: container` is for `command` actions; SQL actions are run "
                                              "by shadow itself over one connection")
-    return Action(sql_files=tuple(paths), sql_display=tuple(shown), sql_target=sql_target, env=env, timeout=timeout)
+    return Action(sql_files=tuple(paths), sql_display=tuple(shown), sql_target=sql_target, env=env, timeout=timeout,
+                  outside_files=tuple(outside))
 
 
 def _duration(value: Any) -> float | None:

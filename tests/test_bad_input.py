@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import uuid
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from adapters.postgres.cluster import LocalCluster, free_port
+from shadow.cli import MAX_ERROR_CHARS
 from tests.conftest import DEMO_SCHEMA, ProdDb, write_plan
 from tests.inprocess import run_main
 
@@ -121,11 +123,16 @@ class Bad:
     code: int = 2
     files: dict[str, str | bytes] = field(default_factory=dict)
     dsn: str | None = "prod"  # prod: the real production database; None: no DSN in play; else this DSN
+    links: dict[str, str] = field(default_factory=dict)  # symlinks to make: name → target
+    absent: tuple[str, ...] = ()  # what the output must never contain (a file's content, a secret)
 
 
 def plan(id: str, body: str | bytes, *needles: str, files: dict[str, str | bytes] | None = None,
-         code: int = 2, dsn: str | None = "prod") -> Bad:
-    return Bad(id, ("plan", "-q"), needles, code, {"shadow.yaml": body, "m.sql": "SELECT 1;\n", **(files or {})}, dsn)
+         code: int = 2, dsn: str | None = "prod", links: dict[str, str] | None = None,
+         absent: tuple[str, ...] = ()) -> Bad:
+    sql = {} if links and "m.sql" in links else {"m.sql": "SELECT 1;\n"}
+    return Bad(id, ("plan", "-q"), needles, code, {"shadow.yaml": body, **sql, **(files or {})}, dsn, links or {},
+               absent)
 
 
 def s3(id: str, keys: str, *needles: str) -> Bad:
@@ -134,8 +141,8 @@ def s3(id: str, keys: str, *needles: str) -> Bad:
 
 
 def cli(id: str, *args: str, needles: tuple[str, ...], code: int = 2,
-        files: dict[str, str | bytes] | None = None) -> Bad:
-    return Bad(id, args, needles, code, files or {}, None)
+        files: dict[str, str | bytes] | None = None, links: dict[str, str] | None = None) -> Bad:
+    return Bad(id, args, needles, code, files or {}, None, links or {})
 
 
 def _nested(depth: int) -> str:
@@ -146,6 +153,22 @@ def _laughs() -> str:
     lines = ['l0: &l0 ["ha", "ha", "ha", "ha", "ha", "ha", "ha", "ha", "ha", "ha"]']
     lines += [f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 10)]
     return "\n".join(lines) + "\n" + T.split("\n", 1)[1] + A
+
+
+MIB = 1 << 20
+# Content of a file outside the plan's folder that an SQL "file" points at: no error may show any of it.
+SECRET = "root:$6$Q9vTOPSECRETsalt$Zx81kq0N7uYpB3wLmHs2dT5vR9aF1cE4gJ6hK8iL0mN2oP4qR6sT8uV0wX2yZ4a:19000:0:99999:7:::\n"
+NOT_SQL_BUT_PARSES = "SELECT 'TOPSECRET-in-a-string' FROM (\n"  # tokenizes, does not parse: quoted by lint on main
+
+
+def _alias_bomb(copies: int) -> str:
+    """A plan just under 1 MiB: one ~1 MiB string, aliased ``copies`` times (a power of 9) under `version`."""
+    levels, text = [], "*s"
+    while copies > 1:
+        name = f"l{len(levels)}"
+        levels.append(f"{name}: &{name} [" + ", ".join([text] * 9) + "]\n")
+        text, copies = f"*{name}", copies // 9
+    return f's: &s "{"x" * (MIB - 4096)}"\n' + "".join(levels) + f"version: {text}\n" + T.split("\n", 1)[1] + A
 
 
 CORPUS: list[Bad] = [
@@ -161,6 +184,11 @@ CORPUS: list[Bad] = [
     plan("yaml-nul-byte", T + A + "expect: {app: {must: [\"a\0b\"]}}\n", "shadow.yaml", "not valid YAML"),
     plan("yaml-nested-too-deep", _nested(5000), "shadow.yaml", "nested too deeply"),
     plan("yaml-billion-laughs", _laughs(), "shadow.yaml", "too many nodes"),
+    plan("yaml-alias-bomb-729-mib", _alias_bomb(729), "shadow.yaml:1", "too large once its aliases are expanded"),
+    plan("yaml-3-mib-value-in-an-error", _alias_bomb(1).replace("version: *s", "version: [*s, *s, *s]"),
+         "shadow.yaml", "unsupported plan version", "more characters"),
+    plan("yaml-2000-problems", T + A + "".join(f"k{i}: 1\n" for i in range(2000)), "2,000 problems",
+         "shadow.yaml:7: k0: unknown key", "and 1,980 more"),
     # not a plan at all
     plan("empty-file", "", "shadow.yaml:1", "a plan is a mapping"),
     plan("only-comments", "# a plan, one day\n", "shadow.yaml:1", "a plan is a mapping"),
@@ -278,6 +306,23 @@ CORPUS: list[Bad] = [
     plan("sql-not-utf-8", T + A, "m.sql", "not UTF-8", files={"m.sql": "SELECT 'caf\u00e9';\n".encode("latin-1")}),
     plan("sql-binary-junk", T + A, "m.sql", files={"m.sql": bytes(range(256)) * 4}),
     plan("sql-psql-meta-command", T + A, "m.sql:1", "psql meta-commands", files={"m.sql": "\\i other.sql\n"}),
+    plan("sql-symlink-to-etc-passwd", T + A, "m.sql:1", "does not start an SQL command",
+         links={"m.sql": "/etc/passwd"}, absent=("root:", "/bin/")),
+    plan("sql-symlink-to-a-secret-outside", T + A, "m.sql:1", links={"m.sql": "../shadow-like"},
+         files={"../shadow-like": SECRET}, absent=("TOPSECRET", "Q9v", "$6$")),
+    plan("sql-symlink-to-sql-outside", T + A, "m.sql:1", "cannot parse", links={"m.sql": "../outside.sql"},
+         files={"../outside.sql": NOT_SQL_BUT_PARSES}, absent=("TOPSECRET",)),
+    plan("sql-dot-dot-outside", T + "action: {sql: ../outside2.sql}\n", "../outside2.sql:1", "cannot parse",
+         files={"../outside2.sql": NOT_SQL_BUT_PARSES}, absent=("TOPSECRET",)),
+    plan("sql-secret-in-a-statement", T + A, "m.sql:2", "cannot parse",
+         files={"m.sql": "INSERT INTO api_keys VALUES ('sk_live_4eC39HqLyjWDarjtT1zdp7dc',\n"
+                         "  'Bearer aZ09aZ09aZ09aZ09aZ09'\n"},
+         absent=("4eC39HqLyjWDarjtT1zdp7dc", "aZ09aZ09aZ09aZ09aZ09")),
+    plan("sql-symlink-loop", T + A, "shadow.yaml:6: action.sql", "m.sql is a symlink loop", links={"m.sql": "m.sql"}),
+    plan("sql-statement-too-large-runs", T + A, "m.sql:1", "does not exist",
+         files={"m.sql": "INSERT INTO no_such_table VALUES " + ", ".join(["(1, 'x')"] * 200_000) + ";\n"}),
+    plan("sql-past-the-analysis-limit-runs", T + A, "m.sql:507", "syntax error", files={
+        "m.sql": "".join(f"SELECT '{i}{'x' * 100_000}';\n" for i in range(6)) + "SELECT 1;\n" * 500 + "SELEC 1;\n"}),
     # production cannot be reached
     plan("dsn-not-a-dsn", T + A, "shadow.yaml:5: targets.app.dsn", "not a valid PostgreSQL connection string", dsn="not a dsn = at all"),
     plan("dsn-unknown-parameter", T + A, "shadow.yaml:5: targets.app.dsn", "not a valid PostgreSQL connection string",
@@ -302,6 +347,13 @@ CORPUS: list[Bad] = [
     cli("lint-file-missing", "lint", "nope.sql", needles=("nope.sql", "SQL file not found")),
     cli("lint-not-parsing", "lint", "m.sql", needles=("m.sql:1",), files={"m.sql": "SELEC * FORM users;\n"}),
     cli("lint-not-utf-8", "lint", "m.sql", needles=("m.sql", "not UTF-8"), files={"m.sql": b"SELECT '\xff';\n"}),
+    cli("lint-symlink-loop", "lint", "m.sql", needles=("m.sql", "cannot read SQL file"), links={"m.sql": "m.sql"}),
+    cli("lint-symlink-to-etc-passwd", "lint", "m.sql", needles=("m.sql:1", "does not start an SQL command"),
+        links={"m.sql": "/etc/passwd"}),
+    cli("lint-unterminated-comment", "lint", "m.sql", needles=("m.sql:2", "/* comment", "never closed"),
+        files={"m.sql": "SELECT 1;\n/* TOPSECRET /* nested */\nSELECT 2;\n"}),
+    cli("plan-file-symlink-loop", "plan", "-f", "loop.yaml", needles=("loop.yaml", "symbolic links"),
+        links={"loop.yaml": "loop.yaml"}),
     cli("audit-without-journal", "audit", needles=("no journal at",)),
     cli("rollback-without-run-id", "rollback", needles=("Missing argument 'RUN_ID'",)),
     cli("lint-without-files", "lint", needles=("Missing argument 'FILES...'",)),
@@ -332,7 +384,7 @@ def _dsn(case: Bad, prod: ProdDb) -> str | None:
     }.get(case.dsn, case.dsn.replace("{closed}", str(free_port())))
 
 
-def _write(folder: Path, files: dict[str, str | bytes]) -> None:
+def _write(folder: Path, files: dict[str, str | bytes], links: dict[str, str]) -> None:
     for rel, content in files.items():
         path = folder / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -340,6 +392,8 @@ def _write(folder: Path, files: dict[str, str | bytes]) -> None:
             path.write_bytes(content)
         else:
             path.write_text(content)
+    for rel, target in links.items():
+        os.symlink(target, folder / rel)
 
 
 def test_corpus_of_bad_inputs(corpus_prod, tmp_path, capsys):
@@ -350,7 +404,7 @@ def test_corpus_of_bad_inputs(corpus_prod, tmp_path, capsys):
     for case in CORPUS:
         folder = tmp_path / case.id
         folder.mkdir()
-        _write(folder, case.files)
+        _write(folder, case.files, case.links)
         dsn = _dsn(case, corpus_prod)
         r = run_main(folder / "state", *case.args, env={"APP_DATABASE_URL": dsn} if dsn else {}, cwd=folder)
         lines = [line for line in r.text.splitlines() if line.strip()]
@@ -362,6 +416,9 @@ def test_corpus_of_bad_inputs(corpus_prod, tmp_path, capsys):
         if len(lines) != 1 or not lines[0].startswith("shadow: error: "):
             problems.append(f"{len(lines)} lines instead of one `shadow: error: …` line")
         problems += [f"no {n!r}" for n in case.needles if n not in r.text]
+        problems += [f"shows {n!r}" for n in case.absent if n in r.text]
+        if len(r.text) > MAX_ERROR_CHARS + 100:
+            problems.append(f"a {len(r.text):,}-character message")
         if dsn and "hunter2" in r.text:
             problems.append("the DSN's password is shown")
         if case.dsn == "prod" or case.dsn in ("wrong-password", "no-such-database"):

@@ -93,6 +93,10 @@ CASES = [
      "SET lock_timeout = '5s';\nALTER TABLE users ADD COLUMN nickname text"),
     ("no-statement-timeout", "LOCK TABLE users IN SHARE MODE",
      "SET statement_timeout TO '15min';\nLOCK TABLE users IN SHARE MODE"),
+    # what static analysis does not read (generated: one INSERT over the per-statement bound; SQL over the total)
+    ("statement-too-large", "INSERT INTO t VALUES " + ", ".join(["(1, 'x')"] * 20_000),
+     "INSERT INTO t VALUES " + ", ".join(["(1, 'x')"] * 100)),
+    ("analysis-limit", ";\n".join(["SELECT '" + "x" * 100_000 + "'"] * 6), ";\n".join(["SELECT 'x'"] * 6)),
 ]
 
 

@@ -321,7 +321,7 @@ def gc_cmd(ctx: Ctx, dry_run: bool, older_than: float | None, as_json: bool) -> 
     from shadow import gc
 
     def both() -> gc.GcResult:
-        result = gc.gc(dry_run)
+        result = gc.gc(dry_run, settings=ctx.settings)
         if older_than is not None:
             pruned = gc.prune_checkpoints(ctx.settings, older_than, dry_run)
             result.removed += pruned.removed

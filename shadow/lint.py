@@ -129,10 +129,10 @@ class Finding:
 # --- public API -------------------------------------------------------------------------------------------------
 
 
-def lint(statements: Sequence[Statement], sources: Mapping[str, str] | None = None) -> list[Finding]:
+def lint(statements: Sequence[Statement]) -> list[Finding]:
     """The findings on ``statements`` (one SQL action's, in order).
 
-    ``sources`` is no longer needed (a statement knows its column) and is ignored. Raise :class:`SqlError` naming
+    Raise :class:`SqlError` naming
     file, line and column when a statement does not parse. Statements the splitter marked ``analyse=False`` are
     not read: one finding names each statement too large, one the first statement past the total bound.
     """

@@ -452,9 +452,7 @@ def _static_findings(result: RunResult, plan_: Plan, statements: list[Statement]
         return
     from shadow import lint
 
-    sources = {shown: path.read_text(encoding="utf-8")
-               for path, shown in zip(plan_.action.sql_files, plan_.action.sql_display, strict=True)}
-    findings = lint.lint(statements, sources) + _unexpected_tables(plan_, statements)
+    findings = lint.lint(statements) + _unexpected_tables(plan_, statements)
     kept, allowed = lint.allowed(findings, list(plan_.policy.allow))
     result.findings = [{**f.to_dict(), "allowed": False} for f in kept] + [{**f.to_dict(), "allowed": True}
                                                                          for f in allowed]
@@ -839,16 +837,16 @@ def recover(settings: Settings | None = None, progress: Progress = _quiet,
                     "summary": text})
         progress("info", f"run {record.run_id} ({record.command}): {outcome} — {text}")
     if out:
-        _clear_leftovers({entry["run"] for entry in out}, progress)
+        _clear_leftovers({entry["run"] for entry in out}, settings, progress)
     return out
 
 
-def _clear_leftovers(runs: set[str], progress: Progress) -> None:
+def _clear_leftovers(runs: set[str], settings: Settings, progress: Progress) -> None:
     """The shadows a killed run left running (its clusters, containers, networks) go once it is settled."""
     from shadow import gc
 
     try:
-        result = gc.gc(runs=runs)
+        result = gc.gc(runs=runs, settings=settings)
     except InfrastructureError as exc:  # production is settled; a leftover is for `shadow gc` to retry
         progress("info", f"leftover shadows not removed: {exc}")
         return

@@ -76,7 +76,7 @@ def production(prod_db: ProdDb) -> Iterator[Production]:
 def shadow(tmp_path: Path, prod: Production, *args: str, env: dict[str, str] | None = None,
            state: str = "state") -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
-    full.update(APP_DATABASE_URL=prod.dsn, SHADOW_BACKEND="local", **(env or {}))
+    full.update({"APP_DATABASE_URL": prod.dsn, "SHADOW_BACKEND": "local", **(env or {})})
     return subprocess.run([sys.executable, "-m", "shadow.cli", "--state-dir", str(tmp_path / state), *args],
                           cwd=tmp_path, env=full, capture_output=True, text=True, timeout=300)
 

@@ -297,7 +297,7 @@ class PostgresTarget:
     def restore(self, checkpoint: Checkpoint, store: Store) -> None:
         archive = store.open_verified(_artifact(checkpoint))
         restore_over(self.binaries(int(checkpoint.meta["major"])), self.dsn, archive,
-                     observation=checkpoint.observation)
+                     observation=checkpoint.observation, run_id=checkpoint.run_id)
         with self.connect() as conn:
             _settle_settings(conn, str(checkpoint.meta["database"]), checkpoint)
 
@@ -380,7 +380,7 @@ class PgShadow:
                 conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
                     sql.Identifier(self.database), sql.Identifier(meta["database_owner"])))
         problems = restore_into_empty(binaries, self.server.dsn(self.database), archive,
-                                      observation=self.checkpoint.observation)
+                                      observation=self.checkpoint.observation, run_id=self.checkpoint.run_id)
         if problems:
             self.warnings.append("pg_restore reported: " + "; ".join(problems[:5]))
         self._cut_outbound_connections()
@@ -488,7 +488,8 @@ class PgShadow:
     def rehearse_rollback(self) -> list[str]:
         """Undo the rehearsal exactly as a rollback would undo production (the same restore over the same
         archive), then compare the copy with the checkpoint; empty when the undo is proven."""
-        restore_over(self.binaries, self.dsn, self.archive, observation=self.checkpoint.observation)
+        restore_over(self.binaries, self.dsn, self.archive, observation=self.checkpoint.observation,
+                     run_id=self.checkpoint.run_id)
         with self.server.connect() as conn:
             _settle_settings(conn, self.database, self.checkpoint, shadow=True)
         now = self.observe()

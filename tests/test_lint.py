@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def ids(sql: str, file: str = "m.sql") -> list[str]:
-    return [f.id for f in lint(split_sql(sql, file), {file: sql})]
+    return [f.id for f in lint(split_sql(sql, file))]
 
 
 def one(sql: str) -> Statement:
@@ -209,7 +209,7 @@ def test_statements_that_take_no_heavy_lock_need_no_timeout() -> None:
 
 def parse_error(sql: str, file: str = "m.sql") -> SqlError:
     with pytest.raises(SqlError) as err:
-        lint(split_sql(sql, file), {file: sql})
+        lint(split_sql(sql, file))
     return err.value
 
 

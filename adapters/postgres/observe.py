@@ -25,11 +25,13 @@ them for every read, so equal data hashes equal wherever it is observed.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.adapt import Buffer, Loader
 
 from adapters.postgres import dbsettings
 from shadow.errors import TargetUnreachable
@@ -252,6 +254,36 @@ SELECT e.extname, e.extversion, n.nspname FROM pg_extension e JOIN pg_namespace 
 KIND_NAMES = {"r": "table", "p": "partitioned table", "f": "foreign table", "v": "view", "m": "materialized view"}
 
 
+def _as_cp1252(error: UnicodeError) -> tuple[str, int]:
+    assert isinstance(error, UnicodeDecodeError)
+    return error.object[error.start:error.end].decode("cp1252", "replace"), error.end
+
+
+codecs.register_error("shadow-cp1252", _as_cp1252)
+
+
+class _SqlAsciiText(Loader):
+    """Text from a ``SQL_ASCII`` database, as ``str``.
+
+    Such a database stores whatever bytes it was given, and psycopg hands its text over as ``bytes``. They are
+    read as UTF-8 (what such databases mostly hold), and a byte that is not part of UTF-8 as Windows-1252 (what
+    legacy data mostly is otherwise: ``K\\xf8ge`` reads ``Køge``), so names, definitions, values and keys (JSON
+    text included) are printable wherever they end up. Row hashes are computed by the server from the raw bytes,
+    so no difference is lost to the decoding.
+    """
+
+    def load(self, data: Buffer) -> str:
+        return bytes(data).decode("utf-8", "shadow-cp1252")
+
+
+def read_text_as_str(conn: psycopg.Connection) -> None:
+    """Make ``conn`` return text as ``str`` when its database is ``SQL_ASCII`` (psycopg returns ``bytes`` there)."""
+    if conn.info.encoding == "ascii":  # psycopg's name for SQL_ASCII
+        for name in ("text", "varchar", "bpchar", "name", '"char"'):
+            conn.adapters.register_loader(name, _SqlAsciiText)
+        conn.adapters.register_loader(0, _SqlAsciiText)  # untyped literals ('x' AS y)
+
+
 def server_major(conn: psycopg.Connection) -> int:
     return int(conn.info.server_version) // 10000
 
@@ -262,6 +294,7 @@ def observe(conn: psycopg.Connection, *, snapshot: str | None = None, with_data:
     Inside an open transaction (a transactional apply observing its own uncommitted changes) it reads in a
     savepoint of that transaction; otherwise in a REPEATABLE READ, READ ONLY transaction of its own.
     """
+    read_text_as_str(conn)
     in_tx = conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
     autocommit = conn.autocommit
     if not in_tx:

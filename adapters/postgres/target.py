@@ -26,7 +26,7 @@ from adapters.postgres.cluster import LocalCluster
 from adapters.postgres.server import SUPERUSER, Server
 from adapters.postgres.diff import count_rows, diff
 from adapters.postgres.execute import end_sessions, execute, execute_verified, forces_autocommit
-from adapters.postgres.observe import observe
+from adapters.postgres.observe import observe, read_text_as_str
 from adapters.postgres import dbsettings
 from adapters.postgres.restore import restore_into_empty, restore_over, run_pg_dump
 from shadow.changes import Change, RowDelta, differences
@@ -176,6 +176,7 @@ class PostgresTarget:
 
     def _checkpoint(self, store: Store, run_id: str) -> Checkpoint:
         with self.connect(autocommit=False) as holder:
+            read_text_as_str(holder)  # SQL_ASCII: the snapshot id and the names below would come back as bytes
             holder.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             # This connection holds the exported snapshot while pg_dump runs: production's own idle/statement
             # timeouts must not end it half way.
@@ -470,10 +471,12 @@ class PgShadow:
 
     def _connect(self, dsn: str) -> psycopg.Connection:
         try:
-            return psycopg.connect(dsn, autocommit=True)
+            conn = psycopg.connect(dsn, autocommit=True)
         except psycopg.OperationalError as exc:
             raise InfrastructureError(f"lost the shadow database ({self.backend} backend): "
                                       f"{str(exc).strip().splitlines()[-1]}", target=self.name) from exc
+        read_text_as_str(conn)  # a SQL_ASCII copy's checks and row keys come back as str, as production's do
+        return conn
 
     def observe(self) -> dict[str, Any]:
         with self.connect() as conn:
@@ -524,6 +527,8 @@ def _settle_settings(conn: psycopg.Connection, database: str, checkpoint: Checkp
 def _count_changed_rows(before_conn: psycopg.Connection, after_conn: psycopg.Connection,
                         before: dict[str, Any], after: dict[str, Any]) -> dict[str, RowDelta]:
     rows: dict[str, RowDelta] = {}
+    for conn in (before_conn, after_conn):  # keys compared across the two must both be str (SQL_ASCII)
+        read_text_as_str(conn)
     for table in sorted(set(before["data"]) & set(after["data"])):
         b, a = before["data"][table], after["data"][table]
         if (b["rows"], b["hash"]) != (a["rows"], a["hash"]):

@@ -287,7 +287,10 @@ action:
     assert seen["SHADOW_APP_URL"] == seen["DATABASE_URL"]
     assert seen["PGPORT"] != str(prod_db.server.port)
     assert set(seen) <= {"PATH", "HOME", "LANG", "TZ", "GREETING", "SHADOW_APP_URL", "DATABASE_URL", "PGHOST",
-                         "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PWD", "SHLVL", "_", "OLDPWD"}
+                         "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE", "PWD", "SHLVL", "_", "OLDPWD",
+                         "SHADOW_RUN_ID", "PGAPPNAME"}
+    run_id = json.loads(shadow_cli("runs", "--json").out)[0]["id"]  # the run's mark, and its sessions' name
+    assert seen["SHADOW_RUN_ID"] == run_id and seen["PGAPPNAME"] == f"shadow action {run_id}"
 
 
 def test_rehearsal_runs_as_productions_role_and_hits_the_same_permission_errors(prod_db, shadow_cli, tmp_path):

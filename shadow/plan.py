@@ -6,6 +6,7 @@ in one go. ``${VAR}`` / ``${VAR:-default}`` in string values come from the envir
 
 from __future__ import annotations
 
+import difflib
 import errno
 import hashlib
 import re
@@ -99,6 +100,7 @@ class Action:
     timeout: float = DEFAULT_TIMEOUT
     isolation: str = "process"  # process | container (the command runs in a container on an internal network)
     image: str | None = None  # the container image for isolation: container
+    one_session: bool = False  # the SQL files run in one session (a SET in one holds in the next); lint reads so
 
     @property
     def kind(self) -> str:
@@ -157,6 +159,10 @@ class _Doc:
         self.problems: list[str] = []
         self.nodes = 0
         self.chars = 0  # the scalars' characters, with aliases expanded
+        # Where a ${VAR} was not set, and the names of targets that were rejected: a problem there is already
+        # reported, and what follows from it (an empty DSN, an expectation for a target not loaded) is not.
+        self.unset: set[tuple[Any, ...]] = set()
+        self.broken_targets: set[str] = set()
 
     def at(self, path: tuple[Any, ...]) -> str:
         probe = path
@@ -167,6 +173,8 @@ class _Doc:
         return f"{self.file}:{line}: {key}"
 
     def problem(self, path: tuple[Any, ...], message: str) -> None:
+        if path in self.unset:  # the value is wrong because a variable is not set: that problem says so
+            return
         self.problems.append(cap(f"{self.at(path)}: {message}", MAX_PROBLEM_CHARS))
 
     def line(self, path: tuple[Any, ...]) -> int:
@@ -214,16 +222,23 @@ def _interpolate(value: Any, env: Mapping[str, str], doc: _Doc, path: tuple[Any,
     if not isinstance(value, str):
         return value
 
+    missing: list[str] = []
+
     def repl(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in env and env[name] != "":
             return env[name]
         if default is not None:
             return default
-        doc.problem(path, f"environment variable {name} is not set")
+        missing.append(name)
         return ""
 
-    return VAR.sub(repl, value)
+    result = VAR.sub(repl, value)
+    for name in dict.fromkeys(missing):
+        doc.problem(path, f"environment variable {name} is not set")
+    if missing:
+        doc.unset.add(path)
+    return result
 
 
 def load_plan(path: Path, env: Mapping[str, str], kinds: Mapping[str, Any] | None = None) -> Plan:
@@ -312,16 +327,21 @@ def _targets(doc: _Doc, raw: Any, kinds: Mapping[str, Any], folder: Path | None 
         env_names.setdefault(var, str(name))
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", name):
             doc.problem(where, "a target name starts with a letter and has only letters, digits, _ and -")
+            doc.broken_targets.add(str(name))
             continue
         if not isinstance(spec, dict):
             doc.problem(where, "must be a mapping with at least `kind`")
+            doc.broken_targets.add(name)
             continue
         kind = spec.get("kind")
-        if kind is None:
-            doc.problem(where + ("kind",), f"missing (one of: {', '.join(sorted(kinds))})")
-            continue
-        if kind not in kinds:
-            doc.problem(where + ("kind",), f"unknown target kind {kind!r} (known: {', '.join(sorted(kinds))})")
+        if kind is None or kind not in kinds:
+            doc.broken_targets.add(name)
+            if kind is None:
+                doc.problem(where + ("kind",), f"missing (one of: {', '.join(sorted(kinds))})")
+                continue
+            close = difflib.get_close_matches(str(kind), sorted(kinds), n=1)
+            doc.problem(where + ("kind",), f"unknown target kind {kind!r}"
+                        + (f" — did you mean {close[0]!r}?" if close else f" (known: {', '.join(sorted(kinds))})"))
             continue
         for key, message in kinds[kind].validate(spec):
             doc.problem(where + ((key,) if key else ()), message)
@@ -337,7 +357,13 @@ def _action(doc: _Doc, raw: Any, folder: Path, targets: list[TargetSpec]) -> Act
     if not isinstance(raw, dict):
         doc.problem(("action",), "missing: give `sql: FILE` (or a list of files) or `command: \"...\"`")
         return Action()
-    _known(doc, raw, ("action",), ("sql", "command", "target", "env", "timeout", "isolation", "image"))
+    _known(doc, raw, ("action",), ("sql", "command", "target", "env", "timeout", "isolation", "image", "one_session"))
+    one_session = raw.get("one_session", False)
+    if not isinstance(one_session, bool):
+        doc.problem(("action", "one_session"), f"{one_session!r} is not true or false")
+        one_session = False
+    elif "one_session" in raw and "sql" not in raw:
+        doc.problem(("action", "one_session"), "only used with `sql:` files (it says they run in one session)")
     isolation = raw.get("isolation", "process")
     if isolation not in ISOLATIONS:
         doc.problem(("action", "isolation"), f"{isolation!r} is not one of: {', '.join(ISOLATIONS)}")
@@ -408,18 +434,19 @@ def _action(doc: _Doc, raw: Any, folder: Path, targets: list[TargetSpec]) -> Act
     pg = [t.name for t in targets if t.kind == "postgres"]
     sql_target = raw.get("target")
     if sql_target is not None and sql_target not in pg:
-        doc.problem(("action", "target"), f"{sql_target!r} is not a postgres target of this plan")
+        if sql_target not in doc.broken_targets:  # else the target's own problem is the one to fix
+            doc.problem(("action", "target"), f"{sql_target!r} is not a postgres target of this plan")
     elif sql_target is None:
         if len(pg) == 1:
             sql_target = pg[0]
-        elif targets:
+        elif targets and not doc.broken_targets:
             doc.problem(("action", "target"), "an SQL action needs `target:` naming the postgres target it runs on"
                         if pg else "an SQL action needs a postgres target")
     if isolation == "container":
         doc.problem(("action", "isolation"), "`isolation: container` is for `command` actions; SQL actions are run "
                                              "by shadow itself over one connection")
     return Action(sql_files=tuple(paths), sql_display=tuple(shown), sql_target=sql_target, env=env, timeout=timeout,
-                  outside_files=tuple(outside))
+                  outside_files=tuple(outside), one_session=one_session)
 
 
 def _duration(value: Any) -> float | None:
@@ -475,7 +502,8 @@ def _expectations(doc: _Doc, raw: Any, target_kinds: Mapping[str, Any]) -> dict[
     for name, spec in raw.items():
         where = ("expect", name)
         if name not in names:
-            doc.problem(where, f"no target named {name!r} in `targets`")
+            if name not in doc.broken_targets:  # a target with a problem of its own is not loaded
+                doc.problem(where, f"no target named {name!r} in `targets`")
             continue
         if spec is None:
             spec = {}

@@ -10,10 +10,12 @@ Two readers, each used where it is reliable:
   ``USING INDEX``, ``VALIDATE CONSTRAINT``, ``ATTACH PARTITION`` … and reads ``RENAME col TO new`` as a table
   rename — so one token reader serves every ALTER TABLE rather than two readers that could disagree.
 
-"Earlier" means earlier in the statements linted together (one SQL action's files, in order): shadow runs them on one
-connection, so a ``SET lock_timeout`` or a ``CREATE TABLE`` in an earlier statement is in effect for later ones.
-Objects created earlier (without ``IF NOT EXISTS``) are new: nobody else uses them yet, so dropping, locking or
-rewriting them is not flagged.
+"Earlier" means earlier in the statements linted together (one SQL action's files, in order). What an earlier
+statement did to the database holds for later ones: objects created earlier (without ``IF NOT EXISTS``) are new —
+nobody else uses them yet, so dropping, locking or rewriting them is not flagged — and a table an earlier statement
+shows to be partitioned (``PARTITION BY``, ``PARTITION OF``, ``ATTACH PARTITION``) is partitioned. What it did to its
+*session* (``SET lock_timeout``, ``BEGIN``) holds only within its file: migration tools run each file in a session
+of its own, unless the caller says the files share one (``one_session``, a plan's ``action.one_session``).
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -36,6 +38,7 @@ from sqlglot.tokens import Token, TokenType
 from adapters.postgres.execute import forces_autocommit
 from shadow.errors import BadInput, SqlError, excerpt
 from shadow.sqlsplit import MAX_ANALYSED_STATEMENT, MAX_ANALYSED_TOTAL, Statement, load_sql_files
+from shadow.sqlsyntax import check_shape, parse_error, quotable
 
 Severity = Literal["error", "warning", "info"]
 
@@ -48,6 +51,11 @@ class Rule:
     hint: str
 
 
+# PostgreSQL cannot build an index CONCURRENTLY on a partitioned table
+# (https://www.postgresql.org/docs/current/sql-createindex.html#SQL-CREATEINDEX-CONCURRENTLY): this is its recipe.
+_PARTITIONED_INDEX_HINT = ("a partitioned table takes no CREATE INDEX CONCURRENTLY: CREATE INDEX … ON ONLY the table "
+                           "(instant; invalid until complete), then per partition CREATE INDEX CONCURRENTLY and "
+                           "ALTER INDEX <the parent's index> ATTACH PARTITION <that index>")
 _NOT_VALID_HINT = "ADD CONSTRAINT … NOT VALID, then VALIDATE CONSTRAINT in a separate migration"
 _USING_INDEX_HINT = "CREATE UNIQUE INDEX CONCURRENTLY first, then ADD CONSTRAINT … {} USING INDEX"
 
@@ -77,6 +85,16 @@ RULES: dict[str, Rule] = {r.id: r for r in (
          "add the column without a default (or with a constant one), backfill in batches, then set the default"),
     Rule("create-index-blocking", "warning", "CREATE INDEX without CONCURRENTLY on an existing table",
          "create the index with CREATE INDEX CONCURRENTLY in its own migration"),
+    Rule("concurrently-on-partitioned", "error", "CREATE INDEX CONCURRENTLY on a partitioned table "
+         "(PostgreSQL refuses it)", _PARTITIONED_INDEX_HINT),
+    Rule("reindex-blocking", "warning", "REINDEX without CONCURRENTLY",
+         "REINDEX … CONCURRENTLY (PostgreSQL 12+), in an SQL action of its own (it cannot run in a transaction)"),
+    Rule("lock-access-exclusive", "warning", "LOCK TABLE in ACCESS EXCLUSIVE mode (the default mode)",
+         "take the weakest mode that protects what you do (SHARE ROW EXCLUSIVE blocks writes, not reads), keep the "
+         "transaction short, and SET lock_timeout before it"),
+    Rule("not-null-without-default", "error", "ADD COLUMN … NOT NULL without a DEFAULT on an existing table",
+         "give it a constant DEFAULT (added without a rewrite since PostgreSQL 11), or add it nullable, backfill in "
+         "batches, then SET NOT NULL"),
     Rule("add-foreign-key", "warning", "ADD FOREIGN KEY without NOT VALID", _NOT_VALID_HINT),
     Rule("add-check", "warning", "ADD CHECK without NOT VALID", _NOT_VALID_HINT),
     Rule("add-unique", "warning", "ADD UNIQUE directly", _USING_INDEX_HINT.format("UNIQUE")),
@@ -89,6 +107,9 @@ RULES: dict[str, Rule] = {r.id: r for r in (
     Rule("non-transactional", "warning", "CREATE/DROP INDEX CONCURRENTLY, VACUUM, REINDEX CONCURRENTLY, "
          "CREATE DATABASE, ALTER SYSTEM, BEGIN/COMMIT … (anything shadow must run in autocommit)",
          "put it in an SQL action of its own, so the rest of the migration still runs in one transaction"),
+    Rule("in-transaction-block", "error", "CREATE INDEX CONCURRENTLY, VACUUM … after BEGIN, inside the transaction "
+         "block (PostgreSQL refuses it there)",
+         "COMMIT before it, or drop the BEGIN: shadow runs an action with such a statement statement by statement"),
     # hygiene
     Rule("no-lock-timeout", "warning", "lock-taking statement with no lock_timeout set before it",
          "start the file with SET lock_timeout = '5s' (and retry the migration when it times out)"),
@@ -129,19 +150,40 @@ class Finding:
 # --- public API -------------------------------------------------------------------------------------------------
 
 
-def lint(statements: Sequence[Statement]) -> list[Finding]:
+@dataclass
+class _Session:
+    """What the statements of one session have set so far."""
+
+    timeouts: dict[str, bool] = field(default_factory=lambda: {"lock_timeout": False, "statement_timeout": False})
+    block: Statement | None = None  # the BEGIN of the open transaction block
+
+
+@dataclass
+class _Database:
+    """What the statements linted so far have done to the database."""
+
+    created: set[str] = field(default_factory=set)
+    partitioned: set[str] = field(default_factory=set)
+
+
+def lint(statements: Sequence[Statement], *, one_session: bool = False,
+         partitioned: Collection[str] = ()) -> list[Finding]:
     """The findings on ``statements`` (one SQL action's, in order).
 
-    Raise :class:`SqlError` naming
-    file, line and column when a statement does not parse. Statements the splitter marked ``analyse=False`` are
-    not read: one finding names each statement too large, one the first statement past the total bound.
+    Each file runs in a session of its own unless ``one_session``: a ``SET lock_timeout`` or a ``BEGIN`` in one
+    file does not hold in the next. ``partitioned``: the tables the database (a rehearsal's checkpoint) knows to be
+    partitioned, named as observed (``public.payment``, ``app."Orders"``). Raise :class:`SqlError` naming file, line
+    and column when a statement does not parse. Statements the splitter marked ``analyse=False`` are not read: one
+    finding names each statement too large, one the first statement past the total bound.
     """
     findings: list[Finding] = []
-    created: set[str] = set()
-    timeouts = {"lock_timeout": False, "statement_timeout": False}
+    db = _Database(partitioned={_name(p) for p in partitioned})
+    session = _Session()
     nagged: set[tuple[str, str]] = set()
     left_out: list[Statement] = []
-    for st in statements:
+    for n, st in enumerate(statements):
+        if n and st.file != statements[n - 1].file and not one_session:
+            session = _Session()
         if not st.analyse:
             if len(st.text) > MAX_ANALYSED_STATEMENT:
                 findings.append(_finding(st, "statement-too-large", f"{_head(st)} is {_size(len(st.text))}, more "
@@ -152,19 +194,21 @@ def lint(statements: Sequence[Statement]) -> list[Finding]:
             continue
         facts = _analyse(st, st.column)
         subjects = _subjects(facts)
-        is_new = bool(subjects) and all(_is_new(s, created) for s in subjects)
-        for rule_id, message, hint in _checks(facts, skip_locking=is_new):
+        is_new = bool(subjects) and all(_is_new(s, db.created) for s in subjects)
+        for rule_id, message, hint in _checks(facts, is_new, session, db):
             findings.append(_finding(st, rule_id, message, hint))
         if _takes_heavy_lock(facts) and not is_new:
             on = f" on {', '.join(sorted(subjects))}" if subjects else ""
             for setting, why in _TIMEOUT_WHY.items():
                 rule_id = f"no-{setting.replace('_', '-')}"
-                if not timeouts[setting] and (st.file, rule_id) not in nagged:
+                if not session.timeouts[setting] and (st.file, rule_id) not in nagged:
                     nagged.add((st.file, rule_id))
                     findings.append(_finding(st, rule_id, f"{_label(facts)}{on} takes a heavy lock with no "
                                              f"{setting} set before it: {why}"))
-        timeouts.update(_timeout_settings(facts))
-        created |= _creates(facts)
+        session.timeouts.update(_timeout_settings(facts))
+        session.block = _block_after(facts, session.block)
+        db.created |= _creates(facts)
+        db.partitioned |= _partitioned_by(facts)
     if left_out:
         findings.append(_finding(left_out[0], "analysis-limit", f"static analysis stops after "
                                  f"{_size(MAX_ANALYSED_TOTAL)} of SQL: this statement and the "
@@ -183,9 +227,11 @@ def _head(st: Statement) -> str:
     return f"this {m.group().upper()}" if m else "this statement"
 
 
-def lint_files(paths: Sequence[Path]) -> list[Finding]:
-    """Read, split and lint SQL files together, in the order given (like one SQL action's files)."""
-    return lint(load_sql_files(list(paths), [str(p) for p in paths]))
+def lint_files(paths: Sequence[Path], *, one_session: bool = False,
+               partitioned: Collection[str] = ()) -> list[Finding]:
+    """Read, split and lint SQL files together, in the order given (like one SQL action's files); see :func:`lint`."""
+    return lint(load_sql_files(list(paths), [str(p) for p in paths]), one_session=one_session,
+                partitioned=partitioned)
 
 
 def touched(statement: Statement) -> tuple[set[str], set[str]]:
@@ -287,21 +333,36 @@ def _analyse(st: Statement, start_col: int) -> _Facts:
     try:
         tokens = _tokenize(st.text)
         words = tuple(_word(t) for t in tokens)
-        if not words or words[0] in _UNMODELLED:
+        if not words:
             return _Facts(st, None, tokens, words)
         if words[0] not in _PG_COMMANDS:
             first = f"{excerpt(tokens[0].text)!r}" if st.quote else "its first word"
             raise SqlError(f"cannot parse the SQL (line {st.line}, column {start_col}): {first} does not "
-                           "start an SQL command", file=st.file, line=st.line, statement=_quotable(st))
+                           "start an SQL command", file=st.file, line=st.line, statement=quotable(st))
+        check_shape(st, tokens, words)
+        if words[0] in _UNMODELLED:
+            return _Facts(st, None, tokens, words)
         with _quiet_sqlglot():
-            trees = [t for t in sqlglot.parse(st.text, read="postgres") if t is not None]
+            trees = [t for t in sqlglot.parse(_without_index_only(st.text, tokens, words), read="postgres")
+                     if t is not None]
     except ParseError as exc:
-        raise _parse_error(st, exc, start_col) from exc
+        raise parse_error(st, exc, start_col) from exc
     except TokenError as exc:  # its message quotes the source at length: the statement's excerpt is enough
         raise SqlError("cannot read the SQL: sqlglot cannot tokenize this statement", file=st.file, line=st.line,
-                       statement=_quotable(st)) from exc
+                       statement=quotable(st)) from exc
     tree = trees[0] if len(trees) == 1 and isinstance(trees[0], exp.Expression) else None
     return _Facts(st, None if isinstance(tree, exp.Command) else tree, tokens, words)
+
+
+def _without_index_only(text: str, tokens: Sequence[Token], words: Sequence[str]) -> str:
+    """``CREATE INDEX … ON ONLY t`` with ONLY blanked: sqlglot rejects ONLY there, PostgreSQL takes it (an index on a
+    partitioned table alone, the first step of building one partition by partition). The words keep ONLY."""
+    if words[:1] == ("CREATE",) and "INDEX" in words[1:4]:
+        for i in range(len(words) - 1):
+            if words[i] == "ON" and words[i + 1] == "ONLY":
+                only = tokens[i + 1]
+                return text[: only.start] + " " * (only.end + 1 - only.start) + text[only.end + 1:]
+    return text
 
 
 def _tokenize(text: str) -> tuple[Token, ...]:
@@ -310,10 +371,13 @@ def _tokenize(text: str) -> tuple[Token, ...]:
     # string; read that remainder as SQL too, or "VACUUM FULL t" would look like "VACUUM ''".
     if (len(tokens) == 2 and tokens[0].token_type in Postgres.tokenizer_class.COMMANDS
             and tokens[1].token_type == TokenType.STRING):
-        try:
-            return (tokens[0], *Postgres().tokenize(tokens[1].text))
-        except TokenError:
-            pass
+        rest = text.find(tokens[1].text, tokens[0].end + 1)
+        if rest >= 0:
+            # blanked, not cut: the remainder's tokens keep their offsets (and lines) in the statement's text
+            try:
+                return (tokens[0], *Postgres().tokenize(re.sub(r"[^\n]", " ", text[:rest]) + text[rest:]))
+            except TokenError:
+                pass
     return tuple(tokens)
 
 
@@ -335,32 +399,6 @@ def _quiet_sqlglot() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def _parse_error(st: Statement, exc: ParseError, start_col: int) -> SqlError:
-    error = exc.errors[0] if exc.errors else {}
-    rel_line, col = int(error.get("line") or 1), int(error.get("col") or 1)
-    highlight = str(error.get("highlight") or "")
-    # sqlglot's col is where the offending token ends; report where it starts, as an editor would.
-    if highlight and "\n" not in highlight and col >= len(highlight):
-        col -= len(highlight) - 1
-    line = st.line + rel_line - 1
-    if rel_line == 1:
-        col += start_col - 1
-    description = str(error.get("description") or exc).split("\n")[0]
-    description = re.sub(r"<Token token_type: TokenType\.SENTINEL[^>]*>", "the end of the statement", description)
-    description = re.sub(r"<Token token_type: [^,]*, text: ([^,]*),[^>]*>", r"'\1'", description)
-    near = f" (at {excerpt(highlight)!r})" if highlight and st.quote else ""
-    if not st.quote:  # sqlglot's description can name the offending token
-        description = re.sub(r"'[^']*'", "…", description)
-    return SqlError(f"cannot parse the SQL (line {line}, column {col}): {excerpt(description, 200)}{near}",
-                    file=st.file, line=line, statement=_quotable(st))
-
-
-def _quotable(st: Statement) -> str | None:
-    """What an error may quote of ``st``: its text (the error shortens it), or nothing for a file outside the
-    plan's folder."""
-    return st.text if st.quote else None
 
 
 # Names in the word stream: a quoted or plain identifier, optionally qualified ("A . B").
@@ -451,6 +489,9 @@ def _alter_action(table: str, action: str) -> Iterator[tuple[str, str]]:
                 r"\bGENERATED (?:ALWAYS|BY DEFAULT) AS IDENTITY\b", definition):
             yield "volatile-default", (f"{what} as serial/identity fills every row from a sequence: a rewrite of "
                                        "the whole table under an ACCESS EXCLUSIVE lock")
+        elif _fails_on_rows(definition):
+            yield "not-null-without-default", (f"{what} NOT NULL without a DEFAULT fails on a table that has rows "
+                                               "(every existing row would hold NULL)")
         if re.search(r"\bREFERENCES\b", definition):
             yield "add-foreign-key", f"{what} REFERENCES checks every row while it locks both tables"
         if re.search(r"\bPRIMARY KEY\b", definition):
@@ -464,6 +505,19 @@ def _alter_action(table: str, action: str) -> Iterator[tuple[str, str]]:
     elif m := re.match(rf"^RENAME (?:COLUMN )?({_N}) TO ({_N})", action):
         yield "rename-column", (f"{at} RENAME COLUMN {_name(m.group(1))} TO {_name(m.group(2))} "
                                 f"{_OLD_NAME_BREAKS}")
+
+
+def _fails_on_rows(definition: str) -> bool:
+    """Whether a new column with this definition (its words after the name) would be NULL in existing rows while
+    NOT NULL (or a PRIMARY KEY) forbids it: no DEFAULT other than NULL, not generated, not serial."""
+    depth, top = 0, []  # the words outside parentheses: a CHECK (a IS NOT NULL) says nothing about the column
+    for word in definition.split(" "):
+        depth += (word == "(") - (word == ")")
+        top.append(word if depth == 0 and word != ")" else "")
+    flat = " ".join(w for w in top if w)
+    required = re.search(r"(?<!\bIS )\bNOT NULL\b|\bPRIMARY KEY\b", flat)
+    filled = re.search(r"\bDEFAULT (?!NULL\b)|\bGENERATED\b", flat) or re.match(r"(?:SMALL|BIG)?SERIAL[248]?\b", flat)
+    return bool(required) and not filled
 
 
 # --- the checks ----------------------------------------------------------------------------------------------------
@@ -485,12 +539,20 @@ _TIMEOUT_WHY = {
 }
 
 
-def _checks(facts: _Facts, skip_locking: bool) -> Iterator[tuple[str, str, str | None]]:
+def _checks(facts: _Facts, is_new: bool, session: _Session, db: _Database) -> Iterator[tuple[str, str, str | None]]:
     tree, words = facts.tree, facts.words
-    if not skip_locking:  # the statement only drops, locks or rewrites objects created earlier: nothing to fear
-        for rule_id, message in _destructive_and_locking(facts):
-            yield rule_id, message, None
-    if forces_autocommit(facts.statement):
+    if not is_new:  # the statement only drops, locks or rewrites objects created earlier: nothing to fear
+        yield from _destructive_and_locking(facts, db)
+    index_on = _index_table(facts)
+    if index_on and tree is not None and tree.args.get("concurrently") and _is_new(index_on, db.partitioned):
+        yield ("concurrently-on-partitioned", f"CREATE INDEX CONCURRENTLY on {index_on}, a partitioned table: "
+               "PostgreSQL refuses it (cannot create index on partitioned table concurrently)", None)
+    elif session.block is not None and _NO_BLOCK.match(facts.text):  # (an error either way: reported once)
+        begin = session.block
+        yield ("in-transaction-block", f"{_label(facts)} inside the transaction block that {begin.text.split()[0]} "
+               f"at {begin.where} opened: PostgreSQL refuses it there ({_label(facts)} cannot run inside a "
+               "transaction block)", None)
+    elif forces_autocommit(facts.statement):
         if words[0] in _TXN_CONTROL:
             yield ("non-transactional", f"{words[0]} manages the transaction itself: {_HALF_APPLIED}",
                    "drop BEGIN/COMMIT: shadow already runs a transactional SQL action in one transaction")
@@ -500,27 +562,102 @@ def _checks(facts: _Facts, skip_locking: bool) -> Iterator[tuple[str, str, str |
         yield ("opaque-statement", f"{words[0]} runs procedural code: the locks it takes and the tables it touches "
                "are invisible to static checks", None)
     elif tree is None and _ANALYSED.match(facts.text):
-        yield "opaque-statement", f"sqlglot could not analyse this {_label(facts)}: its static checks were skipped", None
+        yield ("opaque-statement", f"sqlglot could not analyse this {_label(facts)}: its static checks were skipped",
+               None)
 
 
-def _destructive_and_locking(facts: _Facts) -> Iterator[tuple[str, str]]:
+def _destructive_and_locking(facts: _Facts, db: _Database) -> Iterator[tuple[str, str, str | None]]:
     tree = facts.tree
     if alter := _alter_table(facts):
         for action in alter[1]:
-            yield from _alter_action(alter[0], action)
+            for rule_id, message in _alter_action(alter[0], action):
+                yield rule_id, message, None
     elif isinstance(tree, exp.Drop) and facts.kind in _DROP:
         rule_id, why = _DROP[facts.kind]
         materialized = "MATERIALIZED " if tree.args.get("materialized") else ""
-        yield rule_id, f"DROP {materialized}{facts.kind} {', '.join(_drop_names(tree))}: {why}"
+        yield rule_id, f"DROP {materialized}{facts.kind} {', '.join(_drop_names(tree))}: {why}", None
     elif isinstance(tree, exp.TruncateTable):
-        yield "truncate", f"TRUNCATE {', '.join(_targets(tree))} deletes every row under an ACCESS EXCLUSIVE lock"
+        yield "truncate", f"TRUNCATE {', '.join(_targets(tree))} deletes every row under an ACCESS EXCLUSIVE lock", None
     elif isinstance(tree, exp.Delete) and not tree.args.get("where"):
-        yield "delete-without-where", f"DELETE FROM {', '.join(_targets(tree))} without WHERE deletes every row"
+        yield "delete-without-where", f"DELETE FROM {', '.join(_targets(tree))} without WHERE deletes every row", None
     elif isinstance(tree, exp.Update) and not tree.args.get("where"):
-        yield "update-without-where", f"UPDATE {', '.join(_targets(tree))} without WHERE rewrites every row"
-    elif isinstance(tree, exp.Create) and facts.kind == "INDEX" and not tree.args.get("concurrently"):
-        yield "create-index-blocking", (f"CREATE INDEX on {', '.join(_targets(tree))} without CONCURRENTLY blocks "
-                                        "writes to the table while the index builds")
+        yield "update-without-where", f"UPDATE {', '.join(_targets(tree))} without WHERE rewrites every row", None
+    elif (table := _index_table(facts)) and tree is not None and not tree.args.get("concurrently"):
+        # ON ONLY builds nothing on a partitioned table: it is the first step of the partition-by-partition recipe
+        if _is_new(table, db.partitioned) and not _on_only(facts):
+            yield ("create-index-blocking", f"CREATE INDEX on {table}, a partitioned table, blocks writes to it and "
+                   "to every partition while the indexes build", _PARTITIONED_INDEX_HINT)
+        elif not _on_only(facts):
+            yield "create-index-blocking", (f"CREATE INDEX on {table} without CONCURRENTLY blocks writes to the "
+                                            "table while the index builds"), None
+    elif m := _REINDEX.match(facts.text):
+        what, name = m.group(1), _name(m.group(2))
+        blocks = {"INDEX": "writes to its table, and reads that use the index,",
+                  "TABLE": "writes to the table, and reads that use its indexes,"}.get(what, f"every table in {what}"
+                                                                                    f" {name} in turn")
+        yield "reindex-blocking", f"REINDEX {what} {name} without CONCURRENTLY blocks {blocks} while it rebuilds", None
+    elif (locked := _lock_table(facts)) and locked[1] == "ACCESS EXCLUSIVE":
+        yield ("lock-access-exclusive", f"LOCK TABLE {', '.join(locked[0])} in ACCESS EXCLUSIVE mode blocks every "
+               "read and write of it until the transaction ends", None)
+
+
+# REINDEX [ ( options ) ] { INDEX | TABLE | SCHEMA | DATABASE } name, without CONCURRENTLY (SYSTEM cannot be
+# reindexed concurrently: not flagged, since the hint would be refused)
+_REINDEX = re.compile(rf"^REINDEX (?:\( (?:(?!CONCURRENTLY\b)[^)])* \) )?(INDEX|TABLE|SCHEMA|DATABASE) "
+                      rf"(?!CONCURRENTLY\b)({_QN})")
+_LOCK = re.compile(rf"^LOCK (?:TABLE )?(.*?)(?: IN ((?:ACCESS |ROW )?(?:SHARE|EXCLUSIVE)(?: UPDATE EXCLUSIVE| ROW "
+                   rf"EXCLUSIVE)?) MODE)?(?: NOWAIT)?$")
+# What PostgreSQL refuses inside a transaction block ("… cannot run inside a transaction block").
+_NO_BLOCK = re.compile(r"^(?:(?:CREATE|DROP) (?:UNIQUE )?INDEX CONCURRENTLY\b|REINDEX\b.*\bCONCURRENTLY\b"
+                       r"|REINDEX (?:\( .*? \) )?(?:DATABASE|SYSTEM)\b|VACUUM\b|CLUSTER$"
+                       r"|(?:CREATE|DROP) (?:DATABASE|TABLESPACE)\b|ALTER SYSTEM\b|DISCARD ALL\b"
+                       r"|ALTER TABLE .*\bDETACH PARTITION .*\bCONCURRENTLY\b)")
+
+
+def _index_table(facts: _Facts) -> str | None:
+    """The table a CREATE INDEX indexes."""
+    tree = facts.tree
+    if isinstance(tree, exp.Create) and facts.kind == "INDEX":
+        return next(iter(_targets(tree)), None)
+    return None
+
+
+def _on_only(facts: _Facts) -> bool:
+    return bool(re.search(r" ON ONLY ", facts.text))
+
+
+def _lock_table(facts: _Facts) -> tuple[list[str], str] | None:
+    """``([tables], mode)`` of a LOCK statement; its mode is ACCESS EXCLUSIVE unless it names another."""
+    if facts.words[:1] != ("LOCK",) or not (m := _LOCK.match(facts.text)):
+        return None
+    names = [_name(re.sub(r"^ONLY | \*$", "", n.strip())) for n in m.group(1).split(" , ")]
+    return names, m.group(2) or "ACCESS EXCLUSIVE"
+
+
+def _block_after(facts: _Facts, block: Statement | None) -> Statement | None:
+    """The BEGIN of the transaction block open after this statement (None: none is)."""
+    text = facts.text
+    if re.match(r"^(?:BEGIN|START TRANSACTION)\b", text):
+        return block or facts.statement
+    if re.match(r"^(?:COMMIT|END|ABORT|ROLLBACK)\b(?! (?:TO|PREPARED)\b)(?!.*\bAND CHAIN\b)", text) or \
+            text.startswith("PREPARE TRANSACTION"):
+        return None
+    return block
+
+
+def _partitioned_by(facts: _Facts) -> set[str]:
+    """The tables a statement shows to be partitioned: created PARTITION BY, or the parent of a partition."""
+    text, out = facts.text, set()
+    if m := re.match(rf"^CREATE (?:(?:GLOBAL |LOCAL )?TEMP(?:ORARY)? |UNLOGGED )?TABLE (?:IF NOT EXISTS )?({_QN}) "
+                     rf".* PARTITION BY (?:RANGE|LIST|HASH) \(", text):
+        out.add(_name(m.group(1)))
+    if text.startswith("CREATE ") and (m := re.search(rf" PARTITION OF ({_QN})", text)):
+        out.add(_name(m.group(1)))
+    if (alter := _alter_table(facts)) and any(re.match(r"^(?:ATTACH|DETACH) PARTITION ", a) for a in alter[1]):
+        out.add(alter[0])
+    if _on_only(facts) and (table := _index_table(facts)):
+        out.add(table)
+    return out
 
 
 def _drop_names(tree: exp.Drop) -> list[str]:
@@ -560,7 +697,12 @@ def _subjects(facts: _Facts) -> set[str]:
         return {_table_name(t) for t in tree.find_all(exp.Table) if isinstance(t.this, exp.Identifier)}
     if tree is not None:
         return set(_targets(tree))
-    m = re.match(rf"^(?:LOCK (?:TABLE )?(?:ONLY )?|REFRESH MATERIALIZED VIEW (?:CONCURRENTLY )?)({_QN})", facts.text)
+    if locked := _lock_table(facts):
+        return set(locked[0])
+    m = _REINDEX.match(facts.text)
+    if m and m.group(1) in ("INDEX", "TABLE"):
+        return {_name(m.group(2))}
+    m = re.match(rf"^REFRESH MATERIALIZED VIEW (?:CONCURRENTLY )?({_QN})", facts.text)
     return {_name(m.group(1))} if m else set()
 
 

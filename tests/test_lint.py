@@ -87,6 +87,26 @@ CASES = [
     ("non-transactional", "CREATE DATABASE reporting", "CREATE SCHEMA reporting"),
     ("non-transactional", "ALTER SYSTEM SET work_mem = '64MB'", "SET work_mem = '64MB'"),
     ("non-transactional", "BEGIN; UPDATE users SET a = 1 WHERE id = 2; COMMIT", "UPDATE users SET a = 1 WHERE id = 2"),
+    ("in-transaction-block", "BEGIN;\nCREATE INDEX CONCURRENTLY users_email ON users (email);\nCOMMIT",
+     "BEGIN; UPDATE users SET a = 1 WHERE id = 2; COMMIT;\nCREATE INDEX CONCURRENTLY users_email ON users (email)"),
+    ("in-transaction-block", "START TRANSACTION; COMMIT AND CHAIN; VACUUM users",
+     "BEGIN; SAVEPOINT s; ROLLBACK TO SAVEPOINT s; ROLLBACK; VACUUM users"),
+    ("concurrently-on-partitioned", "CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM (1) TO (2);\n"
+     "CREATE INDEX CONCURRENTLY events_at ON events (at)",
+     "CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM (1) TO (2);\n"
+     "CREATE INDEX CONCURRENTLY events_2025_at ON events_2025 (at)"),
+    ("reindex-blocking", "REINDEX TABLE users", "REINDEX TABLE CONCURRENTLY users"),
+    ("reindex-blocking", "REINDEX (VERBOSE) INDEX users_email_idx",
+     "REINDEX (CONCURRENTLY, VERBOSE) INDEX users_email_idx"),
+    ("lock-access-exclusive", "LOCK TABLE users IN ACCESS EXCLUSIVE MODE",
+     "LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE"),
+    ("lock-access-exclusive", "LOCK users, orders",  # ACCESS EXCLUSIVE is LOCK's default mode
+     "CREATE TABLE staging (a int); LOCK staging"),
+    ("not-null-without-default", "ALTER TABLE users ADD COLUMN tier text NOT NULL",
+     "ALTER TABLE users ADD COLUMN tier text NOT NULL DEFAULT 'free'"),
+    ("not-null-without-default", "ALTER TABLE users ADD COLUMN tier text DEFAULT NULL NOT NULL",
+     "ALTER TABLE users ADD COLUMN tier text CHECK (tier IS NOT NULL), ADD COLUMN n int GENERATED ALWAYS AS "
+     "(1) STORED NOT NULL"),
     ("opaque-statement", "DO $$ BEGIN UPDATE users SET a = 1 WHERE id = 2; END $$",
      "UPDATE users SET a = 1 WHERE id = 2"),
     ("no-lock-timeout", "ALTER TABLE users ADD COLUMN nickname text",
@@ -190,12 +210,23 @@ def test_a_timeout_set_before_the_lock_taking_statement_satisfies_the_rule() -> 
         ("no-lock-timeout", 4), ("no-statement-timeout", 4)]
 
 
-def test_timeouts_carry_over_to_later_files_of_the_same_action_and_each_file_is_reported_once() -> None:
-    first = split_sql("SET lock_timeout = '3s';\nALTER TABLE a ADD COLUMN x int;\nALTER TABLE a ADD COLUMN y int;", "1.sql")
+def test_each_file_is_its_own_session_unless_the_files_share_one_and_each_file_is_reported_once() -> None:
+    first = split_sql("SET lock_timeout = '3s';\nALTER TABLE a ADD COLUMN x int;\nALTER TABLE a ADD COLUMN y int;",
+                      "1.sql")
     second = split_sql("VACUUM FULL b;\nCLUSTER b USING b_pkey;", "2.sql")
     found = [(f.file, f.line, f.id) for f in lint(first + second) if f.id.startswith("no-")]
-    # lock_timeout from 1.sql covers 2.sql; the missing statement_timeout is reported once in each file
+    # 1.sql's lock_timeout ends with its session: 2.sql has none; each missing setting is reported once per file
+    assert found == [("1.sql", 2, "no-statement-timeout"), ("2.sql", 1, "no-lock-timeout"),
+                     ("2.sql", 1, "no-statement-timeout")]
+    found = [(f.file, f.line, f.id) for f in lint(first + second, one_session=True) if f.id.startswith("no-")]
     assert found == [("1.sql", 2, "no-statement-timeout"), ("2.sql", 1, "no-statement-timeout")]
+
+
+def test_what_a_file_did_to_the_database_holds_for_later_files_but_its_open_transaction_does_not() -> None:
+    first = split_sql("CREATE TABLE staging (a int);\nBEGIN;\nUPDATE t SET a = 1 WHERE b = 2;\n", "1.sql")
+    second = split_sql("CREATE INDEX CONCURRENTLY ON t (a);\nDROP TABLE staging;\n", "2.sql")
+    assert not {"drop-table", "in-transaction-block"} & {f.id for f in lint(first + second)}
+    assert "in-transaction-block" in {f.id for f in lint(first + second, one_session=True)}
 
 
 def test_statements_that_take_no_heavy_lock_need_no_timeout() -> None:
@@ -410,4 +441,131 @@ def test_lint_files_lints_files_together_in_order(tmp_path: Path) -> None:
     b = tmp_path / "2.sql"
     a.write_text("SET lock_timeout = '1s'; SET statement_timeout = '1s';\nCREATE TABLE t (a int);\n")
     b.write_text("CREATE INDEX ON t (a);\nDROP TABLE t;\nDROP TABLE u;\n")
-    assert [(Path(f.file).name, f.line, f.id) for f in lint_files([a, b])] == [("2.sql", 3, "drop-table")]
+    assert [(Path(f.file).name, f.line, f.id) for f in lint_files([a, b], one_session=True)] == [
+        ("2.sql", 3, "drop-table")]
+    assert [(Path(f.file).name, f.line, f.id) for f in lint_files([a, b])] == [
+        ("2.sql", 3, "drop-table"), ("2.sql", 3, "no-lock-timeout"), ("2.sql", 3, "no-statement-timeout")]
+
+
+# --- issue 13: sessions per file, SQL that does not parse, partitioned tables, dangerous statements (the CLI) -------
+
+
+def test_cli_a_set_in_one_file_does_not_silence_the_next_file(tmp_path: Path) -> None:
+    settings = write(tmp_path, "0001_settings.sql", "SET lock_timeout = '5s';\nSET statement_timeout = '1min';\n")
+    migration = write(tmp_path, "a.sql", "ALTER TABLE users ADD COLUMN nickname text;\n")
+    result = shadow_lint(tmp_path, settings, migration)
+    assert result.returncode == 0, result.stderr
+    assert "a.sql:1 warning no-lock-timeout" in result.stdout
+    assert "a.sql:1 warning no-statement-timeout" in result.stdout
+
+
+@pytest.mark.parametrize(("sql", "where", "says"), [
+    ("CREATE TABLE t (a int,, b int);\n", "line 1, column 23", "two commas in a row"),
+    ("SET lock_timeout = '1s';\nCREATE TABLE t (\n  a int,\n  b int,\n);\n", "line 4, column 8",
+     "a comma right before ')'"),
+    ("SET lock_timeout = '1s';\nALTER TABLE users ADD COLUMN x int\nCREATE INDEX users_x ON users (x);\n",
+     "line 3, column 1", "CREATE INDEX starts a new statement before the one on line 2 ended: is a semicolon "
+                         "missing at the end of line 2?"),
+    ("UPDATE users SET a = 1\n  WHERE id = 2\nDELETE FROM sessions WHERE a = 1;\n", "line 3, column 1",
+     "DELETE FROM starts a new statement before the one on line 1 ended: is a semicolon missing at the end of "
+     "line 2?"),
+    ("UPDATE users SET a = 1 WHERE;\n", "line 1, column 24", "something is missing after 'WHERE'"),
+    ("ALTER TABLE t ADD CONSTRAINT c CHECK (a > 0;\n", "line 1, column 43",
+     "the statement ends with the '(' at line 1, column 38 still open: a ')' is missing"),
+])
+def test_cli_sql_that_does_not_parse_is_exit_2_with_file_line_column_in_plain_words(tmp_path: Path, sql: str,
+                                                                                  where: str, says: str) -> None:
+    f = write(tmp_path, "migrations/0007.sql", sql)
+    result = shadow_lint(tmp_path, f)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"migrations/0007.sql:{where.split(',')[0].split()[1]}: cannot parse the SQL ({where}): {says}" \
+        in result.stderr, result.stderr
+    assert "sqlglot" not in result.stderr and "<class" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_valid_statements_that_continue_on_a_line_starting_with_a_command_word_still_parse() -> None:
+    sql = ("ALTER TABLE orders\n  ADD COLUMN a int,\n  DROP COLUMN b,\n  ALTER COLUMN c\n  DROP DEFAULT;\n"
+           "ALTER TABLE orders ADD CONSTRAINT fk FOREIGN KEY (uid) REFERENCES users (id) ON\n  DELETE CASCADE ON\n"
+           "  UPDATE SET NULL NOT VALID;\n"
+           "CREATE TRIGGER trg BEFORE INSERT OR\n  UPDATE OF email OR\n  DELETE ON users FOR EACH ROW EXECUTE "
+           "FUNCTION f();\n"
+           "INSERT INTO t (a, b)\nSELECT a, b FROM s\nON CONFLICT (a) DO\nUPDATE SET b = excluded.b;\n"
+           "WITH moved AS (DELETE FROM queue WHERE done RETURNING *)\nINSERT INTO archive SELECT * FROM moved;\n"
+           "GRANT SELECT, INSERT,\n  UPDATE ON t TO app\n  WITH\n  GRANT OPTION;\n"
+           "ALTER DEFAULT PRIVILEGES IN SCHEMA app\n  GRANT SELECT ON TABLES TO reader;\n"
+           "CREATE SCHEMA s\n  CREATE TABLE x (a int)\n  CREATE VIEW y AS SELECT a FROM x;\n"
+           "CREATE TEMP TABLE tt (a int) ON COMMIT\n  DELETE ROWS;\n"
+           "MERGE INTO t USING s ON t.id = s.id\nWHEN MATCHED THEN\n  UPDATE SET a = s.a\nWHEN NOT MATCHED THEN\n"
+           "  INSERT VALUES (s.id, s.a);\n"
+           "ALTER PUBLICATION pub\n  DROP TABLE t;\n"
+           "SELECT * FROM t WHERE a = 1 FOR NO KEY\nUPDATE SKIP LOCKED;\n"
+           "ALTER TABLE t\n  DROP index;\n"
+           "CREATE INDEX i ON ONLY payment (a);\n")
+    lint(split_sql(sql, "m.sql"))
+
+
+def test_cli_an_index_on_a_table_the_sql_shows_partitioned_gets_the_partition_recipe(tmp_path: Path) -> None:
+    f = write(tmp_path, "m.sql", "SET lock_timeout = '1s';\nSET statement_timeout = '1min';\n"
+              "CREATE TABLE payment_p2026_01 PARTITION OF payment FOR VALUES FROM ('2026-01-01') TO ('2026-02-01');\n"
+              "CREATE INDEX payment_customer ON payment (customer_id);\n"
+              "CREATE INDEX payment_customer_id ON ONLY payment (customer_id);\n")
+    result = shadow_lint(tmp_path, f)
+    assert result.returncode == 0, result.stderr
+    [line, hint] = [x for x in result.stdout.splitlines() if "m.sql:" in x or "hint:" in x]
+    assert line.startswith("m.sql:4 warning create-index-blocking CREATE INDEX on payment, a partitioned table")
+    assert "CONCURRENTLY" not in line
+    assert "takes no CREATE INDEX CONCURRENTLY: CREATE INDEX … ON ONLY the table" in hint
+    assert "ALTER INDEX <the parent's index> ATTACH PARTITION" in hint
+    # CREATE INDEX CONCURRENTLY on it is refused by PostgreSQL: an error with the same recipe
+    f = write(tmp_path, "c.sql", "CREATE TABLE IF NOT EXISTS payment (id int, paid date) PARTITION BY RANGE (paid);\n"
+              "CREATE INDEX CONCURRENTLY payment_paid ON payment (paid);\n")
+    result = shadow_lint(tmp_path, f)
+    assert result.returncode == 1
+    assert "c.sql:2 error concurrently-on-partitioned" in result.stdout and "non-transactional" not in result.stdout
+
+
+def test_partitioned_tables_the_rehearsal_knows_change_the_hint() -> None:
+    sql = 'CREATE INDEX ON public.payment (customer_id);\nCREATE INDEX ON "Orders" (a);\nCREATE INDEX ON users (a);'
+    by_table = {f.message.split()[3].rstrip(","): f.hint for f in lint(split_sql(sql, "m.sql"),
+                partitioned={"public.payment", 'public."Orders"'}) if f.id == "create-index-blocking"}
+    assert "ON ONLY" in by_table["public.payment"] and "ON ONLY" in by_table["Orders"]
+    assert by_table["users"] == RULES["create-index-blocking"].hint
+    [f] = [f for f in lint(split_sql(sql, "m.sql")) if f.id == "create-index-blocking" and "payment" in f.message]
+    assert f.hint == RULES["create-index-blocking"].hint  # nothing known: the usual hint
+
+
+@pytest.mark.parametrize(("sql", "rule_id", "severity", "says"), [
+    ("ALTER TABLE users ADD COLUMN tier text NOT NULL;", "not-null-without-default", "error",
+     "ALTER TABLE users ADD COLUMN tier NOT NULL without a DEFAULT fails on a table that has rows"),
+    ("REINDEX TABLE users;", "reindex-blocking", "warning",
+     "REINDEX TABLE users without CONCURRENTLY blocks writes to the table"),
+    ("LOCK TABLE users IN ACCESS EXCLUSIVE MODE;", "lock-access-exclusive", "warning",
+     "LOCK TABLE users in ACCESS EXCLUSIVE mode blocks every read and write"),
+    ("BEGIN;\nCREATE INDEX CONCURRENTLY users_email ON users (email);\nCOMMIT;", "in-transaction-block", "error",
+     "CREATE INDEX CONCURRENTLY inside the transaction block that BEGIN at m.sql:3 opened: PostgreSQL refuses it"),
+])
+def test_cli_flags_dangerous_statements_with_id_severity_and_hint(tmp_path: Path, sql: str, rule_id: str,
+                                                                  severity: str, says: str) -> None:
+    f = write(tmp_path, "m.sql", "SET lock_timeout = '1s';\nSET statement_timeout = '1min';\n" + sql + "\n")
+    result = shadow_lint(tmp_path, f)
+    assert result.returncode == (1 if severity == "error" else 0), result.stderr
+    lines = result.stdout.splitlines()
+    [i] = [i for i, x in enumerate(lines) if f" {severity} {rule_id} " in x]
+    assert says in lines[i] and lines[i + 1].strip() == f"hint: {RULES[rule_id].hint}"
+    readme = (ROOT / "README.md").read_text()
+    assert f"`{rule_id}`" in readme
+
+
+def test_a_plan_says_its_sql_files_run_in_one_session(tmp_path: Path) -> None:
+    from shadow.errors import PlanError
+    from shadow.plan import load_plan
+
+    write(tmp_path, "a.sql", "SELECT 1;\n")
+    body = "version: 1\ntargets: {app: {kind: postgres, dsn: 'postgresql://x@127.0.0.1/db'}}\naction:\n  sql: a.sql\n"
+    (tmp_path / "shadow.yaml").write_text(body)
+    assert load_plan(tmp_path / "shadow.yaml", {}).action.one_session is False
+    (tmp_path / "shadow.yaml").write_text(body + "  one_session: true\n")
+    assert load_plan(tmp_path / "shadow.yaml", {}).action.one_session is True
+    (tmp_path / "shadow.yaml").write_text(body + "  one_session: please\n")
+    with pytest.raises(PlanError, match="action.one_session: 'please' is not true or false"):
+        load_plan(tmp_path / "shadow.yaml", {})

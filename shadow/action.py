@@ -19,6 +19,7 @@ from typing import Any
 from adapters import Endpoint
 from shadow import warden
 from shadow.errors import ActionFailed
+from shadow.redact import mask_secrets
 from shadow.plan import Plan
 from shadow.sqlsplit import Statement
 
@@ -67,17 +68,6 @@ def session_tag(run_id: str) -> str:
     return f"shadow action {run_id}"
 
 
-def redact(text: str, secrets: tuple[str, ...]) -> str:
-    """Replace every secret — also as it appears percent-encoded inside a URL — with ***."""
-    from urllib.parse import quote
-
-    for secret in secrets:
-        if secret:
-            for form in {secret, quote(secret, safe=""), quote(secret)}:
-                text = text.replace(form, "***")
-    return text
-
-
 @dataclass(frozen=True)
 class Launch:
     """Who runs the action: the run it belongs to, and how its process identity is recorded durably before the
@@ -107,7 +97,7 @@ def run_command(command: str, cwd: Path, env: dict[str, str], timeout: float, lo
         finally:
             warden.stop(proc)  # timeout, Ctrl-C, SIGTERM, a failed record: nothing of the action runs on its own
         out.seek(0)
-        text = redact(out.read().decode(errors="replace"), secrets)
+        text = mask_secrets(out.read().decode(errors="replace"), secrets)
     log_path.write_text(text)
     tail = "\n".join(text.splitlines()[-LOG_TAIL:])
     if error and tail:

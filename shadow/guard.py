@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import socket
-import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -29,14 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from shadow.errors import InfrastructureError
+from shadow.locks import file_lock
 from snapshots import atomic_write_bytes
-
-POLL_SECONDS = 0.25
-
-
-class LockTimeout(InfrastructureError):
-    """Another run holds a target's lock and did not let go within ``--lock-timeout``."""
-
 
 class Unrecovered(InfrastructureError):
     """A killed run left a target unfinished; ``shadow recover`` must settle it first."""
@@ -120,33 +113,6 @@ def refuse_if_unrecovered(runs_dir: Path, identities: Mapping[str, str]) -> None
             raise Unrecovered(f"run {record.run_id} (`shadow {record.command}`, pid {record.pid}) was killed while "
                               f"{record.phase} on {', '.join(touched)}; run `shadow recover` to settle it before "
                               "starting new work on that target")
-
-
-@contextmanager
-def file_lock(path: Path, holder: str, timeout: float, wait: Callable[[str], None]) -> Iterator[None]:
-    """An exclusive flock on ``path``; waits up to ``timeout`` seconds (telling ``wait`` who holds it)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline, told = time.monotonic() + timeout, False
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                owner = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another shadow run"
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(f"{owner} holds the lock on this target (waited {timeout:g} s; raise "
-                                      "--lock-timeout to wait longer)") from None
-                if not told:
-                    wait(f"waiting up to {timeout:g} s for {owner} to release the target")
-                    told = True
-                time.sleep(POLL_SECONDS)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, holder.encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing drops the flock
 
 
 @contextmanager

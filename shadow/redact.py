@@ -6,6 +6,9 @@ case-insensitive substring) or matches one of the plan's ``policy.redact`` globs
 ``*_token``, ``public.users.email`` or ``users.phone``. The adapter redacts secret-looking columns as soon as it
 reads a row; the report model applies the plan's globs as well, so every format (JSON, Markdown, HTML, JUnit)
 shows what the model shows and nothing more.
+
+:func:`mask_secrets` does the same for text (an action's log, a git error): every secret value handed over by an
+endpoint is replaced, also in its percent-encoded forms.
 """
 
 from __future__ import annotations
@@ -74,3 +77,14 @@ def rows_detail(table: str, detail: dict[str, Any], patterns: Iterable[str] = ()
 def content_lines(lines: list[Any]) -> list[Any]:
     """A content diff with every line that names a secret-looking field replaced by :data:`MARKER`."""
     return [f"{MARKER} (a line naming a secret-looking field)" if looks_secret(str(line)) else line for line in lines]
+
+
+def mask_secrets(text: str, secrets: Iterable[str]) -> str:
+    """Replace every secret — also as it appears percent-encoded inside a URL — with ***."""
+    from urllib.parse import quote
+
+    for secret in secrets:
+        if secret:
+            for form in {secret, quote(secret, safe=""), quote(secret)}:
+                text = text.replace(form, "***")
+    return text

@@ -18,8 +18,9 @@ from typing import Any
 
 from adapters.docker import client, labels
 from shadow import warden
-from shadow.action import ActionResult, Launch, redact
+from shadow.action import ActionResult, Launch
 from shadow.errors import InfrastructureError
+from shadow.redact import mask_secrets
 
 WORKDIR = "/plan"
 SCRATCH = "/scratch"
@@ -100,7 +101,7 @@ class Sandbox:
                 except Exception:  # noqa: BLE001 - requests' ReadTimeout: the action ran too long
                     container.kill()
                     code, error = -1, f"the command timed out after {timeout:g} s and was killed"
-                text = redact(container.logs().decode(errors="replace"), secrets)
+                text = mask_secrets(container.logs().decode(errors="replace"), secrets)
             finally:
                 container.remove(force=True)
                 if guard is not None:

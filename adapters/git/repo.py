@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from shadow.action import redact
 from shadow.errors import InfrastructureError
+from shadow.redact import mask_secrets
 
 # Internal commits (checkpoints) carry this identity; the user's own is used for revert commits when it is set.
 SHADOW_IDENTITY = ("shadow", "shadow@localhost")
@@ -79,7 +79,7 @@ class Git:
     def last_line(self, proc: subprocess.CompletedProcess[bytes]) -> str:
         text = (proc.stderr or proc.stdout).decode(errors="replace").strip()
         lines = [line for line in text.splitlines() if line.strip()]
-        return redact(lines[-1] if lines else f"exit status {proc.returncode}", self.secrets)
+        return mask_secrets(lines[-1] if lines else f"exit status {proc.returncode}", self.secrets)
 
     def identity(self) -> dict[str, str]:
         """Author and committer for commits made in this repository: its configured user, else shadow's."""

@@ -132,7 +132,7 @@ class GitTarget:
     def lock(self, holder: str, timeout: float, wait: Callable[[str], None]) -> Iterator[None]:
         """A lock in the repository itself (``shadow.lock`` in its git dir): runs with different state dirs on
         this machine exclude each other too."""
-        from shadow.guard import file_lock
+        from shadow.locks import file_lock
 
         git = self.repo()
         git_dir = Path(os.fsdecode(git.run("rev-parse", "--absolute-git-dir").stdout.strip()))

@@ -1,0 +1,84 @@
+"""The packages' layers point one way: core ← snapshots, adapters ← orchestrator ← front ends.
+
+Two checks with no dependency of their own: every module imports on its own in a fresh interpreter (no module
+works only because something else was imported first), and no module — counting imports inside functions —
+imports a module of a higher layer.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+PACKAGES = ("shadow", "snapshots", "adapters")
+# The leaf core: what any layer may use. Knows no kind, no run, no front end.
+CORE = {"shadow", "shadow.errors", "shadow.changes", "shadow.redact", "shadow.settings", "shadow.sqlsplit",
+        "shadow.sqlsyntax", "shadow.locks", "shadow.warden", "shadow.tempdirs"}
+FRONT_ENDS = {"shadow.cli", "shadow.demo", "shadow.__main__"}
+NAMES = {0: "core", 1: "snapshots/adapters", 2: "orchestrator", 3: "front end"}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            out[".".join(parts)] = path
+    return out
+
+
+def layer(module: str) -> int:
+    if module in CORE:
+        return 0
+    if module.split(".")[0] in ("snapshots", "adapters"):
+        return 1
+    return 3 if module in FRONT_ENDS else 2
+
+
+def imported(path: Path, module: str, known: set[str]) -> set[str]:
+    """Every project module ``path`` imports, at any depth (lazy imports count)."""
+    out: set[str] = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            names = [f"{base}.{alias.name}" for alias in node.names] + [base]
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name:
+                out.add(name)
+    return out
+
+
+def test_no_module_imports_a_higher_layer() -> None:
+    found = modules()
+    upward = []
+    for module, path in found.items():
+        for target in sorted(imported(path, module, set(found))):
+            if layer(target) > layer(module):
+                upward.append(f"{module} ({NAMES[layer(module)]}) imports {target} ({NAMES[layer(target)]})")
+    assert upward == [], "\n".join(upward)
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter() -> None:
+    def alone(module: str) -> str | None:
+        done = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True, text=True)
+        return None if done.returncode == 0 else f"{module}: {done.stderr.strip().splitlines()[-1]}"
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        failures = [f for f in pool.map(alone, [m for m in modules() if m != "shadow.__main__"]) if f]
+    assert failures == [], "\n".join(failures)

@@ -1,8 +1,21 @@
-"""What every docker-backed adapter shares: is an engine there, how its containers are labelled, and gc.
+"""What every docker-backed adapter shares: is an engine there, how its containers are labelled, how this
+process reaches them, and gc.
 
 Every container shadow creates carries ``shadow.run-id`` (the run), ``shadow.pid`` and ``shadow.host`` (the
 process that owns it), so ``shadow gc`` can find and remove what a killed run left behind without touching
 containers of runs still alive.
+
+**Routes.** A shadow's ports are published on 127.0.0.1 only (never on an interface that faces a network). That
+address is the engine's loopback, which is this process's only when it runs beside the engine, not in one of its
+containers. :func:`route_to` finds a way in, trying in order, each with a short timeout:
+
+1. the published port on 127.0.0.1, when the engine is local — taken as it is when this process is not in one of
+   the engine's containers (or shares the host's network), else only if it answers;
+2. the container's own address on a network this process's container shares with it;
+3. joining this process's container to the shadow container's network (it stays joined), and that address.
+
+It fails within seconds naming every route it tried and why each failed. (testcontainers guesses instead, from
+``/.dockerenv``, and inside a container picks the bridge gateway, where nothing is published.)
 """
 
 from __future__ import annotations
@@ -10,8 +23,11 @@ from __future__ import annotations
 import os
 import re
 import socket
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from shadow.errors import InfrastructureError
 
@@ -96,5 +112,184 @@ def remove_containers(run_id: str, role: str) -> list[str]:
             except Exception:  # noqa: BLE001 - gone meanwhile; the listing below is what counts
                 pass
         return [k.id for k in c.containers.list(all=True, filters=wanted)]
+    finally:
+        c.close()
+
+
+# -- routes from this process to its own containers (see the module docstring) ----------------------------------
+
+PROBE_SECONDS = 1.0  # a route that does not answer a TCP connect within this is not a route
+
+
+@dataclass(frozen=True)
+class Route:
+    """How this process reaches a container's port: ``host:port``, and in words how it was found."""
+
+    host: str
+    port: int
+    via: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A route worth trying. ``kind``: published (127.0.0.1), shared (a network both are on), join (join it)."""
+
+    kind: str
+    host: str
+    port: int
+    network: str = ""
+
+    def describe(self) -> str:
+        if self.kind == "published":
+            return f"the published port {self.host}:{self.port}"
+        if self.kind == "shared":
+            return f"the container's address {self.host}:{self.port} on network {self.network!r}"
+        return f"joining this container to network {self.network!r}"
+
+
+def engine_is_local(docker_host: str | None) -> bool:
+    """Whether the engine runs on this machine, so its 127.0.0.1 can be this process's (DOCKER_HOST unset, a unix
+    socket, or TCP to a loopback address)."""
+    if not docker_host or docker_host.startswith(("unix://", "npipe://")):
+        return True
+    host = urlparse(docker_host).hostname or ""
+    return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
+
+
+_CONTAINER_ID = re.compile(r"(?:/containers/|/docker/|docker-)([0-9a-f]{64})(?:[/.:\s]|$)")
+
+
+def own_container_id(mountinfo: str, cgroup: str, hostname: str) -> list[str]:
+    """Ids this process's container may have, best first: from the engine's bind mounts (/etc/hostname …) in
+    mountinfo, from cgroup v1 paths, and the hostname (Docker's default is the short id)."""
+    found: list[str] = []
+    for text in (mountinfo, cgroup):
+        for match in _CONTAINER_ID.finditer(text):
+            if match.group(1) not in found:
+                found.append(match.group(1))
+    if re.fullmatch(r"[0-9a-f]{12,64}", hostname) and hostname not in found:
+        found.append(hostname)
+    return found
+
+
+def plan_routes(port: int, published: int | None, shadow_networks: dict[str, str], engine_local: bool,
+                runner_networks: dict[str, str] | None, runner_mode: str = "") -> list[Candidate]:
+    """The routes to try, in order. ``shadow_networks``: network name → the container's address there;
+    ``runner_networks``: the same for this process's container, None when it runs in none of the engine's."""
+    out: list[Candidate] = []
+    if engine_local and published:
+        out.append(Candidate("published", "127.0.0.1", published))
+    if runner_networks is None or runner_mode in ("host", "none") or runner_mode.startswith("container:"):
+        return out
+    for name, address in sorted(shadow_networks.items()):
+        if name in runner_networks and address:
+            out.append(Candidate("shared", address, port, name))
+    for name in sorted(shadow_networks):
+        if name not in runner_networks:
+            out.append(Candidate("join", "", port, name))
+    return out
+
+
+def probe(host: str, port: int, timeout: float = PROBE_SECONDS, refused_is_route: bool = False) -> str | None:
+    """None when ``host:port`` is a route (a TCP connect succeeds; with ``refused_is_route`` a refusal too: the
+    container answered, its server just does not listen yet), else why not."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except ConnectionRefusedError:
+        return None if refused_is_route else "connection refused"
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+
+
+def _own_container(c: Any) -> Any | None:
+    """This process's container, when it is one of this engine's; else None."""
+    def read(path: str) -> str:
+        try:
+            return Path(path).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    for cid in own_container_id(read("/proc/self/mountinfo"), read("/proc/self/cgroup"), socket.gethostname()):
+        try:
+            found = c.containers.get(cid)
+        except Exception:  # noqa: BLE001 - not one of this engine's containers
+            continue
+        if found.status == "running":
+            return found
+    return None
+
+
+def _networks(container: Any) -> dict[str, str]:
+    container.reload()
+    nets = container.attrs.get("NetworkSettings", {}).get("Networks") or {}
+    return {name: str(n.get("IPAddress") or "") for name, n in nets.items()}
+
+
+def _published(container: Any, port: int) -> int | None:
+    bindings = (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).get(f"{port}/tcp") or []
+    for binding in bindings:
+        if binding.get("HostIp") in ("127.0.0.1", "") and binding.get("HostPort"):
+            return int(binding["HostPort"])
+    return None
+
+
+def start_network() -> str | None:
+    """The network to start a shadow container on: None (the engine's default, or testcontainers' pick, this
+    process's own network) unless this process runs in a container of the engine with no network a container can
+    share (``host``, ``none``, ``container:…``); then the default ``bridge`` — testcontainers would put the shadow
+    in ``none`` too, out of every route's reach."""
+    c = client()
+    try:
+        runner = _own_container(c)
+        mode = str(runner.attrs.get("HostConfig", {}).get("NetworkMode") or "") if runner is not None else ""
+        return "bridge" if mode in ("host", "none") or mode.startswith("container:") else None
+    finally:
+        c.close()
+
+
+def route_to(container: Any, port: int, what: str) -> Route:
+    """A route from this process to ``port`` of ``container`` (a docker SDK container whose port is published on
+    127.0.0.1), or InfrastructureError naming every route tried. ``what`` names the container in messages."""
+    c = client()
+    try:
+        shadow_networks = _networks(container)
+        published = _published(container, port)
+        runner = _own_container(c)
+        runner_networks = _networks(runner) if runner is not None else None
+        mode = str(runner.attrs.get("HostConfig", {}).get("NetworkMode") or "") if runner is not None else ""
+        local = engine_is_local(os.environ.get("DOCKER_HOST"))
+        tried: list[str] = []
+        for cand in plan_routes(port, published, shadow_networks, local, runner_networks, mode):
+            if cand.kind == "published":
+                if runner is None or mode == "host":  # beside the engine: its loopback is ours
+                    return Route(cand.host, cand.port, "published port on 127.0.0.1")
+                why = probe(cand.host, cand.port)
+            elif cand.kind == "shared":
+                why = probe(cand.host, cand.port, refused_is_route=True)
+            else:
+                assert runner is not None  # plan_routes joins only from a container
+                try:
+                    c.networks.get(cand.network).connect(runner.id)
+                except Exception as exc:  # noqa: BLE001 - docker SDK errors
+                    tried.append(f"{cand.describe()} ({_first_line(exc)})")
+                    continue
+                address = _networks(container).get(cand.network, "")
+                why = probe(address, port, refused_is_route=True) if address else "no address there"
+                if why is None:
+                    return Route(address, port, f"container's address {address}:{port} on network "
+                                                f"{cand.network!r}, which this container joined")
+            if why is None:
+                return Route(cand.host, cand.port, cand.describe().removeprefix("the "))
+            tried.append(f"{cand.describe()} ({why})")
+        if not tried:
+            where = os.environ.get("DOCKER_HOST", "")
+            tried.append(f"none: the engine ({where}) is not on this machine and this process is not in one of its "
+                         "containers" if not local else "none: the container publishes no port")
+        raise InfrastructureError(f"no route from this process to {what}; tried " + "; ".join(tried) + ". Its ports "
+                                  "are published on 127.0.0.1 only: run shadow beside the engine, in a container of "
+                                  "it with the engine's socket mounted, or with the host's network")
     finally:
         c.close()

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from adapters.docker import labels
+from adapters.docker import Route, labels, route_to, start_network
 from adapters.postgres.server import SUPERUSER, Server
 from shadow.errors import InfrastructureError
 
@@ -51,6 +51,7 @@ class ContainerServer(Server):
         self.password = secrets.token_urlsafe(18)
         self.host = "127.0.0.1"
         self.port = 0
+        self.route: Route | None = None
         self._container: Any = None
 
     def dsn(self, dbname: str = "postgres", user: str = SUPERUSER, password: str | None = None) -> str:
@@ -65,16 +66,20 @@ class ContainerServer(Server):
         container.with_env("POSTGRES_DB", "postgres")
         container.ports["5432/tcp"] = ("127.0.0.1",)  # type: ignore[assignment]  # never on other interfaces
         container.with_command(DURABILITY_OFF)
-        container.with_kwargs(labels=labels(self.label, "postgres-shadow"), **self.limits.docker_kwargs())
+        network = start_network()
+        container.with_kwargs(labels=labels(self.label, "postgres-shadow"), **self.limits.docker_kwargs(),
+                              **({"network": network} if network else {}))
         self._container = container
         try:
             container.start()
-            self.host = container.get_container_host_ip()
-            self.port = int(container.get_exposed_port(5432))
         except Exception as exc:  # noqa: BLE001 - docker/testcontainers raise many kinds
             raise InfrastructureError(
                 f"could not start a PostgreSQL container from image {self.image!r}: {str(exc).strip()[:300]}"
             ) from exc
+        # shadow's own route, not testcontainers' guess (see adapters.docker): from inside a container the guess is
+        # the bridge gateway, where nothing is published, and the wait below would last its whole timeout.
+        self.route = route_to(container.get_wrapped_container(), 5432, f"the PostgreSQL container from {self.image!r}")
+        self.host, self.port = self.route.host, self.route.port
         self._wait_ready(timeout)
         return self
 
@@ -95,7 +100,7 @@ class ContainerServer(Server):
                 raise InfrastructureError(f"the PostgreSQL container from {self.image!r} exited: {self.log_tail()}")
             time.sleep(0.05)
         raise InfrastructureError(f"the PostgreSQL container from {self.image!r} did not accept connections "
-                                  f"within {timeout:g} s: {last}")
+                                  f"within {timeout:g} s on {self.route.via if self.route else self.host}: {last}")
 
     @property
     def container_id(self) -> str | None:

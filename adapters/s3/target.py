@@ -100,31 +100,37 @@ MOTO_PORT = 5000  # where moto's server listens in its image (motoserver/moto, s
 
 
 class MotoContainer:
-    """moto's S3 server in a labelled container (the docker backend); the URL is its port published on 127.0.0.1."""
+    """moto's S3 server in a labelled container (the docker backend); its port is published on 127.0.0.1 only, and
+    the URL is the route this process found to it (:func:`adapters.docker.route_to`)."""
 
     def __init__(self, image: str, run_id: str) -> None:
         from testcontainers.core.container import DockerContainer
 
-        from adapters.docker import labels
+        from adapters.docker import labels, start_network
 
         self.image = image
         self._container = DockerContainer(image)
         # Published on 127.0.0.1 only: moto checks no credentials, so the port must not face the network.
         self._container.ports[f"{MOTO_PORT}/tcp"] = ("127.0.0.1",)  # type: ignore[assignment]
-        self._container.with_kwargs(labels=labels(run_id, "s3-shadow"))
+        network = start_network()
+        self._container.with_kwargs(labels=labels(run_id, "s3-shadow"), **({"network": network} if network else {}))
         self.url = ""
 
     def start(self, timeout: float = SERVER_START_TIMEOUT) -> MotoContainer:
         import urllib.error
         import urllib.request
 
+        from adapters.docker import route_to
+
         try:
             self._container.start()
-            host = self._container.get_container_host_ip()
-            self.url = f"http://{host}:{int(self._container.get_exposed_port(MOTO_PORT))}"
         except Exception as exc:  # noqa: BLE001 - docker/testcontainers raise many kinds
             raise InfrastructureError(f"could not start moto's S3 server from image {self.image!r}: "
                                       f"{str(exc).strip()[:300]}") from exc
+        # shadow's own route (adapters.docker), not testcontainers' guess: from inside a container that is the
+        # bridge gateway, where nothing is published.
+        route = route_to(self._container.get_wrapped_container(), MOTO_PORT, f"moto's S3 server from {self.image!r}")
+        self.url = f"http://{route.host}:{route.port}"
         deadline = time.monotonic() + timeout
         while True:
             try:

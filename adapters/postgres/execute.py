@@ -17,6 +17,7 @@ import psycopg
 from psycopg import errors as pgerrors
 
 from adapters.postgres.locks import LockTracer
+from adapters.postgres.observe import read_text_as_str
 from shadow.errors import ActionFailed, SqlError, TargetUnreachable
 from shadow.sqlsplit import Statement
 
@@ -115,9 +116,10 @@ def execute_verified(dsn: str, statements: list[Statement], timeout: float, targ
 
 
 def _connect(dsn: str, tag: str) -> psycopg.Connection:
-    if tag:
-        return psycopg.connect(dsn, autocommit=True, application_name=tag[:63])
-    return psycopg.connect(dsn, autocommit=True)
+    conn = (psycopg.connect(dsn, autocommit=True, application_name=tag[:63]) if tag
+            else psycopg.connect(dsn, autocommit=True))
+    read_text_as_str(conn)  # SQL_ASCII databases: text as str, like everywhere else
+    return conn
 
 
 def end_sessions(conn: psycopg.Connection, tag: str, wait: float = 30.0) -> int:

@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 
+from adapters.postgres.observe import read_text_as_str
 from shadow.sqlsplit import Statement
 
 SAMPLE_SECONDS = 0.01
@@ -63,6 +64,7 @@ class LockTracer:
     def _sample(self, dsn: str) -> None:
         try:
             with psycopg.connect(dsn, autocommit=True) as watcher:
+                read_text_as_str(watcher)
                 while not self._stop.is_set():
                     current = self._current
                     if current is not None:

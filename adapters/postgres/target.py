@@ -85,7 +85,10 @@ class PostgresTarget:
 
     def connect(self, autocommit: bool = True) -> psycopg.Connection:
         try:
-            return psycopg.connect(self.dsn, autocommit=autocommit, connect_timeout=int(self._params.get("connect_timeout", 10)))
+            conn = psycopg.connect(self.dsn, autocommit=autocommit,
+                                   connect_timeout=int(self._params.get("connect_timeout", 10)))
+            read_text_as_str(conn)  # SQL_ASCII: txid_status, lock holders … as str, never b'…'
+            return conn
         except psycopg.OperationalError as exc:
             reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "connection refused"
             password = self._params.get("password")

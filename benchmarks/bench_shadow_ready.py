@@ -35,8 +35,6 @@ import os
 
 # testcontainers reads these at import: set them before anything imports it (callers may override them).
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
-os.environ.setdefault("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1")
-os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
 os.environ.setdefault("SHADOW_POSTGRES_IMAGE", "shadow-test/postgres:{major}")
 
 import argparse  # noqa: E402

@@ -25,12 +25,11 @@ from shadow.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Containers here: never pull (there is no registry), no Ryuk reaper image, published ports on 127.0.0.1.
-# testcontainers reads these when it is first imported, which shadow does lazily — so setting them here is early
-# enough. The images are built locally by scripts/build-images.sh.
+# Containers here: never pull (there is no registry), so no Ryuk reaper image. testcontainers reads this when it is
+# first imported, which shadow does lazily — so setting it here is early enough. No TESTCONTAINERS_HOST_OVERRIDE /
+# _CONNECTION_MODE: shadow finds its own route to its containers (adapters.docker.route_to). The images are built
+# locally by scripts/build-images.sh.
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
-os.environ.setdefault("TESTCONTAINERS_HOST_OVERRIDE", "127.0.0.1")
-os.environ.setdefault("TESTCONTAINERS_CONNECTION_MODE", "docker_host")
 os.environ.setdefault("SHADOW_POSTGRES_IMAGE", "shadow-test/postgres:{major}")
 os.environ.setdefault("SHADOW_S3_IMAGE", "shadow-test/moto:latest")
 TEST_IMAGES = {15: "shadow-test/postgres:15", 17: "shadow-test/postgres:17"}

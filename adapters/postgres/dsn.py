@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -65,3 +66,13 @@ def pg_env(dsn: str) -> dict[str, str]:
     names = {"host": "PGHOST", "port": "PGPORT", "user": "PGUSER", "password": "PGPASSWORD",
              "dbname": "PGDATABASE", "sslmode": "PGSSLMODE"}
     return {var: str(params[key]) for key, var in names.items() if params.get(key) is not None}
+
+
+def connect_error(exc: BaseException, password: Any = None) -> str:
+    """Why libpq could not connect, on one line: every line of its message is kept (the OS's or the server's
+    reason — "Connection refused", "password authentication failed" — and libpq's hint), each line's runs of
+    spaces and tabs collapsed, the lines joined with "; ", and the password never quoted."""
+    lines = [" ".join(line.split()) for line in str(exc).splitlines()]
+    text = "; ".join(line for line in lines if line) or type(exc).__name__
+    text = re.sub(r"^connection failed: ", "", text)
+    return text.replace(str(password), "***") if password else text

@@ -90,10 +90,7 @@ class PostgresTarget:
             read_text_as_str(conn)  # SQL_ASCII: txid_status, lock holders … as str, never b'…'
             return conn
         except psycopg.OperationalError as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "connection refused"
-            password = self._params.get("password")
-            if password:
-                reason = reason.replace(str(password), "***")
+            reason = dsnlib.connect_error(exc, self._params.get("password"))
             raise TargetUnreachable(f"cannot connect to {self.describe()}: {reason}", target=self.name) from exc
 
     def secrets(self) -> tuple[str, ...]:
@@ -467,7 +464,7 @@ class PgShadow:
             with psycopg.connect(self.server.dsn(), autocommit=True, connect_timeout=5):
                 return None
         except psycopg.OperationalError as exc:
-            return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            return dsnlib.connect_error(exc)
 
     def connect_pristine(self) -> psycopg.Connection:
         return self._connect(self.server.dsn(self.pristine))
@@ -477,7 +474,7 @@ class PgShadow:
             conn = psycopg.connect(dsn, autocommit=True)
         except psycopg.OperationalError as exc:
             raise InfrastructureError(f"lost the shadow database ({self.backend} backend): "
-                                      f"{str(exc).strip().splitlines()[-1]}", target=self.name) from exc
+                                      f"{dsnlib.connect_error(exc)}", target=self.name) from exc
         read_text_as_str(conn)  # a SQL_ASCII copy's checks and row keys come back as str, as production's do
         return conn
 

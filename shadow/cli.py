@@ -23,7 +23,7 @@ from rich.table import Table
 
 from shadow import run as runmod
 from shadow.errors import EXIT_BAD_INPUT, EXIT_INFRA, ShadowError, cap
-from shadow.report import VERDICT_LINES, summary_line
+from shadow.report import change_summary, summary_line, verdict_line
 from shadow.settings import Settings
 
 PLAN_OPTION = click.option("-f", "--file", "plan_file", default="shadow.yaml", show_default=True,
@@ -113,9 +113,18 @@ def _print_result(ctx: Ctx, result: runmod.RunResult, as_json: bool) -> None:
         ctx.out.print(f"run {result.run_id} · report: {escape(result.report_dir)}/report.md")
         return
     ctx.out.print(_summary_table(model))
-    ctx.out.print(f"[bold {colour}]{escape(VERDICT_LINES.get(result.outcome, result.outcome))}[/]")
+    ctx.out.print(f"[bold {colour}]{escape(verdict_line(model))}[/]")
     if result.reason:
         ctx.out.print(escape(result.reason))
+    if result.outcome == "refused":  # drift: what production did meanwhile, as change addresses
+        for t in model["targets"]:
+            changed = t.get("production_changes") or []
+            if changed:
+                ctx.out.print(f"  production {escape(t['name'])} changed:")
+            for c in changed[:20]:
+                ctx.out.print(f"    [red]~[/] {escape(change_summary(c))}")
+            if len(changed) > 20:
+                ctx.out.print(f"    … and {len(changed) - 20} more (see the report)")
     for v in result.verdicts:
         if not v.ok:
             where = f"{v.target}: " if v.target else ""
@@ -280,10 +289,18 @@ def runs_cmd(ctx: Ctx, limit: int, as_json: bool) -> None:
         return
     from rich.table import Table
 
-    table = Table("run", "started (UTC)", "command", "outcome", "plan", box=None)
-    for r in rows:
-        table.add_row(r["id"], r["started_at"], r["command"], r["outcome"] or "running?", r["plan"])
-    ctx.out.print(table)
+    # A run id is what `shadow rollback` and `shadow show` take: it is never cut, whatever the width (nor are
+    # time, command and outcome); only the plan's path is folded onto more lines when the line is too narrow.
+    cells = [(r["id"], r["started_at"], r["command"], r["outcome"] or "running?", r["plan"]) for r in rows]
+    heads = ("run", "started (UTC)", "command", "outcome", "plan")
+    table = Table(box=None)
+    widths = [max(len(head), *(len(row[i]) for row in cells)) for i, head in enumerate(heads[:4])]
+    for head, width in zip(heads, widths, strict=False):
+        table.add_column(head, no_wrap=True, min_width=width)
+    table.add_column("plan", overflow="fold", min_width=20)
+    for row in cells:
+        table.add_row(*row)
+    ctx.out.print(table, width=max(ctx.out.width, sum(widths) + 20 + 2 * 5))
 
 
 @cli.command("audit")

@@ -130,9 +130,75 @@ VERDICT_LINES = {
 }
 
 
+def verdict_line(m: dict[str, Any]) -> str:
+    """The headline of a run: the outcome's word and what happened to production, as this run's facts say."""
+    outcome = m["outcome"]
+    if outcome == "refused" and m.get("command") == "rollback":
+        return "REFUSED — nothing was restored; production was left as it is"
+    if outcome == "rolled_back":
+        restores = [t.get("restore") or {} for t in m.get("targets") or []]
+        if restores and all(r.get("transaction") == "rolled back" for r in restores):
+            if all(r.get("verified") for r in restores):
+                return "ROLLED BACK — the transaction was rolled back; production was never changed"
+            return ("ROLLED BACK — the transaction was rolled back; shadow never changed production, but other "
+                    "sessions wrote to it meanwhile")
+        if restores and not any(r.get("needed", True) for r in restores):
+            return "ROLLED BACK — production still equals the checkpoint (verified); nothing needed restoring"
+    return VERDICT_LINES.get(outcome, outcome)
+
+
 def summary_line(m: dict[str, Any]) -> str:
-    head = VERDICT_LINES.get(m["outcome"], m["outcome"]).split(" — ")[0]
+    head = verdict_line(m).split(" — ")[0]
     return f"{head}: {m['reason']}" if m.get("reason") else head
+
+
+# Catalog codes, as words: pg_trigger.tgenabled, pg_rewrite.ev_enabled, pg_event_trigger.evtenabled
+# (https://www.postgresql.org/docs/current/catalog-pg-trigger.html).
+ENABLED_WORDS = {"O": "enabled", "D": "disabled", "R": "enabled on replicas only", "A": "always enabled"}
+CODED_KINDS = ("trigger", "rule", "event_trigger")
+DIFF_LINES = 40  # a definition's unified diff is cut after this many lines (whole lines only)
+DIFF_LINE_CHARS = 300
+
+
+def property_value(kind: str, key: str, value: Any) -> Any:
+    """A property's value as a reader reads it: catalog codes as words."""
+    if key == "enabled" and kind in CODED_KINDS and isinstance(value, str):
+        return ENABLED_WORDS.get(value, value)
+    return value
+
+
+def is_text_block(before: Any, after: Any) -> bool:
+    """Whether a changed property is a text (a definition) better shown as a diff than as before → after."""
+    texts = [v for v in (before, after) if isinstance(v, str)]
+    return bool(texts) and all(isinstance(v, (str, type(None))) for v in (before, after)) and any(
+        "\n" in v or len(v) > 60 for v in texts)
+
+
+def definition_diff(before: Any, after: Any, limit: int = DIFF_LINES) -> list[str]:
+    """A unified diff of two texts (no file headers), cut after ``limit`` whole lines with a count of the rest."""
+    import difflib
+
+    lines = list(difflib.unified_diff(str(before or "").splitlines(), str(after or "").splitlines(),
+                                      lineterm="", n=2))[2:]
+    lines = [line if len(line) <= DIFF_LINE_CHARS else line[: DIFF_LINE_CHARS - 1] + "…" for line in lines]
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"… {len(lines) - limit} more lines of the diff (report.json has both texts)"]
+    return lines
+
+
+def change_summary(c: dict[str, Any]) -> str:
+    """A change on one line of plain text: its address, what it amounts to, and how many changes it implies."""
+    detail = c.get("detail") or {}
+    text = c["address"]
+    if "count" in detail:
+        text += f" — {detail['count']:,} row{'s' if detail['count'] != 1 else ''}"
+    elif "rows_before" in detail:
+        text += f" — content changed (rows: {detail['rows_before']:,} → {detail['rows_after']:,})"
+    elif c["op"] == "alter":
+        keys = [k for k, v in detail.items() if isinstance(v, dict)]
+        text += f" — {', '.join(keys)}" if keys else ""
+    implied = _implied_count(c)
+    return text + (f" (+{implied} implied)" if implied else "")
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -255,7 +321,7 @@ def _size(lines: list[str]) -> int:
 
 def _markdown_blocks(m: dict[str, Any]) -> list[Block]:
     out = [f"# shadow {m['command']} — run `{m['run_id']}`", ""]
-    out.append(f"**{VERDICT_LINES.get(m['outcome'], m['outcome'])}**")
+    out.append(f"**{verdict_line(m)}**")
     if m.get("reason"):
         out += ["", _text(m["reason"], 2000)]
     out += ["", f"- plan: `{_short(m['plan'], 300)}`", f"- action: {_text(m['action']['description'], 300)}"]
@@ -309,7 +375,8 @@ def _finding_row(f: dict[str, Any]) -> str:
 
 
 def _step_row(s: dict[str, Any]) -> str:
-    return f"| {_cell(s['step'])} | {_cell(s.get('target') or '')} | {s['seconds']:.2f} | {_cell(s['state'])} |"
+    state = f"❌ found: {s['problem']}" if s.get("problem") else s["state"]
+    return f"| {_cell(s['step'])} | {_cell(s.get('target') or '')} | {s['seconds']:.2f} | {_cell(state)} |"
 
 
 def _target_blocks(t: dict[str, Any]) -> list[Block]:
@@ -376,6 +443,7 @@ def _implied_count(c: dict[str, Any]) -> int:
 def _change_line(c: dict[str, Any], depth: int) -> str:
     detail = c.get("detail") or {}
     extra = ""
+    blocks: list[str] = []
     if detail.get("content_diff"):
         extra = " — " + "; ".join(str(x) for x in detail["content_diff"][:3])
     elif "count" in detail:
@@ -388,12 +456,29 @@ def _change_line(c: dict[str, Any], depth: int) -> str:
                                       for col, b, a in cells[:3]) + ")"
         if detail.get("compared_as"):
             extra += f" ({detail['compared_as']})"
+    elif "rows_before" in detail:
+        extra = f" — content changed (rows: {detail['rows_before']:,} → {detail['rows_after']:,}; not counted one by one)"
     elif c["op"] == "alter":
-        extra = " — " + "; ".join(
-            f"{k}: `{_short(v.get('from'))}` → `{_short(v.get('to'))}`" for k, v in detail.items()
-            if isinstance(v, dict)
-        )
-    return f"{'  ' * depth}- `{_short(c['address'], 300)}`{_text(extra, 500)}"
+        props = {k: v for k, v in detail.items() if isinstance(v, dict)}
+        inline = []
+        for k, v in props.items():
+            if is_text_block(v.get("from"), v.get("to")):
+                inline.append(f"{k} changed:")
+                blocks.append(_diff_block(definition_diff(v.get("from"), v.get("to")), "  " * (depth + 1)))
+            else:
+                label = "state" if k == "enabled" and c["kind"] in CODED_KINDS else k
+                was, now = (property_value(c["kind"], k, v.get(side)) for side in ("from", "to"))
+                inline.append(f"{label}: `{_short(was)}` → `{_short(now)}`")
+        extra = " — " + "; ".join(inline)
+    line = f"{'  ' * depth}- `{_short(c['address'], 300)}`{_text(extra, 500)}"
+    return "\n".join([line, *blocks])
+
+
+def _diff_block(lines: list[str], indent: str) -> str:
+    """A fenced ```diff block inside a list item: longer fences than any backtick run in the text."""
+    longest = max((len(run) for line in lines for run in re.findall(r"`+", line)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return "\n".join([f"{indent}{fence}diff", *(indent + line for line in lines), f"{indent}{fence}"])
 
 
 def changed_cells(sample: dict[str, Any] | None) -> list[tuple[str, Any, Any]]:

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from html import escape
 from typing import Any
 
-from shadow.report import VERDICT_LINES, changed_cells
+from shadow.report import (CODED_KINDS, changed_cells, definition_diff, is_text_block, property_value,
+                           verdict_line)
 
 MAX_CHANGES = 2_000  # changes shown per list (implied ones included)
 MAX_ROWS = 1_000  # rows shown per table (expectations, findings, lock trace, steps, divergence)
@@ -70,8 +71,7 @@ footer { margin-top: 36px; color: var(--muted); font-size: 12px; }
 
 def render_html(m: dict[str, Any]) -> str:
     """One self-contained HTML5 page (str)."""
-    verdict = VERDICT_LINES.get(m["outcome"], m["outcome"])
-    word = verdict.split(" — ")[0]
+    word = verdict_line(m).split(" — ")[0]
     title = f"{word} · shadow {m.get('command') or ''} · run {m['run_id']}"
     body = [_verdict(m), "<main>", *_summary(m), *_targets_table(m)]
     body += _section("expectations", "Expectations", _expectations(m.get("expectations") or []))
@@ -114,8 +114,7 @@ def _tone(m: dict[str, Any]) -> str:
 
 
 def _verdict(m: dict[str, Any]) -> str:
-    line = VERDICT_LINES.get(m["outcome"], m["outcome"])
-    word, _, rest = line.partition(" — ")
+    word, _, rest = verdict_line(m).partition(" — ")
     parts = [f'<header id="verdict" class="verdict {_tone(m)}" role="status" data-outcome="{_e(m["outcome"])}">',
              f'<div class="run">shadow {_e(m.get("command") or "")}<br>run <span class="mono">{_e(m["run_id"])}</span>'
              f"<br>exit code {_e(m.get('exit_code'))}</div>",
@@ -282,7 +281,15 @@ def _change(c: dict[str, Any], budget: list[int]) -> str:
     elif detail.get("content_diff"):
         parts.append(_content_diff(detail["content_diff"]))
     elif c["op"] == "alter":
-        parts.append(_before_after({k: v for k, v in detail.items() if isinstance(v, dict)}))
+        props = {k: v for k, v in detail.items() if isinstance(v, dict)}
+        texts = {k: v for k, v in props.items() if is_text_block(v.get("from"), v.get("to"))}
+        words = {("state" if k == "enabled" and c["kind"] in CODED_KINDS else k):
+                 {side: property_value(c["kind"], k, v.get(side)) for side in ("from", "to")}
+                 for k, v in props.items() if k not in texts}
+        parts.append(_before_after(words))
+        for k, v in texts.items():  # a definition: its unified diff, the changed lines highlighted
+            parts.append(f'<div class="muted">{_e(k)} changed:</div>'
+                         + _content_diff(definition_diff(v.get("from"), v.get("to")), headers=False))
     elif detail:
         props = {k: {"from": v, "to": None} if c["op"] in ("drop", "delete") else {"from": None, "to": v}
                  for k, v in detail.items()}
@@ -365,11 +372,13 @@ def _sample_table(samples: list[dict[str, Any]], count: int) -> str:
         _table(head, rows) + "</div>"
 
 
-def _content_diff(lines: list[Any]) -> str:
+def _content_diff(lines: list[Any], headers: bool = True) -> str:
+    """A unified diff with its added and removed lines highlighted; ``headers``: it may have ---/+++ lines (a
+    definition's diff has none, and its removed SQL comment ``-- x`` is a removed line)."""
     out = []
     for line in lines:
         text = str(line)
-        cls = ("hunk" if text.startswith(("@@", "---", "+++")) else "add" if text.startswith("+")
+        cls = ("hunk" if text.startswith(("@@", "---", "+++") if headers else "@@") else "add" if text.startswith("+")
                else "del" if text.startswith("-") else "")
         out.append(f'<span class="{cls}">{_e(text) or " "}</span>')
     return f'<pre class="diff">{"".join(out)}</pre>'
@@ -403,7 +412,8 @@ def _steps(steps: list[dict[str, Any]]) -> list[str]:
     for s in shown:
         seconds = float(s.get("seconds") or 0)
         width = max(1, round(240 * seconds / longest))
-        state = f'<span class="{"pass" if s["state"] == "done" else "fail"}">{_e(s["state"])}</span>'
+        text = f'found: {s["problem"]}' if s.get("problem") else s["state"]
+        state = f'<span class="{"pass" if s["state"] == "done" else "fail"}">{_e(text)}</span>'
         rows.append(f'<tr><td>{_e(s["step"])}</td><td>{_e(s.get("target") or "")}</td>'
                     f'<td class="num">{seconds:.2f}</td><td><span class="bar" style="width: {width}px"></span></td>'
                     f"<td>{state}</td></tr>")

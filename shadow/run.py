@@ -23,7 +23,7 @@ from typing import Any
 from adapters import REGISTRY, Checkpoint, Endpoint, ShadowCopy, Target
 from shadow import report
 from shadow.action import ActionResult, Launch, run_action, session_tag
-from shadow.changes import Change, differences
+from shadow.changes import Change
 from shadow.errors import (ActionFailed, BadInput, InfrastructureError, RestoreFailed, ShadowError, SnapshotCorrupt,
                            SqlError, TargetUnreachable)
 from shadow.guard import (FaultPoints, Liveness, RunRecord, holder_text, lock_targets, refuse_if_unrecovered,
@@ -117,6 +117,16 @@ def choose_backend(policy: str, settings: Settings) -> tuple[str, str]:
     return "local", f"auto: {why}; using the local PostgreSQL binaries"
 
 
+class Step:
+    """One running step of a run; :meth:`found` marks it as having found a problem (it still ran to its end)."""
+
+    def __init__(self) -> None:
+        self.problem: str | None = None
+
+    def found(self, problem: str) -> None:
+        self.problem = problem
+
+
 class _Session:
     """Shared plumbing of one run: journal, store, report dir, step timing."""
 
@@ -183,25 +193,33 @@ class _Session:
         self.faults.reached(f"phase {name}")
 
     @contextmanager
-    def step(self, name: str, target: str | None = None, undo: str | None = None) -> Iterator[None]:
-        """Time a step; journal it first when it touches production (``undo`` given)."""
+    def step(self, name: str, target: str | None = None, undo: str | None = None) -> Iterator[Step]:
+        """Time a step; journal it first when it touches production (``undo`` given).
+
+        A step that ran to its end but found a problem (drift, divergence, a failed action) says so with
+        :meth:`Step.found`: it is shown as such (✗ and what it found), never as done."""
         label = f"{name} {target}" if target else name
         self.progress("start", label)
         seq = self.journal.begin_step(self.result.run_id, name, target, undo) if undo else None
         self.faults.reached(f"begin {label}")
         start = time.monotonic()
         state = "failed"
+        handle = Step()
         try:
-            yield
-            state = "done"
+            yield handle
+            state = "done" if handle.problem is None else "problem"
         finally:
             seconds = time.monotonic() - start
-            self.result.steps.append({"step": name, "target": target, "seconds": round(seconds, 3), "state": state})
-            if seq is not None:
-                self.journal.end_step(self.result.run_id, seq, state)
-            if state == "done":
+            entry: dict[str, Any] = {"step": name, "target": target, "seconds": round(seconds, 3), "state": state}
+            if handle.problem is not None:
+                entry["problem"] = handle.problem
+            self.result.steps.append(entry)
+            if seq is not None:  # the journal records whether the step ran to its end (what undoes it is known)
+                self.journal.end_step(self.result.run_id, seq, "failed" if state == "failed" else "done")
+            if state != "failed":
                 self.faults.reached(f"end {label}")
-            self.progress("done" if state == "done" else "failed", f"{label} ({seconds:.1f} s)")
+            found = f": {handle.problem}" if handle.problem else ""
+            self.progress("done" if state == "done" else "failed", f"{label} ({seconds:.1f} s){found}")
 
     def finish(self) -> None:
         self.result.finished_at = time.time()
@@ -288,7 +306,8 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
             session.begin(targets, str(loaded.path), loaded.sha256)
             progress("info", f"run {result.run_id}: {backend} backend ({why})")
             checkpoints = _checkpoint_all(session, targets)
-            if approval is not None and _drifted_since_approval(session, targets, checkpoints, approval):
+            if approval is not None and _drifted_since_approval(session, targets, checkpoints, approval, stack,
+                                                                backend, loaded.policy.limits):
                 return result
             shadows: dict[str, ShadowCopy] = {}
             for name, t in targets.items():
@@ -337,13 +356,15 @@ def _rehearse_rollback(session: _Session, shadows: dict[str, ShadowCopy]) -> Non
             result.targets[name].warnings.append(f"the rollback is unrehearsed: {result.targets[name].kind} "
                                                  "shadows cannot rehearse it yet")
             continue
-        with session.step("rehearse rollback", name):
+        with session.step("rehearse rollback", name) as step:
             try:
                 problems = undo()
             except ShadowError as exc:
                 problems = [str(exc)]
             except Exception as exc:  # noqa: BLE001 - a failed undo is a verdict on the plan, not a crash
                 problems = [f"{type(exc).__name__}: {exc}"]
+            if problems:
+                step.found("the undo did not bring the shadow back to the checkpoint")
         result.verdicts.append(Verdict(
             name, "rollback", "the undo restores the checkpoint", not problems,
             "restored the shadow from the checkpoint after the rehearsal: it observes equal to the checkpoint"
@@ -392,16 +413,24 @@ def _binding_changes(approved: dict[str, Any], now: dict[str, Any]) -> list[str]
 
 
 def _drifted_since_approval(session: _Session, targets: dict[str, Target], checkpoints: dict[str, Checkpoint],
-                            approval: dict[str, Any]) -> bool:
+                            approval: dict[str, Any], stack: ExitStack, backend: str, limits: Any) -> bool:
+    """Whether production changed since the approved rehearsal's checkpoint; what changed is counted against a
+    copy of that checkpoint — the same change-set code as the plain apply's drift check."""
     result = session.result
     drifted = [n for n, cp in checkpoints.items() if approval["binding"]["checkpoints"].get(n) != cp.fingerprint]
     for name in drifted:
-        approved_cp = Checkpoint.from_dict(session.store.read_manifest(approval["run_id"], name))
-        result.targets[name].production_changes = targets[name].changes_since(approved_cp, None)
+        with session.step("drift check", name) as step:
+            step.found(f"production changed since run {approval['run_id']} was approved")
+            approved_cp = Checkpoint.from_dict(session.store.read_manifest(approval["run_id"], name))
+            copy = stack.enter_context(targets[name].shadow(approved_cp, session.store, result.run_id, backend,
+                                                            limits))
+            result.targets[name].production_changes = targets[name].changes_since(approved_cp, copy)
     if drifted:
+        changed = [c for n in drifted for c in result.targets[n].production_changes or []]
         result.outcome = "refused"
         result.reason = (f"production {', '.join(drifted)} changed since run {approval['run_id']} was rehearsed and "
-                         "approved (drift); nothing was applied — rehearse and approve again")
+                         f"approved (drift); what changed: {addresses(changed)}; nothing was applied — rehearse and "
+                         "approve again")
     return bool(drifted)
 
 
@@ -522,12 +551,13 @@ def _fidelity(result: RunResult, name: str, shadow: Any, checkpoint: Checkpoint)
 def _rehearse(session: _Session, plan_: Plan, statements: list[Statement], targets: dict[str, Target],
               shadows: dict[str, ShadowCopy], endpoints: dict[str, Endpoint], sandbox: Any) -> None:
     result = session.result
-    with session.step("rehearse"):
+    with session.step("rehearse") as step:
+        start = time.monotonic()
         try:
             result.rehearsal = run_action(plan_, statements, endpoints, targets, session.settings.environ,
                                           session.dir / "action-rehearsal.log", session.launch(), sandbox)
         except SqlError as exc:
-            result.rehearsal = ActionResult(False, 0.0, "sql", str(exc))
+            result.rehearsal = ActionResult(False, time.monotonic() - start, "sql", str(exc))
             result.verdicts.append(Verdict(plan_.action.sql_target or "", "action", "rehearsal", False, str(exc)))
             result.outcome = "error"
             result.reason = str(exc)
@@ -537,13 +567,14 @@ def _rehearse(session: _Session, plan_: Plan, statements: list[Statement], targe
             raise
         if not result.rehearsal.ok:
             _raise_if_a_shadow_died(result, shadows)
-    for step in result.rehearsal.locks or []:
-        for lock in step["locks"]:
+            step.found("the action failed on the shadow")
+    for traced in result.rehearsal.locks or []:
+        for lock in traced["locks"]:
             limit = plan_.policy.max_lock.get(lock["mode"])
             if limit is not None and lock["seconds"] > limit:
                 result.verdicts.append(Verdict(
                     plan_.action.sql_target or "", "max_lock", f"{lock['mode']} on {lock['relation']}", False,
-                    f"held {lock['seconds']:.2f} s from {step['statement']} ({step['text'][:60]}), "
+                    f"held {lock['seconds']:.2f} s from {traced['statement']} ({traced['text'][:60]}), "
                     f"policy.max_lock allows {limit:g} s"))
     if not result.rehearsal.ok:
         result.verdicts.append(Verdict("", "action", "rehearsal", False,
@@ -572,12 +603,14 @@ def _apply(session: _Session, plan_: Plan, statements: list[Statement], targets:
     result = session.result
     # Drift: refuse if anyone wrote to production since the checkpoint the rehearsal ran on.
     for name, t in targets.items():
-        with session.step("drift check", name):
+        with session.step("drift check", name) as step:
             if t.fingerprint() != checkpoints[name].fingerprint:
-                result.targets[name].production_changes = t.changes_since(checkpoints[name], shadows[name])
+                step.found("production changed since the checkpoint")
+                changed = t.changes_since(checkpoints[name], shadows[name])
+                result.targets[name].production_changes = changed
                 result.outcome = "refused"
-                result.reason = (f"production {name!r} changed since the checkpoint (drift); nothing was applied — "
-                                 "run shadow again to rehearse against the current state")
+                result.reason = (f"production {name!r} changed since the checkpoint (drift); what changed: "
+                                 f"{addresses(changed)}; nothing was applied — run shadow again to rehearse against the current state")
                 return
     endpoints = {n: t.endpoint() for n, t in targets.items()}
     undo = f"restore every target from the checkpoints of run {result.run_id} (shadow rollback {result.run_id})"
@@ -592,13 +625,16 @@ def _apply(session: _Session, plan_: Plan, statements: list[Statement], targets:
             if result.outcome == "rolled_back":
                 return
         else:
-            with session.step("apply", undo=undo):
+            with session.step("apply", undo=undo) as step:
+                start = time.monotonic()
                 try:
                     result.production = run_action(plan_, statements, endpoints, targets, session.settings.environ,
                                                    session.dir / "action-apply.log", session.launch(), sandbox,
                                                    production=True)
                 except SqlError as exc:
-                    result.production = ActionResult(False, 0.0, "sql", str(exc))
+                    result.production = ActionResult(False, time.monotonic() - start, "sql", str(exc))
+                if not result.production.ok:
+                    step.found("the action failed on production")
             if blocker is not None:
                 result.production.mode += (f" — {blocker.where} cannot run in a transaction "
                                            f"({' '.join(blocker.text.split()[:4])} …), so a failure is undone by "
@@ -607,11 +643,13 @@ def _apply(session: _Session, plan_: Plan, statements: list[Statement], targets:
                 _roll_back(session, targets, checkpoints, f"the action failed on production: {result.production.error}")
                 return
             for name, t in targets.items():
-                with session.step("verify", name):
+                with session.step("verify", name) as step:
                     prod_changes = t.changes_since(checkpoints[name], shadows[name])
                     result.targets[name].production_changes = prod_changes
-                    result.divergence += [f"{name}: {d}" for d in
-                                          compare_change_sets(result.targets[name].changes, prod_changes)]
+                    diverged = compare_change_sets(result.targets[name].changes, prod_changes)
+                    result.divergence += [f"{name}: {d}" for d in diverged]
+                    if diverged:
+                        step.found("production did not change the way the shadow did")
             if result.divergence:
                 _roll_back(session, targets, checkpoints, "production did not change the way the shadow did")
                 return
@@ -632,7 +670,10 @@ def _apply(session: _Session, plan_: Plan, statements: list[Statement], targets:
         session.store.write_manifest(result.run_id, name, manifest)
     session.phase("applied")
     result.outcome = "applied"
-    result.reason = "applied to production; production changed exactly as rehearsed"
+    how = ("in one transaction, committed after production was verified inside it"
+           if result.production and result.production.mode.startswith("one transaction")
+           else "production verified against the rehearsal after the action")
+    result.reason = f"{how}; undo with `shadow rollback {result.run_id}`"
 
 
 def _apply_in_one_transaction(session: _Session, plan_: Plan, statements: list[Statement], t: Target,
@@ -643,7 +684,7 @@ def _apply_in_one_transaction(session: _Session, plan_: Plan, statements: list[S
     tr = result.targets[t.name]
     start = time.monotonic()
     problems: list[str] | None = None
-    with session.step("apply", t.name, undo="none: one transaction, committed only after verification"):
+    with session.step("apply", t.name, undo="none: one transaction, committed only after verification") as step:
         try:
             problems, tr.production_changes = t.apply_sql_verified(  # type: ignore[attr-defined]
                 statements, plan_.action.timeout, checkpoint, shadow,
@@ -657,6 +698,10 @@ def _apply_in_one_transaction(session: _Session, plan_: Plan, statements: list[S
             if t.fingerprint() != checkpoint.fingerprint:
                 raise  # the connection may have dropped after COMMIT reached production: restore the checkpoint
             result.production = ActionResult(False, time.monotonic() - start, "one transaction", str(exc))
+        if problems:
+            step.found("production diverged from the rehearsal inside the transaction; rolled back")
+        elif not result.production.ok:
+            step.found("the action failed on production; the transaction was rolled back")
     if problems:
         result.divergence += [f"{t.name}: {d}" for d in problems]
     if problems or not result.production.ok:
@@ -666,10 +711,11 @@ def _apply_in_one_transaction(session: _Session, plan_: Plan, statements: list[S
         # now, other sessions committed meanwhile, and restoring would delete their writes.
         result.outcome = "rolled_back"
         if t.fingerprint() == checkpoint.fingerprint:
-            tr.restore = {"needed": False, "verified": True, "note": "the transaction was rolled back"}
+            tr.restore = {"needed": False, "verified": True, "note": "the transaction was rolled back",
+                          "transaction": "rolled back"}
             result.reason = f"{cause}; the transaction was rolled back — production was never changed"
         else:
-            tr.restore = {"needed": False, "verified": False,
+            tr.restore = {"needed": False, "verified": False, "transaction": "rolled back",
                           "note": "production differs from the checkpoint because other sessions wrote to it "
                                   "meanwhile; shadow rolled its own transaction back and did not touch their writes"}
             result.reason = (f"{cause}; the transaction was rolled back — shadow changed nothing, but OTHER "
@@ -686,7 +732,10 @@ def _roll_back(session: _Session, targets: dict[str, Target], checkpoints: dict[
         result.reason = f"{reason}; ROLLBACK FAILED: " + " | ".join(str(f) for f in failures)
         raise failures[0]
     result.outcome = "rolled_back"
-    result.reason = reason + "; production was restored to the checkpoint and verified"
+    if any((tr.restore or {}).get("needed") for tr in result.targets.values()):
+        result.reason = reason + "; production was restored to the checkpoint and verified"
+    else:
+        result.reason = reason + "; production still equals the checkpoint (verified), nothing needed restoring"
 
 
 def _restore_all(session: _Session, targets: dict[str, Target], checkpoints: dict[str, Checkpoint]) -> list[RestoreFailed]:
@@ -711,8 +760,10 @@ def restore_target(session: _Session, t: Target, cp: Checkpoint) -> None:
             return
         with session.step("restore", t.name, undo=f"production {t.name!r} must equal checkpoint of run {cp.run_id}"):
             t.restore(cp, session.store)
-        with session.step("verify restore", t.name):
+        with session.step("verify restore", t.name) as step:
             problems = t.verify_restored(cp)
+            if problems:
+                step.found("production does not observe equal to the checkpoint")
     except SnapshotCorrupt as exc:
         tr.restore = {"needed": True, "verified": False, "error": str(exc), "untouched": True}
         raise RestoreFailed(f"refused to restore production from a damaged checkpoint: {exc}; production was left as "
@@ -745,6 +796,10 @@ def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Pat
         if not force:
             raise BadInput(f"run {run_id} was not applied (it was a `{original.command}`, outcome "
                            f"{original.outcome}); nothing to roll back (use --force to restore its checkpoint anyway)")
+    earlier = None if force else _rolled_back_by(settings, run_id)
+    if earlier is not None:
+        raise BadInput(f"run {run_id} was already rolled back by run {earlier} (production was restored to its "
+                       "checkpoint and verified then); nothing to do (use --force to restore it again)")
     loaded = load_plan(Path(plan_file or original.plan_path), settings.environ)
     targets = _targets(loaded, settings, progress)
     result = RunResult(new_run_id(), "rollback", str(loaded.path), time.time(), of_run=run_id,
@@ -769,17 +824,18 @@ def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Pat
             manifests = {n: session.store.read_manifest(run_id, n) for n in targets}
             for name, t in targets.items():
                 after = manifests[name].get("after_apply")
-                with session.step("drift check", name):
-                    now = t.observe()
-                if after and t.fingerprint(now) != after["fingerprint"] and not force:
-                    diffs = differences({"objects": after["observation"]["objects"],
-                                         "data": after["observation"]["data"]},
-                                        {"objects": now["objects"], "data": now["data"]})
-                    result.outcome = "refused"
-                    result.reason = (f"production {name!r} changed since run {run_id} was applied; restoring would "
-                                     f"lose those writes ({'; '.join(diffs[:3])}). Use --force to restore anyway.")
-                    result.divergence = diffs
-                    return result
+                with session.step("drift check", name) as step:
+                    if not after or force or t.fingerprint() == after["fingerprint"]:
+                        continue
+                    step.found(f"production changed since run {run_id} was applied")
+                    # Production as the apply left it, compared by the same change-set code as every other check.
+                    applied = Checkpoint(name, t.kind, run_id, after["observation"], after["fingerprint"])
+                    changes = t.changes_since(applied, None)
+                result.targets[name].production_changes = changes
+                result.outcome = "refused"
+                result.reason = (f"production {name!r} changed since run {run_id} was applied; restoring would "
+                                 f"lose those writes ({addresses(changes)}). Use --force to restore anyway.")
+                return result
             session.phase("restoring")
             failures = _restore_all(session, targets, checkpoints)
             if failures:
@@ -795,6 +851,31 @@ def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Pat
             result.outcome = "restored"
             result.reason = f"production restored to the checkpoint of run {run_id} and verified"
     return result
+
+
+def _rolled_back_by(settings: Settings, run_id: str) -> str | None:
+    """The latest rollback run that restored ``run_id``'s checkpoint, if any."""
+    done = []
+    journal = Journal(settings.journal_path)
+    try:
+        for path in settings.runs_dir.glob("*/run.json"):
+            try:
+                record = RunRecord.load(path)
+                if record.command == "rollback" and record.of_run == run_id:
+                    row = journal.run(record.run_id)
+                    if row.outcome == "restored":
+                        done.append((row.started_at, record.run_id))
+            except (OSError, ValueError, TypeError, ShadowError):
+                continue  # an unreadable record is not a rollback we can vouch for
+    finally:
+        journal.close()
+    return max(done)[1] if done else None
+
+
+def addresses(changes: list[Change], limit: int = 3) -> str:
+    """The first ``limit`` top-level change addresses, and how many more there are."""
+    shown = "; ".join(c.address for c in changes[:limit])
+    return shown + (f"; and {len(changes) - limit} more" if len(changes) > limit else "") or "no change observed"
 
 
 def recover(settings: Settings | None = None, progress: Progress = _quiet,

@@ -1,0 +1,230 @@
+"""What a user reads (issue 13, items 6–10 and 12–14): verdict lines, refusals in change addresses, steps that
+found a problem, `shadow runs`, connection errors, definition diffs and wording — through the real CLI against a
+real PostgreSQL production."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from tests.conftest import ProdDb, write_plan
+
+SAFE_PLAN = """
+targets: {app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}}
+action: {sql: migrate.sql}
+expect: {app: {must: ["add column public.users.nickname"]}}
+"""
+SAFE_SQL = "ALTER TABLE users ADD COLUMN nickname text;\n"
+
+
+def _env(db: ProdDb) -> dict[str, str]:
+    return {"APP_DATABASE_URL": db.dsn}
+
+
+def _run_id(out: str) -> str:
+    return out.split("run ")[-1].split()[0]
+
+
+def _report(shadow_cli, run_id: str) -> dict:  # type: ignore[no-untyped-def]
+    return json.loads((shadow_cli.state_dir / "runs" / run_id / "report.json").read_text())
+
+
+def _steps(report: dict) -> dict[str, dict]:
+    return {f"{s['step']} {s['target'] or ''}".strip(): s for s in report["steps"]}
+
+
+# -- item 6: drift after approval --------------------------------------------------------------------------------
+def test_drift_after_approval_is_reported_in_the_plain_applys_addresses_and_printed(prod_db, shadow_cli, tmp_path):
+    write_plan(tmp_path, SAFE_PLAN.replace("expect:", "policy: {approval: required}\nexpect:"),
+               {"migrate.sql": SAFE_SQL})
+    planned = shadow_cli("plan", "--json", env=_env(prod_db))
+    run_id = json.loads(planned.out)["run_id"]
+    assert shadow_cli("approve", run_id, "--by", "alice", env=_env(prod_db)).code == 0
+    prod_db.execute("INSERT INTO users (email, full_name) VALUES ('late@example.com', 'Late Writer')")
+
+    r = shadow_cli("apply", "--run", run_id, env=_env(prod_db))
+    assert r.code == 1, r.text
+    # One inserted row, counted: not `alter sequence … last_value` and an uncounted `update rows`.
+    assert "production app changed:" in r.out
+    assert "insert rows public.users — 1 row (+1 implied)" in r.out
+    report = _report(shadow_cli, _run_id(r.out))
+    changed = report["targets"][0]["production_changes"]
+    assert [c["address"] for c in changed] == ["insert rows public.users"]
+    assert changed[0]["detail"]["count"] == 1
+    assert [c["address"] for c in changed[0]["implied"]] == ["alter sequence public.users_id_seq"]
+    assert _steps(report)["drift check app"]["state"] == "problem"
+    assert not _column_exists(prod_db)
+
+
+def _column_exists(db: ProdDb) -> bool:
+    return bool(db.scalar("SELECT count(*) FROM information_schema.columns WHERE table_name = 'users' "
+                          "AND column_name = 'nickname'"))
+
+
+# -- item 7 (+ 14): rollback refusals ----------------------------------------------------------------------------
+def test_rollback_refusal_speaks_in_change_addresses_not_diff_internals(prod_db, shadow_cli, tmp_path):
+    write_plan(tmp_path, SAFE_PLAN, {"migrate.sql": SAFE_SQL})
+    applied = shadow_cli("apply", env=_env(prod_db))
+    assert applied.code == 0, applied.text
+    prod_db.execute("CREATE INDEX users_late_idx ON users (full_name); "
+                    "INSERT INTO audit_log VALUES (now(), 'a write after the apply')")
+
+    r = shadow_cli("rollback", _run_id(applied.out), env=_env(prod_db))
+    assert r.code == 1, r.text
+    assert "root[" not in r.text and "dictionary item" not in r.text
+    assert "add index public.users_late_idx" in r.out
+    assert "update rows public.audit_log — content changed (rows: 2 → 3)" in r.out
+    # Item 14: a rollback refusal does not talk about applying.
+    assert "REFUSED — nothing was restored; production was left as it is" in r.out
+    assert "nothing was applied" not in r.out
+    md = (shadow_cli.state_dir / "runs" / _run_id(r.out) / "report.md").read_text()
+    assert "root[" not in md and "`add index public.users_late_idx`" in md
+    assert _column_exists(prod_db)
+
+
+def test_rollback_of_a_run_already_rolled_back_says_so_in_one_line(prod_db, shadow_cli, tmp_path):
+    write_plan(tmp_path, SAFE_PLAN, {"migrate.sql": SAFE_SQL})
+    applied = shadow_cli("apply", env=_env(prod_db))
+    run_id = _run_id(applied.out)
+    first = shadow_cli("rollback", run_id, env=_env(prod_db))
+    assert first.code == 0, first.text
+    again = shadow_cli("rollback", run_id, env=_env(prod_db))
+    assert again.code == 2, again.text
+    lines = again.err.strip().splitlines()
+    assert len(lines) == 1, again.err
+    assert f"run {run_id} was already rolled back by run {_run_id(first.out)}" in lines[0]
+    assert again.out == ""
+
+
+# -- item 8: the headline of a failed one-transaction apply ----------------------------------------------------
+def test_failed_one_transaction_apply_headline_says_production_was_never_changed(prod_db, shadow_cli, tmp_path):
+    write_plan(tmp_path, SAFE_PLAN, {"migrate.sql": SAFE_SQL + f"""
+DO $$ BEGIN
+  IF current_setting('port')::int = {prod_db.server.port} THEN RAISE EXCEPTION 'disk quota exceeded'; END IF;
+END $$;
+"""})
+    before = prod_db.fingerprint()
+    r = shadow_cli("apply", env=_env(prod_db))
+    assert r.code == 1, r.text
+    assert "ROLLED BACK — the transaction was rolled back; production was never changed" in r.out
+    assert "restored to the checkpoint" not in r.out
+    md = (shadow_cli.state_dir / "runs" / _run_id(r.out) / "report.md").read_text()
+    assert "**ROLLED BACK — the transaction was rolled back; production was never changed**" in md
+    html = (shadow_cli.state_dir / "runs" / _run_id(r.out) / "report.html").read_text()
+    assert "restored to the checkpoint" not in html and "production was never changed" in html
+    # Item 9: the apply step found a problem; it is not marked ✓.
+    assert re.search(r"✗ apply app \(\d+\.\d s\): the action failed on production", r.err), r.err
+    assert "✓ apply" not in r.err
+    assert prod_db.fingerprint() == before
+
+
+# -- item 9: steps that found a problem -------------------------------------------------------------------------
+DIVERGING = """
+import os, psycopg
+with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+    n = 3 if os.environ["PGPORT"] == os.environ["PROD_PORT"] else 1
+    for i in range(n):
+        conn.execute("INSERT INTO audit_log VALUES (now(), 'hello')")
+"""
+
+
+def test_steps_that_found_a_problem_are_not_marked_done(prod_db, shadow_cli, tmp_path):
+    import sys
+
+    write_plan(tmp_path, f"""
+targets: {{app: {{kind: postgres, dsn: "${{APP_DATABASE_URL}}"}}}}
+action:
+  command: "{sys.executable} backfill.py"
+  env: {{PROD_PORT: "{prod_db.server.port}"}}
+expect: {{app: {{may: [insert rows public.audit_log]}}}}
+""", {"backfill.py": DIVERGING})
+    r = shadow_cli("apply", env=_env(prod_db))
+    assert r.code == 1, r.text
+    assert re.search(r"✗ verify app \(\d+\.\d s\): production did not change the way the shadow did", r.err), r.err
+    assert "✓ verify app" not in r.err
+    steps = _steps(_report(shadow_cli, _run_id(r.out)))
+    assert steps["verify app"]["state"] == "problem"
+    assert steps["apply"]["state"] == "done"
+    md = (shadow_cli.state_dir / "runs" / _run_id(r.out) / "report.md").read_text()
+    assert "| verify | app |" in md and "found: production did not change the way the shadow did" in md
+
+
+# -- item 10: `shadow runs` never cuts run ids ------------------------------------------------------------------
+def test_runs_prints_whole_run_ids_off_a_terminal(prod_db, shadow_cli, tmp_path):
+    folder = tmp_path / ("a-folder-with-a-rather-long-name-" * 3)
+    folder.mkdir()
+    write_plan(folder, SAFE_PLAN, {"migrate.sql": SAFE_SQL})
+    planned = shadow_cli("plan", "-f", str(folder / "shadow.yaml"), env=_env(prod_db))
+    run_id = _run_id(planned.out)
+    r = shadow_cli("runs")
+    assert r.code == 0, r.text
+    assert run_id in r.out, r.out
+    assert "…" not in r.out.splitlines()[1]
+
+
+# -- item 12: an unreachable DSN ----------------------------------------------------------------------------------
+def test_unreachable_dsn_keeps_the_reason_on_one_line(shadow_cli, tmp_path):
+    from adapters.postgres.cluster import free_port
+
+    write_plan(tmp_path, SAFE_PLAN, {"migrate.sql": SAFE_SQL})
+    r = shadow_cli("plan", env={"APP_DATABASE_URL": f"postgresql://app@127.0.0.1:{free_port()}/shop"})
+    assert r.code == 3, r.text
+    lines = [line for line in r.err.splitlines() if line.startswith("shadow: error:")]
+    assert len(lines) == 1 and r.err.rstrip().endswith(lines[0]), r.err
+    assert "cannot connect to postgresql://app@127.0.0.1:" in lines[0]
+    assert "failed: Connection refused; Is the server running on that host" in lines[0]
+    assert "  " not in lines[0] and "\t" not in lines[0]
+
+
+# -- item 13: definition diffs and catalog codes ------------------------------------------------------------------
+DEFINITIONS_SQL = """
+CREATE OR REPLACE FUNCTION log_cancellation() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO audit_log VALUES (now(), 'order ' || NEW.id || ' was cancelled');
+    RETURN NEW;
+END $$;
+ALTER TABLE orders DISABLE TRIGGER orders_cancelled;
+"""
+
+
+def test_definition_changes_read_as_unified_diffs_and_codes_as_words(prod_db, shadow_cli, tmp_path):
+    write_plan(tmp_path, """
+targets: {app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}}
+action: {sql: migrate.sql}
+expect: {app: {must: ["alter function public.log_cancellation()", "alter trigger *"]}}
+""", {"migrate.sql": DEFINITIONS_SQL})
+    r = shadow_cli("plan", env=_env(prod_db))
+    assert r.code == 0, r.text
+    folder = shadow_cli.state_dir / "runs" / _run_id(r.out)
+    md = (folder / "report.md").read_text()
+    assert "- `alter function public.log_cancellation()` — definition changed:" in md
+    assert "  ```diff" in md
+    assert "  -    INSERT INTO audit_log VALUES (now(), 'order ' || NEW.id || ' cancelled');" in md
+    assert "  +    INSERT INTO audit_log VALUES (now(), 'order ' || NEW.id || ' was cancelled');" in md
+    assert "state: `enabled` → `disabled`" in md
+    assert "enabled: `O`" not in md
+    html = (folder / "report.html").read_text()
+    assert ('<span class="add">+    INSERT INTO audit_log VALUES (now(), &#x27;order &#x27; || NEW.id || '
+            '&#x27; was cancelled&#x27;);</span>') in html
+    assert "<td>state</td><td><code>enabled</code></td><td><code>disabled</code></td>" in html
+
+
+# -- item 14: wording ---------------------------------------------------------------------------------------------
+def test_applied_says_its_sentence_once_and_how_to_undo(prod_db, shadow_cli, tmp_path):
+    write_plan(tmp_path, SAFE_PLAN, {"migrate.sql": SAFE_SQL})
+    r = shadow_cli("apply", env=_env(prod_db))
+    assert r.code == 0, r.text
+    assert r.out.count("production changed exactly as rehearsed") == 1, r.out
+    assert f"undo with `shadow rollback {_run_id(r.out)}`" in r.out
+
+
+def test_a_failed_rehearsal_reports_the_time_it_took(prod_db, shadow_cli, tmp_path):
+    write_plan(tmp_path, SAFE_PLAN, {"migrate.sql": "SELECT pg_sleep(0.4);\nSELECT * FROM no_such_table;\n"})
+    r = shadow_cli("plan", env=_env(prod_db))
+    assert r.code == 2, r.text
+    run_id = sorted(p.name for p in (shadow_cli.state_dir / "runs").iterdir())[-1]
+    report = _report(shadow_cli, run_id)
+    assert report["action"]["rehearsal"]["seconds"] >= 0.4
+    md = (shadow_cli.state_dir / "runs" / run_id / "report.md").read_text()
+    assert re.search(r"action on rehearsal: FAILED in 0\.[4-9]\d s", md), md

@@ -10,6 +10,7 @@ expectations only need to cover the top level.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,10 @@ class RowDelta:
     samples: dict[str, list[str]] = field(default_factory=dict)
     digests: dict[str, str] = field(default_factory=dict)  # op → order-independent digest of the changed keys
     sample_rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # op → {key, before, after}, redacted
+    # Dropped columns: raw column name → the non-NULL values it held; ``updated_by_drop`` of the updated rows changed
+    # only by losing such values (counted in ``updated``: a destroyed value is not an unchanged row).
+    destroyed: dict[str, int] = field(default_factory=dict)
+    updated_by_drop: int = 0
 
     @property
     def empty(self) -> bool:
@@ -76,16 +81,172 @@ def walk(changes: Iterable[Change]) -> Iterator[Change]:
 
 
 def matches(pattern: str, change: Change) -> bool:
-    """``pattern`` is an address whose name (and op/kind) may use shell-style globs."""
+    """``pattern`` is an address whose name (and op/kind) may use shell-style globs.
+
+    A routine's argument list is compared in one spelling on both sides (:func:`routine_name`), so
+    ``public.f(int, timestamptz)`` matches the reported ``public.f(integer,timestamp with time zone)``.
+    """
     parts = pattern.split(None, 2)
     if len(parts) != 3:
         return False
     op, kind, name = parts
-    return (
-        fnmatch.fnmatchcase(change.op, op)
-        and fnmatch.fnmatchcase(change.kind, kind)
-        and fnmatch.fnmatchcase(change.name, name)
-    )
+    if not (fnmatch.fnmatchcase(change.op, op) and fnmatch.fnmatchcase(change.kind, kind)):
+        return False
+    if change.kind in ROUTINE_KINDS:
+        name, reported = routine_name(name), routine_name(change.name)
+        # ``integer[]`` is a type, not a glob character class: equal names match before globbing
+        return name == reported or fnmatch.fnmatchcase(reported, name)
+    return fnmatch.fnmatchcase(change.name, name)
+
+
+def canonical(pattern: str) -> str:
+    """``pattern`` with a routine's argument list in :func:`routine_name`'s spelling (for showing and comparing)."""
+    parts = pattern.split(None, 2)
+    if len(parts) == 3 and parts[1] in ROUTINE_KINDS:
+        return f"{parts[0]} {parts[1]} {routine_name(parts[2])}"
+    return pattern
+
+
+# -- routine signatures ----------------------------------------------------------------------------------------
+# PostgreSQL names a function by its input argument types as ``regprocedure`` prints them: no spaces after commas,
+# the SQL-standard type names, no typmods, no argument names, defaults or OUT arguments. A user writes the
+# signature as in CREATE FUNCTION. https://www.postgresql.org/docs/current/datatype.html (the aliases table)
+
+ROUTINE_KINDS = ("function", "procedure")
+
+TYPE_ALIASES = {
+    "int": "integer", "int4": "integer", "int2": "smallint", "int8": "bigint",
+    "float4": "real", "float8": "double precision", "float": "double precision",
+    "bool": "boolean", "varchar": "character varying", "char varying": "character varying",
+    "char": "character", "bpchar": "character", "decimal": "numeric", "varbit": "bit varying",
+    "timestamptz": "timestamp with time zone", "timestamp": "timestamp without time zone",
+    "timetz": "time with time zone", "time": "time without time zone",
+    "national character varying": "character varying", "national char varying": "character varying",
+    "national character": "character", "national char": "character", "nchar": "character",
+}
+# Types spelled in more than one word (after aliases are resolved), besides ``<type> with[out] time zone``.
+_MULTIWORD = {"double precision", "character varying", "bit varying", "char varying", "national character",
+              "national char", "national character varying", "national char varying",
+              "timestamp with time zone", "timestamp without time zone", "time with time zone",
+              "time without time zone"}
+_MODES = ("in", "out", "inout", "variadic")
+_TOKEN = re.compile(r'\[\s*\d*\s*\]|(?:"(?:[^"]|"")*"|[^\s"\[\]])+')  # a [dim], or a word (maybe qualified)
+
+
+def routine_name(name: str) -> str:
+    """``schema.f(<args>)`` with its argument list in ``regprocedure``'s spelling; other names as they are."""
+    start = _unquoted_paren(name)
+    if start is None or not name.rstrip().endswith(")"):
+        return name
+    body = name[start + 1 : name.rstrip().rindex(")")]
+    args = [a for a in (_argument(a) for a in _split_args(body)) if a is not None]
+    return f"{name[:start].rstrip()}({','.join(args)})"
+
+
+def _unquoted_paren(name: str) -> int | None:
+    quoted = False
+    for i, ch in enumerate(name):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "(" and not quoted:
+            return i
+    return None
+
+
+def _split_args(body: str) -> list[str]:
+    """Split at top-level commas (not inside quotes, a default's string or parentheses)."""
+    out, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(body):
+        if ch in "\"'" and quote in ("", ch):
+            quote = "" if quote else ch
+        elif quote:
+            continue
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            out.append(body[start:i])
+            start = i + 1
+    out.append(body[start:])
+    return [a for a in out if a.strip()]
+
+
+def _argument(text: str) -> str | None:
+    """One argument's type in ``regprocedure``'s spelling; None for an OUT argument (not part of the name)."""
+    text = re.split(r"(?i)\s(?:default\s|=)|=", " " + text, maxsplit=1)[0]  # a default value
+    text = _drop_typmods(text)
+    tokens = [_fold(t) for t in _TOKEN.findall(text)]
+    if tokens and tokens[0] in _MODES:
+        if tokens[0] == "out":
+            return None
+        tokens = tokens[1:]
+    # [name] type: a first word that does not start the type is the argument's name
+    if len(tokens) > 1 and not _is_type(tokens):
+        tokens = tokens[1:]
+    return _type_text(tokens)
+
+
+def _drop_typmods(text: str) -> str:
+    """``numeric(10, 2)`` → ``numeric``: a function's arguments have no typmod (quoted names are kept)."""
+    out, depth, quoted = [], 0, False
+    for ch in text:
+        if ch == '"':
+            quoted = not quoted
+        if not quoted and ch == "(":
+            depth += 1
+            continue
+        if not quoted and ch == ")" and depth:
+            depth -= 1
+            continue
+        if depth == 0:
+            out.append(ch)
+    return "".join(out)
+
+
+def _split_array(tokens: list[str]) -> tuple[list[str], int]:
+    """The type's words and how many array dimensions follow (``[]``, ``[3]``, ``ARRAY``)."""
+    dims = 0
+    while tokens and (tokens[-1].startswith("[") or tokens[-1] == "array"):
+        dims += 1
+        tokens = tokens[:-1]
+    return tokens, dims
+
+
+_INTERVAL_FIELDS = {"year", "month", "day", "hour", "minute", "second", "to"}
+
+
+def _is_type(tokens: list[str]) -> bool:
+    words, _ = _split_array(tokens)
+    phrase = " ".join(words)
+    return (len(words) == 1 or phrase in _MULTIWORD or phrase in TYPE_ALIASES
+            or (words[0] == "interval" and set(words[1:]) <= _INTERVAL_FIELDS))
+
+
+def _type_text(tokens: list[str]) -> str:
+    words, dims = _split_array(tokens)
+    if words[:1] == ["interval"]:
+        words = ["interval"]  # interval's fields (YEAR TO MONTH …) are a typmod
+    phrase = " ".join(words)
+    if phrase.startswith("pg_catalog."):
+        phrase = phrase[len("pg_catalog."):]
+    phrase = TYPE_ALIASES.get(phrase, phrase)
+    return phrase + "[]" * dims
+
+
+def _fold(word: str) -> str:
+    """A word as PostgreSQL reads it, part by part: unquoted parts in lower case; a quoted part that needs no
+    quotes unquoted (``"Mood"`` stays, ``"mood"`` → ``mood``), except type names (``"char"`` is its own type)."""
+    parts = re.findall(r'"(?:[^"]|"")*"|[^."]+', word)
+    out = []
+    for part in parts:
+        if not part.startswith('"'):
+            out.append(part.lower())
+        elif re.fullmatch(r'"[a-z_][a-z0-9_$]*"', part) and part[1:-1] not in TYPE_ALIASES:
+            out.append(part[1:-1])
+        else:
+            out.append(part)
+    return ".".join(out)
 
 
 def diff_objects(

@@ -3,9 +3,13 @@
 - every ``must`` pattern matches at least one change;
 - every top-level change is covered by a ``must`` or ``may`` pattern (changes nested under a covered change are
   implied by it); anything else is *unexpected*;
-- ``rows`` rules hold for the counted row changes; ``objects`` (S3 keys) and ``files`` (git paths) count rules hold
-  for the added / deleted / modified objects or files whose name matches the glob;
-- ``checks`` queries return their expected value on the shadow.
+- ``rows`` rules hold for the counted row changes — for each table the most specific key that names it (an exact
+  name before any glob, then the glob with the most literal characters); ``objects`` (S3 keys) and ``files`` (git
+  paths) count rules hold for the added / deleted / modified objects or files whose name matches the glob;
+- ``checks`` queries return their expected value on the shadow. A query that fails there (a column the action never
+  made) is a failed expectation; only one the server cannot parse is bad input.
+
+A ``must`` pattern that matches nothing names the closest reported address.
 """
 
 from __future__ import annotations
@@ -13,10 +17,12 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
+from difflib import SequenceMatcher
 from typing import Any
 
-from shadow.changes import Change, matches, walk
-from shadow.plan import Expectation
+from shadow.changes import Change, canonical, matches, walk
+from shadow.errors import BadInput
+from shadow.plan import Expectation, RowRule
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,8 @@ def judge(target: str, changes: list[Change], expectation: Expectation,
     for pattern in expectation.must:
         hit = [c.address for c in all_changes if matches(pattern, c)]
         out.append(Verdict(target, "must", pattern, bool(hit),
-                           f"happened: {', '.join(hit[:3])}" if hit else "required change did not happen"))
+                           f"happened: {', '.join(hit[:3])}" if hit else
+                           "required change did not happen" + _did_you_mean(pattern, all_changes)))
     patterns = expectation.must + expectation.may
     for change in changes:
         if not any(matches(p, change) for p in patterns):
@@ -46,17 +53,16 @@ def judge(target: str, changes: list[Change], expectation: Expectation,
             out.append(Verdict(target, "unexpected", change.address, False,
                                f"not covered by must/may{hint}{_count(change)}"))
     row_changes = {(c.op, c.name): c for c in all_changes if c.kind == "rows"}
-    tables = {name for (_op, name) in row_changes}
-    for rule in expectation.rows:
-        covered = sorted(t for t in tables if fnmatch.fnmatchcase(t, rule.table)) or [rule.table]
-        for table in covered:
+    for rule, tables in _rows_rule_tables(expectation.rows, {name for (_op, name) in row_changes}):
+        for table in tables:
             for key, cmp in rule.counts.items():
                 op = {"inserted": "insert", "updated": "update", "deleted": "delete"}[key]
                 found = row_changes.get((op, table))
                 actual = int(found.detail.get("count", 0)) if found else 0
                 ok = cmp.holds(actual)
-                out.append(Verdict(target, "rows", f"{table} {key}", ok,
-                                   f"{actual} {key}, expected {cmp}"))
+                lost = found.detail.get("lost_values") if found else None
+                why = f" ({lost:,} of them lost values in dropped columns)" if lost else ""
+                out.append(Verdict(target, "rows", f"{table} {key}", ok, f"{actual} {key}, expected {cmp}{why}"))
     # objects are named <bucket>/<key> and their globs are key globs; files are named by their path
     for rule_name, kind, rules, subject in (("objects", "object", expectation.objects, lambda n: n.split("/", 1)[-1]),
                                             ("files", "file", expectation.files, lambda n: n)):
@@ -71,10 +77,65 @@ def judge(target: str, changes: list[Change], expectation: Expectation,
         if run_check is None:
             out.append(Verdict(target, "check", check.sql, False, "checks need a shadow to run on"))
             continue
-        actual = run_check(check.sql)
+        try:
+            actual = run_check(check.sql)
+        except BadInput as exc:
+            error = _query_error(exc)
+            if error is None:
+                raise
+            out.append(Verdict(target, "check", check.sql, False,
+                               f"the query failed on the shadow after the action: {error}; expected {check.equals!r}"))
+            continue
         ok = _same(actual, check.equals)
         out.append(Verdict(target, "check", check.sql, ok, f"returned {actual!r}, expected {check.equals!r}"))
     return out
+
+
+def _rows_rule_tables(rules: tuple[RowRule, ...], changed: set[str]) -> list[tuple[RowRule, list[str]]]:
+    """Each ``rows`` rule with the tables it judges: every table (changed, or named exactly by a rule) goes to the
+    most specific rules whose key matches it. A glob left with no table is judged once, under its own key, on 0."""
+    tables = changed | {r.table for r in rules if not _is_glob(r.table)}
+    won: dict[int, list[str]] = {i: [] for i in range(len(rules))}
+    for table in sorted(tables):
+        ranked = [(_specificity(r.table), i) for i, r in enumerate(rules) if fnmatch.fnmatchcase(table, r.table)]
+        best = max((rank for rank, _ in ranked), default=None)
+        for rank, i in ranked:
+            if rank == best:
+                won[i].append(table)
+    return [(r, won[i] or [r.table]) for i, r in enumerate(rules)]
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(ch in pattern for ch in "*?[")
+
+
+def _specificity(pattern: str) -> tuple[int, int]:
+    """An exact name first; then the glob with the most characters that are not wildcards."""
+    if not _is_glob(pattern):
+        return (1, len(pattern))
+    return (0, sum(1 for ch in pattern if ch not in "*?[]"))
+
+
+def _did_you_mean(pattern: str, changes: list[Change]) -> str:
+    """`` — did you mean <address>?`` with the reported address closest to ``pattern``, when one is close."""
+    wanted = canonical(pattern)
+    scored = [(SequenceMatcher(None, wanted, c.address).ratio(), c.address) for c in changes]
+    if not scored:
+        return ""
+    score, address = max(scored)
+    return f"; did you mean `{address}`?" if score >= 0.6 else ""
+
+
+def _query_error(exc: BadInput) -> str | None:
+    """The server's error when a check query ran and failed (SQLSTATE other than a syntax error or a lost
+    connection); None when it did not parse or never reached the server — those stay bad input."""
+    cause = exc.__cause__
+    state = getattr(cause, "sqlstate", None)  # psycopg's errors; the adapter raises BadInput from them
+    if not isinstance(state, str) or state == "42601" or state.startswith("08"):
+        return None
+    diag = getattr(cause, "diag", None)
+    message = getattr(diag, "message_primary", None) or str(cause).strip().splitlines()[0]
+    return f"{message} (SQLSTATE {state})"
 
 
 def _count(change: Change) -> str:

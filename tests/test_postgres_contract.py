@@ -825,12 +825,17 @@ def test_adding_a_column_with_a_default_updates_every_row(prod_db, shadow_of):
     assert changes[1].detail["count"] == 500
 
 
-def test_dropping_a_column_is_not_an_update_of_rows(prod_db, shadow_of):
+def test_dropping_a_column_updates_only_the_rows_that_lose_a_value_implied_by_the_drop(prod_db, shadow_of):
     _, sh = shadow_of(prod_db)
     run_in(sh, "ALTER TABLE orders DROP COLUMN placed_at", "ALTER TABLE users DROP COLUMN email")
-    found = everything(sh.changes())
-    assert "drop column public.orders.placed_at" in found and "drop column public.users.email" in found
-    assert not [a for a in found if a.startswith("update rows")]
+    changes = sh.changes()
+    assert addresses(changes) == ["drop column public.orders.placed_at", "drop column public.users.email"]
+    found = everything(changes)
+    # every user had an email: each row lost a value (a destroyed value is not an unchanged row)
+    assert found["drop column public.users.email"].detail["destroyed_values"] == 500
+    assert found["update rows public.users"].detail["count"] == found["update rows public.users"].detail[
+        "lost_values"] == 500
+    assert "update rows public.users" in {c.address for c in found["drop column public.users.email"].children}
 
 
 def test_dropping_a_table_reports_its_rows_under_it(prod_db, shadow_of):

@@ -71,10 +71,17 @@ def diff(before: dict[str, Any], after: dict[str, Any], rows: dict[str, RowDelta
     for table in sorted(set(before["data"]) - set(after["data"])):
         if before["data"][table]["rows"]:
             changes.append(Change("delete", "rows", table, {"count": before["data"][table]["rows"]}))
+    dropped_columns = {c.name: c for c in changes if c.op == "drop" and c.kind == "column"}
     for table, delta in sorted(rows.items()):
+        for raw, values in delta.destroyed.items():
+            column = dropped_columns.get(_column_name(before["objects"], table, raw) or "")
+            if column is not None:
+                column.detail["destroyed_values"] = values
         for op in ("insert", "update", "delete"):
             if delta.count(op):
                 detail: dict[str, Any] = {"count": delta.count(op)}
+                if op == "update" and delta.updated_by_drop:
+                    detail["lost_values"] = delta.updated_by_drop
                 if delta.samples.get(op):
                     detail["sample_keys"] = delta.samples[op]
                 if delta.sample_rows.get(op):
@@ -84,16 +91,53 @@ def diff(before: dict[str, Any], after: dict[str, Any], rows: dict[str, RowDelta
                 if not delta.by_key:
                     detail["compared_as"] = "multiset (no primary key)"
                 changes.append(Change(op, "rows", table, detail))
-    return nest(changes, before["objects"], after["objects"])
+    return nest(changes, before["objects"], after["objects"],
+                depends_before=before.get("depends") or {}, depends_after=after.get("depends") or {})
 
 
-def nest(changes: list[Change], before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
-    """Put every change that another one implies under it."""
+def _column_name(objects: dict[str, Any], table: str, raw: str) -> str | None:
+    """The observed (quoted) name ``table.column`` of raw column name ``raw``."""
+    for name in objects.get("column", {}):
+        parts = split_name(name)
+        if ".".join(parts[:-1]) == table and _unquote(parts[-1]) == raw:
+            return str(name)
+    return None
+
+
+def _unquote(part: str) -> str:
+    return part[1:-1].replace('""', '"') if part.startswith('"') else part
+
+
+# Which pg_depend types make a dropped object go with the drop of what it depends on: partition (P), internal (i),
+# automatic (a), normal (n, the objects DROP … CASCADE takes) — the closest first.
+DROP_DEPENDENCIES = "Pian"
+
+
+def nest(changes: list[Change], before: dict[str, Any], after: dict[str, Any], *,
+         depends_before: dict[str, dict[str, str]] | None = None,
+         depends_after: dict[str, dict[str, str]] | None = None) -> list[Change]:
+    """Put every change that another one implies under it.
+
+    ``before`` and ``after`` are the observations' objects; ``depends_*`` their dependencies (``observe``'s
+    ``depends``). What PostgreSQL does to partitions (and inheritance children) because of a change on the parent —
+    a column, a cloned index, key, check or trigger, the same alteration — nests under the parent's change, level by
+    level. What PostgreSQL drops because something it depends on was dropped (the index and foreign key on a dropped
+    column, the views DROP … CASCADE takes) nests under that drop.
+    """
     def props(change: Change) -> dict[str, Any]:
         side = before if change.op == "drop" else after
         return side.get(change.kind, {}).get(change.name) or before.get(change.kind, {}).get(change.name) or {}
 
+    def parent_table(table: str, op: str) -> str | None:
+        side = before if op == "drop" else after
+        t = side.get("table", {}).get(table) or before.get("table", {}).get(table) or {}
+        return t.get("partition_of") or t.get("inherits")
+
     by_address = {c.address: c for c in changes}
+    drops_of_table: dict[str, list[str]] = {}
+    for c in changes:
+        if c.op == "drop" and c.kind == "column":
+            drops_of_table.setdefault(_parent(c.name), []).append(c.address)
     parent_of: dict[str, str] = {}
     for change in changes:
         p = props(change)
@@ -113,13 +157,30 @@ def nest(changes: list[Change], before: dict[str, Any], after: dict[str, Any]) -
         if change.kind == "rows" and change.op in ("insert", "delete"):
             candidates.append(f"{'add' if change.op == 'insert' else 'drop'} table {change.name}")
             candidates.append(f"{'add' if change.op == 'insert' else 'drop'} materialized_view {change.name}")
+        if change.kind == "rows" and change.op == "update" and change.detail.get("lost_values") == change.detail.get(
+                "count"):
+            # every updated row only lost the values of a dropped column
+            candidates += drops_of_table.get(change.name, [])
+        if change.kind in ("column", "constraint", "trigger") and table:
+            parent = parent_table(table, change.op)
+            if parent:
+                # the same-named part of the parent: an inherited column, a cloned check or trigger …
+                candidate = f"{change.op} {change.kind} {parent}.{split_name(change.name)[-1]}"
+                if change.op != "alter" or (candidate in by_address and by_address[candidate].detail == change.detail):
+                    candidates.append(candidate)
+        if change.op == "add":
+            deps = depends_after.get(f"{change.kind} {change.name}", {}) if depends_after else {}
+            candidates += [f"add {ref}" for ref, types in sorted(deps.items()) if "P" in types]
+        elif change.op == "drop" and depends_before:
+            deps = depends_before.get(f"{change.kind} {change.name}", {})
+            candidates += [f"drop {ref}" for t in DROP_DEPENDENCIES for ref, types in sorted(deps.items()) if t in types]
         if change.kind not in ("schema", "extension") and change.op in ("add", "drop"):
             parts = split_name(change.name)
             schema = parts[0] if len(parts) > 1 else None
             if schema:
                 candidates.append(f"{change.op} schema {schema}")
         for candidate in candidates:
-            if candidate in by_address and candidate != change.address:
+            if candidate in by_address and not _reaches(parent_of, candidate, change.address):
                 parent_of[change.address] = candidate
                 break
     top: list[Change] = []
@@ -130,6 +191,18 @@ def nest(changes: list[Change], before: dict[str, Any], after: dict[str, Any]) -
         else:
             top.append(change)
     return top
+
+
+def _reaches(parent_of: dict[str, str], start: str, target: str) -> bool:
+    """Whether ``target`` is ``start`` or one of its ancestors (nesting under it would make a cycle)."""
+    seen: set[str] = set()
+    node: str | None = start
+    while node is not None and node not in seen:
+        if node == target:
+            return True
+        seen.add(node)
+        node = parent_of.get(node)
+    return False
 
 
 def count_rows(
@@ -170,9 +243,12 @@ def _count_rows(
 ) -> RowDelta:
     b_data, a_data = before["data"][table], after["data"][table]
     a_cols = list(a_data["columns"])
-    # A dropped column is not an update of every row: hash the old rows without it. (An added column is left
-    # out of the old rows anyway, and NULL values are left out of the new ones.)
+    # Rows are matched on the columns both sides have: a dropped column is not an update of every row, only of
+    # the rows that lose a non-NULL value with it (a column added NULL everywhere is no update: NULLs are not
+    # hashed). So the old rows are hashed twice — without the dropped columns (h, for matching) and with them
+    # (hf, the row as it was).
     b_cols = [c for c in b_data["columns"] if c in a_cols]
+    dropped = [c for c in b_data["columns"] if c not in a_cols]
     key = a_data.get("key") if a_data.get("key") and a_data.get("key") == b_data.get("key") else None
     total = max(b_data["rows"], a_data["rows"])
     buckets = 1
@@ -181,22 +257,26 @@ def _count_rows(
 
     rel = relation_sql(table, bool(a_data.get("only", True)))
 
-    def select(columns: list[str], what: sql.Composable, where: sql.Composable = sql.SQL("")) -> sql.Composed:
+    def select(columns: list[str], what: str, where: sql.Composable = sql.SQL(""),
+               full: list[str] | None = None) -> sql.Composed:
+        """``what`` over k and h; its ``{hf}`` is h, or with ``full`` the hash over those columns."""
         h = row_hash_expr(columns)
         k = _key_expr(key) if key else sql.SQL("{}::text").format(h)
-        return sql.SQL("SELECT {what} FROM (SELECT {k} AS k, {h} AS h FROM {rel} t) s {where}").format(
-            what=what, k=k, h=h, rel=rel, where=where
+        hf = sql.SQL(", {} AS hf").format(row_hash_expr(full)) if full else sql.SQL("")
+        return sql.SQL("SELECT {what} FROM (SELECT {k} AS k, {h} AS h{hf} FROM {rel} t) s {where}").format(
+            what=sql.SQL(what).format(hf=sql.SQL("hf" if full else "h")), k=k, h=h, hf=hf, rel=rel, where=where
         )
 
-    agg = sql.SQL("(hashtext(k) & {m}) AS b, count(*), sum(h::numeric)::text").format(m=sql.Literal(buckets - 1))
+    agg = f"(hashtext(k) & {buckets - 1}) AS b, count(*), sum({{hf}}::numeric)::text"
+    full = list(b_data["columns"]) if dropped else None
 
-    def buckets_of(conn: psycopg.Connection, columns: list[str]) -> dict[int, tuple[int, str]]:
-        q = sql.SQL("{} GROUP BY 1").format(select(columns, agg))
+    def buckets_of(conn: psycopg.Connection, columns: list[str], full: list[str] | None) -> dict[int, tuple[int, str]]:
+        q = sql.SQL("{} GROUP BY 1").format(select(columns, agg, full=full))
         return {b: (n, s) for b, n, s in conn.execute(q)}
 
-    bb, ab = buckets_of(conn_before, b_cols), buckets_of(conn_after, a_cols)
+    bb, ab = buckets_of(conn_before, b_cols, full), buckets_of(conn_after, a_cols, None)
     differing = sorted(b for b in set(bb) | set(ab) if bb.get(b) != ab.get(b))
-    inserted = updated = deleted = 0
+    inserted = updated = deleted = by_drop = 0
     digest = {"update": 0, "delete": 0}
     samples: dict[str, list[str]] = {"insert": [], "update": [], "delete": []}
     per_bucket = max(1, total // buckets)
@@ -205,16 +285,19 @@ def _count_rows(
         batch = differing[i : i + step]
         where = sql.SQL("WHERE (hashtext(k) & {}) = ANY({})").format(sql.Literal(buckets - 1), sql.Literal(batch))
 
-        def fetch(conn: psycopg.Connection, columns: list[str]) -> dict[str, Any]:
+        def fetch(conn: psycopg.Connection, columns: list[str], full: list[str] | None) -> dict[str, Any]:
+            """key → (h, hf); without a key, row hash → [count, how many lost values in dropped columns]."""
             out: dict[str, Any] = {}
-            for kk, hh in conn.execute(select(columns, sql.SQL("k, h"), where)):
+            for kk, hh, hf in conn.execute(select(columns, "k, h, {hf}", where, full)):
                 if key:
-                    out[kk] = hh
-                else:
-                    out[kk] = out.get(kk, 0) + 1  # multiset: count of identical rows
+                    out[kk] = (hh, hf)
+                else:  # multiset: count of identical rows
+                    seen = out.setdefault(kk, [0, 0])
+                    seen[0] += 1
+                    seen[1] += hh != hf
             return out
 
-        old, new = fetch(conn_before, b_cols), fetch(conn_after, a_cols)
+        old, new = fetch(conn_before, b_cols, full), fetch(conn_after, a_cols, None)
         if key:
             for k in new.keys() - old.keys():
                 inserted += 1
@@ -224,18 +307,24 @@ def _count_rows(
                 digest["delete"] += _key_hash(k)
                 _sample(samples["delete"], k)
             for k in old.keys() & new.keys():
-                if old[k] != new[k]:
+                if old[k][1] != new[k][0]:
                     updated += 1
+                    by_drop += old[k][0] == new[k][0]
                     digest["update"] += _key_hash(k)
                     _sample(samples["update"], k)
         else:
             for k in old.keys() | new.keys():
-                d = new.get(k, 0) - old.get(k, 0)
-                if d > 0:
-                    inserted += d
-                elif d < 0:
-                    deleted += -d
-                    digest["delete"] += -d * _key_hash(str(k))
+                (was, lost), now = old.get(k, (0, 0)), new.get(k, (0, 0))[0]
+                if now > was:
+                    inserted += now - was
+                elif now < was:
+                    deleted += was - now
+                    digest["delete"] += (was - now) * _key_hash(str(k))
+                # of the rows kept, at least this many lost a value (which identical copies went is unknowable)
+                lost_kept = max(0, lost - (was - min(was, now)))
+                updated += lost_kept
+                by_drop += lost_kept
+                digest["update"] += lost_kept * _key_hash(str(k))
     sample_rows: dict[str, list[dict[str, Any]]] = {}
     if key:
         sample_rows = _sample_rows(conn_before, conn_after, table, rel, key, list(b_data["columns"]), a_cols, samples)
@@ -246,7 +335,18 @@ def _count_rows(
     return RowDelta(inserted, updated, deleted, by_key=key is not None,
                     samples={op: sorted(v) for op, v in samples.items() if v},
                     digests={op: format(v % DIGEST_MOD, "x") for op, v in digest.items() if v},
-                    sample_rows=sample_rows)
+                    sample_rows=sample_rows, destroyed=_non_null_values(conn_before, rel, dropped),
+                    updated_by_drop=by_drop)
+
+
+def _non_null_values(conn: psycopg.Connection, rel: sql.Composable, columns: list[str]) -> dict[str, int]:
+    """How many non-NULL values each of ``columns`` holds (raw names)."""
+    if not columns:
+        return {}
+    counts = sql.SQL(", ").join(sql.SQL("count(t.{})").format(sql.Identifier(c)) for c in columns)
+    row = conn.execute(sql.SQL("SELECT {} FROM {} t").format(counts, rel)).fetchone()
+    assert row is not None
+    return {c: int(n) for c, n in zip(columns, row, strict=True) if n}
 
 
 def _sample_rows(conn_before: psycopg.Connection, conn_after: psycopg.Connection, table: str, rel: sql.Composable,

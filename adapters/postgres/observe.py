@@ -4,7 +4,8 @@ An observation is plain JSON-able data::
 
     {"server": {"major": 15, "version_num": 150018},
      "objects": {kind: {name: {property: value}}},     # kinds are the change-address kinds
-     "data": {table: {"rows": n, "hash": "…", "key": [pk columns] | None, "only": bool, "columns": [names]}}}
+     "data": {table: {"rows": n, "hash": "…", "key": [pk columns] | None, "only": bool, "columns": [names]}},
+     "depends": {"<kind> <name>": {"<kind> <name>": deptypes}}}   # pg_depend between observed objects
 
 The kinds in :data:`LATER_KINDS` (rules, extended statistics, publications, event triggers, collations) appear in
 ``objects`` only when the database has such objects (see there).
@@ -251,6 +252,69 @@ Q_EXTENSIONS = """
 SELECT e.extname, e.extversion, n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
 """
 
+# What each observed object depends on (pg_depend), as "<kind> <name>" → {"<kind> <name>": deptype}: normal (n),
+# automatic (a), internal (i) and partition (P) dependencies between objects the observation lists; a dependency on an
+# object that belongs to an extension is one on the extension. The diff nests a dropped object under the drop it
+# went with (DROP COLUMN takes the index and the foreign key on that column, DROP … CASCADE the views) and an added
+# partition's index, key or trigger under the parent's. A view depends through its _RETURN rule.
+# https://www.postgresql.org/docs/current/catalog-pg-depend.html
+Q_DEPENDS = f"""
+WITH rel AS (
+  SELECT c.oid, c.relkind, quote_ident(n.nspname) || '.' || quote_ident(c.relname) AS name
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'i', 'I', 'S') AND {USER_NS}
+), obj(classid, objid, objsubid, address) AS (
+  SELECT 'pg_class'::regclass::oid, r.oid, 0,
+         CASE WHEN r.relkind IN ('r', 'p', 'f') THEN 'table' WHEN r.relkind = 'v' THEN 'view'
+              WHEN r.relkind = 'm' THEN 'materialized_view' WHEN r.relkind = 'S' THEN 'sequence' ELSE 'index' END
+         || ' ' || r.name
+  FROM rel r
+  UNION ALL
+  SELECT 'pg_class'::regclass::oid, r.oid, a.attnum, 'column ' || r.name || '.' || quote_ident(a.attname)
+  FROM rel r JOIN pg_attribute a ON a.attrelid = r.oid
+  WHERE r.relkind IN ('r', 'p', 'f') AND a.attnum > 0 AND NOT a.attisdropped
+  UNION ALL
+  SELECT 'pg_constraint'::regclass::oid, co.oid, 0,
+         'constraint ' || quote_ident(n.nspname) || '.' || COALESCE(quote_ident(c.relname), quote_ident(t.typname))
+         || '.' || quote_ident(co.conname)
+  FROM pg_constraint co JOIN pg_namespace n ON n.oid = co.connamespace
+  LEFT JOIN pg_class c ON c.oid = co.conrelid LEFT JOIN pg_type t ON t.oid = co.contypid
+  WHERE {USER_NS} AND (c.oid IS NOT NULL OR t.oid IS NOT NULL)
+  UNION ALL
+  SELECT 'pg_trigger'::regclass::oid, tg.oid, 0, 'trigger ' || r.name || '.' || quote_ident(tg.tgname)
+  FROM pg_trigger tg JOIN rel r ON r.oid = tg.tgrelid WHERE NOT tg.tgisinternal
+  UNION ALL
+  SELECT 'pg_rewrite'::regclass::oid, rw.oid, 0,
+         CASE WHEN rw.rulename = '_RETURN' AND r.relkind = 'v' THEN 'view ' || r.name
+              WHEN rw.rulename = '_RETURN' AND r.relkind = 'm' THEN 'materialized_view ' || r.name
+              ELSE 'rule ' || r.name || '.' || quote_ident(rw.rulename) END
+  FROM pg_rewrite rw JOIN rel r ON r.oid = rw.ev_class
+  UNION ALL
+  SELECT 'pg_proc'::regclass::oid, p.oid, 0,
+         CASE WHEN p.prokind = 'p' THEN 'procedure ' ELSE 'function ' END || p.oid::regprocedure::text
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE {USER_NS}
+  UNION ALL
+  SELECT 'pg_type'::regclass::oid, t.oid, 0, 'type ' || quote_ident(n.nspname) || '.' || quote_ident(t.typname)
+  FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+  WHERE {USER_NS} AND t.typtype IN ('e', 'd', 'c', 'r')
+    AND (t.typrelid = 0 OR (SELECT c.relkind FROM pg_class c WHERE c.oid = t.typrelid) = 'c')
+  UNION ALL
+  SELECT 'pg_statistic_ext'::regclass::oid, s.oid, 0, 'statistics ' || quote_ident(n.nspname) || '.' || quote_ident(s.stxname)
+  FROM pg_statistic_ext s JOIN pg_namespace n ON n.oid = s.stxnamespace WHERE {USER_NS}
+), member AS (
+  SELECT d.classid, d.objid, 'extension ' || e.extname AS address
+  FROM pg_depend d JOIN pg_extension e ON e.oid = d.refobjid
+  WHERE d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e'
+)
+SELECT DISTINCT o.address, d.deptype, COALESCE(rm.address, r.address)
+FROM pg_depend d
+JOIN obj o ON o.classid = d.classid AND o.objid = d.objid AND o.objsubid = d.objsubid
+LEFT JOIN obj r ON r.classid = d.refclassid AND r.objid = d.refobjid AND r.objsubid = d.refobjsubid
+LEFT JOIN member rm ON rm.classid = d.refclassid AND rm.objid = d.refobjid
+WHERE d.deptype IN ('n', 'a', 'i', 'P') AND COALESCE(rm.address, r.address) <> o.address
+  AND NOT EXISTS (SELECT 1 FROM member m WHERE m.classid = d.classid AND m.objid = d.objid)
+"""
+
 KIND_NAMES = {"r": "table", "p": "partitioned table", "f": "foreign table", "v": "view", "m": "materialized view"}
 
 
@@ -446,6 +510,7 @@ def _observe_in_tx(conn: psycopg.Connection, with_data: bool) -> dict[str, Any]:
         "server": {"version_num": conn.info.server_version, "major": server_major(conn)},
         "objects": objects,
         "data": data,
+        "depends": dependencies(conn),
     }
 
 
@@ -503,6 +568,16 @@ def _observe_later_kinds(conn: psycopg.Connection) -> dict[str, dict[str, dict[s
         out["setting"][settings_name(role)] = {
             name: f"sha256:{hashlib.sha256(value.encode()).hexdigest()[:16]}" if looks_secret(name) else value
             for name, value in dbsettings.split(config) if name not in dbsettings.SESSION_LIBRARIES}
+    return out
+
+
+def dependencies(conn: psycopg.Connection) -> dict[str, dict[str, str]]:
+    """``{"<kind> <name>": {"<kind> <name>": deptypes}}`` (see :data:`Q_DEPENDS`). Not part of the fingerprint: it
+    says why objects went or came, not what the database holds."""
+    out: dict[str, dict[str, str]] = {}
+    for address, deptype, ref in conn.execute(Q_DEPENDS):
+        refs = out.setdefault(address, {})
+        refs[ref] = "".join(sorted(set(refs.get(ref, "") + deptype)))
     return out
 
 

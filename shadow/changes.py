@@ -99,6 +99,11 @@ def matches(pattern: str, change: Change) -> bool:
     return fnmatch.fnmatchcase(change.name, name)
 
 
+def is_glob(pattern: str) -> bool:
+    """Whether ``pattern`` uses shell-style wildcards."""
+    return any(ch in pattern for ch in "*?[")
+
+
 def canonical(pattern: str) -> str:
     """``pattern`` with a routine's argument list in :func:`routine_name`'s spelling (for showing and comparing)."""
     parts = pattern.split(None, 2)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Any
 
-from shadow.changes import Change, canonical, matches, walk
+from shadow.changes import Change, canonical, is_glob, matches, walk
 from shadow.errors import BadInput
 from shadow.plan import Expectation, RowRule
 
@@ -94,7 +94,7 @@ def judge(target: str, changes: list[Change], expectation: Expectation,
 def _rows_rule_tables(rules: tuple[RowRule, ...], changed: set[str]) -> list[tuple[RowRule, list[str]]]:
     """Each ``rows`` rule with the tables it judges: every table (changed, or named exactly by a rule) goes to the
     most specific rules whose key matches it. A glob left with no table is judged once, under its own key, on 0."""
-    tables = changed | {r.table for r in rules if not _is_glob(r.table)}
+    tables = changed | {r.table for r in rules if not is_glob(r.table)}
     won: dict[int, list[str]] = {i: [] for i in range(len(rules))}
     for table in sorted(tables):
         ranked = [(_specificity(r.table), i) for i, r in enumerate(rules) if fnmatch.fnmatchcase(table, r.table)]
@@ -105,13 +105,9 @@ def _rows_rule_tables(rules: tuple[RowRule, ...], changed: set[str]) -> list[tup
     return [(r, won[i] or [r.table]) for i, r in enumerate(rules)]
 
 
-def _is_glob(pattern: str) -> bool:
-    return any(ch in pattern for ch in "*?[")
-
-
 def _specificity(pattern: str) -> tuple[int, int]:
     """An exact name first; then the glob with the most characters that are not wildcards."""
-    if not _is_glob(pattern):
+    if not is_glob(pattern):
         return (1, len(pattern))
     return (0, sum(1 for ch in pattern if ch not in "*?[]"))
 

@@ -14,7 +14,7 @@ from adapters.postgres.cluster import LocalCluster
 from adapters.postgres.target import PostgresTarget
 from shadow import run as runmod
 from shadow.errors import BadInput
-from shadow.report import VERDICT_LINES
+from shadow.report import verdict_line
 from shadow.settings import Settings
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "demo"
@@ -67,7 +67,7 @@ def run(settings: Settings, out: Console, err: Console, keep: bool = False) -> i
 
 def _summarise(out: Console, result: runmod.RunResult) -> None:
     colour = "green" if result.outcome in ("applied", "passed") else "yellow"
-    out.print(f"  [bold {colour}]{escape(VERDICT_LINES.get(result.outcome, result.outcome))}[/] (run {result.run_id})")
+    out.print(f"  [bold {colour}]{escape(verdict_line(result.to_dict()))}[/] (run {result.run_id})")
     for target in result.targets.values():
         for change in target.changes:
             count = change.detail.get("count")

@@ -306,6 +306,9 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
             session.begin(targets, str(loaded.path), loaded.sha256)
             progress("info", f"run {result.run_id}: {backend} backend ({why})")
             checkpoints = _checkpoint_all(session, targets)
+            sql_target = loaded.action.sql_target if statements else None
+            if sql_target and checkpoints[sql_target].meta.get("lint_facts"):
+                _static_findings(result, loaded, statements, checkpoints[sql_target].meta["lint_facts"])
             if approval is not None and _drifted_since_approval(session, targets, checkpoints, approval, stack,
                                                                 backend, loaded.policy.limits):
                 return result
@@ -475,13 +478,20 @@ def read_approval(settings: Settings, run_id: str) -> dict[str, Any]:
     return data
 
 
-def _static_findings(result: RunResult, plan_: Plan, statements: list[Statement]) -> None:
-    """sqlglot's findings on the SQL, before anything runs: error-level ones fail the plan unless allowed."""
+def _static_findings(result: RunResult, plan_: Plan, statements: list[Statement],
+                     facts: dict[str, Any] | None = None) -> None:
+    """sqlglot's findings on the SQL, before anything runs: error-level ones fail the plan unless allowed.
+
+    Called again once the checkpoint knows more about production than the SQL says (``facts``, the checkpoint's
+    ``lint_facts``: which tables are partitioned), replacing the first findings."""
     if not statements:
         return
     from shadow import lint
 
-    findings = lint.lint(statements) + _unexpected_tables(plan_, statements)
+    facts = facts or {}
+    result.verdicts = [v for v in result.verdicts if v.rule != "finding"]
+    findings = lint.lint(statements, one_session=plan_.action.one_session,
+                         partitioned=facts.get("partitioned", ())) + _unexpected_tables(plan_, statements)
     kept, allowed = lint.allowed(findings, list(plan_.policy.allow))
     result.findings = [{**f.to_dict(), "allowed": False} for f in kept] + [{**f.to_dict(), "allowed": True}
                                                                          for f in allowed]
@@ -583,8 +593,12 @@ def _rehearse(session: _Session, plan_: Plan, statements: list[Statement], targe
     for name, shadow in shadows.items():
         with session.step("observe", name):
             result.targets[name].changes = shadow.changes()
-        with session.step("judge", name):
-            result.verdicts += judge(name, result.targets[name].changes, plan_.expect[name], shadow.check)
+        with session.step("judge", name) as step:
+            verdicts = judge(name, result.targets[name].changes, plan_.expect[name], shadow.check)
+            failed = sum(not v.ok for v in verdicts)
+            if failed:
+                step.found(f"{failed} expectation(s) do not hold")
+            result.verdicts += verdicts
 
 
 def _raise_if_a_shadow_died(result: RunResult, shadows: dict[str, ShadowCopy]) -> None:

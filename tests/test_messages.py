@@ -228,3 +228,21 @@ def test_a_failed_rehearsal_reports_the_time_it_took(prod_db, shadow_cli, tmp_pa
     assert report["action"]["rehearsal"]["seconds"] >= 0.4
     md = (shadow_cli.state_dir / "runs" / run_id / "report.md").read_text()
     assert re.search(r"action on rehearsal: FAILED in 0\.[4-9]\d s", md), md
+
+
+def test_the_rehearsal_tells_lint_which_tables_are_partitioned(prod_db, shadow_cli, tmp_path):
+    # Nothing in the SQL says payments is partitioned: the checkpoint does, and the hint must not be CONCURRENTLY.
+    prod_db.execute("""
+        CREATE TABLE payments (id bigint, paid_on date NOT NULL, amount numeric) PARTITION BY RANGE (paid_on);
+        CREATE TABLE payments_2026 PARTITION OF payments FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+        INSERT INTO payments VALUES (1, '2026-03-01', 10);
+    """)
+    write_plan(tmp_path, """
+targets: {app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}}
+action: {sql: index.sql}
+expect: {app: {may: ["add index public.*"]}}
+""", {"index.sql": "SET lock_timeout = '2s';\nSET statement_timeout = '60s';\nCREATE INDEX payments_amount_idx ON payments (amount);\n"})
+    r = shadow_cli("plan", "--json", env={"APP_DATABASE_URL": prod_db.dsn})
+    assert r.code == 0, r.text
+    (finding,) = [f for f in json.loads(r.out)["findings"] if f["id"] == "create-index-blocking"]
+    assert "ON ONLY" in finding["hint"] and "takes no CREATE INDEX CONCURRENTLY" in finding["hint"], finding

@@ -57,8 +57,10 @@ def test_plan_prints_each_step_with_elapsed_time_and_a_summary_table_without_col
     r = shadow_cli("plan", env={"APP_DATABASE_URL": prod_db.dsn})
     assert r.code == 1, r.text
     assert not ANSI.search(r.out) and not ANSI.search(r.err)
-    for step in ("checkpoint app", "shadow app", "rehearse", "observe app", "judge app"):
+    for step in ("checkpoint app", "shadow app", "rehearse", "observe app"):
         assert re.search(rf"^ *\d+\.\ds ✓ {step} \(\d+\.\d s\)$", r.err, re.M), (step, r.err)
+    # a step that found a problem is never marked done
+    assert re.search(r"^ *\d+\.\ds ✗ judge app \(\d+\.\d s\): 1 expectation\(s\) do not hold$", r.err, re.M), r.err
     assert re.search(r"^│? *app *│? *1 *│? *\+0 ~9 -0 *│? *1 ✓ 1 ✗", r.out, re.M), r.out
     assert "FAILED — the rehearsal does not meet the expectations" in r.out
     assert "check select count(*) from users — returned 500, expected 1" in r.out
@@ -70,7 +72,7 @@ def test_no_color_and_a_terminal(prod_db, tmp_path):
     assert ANSI.search(coloured), "a terminal gets colour (else this test proves nothing)"
     plain = _on_a_terminal(tmp_path, {"APP_DATABASE_URL": prod_db.dsn, "NO_COLOR": "1"}, "plan")
     assert not ANSI.search(plain), plain
-    assert "✓ judge app" in plain and "FAILED" in plain
+    assert "✗ judge app" in plain and "1 expectation(s) do not hold" in plain and "FAILED" in plain
 
 
 def test_quiet_prints_only_the_verdict_and_the_report_and_json_only_json(prod_db, shadow_cli, tmp_path):

@@ -116,7 +116,7 @@ class PostgresTarget:
                 row = conn.execute(LOCK_HOLDER_SQL).fetchone()
                 owner = row[0] if row and row[0] else "another session"
                 if time.monotonic() >= deadline:
-                    from shadow.guard import LockTimeout
+                    from shadow.locks import LockTimeout
 
                     raise LockTimeout(f"{owner} holds shadow's advisory lock on {self.describe()} (waited "
                                       f"{timeout:g} s; raise --lock-timeout to wait longer)", target=self.name)
@@ -207,6 +207,9 @@ class PostgresTarget:
                 "database": db[0], "encoding": db[1], "collate": db[2], "ctype": db[3],
                 "database_owner": db[4], "user": db[5],
                 "roles": roles, "members": members, "settings": settings, "endpoint": self.describe(),
+                # What static analysis cannot see in the SQL (shadow.lint's `partitioned=`).
+                "lint_facts": {"partitioned": sorted(name for name, t in observation["objects"]["table"].items()
+                                                     if t.get("table_kind") == "partitioned table")},
             },
         )
 

@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, NoReturn
 
@@ -144,7 +144,8 @@ def _summary_table(model: dict[str, Any]) -> Table:
     if any(not v["target"] for v in model["expectations"]):
         targets.append({"name": "", "changes": []})  # expectations of the run as a whole (the action)
     for t in targets:
-        rows = {op: sum(c.get("detail", {}).get("count", 0) for c in t["changes"]
+        every = list(_walk_changes(t["changes"]))  # implied row changes count too (rows a dropped column updated)
+        rows = {op: sum(c.get("detail", {}).get("count", 0) for c in every
                         if c["kind"] == "rows" and c["op"] == op) for op in ("insert", "update", "delete")}
         verdicts = [v for v in model["expectations"] if v["target"] == t["name"]]
         failed = sum(not v["ok"] for v in verdicts)
@@ -152,6 +153,12 @@ def _summary_table(model: dict[str, Any]) -> Table:
         table.add_row(escape(t["name"] or "(run)"), str(len(t["changes"])),
                       f"+{rows['insert']:,} ~{rows['update']:,} -{rows['delete']:,}", held if verdicts else "—")
     return table
+
+
+def _walk_changes(changes: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for change in changes:
+        yield change
+        yield from _walk_changes(change.get("implied") or [])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

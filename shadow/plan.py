@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from shadow.changes import is_glob
 from shadow.errors import PlanError, cap
 
 VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -482,15 +483,11 @@ def _address_problem(address: Any, kind: Any) -> str | None:
     if len(parts) != 3:
         return f"{address!r} is not a change address `<op> <kind> <name>`"
     op, change_kind, _name = parts
-    if not _is_glob(op) and op not in kind.change_ops:
+    if not is_glob(op) and op not in kind.change_ops:
         return f"{address!r}: unknown operation {op!r} (one of: {', '.join(kind.change_ops)})"
-    if not _is_glob(change_kind) and change_kind not in kind.change_kinds:
+    if not is_glob(change_kind) and change_kind not in kind.change_kinds:
         return f"{address!r}: unknown kind {change_kind!r} (one of: {', '.join(kind.change_kinds)})"
     return None
-
-
-def _is_glob(text: str) -> bool:
-    return any(ch in text for ch in "*?[")
 
 
 def _expectations(doc: _Doc, raw: Any, target_kinds: Mapping[str, Any]) -> dict[str, Expectation]:

@@ -246,3 +246,16 @@ expect: {app: {may: ["add index public.*"]}}
     assert r.code == 0, r.text
     (finding,) = [f for f in json.loads(r.out)["findings"] if f["id"] == "create-index-blocking"]
     assert "ON ONLY" in finding["hint"] and "takes no CREATE INDEX CONCURRENTLY" in finding["hint"], finding
+
+
+def test_the_summary_table_counts_rows_a_dropped_column_updated(prod_db, shadow_cli, tmp_path):
+    write_plan(tmp_path, """
+targets: {app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}}
+action: {sql: drop.sql}
+expect: {app: {may: ["drop column public.users.full_name"]}}
+policy: {allow: [drop-column]}
+""", {"drop.sql": "SET lock_timeout = '2s';\nSET statement_timeout = '60s';\nALTER TABLE users DROP COLUMN full_name;\n"})
+    r = shadow_cli("plan", env={"APP_DATABASE_URL": prod_db.dsn})
+    assert r.code == 0, r.text
+    # the 500 updated rows are implied by the drop (nested), and still counted in the table
+    assert re.search(r"^│? *app *│? *1 *│? *\+0 ~500 -0 ", r.out, re.M), r.out

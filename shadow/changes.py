@@ -43,6 +43,10 @@ class Change:
             out["implied"] = [c.to_dict() for c in self.children]
         return out
 
+    def summary(self) -> str:
+        """One line of plain text: the address, what it amounts to, how many changes it implies."""
+        return change_summary(self.to_dict())
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Change:
         return cls(
@@ -302,3 +306,23 @@ def differences(before: Any, after: Any, limit: int = 20) -> list[str]:
 def _short(value: Any, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def change_summary(c: dict[str, Any]) -> str:
+    """A change on one line of plain text: its address, what it amounts to, and how many changes it implies."""
+    detail = c.get("detail") or {}
+    text = c["address"]
+    if "count" in detail:
+        text += f" — {detail['count']:,} row{'s' if detail['count'] != 1 else ''}"
+    elif "rows_before" in detail:
+        text += f" — content changed (rows: {detail['rows_before']:,} → {detail['rows_after']:,})"
+    elif c["op"] == "alter":
+        keys = [k for k, v in detail.items() if isinstance(v, dict)]
+        text += f" — {', '.join(keys)}" if keys else ""
+    implied = implied_count(c)
+    return text + (f" (+{implied} implied)" if implied else "")
+
+
+def implied_count(c: dict[str, Any]) -> int:
+    """How many changes ``c`` (a :meth:`Change.to_dict`) implies, at any depth."""
+    return sum(1 + implied_count(child) for child in c.get("implied") or [])

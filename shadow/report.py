@@ -24,6 +24,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from shadow import redact
+from shadow.changes import change_summary, implied_count
 from shadow.report_junit import render_junit
 
 if TYPE_CHECKING:
@@ -184,21 +185,6 @@ def definition_diff(before: Any, after: Any, limit: int = DIFF_LINES) -> list[st
     if len(lines) > limit:
         lines = lines[:limit] + [f"… {len(lines) - limit} more lines of the diff (report.json has both texts)"]
     return lines
-
-
-def change_summary(c: dict[str, Any]) -> str:
-    """A change on one line of plain text: its address, what it amounts to, and how many changes it implies."""
-    detail = c.get("detail") or {}
-    text = c["address"]
-    if "count" in detail:
-        text += f" — {detail['count']:,} row{'s' if detail['count'] != 1 else ''}"
-    elif "rows_before" in detail:
-        text += f" — content changed (rows: {detail['rows_before']:,} → {detail['rows_after']:,})"
-    elif c["op"] == "alter":
-        keys = [k for k, v in detail.items() if isinstance(v, dict)]
-        text += f" — {', '.join(keys)}" if keys else ""
-    implied = _implied_count(c)
-    return text + (f" (+{implied} implied)" if implied else "")
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -412,12 +398,12 @@ def _target_blocks(t: dict[str, Any]) -> list[Block]:
 def _changes_part(changes: list[dict[str, Any]]) -> Block:
     if not changes:
         return ["_no changes_"]
-    return _Part(changes, _change_item, "changes", count=lambda c: 1 + _implied_count(c))
+    return _Part(changes, _change_item, "changes", count=lambda c: 1 + implied_count(c))
 
 
 def _change_item(c: dict[str, Any]) -> str:
     """A change and (up to MAX_IMPLIED of) the changes it implies, depth first; long ones collapsed."""
-    implied = _implied_count(c)
+    implied = implied_count(c)
     lines = [_change_line(c, 0)] + [_change_line(child, depth)
                                     for depth, child in itertools.islice(_walk_implied(c, 1), MAX_IMPLIED)]
     if implied > MAX_IMPLIED:
@@ -434,10 +420,6 @@ def _walk_implied(c: dict[str, Any], depth: int) -> Iterator[tuple[int, dict[str
     for child in c.get("implied") or []:
         yield depth, child
         yield from _walk_implied(child, depth + 1)
-
-
-def _implied_count(c: dict[str, Any]) -> int:
-    return sum(1 + _implied_count(child) for child in c.get("implied") or [])
 
 
 def _change_line(c: dict[str, Any], depth: int) -> str:

@@ -354,7 +354,7 @@ expect: {{app: {{must: [add column public.users.nickname], may: [update rows pub
                      env={"SHADOW_FAULT_TRACE": str(trace)})
     assert traced.code == 0, traced.text
     points = [line.split("\t", 1)[1] for line in trace.read_text().splitlines()]
-    after_the_action = points.index("begin apply") + 2  # 1-based: the transition right after the action ran
+    after_the_action = points.index("end apply") + 1  # 1-based: the transition right after the action ran
 
     reset()
     killed = _shadow(tmp_path, db, scratch, "apply", env={"SHADOW_FAULT_KILL_AT": str(after_the_action)})

@@ -259,3 +259,16 @@ policy: {allow: [drop-column]}
     assert r.code == 0, r.text
     # the 500 updated rows are implied by the drop (nested), and still counted in the table
     assert re.search(r"^│? *app *│? *1 *│? *\+0 ~500 -0 ", r.out, re.M), r.out
+
+
+def test_restore_verification_speaks_in_change_addresses(prod_db, tmp_path):
+    from snapshots import Store
+
+    target = prod_db.target()
+    checkpoint = target.checkpoint(Store(tmp_path / "store"), "20261202-000000-abcdef")
+    prod_db.execute("CREATE INDEX users_late_idx ON users (created_at); "
+                    "INSERT INTO audit_log VALUES ('2026-12-02', 'after the checkpoint')")
+    problems = target.verify_restored(checkpoint)
+    assert "add index public.users_late_idx" in problems
+    assert any(p.startswith("update rows public.audit_log — content changed") for p in problems), problems
+    assert not any("root[" in p for p in problems), problems

@@ -288,15 +288,7 @@ class PostgresTarget:
             with self.connect() as prod, shadow.connect_pristine() as pristine:
                 rows = _count_changed_rows(pristine, prod, checkpoint.observation, after)
             return diff(checkpoint.observation, after, rows)
-        changes = diff(checkpoint.observation, after, rows)
-        before = checkpoint.observation["data"]
-        for table in sorted(set(before) & set(after["data"])):
-            was, now = before[table], after["data"][table]
-            if (was["rows"], was["hash"]) != (now["rows"], now["hash"]):
-                # No copy of the checkpoint to count rows against: say only that the content changed.
-                changes.append(Change("update", "rows", table, {"rows_before": was["rows"], "rows_after": now["rows"],
-                                                                "note": "content changed; rows not counted"}))
-        return changes
+        return _uncounted(checkpoint.observation, after)
 
     def restore(self, checkpoint: Checkpoint, store: Store) -> None:
         archive = store.open_verified(_artifact(checkpoint))
@@ -310,8 +302,7 @@ class PostgresTarget:
         now = self.observe()
         if fingerprint_of(now) == checkpoint.fingerprint:
             return []
-        before = {"objects": checkpoint.observation["objects"], "data": checkpoint.observation["data"]}
-        return differences(before, {"objects": now["objects"], "data": now["data"]}) or ["fingerprints differ"]
+        return _how_they_differ(checkpoint.observation, now)
 
 
 class PgShadow:
@@ -445,9 +436,7 @@ class PgShadow:
         """Differences between the restored copy and the checkpoint; a faithful shadow has none."""
         if fingerprint_of(self.pristine_observation) == self.checkpoint.fingerprint:
             return []
-        cp = self.checkpoint.observation
-        return differences({"objects": cp["objects"], "data": cp["data"]},
-                           {"objects": self.pristine_observation["objects"], "data": self.pristine_observation["data"]})
+        return _how_they_differ(self.checkpoint.observation, self.pristine_observation)
 
     def connect(self) -> psycopg.Connection:
         return self._connect(self.dsn)
@@ -501,9 +490,7 @@ class PgShadow:
         now = self.observe()
         if fingerprint_of(now) == self.checkpoint.fingerprint:
             return []
-        cp = self.checkpoint.observation
-        return differences({"objects": cp["objects"], "data": cp["data"]},
-                           {"objects": now["objects"], "data": now["data"]}) or ["fingerprints differ"]
+        return _how_they_differ(self.checkpoint.observation, now)
 
     def check(self, query: str) -> Any:
         with self.connect() as conn:
@@ -576,3 +563,25 @@ class PostgresKind:
 
     def target(self, name: str, spec: Mapping[str, Any], settings: Any) -> PostgresTarget:
         return PostgresTarget(name, spec, settings)
+
+
+def _uncounted(before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
+    """The change set between two observations with no copy to count rows against: a table whose content changed
+    is an ``update rows`` that says only that."""
+    changes = diff(before, after, {})
+    for table in sorted(set(before["data"]) & set(after["data"])):
+        was, now = before["data"][table], after["data"][table]
+        if (was["rows"], was["hash"]) != (now["rows"], now["hash"]):
+            changes.append(Change("update", "rows", table, {"rows_before": was["rows"], "rows_after": now["rows"],
+                                                            "note": "content changed; rows not counted"}))
+    return changes
+
+
+def _how_they_differ(want: dict[str, Any], got: dict[str, Any], limit: int = 20) -> list[str]:
+    """How observation ``got`` differs from ``want``, in change addresses (what a restore or a shadow still has to
+    undo); the raw observation difference only for what no change address names (a sequence's position …)."""
+    lines = [c.summary() for c in _uncounted(want, got)]
+    if not lines:
+        lines = differences({"objects": want["objects"], "data": want["data"]},
+                            {"objects": got["objects"], "data": got["data"]}, limit) or ["fingerprints differ"]
+    return lines if len(lines) <= limit else lines[:limit] + [f"… and {len(lines) - limit} more"]

@@ -1,8 +1,9 @@
 """Resource kinds shadow can checkpoint, shadow, observe and restore.
 
-Each kind is one module (or small package) exposing a :class:`Kind`; :data:`REGISTRY` lists them explicitly
-and refuses a duplicate name. Adding a kind means adding a module and one ``register`` line — the orchestrator
-(``shadow.run``) only ever talks to these Protocols.
+Each kind is one module (or small package) exposing a :class:`Kind` as ``KIND``; :data:`REGISTRY` lists them
+explicitly by name and module, refuses a duplicate name, and imports a kind only when it is first looked up.
+Adding a kind means adding a module and one ``register`` line — the orchestrator (``shadow.run``) only ever
+talks to these Protocols.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from importlib import import_module
+from typing import TYPE_CHECKING, Any, Protocol
 
-from shadow.changes import Change
-from snapshots import Store
+if TYPE_CHECKING:  # annotations only: importing adapters stays cheap
+    from shadow.changes import Change
+    from snapshots import Store
 
 
 @dataclass(frozen=True)
@@ -115,22 +118,35 @@ class Kind(Protocol):
     def target(self, name: str, spec: Mapping[str, Any], settings: Any) -> Target: ...
 
 
-class Registry(dict[str, Kind]):
-    def register(self, kind: Kind) -> None:
-        if kind.name in self:
-            raise ValueError(f"a target kind named {kind.name!r} is already registered")
-        self[kind.name] = kind
+class Registry(Mapping[str, Kind]):
+    """Kinds by name. A kind is registered by the module that defines it (its ``KIND``) and imported only when
+    first looked up, so a front end pays for psycopg, boto3 or GitPython only when a plan names that kind."""
+
+    def __init__(self) -> None:
+        self._modules: dict[str, str] = {}
+        self._loaded: dict[str, Kind] = {}
+
+    def register(self, name: str, module: str) -> None:
+        if name in self._modules:
+            raise ValueError(f"a target kind named {name!r} is already registered")
+        self._modules[name] = module
+
+    def __getitem__(self, name: str) -> Kind:
+        if name not in self._loaded:
+            kind: Kind = import_module(self._modules[name]).KIND  # KeyError for an unknown name, as a dict's
+            if kind.name != name:
+                raise ValueError(f"{self._modules[name]}.KIND is named {kind.name!r}, registered as {name!r}")
+            self._loaded[name] = kind
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._modules)
+
+    def __len__(self) -> int:
+        return len(self._modules)
 
 
 REGISTRY = Registry()
-
-
-def _load() -> None:
-    from adapters import git, postgres, s3
-
-    REGISTRY.register(postgres.KIND)
-    REGISTRY.register(s3.KIND)
-    REGISTRY.register(git.KIND)
-
-
-_load()
+REGISTRY.register("postgres", "adapters.postgres")
+REGISTRY.register("s3", "adapters.s3")
+REGISTRY.register("git", "adapters.git")

@@ -15,8 +15,6 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from deepdiff import DeepDiff
-
 
 @dataclass
 class Change:
@@ -289,6 +287,8 @@ def _interesting(props: dict[str, Any]) -> dict[str, Any]:
 
 def differences(before: Any, after: Any, limit: int = 20) -> list[str]:
     """Human-readable differences between two observations (for "restore verified?" messages)."""
+    from deepdiff import DeepDiff  # here, not at import: deepdiff (and pydantic) cost a third of a second
+
     report = DeepDiff(before, after, ignore_order=False, verbose_level=2)
     lines: list[str] = []
     for category, items in report.items():

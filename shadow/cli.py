@@ -7,6 +7,7 @@ that catches broadly; ``--traceback`` shows what it caught.
 
 from __future__ import annotations
 
+import importlib
 import json
 import signal
 import sys
@@ -14,17 +15,36 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from shadow import run as runmod
+from shadow.changes import change_summary
 from shadow.errors import EXIT_BAD_INPUT, EXIT_INFRA, ShadowError, cap
-from shadow.report import change_summary, summary_line, verdict_line
+from shadow.locks import DEFAULT_LOCK_TIMEOUT
 from shadow.settings import Settings
+
+
+class _OnFirstUse:
+    """A module imported when first used, not when the CLI starts: `shadow --help` and `shadow lint` never pay for
+    the orchestrator (and, through the registry, no kind's libraries until a plan names the kind)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+if TYPE_CHECKING:
+    from shadow import report
+    from shadow import run as runmod
+else:
+    runmod = _OnFirstUse("shadow.run")
+    report = _OnFirstUse("shadow.report")
 
 PLAN_OPTION = click.option("-f", "--file", "plan_file", default="shadow.yaml", show_default=True,
                            type=click.Path(dir_okay=False, path_type=Path), help="The plan file.")
@@ -41,7 +61,7 @@ def _remember_quiet(click_ctx: click.Context, _param: click.Parameter, value: bo
 QUIET_OPTION = click.option("-q", "--quiet", is_flag=True, callback=_remember_quiet,
                             help="Only the verdict and where the report is: no progress, no tables.")
 LOCK_TIMEOUT_OPTION = click.option(
-    "--lock-timeout", type=click.FloatRange(min=0), default=runmod.DEFAULT_LOCK_TIMEOUT, show_default=True,
+    "--lock-timeout", type=click.FloatRange(min=0), default=DEFAULT_LOCK_TIMEOUT, show_default=True,
     metavar="SECONDS", help="How long to wait for another run holding a target's lock; 0 refuses at once (exit 3).")
 
 
@@ -109,11 +129,11 @@ def _print_result(ctx: Ctx, result: runmod.RunResult, as_json: bool) -> None:
         return
     colour = "green" if result.exit_code == 0 else "red"
     if ctx.quiet:
-        ctx.out.print(f"[bold {colour}]{escape(summary_line(model))}[/]")
+        ctx.out.print(f"[bold {colour}]{escape(report.summary_line(model))}[/]")
         ctx.out.print(f"run {result.run_id} · report: {escape(result.report_dir)}/report.md")
         return
     ctx.out.print(_summary_table(model))
-    ctx.out.print(f"[bold {colour}]{escape(verdict_line(model))}[/]")
+    ctx.out.print(f"[bold {colour}]{escape(report.verdict_line(model))}[/]")
     if result.reason:
         ctx.out.print(escape(result.reason))
     if result.outcome == "refused":  # drift: what production did meanwhile, as change addresses

@@ -35,9 +35,9 @@ from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import Token, TokenType
 
-from adapters.postgres.execute import forces_autocommit
 from shadow.errors import BadInput, SqlError, excerpt
-from shadow.sqlsplit import MAX_ANALYSED_STATEMENT, MAX_ANALYSED_TOTAL, Statement, load_sql_files
+from shadow.sqlsplit import (MAX_ANALYSED_STATEMENT, MAX_ANALYSED_TOTAL, Statement, forces_autocommit,
+                             load_sql_files)
 from shadow.sqlsyntax import check_shape, parse_error, quotable
 
 Severity = Literal["error", "warning", "info"]

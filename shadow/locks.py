@@ -16,6 +16,7 @@ from pathlib import Path
 from shadow.errors import InfrastructureError
 
 POLL_SECONDS = 0.25
+DEFAULT_LOCK_TIMEOUT = 60.0  # seconds a run waits for another run's lock on a target (--lock-timeout)
 
 
 class LockTimeout(InfrastructureError):

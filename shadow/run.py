@@ -29,6 +29,7 @@ from shadow.errors import (ActionFailed, BadInput, InfrastructureError, RestoreF
 from shadow.guard import (FaultPoints, Liveness, RunRecord, holder_text, lock_targets, refuse_if_unrecovered,
                           unfinished)
 from shadow.journal import Journal
+from shadow.locks import DEFAULT_LOCK_TIMEOUT
 from shadow.judge import Verdict, compare_change_sets, judge
 from shadow.plan import Plan, load_plan
 from shadow.settings import Settings
@@ -39,7 +40,6 @@ Progress = Callable[[str, str], None]
 
 EXIT_FOR_OUTCOME = {"passed": 0, "applied": 0, "restored": 0, "awaiting_approval": 0, "approved": 0,
                     "recovered": 0, "failed": 1, "refused": 1, "rolled_back": 1}
-DEFAULT_LOCK_TIMEOUT = 60.0
 
 
 def _quiet(_event: str, _text: str) -> None:

@@ -203,3 +203,28 @@ def load_sql_files(paths: list[Path], display: list[str]) -> list[Statement]:
             raise SqlError(f"cannot read SQL file: {exc.strerror}", file=shown) from exc
         out.extend(split_sql(source, shown, quote=may_quote(path, shown), budget=budget))
     return out
+
+
+# Statements PostgreSQL refuses inside a transaction block, or that manage transactions themselves: an action
+# holding one runs statement by statement (autocommit), as psql would.
+NON_TRANSACTIONAL = re.compile(
+    r"""^\s*(
+        (create|drop)\s+(unique\s+)?index\s+concurrently
+      | reindex\b.*\bconcurrently
+      | vacuum\b | cluster\b(?!.*\bon\b)
+      | (create|drop|alter)\s+database\b | alter\s+system\b | (create|drop)\s+tablespace\b
+      | begin\b | start\s+transaction\b | commit\b | end\b | rollback\b | abort\b | savepoint\b
+      | call\b | alter\s+subscription\b | (create|drop)\s+subscription\b
+      | alter\s+type\b.*\badd\s+value\b
+      | alter\s+table\b.*\bdetach\s+partition\b.*\bconcurrently\b | discard\s+all\b
+    )""",
+    re.IGNORECASE | re.VERBOSE | re.DOTALL,
+)
+
+
+def forces_autocommit(statement: Statement) -> bool:
+    return bool(NON_TRANSACTIONAL.match(_strip_comments(statement.text)))
+
+
+def _strip_comments(text: str) -> str:
+    return re.sub(r"(--[^\n]*\n)|(/\*.*?\*/)", " ", text + "\n", flags=re.DOTALL)

@@ -8,7 +8,6 @@ statement-by-statement autocommit, like ``psql`` does.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,30 +18,7 @@ from psycopg import errors as pgerrors
 from adapters.postgres.locks import LockTracer
 from adapters.postgres.observe import read_text_as_str
 from shadow.errors import ActionFailed, SqlError, TargetUnreachable
-from shadow.sqlsplit import Statement
-
-NON_TRANSACTIONAL = re.compile(
-    r"""^\s*(
-        (create|drop)\s+(unique\s+)?index\s+concurrently
-      | reindex\b.*\bconcurrently
-      | vacuum\b | cluster\b(?!.*\bon\b)
-      | (create|drop|alter)\s+database\b | alter\s+system\b | (create|drop)\s+tablespace\b
-      | begin\b | start\s+transaction\b | commit\b | end\b | rollback\b | abort\b | savepoint\b
-      | call\b | alter\s+subscription\b | (create|drop)\s+subscription\b
-      | alter\s+type\b.*\badd\s+value\b
-      | alter\s+table\b.*\bdetach\s+partition\b.*\bconcurrently\b | discard\s+all\b
-    )""",
-    re.IGNORECASE | re.VERBOSE | re.DOTALL,
-)
-
-
-def forces_autocommit(statement: Statement) -> bool:
-    return bool(NON_TRANSACTIONAL.match(_strip_comments(statement.text)))
-
-
-def _strip_comments(text: str) -> str:
-    return re.sub(r"(--[^\n]*\n)|(/\*.*?\*/)", " ", text + "\n", flags=re.DOTALL)
-
+from shadow.sqlsplit import Statement, forces_autocommit
 
 def execute(dsn: str, statements: list[Statement], timeout: float, target: str,
             trace: list[dict[str, Any]] | None = None, tag: str = "") -> str:

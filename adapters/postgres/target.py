@@ -25,13 +25,13 @@ from adapters.postgres.container import ContainerServer, Limits
 from adapters.postgres.cluster import LocalCluster
 from adapters.postgres.server import SUPERUSER, Server
 from adapters.postgres.diff import count_rows, diff
-from adapters.postgres.execute import end_sessions, execute, execute_verified, forces_autocommit
+from adapters.postgres.execute import end_sessions, execute, execute_verified
 from adapters.postgres.observe import observe, read_text_as_str
 from adapters.postgres import dbsettings
 from adapters.postgres.restore import restore_into_empty, restore_over, run_pg_dump
 from shadow.changes import Change, RowDelta, differences
 from shadow.errors import BadInput, BinaryNotFound, InfrastructureError, RestoreFailed, TargetUnreachable
-from shadow.sqlsplit import Statement
+from shadow.sqlsplit import Statement, forces_autocommit
 from snapshots import Artifact, Store
 
 PRISTINE_SUFFIX = "__shadow_pristine"

@@ -428,7 +428,7 @@ def confirm(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     """How a restore confirms that removing delete markers brought keys back: one more listing of the scope, or
     (a few keys in a large scope — made large here by counting one object per listing page) a HEAD per key."""
     if request.param == "heads":
-        monkeypatch.setattr("adapters.s3.target.LIST_PAGE", 1)
+        monkeypatch.setattr("adapters.s3.restore.LIST_PAGE", 1)
     return str(request.param)
 
 

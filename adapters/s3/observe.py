@@ -12,6 +12,8 @@ request per object, sent from a bounded thread pool.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -86,6 +88,15 @@ def observe(client: Any, bucket: str, prefix: str, versions: dict[str, str] | No
         "objects": {"object": objects},
         "data": {},
     }
+
+
+def fingerprint_of(observation: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(observation["objects"], sort_keys=True).encode()).hexdigest()
+
+
+def by_key(observation: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """key → properties of an observation's objects (their names are ``<bucket>/<key>``)."""
+    return {name.split("/", 1)[1]: props for name, props in observation["objects"]["object"].items()}
 
 
 def versioning(client: Any, bucket: str) -> str | None:

@@ -1,0 +1,26 @@
+"""The endpoint of a git target or shadow: the working copy an action runs in, and the identity it commits as."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from adapters import Endpoint
+from adapters.git.repo import Git
+
+
+@dataclass(frozen=True)
+class GitEndpoint(Endpoint):
+    """An endpoint with a working directory: a plan with one such endpoint runs its command there."""
+
+    workdir: str | None = None
+
+
+def env_name(name: str) -> str:
+    return re.sub(r"[^A-Z0-9]", "_", name.upper())
+
+
+def worktree_endpoint(name: str, root: str, identity_of: Git) -> GitEndpoint:
+    """``SHADOW_<NAME>_WORKTREE`` is ``root``; commits carry ``identity_of``'s identity; its secrets are masked."""
+    return GitEndpoint(env={f"SHADOW_{env_name(name)}_WORKTREE": root, **identity_of.identity()},
+                       secrets=identity_of.secrets, workdir=root)

@@ -8,11 +8,12 @@ talks to these Protocols.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from importlib import import_module
-from typing import TYPE_CHECKING, Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # annotations only: importing adapters stays cheap
     from shadow.changes import Change
@@ -27,6 +28,7 @@ class Endpoint:
     exclusive_env: Mapping[str, str] = field(default_factory=dict)  # only when it is the plan's one target of its kind
     dsn: str | None = None
     secrets: tuple[str, ...] = ()  # values to redact from anything shadow writes
+    workdir: str | None = None  # a working directory the action runs in (a git working copy), if any
 
 
 @dataclass
@@ -56,14 +58,30 @@ class ShadowCopy(Protocol):
 
     backend: str
     endpoint: Endpoint
+    warnings: list[str]  # what the report should say about this copy (a locale that differs …)
+    fidelity: list[str]  # how the copy differs from the checkpoint, in change addresses; empty when faithful
 
     def changes(self) -> list[Change]:
         """What the action changed: pristine copy → this copy."""
 
+    def observe(self) -> dict[str, Any]: ...
+
+    def lost(self) -> str | None:
+        """Why the copy stopped answering (its server killed, its container gone), or None while it answers."""
+
+    def rehearse_rollback(self) -> list[str]:
+        """Restore the copy from the checkpoint the way production would be; how it still differs (empty: exact)."""
+
+    def attach(self, network: Any) -> Endpoint:
+        """Join an isolated action's network; the endpoint the action uses there (BadInput when the kind cannot)."""
+
+
+@runtime_checkable
+class Checkable(Protocol):
+    """A copy that answers ``checks:`` queries (SQL)."""
+
     def check(self, query: str) -> Any:
         """Run an expectation's check query on the copy; return its single value."""
-
-    def observe(self) -> dict[str, Any]: ...
 
 
 class Target(Protocol):
@@ -71,6 +89,7 @@ class Target(Protocol):
 
     name: str
     kind: str
+    progress: Callable[[str], None] | None  # set by the orchestrator: long steps report lines of progress here
 
     def describe(self) -> str:
         """Where it is, with any password removed."""
@@ -97,14 +116,38 @@ class Target(Protocol):
     def verify_restored(self, checkpoint: Checkpoint) -> list[str]:
         """How production differs from the checkpoint now; empty when it observes equal."""
 
-    def execute_sql(self, endpoint: Endpoint, statements: list[Any], timeout: float,
-                    trace: list[dict[str, Any]] | None = None, tag: str = "") -> str:
-        """Run an SQL action's statements on ``endpoint``; return how ("transaction" | "autocommit"). ``tag``
-        names the sessions that run them, for :meth:`end_sessions`."""
-
     def end_sessions(self, tag: str) -> int:
         """End what the resource still runs for a killed run's action (its sessions named ``tag``) and wait until
         it has stopped; return how many there were. Kinds with nothing that outlives a client return 0."""
+
+    def lock(self, holder: str, timeout: float, wait: Callable[[str], None]) -> AbstractContextManager[None]:
+        """Held while a run writes: the kind's own lock on the resource (a database advisory lock, a lock file in
+        the repository), so that runs from other state dirs or machines exclude each other; :func:`no_lock` when
+        the resource has none."""
+
+    def lock_identity(self) -> str:
+        """What the resource lock is taken on: two targets with the same identity share one lock."""
+
+
+@runtime_checkable
+class SqlTarget(Protocol):
+    """A target an SQL action runs on: statements, in one transaction verified before COMMIT when they allow it."""
+
+    def execute_sql(self, endpoint: Endpoint, statements: list[Any], timeout: float,
+                    trace: list[dict[str, Any]] | None = None, tag: str = "") -> str:
+        """Run an SQL action's statements on ``endpoint``; return how ("transaction" | "autocommit"). ``tag``
+        names the sessions that run them, for :meth:`Target.end_sessions`."""
+
+    def atomic_blocker(self, statements: list[Any]) -> Any:
+        """The first statement that cannot run inside a transaction, or None when all can."""
+
+    def apply_sql_verified(self, statements: list[Any], timeout: float, checkpoint: Checkpoint, shadow: Any,
+                           judge: Callable[[list[Change]], list[str]], on_begin: Callable[[int], None] | None = None,
+                           tag: str = "") -> tuple[list[str], list[Change]]:
+        """Apply in one transaction, COMMIT only when ``judge`` finds production's change set right inside it."""
+
+    def transaction_outcome(self, xid: int) -> str:
+        """Whether transaction ``xid`` committed: "committed", "aborted" or "unknown"."""
 
 
 class Kind(Protocol):
@@ -115,7 +158,23 @@ class Kind(Protocol):
     def validate(self, spec: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
         """(key, problem) for every problem in a target's plan settings."""
 
+    runs_sql: bool  # an SQL action may name its targets; their copies answer `checks:`
+
+    def resolve_paths(self, spec: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+        """The target's settings with paths relative to the plan's ``folder`` made absolute (most kinds: as given)."""
+
     def target(self, name: str, spec: Mapping[str, Any], settings: Any) -> Target: ...
+
+
+@contextmanager
+def no_lock(holder: str, timeout: float, wait: Callable[[str], None]) -> Iterator[None]:
+    """The resource lock of a kind whose resource has none (shadow's own lock file still excludes other runs)."""
+    yield
+
+
+def paths_as_given(spec: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    """``resolve_paths`` of a kind whose settings hold no paths."""
+    return dict(spec)
 
 
 class Registry(Mapping[str, Kind]):

@@ -131,7 +131,7 @@ def run_action(plan: Plan, statements: list[Statement], endpoints: Mapping[str, 
                                production)
         # An endpoint may name a working directory (a git target's working copy): with exactly one, the command
         # runs there, and SHADOW_PLAN_DIR still leads to the plan's own files.
-        workdirs = [w for ep in endpoints.values() if (w := getattr(ep, "workdir", None))]
+        workdirs = [ep.workdir for ep in endpoints.values() if ep.workdir]
         cwd = Path(workdirs[0]) if len(workdirs) == 1 else plan.folder
         if cwd != plan.folder:
             env["SHADOW_PLAN_DIR"] = str(plan.folder)

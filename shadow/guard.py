@@ -124,8 +124,8 @@ def lock_targets(locks_dir: Path, targets: Mapping[str, Any], holder: str, timeo
         for name, t in sorted(targets.items(), key=lambda item: identity_key(item[1].describe())):
             tell = _prefixed(wait, name)
             stack.enter_context(file_lock(locks_dir / f"{identity_key(t.describe())}.lock", holder, timeout, tell))
-            resource = getattr(t, "lock_identity", t.describe)()
-            if hasattr(t, "lock") and resource not in held:
+            resource = t.lock_identity()
+            if resource not in held:
                 stack.enter_context(t.lock(holder, timeout, tell))
                 held.add(resource)
         yield

@@ -290,7 +290,8 @@ def load_plan(path: Path, env: Mapping[str, str], kinds: Mapping[str, Any] | Non
 
     targets = _targets(doc, data.get("targets"), kinds, path.parent.resolve())
     names = [t.name for t in targets]
-    action = _action(doc, data.get("action"), path.parent.resolve(), targets)
+    sql_kinds = {t.kind for t in targets if kinds[t.kind].runs_sql}
+    action = _action(doc, data.get("action"), path.parent.resolve(), targets, sql_kinds)
     expect = _expectations(doc, data.get("expect") or {}, {t.name: kinds[t.kind] for t in targets})
     policy = _policy(doc, data.get("policy") or {})
     if doc.problems:
@@ -347,14 +348,13 @@ def _targets(doc: _Doc, raw: Any, kinds: Mapping[str, Any], folder: Path | None 
         for key, message in kinds[kind].validate(spec):
             doc.problem(where + ((key,) if key else ()), message)
         options = {k: v for k, v in spec.items() if k != "kind"}
-        resolve = getattr(kinds[kind], "resolve_paths", None)  # a kind's relative paths are the plan folder's
-        if resolve is not None and folder is not None:
-            options = resolve(options, folder)
+        if folder is not None:  # a kind's relative paths are the plan folder's
+            options = kinds[kind].resolve_paths(options, folder)
         out.append(TargetSpec(name, kind, options, doc.line(where)))
     return out
 
 
-def _action(doc: _Doc, raw: Any, folder: Path, targets: list[TargetSpec]) -> Action:
+def _action(doc: _Doc, raw: Any, folder: Path, targets: list[TargetSpec], sql_kinds: set[str]) -> Action:
     if not isinstance(raw, dict):
         doc.problem(("action",), "missing: give `sql: FILE` (or a list of files) or `command: \"...\"`")
         return Action()
@@ -432,17 +432,18 @@ def _action(doc: _Doc, raw: Any, folder: Path, targets: list[TargetSpec]) -> Act
         shown.append(f)
         if not real.is_relative_to(folder):
             outside.append(real)
-    pg = [t.name for t in targets if t.kind == "postgres"]
+    runs_sql = [t.name for t in targets if t.kind in sql_kinds]  # targets whose kind runs SQL (postgres)
     sql_target = raw.get("target")
-    if sql_target is not None and sql_target not in pg:
+    if sql_target is not None and sql_target not in runs_sql:
         if sql_target not in doc.broken_targets:  # else the target's own problem is the one to fix
-            doc.problem(("action", "target"), f"{sql_target!r} is not a postgres target of this plan")
+            doc.problem(("action", "target"), f"{sql_target!r} is not a target SQL runs on (a postgres target) "
+                                              "of this plan")
     elif sql_target is None:
-        if len(pg) == 1:
-            sql_target = pg[0]
+        if len(runs_sql) == 1:
+            sql_target = runs_sql[0]
         elif targets and not doc.broken_targets:
-            doc.problem(("action", "target"), "an SQL action needs `target:` naming the postgres target it runs on"
-                        if pg else "an SQL action needs a postgres target")
+            doc.problem(("action", "target"), "an SQL action needs `target:` naming the target it runs on"
+                        if runs_sql else "an SQL action needs a target SQL runs on (a postgres target)")
     if isolation == "container":
         doc.problem(("action", "isolation"), "`isolation: container` is for `command` actions; SQL actions are run "
                                              "by shadow itself over one connection")
@@ -525,6 +526,10 @@ def _expectations(doc: _Doc, raw: Any, target_kinds: Mapping[str, Any]) -> dict[
         raw_checks = spec.get("checks") or []
         if not isinstance(raw_checks, list):
             doc.problem(where + ("checks",), "must be a list of {sql, equals}")
+            raw_checks = []
+        elif raw_checks and name in target_kinds and not target_kinds[name].runs_sql:
+            doc.problem(where + ("checks",), f"checks run SQL on the shadow; {name!r} is a "
+                                             f"{target_kinds[name].name} target, which has none")
             raw_checks = []
         for i, check in enumerate(raw_checks):
             cwhere = where + ("checks", i)

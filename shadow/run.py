@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from adapters import REGISTRY, Checkpoint, Endpoint, ShadowCopy, Target
+from adapters import REGISTRY, Checkable, Checkpoint, Endpoint, ShadowCopy, Target
 from shadow import report
 from shadow.action import ActionResult, Launch, run_action, session_tag
 from shadow.changes import Change
@@ -594,7 +594,8 @@ def _rehearse(session: _Session, plan_: Plan, statements: list[Statement], targe
         with session.step("observe", name):
             result.targets[name].changes = shadow.changes()
         with session.step("judge", name) as step:
-            verdicts = judge(name, result.targets[name].changes, plan_.expect[name], shadow.check)
+            verdicts = judge(name, result.targets[name].changes, plan_.expect[name],
+                             shadow.check if isinstance(shadow, Checkable) else None)
             failed = sum(not v.ok for v in verdicts)
             if failed:
                 step.found(f"{failed} expectation(s) do not hold")

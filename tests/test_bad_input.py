@@ -260,7 +260,7 @@ CORPUS: list[Bad] = [
     plan("image-without-container", T + "action: {command: ls, image: alpine}\n", "action.image",
          "only used with `isolation: container`"),
     plan("sql-target-unknown", T + "action: {sql: m.sql, target: other}\n", "action.target",
-         "'other' is not a postgres target"),
+         "'other' is not a target SQL runs on"),
     # expectations
     plan("expect-list", T + A + "expect: [app]\n", "shadow.yaml:7: expect", "must map target names"),
     plan("expect-unknown-target", T + A + "expect: {web: {must: []}}\n", "shadow.yaml:7: expect.web",

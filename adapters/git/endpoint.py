@@ -11,9 +11,8 @@ from adapters.git.repo import Git
 
 @dataclass(frozen=True)
 class GitEndpoint(Endpoint):
-    """An endpoint with a working directory: a plan with one such endpoint runs its command there."""
-
-    workdir: str | None = None
+    """An endpoint with a working directory (``Endpoint.workdir``): a plan with one such endpoint runs its command
+    there."""
 
 
 def env_name(name: str) -> str:

@@ -92,8 +92,9 @@ class GitShadow:
         twin.restore_from(self.checkpoint, self.manifest)
         return twin.verify_restored(self.checkpoint)
 
-    def check(self, query: str) -> Any:
-        raise BadInput("`checks` run SQL and are for postgres targets", target=self.name)
+    def lost(self) -> str | None:
+        """A clone on this host's disk has no server to lose; a removed clone is a missing working copy."""
+        return None if self.work.is_dir() else f"the shadow's clone {self.work} is gone"
 
     def attach(self, network: Any) -> Endpoint:
         raise BadInput("`action.isolation: container` cannot reach a git shadow yet (it is a clone on this host); "

@@ -54,6 +54,7 @@ class GitTarget:
 
     def __init__(self, name: str, spec: Mapping[str, Any], settings: Any) -> None:
         self.name = name
+        self.progress: Callable[[str], None] | None = None  # nothing here takes long enough to report on
         self.url: str | None = spec.get("url") or None
         self.branch: str | None = spec.get("branch") or None
         self.rollback = str(spec.get("rollback") or "revert")
@@ -121,6 +122,9 @@ class GitTarget:
         with file_lock(git_dir / "shadow.lock", holder, timeout, wait):
             yield
 
+    def lock_identity(self) -> str:
+        return self.describe()
+
     def _sync_clone(self) -> None:
         """``url:`` targets: bring shadow's own clone to the remote branch (it is shadow's, so it may be reset)."""
         assert self.url and self.branch
@@ -186,10 +190,6 @@ class GitTarget:
             yield GitShadow(self, checkpoint, manifest, tmp, backend)
 
     # -- production --------------------------------------------------------------------------------------------
-    def execute_sql(self, endpoint: Endpoint, statements: list[Any], timeout: float,
-                    trace: list[dict[str, Any]] | None = None, tag: str = "") -> str:
-        raise BadInput("an SQL action cannot run on a git target", target=self.name)
-
     def end_sessions(self, tag: str) -> int:
         return 0  # nothing of a killed client's runs on here after the client is gone
 
@@ -212,6 +212,7 @@ class GitTarget:
 
 class GitKind:
     name = "git"
+    runs_sql = False
     keys = ("path", "url", "branch", "remote", "rollback")
     change_ops: tuple[str, ...] = ("add", "delete", "modify", "move")
     change_kinds: tuple[str, ...] = ("file", "ref")

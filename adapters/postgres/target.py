@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from adapters import Checkpoint, Endpoint
+from adapters import Checkpoint, Endpoint, paths_as_given
 from adapters.postgres import dsn as dsnlib
 from adapters.docker import engine_answers, join_network
 from adapters.postgres.binaries import ClientTools, ContainerTools, binaries_for
@@ -74,6 +74,7 @@ class PostgresTarget:
 
     def __init__(self, name: str, spec: Mapping[str, Any], settings: Any) -> None:
         self.name = name
+        self.progress: Callable[[str], None] | None = None  # nothing here takes long enough to report on
         self.spec = dict(spec)
         self.dsn = str(spec["dsn"])
         self.settings = settings
@@ -541,6 +542,8 @@ def _artifact(checkpoint: Checkpoint) -> Artifact:
 class PostgresKind:
     name = "postgres"
     keys = ("dsn", "image")
+    runs_sql = True
+    resolve_paths = staticmethod(paths_as_given)
     # The vocabulary of change addresses: `<op> <kind> <name>`.
     change_ops: tuple[str, ...] = ("add", "drop", "alter", "insert", "update", "delete")
     change_kinds: tuple[str, ...] = ("schema", "table", "column", "index", "constraint", "view", "materialized_view", "function",

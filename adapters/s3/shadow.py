@@ -4,8 +4,10 @@ same keys, content, content type, metadata and tags — under throwaway credenti
 from __future__ import annotations
 
 import secrets
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from adapters import Checkpoint, Endpoint
 from adapters.s3.bucket import object_args
@@ -14,7 +16,6 @@ from adapters.s3.content import CONTENT_DIFF_LIMIT, content_diff
 from adapters.s3.moto import MOTO_PORT, MotoContainer
 from adapters.s3.observe import by_key, diff, observe
 from shadow.changes import Change, differences
-from shadow.errors import BadInput
 from snapshots import Artifact, Store
 
 if TYPE_CHECKING:
@@ -110,8 +111,14 @@ class S3Shadow:
         cp, now = _comparable(self.checkpoint.observation["objects"]), _comparable(self.observe()["objects"])
         return [] if cp == now else differences(cp, now)
 
-    def check(self, query: str) -> Any:
-        raise BadInput("`checks` run SQL and are for postgres targets", target=self.name)
+    def lost(self) -> str | None:
+        """Why the shadow's S3 server no longer answers (its process or container gone), or None while it does."""
+        where = urlsplit(self.url)
+        try:
+            socket.create_connection((where.hostname or "127.0.0.1", where.port or 80), timeout=2).close()
+        except OSError as exc:
+            return f"the S3 server at {self.url} does not answer ({exc.strerror or exc})"
+        return None
 
     def attach(self, network: Any) -> Endpoint:
         """Join the sandbox's internal network under the target's name; the endpoint an isolated action uses."""

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from adapters import Checkpoint, Endpoint
+from adapters import Checkpoint, Endpoint, no_lock, paths_as_given
 from adapters.s3.bucket import DELETE_BATCH, Bucket
 from adapters.s3.checkpoint import copies_manifest, record_parts, safety_findings, versions_manifest
 from adapters.s3.client import REGION, WORKERS, env_name, make_client, translated
@@ -148,12 +148,14 @@ class S3Target:
             yield S3Shadow(self, url, checkpoint, manifest, store, backend, container)
 
     # -- production ----------------------------------------------------------------------------------------
-    def execute_sql(self, endpoint: Endpoint, statements: list[Any], timeout: float,
-                    trace: list[dict[str, Any]] | None = None, tag: str = "") -> str:
-        raise BadInput("an SQL action cannot run on an s3 target", target=self.name)
-
     def end_sessions(self, tag: str) -> int:
         return 0  # nothing of a killed client's runs on here after the client is gone
+
+    def lock(self, holder: str, timeout: float, wait: Callable[[str], None]) -> AbstractContextManager[None]:
+        return no_lock(holder, timeout, wait)  # S3 has no lock; shadow's lock file excludes runs on this machine
+
+    def lock_identity(self) -> str:
+        return self.describe()
 
     def changes_since(self, checkpoint: Checkpoint, shadow: Any | None) -> list[Change]:
         return diff(checkpoint.observation, self.observe())
@@ -200,6 +202,8 @@ class S3Target:
 
 class S3Kind:
     name = "s3"
+    runs_sql = False
+    resolve_paths = staticmethod(paths_as_given)
     keys = ("bucket", "prefix", "endpoint_url", "allow", "retain_days")
     change_ops: tuple[str, ...] = ("add", "delete", "modify")
     change_kinds: tuple[str, ...] = ("object",)

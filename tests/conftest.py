@@ -123,22 +123,52 @@ class CliResult:
         return self.out + self.err
 
 
+TEST_IMAGES_ENV = ("SHADOW_POSTGRES_IMAGE", "SHADOW_S3_IMAGE")
+
+
+def cli_env(backend: str | None = "local", env: dict[str, str] | None = None, drop: tuple[str, ...] = (),
+            inherit: bool = True) -> dict[str, str]:
+    """The CLI's environment: this process's without any SHADOW_* setting (nor ``drop``), on ``backend`` (None:
+    the CLI chooses), with the test images, then ``env``. ``inherit=False``: ``env`` alone."""
+    if not inherit:
+        return dict(env or {})
+    full = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_") and k not in drop}
+    if backend is not None:
+        full["SHADOW_BACKEND"] = backend
+    full.update({name: os.environ[name] for name in TEST_IMAGES_ENV})
+    full.update(env or {})
+    return full
+
+
+def start_cli(*args: str, state: Path | None, cwd: Path, backend: str | None = "local",
+              env: dict[str, str] | None = None, drop: tuple[str, ...] = (), inherit: bool = True,
+              **popen: Any) -> subprocess.Popen[Any]:
+    """Start the real ``shadow`` CLI in a subprocess with ``--state-dir state`` (None: no flag); stdout and stderr
+    piped as text unless ``popen`` says otherwise."""
+    argv = [sys.executable, "-m", "shadow.cli", *(["--state-dir", str(state)] if state is not None else []), *args]
+    popen = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen}
+    return subprocess.Popen(argv, cwd=cwd, env=cli_env(backend, env, drop, inherit), **popen)
+
+
+def run_cli(*args: str, state: Path | None, cwd: Path, timeout: float = 300, **options: Any) -> CliResult:
+    """Run the real ``shadow`` CLI to its end (options as :func:`start_cli`)."""
+    proc = start_cli(*args, state=state, cwd=cwd, **options)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return CliResult(proc.returncode, out, err)
+
+
 @pytest.fixture
 def shadow_cli(tmp_path: Path, backend: str):  # type: ignore[no-untyped-def]
     """Run the real ``shadow`` CLI in a subprocess with a state dir in tmp_path, on the test's backend."""
     state = tmp_path / "state"
 
     def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 300) -> CliResult:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
-        full_env["SHADOW_BACKEND"] = backend
-        full_env["SHADOW_POSTGRES_IMAGE"] = os.environ["SHADOW_POSTGRES_IMAGE"]
-        full_env["SHADOW_S3_IMAGE"] = os.environ["SHADOW_S3_IMAGE"]
-        full_env.update(env or {})
-        proc = subprocess.run(
-            [sys.executable, "-m", "shadow.cli", "--state-dir", str(state), *args],
-            capture_output=True, text=True, env=full_env, cwd=cwd or tmp_path, timeout=timeout,
-        )
-        return CliResult(proc.returncode, proc.stdout, proc.stderr)
+        return run_cli(*args, state=state, cwd=cwd or tmp_path, backend=backend, env=env, timeout=timeout)
 
     run.state_dir = state  # type: ignore[attr-defined]
     return run

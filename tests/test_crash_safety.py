@@ -22,7 +22,7 @@ import pytest
 
 from adapters.docker import LABEL_RUN
 from adapters.postgres.cluster import TEMP_PREFIX, read_labels
-from tests.conftest import ProdDb, write_plan
+from tests.conftest import CliResult, ProdDb, run_cli, start_cli, write_plan
 
 # Autocommit writes in three steps: a kill between them leaves production half changed, so only a restore
 # (not a transaction rollback) can put it back.
@@ -74,28 +74,25 @@ def production(prod_db: ProdDb) -> Iterator[Production]:
 
 
 def shadow(tmp_path: Path, prod: Production, *args: str, env: dict[str, str] | None = None,
-           state: str = "state") -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
-    full.update({"APP_DATABASE_URL": prod.dsn, "SHADOW_BACKEND": "local", **(env or {})})
-    return subprocess.run([sys.executable, "-m", "shadow.cli", "--state-dir", str(tmp_path / state), *args],
-                          cwd=tmp_path, env=full, capture_output=True, text=True, timeout=300)
+           state: str = "state") -> CliResult:
+    return run_cli(*args, state=tmp_path / state, cwd=tmp_path, env={"APP_DATABASE_URL": prod.dsn, **(env or {})})
 
 
 def transitions(tmp_path: Path, prod: Production, *args: str) -> list[str]:
     trace = tmp_path / "trace.txt"
     trace.unlink(missing_ok=True)
     done = shadow(tmp_path, prod, *args, env={"SHADOW_FAULT_TRACE": str(trace)})
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.code == 0, done.out + done.err
     return [line.split("\t", 1)[1] for line in trace.read_text().splitlines()]
 
 
 def killed_then_recovered(tmp_path: Path, prod: Production, point: int, *args: str) -> str:
     killed = shadow(tmp_path, prod, *args, env={"SHADOW_FAULT_KILL_AT": str(point)})
-    assert killed.returncode == -signal.SIGKILL, (point, killed.returncode, killed.stderr)
+    assert killed.code == -signal.SIGKILL, (point, killed.code, killed.err)
     recovered = shadow(tmp_path, prod, "recover")
-    assert recovered.returncode == 0, (point, recovered.stdout + recovered.stderr)
-    assert "Traceback" not in recovered.stderr
-    return recovered.stdout
+    assert recovered.code == 0, (point, recovered.out + recovered.err)
+    assert "Traceback" not in recovered.err
+    return recovered.out
 
 
 def clusters_of(state: Path) -> list[Path]:
@@ -118,18 +115,18 @@ def test_sigkill_at_every_transition_of_apply_then_recover(production: Productio
         production.reset()
         state = f"state{point}"
         killed = shadow(tmp_path, production, "apply", env={"SHADOW_FAULT_KILL_AT": str(point)}, state=state)
-        assert killed.returncode == -signal.SIGKILL, (points[point - 1], killed.stderr)
+        assert killed.code == -signal.SIGKILL, (points[point - 1], killed.err)
         if point == len(points) // 2:  # new work on the target waits for `shadow recover`
             refused = shadow(tmp_path, production, "plan", state=state)
-            assert refused.returncode == 3 and "shadow recover" in refused.stderr, refused.stderr
+            assert refused.code == 3 and "shadow recover" in refused.err, refused.err
         left_running += bool(clusters_of(tmp_path / state))
         recovered = shadow(tmp_path, production, "recover", state=state)
-        assert recovered.returncode == 0 and "Traceback" not in recovered.stderr, recovered.stderr
+        assert recovered.code == 0 and "Traceback" not in recovered.err, recovered.err
         assert clusters_of(tmp_path / state) == [], "recover leaves no shadow of the run it settled"
         now = production.fingerprint()
         assert now in (checkpoint, rehearsed), f"killed at {points[point - 1]!r}: production is neither"
         outcomes[points[point - 1]] = "checkpoint" if now == checkpoint else "rehearsed"
-        assert shadow(tmp_path, production, "recover", state=state).stdout.startswith("nothing to recover")
+        assert shadow(tmp_path, production, "recover", state=state).out.startswith("nothing to recover")
     print(f"\ncovered {len(points)} kill points of apply: " +
           ", ".join(f"{p} → {o}" for p, o in outcomes.items()))
     assert set(outcomes.values()) == {"checkpoint", "rehearsed"}
@@ -140,10 +137,10 @@ def test_sigkill_at_every_transition_of_rollback_then_recover(production: Produc
     write_plan(tmp_path, PLAN, {"migrate.py": MIGRATE})
     checkpoint = production.fingerprint()
     applied = shadow(tmp_path, production, "apply", "--json")
-    assert applied.returncode == 0, applied.stderr
+    assert applied.code == 0, applied.err
     import json
 
-    run_id = json.loads(applied.stdout)["run_id"]
+    run_id = json.loads(applied.out)["run_id"]
     rehearsed = production.fingerprint()
     points = transitions(tmp_path, production, "rollback", run_id)
     assert production.fingerprint() == checkpoint
@@ -158,9 +155,9 @@ def test_sigkill_at_every_transition_of_rollback_then_recover(production: Produc
         assert production.fingerprint() != checkpoint
         killed = shadow(tmp_path, production, "rollback", run_id, "--force",
                         env={"SHADOW_FAULT_KILL_AT": str(point)})
-        assert killed.returncode == -signal.SIGKILL, (points[point - 1], killed.stderr)
+        assert killed.code == -signal.SIGKILL, (points[point - 1], killed.err)
         recovered = shadow(tmp_path, production, "recover")
-        assert recovered.returncode == 0 and "Traceback" not in recovered.stderr, recovered.stderr
+        assert recovered.code == 0 and "Traceback" not in recovered.err, recovered.err
         now = production.fingerprint()
         changed = now != checkpoint
         if changed:  # killed before the restore began: production is as the apply left it, untouched by us
@@ -180,22 +177,22 @@ def test_unrecovered_run_blocks_new_work_until_recover(production: Production, t
     production.reset()
     mid_apply = next(i for i, p in enumerate(points, 1) if p.startswith("begin apply")) + 1
     killed = shadow(tmp_path, production, "apply", env={"SHADOW_FAULT_KILL_AT": str(mid_apply)})
-    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert killed.code == -signal.SIGKILL, killed.out + killed.err
 
     for verb in (("plan",), ("apply",)):
         refused = shadow(tmp_path, production, *verb)
-        assert refused.returncode == 3, refused.stderr
-        assert "was killed while applying" in refused.stderr and "shadow recover" in refused.stderr
+        assert refused.code == 3, refused.err
+        assert "was killed while applying" in refused.err and "shadow recover" in refused.err
 
     recovered = shadow(tmp_path, production, "recover", "--json")
     import json
 
-    rows = json.loads(recovered.stdout)
+    rows = json.loads(recovered.out)
     assert [r["outcome"] for r in rows] == ["rolled_back"] and rows[0]["was"] == "applying"
     assert production.fingerprint() == checkpoint
-    runs = json.loads(shadow(tmp_path, production, "runs", "--json").stdout)
+    runs = json.loads(shadow(tmp_path, production, "runs", "--json").out)
     assert {r["outcome"] for r in runs} >= {"rolled_back", "recovered"}
-    assert shadow(tmp_path, production, "plan").returncode == 0
+    assert shadow(tmp_path, production, "plan").code == 0
 
 
 
@@ -221,14 +218,14 @@ def test_recover_asks_the_server_whether_a_one_transaction_apply_committed(produ
 
     production.reset()
     killed = shadow(tmp_path, production, "apply", env={"SHADOW_FAULT_KILL_AT": str(began[1])}, state="open")
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert killed.code == -signal.SIGKILL, killed.err
     with psycopg.connect(production.dsn, autocommit=True) as conn:  # the application keeps writing
         conn.execute("INSERT INTO audit_log VALUES ('2031-05-05', 'written after the kill')")
     recovered = shadow(tmp_path, production, "recover", "--json", state="open")
-    assert recovered.returncode == 0, recovered.stderr
+    assert recovered.code == 0, recovered.err
     import json
 
-    (row,) = json.loads(recovered.stdout)
+    (row,) = json.loads(recovered.out)
     assert row["outcome"] == "rolled_back" and "nothing was restored" in row["summary"], row
     with psycopg.connect(production.dsn) as conn:
         assert conn.execute("SELECT count(*) FROM audit_log WHERE message = 'written after the kill'").fetchone()[0] == 1
@@ -237,9 +234,9 @@ def test_recover_asks_the_server_whether_a_one_transaction_apply_committed(produ
 
     production.reset()
     killed = shadow(tmp_path, production, "apply", env={"SHADOW_FAULT_KILL_AT": str(ended)}, state="committed")
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert killed.code == -signal.SIGKILL, killed.err
     recovered = shadow(tmp_path, production, "recover", "--json", state="committed")
-    (row,) = json.loads(recovered.stdout)
+    (row,) = json.loads(recovered.out)
     assert row["outcome"] == "applied" and "committed" in row["summary"], row
     with psycopg.connect(production.dsn) as conn:
         assert conn.execute("SELECT count(*) FROM users WHERE nickname IS NOT NULL").fetchone()[0] > 0
@@ -310,13 +307,8 @@ def _marked_processes(run_id: str) -> list[int]:
 def _kill_mid_action(tmp_path: Path, prod: Production, also_warden: bool, backend: str = "local",
                      extra_env: dict[str, str] | None = None) -> str:
     """Start `shadow apply`, SIGKILL it once step1 reached production (and the warden too, when asked); the run id."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
-    env.update(APP_DATABASE_URL=prod.dsn, SHADOW_BACKEND=backend, **(extra_env or {}))
-    for name in ("SHADOW_POSTGRES_IMAGE", "SHADOW_S3_IMAGE"):
-        if name in os.environ:
-            env[name] = os.environ[name]
-    proc = subprocess.Popen([sys.executable, "-m", "shadow.cli", "--state-dir", str(tmp_path / "state"), "apply"],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start_cli("apply", state=tmp_path / "state", cwd=tmp_path, backend=backend,
+                     env={"APP_DATABASE_URL": prod.dsn, **(extra_env or {})}, stdout=subprocess.DEVNULL, text=False)
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:
@@ -373,8 +365,8 @@ def test_a_killed_apply_leaves_no_action_writing_after_recover(production: Produ
                               {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
     recovered = shadow(tmp_path, production, "recover", "--json",
                        env={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
-    assert recovered.returncode == 0 and "Traceback" not in recovered.stderr, recovered.stderr
-    (row,) = json.loads(recovered.stdout)
+    assert recovered.code == 0 and "Traceback" not in recovered.err, recovered.err
+    (row,) = json.loads(recovered.out)
     assert row["outcome"] == "rolled_back", row
     assert _marked_processes(run_id) == [], "an action process outlived recover"
 
@@ -404,7 +396,7 @@ def test_a_killed_apply_leaves_no_isolated_action_container(production: Producti
     # Production as the action's container reaches it (host network during apply).
     run_id = _kill_mid_action(tmp_path, production, also_warden, backend="docker")
     recovered = shadow(tmp_path, production, "recover", "--json", env={"SHADOW_BACKEND": "docker"})
-    assert recovered.returncode == 0 and "Traceback" not in recovered.stderr, recovered.stderr
+    assert recovered.code == 0 and "Traceback" not in recovered.err, recovered.err
     docker = client()
     try:
         assert docker.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"}) == []
@@ -439,8 +431,8 @@ policy: {allow: [update-without-where]}
         assert conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
                             [f"shadow action {run_id}"]).fetchone()[0] == 1, "the slow statement runs on"
     recovered = shadow(tmp_path, production, "recover")
-    assert recovered.returncode == 0, recovered.stderr
-    assert "ended 1 session(s) the killed run left running" in recovered.stderr + recovered.stdout
+    assert recovered.code == 0, recovered.err
+    assert "ended 1 session(s) the killed run left running" in recovered.err + recovered.out
     time.sleep(PAUSE + 1)
     with psycopg.connect(production.dsn) as conn:
         assert conn.execute("SELECT count(*) FROM users WHERE full_name LIKE '%slow'").fetchone()[0] == 0
@@ -455,7 +447,7 @@ def test_recover_refuses_when_it_cannot_make_sure_the_action_stopped(production:
     recorded = [i for i, p in enumerate(points, 1) if p == "action recorded"]
     assert len(recorded) == 2, points  # the rehearsal's action, then production's
     killed = shadow(tmp_path, production, "apply", env={"SHADOW_FAULT_KILL_AT": str(recorded[1])}, state="far")
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert killed.code == -signal.SIGKILL, killed.err
     (run_json,) = (tmp_path / "far" / "runs").glob("*/run.json")
     record = json.loads(run_json.read_text())
     for identity in record["actions"]:
@@ -463,8 +455,8 @@ def test_recover_refuses_when_it_cannot_make_sure_the_action_stopped(production:
     run_json.write_text(json.dumps(record))
 
     refused = shadow(tmp_path, production, "recover", state="far")
-    assert refused.returncode == 3, refused.stdout + refused.stderr
-    assert "its action ran on build-7.example" in refused.stderr and "Traceback" not in refused.stderr
-    assert "production was left as it is" in refused.stderr
+    assert refused.code == 3, refused.out + refused.err
+    assert "its action ran on build-7.example" in refused.err and "Traceback" not in refused.err
+    assert "production was left as it is" in refused.err
     assert production.fingerprint() == checkpoint
-    assert shadow(tmp_path, production, "plan", state="far").returncode == 3  # still unsettled: new work waits
+    assert shadow(tmp_path, production, "plan", state="far").code == 3  # still unsettled: new work waits

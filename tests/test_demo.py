@@ -3,30 +3,26 @@
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import CliResult, run_cli
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _demo(tmp_path: Path, extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
-    env.update(extra)
-    return subprocess.run([sys.executable, "-m", "shadow.cli", "--state-dir", str(tmp_path / "state"), "demo"],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+def _demo(tmp_path: Path, extra: dict[str, str]) -> CliResult:
+    return run_cli("demo", state=tmp_path / "state", cwd=tmp_path, backend=None, env=extra)
 
 
 def test_demo_applies_the_safe_migration_and_refuses_the_destructive_one(tmp_path):
     r = _demo(tmp_path, {})
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "APPLIED" in r.stdout
-    assert "REFUSED" in r.stdout
-    assert "drop column public.orders.placed_at" in r.stdout
-    assert "production untouched" in r.stdout
+    assert r.code == 0, r.out + r.err
+    assert "APPLIED" in r.out
+    assert "REFUSED" in r.out
+    assert "drop column public.orders.placed_at" in r.out
+    assert "production untouched" in r.out
     assert len(list((tmp_path / "state" / "runs").iterdir())) == 2
 
 
@@ -36,5 +32,5 @@ def test_demo_runs_on_the_pgserver_wheel_alone(tmp_path):
     assert spec is not None and spec.origin
     bindir = Path(spec.origin).parent / "pginstall" / "bin"
     r = _demo(tmp_path, {"SHADOW_PG_BINDIR": str(bindir), "PATH": "/usr/bin:/bin"})
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "PostgreSQL 16" in r.stdout
+    assert r.code == 0, r.out + r.err
+    assert "PostgreSQL 16" in r.out

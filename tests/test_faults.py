@@ -30,7 +30,7 @@ import pytest
 
 from adapters.docker import LABEL_PID, LABEL_ROLE
 from adapters.postgres.cluster import LABELS_FILE, TEMP_PREFIX
-from tests.conftest import BOTH_BACKENDS, CliResult, ProdDb, write_plan
+from tests.conftest import BOTH_BACKENDS, CliResult, ProdDb, start_cli, write_plan
 from tests.test_lifecycle import _wait_for
 
 ONLY_IN_PRODUCTION = "SELECT pg_sleep(CASE WHEN current_setting('port') = '{port}' THEN 120 ELSE 0 END);"
@@ -47,11 +47,8 @@ def scratch() -> Iterator[Path]:
 
 def _start(tmp_path: Path, db: ProdDb, scratch: Path, *args: str, backend: str = "local", state: Path | None = None,
            env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
-    full.update(APP_DATABASE_URL=db.dsn, SHADOW_BACKEND=backend, TMPDIR=str(scratch),
-                SHADOW_POSTGRES_IMAGE=os.environ["SHADOW_POSTGRES_IMAGE"], **(env or {}))
-    return subprocess.Popen([sys.executable, "-m", "shadow.cli", "--state-dir", str(state or tmp_path / "state"),
-                             *args], cwd=tmp_path, env=full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_cli(*args, state=state or tmp_path / "state", cwd=tmp_path, backend=backend,
+                     env={"APP_DATABASE_URL": db.dsn, "TMPDIR": str(scratch), **(env or {})})
 
 
 def _finish(proc: subprocess.Popen[str], timeout: float = 180) -> CliResult:

@@ -21,7 +21,7 @@ from docker.errors import NotFound
 
 from adapters.docker import LABEL_PID, LABEL_RUN, client, labels
 from adapters.postgres.cluster import LABELS_FILE, LocalCluster, read_labels, stop_leftover
-from tests.conftest import TEST_IMAGES, CliResult, ProdDb, docker_or_skip, write_plan
+from tests.conftest import CliResult, ProdDb, TEST_IMAGES, docker_or_skip, run_cli, start_cli, write_plan
 from tests.test_lifecycle import _shadow_dirs, _wait_for
 
 NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
@@ -36,11 +36,7 @@ time.sleep(120)
 
 
 def _gc(*args: str, env: dict[str, str] | None = None) -> CliResult:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
-    full_env.update(env or {})
-    proc = subprocess.run([sys.executable, "-m", "shadow.cli", "gc", *args],
-                          capture_output=True, text=True, env=full_env, timeout=300)
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+    return run_cli("gc", *args, state=None, cwd=Path.cwd(), backend=None, env=env)
 
 
 def _plan_with_sleeper(tmp_path: Path) -> Path:
@@ -55,11 +51,8 @@ action:
 
 
 def _start_plan(tmp_path: Path, db: ProdDb, backend: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
-    env.update(APP_DATABASE_URL=db.dsn, SHADOW_BACKEND=backend,
-               SHADOW_POSTGRES_IMAGE=os.environ["SHADOW_POSTGRES_IMAGE"])
-    return subprocess.Popen([sys.executable, "-m", "shadow.cli", "--state-dir", str(tmp_path / "state"), "plan"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_cli("plan", state=tmp_path / "state", cwd=tmp_path, backend=backend,
+                     env={"APP_DATABASE_URL": db.dsn})
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 from shadow.changes import Change, matches
 from shadow.judge import judge
 from shadow.plan import Comparison, Expectation, ObjectRule
-from tests.conftest import ROOT, write_plan
+from tests.conftest import ROOT, start_cli, write_plan
 from tests.gitrepos import Repo, git
 
 EXAMPLE = ROOT / "examples" / "gitops"
@@ -190,11 +190,8 @@ action:
   env: {{STARTED: "{tmp_path / 'started'}", RELEASE: "{tmp_path / 'release'}"}}
 policy: {{rehearse_rollback: false}}
 """, {"wait.py": WAIT})
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")} | {"SHADOW_BACKEND": "local"}
-
     def shadow(state: str, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "shadow.cli", "--state-dir", str(tmp_path / state), *args],
-                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return start_cli(*args, state=tmp_path / state, cwd=tmp_path)
 
     first = shadow("state-a", "apply")
     deadline = time.monotonic() + 90

@@ -4,7 +4,6 @@ machines), approval binds exactly what was rehearsed, and every plan proves its 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ import pytest
 from adapters.postgres.target import PostgresTarget, _artifact
 from shadow.settings import Settings
 from snapshots import Store
-from tests.conftest import ProdDb, write_plan
+from tests.conftest import ProdDb, start_cli, write_plan
 
 HOLD = """
 import os, pathlib, time, psycopg
@@ -40,10 +39,7 @@ policy: {{rehearse_rollback: false}}
 
 
 def _shadow(tmp_path: Path, db: ProdDb, *args: str, state: str = "state") -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
-    env.update(APP_DATABASE_URL=db.dsn, SHADOW_BACKEND="local")
-    return subprocess.Popen([sys.executable, "-m", "shadow.cli", "--state-dir", str(tmp_path / state), *args],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_cli(*args, state=tmp_path / state, cwd=tmp_path, env={"APP_DATABASE_URL": db.dsn})
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[str]) -> None:

@@ -5,8 +5,6 @@ files outside the plan's folder are recorded and never quoted. Pure logic and th
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,14 +13,13 @@ from shadow.errors import SqlError
 from shadow.lint import lint
 from shadow.plan import load_plan
 from shadow.sqlsplit import MAX_ANALYSED_STATEMENT, MAX_ANALYSED_TOTAL, split_sql
+from tests.conftest import CliResult, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def shadow(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")} | {"NO_COLOR": "1"}
-    return subprocess.run([sys.executable, "-m", "shadow.cli", "--state-dir", str(cwd / "state"), *args],
-                          capture_output=True, text=True, cwd=cwd, env=env, timeout=120)
+def shadow(cwd: Path, *args: str) -> CliResult:
+    return run_cli(*args, state=cwd / "state", cwd=cwd, backend=None, env={"NO_COLOR": "1"}, timeout=120)
 
 
 # --- splitting: PostgreSQL's lexical rules ------------------------------------------------------------------------
@@ -81,8 +78,8 @@ def test_a_plans_files_share_one_total_bound(tmp_path: Path) -> None:
     (tmp_path / "1.sql").write_text(literal * (MAX_ANALYSED_TOTAL // 100_000 - 1))
     (tmp_path / "2.sql").write_text(literal * 2 + "DROP TABLE users;\n")
     r = shadow(tmp_path, "lint", "1.sql", "2.sql")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "2.sql:2 info analysis-limit" in r.stdout and "drop-table" not in r.stdout
+    assert r.code == 0, r.out + r.err
+    assert "2.sql:2 info analysis-limit" in r.out and "drop-table" not in r.out
 
 
 def test_cli_lints_a_huge_insert_and_many_statements_without_crashing(tmp_path: Path) -> None:
@@ -93,12 +90,12 @@ def test_cli_lints_a_huge_insert_and_many_statements_without_crashing(tmp_path: 
     (tmp_path / "many.sql").write_text(("SELECT '" + "x" * 100_000 + "';\n") * (fit + 1)
                                        + "".join(f"INSERT INTO t VALUES ({i}, 'a');\n" for i in range(200_000)))
     r = shadow(tmp_path, "lint", "big.sql")
-    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
-    assert "big.sql:1 info statement-too-large this INSERT is" in r.stdout
-    assert "big.sql:2 error drop-table" in r.stdout  # the statements after it are still analysed
+    assert r.code == 1 and "Traceback" not in r.err, r.err
+    assert "big.sql:1 info statement-too-large this INSERT is" in r.out
+    assert "big.sql:2 error drop-table" in r.out  # the statements after it are still analysed
     r = shadow(tmp_path, "lint", "many.sql")
-    assert r.returncode == 0, r.stderr
-    assert f"many.sql:{fit + 1} info analysis-limit" in r.stdout and "the 200,000 after it" in r.stdout
+    assert r.code == 0, r.err
+    assert f"many.sql:{fit + 1} info analysis-limit" in r.out and "the 200,000 after it" in r.out
 
 
 # --- SQL files outside the plan's folder --------------------------------------------------------------------------

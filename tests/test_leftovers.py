@@ -22,7 +22,7 @@ import pytest
 from adapters.docker import LABEL_PID
 from adapters.postgres.cluster import LocalCluster, read_labels, stop_leftover
 from shadow.guard import Liveness
-from tests.conftest import CliResult, ProdDb, write_plan
+from tests.conftest import CliResult, ProdDb, run_cli, start_cli, write_plan
 from tests.gitrepos import make_repo
 
 TMP = Path(tempfile.gettempdir())
@@ -43,16 +43,12 @@ with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
 
 
 def _env(state: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
     # The state dir by environment, as `shadow gc` and `recover` read it when they judge a run's leftovers.
-    env.update(SHADOW_STATE_DIR=str(state), SHADOW_BACKEND="local", **NO_DOCKER, **extra)
-    return env
+    return {"SHADOW_STATE_DIR": str(state), **NO_DOCKER, **extra}
 
 
 def _cli(state: Path, cwd: Path, *args: str, **extra: str) -> CliResult:
-    proc = subprocess.run([sys.executable, "-m", "shadow.cli", *args], cwd=cwd, env=_env(state, **extra),
-                          capture_output=True, text=True, timeout=300)
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+    return run_cli(*args, state=None, cwd=cwd, env=_env(state, **extra))
 
 
 def _rows(result: CliResult) -> dict[str, dict[str, Any]]:
@@ -170,8 +166,7 @@ def test_a_killed_runs_git_shadow_and_action_home_are_found_and_removed(tmp_path
     state = tmp_path / "state"
     marker = _git_plan_with_sleeper(tmp_path)
     before = _shadow_dirs()
-    proc = subprocess.Popen([sys.executable, "-m", "shadow.cli", "apply"], cwd=tmp_path, env=_env(state),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_cli("apply", state=None, cwd=tmp_path, env=_env(state))
     try:
         _wait_for(marker, proc)
         run_id = _run_id(state)
@@ -229,9 +224,8 @@ expect: {{app: {{must: ["add column public.users.nickname"]}}}}
     try:
         # The restore's first DROP waits for this lock: the test kills shadow (and its psql) while it waits.
         blocker.execute("LOCK TABLE users IN ACCESS SHARE MODE")
-        proc = subprocess.Popen([sys.executable, "-m", "shadow.cli", "rollback", applied_run], cwd=tmp_path,
-                                env=_env(state, APP_DATABASE_URL=prod_db.dsn), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        proc = start_cli("rollback", applied_run, state=None, cwd=tmp_path,
+                         env=_env(state, APP_DATABASE_URL=prod_db.dsn), start_new_session=True)
         try:
             deadline = time.monotonic() + 120
             while not _waiting_on_lock(prod_db):

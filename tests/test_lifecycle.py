@@ -18,7 +18,7 @@ import pytest
 
 from adapters.postgres.binaries import find_binaries
 from adapters.postgres.cluster import TEMP_PREFIX, LocalCluster
-from tests.conftest import BOTH_BACKENDS, ProdDb, write_plan
+from tests.conftest import BOTH_BACKENDS, ProdDb, start_cli, write_plan
 
 
 def _shadow_dirs() -> set[str]:
@@ -26,10 +26,7 @@ def _shadow_dirs() -> set[str]:
 
 
 def _start(tmp_path: Path, db: ProdDb, *args: str, backend: str = "local") -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
-    env.update(APP_DATABASE_URL=db.dsn, SHADOW_BACKEND=backend, SHADOW_POSTGRES_IMAGE=os.environ["SHADOW_POSTGRES_IMAGE"])
-    return subprocess.Popen([sys.executable, "-m", "shadow.cli", "--state-dir", str(tmp_path / "state"), *args],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_cli(*args, state=tmp_path / "state", cwd=tmp_path, backend=backend, env={"APP_DATABASE_URL": db.dsn})
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[str], seconds: float = 60) -> None:

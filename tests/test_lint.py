@@ -4,8 +4,6 @@ parse errors name file, line and column; touched tables; allow lists; the `shado
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from shadow.errors import BadInput, SqlError
 from shadow.lint import RULES, Finding, allow_problems, allowed, lint, lint_files, same_table, touched
 from shadow.sqlsplit import Statement, split_sql
+from tests.conftest import CliResult, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -373,10 +372,9 @@ def test_bad_allow_entries_are_refused_with_every_problem() -> None:
 # --- the CLI -------------------------------------------------------------------------------------------------------
 
 
-def shadow_lint(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "shadow.cli", "--state-dir", str(tmp_path / "state"), "lint", *args],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=60,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)})
+def shadow_lint(tmp_path: Path, *args: str) -> CliResult:
+    return run_cli("lint", *args, state=tmp_path / "state", cwd=tmp_path, timeout=60, inherit=False,
+                   env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HOME": str(tmp_path)})
 
 
 def write(tmp_path: Path, name: str, sql: str) -> str:
@@ -390,30 +388,30 @@ def test_cli_exits_1_on_an_error_level_finding_and_prints_location_id_and_hint(t
     f = write(tmp_path, "migrations/0042.sql", "SET lock_timeout = '1s';\nSET statement_timeout = '1min';\n"
               "ALTER TABLE users ADD COLUMN age int;\nDELETE FROM users;\n")
     result = shadow_lint(tmp_path, f)
-    assert result.returncode == 1, result.stderr
-    assert "migrations/0042.sql:4 error delete-without-where DELETE FROM users without WHERE" in result.stdout
-    assert "hint: add a WHERE clause" in result.stdout
-    assert "1 error, 0 warnings, 0 info, 0 allowed" in result.stdout
+    assert result.code == 1, result.err
+    assert "migrations/0042.sql:4 error delete-without-where DELETE FROM users without WHERE" in result.out
+    assert "hint: add a WHERE clause" in result.out
+    assert "1 error, 0 warnings, 0 info, 0 allowed" in result.out
 
 
 def test_cli_exits_0_with_only_warnings_or_when_the_errors_are_allowed(tmp_path: Path) -> None:
     warn = write(tmp_path, "warn.sql", "CREATE INDEX users_age ON users (age);\n")
     result = shadow_lint(tmp_path, warn)
-    assert result.returncode == 0, result.stderr
-    assert "warn.sql:1 warning create-index-blocking" in result.stdout
+    assert result.code == 0, result.err
+    assert "warn.sql:1 warning create-index-blocking" in result.out
     bad = write(tmp_path, "bad.sql", "DROP TABLE users;\nTRUNCATE orders;\n")
-    assert shadow_lint(tmp_path, bad, "--allow", "drop-table").returncode == 1
+    assert shadow_lint(tmp_path, bad, "--allow", "drop-table").code == 1
     result = shadow_lint(tmp_path, bad, "--allow", "drop-table", "--allow", "truncate,no-lock-timeout")
-    assert result.returncode == 0, result.stdout
-    assert "bad.sql:1 allowed drop-table" in result.stdout
+    assert result.code == 0, result.out
+    assert "bad.sql:1 allowed drop-table" in result.out
 
 
 def test_cli_json_lists_every_finding_as_a_dict_with_its_allowed_flag(tmp_path: Path) -> None:
     f = write(tmp_path, "m.sql", "SET lock_timeout = '1s';\nSET statement_timeout = '1min';\nDROP TABLE users;\n"
               "UPDATE t SET a = 1;\n")
     result = shadow_lint(tmp_path, "--json", f, "--allow", "drop-table")
-    assert result.returncode == 1
-    data = json.loads(result.stdout)
+    assert result.code == 1
+    data = json.loads(result.out)
     assert [(d["id"], d["severity"], d["line"], d["allowed"]) for d in data] == [
         ("drop-table", "error", 3, True), ("update-without-where", "error", 4, False)]
     assert set(data[0]) == {"id", "severity", "message", "hint", "file", "line", "statement", "allowed"}
@@ -423,17 +421,17 @@ def test_cli_json_lists_every_finding_as_a_dict_with_its_allowed_flag(tmp_path: 
 def test_cli_exits_2_on_a_parse_error_with_file_line_and_column(tmp_path: Path) -> None:
     f = write(tmp_path, "broken.sql", "SELECT 1;\nALTER TABLE t ADD COLUMN a int;\nINSERT INTO t VALUES (1;\n")
     result = shadow_lint(tmp_path, f)
-    assert result.returncode == 2
-    assert "broken.sql:3:" in result.stderr and "line 3, column 23" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert result.code == 2
+    assert "broken.sql:3:" in result.err and "line 3, column 23" in result.err
+    assert "Traceback" not in result.err
 
 
 def test_cli_exits_2_on_an_unknown_allow_id_or_a_missing_file(tmp_path: Path) -> None:
     f = write(tmp_path, "m.sql", "SELECT 1;\n")
     result = shadow_lint(tmp_path, f, "--allow", "drop-tabel")
-    assert result.returncode == 2 and "unknown finding id 'drop-tabel'" in result.stderr
+    assert result.code == 2 and "unknown finding id 'drop-tabel'" in result.err
     result = shadow_lint(tmp_path, "nope.sql")
-    assert result.returncode == 2 and "nope.sql" in result.stderr
+    assert result.code == 2 and "nope.sql" in result.err
 
 
 def test_lint_files_lints_files_together_in_order(tmp_path: Path) -> None:
@@ -454,9 +452,9 @@ def test_cli_a_set_in_one_file_does_not_silence_the_next_file(tmp_path: Path) ->
     settings = write(tmp_path, "0001_settings.sql", "SET lock_timeout = '5s';\nSET statement_timeout = '1min';\n")
     migration = write(tmp_path, "a.sql", "ALTER TABLE users ADD COLUMN nickname text;\n")
     result = shadow_lint(tmp_path, settings, migration)
-    assert result.returncode == 0, result.stderr
-    assert "a.sql:1 warning no-lock-timeout" in result.stdout
-    assert "a.sql:1 warning no-statement-timeout" in result.stdout
+    assert result.code == 0, result.err
+    assert "a.sql:1 warning no-lock-timeout" in result.out
+    assert "a.sql:1 warning no-statement-timeout" in result.out
 
 
 @pytest.mark.parametrize(("sql", "where", "says"), [
@@ -477,10 +475,10 @@ def test_cli_sql_that_does_not_parse_is_exit_2_with_file_line_column_in_plain_wo
                                                                                   where: str, says: str) -> None:
     f = write(tmp_path, "migrations/0007.sql", sql)
     result = shadow_lint(tmp_path, f)
-    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.code == 2, result.out + result.err
     assert f"migrations/0007.sql:{where.split(',')[0].split()[1]}: cannot parse the SQL ({where}): {says}" \
-        in result.stderr, result.stderr
-    assert "sqlglot" not in result.stderr and "<class" not in result.stderr and "Traceback" not in result.stderr
+        in result.err, result.err
+    assert "sqlglot" not in result.err and "<class" not in result.err and "Traceback" not in result.err
 
 
 def test_valid_statements_that_continue_on_a_line_starting_with_a_command_word_still_parse() -> None:
@@ -510,8 +508,8 @@ def test_cli_an_index_on_a_table_the_sql_shows_partitioned_gets_the_partition_re
               "CREATE INDEX payment_customer ON payment (customer_id);\n"
               "CREATE INDEX payment_customer_id ON ONLY payment (customer_id);\n")
     result = shadow_lint(tmp_path, f)
-    assert result.returncode == 0, result.stderr
-    [line, hint] = [x for x in result.stdout.splitlines() if "m.sql:" in x or "hint:" in x]
+    assert result.code == 0, result.err
+    [line, hint] = [x for x in result.out.splitlines() if "m.sql:" in x or "hint:" in x]
     assert line.startswith("m.sql:4 warning create-index-blocking CREATE INDEX on payment, a partitioned table")
     assert "CONCURRENTLY" not in line
     assert "takes no CREATE INDEX CONCURRENTLY: CREATE INDEX … ON ONLY the table" in hint
@@ -520,8 +518,8 @@ def test_cli_an_index_on_a_table_the_sql_shows_partitioned_gets_the_partition_re
     f = write(tmp_path, "c.sql", "CREATE TABLE IF NOT EXISTS payment (id int, paid date) PARTITION BY RANGE (paid);\n"
               "CREATE INDEX CONCURRENTLY payment_paid ON payment (paid);\n")
     result = shadow_lint(tmp_path, f)
-    assert result.returncode == 1
-    assert "c.sql:2 error concurrently-on-partitioned" in result.stdout and "non-transactional" not in result.stdout
+    assert result.code == 1
+    assert "c.sql:2 error concurrently-on-partitioned" in result.out and "non-transactional" not in result.out
 
 
 def test_partitioned_tables_the_rehearsal_knows_change_the_hint() -> None:
@@ -548,8 +546,8 @@ def test_cli_flags_dangerous_statements_with_id_severity_and_hint(tmp_path: Path
                                                                   severity: str, says: str) -> None:
     f = write(tmp_path, "m.sql", "SET lock_timeout = '1s';\nSET statement_timeout = '1min';\n" + sql + "\n")
     result = shadow_lint(tmp_path, f)
-    assert result.returncode == (1 if severity == "error" else 0), result.stderr
-    lines = result.stdout.splitlines()
+    assert result.code == (1 if severity == "error" else 0), result.err
+    lines = result.out.splitlines()
     [i] = [i for i, x in enumerate(lines) if f" {severity} {rule_id} " in x]
     assert says in lines[i] and lines[i + 1].strip() == f"hint: {RULES[rule_id].hint}"
     readme = (ROOT / "README.md").read_text()

@@ -4,18 +4,13 @@ The real CLI, no services (the plan is refused before anything is contacted)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import write_plan
+from tests.conftest import CliResult, run_cli, write_plan
 
 
-def shadow_plan(folder: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_") and k != "APP_DATABASE_URL"}
-    return subprocess.run([sys.executable, "-m", "shadow.cli", "--state-dir", str(folder / "state"), "plan"],
-                          capture_output=True, text=True, cwd=folder, env=env, timeout=120)
+def shadow_plan(folder: Path) -> CliResult:
+    return run_cli("plan", state=folder / "state", cwd=folder, backend=None, drop=("APP_DATABASE_URL",), timeout=120)
 
 
 def test_a_misspelt_target_kind_is_the_only_problem_reported(tmp_path: Path) -> None:
@@ -23,8 +18,8 @@ def test_a_misspelt_target_kind_is_the_only_problem_reported(tmp_path: Path) -> 
                "  repo:\n    kind: git\n    path: .\naction:\n  sql: m.sql\n  target: app\n"
                "expect:\n  app:\n    must: [add column public.users.x]\n", {"m.sql": "SELECT 1;\n"})
     result = shadow_plan(tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip() == ("shadow: error: shadow.yaml:4: targets.app.kind: unknown target kind "
+    assert result.code == 2, result.err
+    assert result.err.strip() == ("shadow: error: shadow.yaml:4: targets.app.kind: unknown target kind "
                                      "'postgress' — did you mean 'postgres'?")
 
 
@@ -32,8 +27,8 @@ def test_an_unset_variable_is_the_only_problem_reported_for_the_value_it_left_em
     write_plan(tmp_path, "version: 1\ntargets:\n  app:\n    kind: postgres\n    dsn: ${APP_DATABASE_URL}\n"
                "action:\n  sql: m.sql\n", {"m.sql": "SELECT 1;\n"})
     result = shadow_plan(tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.strip() == ("shadow: error: shadow.yaml:5: targets.app.dsn: environment variable "
+    assert result.code == 2, result.err
+    assert result.err.strip() == ("shadow: error: shadow.yaml:5: targets.app.dsn: environment variable "
                                      "APP_DATABASE_URL is not set")
 
 
@@ -41,6 +36,6 @@ def test_two_unset_variables_in_one_value_are_both_named_and_other_problems_stil
     write_plan(tmp_path, "version: 1\ntargets:\n  app:\n    kind: postgres\n    dsn: postgresql://${NO_USER_X}@"
                "${NO_HOST_X}/db\naction:\n  sql: m.sql\n  timeout: soon\n", {"m.sql": "SELECT 1;\n"})
     result = shadow_plan(tmp_path)
-    assert result.returncode == 2
-    assert "3 problems" in result.stderr and "NO_USER_X is not set" in result.stderr
-    assert "NO_HOST_X is not set" in result.stderr and "action.timeout" in result.stderr
+    assert result.code == 2
+    assert "3 problems" in result.err and "NO_USER_X is not set" in result.err
+    assert "NO_HOST_X is not set" in result.err and "action.timeout" in result.err

@@ -23,7 +23,7 @@ from shadow.settings import Settings
 from snapshots import Store
 from tests.conftest import ProdDb, write_plan
 from tests.gitrepos import make_repo
-from tests.test_cli_spine import SAFE_PLAN, SAFE_SQL
+from tests.test_cli_end_to_end import SAFE_PLAN, SAFE_SQL
 
 DAY = 86400.0
 

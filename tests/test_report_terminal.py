@@ -7,10 +7,9 @@ import os
 import pty
 import re
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import write_plan
+from tests.conftest import start_cli, write_plan
 
 ANSI = re.compile(r"\x1b\[")
 PLAN = """
@@ -31,11 +30,10 @@ SQL = "SET lock_timeout = '5s';\nSET statement_timeout = '1min';\nUPDATE users S
 
 def _on_a_terminal(tmp_path: Path, env: dict[str, str], *args: str) -> str:
     """The CLI with stdout and stderr on a pseudo-terminal; everything it wrote."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_") and k != "NO_COLOR"}
-    full_env.update(SHADOW_BACKEND="local", TERM="xterm-256color", COLUMNS="120", **env)
     master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "shadow.cli", "--state-dir", str(tmp_path / "state"), *args],
-                            stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=full_env, cwd=tmp_path)
+    proc = start_cli(*args, state=tmp_path / "state", cwd=tmp_path, drop=("NO_COLOR",),
+                     env={"TERM": "xterm-256color", "COLUMNS": "120", **env},
+                     stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, text=False)
     os.close(slave)
     chunks = []
     while True:

@@ -4,10 +4,7 @@ killed one-transaction apply (the server's answer to txid_status arrives as byte
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from adapters.postgres.cluster import LocalCluster
-from tests.conftest import ProdDb, write_plan
+from tests.conftest import CliResult, ProdDb, run_cli, write_plan
 
 SETUP = r"""
 CREATE TABLE towns (name text PRIMARY KEY, people int);
@@ -44,11 +41,8 @@ def ascii_db(pg_server: LocalCluster) -> Iterator[ProdDb]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def shadow(tmp_path: Path, db: ProdDb, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
-    env.update({"APP_DATABASE_URL": db.dsn, "SHADOW_BACKEND": "local", **extra})
-    return subprocess.run([sys.executable, "-m", "shadow.cli", "--state-dir", str(tmp_path / "state"), *args],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+def shadow(tmp_path: Path, db: ProdDb, *args: str, **extra: str) -> CliResult:
+    return run_cli(*args, state=tmp_path / "state", cwd=tmp_path, env={"APP_DATABASE_URL": db.dsn, **extra})
 
 
 def people(db: ProdDb) -> list[tuple[str, int]]:
@@ -61,30 +55,30 @@ def test_plan_apply_and_rollback_on_a_sql_ascii_production(ascii_db: ProdDb, tmp
     write_plan(tmp_path, PLAN, {"grow.sql": GROW})
     before = people(ascii_db)
     planned = shadow(tmp_path, ascii_db, "plan")
-    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert planned.code == 0, planned.out + planned.err
     applied = shadow(tmp_path, ascii_db, "apply", "--json")
-    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert applied.code == 0, applied.out + applied.err
     assert people(ascii_db) == [("4bf86765", 37001), ("4f736c6f", 700000), ("c572687573", 285001)]
-    rolled = shadow(tmp_path, ascii_db, "rollback", json.loads(applied.stdout)["run_id"])
-    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    rolled = shadow(tmp_path, ascii_db, "rollback", json.loads(applied.out)["run_id"])
+    assert rolled.code == 0, rolled.out + rolled.err
     assert people(ascii_db) == before
 
 
 def test_recover_settles_a_killed_one_transaction_apply_on_sql_ascii(ascii_db: ProdDb, tmp_path: Path) -> None:
     write_plan(tmp_path, PLAN, {"grow.sql": GROW})
     trace = tmp_path / "trace.txt"
-    assert shadow(tmp_path, ascii_db, "plan", SHADOW_FAULT_TRACE=str(trace)).returncode == 0
+    assert shadow(tmp_path, ascii_db, "plan", SHADOW_FAULT_TRACE=str(trace)).code == 0
     trace.unlink()
     done = shadow(tmp_path, ascii_db, "apply", SHADOW_FAULT_TRACE=str(trace))
-    assert done.returncode == 0, done.stderr
+    assert done.code == 0, done.err
     points = [line.split("\t", 1)[1] for line in trace.read_text().splitlines()]
     ended = points.index("end apply app") + 1
-    rolled = shadow(tmp_path, ascii_db, "rollback", json.loads(shadow(tmp_path, ascii_db, "runs", "--json").stdout)
+    rolled = shadow(tmp_path, ascii_db, "rollback", json.loads(shadow(tmp_path, ascii_db, "runs", "--json").out)
                     [0]["id"])
-    assert rolled.returncode == 0, rolled.stderr
+    assert rolled.code == 0, rolled.err
     killed = shadow(tmp_path, ascii_db, "apply", SHADOW_FAULT_KILL_AT=str(ended))
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert killed.code == -signal.SIGKILL, killed.err
     recovered = shadow(tmp_path, ascii_db, "recover", "--json")
-    assert recovered.returncode == 0, recovered.stderr
-    (row,) = json.loads(recovered.stdout)
+    assert recovered.code == 0, recovered.err
+    (row,) = json.loads(recovered.out)
     assert row["outcome"] == "applied" and "committed" in row["summary"], row

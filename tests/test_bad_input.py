@@ -432,3 +432,31 @@ def test_corpus_of_bad_inputs(corpus_prod, tmp_path, capsys):
         print(f"\nbad-input corpus: {len(CORPUS)} malformed inputs tried in {time.monotonic() - started:.1f} s, "
               f"{len(failures)} mishandled")
     assert not failures, "\n".join(failures)
+
+
+DELETE_ORDERS_PLAN = """
+targets: {app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}}
+action: {sql: m.sql}
+expect: {app: {may: [delete rows public.orders, "* rows public.audit_log"]}}
+"""
+
+
+def test_deferred_constraint_failure_is_reported_as_bad_sql_not_a_crash(prod_db, shadow_cli, tmp_path):
+    write_plan(tmp_path, DELETE_ORDERS_PLAN, {"m.sql": """
+        CREATE TABLE notes (id int PRIMARY KEY, order_id bigint REFERENCES orders (id) DEFERRABLE INITIALLY DEFERRED);
+        INSERT INTO notes VALUES (1, 999999);
+    """})
+    r = shadow_cli("plan", env={"APP_DATABASE_URL": prod_db.dsn})
+    assert r.code == 2, r.text
+    assert "deferred constraint failed" in r.err and "Traceback" not in r.text
+
+
+def test_targets_whose_variables_collide_are_refused(shadow_cli, tmp_path):
+    write_plan(tmp_path, """
+targets:
+  billing-db: {kind: postgres, dsn: "host=a"}
+  billing_db: {kind: postgres, dsn: "host=b"}
+action: {command: "true"}
+""")
+    r = shadow_cli("plan")
+    assert r.code == 2 and "both become SHADOW_BILLING_DB_*" in r.err

@@ -106,3 +106,19 @@ def test_a_wrong_password_is_not_echoed(planted, shadow_cli, tmp_path, prod_db):
     assert "password authentication failed" in r.text and "Traceback" not in r.text
     assert wrong not in r.text and planted["dsn password"] not in r.text
     assert prod_db.fingerprint() == before
+
+
+def test_percent_encoded_password_is_redacted_from_action_logs(empty_db, shadow_cli, tmp_path):
+    role = f"pw_{empty_db.name}"
+    empty_db.execute(f"CREATE ROLE {role} LOGIN SUPERUSER PASSWORD 'S3cr3t/p@ss:word'")
+    dsn = f"postgresql://{role}:S3cr3t%2Fp%40ss%3Aword@127.0.0.1:{empty_db.server.port}/{empty_db.name}"
+    # Succeeds on the shadow, prints production's URL (password percent-encoded) and fails on production.
+    write_plan(tmp_path, f"""
+targets: {{app: {{kind: postgres, dsn: "${{APP_DATABASE_URL}}"}}}}
+action: {{command: 'echo $SHADOW_APP_URL; test "$PGPORT" != "{empty_db.server.port}"'}}
+""")
+    r = shadow_cli("apply", env={"APP_DATABASE_URL": dsn})
+    assert r.code == 1, r.text
+    assert "ROLLED BACK" in r.out and "***@127.0.0.1" in r.out
+    for text in [r.text] + [p.read_text() for p in shadow_cli.state_dir.rglob("*.log")]:
+        assert "S3cr3t" not in text

@@ -81,7 +81,21 @@ def owner_alive(container_labels: dict[str, str]) -> bool:
 
 def leftover_containers() -> list[Any]:
     c = client()
-    return [k for k in c.containers.list(all=True, filters={"label": LABEL_RUN}) if not owner_alive(k.labels)]
+    return [k for k in _listed(c, {"label": LABEL_RUN}) if not owner_alive(k.labels)]
+
+
+def _listed(c: Any, filters: dict[str, Any]) -> list[Any]:
+    """The containers matching ``filters``; one removed between the listing and its inspection (another run's gc,
+    its own run ending) is skipped — the SDK's ``containers.list()`` raises NotFound then."""
+    from docker.errors import NotFound
+
+    out = []
+    for row in c.api.containers(all=True, filters=filters):
+        try:
+            out.append(c.containers.get(row["Id"]))
+        except NotFound:
+            continue
+    return out
 
 
 def join_network(network: Any, container_id: str | None, name: str) -> str:
@@ -106,12 +120,12 @@ def remove_containers(run_id: str, role: str) -> list[str]:
     c = client()
     try:
         wanted = {"label": [f"{LABEL_RUN}={run_id}", f"{LABEL_ROLE}={role}"]}
-        for container in c.containers.list(all=True, filters=wanted):
+        for container in _listed(c, wanted):
             try:
                 container.remove(force=True)  # force: SIGKILL first when it runs
             except Exception:  # noqa: BLE001 - gone meanwhile; the listing below is what counts
                 pass
-        return [k.id for k in c.containers.list(all=True, filters=wanted)]
+        return [row["Id"] for row in c.api.containers(all=True, filters=wanted)]
     finally:
         c.close()
 

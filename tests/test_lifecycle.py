@@ -21,8 +21,14 @@ from adapters.postgres.cluster import TEMP_PREFIX, LocalCluster
 from tests.conftest import BOTH_BACKENDS, ProdDb, start_cli, write_plan
 
 
-def _shadow_dirs() -> set[str]:
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), TEMP_PREFIX + "2*")))
+def _shadow_dirs(run_id: str = "2") -> set[str]:
+    """Shadow cluster dirs of one run (other runs on this machine — other tests, other sessions — are not ours)."""
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), TEMP_PREFIX + run_id + "*")))
+
+
+def _run_id(tmp_path: Path) -> str:
+    (run,) = [p.name for p in (tmp_path / "state" / "runs").iterdir()]
+    return run
 
 
 def _start(tmp_path: Path, db: ProdDb, *args: str, backend: str = "local") -> subprocess.Popen[str]:
@@ -55,15 +61,15 @@ action:
   command: "{sys.executable} sleeper.py"
   env: {{MARKER: "{marker}"}}
 """, {"sleeper.py": SLEEPER})
-    before_dirs = _shadow_dirs()
     proc = _start(tmp_path, prod_db, "plan")
     _wait_for(marker, proc)
-    assert _shadow_dirs() - before_dirs, "the shadow cluster should exist while the action runs"
+    run_id = _run_id(tmp_path)
+    assert _shadow_dirs(run_id), "the shadow cluster should exist while the action runs"
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, out + err
     assert "interrupted" in err
-    assert not (_shadow_dirs() - before_dirs), "the shadow cluster's directory must be removed"
+    assert not _shadow_dirs(run_id), "the shadow cluster's directory must be removed"
     assert subprocess.run(["pgrep", "-f", "sleeper.py"], capture_output=True).returncode == 1
     journal = sqlite3.connect(tmp_path / "state" / "journal.sqlite")
     assert journal.execute("SELECT outcome FROM runs").fetchone()[0] == "interrupted"

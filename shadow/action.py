@@ -98,11 +98,17 @@ def run_command(command: str, cwd: Path, env: dict[str, str], timeout: float, lo
             warden.stop(proc)  # timeout, Ctrl-C, SIGTERM, a failed record: nothing of the action runs on its own
         out.seek(0)
         text = mask_secrets(out.read().decode(errors="replace"), secrets)
+    return finished(text, error, log_path, start, "process")
+
+
+def finished(text: str, error: str | None, log_path: Path, start: float, mode: str) -> ActionResult:
+    """Write the action's (masked) output to ``log_path``; a failure's message ends with the output's last lines."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.write_text(text)
     tail = "\n".join(text.splitlines()[-LOG_TAIL:])
     if error and tail:
         error += "; last output:\n" + tail
-    return ActionResult(code == 0 and error is None, time.monotonic() - start, "process", error, str(log_path))
+    return ActionResult(error is None, time.monotonic() - start, mode, error, str(log_path))
 
 
 def run_action(plan: Plan, statements: list[Statement], endpoints: Mapping[str, Endpoint], targets: Mapping[str, Any],

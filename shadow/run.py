@@ -307,8 +307,9 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
             progress("info", f"run {result.run_id}: {backend} backend ({why})")
             checkpoints = _checkpoint_all(session, targets)
             sql_target = loaded.action.sql_target if statements else None
-            if sql_target and checkpoints[sql_target].meta.get("lint_facts"):
-                _static_findings(result, loaded, statements, checkpoints[sql_target].meta["lint_facts"])
+            facts = checkpoints[sql_target].meta.get("lint_facts") if sql_target else None
+            if facts and any(facts.values()):  # lint again only when the checkpoint knows something the SQL does not
+                _static_findings(result, loaded, statements, facts)
             if approval is not None and _drifted_since_approval(session, targets, checkpoints, approval, stack,
                                                                 backend, loaded.policy.limits):
                 return result

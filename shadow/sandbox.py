@@ -18,7 +18,7 @@ from typing import Any
 
 from adapters.docker import client, labels
 from shadow import warden
-from shadow.action import ActionResult, Launch
+from shadow.action import ActionResult, Launch, finished
 from shadow.errors import InfrastructureError
 from shadow.redact import mask_secrets
 
@@ -106,9 +106,4 @@ class Sandbox:
                 container.remove(force=True)
                 if guard is not None:
                     warden.release(guard)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_text(text)
-        tail = "\n".join(text.splitlines()[-20:])
-        if error and tail:
-            error += "; last output:\n" + tail
-        return ActionResult(error is None, time.monotonic() - start, "container", error, str(log_path))
+        return finished(text, error, log_path, start, "container")

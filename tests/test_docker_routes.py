@@ -28,6 +28,7 @@ from psycopg.conninfo import make_conninfo
 from adapters.docker import Candidate, engine_is_local, own_container_id, plan_routes, probe
 from adapters.postgres.container import ContainerServer
 from tests.conftest import DEMO_SCHEMA, ROOT, TEST_IMAGES, docker_or_skip, write_plan
+from tests.test_docker_backend import PLAN
 
 RUNNER_IMAGE = "shadow-test/action:latest"
 ID = "ca2e0d140dbbead872164fc96d79721250918b1e93614b1d8615b1d7bf905d4c"
@@ -162,14 +163,6 @@ def _run_inside(command: list[str], folder: Path, network: str, timeout: float =
         client.close()
 
 
-PLAN = """
-targets: {app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}}
-action: {sql: m.sql}
-expect:
-  app:
-    must: [add column public.users.nickname]
-    may: [update rows public.users]
-"""
 
 
 def _fingerprint(dsn: str) -> str:

@@ -25,6 +25,7 @@ from rich.table import Table
 from shadow.changes import change_summary
 from shadow.errors import EXIT_BAD_INPUT, EXIT_INFRA, ShadowError, cap
 from shadow.locks import DEFAULT_LOCK_TIMEOUT
+from shadow.outcome import Outcome
 from shadow.settings import Settings
 
 
@@ -136,7 +137,7 @@ def _print_result(ctx: Ctx, result: runmod.RunResult, as_json: bool) -> None:
     ctx.out.print(f"[bold {colour}]{escape(report.verdict_line(model))}[/]")
     if result.reason:
         ctx.out.print(escape(result.reason))
-    if result.outcome == "refused":  # drift: what production did meanwhile, as change addresses
+    if result.outcome is Outcome.REFUSED:  # drift: what production did meanwhile, as change addresses
         for t in model["targets"]:
             changed = t.get("production_changes") or []
             if changed:

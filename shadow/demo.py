@@ -14,6 +14,7 @@ from adapters.postgres.cluster import LocalCluster
 from adapters.postgres.target import PostgresTarget
 from shadow import run as runmod
 from shadow.errors import BadInput
+from shadow.outcome import Outcome
 from shadow.report import verdict_line
 from shadow.settings import Settings
 
@@ -61,12 +62,12 @@ def run(settings: Settings, out: Console, err: Console, keep: bool = False) -> i
         if keep:
             out.print(f"production stays up at {escape(production.describe())} — press Enter to stop it.")
             input()
-        ok = safe.outcome == "applied" and bad.outcome == "refused" and untouched
+        ok = safe.outcome is Outcome.APPLIED and bad.outcome is Outcome.REFUSED and untouched
         return 0 if ok else 1
 
 
 def _summarise(out: Console, result: runmod.RunResult) -> None:
-    colour = "green" if result.outcome in ("applied", "passed") else "yellow"
+    colour = "green" if result.outcome in (Outcome.APPLIED, Outcome.PASSED) else "yellow"
     out.print(f"  [bold {colour}]{escape(verdict_line(result.to_dict()))}[/] (run {result.run_id})")
     for target in result.targets.values():
         for change in target.changes:

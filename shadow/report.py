@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any
 
 from shadow import redact
 from shadow.changes import change_summary, implied_count
+from shadow.outcome import Outcome
 from shadow.report_junit import render_junit
 
 if TYPE_CHECKING:
-    from shadow.run import RunResult
+    from shadow.result import RunResult
 
 FORMAT_VERSION = 1
 FORMATS = ("md", "json", "junit", "html")
@@ -46,7 +47,7 @@ def model(result: RunResult) -> dict[str, Any]:
         "plan": result.plan_path,
         "started_at": _iso(result.started_at),
         "finished_at": _iso(result.finished_at) if result.finished_at else None,
-        "outcome": result.outcome,
+        "outcome": result.outcome.value,
         "exit_code": result.exit_code,
         "reason": result.reason,
         "passed": result.passed,
@@ -116,21 +117,6 @@ def json_schema() -> dict[str, Any]:
     return schema
 
 
-VERDICT_LINES = {
-    "passed": "PASSED — every expectation holds; production was not touched",
-    "failed": "FAILED — the rehearsal does not meet the expectations; production was not touched",
-    "applied": "APPLIED — production changed exactly as rehearsed",
-    "refused": "REFUSED — nothing was applied to production",
-    "rolled_back": "ROLLED BACK — production was restored to the checkpoint and verified",
-    "restored": "RESTORED — production is back at the checkpoint, verified",
-    "restore_failed": "ROLLBACK FAILED — production may be neither at the checkpoint nor at the rehearsed outcome",
-    "error": "ERROR",
-    "interrupted": "INTERRUPTED",
-    "awaiting_approval": "AWAITING APPROVAL — every expectation holds; production was not touched",
-    "recovered": "RECOVERED — a killed run was settled",
-}
-
-
 def verdict_line(m: dict[str, Any]) -> str:
     """The headline of a run: the outcome's word and what happened to production, as this run's facts say."""
     outcome = m["outcome"]
@@ -145,7 +131,10 @@ def verdict_line(m: dict[str, Any]) -> str:
                     "sessions wrote to it meanwhile")
         if restores and not any(r.get("needed", True) for r in restores):
             return "ROLLED BACK — production still equals the checkpoint (verified); nothing needed restoring"
-    return VERDICT_LINES.get(outcome, outcome)
+    try:
+        return Outcome(outcome).verdict
+    except ValueError:  # an outcome this version does not know (a report from another version)
+        return str(outcome)
 
 
 def summary_line(m: dict[str, Any]) -> str:

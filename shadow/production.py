@@ -1,0 +1,224 @@
+"""The phases that write production: the drift check before it, the apply and its verification against the
+rehearsal, the roll back, and the restore of a target from its checkpoint (shared by ``shadow rollback`` and
+``shadow recover``). Every step here is journaled before it starts (:meth:`shadow.session.Session.step`).
+
+A phase that ends the run returns its :class:`~shadow.outcome.Ending`; the verb records it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from adapters import Checkpoint, ShadowCopy, Target
+from shadow.action import ActionResult, run_action, session_tag
+from shadow.errors import ActionFailed, RestoreFailed, ShadowError, SnapshotCorrupt, SqlError, TargetUnreachable
+from shadow.judge import compare_change_sets
+from shadow.outcome import Ending, Outcome
+from shadow.plan import Plan
+from shadow.result import addresses
+from shadow.session import Session
+from shadow.sqlsplit import Statement
+
+
+def drift_check(session: Session, targets: dict[str, Target], shadows: dict[str, ShadowCopy],
+                checkpoints: dict[str, Checkpoint]) -> Ending | None:
+    """Refuse if anyone wrote to production since the checkpoint the rehearsal ran on."""
+    for name, t in targets.items():
+        with session.step("drift check", name) as step:
+            if t.fingerprint() != checkpoints[name].fingerprint:
+                step.found("production changed since the checkpoint")
+                changed = t.changes_since(checkpoints[name], shadows[name])
+                session.result.targets[name].production_changes = changed
+                return Ending(Outcome.REFUSED, f"production {name!r} changed since the checkpoint (drift); what "
+                              f"changed: {addresses(changed)}; nothing was applied — run shadow again to rehearse "
+                              "against the current state")
+    return None
+
+
+def apply_to_production(session: Session, plan_: Plan, statements: list[Statement], targets: dict[str, Target],
+                        shadows: dict[str, ShadowCopy], checkpoints: dict[str, Checkpoint], sandbox: Any) -> Ending:
+    """Apply the action to production and verify it changed the way the shadow did — or roll it back."""
+    refused = drift_check(session, targets, shadows, checkpoints)
+    if refused is not None:
+        return refused
+    result = session.result
+    sql_target = plan_.action.sql_target if plan_.action.sql_files else None
+    blocker = targets[sql_target].atomic_blocker(statements) if sql_target else None  # type: ignore[attr-defined]
+    one_transaction = bool(sql_target and len(targets) == 1 and blocker is None)
+    session.phase("applying", transaction={"target": sql_target, "xid": None} if one_transaction else None)
+    try:
+        if one_transaction and sql_target:
+            ending = apply_in_one_transaction(session, plan_, statements, targets[sql_target], shadows[sql_target],
+                                              checkpoints[sql_target])
+        else:
+            ending = _apply_and_verify(session, plan_, statements, targets, shadows, checkpoints, sandbox, blocker)
+        if ending is not None:
+            return ending
+    except RestoreFailed:
+        raise
+    except ShadowError as exc:
+        # Lost production (or a shadow) mid-apply: production is restored and the run ends as rolled back.
+        return roll_back(session, targets, checkpoints, f"the apply did not finish ({exc})")
+    except BaseException as exc:
+        # Interrupted mid-apply: put production back before giving up.
+        result.end(roll_back(session, targets, checkpoints, f"apply interrupted: {exc or type(exc).__name__}"))
+        raise
+    _record_after_apply(session, targets)
+    session.phase("applied")
+    how = ("in one transaction, committed after production was verified inside it"
+           if result.production and result.production.mode.startswith("one transaction")
+           else "production verified against the rehearsal after the action")
+    return Ending(Outcome.APPLIED, f"{how}; undo with `shadow rollback {result.run_id}`")
+
+
+def _apply_and_verify(session: Session, plan_: Plan, statements: list[Statement], targets: dict[str, Target],
+                      shadows: dict[str, ShadowCopy], checkpoints: dict[str, Checkpoint], sandbox: Any,
+                      blocker: Any) -> Ending | None:
+    """Run the action on production, then compare production's change set with the rehearsal's; roll back on a
+    failure or a divergence. ``None``: production changed as rehearsed."""
+    result = session.result
+    endpoints = {n: t.endpoint() for n, t in targets.items()}
+    undo = f"restore every target from the checkpoints of run {result.run_id} (shadow rollback {result.run_id})"
+    with session.step("apply", undo=undo) as step:
+        start = time.monotonic()
+        try:
+            result.production = run_action(plan_, statements, endpoints, targets, session.settings.environ,
+                                           session.dir / "action-apply.log", session.launch(), sandbox,
+                                           production=True)
+        except SqlError as exc:
+            result.production = ActionResult(False, time.monotonic() - start, "sql", str(exc))
+        if not result.production.ok:
+            step.found("the action failed on production")
+    if blocker is not None:
+        result.production.mode += (f" — {blocker.where} cannot run in a transaction "
+                                   f"({' '.join(blocker.text.split()[:4])} …), so a failure is undone by "
+                                   "restoring the checkpoint")
+    if not result.production.ok:
+        return roll_back(session, targets, checkpoints, f"the action failed on production: {result.production.error}")
+    for name, t in targets.items():
+        with session.step("verify", name) as step:
+            prod_changes = t.changes_since(checkpoints[name], shadows[name])
+            result.targets[name].production_changes = prod_changes
+            diverged = compare_change_sets(result.targets[name].changes, prod_changes)
+            result.divergence += [f"{name}: {d}" for d in diverged]
+            if diverged:
+                step.found("production did not change the way the shadow did")
+    if result.divergence:
+        return roll_back(session, targets, checkpoints, "production did not change the way the shadow did")
+    return None
+
+
+def _record_after_apply(session: Session, targets: dict[str, Target]) -> None:
+    """What production observed after the verified apply: ``shadow rollback`` refuses if it changed since."""
+    for name, t in targets.items():
+        manifest = session.store.read_manifest(session.result.run_id, name)
+        after = t.observe()
+        manifest["after_apply"] = {"fingerprint": t.fingerprint(after), "observation": after}
+        session.store.write_manifest(session.result.run_id, name, manifest)
+
+
+def apply_in_one_transaction(session: Session, plan_: Plan, statements: list[Statement], t: Target,
+                             shadow: ShadowCopy, checkpoint: Checkpoint) -> Ending | None:
+    """Every statement is transactional: apply in one transaction, compare production's change set with the
+    rehearsal's *inside* it, and COMMIT only on a match — otherwise ROLLBACK: production is never changed.
+    ``None``: committed."""
+    result = session.result
+    tr = result.targets[t.name]
+    start = time.monotonic()
+    problems: list[str] | None = None
+    with session.step("apply", t.name, undo="none: one transaction, committed only after verification") as step:
+        try:
+            problems, tr.production_changes = t.apply_sql_verified(  # type: ignore[attr-defined]
+                statements, plan_.action.timeout, checkpoint, shadow,
+                lambda changes: compare_change_sets(tr.changes, changes),
+                lambda xid: session.phase("applying", transaction={"target": t.name, "xid": xid}),
+                tag=session_tag(result.run_id))
+            result.production = ActionResult(True, time.monotonic() - start, "one transaction, verified before COMMIT")
+        except (SqlError, ActionFailed) as exc:
+            result.production = ActionResult(False, time.monotonic() - start, "one transaction", str(exc))
+        except TargetUnreachable as exc:
+            if t.fingerprint() != checkpoint.fingerprint:
+                raise  # the connection may have dropped after COMMIT reached production: restore the checkpoint
+            result.production = ActionResult(False, time.monotonic() - start, "one transaction", str(exc))
+        if problems:
+            step.found("production diverged from the rehearsal inside the transaction; rolled back")
+        elif not result.production.ok:
+            step.found("the action failed on production; the transaction was rolled back")
+    if problems:
+        result.divergence += [f"{t.name}: {d}" for d in problems]
+    if not problems and result.production.ok:
+        return None
+    cause = ("production diverged from the rehearsal inside the transaction" if problems
+             else f"the action failed on production: {result.production.error}")
+    # ROLLBACK undid everything shadow did. Never restore here: if production differs from the checkpoint
+    # now, other sessions committed meanwhile, and restoring would delete their writes.
+    if t.fingerprint() == checkpoint.fingerprint:
+        tr.restore = {"needed": False, "verified": True, "note": "the transaction was rolled back",
+                      "transaction": "rolled back"}
+        return Ending(Outcome.ROLLED_BACK, f"{cause}; the transaction was rolled back — production was never changed")
+    tr.restore = {"needed": False, "verified": False, "transaction": "rolled back",
+                  "note": "production differs from the checkpoint because other sessions wrote to it "
+                          "meanwhile; shadow rolled its own transaction back and did not touch their writes"}
+    return Ending(Outcome.ROLLED_BACK, f"{cause}; the transaction was rolled back — shadow changed nothing, but "
+                  "OTHER SESSIONS wrote to production during the apply (see the divergence)")
+
+
+def roll_back(session: Session, targets: dict[str, Target], checkpoints: dict[str, Checkpoint],
+              reason: str) -> Ending:
+    """Restore every target (each one is tried even when another fails), then verify."""
+    result = session.result
+    session.progress("info", f"rolling back: {reason}")
+    failures = restore_all(session, targets, checkpoints)
+    if failures:
+        return Ending(Outcome.RESTORE_FAILED, f"{reason}; ROLLBACK FAILED: " + " | ".join(str(f) for f in failures),
+                      failures[0])
+    if any((tr.restore or {}).get("needed") for tr in result.targets.values()):
+        return Ending(Outcome.ROLLED_BACK, reason + "; production was restored to the checkpoint and verified")
+    return Ending(Outcome.ROLLED_BACK,
+                  reason + "; production still equals the checkpoint (verified), nothing needed restoring")
+
+
+def restore_all(session: Session, targets: dict[str, Target],
+                checkpoints: dict[str, Checkpoint]) -> list[RestoreFailed]:
+    """Restore every target from its checkpoint; the failures, each target tried whatever the others did."""
+    failures: list[RestoreFailed] = []
+    for name, t in targets.items():
+        try:
+            restore_target(session, t, checkpoints[name])
+        except RestoreFailed as exc:
+            failures.append(exc)
+    return failures
+
+
+def restore_target(session: Session, t: Target, cp: Checkpoint) -> None:
+    """Restore one target from its checkpoint and verify; raise RestoreFailed unless it observes equal."""
+    tr = session.result.targets[t.name]
+    again = "`shadow recover` (new work on this target is refused until then)"
+    rerun = f"`shadow rollback {session.result.of_run}` again"
+    retry = f"the checkpoint is intact; retry with {again} once the cause is fixed"
+    try:
+        if t.fingerprint() == cp.fingerprint:
+            tr.restore = {"needed": False, "verified": True, "note": "production still equals the checkpoint"}
+            return
+        with session.step("restore", t.name, undo=f"production {t.name!r} must equal checkpoint of run {cp.run_id}"):
+            t.restore(cp, session.store)
+        with session.step("verify restore", t.name) as step:
+            problems = t.verify_restored(cp)
+            if problems:
+                step.found("production does not observe equal to the checkpoint")
+    except SnapshotCorrupt as exc:
+        tr.restore = {"needed": True, "verified": False, "error": str(exc), "untouched": True}
+        raise RestoreFailed(f"refused to restore production from a damaged checkpoint: {exc}; production was left as "
+                            f"it is — put the artifact back (from a backup of the store), then run "
+                            f"{rerun if session.result.command == 'rollback' else again}",
+                            target=t.name, run_id=cp.run_id) from exc
+    except RestoreFailed as exc:
+        tr.restore = {"needed": True, "verified": False, "error": str(exc)}
+        raise RestoreFailed(f"could NOT restore production: {exc}; {retry}", target=t.name, run_id=cp.run_id) from exc
+    except ShadowError as exc:
+        tr.restore = {"needed": True, "verified": False, "error": str(exc)}
+        raise RestoreFailed(f"could NOT restore production ({exc}); {retry}", target=t.name, run_id=cp.run_id) from exc
+    tr.restore = {"needed": True, "verified": not problems, "differences": problems}
+    if problems:
+        raise RestoreFailed(f"restored, but production does not observe equal to the checkpoint: "
+                            f"{'; '.join(problems[:5])}", target=t.name, run_id=cp.run_id)

@@ -49,6 +49,15 @@ class BadInput(ShadowError):
     exit_code = EXIT_BAD_INPUT
 
 
+class CheckQueryFailed(BadInput):
+    """A ``checks:`` query reached the copy and the server refused it (not a syntax error, not a lost
+    connection): a verdict on the plan, not bad input. ``server_error`` is the server's own words."""
+
+    def __init__(self, message: str, server_error: str, *, target: str | None = None) -> None:
+        super().__init__(message, target=target)
+        self.server_error = server_error
+
+
 class PlanError(BadInput):
     """One or more problems in a plan file, each already carrying its location (all in ``problems``; the message
     names the first :data:`MAX_PROBLEMS_SHOWN`)."""

@@ -21,7 +21,7 @@ from difflib import SequenceMatcher
 from typing import Any
 
 from shadow.changes import Change, canonical, is_glob, matches, walk
-from shadow.errors import BadInput
+from shadow.errors import CheckQueryFailed
 from shadow.plan import Expectation, RowRule
 
 
@@ -79,12 +79,9 @@ def judge(target: str, changes: list[Change], expectation: Expectation,
             continue
         try:
             actual = run_check(check.sql)
-        except BadInput as exc:
-            error = _query_error(exc)
-            if error is None:
-                raise
-            out.append(Verdict(target, "check", check.sql, False,
-                               f"the query failed on the shadow after the action: {error}; expected {check.equals!r}"))
+        except CheckQueryFailed as exc:
+            out.append(Verdict(target, "check", check.sql, False, "the query failed on the shadow after the action: "
+                               f"{exc.server_error}; expected {check.equals!r}"))
             continue
         ok = _same(actual, check.equals)
         out.append(Verdict(target, "check", check.sql, ok, f"returned {actual!r}, expected {check.equals!r}"))
@@ -120,18 +117,6 @@ def _did_you_mean(pattern: str, changes: list[Change]) -> str:
         return ""
     score, address = max(scored)
     return f"; did you mean `{address}`?" if score >= 0.6 else ""
-
-
-def _query_error(exc: BadInput) -> str | None:
-    """The server's error when a check query ran and failed (SQLSTATE other than a syntax error or a lost
-    connection); None when it did not parse or never reached the server — those stay bad input."""
-    cause = exc.__cause__
-    state = getattr(cause, "sqlstate", None)  # psycopg's errors; the adapter raises BadInput from them
-    if not isinstance(state, str) or state == "42601" or state.startswith("08"):
-        return None
-    diag = getattr(cause, "diag", None)
-    message = getattr(diag, "message_primary", None) or str(cause).strip().splitlines()[0]
-    return f"{message} (SQLSTATE {state})"
 
 
 def _count(change: Change) -> str:

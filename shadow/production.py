@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from adapters import Checkpoint, ShadowCopy, Target
+from adapters import Checkpoint, ShadowCopy, SqlTarget, Target
 from shadow.action import ActionResult, run_action, session_tag
 from shadow.errors import ActionFailed, RestoreFailed, ShadowError, SnapshotCorrupt, SqlError, TargetUnreachable
 from shadow.judge import compare_change_sets
@@ -43,7 +43,8 @@ def apply_to_production(session: Session, plan_: Plan, statements: list[Statemen
         return refused
     result = session.result
     sql_target = plan_.action.sql_target if plan_.action.sql_files else None
-    blocker = targets[sql_target].atomic_blocker(statements) if sql_target else None  # type: ignore[attr-defined]
+    sql = targets[sql_target] if sql_target else None
+    blocker = sql.atomic_blocker(statements) if isinstance(sql, SqlTarget) else None
     one_transaction = bool(sql_target and len(targets) == 1 and blocker is None)
     session.phase("applying", transaction={"target": sql_target, "xid": None} if one_transaction else None)
     try:
@@ -126,9 +127,10 @@ def apply_in_one_transaction(session: Session, plan_: Plan, statements: list[Sta
     tr = result.targets[t.name]
     start = time.monotonic()
     problems: list[str] | None = None
+    assert isinstance(t, SqlTarget), "one transaction is chosen only for a target that runs SQL"
     with session.step("apply", t.name, undo="none: one transaction, committed only after verification") as step:
         try:
-            problems, tr.production_changes = t.apply_sql_verified(  # type: ignore[attr-defined]
+            problems, tr.production_changes = t.apply_sql_verified(
                 statements, plan_.action.timeout, checkpoint, shadow,
                 lambda changes: compare_change_sets(tr.changes, changes),
                 lambda xid: session.phase("applying", transaction={"target": t.name, "xid": xid}),

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adapters import Checkpoint, Target
+from adapters import Checkpoint, SqlTarget, Target
 from shadow.action import session_tag
 from shadow.errors import BadInput, InfrastructureError
 from shadow.guard import Liveness, RunRecord, holder_text, lock_targets, unfinished
@@ -198,7 +198,12 @@ def _settle_transaction(session: Session, t: Target, record: RunRecord) -> tuple
     assert record.transaction is not None
     xid = record.transaction.get("xid")
     with session.step("transaction outcome", t.name):
-        status = t.transaction_outcome(int(xid)) if xid is not None else "never began"  # type: ignore[attr-defined]
+        if xid is None:
+            status = "never began"
+        elif isinstance(t, SqlTarget):
+            status = t.transaction_outcome(int(xid))
+        else:  # a transaction is recorded only for a target that runs SQL; a record saying otherwise is not ours
+            status = "unknown"
     if status == "committed":
         return Outcome.APPLIED, Ending(Outcome.RECOVERED, f"its transaction {xid} committed — only after production "
                                        "was verified inside it: production has the rehearsed change")

@@ -105,19 +105,18 @@ def raise_if_a_shadow_died(result: RunResult, shadows: dict[str, ShadowCopy]) ->
     """A rehearsal that failed because its shadow's server died (killed, container gone) failed for want of
     infrastructure, not because of the action: say so instead of blaming the action."""
     for name, shadow in shadows.items():
-        lost = getattr(shadow, "lost", None)
-        why = lost() if lost is not None else None
+        why = shadow.lost()
         if why:
             raise InfrastructureError(f"the shadow's server ({result.backend} backend) died during the rehearsal "
                                       f"({why}); production was not touched", target=name)
 
 
-def fidelity(result: RunResult, name: str, shadow: Any, checkpoint: Checkpoint) -> None:
+def fidelity(result: RunResult, name: str, shadow: ShadowCopy, checkpoint: Checkpoint) -> None:
     """Whether the shadow was a faithful copy of the checkpoint (read after the rehearsal: the pristine copy is
     observed while the action runs)."""
     tr = result.targets[name]
-    tr.warnings += list(getattr(shadow, "warnings", []))
-    problems = list(getattr(shadow, "fidelity", []))
+    tr.warnings += shadow.warnings
+    problems = list(shadow.fidelity)
     result.verdicts.append(Verdict(
         name, "fidelity", "shadow equals checkpoint", not problems,
         "the shadow observes equal to the checkpoint" if not problems
@@ -129,14 +128,9 @@ def rehearse_rollback(session: Session, shadows: dict[str, ShadowCopy]) -> None:
     """Prove the undo on each shadow: restore it from the checkpoint and verify it observes equal again."""
     result = session.result
     for name, shadow in shadows.items():
-        undo = getattr(shadow, "rehearse_rollback", None)
-        if undo is None:
-            result.targets[name].warnings.append(f"the rollback is unrehearsed: {result.targets[name].kind} "
-                                                 "shadows cannot rehearse it yet")
-            continue
         with session.step("rehearse rollback", name) as step:
             try:
-                problems = undo()
+                problems = shadow.rehearse_rollback()
             except ShadowError as exc:
                 problems = [str(exc)]
             except Exception as exc:  # noqa: BLE001 - a failed undo is a verdict on the plan, not a crash

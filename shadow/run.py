@@ -175,7 +175,7 @@ def _endpoints(session: Session, plan_: Plan, shadows: dict[str, ShadowCopy],
     from shadow.sandbox import Sandbox
 
     sandbox = stack.enter_context(Sandbox(session.result.run_id, plan_.action.image or session.settings.action_image))
-    return {n: s.attach(sandbox.network) for n, s in shadows.items()}, sandbox  # type: ignore[attr-defined]
+    return {n: s.attach(sandbox.network) for n, s in shadows.items()}, sandbox
 
 
 def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Path | None = None,

@@ -36,9 +36,8 @@ def quiet(_event: str, _text: str) -> None:
 def make_targets(plan: Plan, settings: Settings, progress: Progress = quiet) -> dict[str, Target]:
     """The plan's targets, built by their kinds' adapters."""
     targets = {spec.name: REGISTRY[spec.kind].target(spec.name, spec.options, settings) for spec in plan.targets}
-    for t in targets.values():
-        if hasattr(t, "progress"):  # kinds with long-running steps report progress lines
-            t.progress = lambda text: progress("info", text)
+    for t in targets.values():  # long-running steps report lines of progress
+        t.progress = lambda text: progress("info", text)
     return targets
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from shadow.errors import BadInput
+from shadow.errors import BadInput, CheckQueryFailed
 from shadow.judge import judge
 from shadow.plan import Check, Expectation
 from tests.conftest import write_plan
@@ -61,29 +61,24 @@ def test_a_check_that_does_not_parse_is_bad_input(prod_db, shadow_cli, tmp_path:
     assert "syntax error" in result.err
 
 
-class _ServerError(Exception):
-    def __init__(self, sqlstate: str, message: str) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-
-
-def _failing(sqlstate: str, message: str):  # type: ignore[no-untyped-def]
+def _raising(exc: Exception):  # type: ignore[no-untyped-def]
     def run(sql: str) -> object:
-        try:
-            raise _ServerError(sqlstate, message)
-        except _ServerError as exc:
-            raise BadInput(f"check query failed on the shadow: {message}", target="app") from exc
+        raise exc
     return run
 
 
-def test_judge_turns_a_query_error_into_a_failed_check_but_not_a_syntax_error_or_a_lost_connection():
+def test_judge_turns_a_refused_query_into_a_failed_check_and_leaves_other_bad_input_alone():
+    """The adapter decides what a refused query is (it knows its server's error codes); the judge only reads it."""
     expectation = Expectation(checks=(Check("select 1/0", 1, 3),), declared=True)
-    [verdict] = judge("app", [], expectation, _failing("22012", "division by zero"))
+    refused = CheckQueryFailed("check query failed on the shadow: division by zero",
+                               "division by zero (SQLSTATE 22012)", target="app")
+    [verdict] = judge("app", [], expectation, _raising(refused))
     assert (verdict.rule, verdict.ok) == ("check", False)
     assert "division by zero (SQLSTATE 22012)" in verdict.message
-    for state in ("42601", "08006"):
-        try:
-            judge("app", [], expectation, _failing(state, "nope"))
-        except BadInput:
-            continue
-        raise AssertionError(f"SQLSTATE {state} must stay bad input")
+    try:
+        judge("app", [], expectation, _raising(BadInput("check query failed on the shadow: syntax error")))
+    except BadInput as exc:
+        assert not isinstance(exc, CheckQueryFailed)
+    else:
+        raise AssertionError("a query that did not parse must stay bad input")
+

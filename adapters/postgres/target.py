@@ -30,7 +30,7 @@ from adapters.postgres.observe import observe, read_text_as_str
 from adapters.postgres import dbsettings
 from adapters.postgres.restore import restore_into_empty, restore_over, run_pg_dump
 from shadow.changes import Change, RowDelta, differences
-from shadow.errors import BadInput, BinaryNotFound, InfrastructureError, RestoreFailed, TargetUnreachable
+from shadow.errors import BadInput, BinaryNotFound, CheckQueryFailed, InfrastructureError, RestoreFailed, TargetUnreachable
 from shadow.sqlsplit import Statement, forces_autocommit
 from snapshots import Artifact, Store
 
@@ -498,8 +498,12 @@ class PgShadow:
             try:
                 row = conn.execute(query, prepare=False).fetchone()
             except psycopg.Error as exc:
-                raise BadInput(f"check query failed on the shadow: {exc.diag.message_primary or exc}",
-                               target=self.name) from exc
+                message = exc.diag.message_primary or _last_line(exc)
+                state = exc.sqlstate
+                if state and state != "42601" and not state.startswith("08"):  # it ran, and the server refused it
+                    raise CheckQueryFailed(f"check query failed on the shadow: {message}",
+                                           f"{message} (SQLSTATE {state})", target=self.name) from exc
+                raise BadInput(f"check query failed on the shadow: {message}", target=self.name) from exc
         return None if row is None else row[0]
 
 

@@ -314,3 +314,29 @@ def run_pg_dump(binaries: ClientTools, dsn: str, out: Path, snapshot: str | None
     if proc.returncode != 0:
         message = proc.stderr.strip().splitlines()
         raise InfrastructureError("pg_dump failed: " + ("; ".join(message[-3:]) if message else f"exit {proc.returncode}"))
+
+
+SEQUENCE_SET_ENTRY = re.compile(r"^\d+; \d+ \d+ SEQUENCE SET ")
+SETVAL = re.compile(r"^SELECT pg_catalog\.setval\('((?:[^']|'')*)', (-?\d+), (true|false)\);$", re.M)
+
+
+def dumped_sequences(binaries: ClientTools, archive: Path, run_id: str | None = None) -> dict[str, tuple[int, bool]]:
+    """Each sequence's value as the archive records it: ``{name: (last_value, is_called)}``, names as the
+    catalog quotes them. Sequences are not transactional, so ``pg_dump`` reads them at its own moment, not in
+    the exported snapshot; what it recorded is what a restore puts back, and so what the checkpoint must say.
+    Only the archive's table of contents and its SEQUENCE SET entries are read (cost: the number of sequences)."""
+    toc = subprocess.run([*binaries.argv("pg_restore", [archive.parent]), "-l", str(archive)],
+                         capture_output=True, text=True, env=_env({}))
+    if toc.returncode != 0:
+        raise InfrastructureError(f"pg_restore could not read the checkpoint archive: {toc.stderr.strip()[:500]}")
+    entries = [line for line in toc.stdout.splitlines() if SEQUENCE_SET_ENTRY.match(line)]
+    if not entries:
+        return {}
+    with tempdirs.tempdir("restore", run_id) as folder:
+        listing = folder / "sequences.list"
+        listing.write_text("".join(line + "\n" for line in entries))
+        out = subprocess.run([*binaries.argv("pg_restore", [archive.parent, folder]), "-L", str(listing), "-f", "-",
+                              str(archive)], capture_output=True, text=True, env=_env({}))
+    if out.returncode != 0:
+        raise InfrastructureError(f"pg_restore could not read the checkpoint archive: {out.stderr.strip()[:500]}")
+    return {m[1].replace("''", "'"): (int(m[2]), m[3] == "true") for m in SETVAL.finditer(out.stdout)}

@@ -28,7 +28,7 @@ from adapters.postgres.diff import count_rows, diff
 from adapters.postgres.execute import end_sessions, execute, execute_verified
 from adapters.postgres.observe import observe, read_text_as_str
 from adapters.postgres import dbsettings
-from adapters.postgres.restore import restore_into_empty, restore_over, run_pg_dump
+from adapters.postgres.restore import dumped_sequences, restore_into_empty, restore_over, run_pg_dump
 from shadow.changes import Change, RowDelta, differences
 from shadow.errors import BadInput, BinaryNotFound, CheckQueryFailed, InfrastructureError, RestoreFailed, TargetUnreachable
 from shadow.sqlsplit import Statement, forces_autocommit
@@ -197,6 +197,7 @@ class PostgresTarget:
                 observation = self._observe(conn, snapshot)
             with store.new_artifact() as slot:
                 run_pg_dump(binaries, self.dsn, slot.path, snapshot)
+                _as_dumped(observation, dumped_sequences(binaries, slot.path, run_id))
             holder.rollback()
         assert slot.artifact is not None
         return Checkpoint(
@@ -517,6 +518,14 @@ def _settle_settings(conn: psycopg.Connection, database: str, checkpoint: Checkp
     except psycopg.Error as exc:
         raise RestoreFailed(f"the database's settings could not be put back: {_last_line(exc)}",
                             target=checkpoint.target) from exc
+
+
+def _as_dumped(observation: dict[str, Any], dumped: Mapping[str, tuple[int, bool]]) -> None:
+    """Sequences as the dump recorded them (read at pg_dump's moment, not in the snapshot: production's
+    application may have taken values in between), so that the checkpoint says what a restore puts back."""
+    for name, seq in observation["objects"]["sequence"].items():
+        if name in dumped:
+            seq["last_value"], seq["is_called"] = dumped[name]
 
 
 def _count_changed_rows(before_conn: psycopg.Connection, after_conn: psycopg.Connection,

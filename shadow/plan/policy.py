@@ -1,0 +1,96 @@
+"""``policy:`` — the shadow backend and its limits, lock budgets, allowed findings, redaction, approval."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from shadow.plan.document import Doc, duration, known
+from shadow.plan.model import Limits, Policy
+
+BACKENDS = ("auto", "local", "docker")
+
+
+def load_policy(doc: Doc, raw: Any) -> Policy:
+    if not isinstance(raw, dict):
+        doc.problem(("policy",), "must be a mapping")
+        return Policy()
+    known(doc, raw, ("policy",), ("backend", "limits", "max_lock", "allow", "redact", "approval",
+                                   "rehearse_rollback"))
+    approval = raw.get("approval", "none")
+    if approval not in ("none", "required"):
+        doc.problem(("policy", "approval"), f"{approval!r} is not one of: none, required")
+        approval = "none"
+    rehearse_rollback = raw.get("rehearse_rollback", True)
+    if not isinstance(rehearse_rollback, bool):
+        doc.problem(("policy", "rehearse_rollback"), f"{rehearse_rollback!r} is not true or false")
+        rehearse_rollback = True
+    redact = raw.get("redact") or []
+    if not isinstance(redact, list) or not all(isinstance(p, str) and p.strip() for p in redact):
+        doc.problem(("policy", "redact"), "must be a list of column globs like password_hash, *_token or "
+                                          "public.users.email")
+        redact = []
+    allow = raw.get("allow") or []
+    if not isinstance(allow, list):
+        doc.problem(("policy", "allow"), "must be a list of finding ids (see `shadow lint`), or {id, file} entries")
+        allow = []
+    else:
+        from shadow.lint import allow_problems
+
+        for problem in allow_problems(allow):
+            doc.problem(("policy", "allow"), problem)
+    backend = raw.get("backend", "auto")
+    if backend not in BACKENDS:
+        doc.problem(("policy", "backend"), f"{backend!r} is not one of: {', '.join(BACKENDS)}")
+        backend = "auto"
+    return Policy(backend=backend, limits=_limits(doc, raw.get("limits")), max_lock=_max_lock(doc, raw.get("max_lock")),
+                  allow=tuple(allow), redact=tuple(p.strip() for p in redact), approval=approval,
+                  rehearse_rollback=rehearse_rollback)
+
+
+LOCK_MODES = ("ACCESS SHARE", "ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE",
+              "EXCLUSIVE", "ACCESS EXCLUSIVE")
+
+
+def _max_lock(doc: Doc, raw: Any) -> dict[str, float]:
+    if raw is None:
+        return {}
+    where = ("policy", "max_lock")
+    if not isinstance(raw, dict):
+        doc.problem(where, 'must map lock modes to durations, e.g. {"ACCESS EXCLUSIVE": 2s}')
+        return {}
+    out: dict[str, float] = {}
+    for mode, limit in raw.items():
+        name = str(mode).upper().replace("_", " ")
+        seconds = duration(limit) if limit not in (0, "0") else 0.0
+        if name not in LOCK_MODES:
+            doc.problem(where + (mode,), f"unknown lock mode {mode!r} (one of: {', '.join(LOCK_MODES)})")
+        elif seconds is None:
+            doc.problem(where + (mode,), f"{limit!r} is not a duration like 500ms, 2s, 1m")
+        else:
+            out[name] = seconds
+    return out
+
+
+def _limits(doc: Doc, raw: Any) -> Limits:
+    if raw is None:
+        return Limits()
+    where = ("policy", "limits")
+    if not isinstance(raw, dict):
+        doc.problem(where, "must be a mapping like {memory: 1g, cpus: 2, pids: 512}")
+        return Limits()
+    known(doc, raw, where, ("memory", "cpus", "pids"))
+    memory = raw.get("memory")
+    if memory is not None and not re.fullmatch(r"\d+(\.\d+)?\s*[bkmgBKMG]?", str(memory)):
+        doc.problem(where + ("memory",), f"{memory!r} is not a size like 512m or 2g")
+        memory = None
+    cpus = raw.get("cpus")
+    if cpus is not None and (isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or cpus <= 0):
+        doc.problem(where + ("cpus",), f"{cpus!r} is not a positive number of CPUs")
+        cpus = None
+    pids = raw.get("pids")
+    if pids is not None and (isinstance(pids, bool) or not isinstance(pids, int) or pids < 16):
+        doc.problem(where + ("pids",), f"{pids!r} is not a process count of at least 16")
+        pids = None
+    return Limits(str(memory).replace(" ", "").lower() if memory is not None else None,
+                  float(cpus) if cpus is not None else None, pids)

@@ -41,11 +41,11 @@ class _OnFirstUse:
 
 
 if TYPE_CHECKING:
-    from shadow import report
+    from shadow import reports as report
     from shadow import run as runmod
 else:
     runmod = _OnFirstUse("shadow.run")
-    report = _OnFirstUse("shadow.report")
+    report = _OnFirstUse("shadow.reports")
 
 PLAN_OPTION = click.option("-f", "--file", "plan_file", default="shadow.yaml", show_default=True,
                            type=click.Path(dir_okay=False, path_type=Path), help="The plan file.")
@@ -400,8 +400,8 @@ def gc_cmd(ctx: Ctx, dry_run: bool, older_than: float | None, as_json: bool) -> 
 @click.argument("run_id")
 @click.option("--format", "fmt", type=click.Choice(["md", "json", "junit", "html"]), default="md", show_default=True,
               help="md: GitHub-flavoured, fits a pull-request comment · json: the report model (schema shipped as "
-                   "shadow/schema/report-v1.json) · junit: JUnit XML, one test case per expectation and finding · "
-                   "html: one self-contained page (verdict, changes, sample rows, lock trace, timing).")
+                   "shadow/reports/schema/report-v1.json) · junit: JUnit XML, one test case per expectation and "
+                   "finding · html: one self-contained page (verdict, changes, sample rows, lock trace, timing).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Write the report to FILE instead of printing it.")
 @click.pass_obj

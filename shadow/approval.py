@@ -14,7 +14,6 @@ from contextlib import ExitStack
 from typing import Any
 
 from adapters import Checkpoint, Target
-from shadow import report
 from shadow.changes import Change
 from shadow.errors import BadInput
 from shadow.journal import Journal
@@ -49,7 +48,7 @@ def binding(plan_: Plan, checkpoints: dict[str, Checkpoint] | None = None,
         out["checkpoints"] = {n: cp.fingerprint for n, cp in checkpoints.items()}
     if result is not None:
         # As the report shows them: redacted (policy.redact and secret-looking columns, content diffs).
-        model = report.model(result)
+        model = result.to_dict()
         out["changes"] = {t["name"]: t["changes"] for t in model["targets"]}
     return out
 

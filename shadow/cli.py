@@ -1,4 +1,4 @@
-"""The ``shadow`` command line: a thin layer over :mod:`shadow.run`.
+"""The ``shadow`` command line: a thin layer over :mod:`shadow.run`; what it prints is :mod:`shadow.cli_output`.
 
 Exit codes: 0 expectations hold / applied / restored · 1 expectations failed, apply refused or rolled back ·
 2 bad input (plan, SQL, arguments) · 3 infrastructure failure (a target, binaries, disk). This is the only place
@@ -13,19 +13,17 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from shadow.changes import change_summary
+from shadow.cli_output import print_gc, print_lint, print_result, print_runs
 from shadow.errors import EXIT_BAD_INPUT, EXIT_INFRA, ShadowError, cap
 from shadow.locks import DEFAULT_LOCK_TIMEOUT
-from shadow.outcome import Outcome
 from shadow.settings import Settings
 
 
@@ -41,11 +39,9 @@ class _OnFirstUse:
 
 
 if TYPE_CHECKING:
-    from shadow import report
     from shadow import run as runmod
 else:
     runmod = _OnFirstUse("shadow.run")
-    report = _OnFirstUse("shadow.report")
 
 PLAN_OPTION = click.option("-f", "--file", "plan_file", default="shadow.yaml", show_default=True,
                            type=click.Path(dir_okay=False, path_type=Path), help="The plan file.")
@@ -123,65 +119,6 @@ def _progress(ctx: Ctx, quiet: bool) -> runmod.Progress:
     return show
 
 
-def _print_result(ctx: Ctx, result: runmod.RunResult, as_json: bool) -> None:
-    model = result.to_dict()
-    if as_json:
-        click.echo(json.dumps(model, indent=2, default=str))
-        return
-    colour = "green" if result.exit_code == 0 else "red"
-    if ctx.quiet:
-        ctx.out.print(f"[bold {colour}]{escape(report.summary_line(model))}[/]")
-        ctx.out.print(f"run {result.run_id} · report: {escape(result.report_dir)}/report.md")
-        return
-    ctx.out.print(_summary_table(model))
-    ctx.out.print(f"[bold {colour}]{escape(report.verdict_line(model))}[/]")
-    if result.reason:
-        ctx.out.print(escape(result.reason))
-    if result.outcome is Outcome.REFUSED:  # drift: what production did meanwhile, as change addresses
-        for t in model["targets"]:
-            changed = t.get("production_changes") or []
-            if changed:
-                ctx.out.print(f"  production {escape(t['name'])} changed:")
-            for c in changed[:20]:
-                ctx.out.print(f"    [red]~[/] {escape(change_summary(c))}")
-            if len(changed) > 20:
-                ctx.out.print(f"    … and {len(changed) - 20} more (see the report)")
-    for v in result.verdicts:
-        if not v.ok:
-            where = f"{v.target}: " if v.target else ""
-            ctx.out.print(f"  [red]✗[/] {escape(where + v.rule)} [bold]{escape(v.subject)}[/] — {escape(v.message)}")
-    for d in result.divergence[:20]:
-        ctx.out.print(f"  [red]≠[/] {escape(d)}")
-    ctx.out.print(f"run [bold]{result.run_id}[/] · report: {escape(result.report_dir)}/report.md "
-                  f"(and report.html)")
-
-
-def _summary_table(model: dict[str, Any]) -> Table:
-    """One row per target: its changes, rows changed, and its expectations; the steps' time in the caption."""
-    table = Table("target", "changes", "rows +/~/-", "expectations", title="shadow " + model["command"],
-                  title_justify="left", caption=f"{sum(s['seconds'] for s in model['steps']):.1f} s in "
-                                                f"{len(model['steps'])} steps", caption_justify="left")
-    targets = list(model["targets"])
-    if any(not v["target"] for v in model["expectations"]):
-        targets.append({"name": "", "changes": []})  # expectations of the run as a whole (the action)
-    for t in targets:
-        every = list(_walk_changes(t["changes"]))  # implied row changes count too (rows a dropped column updated)
-        rows = {op: sum(c.get("detail", {}).get("count", 0) for c in every
-                        if c["kind"] == "rows" and c["op"] == op) for op in ("insert", "update", "delete")}
-        verdicts = [v for v in model["expectations"] if v["target"] == t["name"]]
-        failed = sum(not v["ok"] for v in verdicts)
-        held = f"[green]{len(verdicts) - failed} ✓[/]" + (f" [bold red]{failed} ✗[/]" if failed else "")
-        table.add_row(escape(t["name"] or "(run)"), str(len(t["changes"])),
-                      f"+{rows['insert']:,} ~{rows['update']:,} -{rows['delete']:,}", held if verdicts else "—")
-    return table
-
-
-def _walk_changes(changes: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    for change in changes:
-        yield change
-        yield from _walk_changes(change.get("implied") or [])
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--state-dir", envvar="SHADOW_STATE_DIR", default=None,
               help="Where journal, reports and checkpoints live [default: ./.shadow, or $SHADOW_STATE_DIR].")
@@ -209,7 +146,7 @@ def plan_cmd(ctx: Ctx, plan_file: Path, as_json: bool, quiet: bool) -> None:
     Exit 0 when every expectation holds, 1 when one does not.
     """
     result = _guard(ctx, lambda: runmod.plan(plan_file, ctx.settings, _progress(ctx, quiet or as_json)))
-    _print_result(ctx, result, as_json)
+    print_result(ctx.out, result, as_json, ctx.quiet)
     sys.exit(result.exit_code)
 
 
@@ -233,7 +170,7 @@ def apply_cmd(ctx: Ctx, plan_file: Path | None, approved_run: str | None, lock_t
         plan_file = Path("shadow.yaml")
     result = _guard(ctx, lambda: runmod.apply(plan_file, ctx.settings, _progress(ctx, quiet or as_json),
                                               lock_timeout, approved_run))
-    _print_result(ctx, result, as_json)
+    print_result(ctx.out, result, as_json, ctx.quiet)
     sys.exit(result.exit_code)
 
 
@@ -254,7 +191,7 @@ def rollback_cmd(ctx: Ctx, run_id: str, plan_file: Path | None, force: bool, loc
     """
     result = _guard(ctx, lambda: runmod.rollback(run_id, ctx.settings, plan_file, force,
                                                  _progress(ctx, quiet or as_json), lock_timeout))
-    _print_result(ctx, result, as_json)
+    print_result(ctx.out, result, as_json, ctx.quiet)
     sys.exit(result.exit_code)
 
 
@@ -312,23 +249,7 @@ def runs_cmd(ctx: Ctx, limit: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    if not rows:
-        ctx.out.print("no runs yet")
-        return
-    from rich.table import Table
-
-    # A run id is what `shadow rollback` and `shadow show` take: it is never cut, whatever the width (nor are
-    # time, command and outcome); only the plan's path is folded onto more lines when the line is too narrow.
-    cells = [(r["id"], r["started_at"], r["command"], r["outcome"] or "running?", r["plan"]) for r in rows]
-    heads = ("run", "started (UTC)", "command", "outcome", "plan")
-    table = Table(box=None)
-    widths = [max(len(head), *(len(row[i]) for row in cells)) for i, head in enumerate(heads[:4])]
-    for head, width in zip(heads, widths, strict=False):
-        table.add_column(head, no_wrap=True, min_width=width)
-    table.add_column("plan", overflow="fold", min_width=20)
-    for row in cells:
-        table.add_row(*row)
-    ctx.out.print(table, width=max(ctx.out.width, sum(widths) + 20 + 2 * 5))
+    print_runs(ctx.out, rows)
 
 
 @cli.command("audit")
@@ -380,28 +301,15 @@ def gc_cmd(ctx: Ctx, dry_run: bool, older_than: float | None, as_json: bool) -> 
         if skipped:
             ctx.err.print(escape(skipped))
         return
-    verb = "would remove" if dry_run else "removed"
-    for item in result.removed:
-        ctx.out.print(f"{verb} {item.kind:<9} {escape(item.id)}  run {escape(item.run_id or '-')}  "
-                      f"[dim]({escape(item.detail)})[/]")
-    for item, why in result.failed:
-        ctx.err.print(f"[red]could not remove {item.kind} {escape(item.id)}[/]  run {escape(item.run_id or '-')}: "
-                      f"{escape(why)}")
-    if skipped:
-        ctx.out.print(escape(skipped))
-    if not result.removed and not result.failed:
-        ctx.out.print("nothing to remove")
-    else:
-        failed = f", {len(result.failed)} could not be removed" if result.failed else ""
-        ctx.out.print(f"{len(result.removed)} {'to remove (dry run)' if dry_run else 'removed'}{failed}")
+    print_gc(ctx.out, ctx.err, result, dry_run, skipped)
 
 
 @cli.command("show")
 @click.argument("run_id")
 @click.option("--format", "fmt", type=click.Choice(["md", "json", "junit", "html"]), default="md", show_default=True,
               help="md: GitHub-flavoured, fits a pull-request comment · json: the report model (schema shipped as "
-                   "shadow/schema/report-v1.json) · junit: JUnit XML, one test case per expectation and finding · "
-                   "html: one self-contained page (verdict, changes, sample rows, lock trace, timing).")
+                   "shadow/reports/schema/report-v1.json) · junit: JUnit XML, one test case per expectation and "
+                   "finding · html: one self-contained page (verdict, changes, sample rows, lock trace, timing).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE",
               help="Write the report to FILE instead of printing it.")
 @click.pass_obj
@@ -447,15 +355,7 @@ def lint_cmd(ctx: Ctx, files: tuple[Path, ...], allow: tuple[str, ...], as_json:
     if as_json:
         click.echo(json.dumps([f.to_dict() | {"allowed": id(f) in allowed_ids} for f in findings], indent=2))
     else:
-        colour = {"error": "red", "warning": "yellow", "info": "cyan"}
-        for f in kept:
-            ctx.out.print(f"{escape(f.where)} [{colour[f.severity]}]{f.severity}[/] [bold]{f.id}[/] {escape(f.message)}")
-            ctx.out.print(f"    [dim]hint: {escape(f.hint)}[/]")
-        for f in allowed:
-            ctx.out.print(f"[dim]{escape(f.where)} allowed {f.id}[/]")
-        counts = {s: sum(f.severity == s for f in kept) for s in ("error", "warning", "info")}
-        summary = ", ".join(f"{n} {s}{'s' if n != 1 and s != 'info' else ''}" for s, n in counts.items())
-        ctx.out.print(f"{summary}, {len(allowed)} allowed" if findings else "no findings")
+        print_lint(ctx.out, findings, kept, allowed)
     sys.exit(1 if any(f.severity == "error" for f in kept) else 0)
 
 

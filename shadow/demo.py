@@ -15,7 +15,7 @@ from adapters.postgres.target import PostgresTarget
 from shadow import run as runmod
 from shadow.errors import BadInput
 from shadow.outcome import Outcome
-from shadow.report import verdict_line
+from shadow.reports import verdict_line
 from shadow.settings import Settings
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "demo"

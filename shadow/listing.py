@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from shadow import report
+from shadow import reports
 from shadow.errors import BadInput
 from shadow.journal import Journal
 from shadow.settings import Settings
@@ -31,14 +31,14 @@ def runs(settings: Settings | None = None, limit: int = 50) -> list[dict[str, An
 
 
 def show(run_id: str, settings: Settings | None = None, fmt: str = "md", output: Path | None = None) -> str:
-    """A run's stored report in ``fmt`` (one of ``report.FORMATS``); also written to ``output`` when given."""
+    """A run's stored report in ``fmt`` (one of ``reports.FORMATS``); also written to ``output`` when given."""
     settings = settings or Settings.from_env()
-    if fmt not in report.FORMATS:
-        raise BadInput(f"unknown report format {fmt!r}; use one of {', '.join(report.FORMATS)}")
+    if fmt not in reports.FORMATS:
+        raise BadInput(f"unknown report format {fmt!r}; use one of {', '.join(reports.FORMATS)}")
     path = settings.runs_dir / run_id / "report.json"
     if not path.exists():
         raise BadInput(f"no report for run {run_id!r} in {settings.runs_dir} (see `shadow runs`)")
-    text = report.render(json.loads(path.read_text()), fmt)
+    text = reports.render(json.loads(path.read_text()), fmt)
     if output is not None:
         try:
             atomic_write_bytes(output, text.encode("utf-8"))

@@ -1,5 +1,5 @@
 """How a run ends: the one list of outcomes, each with its exit code, whether it settles production, and the
-verdict line a report heads with when the run's facts say nothing more specific (:func:`shadow.report.verdict_line`).
+verdict line a report heads with when the run's facts say nothing more specific (:func:`shadow.reports.verdict_line`).
 
 An outcome's value is the word reports, the journal and ``--json`` carry (``"rolled_back"``); it is a ``str``, so a
 stored report's outcome and a live run's compare equal.

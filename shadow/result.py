@@ -1,4 +1,12 @@
-"""The result of a run, as the verbs return it and the reports render it (:func:`shadow.report.model`)."""
+"""The result of a run, as the verbs return it, and its model (:meth:`RunResult.to_dict`): what ``report.json``
+stores and every renderer in :mod:`shadow.reports` takes — the reports depend on this model, never the reverse.
+
+Row values enter the model only as sample rows, already redacted (:mod:`shadow.redact`): :meth:`RunResult.to_dict`
+applies the plan's ``policy.redact`` on top of what the adapter redacted, so no renderer can show more.
+
+The model only grows within ``format_version`` 1: keys are added, never removed, renamed or given another type or
+meaning; consumers ignore keys they do not know. An incompatible change bumps :data:`FORMAT_VERSION`.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +15,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from shadow import report
+from shadow import redact
 from shadow.action import ActionResult
 from shadow.changes import Change
 from shadow.judge import Verdict
 from shadow.outcome import Ending, Outcome
+
+FORMAT_VERSION = 1  # of the model; shadow/reports/schema/report-v1.json describes it
 
 
 @dataclass
@@ -64,7 +74,67 @@ class RunResult:
             raise ending.error
 
     def to_dict(self) -> dict[str, Any]:
-        return report.model(self)
+        """The report model (``format_version`` 1), row values redacted."""
+        patterns = tuple(self.redact)
+        return {
+            "format_version": FORMAT_VERSION,
+            "run_id": self.run_id,
+            "command": self.command,
+            "of_run": self.of_run,
+            "plan": self.plan_path,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at) if self.finished_at else None,
+            "outcome": self.outcome.value,
+            "exit_code": self.exit_code,
+            "reason": self.reason,
+            "passed": self.passed,
+            "backend": {"name": self.backend, "reason": self.backend_reason},
+            "action": {
+                "description": self.action,
+                "rehearsal": self.rehearsal.to_dict() if self.rehearsal else None,
+                "production": self.production.to_dict() if self.production else None,
+            },
+            "targets": [_target_model(t, patterns) for t in self.targets.values()],
+            "expectations": [v.to_dict() for v in self.verdicts],
+            "findings": self.findings,
+            "divergence": self.divergence,
+            "steps": self.steps,
+            "report_dir": self.report_dir,
+            "redact": list(patterns),
+        }
+
+
+def _target_model(t: TargetResult, patterns: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "name": t.name,
+        "kind": t.kind,
+        "endpoint": t.endpoint,
+        "checkpoint": t.checkpoint,
+        "changes": _redacted([c.to_dict() for c in t.changes], patterns),
+        "production_changes": None if t.production_changes is None
+        else _redacted([c.to_dict() for c in t.production_changes], patterns),
+        "warnings": t.warnings,
+        "restore": t.restore,
+    }
+
+
+def _redacted(changes: list[dict[str, Any]], patterns: tuple[str, ...]) -> list[dict[str, Any]]:
+    out = []
+    for c in changes:
+        c = dict(c)
+        detail = c.get("detail")
+        if detail and c["kind"] == "rows":
+            c["detail"] = redact.rows_detail(c["name"], detail, patterns)
+        elif detail and detail.get("content_diff"):
+            c["detail"] = {**detail, "content_diff": redact.content_lines(detail["content_diff"])}
+        if c.get("implied"):
+            c["implied"] = _redacted(c["implied"], patterns)
+        out.append(c)
+    return out
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
 
 
 def new_run_id() -> str:

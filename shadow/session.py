@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from adapters import REGISTRY, Target
-from shadow import report
+from shadow import reports
 from shadow.action import Launch
 from shadow.errors import InfrastructureError, ShadowError
 from shadow.guard import FaultPoints, Liveness, RunRecord
@@ -147,13 +147,13 @@ class Session:
 
     def finish(self) -> None:
         self.result.finished_at = time.time()
-        model = report.model(self.result)
+        model = self.result.to_dict()
         try:
-            atomic_write_bytes(self.dir / "report.json", report.render_json(model).encode())
-            atomic_write_bytes(self.dir / "report.md", report.render_markdown(model).encode())
-            atomic_write_bytes(self.dir / "report.html", report.render(model, "html").encode())
+            atomic_write_bytes(self.dir / "report.json", reports.render_json(model).encode())
+            atomic_write_bytes(self.dir / "report.md", reports.render_markdown(model).encode())
+            atomic_write_bytes(self.dir / "report.html", reports.render(model, "html").encode())
         finally:
-            self.journal.finish_run(self.result.run_id, self.result.outcome.value, report.summary_line(model))
+            self.journal.finish_run(self.result.run_id, self.result.outcome.value, reports.summary_line(model))
             self.journal.close()
             # A run that stopped while production was being written, without settling it, stays unfinished:
             # `shadow recover` settles it, and until then no new work starts on its targets.

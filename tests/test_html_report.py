@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from shadow import report
+from shadow import reports
 from tests.conftest import write_plan
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -171,7 +171,7 @@ def test_html_report_of_a_huge_model_is_cut_with_counts(prod_db, shadow_cli, tmp
                                                                              "-old <x>", "+new & improved"]}}
                           for i in range(20_000)]
     m["steps"] *= 300
-    html = report.render(m, "html")
+    html = reports.render(m, "html")
     assert html.count('<li class="change"') == report_html_max_changes()
     total = sum(1 for _ in _walk(target["changes"]))
     assert f"… and {total - report_html_max_changes():,} more changes — report.json has them all" in html
@@ -181,7 +181,7 @@ def test_html_report_of_a_huge_model_is_cut_with_counts(prod_db, shadow_cli, tmp
 
 
 def report_html_max_changes() -> int:
-    from shadow.report_html import MAX_CHANGES
+    from shadow.reports.html_changes import MAX_CHANGES
 
     return MAX_CHANGES
 

@@ -1,8 +1,9 @@
 """The packages' layers point one way: core ← snapshots, adapters ← orchestrator ← front ends.
 
-Two checks with no dependency of their own: every module imports on its own in a fresh interpreter (no module
-works only because something else was imported first), and no module — counting imports inside functions —
-imports a module of a higher layer.
+Checks with no dependency of their own: every module imports on its own in a fresh interpreter (no module works
+only because something else was imported first), no module — counting imports inside functions — imports a module
+of a higher layer, and the reports (orchestrator layer) import nothing of a run: only the core and the outcomes, so
+that ``shadow show`` renders a stored model with no adapter, journal or plan loaded.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ PACKAGES = ("shadow", "snapshots", "adapters")
 # The leaf core: what any layer may use. Knows no kind, no run, no front end.
 CORE = {"shadow", "shadow.errors", "shadow.changes", "shadow.redact", "shadow.settings", "shadow.sqlsplit",
         "shadow.sqlsyntax", "shadow.locks", "shadow.warden", "shadow.tempdirs"}
-FRONT_ENDS = {"shadow.cli", "shadow.demo", "shadow.__main__"}
+FRONT_ENDS = {"shadow.cli", "shadow.cli_output", "shadow.demo", "shadow.__main__"}
+# What the renderers of the report model may import besides themselves (their own layer's other modules are
+# allowed by the layer map, but would pull in a run: judge → plan, result → action → adapters).
+REPORTS = "shadow.reports"
+REPORTS_MAY_IMPORT = CORE | {"shadow.outcome"}
 NAMES = {0: "core", 1: "snapshots/adapters", 2: "orchestrator", 3: "front end"}
 
 
@@ -72,6 +77,16 @@ def test_no_module_imports_a_higher_layer() -> None:
             if layer(target) > layer(module):
                 upward.append(f"{module} ({NAMES[layer(module)]}) imports {target} ({NAMES[layer(target)]})")
     assert upward == [], "\n".join(upward)
+
+
+def test_reports_import_only_the_core_and_the_outcomes() -> None:
+    found = modules()
+    reports = [m for m in found if m == REPORTS or m.startswith(REPORTS + ".")]
+    assert len(reports) > 1
+    wrong = [f"{module} imports {target}" for module in reports
+             for target in sorted(imported(found[module], module, set(found)))
+             if target not in REPORTS_MAY_IMPORT and target not in reports]
+    assert wrong == [], "\n".join(wrong)
 
 
 def test_every_module_imports_first_in_a_fresh_interpreter() -> None:

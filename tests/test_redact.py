@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from shadow import redact, report
+from shadow import redact, reports
 from shadow.errors import PlanError
 from shadow.plan import load_plan
 from tests.conftest import write_plan
@@ -88,7 +88,7 @@ def test_no_format_shows_a_redacted_value_of_a_real_run(prod_db, shadow_cli, tmp
     assert m["redact"] == ["public.accounts.phone", "ss?"]
 
     run_dir = shadow_cli.state_dir / "runs" / run_id
-    for fmt in report.FORMATS:
+    for fmt in reports.FORMATS:
         shown = shadow_cli("show", run_id, "--format", fmt)
         assert shown.code == 0, shown.text
         assert _planted(shown.out) == [], fmt

@@ -24,7 +24,9 @@ import pytest
 from markdown_it import MarkdownIt
 
 from adapters.postgres.cluster import LocalCluster
-from shadow import report, run
+from shadow import reports, run
+from shadow.reports import markdown
+from shadow.result import FORMAT_VERSION
 from shadow.settings import Settings
 from tests.conftest import DEMO_SCHEMA, write_plan
 
@@ -97,17 +99,17 @@ def test_the_real_run_has_schema_changes_row_changes_a_failed_expectation_and_fi
 
 
 def _validator() -> jsonschema.Draft202012Validator:
-    schema = report.json_schema()
+    schema = reports.json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
 
 
 def test_json_schema_is_shipped_in_the_package_and_is_draft_2020_12():
-    schema = report.json_schema()
+    schema = reports.json_schema()
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert schema["properties"]["format_version"]["const"] == report.FORMAT_VERSION == 1
-    assert Path(report.__file__).parent.joinpath(report.SCHEMA).is_file()
-    assert '"schema/*.json"' in (Path(__file__).parent.parent / "pyproject.toml").read_text()
+    assert schema["properties"]["format_version"]["const"] == FORMAT_VERSION == 1
+    assert Path(reports.__file__).parent.joinpath(reports.SCHEMA).is_file()
+    assert '"shadow.reports" = ["schema/*.json"]' in (Path(__file__).parent.parent / "pyproject.toml").read_text()
 
 
 def test_json_report_of_a_real_run_validates_against_the_schema(failed_run):
@@ -139,7 +141,7 @@ def test_json_schema_allows_unknown_keys_but_rejects_a_broken_report(failed_run)
 
 def test_junit_has_one_case_per_expectation_and_finding_and_failures_carry_the_message(failed_run):
     m = failed_run.model
-    root = ET.fromstring(report.render(m, "junit"))
+    root = ET.fromstring(reports.render(m, "junit"))
     suites = root.findall("testsuite")
     assert len(suites) == 1 and failed_run.run_id in suites[0].get("name", "")
     cases = suites[0].findall("testcase")
@@ -172,7 +174,7 @@ def test_junit_escapes_markup_and_characters_xml_cannot_hold(failed_run):
     m["expectations"][0].update(subject=nasty, message=nasty, ok=False)
     m["findings"][0]["message"] = nasty
     m["reason"] = nasty
-    root = ET.fromstring(report.render(m, "junit").encode("utf-8"))
+    root = ET.fromstring(reports.render(m, "junit").encode("utf-8"))
     case = root.find("testsuite/testcase")
     assert case is not None
     failure = case.find("failure")
@@ -185,7 +187,7 @@ def test_junit_fails_a_run_that_failed_without_a_failing_expectation(failed_run)
     m = copy.deepcopy(failed_run.model)
     m.update(outcome="refused", exit_code=1, reason="production 'app' changed since the checkpoint (drift)",
              findings=[], expectations=[v for v in m["expectations"] if v["ok"]])
-    suite = ET.fromstring(report.render(m, "junit")).find("testsuite")
+    suite = ET.fromstring(reports.render(m, "junit")).find("testsuite")
     assert suite is not None
     outcome = [c for c in suite.findall("testcase") if c.get("name") == "run outcome"]
     failure = outcome[0].find("failure") if len(outcome) == 1 else None
@@ -193,7 +195,7 @@ def test_junit_fails_a_run_that_failed_without_a_failing_expectation(failed_run)
     assert suite.get("failures") == "1"
     passed = copy.deepcopy(m)
     passed.update(outcome="passed", exit_code=0, reason="")
-    assert ET.fromstring(report.render(passed, "junit")).findall("testsuite")[0].get("failures") == "0"
+    assert ET.fromstring(reports.render(passed, "junit")).findall("testsuite")[0].get("failures") == "0"
 
 
 def test_show_writes_junit_to_a_file_through_the_cli(failed_run, shadow_cli, tmp_path):
@@ -219,7 +221,7 @@ def test_show_writes_junit_to_a_file_through_the_cli(failed_run, shadow_cli, tmp
 
 
 def test_markdown_of_the_real_run_keeps_its_sections_and_collapses_the_lock_trace(failed_run):
-    md = report.render(failed_run.model, "md")
+    md = reports.render(failed_run.model, "md")
     for heading in ("# shadow plan — run", "## Expectations", "## Static findings", "## Target `app` (postgres)",
                     "### Changes in the rehearsal", "## Lock trace (rehearsal)", "## Steps"):
         assert heading in md
@@ -262,8 +264,8 @@ def _huge(m: dict[str, Any], n: int = 50_000) -> dict[str, Any]:
 
 def test_markdown_of_50000_changes_fits_a_pull_request_comment_with_counts_and_whole_tables(failed_run):
     big = _huge(failed_run.model)
-    md = report.render_markdown(big)
-    assert len(md) < report.MD_LIMIT and len(md.encode("utf-16-le")) // 2 < 65_536
+    md = reports.render_markdown(big)
+    assert len(md) < markdown.MD_LIMIT and len(md.encode("utf-16-le")) // 2 < 65_536
     _assert_well_formed(md)
 
     # Changes: every change shown (nested ones included) plus every count in a note adds up to all of them.
@@ -298,9 +300,9 @@ def test_markdown_with_hundreds_of_targets_leaves_out_whole_sections_only(failed
     target = m["targets"][0]
     m["targets"] = [dict(target, name=f"db{i}", endpoint="postgresql://" + "h" * 400, warnings=["w" * 600] * 3)
                     for i in range(400)]
-    md = report.render_markdown(m)
-    assert len(md) < report.MD_LIMIT
-    assert md.rstrip().endswith("… " + report.LEFT_OUT)
+    md = reports.render_markdown(m)
+    assert len(md) < markdown.MD_LIMIT
+    assert md.rstrip().endswith("… " + markdown.LEFT_OUT)
     _assert_well_formed(md)
 
 

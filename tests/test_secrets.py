@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from shadow import report
+from shadow import reports
 from tests.conftest import ProdDb, write_plan
 from tests.inprocess import run_main
 
@@ -72,7 +72,7 @@ def test_no_secret_reaches_a_report_a_log_line_or_the_journal(planted, shadow_cl
         run_ids.append(json.loads(r.out)["run_id"] if flags else r.out.split("run ")[-1].split()[0])
     state = shadow_cli.state_dir
     for run_id in run_ids:
-        for fmt in report.FORMATS:
+        for fmt in reports.FORMATS:
             shown = run_main(state, "show", run_id, "--format", fmt, env=env)
             assert shown.code == 0, shown.text
             outputs[f"show {run_id} {fmt}"] = shown.text

@@ -1,196 +1,27 @@
-"""The run report: one JSON model (``format_version`` 1) and renderers that take only that model.
+"""The report model as GitHub-flavoured Markdown: the terminal (``shadow show``), ``runs/<id>/report.md`` and
+pull-request comments read the same text, so it always fits in one comment however large the change.
 
-``shadow show`` re-renders a stored ``report.json``, so every renderer must work from the model alone. Formats
-(:data:`FORMATS`): ``md`` (GitHub-flavoured, always small enough for one pull-request comment), ``json`` (the model,
-described by the JSON Schema shipped as ``shadow/schema/report-v1.json``), ``junit`` (:mod:`shadow.report_junit`)
-and ``html`` (one self-contained page, :mod:`shadow.report_html`).
-
-Row values enter the model only as sample rows, already redacted (:mod:`shadow.redact`): :func:`model` applies the
-plan's ``policy.redact`` on top of what the adapter redacted, so no renderer can show more.
-
-The model only grows within ``format_version`` 1: keys are added, never removed, renamed or given another type or
-meaning; consumers ignore keys they do not know. An incompatible change bumps ``format_version``.
+Every long list or table is a :class:`_Part` that the size budget may shorten, by whole rows and items only,
+ending with a count of what it left out.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from shadow import redact
-from shadow.changes import change_summary, implied_count
-from shadow.outcome import Outcome
-from shadow.report_junit import render_junit
-
-if TYPE_CHECKING:
-    from shadow.result import RunResult
-
-FORMAT_VERSION = 1
-FORMATS = ("md", "json", "junit", "html")
-SCHEMA = "schema/report-v1.json"  # shipped in the package: the JSON Schema of format_version 1
-MAX_IMPLIED = 20
-
-
-def model(result: RunResult) -> dict[str, Any]:
-    patterns = tuple(result.redact)
-    return {
-        "format_version": FORMAT_VERSION,
-        "run_id": result.run_id,
-        "command": result.command,
-        "of_run": result.of_run,
-        "plan": result.plan_path,
-        "started_at": _iso(result.started_at),
-        "finished_at": _iso(result.finished_at) if result.finished_at else None,
-        "outcome": result.outcome.value,
-        "exit_code": result.exit_code,
-        "reason": result.reason,
-        "passed": result.passed,
-        "backend": {"name": result.backend, "reason": result.backend_reason},
-        "action": {
-            "description": result.action,
-            "rehearsal": result.rehearsal.to_dict() if result.rehearsal else None,
-            "production": result.production.to_dict() if result.production else None,
-        },
-        "targets": [
-            {
-                "name": t.name,
-                "kind": t.kind,
-                "endpoint": t.endpoint,
-                "checkpoint": t.checkpoint,
-                "changes": _redacted([c.to_dict() for c in t.changes], patterns),
-                "production_changes": None if t.production_changes is None
-                else _redacted([c.to_dict() for c in t.production_changes], patterns),
-                "warnings": t.warnings,
-                "restore": t.restore,
-            }
-            for t in result.targets.values()
-        ],
-        "expectations": [v.to_dict() for v in result.verdicts],
-        "findings": result.findings,
-        "divergence": result.divergence,
-        "steps": result.steps,
-        "report_dir": result.report_dir,
-        "redact": list(patterns),
-    }
-
-
-def _redacted(changes: list[dict[str, Any]], patterns: tuple[str, ...]) -> list[dict[str, Any]]:
-    out = []
-    for c in changes:
-        c = dict(c)
-        detail = c.get("detail")
-        if detail and c["kind"] == "rows":
-            c["detail"] = redact.rows_detail(c["name"], detail, patterns)
-        elif detail and detail.get("content_diff"):
-            c["detail"] = {**detail, "content_diff": redact.content_lines(detail["content_diff"])}
-        if c.get("implied"):
-            c["implied"] = _redacted(c["implied"], patterns)
-        out.append(c)
-    return out
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
-
-
-def render(m: dict[str, Any], fmt: str) -> str:
-    """The model in one of :data:`FORMATS`."""
-    from shadow.report_html import render_html
-
-    renderers = {"md": render_markdown, "json": render_json, "junit": render_junit, "html": render_html}
-    return renderers[fmt](m)
-
-
-def render_json(m: dict[str, Any]) -> str:
-    return json.dumps(m, indent=2, sort_keys=False, default=str) + "\n"
-
-
-def json_schema() -> dict[str, Any]:
-    """The JSON Schema (draft 2020-12) that every ``format_version`` 1 model validates against."""
-    schema: dict[str, Any] = json.loads(resources.files("shadow").joinpath(SCHEMA).read_text(encoding="utf-8"))
-    return schema
-
-
-def verdict_line(m: dict[str, Any]) -> str:
-    """The headline of a run: the outcome's word and what happened to production, as this run's facts say."""
-    outcome = m["outcome"]
-    if outcome == "refused" and m.get("command") == "rollback":
-        return "REFUSED — nothing was restored; production was left as it is"
-    if outcome == "rolled_back":
-        restores = [t.get("restore") or {} for t in m.get("targets") or []]
-        if restores and all(r.get("transaction") == "rolled back" for r in restores):
-            if all(r.get("verified") for r in restores):
-                return "ROLLED BACK — the transaction was rolled back; production was never changed"
-            return ("ROLLED BACK — the transaction was rolled back; shadow never changed production, but other "
-                    "sessions wrote to it meanwhile")
-        if restores and not any(r.get("needed", True) for r in restores):
-            return "ROLLED BACK — production still equals the checkpoint (verified); nothing needed restoring"
-    try:
-        return Outcome(outcome).verdict
-    except ValueError:  # an outcome this version does not know (a report from another version)
-        return str(outcome)
-
-
-def summary_line(m: dict[str, Any]) -> str:
-    head = verdict_line(m).split(" — ")[0]
-    return f"{head}: {m['reason']}" if m.get("reason") else head
-
-
-# Catalog codes, as words: pg_trigger.tgenabled, pg_rewrite.ev_enabled, pg_event_trigger.evtenabled
-# (https://www.postgresql.org/docs/current/catalog-pg-trigger.html).
-ENABLED_WORDS = {"O": "enabled", "D": "disabled", "R": "enabled on replicas only", "A": "always enabled"}
-CODED_KINDS = ("trigger", "rule", "event_trigger")
-DIFF_LINES = 40  # a definition's unified diff is cut after this many lines (whole lines only)
-DIFF_LINE_CHARS = 300
-
-
-def property_value(kind: str, key: str, value: Any) -> Any:
-    """A property's value as a reader reads it: catalog codes as words."""
-    if key == "enabled" and kind in CODED_KINDS and isinstance(value, str):
-        return ENABLED_WORDS.get(value, value)
-    return value
-
-
-def is_text_block(before: Any, after: Any) -> bool:
-    """Whether a changed property is a text (a definition) better shown as a diff than as before → after."""
-    texts = [v for v in (before, after) if isinstance(v, str)]
-    return bool(texts) and all(isinstance(v, (str, type(None))) for v in (before, after)) and any(
-        "\n" in v or len(v) > 60 for v in texts)
-
-
-def definition_diff(before: Any, after: Any, limit: int = DIFF_LINES) -> list[str]:
-    """A unified diff of two texts (no file headers), cut after ``limit`` whole lines with a count of the rest."""
-    import difflib
-
-    lines = list(difflib.unified_diff(str(before or "").splitlines(), str(after or "").splitlines(),
-                                      lineterm="", n=2))[2:]
-    lines = [line if len(line) <= DIFF_LINE_CHARS else line[: DIFF_LINE_CHARS - 1] + "…" for line in lines]
-    if len(lines) > limit:
-        lines = lines[:limit] + [f"… {len(lines) - limit} more lines of the diff (report.json has both texts)"]
-    return lines
-
-
-def _short(value: Any, limit: int = 60) -> str:
-    text = str(value).replace("\n", " ").replace("`", "'")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-# --- Markdown -----------------------------------------------------------------------------------------------------
-#
-# The same Markdown serves the terminal (`shadow show`), `runs/<id>/report.md` and pull-request comments, so it is
-# GitHub-flavoured and always fits in one comment however large the change: every long list or table is a _Part
-# that the size budget may shorten, by whole rows and items only, ending with a count of what it left out.
+from shadow.changes import implied_count
+from shadow.reports.common import (CODED_KINDS, changed_cells, definition_diff, is_text_block, property_value,
+                                   verdict_line)
 
 MD_LIMIT = 65_536  # GitHub's limit on a comment body, in characters
 MD_BUDGET = 60_000  # what lists and tables are shortened to, leaving room for a header a CI job puts around it
 LEFT_OUT = "the rest of this report is left out (too long for one comment) — report.json has all of it"
 COLLAPSE_OVER = 5  # longer lists of implied changes, lock-trace rows and steps are collapsed into <details>
+MAX_IMPLIED = 20  # implied changes listed under a change
 _HTML_TAG = re.compile(r"<(?=[A-Za-z/!?])")
 
 
@@ -452,15 +283,6 @@ def _diff_block(lines: list[str], indent: str) -> str:
     return "\n".join([f"{indent}{fence}diff", *(indent + line for line in lines), f"{indent}{fence}"])
 
 
-def changed_cells(sample: dict[str, Any] | None) -> list[tuple[str, Any, Any]]:
-    """(column, before, after) of each cell an updated sample row changed; a column the row did not have is None."""
-    if not sample or sample.get("before") is None or sample.get("after") is None:
-        return []
-    before, after = sample["before"], sample["after"]
-    return [(col, before.get(col), after.get(col)) for col in dict.fromkeys([*before, *after])
-            if before.get(col) != after.get(col)]
-
-
 def _value(value: Any) -> str:
     return "NULL" if value is None else str(value)
 
@@ -509,3 +331,8 @@ def _cell(text: Any) -> str:
 def _code(text: Any) -> str:
     """A table cell's text for inside `backticks` (where HTML is shown as is, but a pipe still ends the cell)."""
     return _short(text, 200).replace("|", "\\|")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = str(value).replace("\n", " ").replace("`", "'")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

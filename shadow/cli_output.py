@@ -1,0 +1,138 @@
+"""What the ``shadow`` command line prints: a run's result (a table per target, the verdict, what failed), the list
+of runs, and what ``gc`` and ``lint`` found — each from the object the verb returned, onto a rich console.
+
+Imported when the CLI starts, so it imports the reports (and through them nothing of a run) only when it prints one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from shadow.changes import change_summary
+from shadow.outcome import Outcome
+
+if TYPE_CHECKING:
+    from shadow.gc import GcResult
+    from shadow.lint import Finding
+    from shadow.result import RunResult
+
+SHOWN = 20  # production changes and divergences listed under a verdict; the report has the rest
+
+
+def print_result(out: Console, result: RunResult, as_json: bool, quiet: bool) -> None:
+    """A run's result: its model as JSON, or the verdict (``quiet``: and where the report is), or all of it."""
+    from shadow import reports
+
+    model = result.to_dict()
+    if as_json:
+        click.echo(json.dumps(model, indent=2, default=str))
+        return
+    colour = "green" if result.exit_code == 0 else "red"
+    if quiet:
+        out.print(f"[bold {colour}]{escape(reports.summary_line(model))}[/]")
+        out.print(f"run {result.run_id} · report: {escape(result.report_dir)}/report.md")
+        return
+    out.print(summary_table(model))
+    out.print(f"[bold {colour}]{escape(reports.verdict_line(model))}[/]")
+    if result.reason:
+        out.print(escape(result.reason))
+    if result.outcome is Outcome.REFUSED:  # drift: what production did meanwhile, as change addresses
+        for t in model["targets"]:
+            changed = t.get("production_changes") or []
+            if changed:
+                out.print(f"  production {escape(t['name'])} changed:")
+            for c in changed[:SHOWN]:
+                out.print(f"    [red]~[/] {escape(change_summary(c))}")
+            if len(changed) > SHOWN:
+                out.print(f"    … and {len(changed) - SHOWN} more (see the report)")
+    for v in result.verdicts:
+        if not v.ok:
+            where = f"{v.target}: " if v.target else ""
+            out.print(f"  [red]✗[/] {escape(where + v.rule)} [bold]{escape(v.subject)}[/] — {escape(v.message)}")
+    for d in result.divergence[:SHOWN]:
+        out.print(f"  [red]≠[/] {escape(d)}")
+    out.print(f"run [bold]{result.run_id}[/] · report: {escape(result.report_dir)}/report.md "
+              f"(and report.html)")
+
+
+def summary_table(model: dict[str, Any]) -> Table:
+    """One row per target: its changes, rows changed, and its expectations; the steps' time in the caption."""
+    table = Table("target", "changes", "rows +/~/-", "expectations", title="shadow " + model["command"],
+                  title_justify="left", caption=f"{sum(s['seconds'] for s in model['steps']):.1f} s in "
+                                                f"{len(model['steps'])} steps", caption_justify="left")
+    targets = list(model["targets"])
+    if any(not v["target"] for v in model["expectations"]):
+        targets.append({"name": "", "changes": []})  # expectations of the run as a whole (the action)
+    for t in targets:
+        every = list(_walk_changes(t["changes"]))  # implied row changes count too (rows a dropped column updated)
+        rows = {op: sum(c.get("detail", {}).get("count", 0) for c in every
+                        if c["kind"] == "rows" and c["op"] == op) for op in ("insert", "update", "delete")}
+        verdicts = [v for v in model["expectations"] if v["target"] == t["name"]]
+        failed = sum(not v["ok"] for v in verdicts)
+        held = f"[green]{len(verdicts) - failed} ✓[/]" + (f" [bold red]{failed} ✗[/]" if failed else "")
+        table.add_row(escape(t["name"] or "(run)"), str(len(t["changes"])),
+                      f"+{rows['insert']:,} ~{rows['update']:,} -{rows['delete']:,}", held if verdicts else "—")
+    return table
+
+
+def _walk_changes(changes: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for change in changes:
+        yield change
+        yield from _walk_changes(change.get("implied") or [])
+
+
+def print_runs(out: Console, rows: list[dict[str, Any]]) -> None:
+    """The runs ``shadow runs`` lists, newest first."""
+    if not rows:
+        out.print("no runs yet")
+        return
+    # A run id is what `shadow rollback` and `shadow show` take: it is never cut, whatever the width (nor are
+    # time, command and outcome); only the plan's path is folded onto more lines when the line is too narrow.
+    cells = [(r["id"], r["started_at"], r["command"], r["outcome"] or "running?", r["plan"]) for r in rows]
+    heads = ("run", "started (UTC)", "command", "outcome", "plan")
+    table = Table(box=None)
+    widths = [max(len(head), *(len(row[i]) for row in cells)) for i, head in enumerate(heads[:4])]
+    for head, width in zip(heads, widths, strict=False):
+        table.add_column(head, no_wrap=True, min_width=width)
+    table.add_column("plan", overflow="fold", min_width=20)
+    for row in cells:
+        table.add_row(*row)
+    out.print(table, width=max(out.width, sum(widths) + 20 + 2 * 5))
+
+
+def print_gc(out: Console, err: Console, result: GcResult, dry_run: bool, skipped: str | None) -> None:
+    """What ``shadow gc`` removed (or would remove), what it could not, and a count."""
+    verb = "would remove" if dry_run else "removed"
+    for item in result.removed:
+        out.print(f"{verb} {item.kind:<9} {escape(item.id)}  run {escape(item.run_id or '-')}  "
+                  f"[dim]({escape(item.detail)})[/]")
+    for item, why in result.failed:
+        err.print(f"[red]could not remove {item.kind} {escape(item.id)}[/]  run {escape(item.run_id or '-')}: "
+                  f"{escape(why)}")
+    if skipped:
+        out.print(escape(skipped))
+    if not result.removed and not result.failed:
+        out.print("nothing to remove")
+    else:
+        failed = f", {len(result.failed)} could not be removed" if result.failed else ""
+        out.print(f"{len(result.removed)} {'to remove (dry run)' if dry_run else 'removed'}{failed}")
+
+
+def print_lint(out: Console, findings: Sequence[Finding], kept: Sequence[Finding], allowed: Sequence[Finding]) -> None:
+    """Each finding that was not allowed with its hint, the allowed ones dimmed, then a count per severity."""
+    colour = {"error": "red", "warning": "yellow", "info": "cyan"}
+    for f in kept:
+        out.print(f"{escape(f.where)} [{colour[f.severity]}]{f.severity}[/] [bold]{f.id}[/] {escape(f.message)}")
+        out.print(f"    [dim]hint: {escape(f.hint)}[/]")
+    for f in allowed:
+        out.print(f"[dim]{escape(f.where)} allowed {f.id}[/]")
+    counts = {s: sum(f.severity == s for f in kept) for s in ("error", "warning", "info")}
+    summary = ", ".join(f"{n} {s}{'s' if n != 1 and s != 'info' else ''}" for s, n in counts.items())
+    out.print(f"{summary}, {len(allowed)} allowed" if findings else "no findings")

@@ -1,0 +1,75 @@
+"""What the Markdown and the HTML report read the same way from the model: the verdict line, catalog codes as
+words, a changed definition as a diff, and the cells an updated row changed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from shadow.outcome import Outcome
+
+# Catalog codes, as words: pg_trigger.tgenabled, pg_rewrite.ev_enabled, pg_event_trigger.evtenabled
+# (https://www.postgresql.org/docs/current/catalog-pg-trigger.html).
+ENABLED_WORDS = {"O": "enabled", "D": "disabled", "R": "enabled on replicas only", "A": "always enabled"}
+CODED_KINDS = ("trigger", "rule", "event_trigger")
+DIFF_LINES = 40  # a definition's unified diff is cut after this many lines (whole lines only)
+DIFF_LINE_CHARS = 300
+
+
+def verdict_line(m: dict[str, Any]) -> str:
+    """The headline of a run: the outcome's word and what happened to production, as this run's facts say."""
+    outcome = m["outcome"]
+    if outcome == "refused" and m.get("command") == "rollback":
+        return "REFUSED — nothing was restored; production was left as it is"
+    if outcome == "rolled_back":
+        restores = [t.get("restore") or {} for t in m.get("targets") or []]
+        if restores and all(r.get("transaction") == "rolled back" for r in restores):
+            if all(r.get("verified") for r in restores):
+                return "ROLLED BACK — the transaction was rolled back; production was never changed"
+            return ("ROLLED BACK — the transaction was rolled back; shadow never changed production, but other "
+                    "sessions wrote to it meanwhile")
+        if restores and not any(r.get("needed", True) for r in restores):
+            return "ROLLED BACK — production still equals the checkpoint (verified); nothing needed restoring"
+    try:
+        return Outcome(outcome).verdict
+    except ValueError:  # an outcome this version does not know (a report from another version)
+        return str(outcome)
+
+
+def summary_line(m: dict[str, Any]) -> str:
+    head = verdict_line(m).split(" — ")[0]
+    return f"{head}: {m['reason']}" if m.get("reason") else head
+
+
+def property_value(kind: str, key: str, value: Any) -> Any:
+    """A property's value as a reader reads it: catalog codes as words."""
+    if key == "enabled" and kind in CODED_KINDS and isinstance(value, str):
+        return ENABLED_WORDS.get(value, value)
+    return value
+
+
+def is_text_block(before: Any, after: Any) -> bool:
+    """Whether a changed property is a text (a definition) better shown as a diff than as before → after."""
+    texts = [v for v in (before, after) if isinstance(v, str)]
+    return bool(texts) and all(isinstance(v, (str, type(None))) for v in (before, after)) and any(
+        "\n" in v or len(v) > 60 for v in texts)
+
+
+def definition_diff(before: Any, after: Any, limit: int = DIFF_LINES) -> list[str]:
+    """A unified diff of two texts (no file headers), cut after ``limit`` whole lines with a count of the rest."""
+    import difflib
+
+    lines = list(difflib.unified_diff(str(before or "").splitlines(), str(after or "").splitlines(),
+                                      lineterm="", n=2))[2:]
+    lines = [line if len(line) <= DIFF_LINE_CHARS else line[: DIFF_LINE_CHARS - 1] + "…" for line in lines]
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"… {len(lines) - limit} more lines of the diff (report.json has both texts)"]
+    return lines
+
+
+def changed_cells(sample: dict[str, Any] | None) -> list[tuple[str, Any, Any]]:
+    """(column, before, after) of each cell an updated sample row changed; a column the row did not have is None."""
+    if not sample or sample.get("before") is None or sample.get("after") is None:
+        return []
+    before, after = sample["before"], sample["after"]
+    return [(col, before.get(col), after.get(col)) for col in dict.fromkeys([*before, *after])
+            if before.get(col) != after.get(col)]

@@ -72,6 +72,15 @@ class ShadowCopy(Protocol):
     def rehearse_rollback(self) -> list[str]:
         """Restore the copy from the checkpoint the way production would be; how it still differs (empty: exact)."""
 
+    def watch(self) -> None:
+        """Called just before the action runs on the copy: from now on the copy measures what the action reads
+        and writes (a kind that cannot measure it does nothing)."""
+
+    def independent(self, changes: list[Change]) -> list[Change]:
+        """Of production's changes since the checkpoint (others' writes), the top-level ones the action neither
+        read nor wrote on the copy: they cannot change its outcome. Empty when the kind cannot tell — every change
+        then counts as one the action depends on."""
+
     def attach(self, network: Any) -> Endpoint:
         """Join an isolated action's network; the endpoint the action uses there (BadInput when the kind cannot)."""
 
@@ -143,8 +152,12 @@ class SqlTarget(Protocol):
 
     def apply_sql_verified(self, statements: list[Any], timeout: float, checkpoint: Checkpoint, shadow: Any,
                            judge: Callable[[list[Change]], list[str]], on_begin: Callable[[int], None] | None = None,
-                           tag: str = "") -> tuple[list[str], list[Change]]:
-        """Apply in one transaction, COMMIT only when ``judge`` finds production's change set right inside it."""
+                           tag: str = "", lock_timeout: float = 5.0, lock_retries: int = 3,
+                           waited: Callable[[str], None] | None = None) -> tuple[list[str], list[Change]]:
+        """Apply in one transaction, COMMIT only when ``judge`` finds the statements' own change set (not what
+        other sessions commit meanwhile) right inside it. A statement waits at most ``lock_timeout`` seconds for a
+        lock; a transaction that gave up waiting or lost a serialisation race is tried again up to
+        ``lock_retries`` times, each wait told to ``waited``."""
 
     def transaction_outcome(self, xid: int) -> str:
         """Whether transaction ``xid`` committed: "committed", "aborted" or "unknown"."""

@@ -21,31 +21,53 @@ from shadow.sqlsplit import Statement
 
 
 def drift_check(session: Session, targets: dict[str, Target], shadows: dict[str, ShadowCopy],
-                checkpoints: dict[str, Checkpoint]) -> Ending | None:
-    """Refuse if anyone wrote to production since the checkpoint the rehearsal ran on."""
+                checkpoints: dict[str, Checkpoint], one_transaction: bool, strict: bool = False) -> Ending | None:
+    """What production did since the checkpoint the rehearsal ran on, and whether the apply may go ahead.
+
+    Writes the action neither read nor wrote on the shadow (:meth:`ShadowCopy.independent`) cannot change its
+    outcome: reported, never blocking — when the apply runs in one transaction, which a failure undoes with a
+    ROLLBACK. Writes to what the action depends on: a one-transaction apply goes ahead and is judged inside its
+    transaction; any other apply is refused, because undoing it means restoring the checkpoint, which would
+    lose those writes. ``strict``: any write since the checkpoint refuses (``policy.drift: strict``)."""
     for name, t in targets.items():
         with session.step("drift check", name) as step:
-            if t.fingerprint() != checkpoints[name].fingerprint:
-                step.found("production changed since the checkpoint")
-                changed = t.changes_since(checkpoints[name], shadows[name])
-                session.result.targets[name].production_changes = changed
-                return Ending(Outcome.REFUSED, f"production {name!r} changed since the checkpoint (drift); what "
-                              f"changed: {addresses(changed)}; nothing was applied — run shadow again to rehearse "
-                              "against the current state")
+            if t.fingerprint() == checkpoints[name].fingerprint:
+                continue
+            changed = t.changes_since(checkpoints[name], shadows[name])
+            independent = [] if strict else shadows[name].independent(changed)
+            depends = [c for c in changed if c not in independent]
+            tr = session.result.targets[name]
+            if independent:
+                tr.warnings.append(f"production also changed since the checkpoint, in what this action neither "
+                                   f"read nor wrote on the shadow: {addresses(independent)}")
+            if one_transaction and not strict:
+                if depends:
+                    tr.warnings.append(f"production changed what this action reads or writes since the checkpoint "
+                                       f"({addresses(depends)}): applied in one transaction and judged on its own "
+                                       "effect there")
+                continue
+            step.found("production changed since the checkpoint")
+            tr.production_changes = changed
+            why = ("policy.drift is strict" if strict else
+                   "the apply cannot run in one transaction, so undoing it would mean restoring the checkpoint, "
+                   "which would lose those writes")
+            return Ending(Outcome.REFUSED, f"production {name!r} changed since the checkpoint (drift; {why}); what "
+                          f"changed: {addresses(changed)}; nothing was applied — run shadow again to rehearse "
+                          "against the current state")
     return None
 
 
 def apply_to_production(session: Session, plan_: Plan, statements: list[Statement], targets: dict[str, Target],
                         shadows: dict[str, ShadowCopy], checkpoints: dict[str, Checkpoint], sandbox: Any) -> Ending:
     """Apply the action to production and verify it changed the way the shadow did — or roll it back."""
-    refused = drift_check(session, targets, shadows, checkpoints)
-    if refused is not None:
-        return refused
     result = session.result
     sql_target = plan_.action.sql_target if plan_.action.sql_files else None
     sql = targets[sql_target] if sql_target else None
     blocker = sql.atomic_blocker(statements) if isinstance(sql, SqlTarget) else None
     one_transaction = bool(sql_target and len(targets) == 1 and blocker is None)
+    refused = drift_check(session, targets, shadows, checkpoints, one_transaction, plan_.policy.drift == "strict")
+    if refused is not None:
+        return refused
     session.phase("applying", transaction={"target": sql_target, "xid": None} if one_transaction else None)
     try:
         if one_transaction and sql_target:
@@ -112,36 +134,39 @@ def _apply_and_verify(session: Session, plan_: Plan, statements: list[Statement]
 def _record_after_apply(session: Session, targets: dict[str, Target]) -> None:
     """What production observed after the verified apply: ``shadow rollback`` refuses if it changed since."""
     for name, t in targets.items():
-        manifest = session.store.read_manifest(session.result.run_id, name)
         after = t.observe()
-        manifest["after_apply"] = {"fingerprint": t.fingerprint(after), "observation": after}
-        session.store.write_manifest(session.result.run_id, name, manifest)
+        session.store.write_applied(session.result.run_id, name, {"fingerprint": t.fingerprint(after),
+                                                                  "observation": after})
 
 
 def apply_in_one_transaction(session: Session, plan_: Plan, statements: list[Statement], t: Target,
                              shadow: ShadowCopy, checkpoint: Checkpoint) -> Ending | None:
-    """Every statement is transactional: apply in one transaction, compare production's change set with the
-    rehearsal's *inside* it, and COMMIT only on a match — otherwise ROLLBACK: production is never changed.
-    ``None``: committed."""
+    """Every statement is transactional: apply in one transaction, compare the statements' own change set with
+    the rehearsal's *inside* it, and COMMIT only on a match — otherwise ROLLBACK: production is never changed by
+    shadow, and never restored either (other sessions' writes since the checkpoint stay). ``None``: committed."""
     result = session.result
     tr = result.targets[t.name]
     start = time.monotonic()
     problems: list[str] | None = None
+    began: list[int] = []
     assert isinstance(t, SqlTarget), "one transaction is chosen only for a target that runs SQL"
+
+    def on_begin(xid: int) -> None:
+        began.append(xid)
+        session.phase("applying", transaction={"target": t.name, "xid": xid})
+
     with session.step("apply", t.name, undo="none: one transaction, committed only after verification") as step:
         try:
             problems, tr.production_changes = t.apply_sql_verified(
                 statements, plan_.action.timeout, checkpoint, shadow,
-                lambda changes: compare_change_sets(tr.changes, changes),
-                lambda xid: session.phase("applying", transaction={"target": t.name, "xid": xid}),
-                tag=session_tag(result.run_id))
+                lambda changes: compare_change_sets(tr.changes, changes), on_begin,
+                tag=session_tag(result.run_id), lock_timeout=plan_.policy.lock_timeout,
+                lock_retries=plan_.policy.lock_retries, waited=lambda text: _waited(session, tr, text))
             result.production = ActionResult(True, time.monotonic() - start, "one transaction, verified before COMMIT")
         except (SqlError, ActionFailed) as exc:
             result.production = ActionResult(False, time.monotonic() - start, "one transaction", str(exc))
-        except TargetUnreachable as exc:
-            if t.fingerprint() != checkpoint.fingerprint:
-                raise  # the connection may have dropped after COMMIT reached production: restore the checkpoint
-            result.production = ActionResult(False, time.monotonic() - start, "one transaction", str(exc))
+        except ShadowError as exc:  # lost production or the shadow mid-transaction: did the COMMIT happen?
+            result.production = _settled_by_the_server(t, began, exc, time.monotonic() - start)
         if problems:
             step.found("production diverged from the rehearsal inside the transaction; rolled back")
         elif not result.production.ok:
@@ -154,15 +179,34 @@ def apply_in_one_transaction(session: Session, plan_: Plan, statements: list[Sta
              else f"the action failed on production: {result.production.error}")
     # ROLLBACK undid everything shadow did. Never restore here: if production differs from the checkpoint
     # now, other sessions committed meanwhile, and restoring would delete their writes.
-    if t.fingerprint() == checkpoint.fingerprint:
-        tr.restore = {"needed": False, "verified": True, "note": "the transaction was rolled back",
-                      "transaction": "rolled back"}
-        return Ending(Outcome.ROLLED_BACK, f"{cause}; the transaction was rolled back — production was never changed")
-    tr.restore = {"needed": False, "verified": False, "transaction": "rolled back",
-                  "note": "production differs from the checkpoint because other sessions wrote to it "
-                          "meanwhile; shadow rolled its own transaction back and did not touch their writes"}
-    return Ending(Outcome.ROLLED_BACK, f"{cause}; the transaction was rolled back — shadow changed nothing, but "
-                  "OTHER SESSIONS wrote to production during the apply (see the divergence)")
+    tr.restore = {"needed": False, "verified": True, "note": "the transaction was rolled back; other sessions' "
+                  "writes since the checkpoint were not touched", "transaction": "rolled back"}
+    return Ending(Outcome.ROLLED_BACK, f"{cause}; the transaction was rolled back — production was never changed by "
+                  "this run")
+
+
+def _settled_by_the_server(t: SqlTarget, began: list[int], exc: ShadowError, seconds: float) -> ActionResult:
+    """The transaction's fate when the connection to it was lost, from the server itself (``txid_status``).
+    Re-raises when it cannot be known: the run then stays unfinished and ``shadow recover`` asks again —
+    restoring the checkpoint instead would delete every write other sessions made since."""
+    if not began:
+        return ActionResult(False, seconds, "one transaction", f"{exc} (the transaction never began)")
+    try:
+        status = t.transaction_outcome(began[-1])
+    except ShadowError:
+        raise exc from None
+    if status == "committed":  # COMMIT is sent only after the verification inside the transaction passed
+        return ActionResult(True, seconds, "one transaction, verified before COMMIT (the connection was lost "
+                            "after COMMIT reached production)")
+    if status == "aborted":
+        return ActionResult(False, seconds, "one transaction", f"{exc} (the transaction did not commit)")
+    raise exc
+
+
+def _waited(session: Session, tr: Any, text: str) -> None:
+    """An apply that waited for production (a lock, a serialisation race): on the terminal and in the report."""
+    tr.warnings.append(f"apply: {text}")
+    session.progress("info", f"{tr.name}: {text}")
 
 
 def roll_back(session: Session, targets: dict[str, Target], checkpoints: dict[str, Checkpoint],

@@ -173,7 +173,7 @@ def _settle(session: Session, record: RunRecord, targets: dict[str, Target]) -> 
     if record.command == "apply" and record.phase == "applied":
         drifted = []
         for name, t in targets.items():
-            after = session.store.read_manifest(source, name).get("after_apply") or {}
+            after = session.store.read_applied(source, name) or {}
             if t.fingerprint() != after.get("fingerprint"):
                 drifted.append(name)
         return Outcome.APPLIED, Ending(Outcome.RECOVERED, "applied and verified before it was killed" if not drifted

@@ -85,6 +85,8 @@ def _run_on_shadows(session: Session, plan_: Plan, statements: list[Statement], 
     result = session.result
     with session.step("rehearse") as step:
         start = time.monotonic()
+        for shadow in shadows.values():  # from here on each copy measures what the action reads and writes
+            shadow.watch()
         try:
             result.rehearsal = run_action(plan_, statements, endpoints, targets, session.settings.environ,
                                           session.dir / "action-rehearsal.log", session.launch(), sandbox)

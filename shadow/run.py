@@ -242,16 +242,16 @@ def _restore_run(session: Session, targets: dict[str, Target], run_id: str, forc
 
 def _drifted_since_apply(session: Session, targets: dict[str, Target], run_id: str, force: bool) -> Ending | None:
     """Refused when production changed since run ``run_id`` applied: restoring would lose those writes."""
-    manifests = {n: session.store.read_manifest(run_id, n) for n in targets}
+    applied = {n: session.store.read_applied(run_id, n) for n in targets}
     for name, t in targets.items():
-        after = manifests[name].get("after_apply")
+        after = applied[name]
         with session.step("drift check", name) as step:
             if not after or force or t.fingerprint() == after["fingerprint"]:
                 continue
             step.found(f"production changed since run {run_id} was applied")
             # Production as the apply left it, compared by the same change-set code as every other check.
-            applied = Checkpoint(name, t.kind, run_id, after["observation"], after["fingerprint"])
-            changes = t.changes_since(applied, None)
+            as_applied = Checkpoint(name, t.kind, run_id, after["observation"], after["fingerprint"])
+            changes = t.changes_since(as_applied, None)
         session.result.targets[name].production_changes = changes
         return Ending(Outcome.REFUSED, f"production {name!r} changed since run {run_id} was applied; restoring would "
                       f"lose those writes ({addresses(changes)}). Use --force to restore anyway.")

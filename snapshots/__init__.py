@@ -234,6 +234,32 @@ class Store:
         except OSError as exc:
             raise InfrastructureError(f"could not write a checkpoint manifest: {exc.strerror}") from exc
 
+    def write_applied(self, run_id: str, target: str, record: dict[str, Any]) -> None:
+        """What production observed after run ``run_id`` applied and verified (``shadow rollback`` and
+        ``recover`` compare production with it). Kept beside, never inside, the checkpoint's manifest: a
+        checkpoint is written once and never edited."""
+        self._ensure()
+        body = json.dumps(record, indent=1, sort_keys=True, default=str).encode()
+        try:
+            make_private_dir(self.root / "applied")
+            make_private_dir(self.root / "applied" / run_id)
+            atomic_write_bytes(self.root / "applied" / run_id / f"{target}.json", body)
+        except OSError as exc:
+            raise InfrastructureError(f"could not record the applied state: {exc.strerror}") from exc
+
+    def read_applied(self, run_id: str, target: str) -> dict[str, Any] | None:
+        """:meth:`write_applied`'s record; None when the run never got that far. (Runs recorded before it was
+        kept apart carry it in the manifest as ``after_apply``.)"""
+        path = self.root / "applied" / run_id / f"{target}.json"
+        try:
+            record: dict[str, Any] = json.loads(path.read_text())
+            return record
+        except FileNotFoundError:
+            legacy = self.read_manifest(run_id, target).get("after_apply")
+            return dict(legacy) if legacy else None
+        except (OSError, ValueError) as exc:
+            raise SnapshotCorrupt(f"the applied state {path} is unreadable: {exc}") from exc
+
     def read_manifest(self, run_id: str, target: str) -> dict[str, Any]:
         path = self.root / "manifests" / run_id / f"{target}.json"
         try:

@@ -54,3 +54,117 @@ def test_a_checkpoint_taken_while_the_application_writes_restores_to_a_faithful_
         verdicts = {v["rule"]: v for v in json.loads(result.out)["expectations"]}
         assert verdicts["fidelity"]["ok"], verdicts["fidelity"]
     assert writer.assert_kept(live_db.dsn) > 20
+
+
+def _report(result) -> dict:  # type: ignore[no-untyped-def]
+    return json.loads(result.out)
+
+
+def _warnings(report: dict) -> str:
+    return " ".join(w for t in report["targets"] for w in t.get("warnings", []))
+
+
+def test_an_apply_goes_ahead_while_the_application_writes_to_another_table(live_db: ProdDb, shadow_cli,
+                                                                            tmp_path: Path):
+    """Writes the action neither read nor wrote are reported, never blocking; verification judges the
+    migration's own effect, so the writer's rows are neither blamed on it nor lost (items 2 and 3)."""
+    plan = _plan(tmp_path, live_db, "ALTER TABLE users ADD COLUMN nickname text;\n"
+                                    "UPDATE users SET nickname = 'n' || id WHERE id <= 10;\n",
+                 "add column public.users.nickname, update rows public.users")
+    with Writer(live_db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
+        result = shadow_cli("apply", "-f", str(plan), "--json")
+        writer.stop()
+    assert result.code == 0, result.text
+    report = _report(result)
+    assert report["outcome"] == "applied"
+    assert "production also changed since the checkpoint" in _warnings(report)
+    assert "public.events" in _warnings(report)
+    [target] = report["targets"]
+    assert [c["address"] for c in target["production_changes"]] == ["add column public.users.nickname",
+                                                                     "update rows public.users"]
+    assert live_db.scalar("SELECT count(*) FROM users WHERE nickname IS NOT NULL") == 10
+    assert writer.assert_kept(live_db.dsn) > 20
+
+
+def test_a_backfill_of_the_table_the_application_writes_is_judged_on_its_own_rows(live_db: ProdDb, shadow_cli,
+                                                                                  tmp_path: Path):
+    """The writer inserts, updates and deletes its own rows of the very table the migration backfills: the
+    transaction's own effect (10 rows) is what is compared, and every write of the writer stays."""
+    plan = _plan(tmp_path, live_db, "UPDATE events SET note = note || ' (checked)' WHERE id <= 10;\n",
+                 "update rows public.events")
+    with Writer(live_db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
+        result = shadow_cli("apply", "-f", str(plan), "--json")
+        writer.stop()
+    assert result.code == 0, result.text
+    report = _report(result)
+    [target] = report["targets"]
+    [change] = target["production_changes"]
+    assert (change["address"], change["detail"]["count"]) == ("update rows public.events", 10)
+    assert live_db.scalar("SELECT count(*) FROM events WHERE note LIKE '% (checked)'") == 10
+    assert writer.assert_kept(live_db.dsn) > 20
+
+
+def test_policy_drift_strict_refuses_any_write_since_the_checkpoint(live_db: ProdDb, shadow_cli, tmp_path: Path):
+    plan = _plan(tmp_path, live_db, "ALTER TABLE users ADD COLUMN nickname text;\n",
+                 "add column public.users.nickname")
+    plan.write_text(plan.read_text().replace("policy:\n", "policy:\n  drift: strict\n"))
+    with Writer(live_db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
+        result = shadow_cli("apply", "-f", str(plan), "--json")
+        writer.stop()
+    assert result.code == 1, result.text
+    report = _report(result)
+    assert report["outcome"] == "refused" and "policy.drift is strict" in report["reason"]
+    assert live_db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nickname'") == 0
+    writer.assert_kept(live_db.dsn)
+
+
+def test_an_apply_that_cannot_run_in_one_transaction_is_refused_rather_than_risk_the_writers_rows(
+        live_db: ProdDb, shadow_cli, tmp_path: Path):
+    """Undoing a statement-by-statement apply means restoring the checkpoint, which would lose the writer's rows:
+    while production is being written to, such an apply is refused before it starts."""
+    plan = _plan(tmp_path, live_db, "CREATE INDEX CONCURRENTLY users_name_idx ON users (full_name);\n",
+                 "add index public.users_name_idx")
+    plan.write_text(plan.read_text().replace("policy:\n", "policy:\n"))
+    with Writer(live_db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
+        result = shadow_cli("apply", "-f", str(plan), "--json")
+        writer.stop()
+    assert result.code == 1, result.text
+    assert "cannot run in one transaction" in _report(result)["reason"]
+    writer.assert_kept(live_db.dsn)
+
+
+def test_an_apply_waits_for_a_lock_a_bounded_time_and_says_so(live_db: ProdDb, shadow_cli, tmp_path: Path):
+    """A long read holds a lock the migration needs: the apply gives up after policy.lock_timeout, rolls back,
+    retries policy.lock_retries times, reports each wait — and never queues every other query behind it."""
+    plan = _plan(tmp_path, live_db, "ALTER TABLE users ADD COLUMN nickname text;\n",
+                 "add column public.users.nickname")
+    plan.write_text(plan.read_text().replace("policy:\n", "policy:\n  lock_timeout: 200ms\n  lock_retries: 1\n"))
+    with live_db.connect() as reader:
+        reader.autocommit = False
+        reader.execute("SELECT count(*) FROM users")  # a long read: ACCESS SHARE on users until it ends
+        result = shadow_cli("apply", "-f", str(plan), "--json")
+        reader.rollback()
+    assert result.code == 1, result.text
+    report = _report(result)
+    assert report["outcome"] == "rolled_back"
+    assert "waited 0.2 s for a lock" in report["reason"] and "production is busy" in report["reason"]
+    assert "retry 1 of 1" in _warnings(report)
+    assert live_db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nickname'") == 0
+
+
+def test_a_checkpoint_is_written_once_and_the_applied_state_kept_beside_it(prod_db: ProdDb, shadow_cli,
+                                                                           tmp_path: Path):
+    """What production observed after the apply is its own record; the checkpoint's manifest is never edited."""
+    plan = _plan(tmp_path, prod_db, "ALTER TABLE users ADD COLUMN nickname text;\n",
+                 "add column public.users.nickname")
+    result = shadow_cli("apply", "-f", str(plan), "--json")
+    assert result.code == 0, result.text
+    run_id = _report(result)["run_id"]
+    store = shadow_cli.state_dir / "snapshots"
+    manifest = json.loads((store / "manifests" / run_id / "app.json").read_text())
+    assert "after_apply" not in manifest
+    applied = json.loads((store / "applied" / run_id / "app.json").read_text())
+    assert applied["fingerprint"] == prod_db.fingerprint() != manifest["fingerprint"]
+    rolled = shadow_cli("rollback", run_id, "--json")
+    assert rolled.code == 0, rolled.text
+    assert prod_db.fingerprint() == manifest["fingerprint"]

@@ -92,6 +92,12 @@ class GitShadow:
         twin.restore_from(self.checkpoint, self.manifest)
         return twin.verify_restored(self.checkpoint)
 
+    def watch(self) -> None:
+        """What an action reads is not measured for this kind yet: every change of production counts."""
+
+    def independent(self, changes: list[Change]) -> list[Change]:
+        return []
+
     def lost(self) -> str | None:
         """A clone on this host's disk has no server to lose; a removed clone is a missing working copy."""
         return None if self.work.is_dir() else f"the shadow's clone {self.work} is gone"

@@ -211,12 +211,14 @@ def count_rows(
     table: str,
     before: dict[str, Any],
     after: dict[str, Any],
+    before_relation: str | None = None,
 ) -> RowDelta:
-    """Count inserted/updated/deleted rows of ``table`` between two live databases."""
+    """Count inserted/updated/deleted rows of ``table`` between two live databases. ``before_relation``: read the
+    rows before from that relation (a copy, ``pg_temp.…``) instead of ``table``."""
     with ExitStack() as stack:
         for conn in (conn_before, conn_after):
             stack.enter_context(_reading(conn))
-        return _count_rows(conn_before, conn_after, table, before, after)
+        return _count_rows(conn_before, conn_after, table, before, after, before_relation)
 
 
 @contextmanager
@@ -240,6 +242,7 @@ def _count_rows(
     table: str,
     before: dict[str, Any],
     after: dict[str, Any],
+    before_relation: str | None = None,
 ) -> RowDelta:
     b_data, a_data = before["data"][table], after["data"][table]
     a_cols = list(a_data["columns"])
@@ -256,25 +259,27 @@ def _count_rows(
         buckets *= 2
 
     rel = relation_sql(table, bool(a_data.get("only", True)))
+    rel_before = sql.SQL(before_relation) if before_relation else rel
 
     def select(columns: list[str], what: str, where: sql.Composable = sql.SQL(""),
-               full: list[str] | None = None) -> sql.Composed:
+               full: list[str] | None = None, source: sql.Composable = rel) -> sql.Composed:
         """``what`` over k and h; its ``{hf}`` is h, or with ``full`` the hash over those columns."""
         h = row_hash_expr(columns)
         k = _key_expr(key) if key else sql.SQL("{}::text").format(h)
         hf = sql.SQL(", {} AS hf").format(row_hash_expr(full)) if full else sql.SQL("")
         return sql.SQL("SELECT {what} FROM (SELECT {k} AS k, {h} AS h{hf} FROM {rel} t) s {where}").format(
-            what=sql.SQL(what).format(hf=sql.SQL("hf" if full else "h")), k=k, h=h, hf=hf, rel=rel, where=where
+            what=sql.SQL(what).format(hf=sql.SQL("hf" if full else "h")), k=k, h=h, hf=hf, rel=source, where=where
         )
 
     agg = f"(hashtext(k) & {buckets - 1}) AS b, count(*), sum({{hf}}::numeric)::text"
     full = list(b_data["columns"]) if dropped else None
 
-    def buckets_of(conn: psycopg.Connection, columns: list[str], full: list[str] | None) -> dict[int, tuple[int, str]]:
-        q = sql.SQL("{} GROUP BY 1").format(select(columns, agg, full=full))
+    def buckets_of(conn: psycopg.Connection, columns: list[str], full: list[str] | None,
+                   source: sql.Composable) -> dict[int, tuple[int, str]]:
+        q = sql.SQL("{} GROUP BY 1").format(select(columns, agg, full=full, source=source))
         return {b: (n, s) for b, n, s in conn.execute(q)}
 
-    bb, ab = buckets_of(conn_before, b_cols, full), buckets_of(conn_after, a_cols, None)
+    bb, ab = buckets_of(conn_before, b_cols, full, rel_before), buckets_of(conn_after, a_cols, None, rel)
     differing = sorted(b for b in set(bb) | set(ab) if bb.get(b) != ab.get(b))
     inserted = updated = deleted = by_drop = 0
     digest = {"update": 0, "delete": 0}
@@ -285,10 +290,11 @@ def _count_rows(
         batch = differing[i : i + step]
         where = sql.SQL("WHERE (hashtext(k) & {}) = ANY({})").format(sql.Literal(buckets - 1), sql.Literal(batch))
 
-        def fetch(conn: psycopg.Connection, columns: list[str], full: list[str] | None) -> dict[str, Any]:
+        def fetch(conn: psycopg.Connection, columns: list[str], full: list[str] | None,
+                  source: sql.Composable) -> dict[str, Any]:
             """key → (h, hf); without a key, row hash → [count, how many lost values in dropped columns]."""
             out: dict[str, Any] = {}
-            for kk, hh, hf in conn.execute(select(columns, "k, h, {hf}", where, full)):
+            for kk, hh, hf in conn.execute(select(columns, "k, h, {hf}", where, full, source)):
                 if key:
                     out[kk] = (hh, hf)
                 else:  # multiset: count of identical rows
@@ -297,7 +303,7 @@ def _count_rows(
                     seen[1] += hh != hf
             return out
 
-        old, new = fetch(conn_before, b_cols, full), fetch(conn_after, a_cols, None)
+        old, new = fetch(conn_before, b_cols, full, rel_before), fetch(conn_after, a_cols, None, rel)
         if key:
             for k in new.keys() - old.keys():
                 inserted += 1
@@ -327,7 +333,8 @@ def _count_rows(
                 digest["update"] += lost_kept * _key_hash(str(k))
     sample_rows: dict[str, list[dict[str, Any]]] = {}
     if key:
-        sample_rows = _sample_rows(conn_before, conn_after, table, rel, key, list(b_data["columns"]), a_cols, samples)
+        sample_rows = _sample_rows(conn_before, conn_after, table, (rel_before, rel), key, list(b_data["columns"]),
+                                   a_cols, samples)
         if any(redact.looks_secret(c) for c in key):
             samples = {op: [redact.MARKER] * len(v) for op, v in samples.items()}
     # Which existing rows changed, not only how many: production deleting other rows than the rehearsal did must
@@ -335,7 +342,7 @@ def _count_rows(
     return RowDelta(inserted, updated, deleted, by_key=key is not None,
                     samples={op: sorted(v) for op, v in samples.items() if v},
                     digests={op: format(v % DIGEST_MOD, "x") for op, v in digest.items() if v},
-                    sample_rows=sample_rows, destroyed=_non_null_values(conn_before, rel, dropped),
+                    sample_rows=sample_rows, destroyed=_non_null_values(conn_before, rel_before, dropped),
                     updated_by_drop=by_drop)
 
 
@@ -349,7 +356,8 @@ def _non_null_values(conn: psycopg.Connection, rel: sql.Composable, columns: lis
     return {c: int(n) for c, n in zip(columns, row, strict=True) if n}
 
 
-def _sample_rows(conn_before: psycopg.Connection, conn_after: psycopg.Connection, table: str, rel: sql.Composable,
+def _sample_rows(conn_before: psycopg.Connection, conn_after: psycopg.Connection, table: str,
+                 rels: tuple[sql.Composable, sql.Composable],
                  key: list[str], b_cols: list[str], a_cols: list[str],
                  samples: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
     """The sampled rows as they were and as they are (values as text, clipped; secret-looking columns redacted)."""
@@ -357,14 +365,14 @@ def _sample_rows(conn_before: psycopg.Connection, conn_after: psycopg.Connection
     if not wanted:
         return {}
 
-    def fetch(conn: psycopg.Connection, columns: list[str]) -> dict[str, dict[str, Any] | None]:
+    def fetch(conn: psycopg.Connection, columns: list[str], rel: sql.Composable) -> dict[str, dict[str, Any] | None]:
         values = sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in columns)
         query = sql.SQL("SELECT {k}, ARRAY[{v}]::text[] FROM {rel} t WHERE {k} = ANY({wanted})").format(
             k=_key_expr(key), v=values, rel=rel, wanted=sql.Literal(wanted))
         return {k: redact.row(table, dict(zip(columns, map(_clip, vals), strict=True)))
                 for k, vals in conn.execute(query)}
 
-    old, new = fetch(conn_before, b_cols), fetch(conn_after, a_cols)
+    old, new = fetch(conn_before, b_cols, rels[0]), fetch(conn_after, a_cols, rels[1])
     out: dict[str, list[dict[str, Any]]] = {}
     for op, keys in samples.items():
         out[op] = [{"key": redact.row(table, dict(zip(key, map(_key_text, json.loads(k)), strict=True))),

@@ -59,36 +59,81 @@ def execute(dsn: str, statements: list[Statement], timeout: float, target: str,
     return "transaction" if one_transaction else "autocommit"
 
 
+# A transaction that gave up waiting for a lock, or that REPEATABLE READ cannot serialise with a concurrent
+# writer, changed nothing: it may simply be tried again.
+BUSY = (pgerrors.LockNotAvailable, pgerrors.SerializationFailure, pgerrors.DeadlockDetected)
+
+
 def execute_verified(dsn: str, statements: list[Statement], timeout: float, target: str,
-                     verify: Callable[[psycopg.Connection], list[str]],
-                     on_begin: Callable[[int], None] | None = None, tag: str = "") -> list[str]:
-    """Run ``statements`` in one transaction, then ``verify(conn)`` inside it, before anything is visible to
-    anyone else: COMMIT when it returns no problems, ROLLBACK otherwise. Returns the problems — with a
-    ROLLBACK, production was never changed. ``on_begin`` gets the transaction's id before any statement runs,
-    so that whoever finds the run killed can ask the server whether it committed (``txid_status``)."""
+                     verify: Callable[[psycopg.Connection, Any], list[str]],
+                     on_begin: Callable[[int], None] | None = None, tag: str = "",
+                     prepare: Callable[[psycopg.Connection], Any] | None = None, lock_timeout: float = 5.0,
+                     retries: int = 3, waited: Callable[[str], None] | None = None) -> list[str]:
+    """Run ``statements`` in one REPEATABLE READ transaction, then ``verify(conn, prepared)`` inside it, before
+    anything is visible to anyone else: COMMIT when it returns no problems, ROLLBACK otherwise. Returns the
+    problems — with a ROLLBACK, production was never changed.
+
+    ``prepare(conn)`` runs first in the transaction and sees its snapshot (production as the statements find
+    it); what it returns is handed to ``verify``, which sees the same snapshot plus the statements' own writes —
+    exactly their effect, whatever other sessions commit meanwhile. ``on_begin`` gets the transaction's id
+    before any statement runs, so that whoever finds the run killed can ask the server whether it committed
+    (``txid_status``). A statement waits at most ``lock_timeout`` seconds for a lock (a migration queued behind
+    a long read would block every query behind it); a transaction that gave up waiting, or lost a serialisation
+    race with a concurrent writer, is rolled back and tried again up to ``retries`` times, each wait reported
+    to ``waited``."""
     deadline = time.monotonic() + timeout
     try:
         conn = _connect(dsn, tag)
     except psycopg.OperationalError as exc:
         raise TargetUnreachable(f"cannot connect: {_first_line(exc)}", target=target) from exc
-    problems: list[str] = []
     with conn:
-        try:
-            with conn.transaction():
-                if on_begin is not None:
-                    on_begin(int(conn.execute("SELECT txid_current()").fetchone()[0]))  # type: ignore[index]
-                for st in statements:
-                    _run(conn, st, deadline, target)
-                conn.execute("SET LOCAL statement_timeout = 0")  # the timeout bounds the action, not the check
-                _check_deferred(conn, statements, target)  # so what deferred triggers write is verified too
-                problems = verify(conn)
-                if problems:
-                    raise psycopg.Rollback()
-        except psycopg.OperationalError as exc:
-            if isinstance(exc, pgerrors.QueryCanceled):
-                raise ActionFailed(f"the SQL action timed out after {timeout:g} s", target=target) from exc
-            raise TargetUnreachable(f"lost the connection during the action: {_first_line(exc)}", target=target) from exc
+        for attempt in range(retries + 1):
+            try:
+                return _verified_once(conn, statements, deadline, target, verify, on_begin, prepare, lock_timeout)
+            except BUSY as exc:
+                busy = _busy(exc, lock_timeout)
+                if attempt == retries:
+                    raise ActionFailed(f"{busy}, {retries + 1} time(s); the transaction was rolled back and nothing "
+                                       "was applied — production is busy: retry later, or raise "
+                                       "policy.lock_timeout / policy.lock_retries", target=target) from exc
+                pause = min(8.0, 0.5 * 2 ** attempt)
+                if waited is not None:
+                    waited(f"{busy}; rolled back, trying again in {pause:g} s (retry {attempt + 1} of {retries})")
+                time.sleep(pause)
+            except psycopg.OperationalError as exc:
+                if isinstance(exc, pgerrors.QueryCanceled):
+                    raise ActionFailed(f"the SQL action timed out after {timeout:g} s", target=target) from exc
+                raise TargetUnreachable(f"lost the connection during the action: {_first_line(exc)}",
+                                        target=target) from exc
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _verified_once(conn: psycopg.Connection, statements: list[Statement], deadline: float, target: str,
+                   verify: Callable[[psycopg.Connection, Any], list[str]], on_begin: Callable[[int], None] | None,
+                   prepare: Callable[[psycopg.Connection], Any] | None, lock_timeout: float) -> list[str]:
+    problems: list[str] = []
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        conn.execute(f"SET LOCAL lock_timeout = {max(1, int(lock_timeout * 1000))}")
+        if on_begin is not None:
+            on_begin(int(conn.execute("SELECT txid_current()").fetchone()[0]))  # type: ignore[index]
+        prepared = prepare(conn) if prepare is not None else None
+        for st in statements:
+            _run(conn, st, deadline, target)
+        conn.execute("SET LOCAL statement_timeout = 0")  # the timeout bounds the action, not the check
+        _check_deferred(conn, statements, target)  # so what deferred triggers write is verified too
+        problems = verify(conn, prepared)
+        if problems:
+            raise psycopg.Rollback()
     return problems
+
+
+def _busy(exc: BaseException, lock_timeout: float) -> str:
+    if isinstance(exc, pgerrors.LockNotAvailable):
+        return f"a statement waited {lock_timeout:g} s for a lock another session holds"
+    if isinstance(exc, pgerrors.DeadlockDetected):
+        return "a statement deadlocked with another session"
+    return "a concurrent write to the same rows could not be serialised with this transaction (REPEATABLE READ)"
 
 
 def _connect(dsn: str, tag: str) -> psycopg.Connection:

@@ -26,6 +26,7 @@ from adapters.postgres.cluster import LocalCluster
 from adapters.postgres.server import SUPERUSER, Server
 from adapters.postgres.diff import count_rows, diff
 from adapters.postgres.execute import end_sessions, execute, execute_verified
+from adapters.postgres import footprint, own_effect
 from adapters.postgres.observe import observe, read_text_as_str
 from adapters.postgres import dbsettings
 from adapters.postgres.restore import dumped_sequences, restore_into_empty, restore_over, run_pg_dump
@@ -253,20 +254,29 @@ class PostgresTarget:
 
     def apply_sql_verified(self, statements: list[Statement], timeout: float, checkpoint: Checkpoint, shadow: Any,
                            judge: Callable[[list[Change]], list[str]],
-                           on_begin: Callable[[int], None] | None = None,
-                           tag: str = "") -> tuple[list[str], list[Change]]:
-        """Apply in one transaction, observe production *inside* it, and COMMIT only when ``judge`` finds the
-        change set equal to the rehearsal's; otherwise ROLLBACK, which costs nothing."""
+                           on_begin: Callable[[int], None] | None = None, tag: str = "",
+                           lock_timeout: float = 5.0, lock_retries: int = 3,
+                           waited: Callable[[str], None] | None = None) -> tuple[list[str], list[Change]]:
+        """Apply in one REPEATABLE READ transaction, observe production *inside* it before and after the
+        statements, and COMMIT only when ``judge`` finds the statements' own change set equal to the rehearsal's;
+        otherwise ROLLBACK, which costs nothing (:mod:`adapters.postgres.own_effect`)."""
         seen: list[Change] = []
+        tables = {c.name for c in shadow.rehearsed if c.kind == "rows"}
 
-        def verify(conn: psycopg.Connection) -> list[str]:
+        def prepare(conn: psycopg.Connection) -> own_effect.Before:
+            return own_effect.prepare(conn, checkpoint.observation, tables, self._observe)
+
+        def verify(conn: psycopg.Connection, before: own_effect.Before) -> list[str]:
             after = self._observe(conn)
+            own_effect.others_positions(before.observation, after, shadow.rehearsed)
             with shadow.connect_pristine() as pristine:
-                rows = _count_changed_rows(pristine, conn, checkpoint.observation, after)
-            seen.extend(diff(checkpoint.observation, after, rows))
+                read_text_as_str(pristine)
+                rows, uncounted = own_effect.rows_changed(conn, pristine, checkpoint.observation, before, after)
+            seen[:] = diff(before.observation, after, rows) + uncounted
             return judge(seen)
 
-        problems = execute_verified(self.dsn, statements, timeout, self.name, verify, on_begin, tag)
+        problems = execute_verified(self.dsn, statements, timeout, self.name, verify, on_begin, tag, prepare,
+                                    lock_timeout, lock_retries, waited)
         return problems, seen
 
     def transaction_outcome(self, xid: int, wait: float = 30.0) -> str:
@@ -327,6 +337,9 @@ class PgShadow:
         self.endpoint = Endpoint(env=env, exclusive_env=exclusive, dsn=action_dsn)
         # Observing the pristine copy (row hashes of every table) is most of shadow's own cost on top of a
         # plain restore; nothing writes to the pristine copy, so it runs while the action does.
+        self._counters: footprint.Counters | None = None  # taken by watch(), just before the action
+        self._touched: set[str] | None = None  # what the action read or wrote (None: unknown)
+        self._rehearsed: list[Change] = []
         self._pristine_result: dict[str, Any] | BaseException | None = None
         self._pristine_thread = threading.Thread(target=self._observe_pristine, name=f"observe-{name}", daemon=True)
         self._pristine_thread.start()
@@ -476,11 +489,28 @@ class PgShadow:
         with self.connect() as conn:
             return observe(conn)
 
+    def watch(self) -> None:
+        with self.connect() as conn:
+            self._counters = footprint.counters(conn)
+
     def changes(self) -> list[Change]:
+        if self._counters is not None and self._touched is None:  # read first: observing scans every table
+            with self.connect() as conn:
+                self._touched = footprint.touched_tables(conn, self._counters)
         after = self.observe()
         with self.connect_pristine() as before_conn, self.connect() as after_conn:
             rows = _count_changed_rows(before_conn, after_conn, self.pristine_observation, after)
-        return diff(self.pristine_observation, after, rows)
+        self._rehearsed = diff(self.pristine_observation, after, rows)
+        return self._rehearsed
+
+    @property
+    def rehearsed(self) -> list[Change]:
+        """The change set the rehearsal found (after :meth:`changes`)."""
+        return self._rehearsed
+
+    def independent(self, changes: list[Change]) -> list[Change]:
+        return footprint.independent(changes, self._touched, self._rehearsed,
+                                     self.checkpoint.observation["objects"].get("sequence", {}))
 
     def rehearse_rollback(self) -> list[str]:
         """Undo the rehearsal exactly as a rollback would undo production (the same restore over the same

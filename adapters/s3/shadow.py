@@ -111,6 +111,12 @@ class S3Shadow:
         cp, now = _comparable(self.checkpoint.observation["objects"]), _comparable(self.observe()["objects"])
         return [] if cp == now else differences(cp, now)
 
+    def watch(self) -> None:
+        """What an action reads is not measured for this kind yet: every change of production counts."""
+
+    def independent(self, changes: list[Change]) -> list[Change]:
+        return []
+
     def lost(self) -> str | None:
         """Why the shadow's S3 server no longer answers (its process or container gone), or None while it does."""
         where = urlsplit(self.url)

@@ -107,6 +107,9 @@ class Policy:
     redact: tuple[str, ...] = ()  # column globs (`col`, `table.col`, `schema.table.col`) never shown in reports
     approval: str = "none"  # "required": `shadow plan` stops awaiting `shadow approve`; apply needs --run
     rehearse_rollback: bool = True  # restore each shadow from its checkpoint after the rehearsal and verify it
+    drift: str = "scoped"  # "strict": any write to production since the checkpoint refuses the apply
+    lock_timeout: float = 5.0  # how long an apply's statement waits for a lock before it gives up and retries
+    lock_retries: int = 3  # how many times an apply that gave up waiting for a lock is tried again
 
 
 @dataclass(frozen=True)

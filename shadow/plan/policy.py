@@ -16,7 +16,7 @@ def load_policy(doc: Doc, raw: Any) -> Policy:
         doc.problem(("policy",), "must be a mapping")
         return Policy()
     known(doc, raw, ("policy",), ("backend", "limits", "max_lock", "allow", "redact", "approval",
-                                   "rehearse_rollback"))
+                                   "rehearse_rollback", "drift", "lock_timeout", "lock_retries"))
     approval = raw.get("approval", "none")
     if approval not in ("none", "required"):
         doc.problem(("policy", "approval"), f"{approval!r} is not one of: none, required")
@@ -43,9 +43,31 @@ def load_policy(doc: Doc, raw: Any) -> Policy:
     if backend not in BACKENDS:
         doc.problem(("policy", "backend"), f"{backend!r} is not one of: {', '.join(BACKENDS)}")
         backend = "auto"
+    drift = raw.get("drift", "scoped")
+    if drift not in DRIFT_RULES:
+        doc.problem(("policy", "drift"), f"{drift!r} is not one of: {', '.join(DRIFT_RULES)}")
+        drift = "scoped"
+    lock_timeout, lock_retries = _lock_waits(doc, raw)
     return Policy(backend=backend, limits=_limits(doc, raw.get("limits")), max_lock=_max_lock(doc, raw.get("max_lock")),
                   allow=tuple(allow), redact=tuple(p.strip() for p in redact), approval=approval,
-                  rehearse_rollback=rehearse_rollback)
+                  rehearse_rollback=rehearse_rollback, drift=drift, lock_timeout=lock_timeout,
+                  lock_retries=lock_retries)
+
+
+DRIFT_RULES = ("scoped", "strict")
+
+
+def _lock_waits(doc: Doc, raw: dict[str, Any]) -> tuple[float, int]:
+    """``lock_timeout`` (a duration, default 5s) and ``lock_retries`` (a count, default 3)."""
+    timeout = duration(raw.get("lock_timeout", "5s"))
+    if timeout is None or timeout <= 0:
+        doc.problem(("policy", "lock_timeout"), f"{raw.get('lock_timeout')!r} is not a duration like 500ms, 2s, 1m")
+        timeout = 5.0
+    retries = raw.get("lock_retries", 3)
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= 20:
+        doc.problem(("policy", "lock_retries"), f"{retries!r} is not a number of retries from 0 to 20")
+        retries = 3
+    return timeout, retries
 
 
 LOCK_MODES = ("ACCESS SHARE", "ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUSIVE", "SHARE", "SHARE ROW EXCLUSIVE",

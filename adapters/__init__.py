@@ -165,6 +165,16 @@ class Kind(Protocol):
 
     def target(self, name: str, spec: Mapping[str, Any], settings: Any) -> Target: ...
 
+    def clear_leftovers(self, root: Path) -> list[str]:
+        """Before ``shadow gc`` removes a dead run's temp dir ``root``: stop whatever of this kind still runs inside
+        it (a database server that a shadow, or an action in its HOME, started there); say what was done, a line
+        each. :func:`nothing_runs` for kinds that leave no process behind."""
+
+    def prune(self, checkpoint: Checkpoint) -> str:
+        """When ``shadow gc --checkpoints-older-than`` removes ``checkpoint``: drop what it keeps alive outside
+        shadow's store (a git checkpoint's refs in its repository); say what went, "" when nothing did.
+        :func:`nothing_kept` for kinds whose checkpoints live in the store alone."""
+
 
 @contextmanager
 def no_lock(holder: str, timeout: float, wait: Callable[[str], None]) -> Iterator[None]:
@@ -175,6 +185,16 @@ def no_lock(holder: str, timeout: float, wait: Callable[[str], None]) -> Iterato
 def paths_as_given(spec: Mapping[str, Any], folder: Path) -> dict[str, Any]:
     """``resolve_paths`` of a kind whose settings hold no paths."""
     return dict(spec)
+
+
+def nothing_runs(root: Path) -> list[str]:
+    """``clear_leftovers`` of a kind that runs nothing inside shadow's temp dirs (its servers end with their run)."""
+    return []
+
+
+def nothing_kept(checkpoint: Checkpoint) -> str:
+    """``prune`` of a kind whose checkpoints keep nothing outside shadow's store."""
+    return ""
 
 
 class Registry(Mapping[str, Kind]):

@@ -17,12 +17,12 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from adapters import Checkpoint, Endpoint, paths_as_given
+from adapters import Checkpoint, Endpoint, nothing_kept, paths_as_given
 from adapters.postgres import dsn as dsnlib
 from adapters.docker import engine_answers, join_network
 from adapters.postgres.binaries import ClientTools, ContainerTools, binaries_for
 from adapters.postgres.container import ContainerServer, Limits
-from adapters.postgres.cluster import LocalCluster
+from adapters.postgres.cluster import LocalCluster, stop_servers_in
 from adapters.postgres.server import SUPERUSER, Server
 from adapters.postgres.diff import count_rows, diff
 from adapters.postgres.execute import end_sessions, execute, execute_verified
@@ -553,6 +553,8 @@ class PostgresKind:
     change_kinds: tuple[str, ...] = ("schema", "table", "column", "index", "constraint", "view", "materialized_view", "function",
                     "procedure", "trigger", "sequence", "type", "extension", "default_privileges", "rule",
                     "statistics", "publication", "event_trigger", "collation", "rows")
+    clear_leftovers = staticmethod(stop_servers_in)  # a cluster's server, or one an action started in its HOME
+    prune = staticmethod(nothing_kept)  # a checkpoint is a pg_dump archive in the store
 
     def validate(self, spec: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
         for key in spec:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from adapters import Checkpoint, Endpoint, no_lock, paths_as_given
+from adapters import Checkpoint, Endpoint, no_lock, nothing_kept, nothing_runs, paths_as_given
 from adapters.s3.bucket import DELETE_BATCH, Bucket
 from adapters.s3.checkpoint import copies_manifest, record_parts, safety_findings, versions_manifest
 from adapters.s3.client import REGION, WORKERS, env_name, make_client, translated
@@ -207,6 +207,8 @@ class S3Kind:
     keys = ("bucket", "prefix", "endpoint_url", "allow", "retain_days")
     change_ops: tuple[str, ...] = ("add", "delete", "modify")
     change_kinds: tuple[str, ...] = ("object",)
+    clear_leftovers = staticmethod(nothing_runs)  # moto's local server ends when its run's process does
+    prune = staticmethod(nothing_kept)  # object copies are store objects; object versions stay the bucket's
 
     def validate(self, spec: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
         for key in spec:

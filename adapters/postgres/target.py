@@ -21,7 +21,7 @@ from adapters import Checkpoint, Endpoint, nothing_kept, paths_as_given
 from adapters.postgres import dsn as dsnlib
 from adapters.docker import engine_answers, join_network
 from adapters.postgres.binaries import ClientTools, ContainerTools, binaries_for
-from adapters.postgres.container import ContainerServer, Limits
+from adapters.postgres.container import DEFAULT_IMAGE, ContainerServer, Limits
 from adapters.postgres.cluster import LocalCluster, stop_servers_in
 from adapters.postgres.server import SUPERUSER, Server
 from adapters.postgres.diff import count_rows, diff
@@ -232,7 +232,7 @@ class PostgresTarget:
 
     def image_for(self, major: int) -> str:
         """The shadow image: the target's ``image:``, else SHADOW_POSTGRES_IMAGE, else ``postgres:<major>``."""
-        template = str(self.spec.get("image") or self.settings.postgres_image)
+        template = str(self.spec.get("image") or self.settings.image_for(self.kind, DEFAULT_IMAGE))
         return template.replace("{major}", str(major))
 
     # -- production ---------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from adapters import env_name
 from shadow.changes import is_glob
 from shadow.errors import PlanError, cap
 
@@ -323,7 +324,7 @@ def _targets(doc: _Doc, raw: Any, kinds: Mapping[str, Any], folder: Path | None 
     env_names: dict[str, str] = {}
     for name, spec in raw.items():
         where = ("targets", name)
-        var = re.sub(r"[^A-Z0-9]", "_", str(name).upper())
+        var = env_name(str(name))
         if var in env_names:
             doc.problem(where, f"target names {env_names[var]!r} and {name!r} both become SHADOW_{var}_*; rename one")
         env_names.setdefault(var, str(name))

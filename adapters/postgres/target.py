@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 import secrets
 import threading
 import time
@@ -17,7 +14,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from adapters import Checkpoint, Endpoint, nothing_kept, paths_as_given
+from adapters import Checkpoint, Endpoint, env_name, fingerprint_of, nothing_kept, paths_as_given
 from adapters.postgres import dsn as dsnlib
 from adapters.docker import engine_answers, join_network
 from adapters.postgres.binaries import ClientTools, ContainerTools, binaries_for
@@ -57,16 +54,10 @@ FROM pg_database WHERE datname = current_database()
 """
 
 
-def fingerprint_of(observation: dict[str, Any]) -> str:
-    body = json.dumps({"objects": observation["objects"], "data": observation["data"]}, sort_keys=True, default=str)
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
 def endpoint_env(name: str, dsn: str) -> tuple[dict[str, str], dict[str, str]]:
     """(variables every action gets, variables it gets when this is the plan's only postgres target)."""
     url = dsnlib.to_url(dsnlib.parse(dsn))
-    var = re.sub(r"[^A-Z0-9]", "_", name.upper())
-    return {f"SHADOW_{var}_URL": url}, {"DATABASE_URL": url, **dsnlib.pg_env(dsn)}
+    return {f"SHADOW_{env_name(name)}_URL": url}, {"DATABASE_URL": url, **dsnlib.pg_env(dsn)}
 
 
 class PostgresTarget:

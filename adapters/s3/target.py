@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from adapters import Checkpoint, Endpoint, no_lock, nothing_kept, nothing_runs, paths_as_given
+from adapters import Checkpoint, Endpoint, env_name, no_lock, nothing_kept, nothing_runs, paths_as_given
 from adapters.s3.bucket import DELETE_BATCH, Bucket
 from adapters.s3.checkpoint import copies_manifest, record_parts, safety_findings, versions_manifest
-from adapters.s3.client import REGION, WORKERS, env_name, make_client, translated
+from adapters.s3.client import REGION, WORKERS, make_client, translated
 from adapters.s3.content import CONTENT_DIFF_LIMIT, content_diff
 from adapters.s3.moto import MOTO_IMAGE, MOTO_PORT, SERVER_START_TIMEOUT, MotoContainer, moto_endpoint, moto_server
 from adapters.s3.observe import by_key, diff, fingerprint_of, list_current, observe, versioning

@@ -8,6 +8,9 @@ talks to these Protocols.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -178,6 +181,16 @@ class Kind(Protocol):
 
     def target(self, name: str, spec: Mapping[str, Any], settings: Any) -> Target: ...
 
+    def clear_leftovers(self, root: Path) -> list[str]:
+        """Before ``shadow gc`` removes a dead run's temp dir ``root``: stop whatever of this kind still runs inside
+        it (a database server that a shadow, or an action in its HOME, started there); say what was done, a line
+        each. :func:`nothing_runs` for kinds that leave no process behind."""
+
+    def prune(self, checkpoint: Checkpoint) -> str:
+        """When ``shadow gc --checkpoints-older-than`` removes ``checkpoint``: drop what it keeps alive outside
+        shadow's store (a git checkpoint's refs in its repository); say what went, "" when nothing did.
+        :func:`nothing_kept` for kinds whose checkpoints live in the store alone."""
+
 
 @contextmanager
 def no_lock(holder: str, timeout: float, wait: Callable[[str], None]) -> Iterator[None]:
@@ -188,6 +201,33 @@ def no_lock(holder: str, timeout: float, wait: Callable[[str], None]) -> Iterato
 def paths_as_given(spec: Mapping[str, Any], folder: Path) -> dict[str, Any]:
     """``resolve_paths`` of a kind whose settings hold no paths."""
     return dict(spec)
+
+
+def env_name(target: str) -> str:
+    """What a target's name becomes in the variables an action gets (``SHADOW_<NAME>_URL``…): upper case, every
+    character but A-Z and 0-9 an underscore."""
+    return re.sub(r"[^A-Z0-9]", "_", target.upper())
+
+
+def fingerprint_of(observation: Mapping[str, Any]) -> str:
+    """A checkpoint's fingerprint: the sha256 of an observation's ``objects`` and ``data`` (where the resource is
+    stays out, so a copy elsewhere fingerprints the same)."""
+    return json_sha256({"objects": observation["objects"], "data": observation["data"]})
+
+
+def json_sha256(value: Any) -> str:
+    """The sha256 of ``value`` as JSON with sorted keys (a value JSON cannot hold, as its ``str``)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def nothing_runs(root: Path) -> list[str]:
+    """``clear_leftovers`` of a kind that runs nothing inside shadow's temp dirs (its servers end with their run)."""
+    return []
+
+
+def nothing_kept(checkpoint: Checkpoint) -> str:
+    """``prune`` of a kind whose checkpoints keep nothing outside shadow's store."""
+    return ""
 
 
 class Registry(Mapping[str, Kind]):

@@ -26,6 +26,10 @@ from snapshots import atomic_write_bytes
 # home: an action's HOME · scratch: a container action's writable dir · restore: pg_restore's lists and scripts,
 # a git restore's index · git: a git checkpoint's index files, a git shadow's clone · pg: a local cluster
 KINDS = ("home", "scratch", "restore", "git", "pg")
+LEFTOVER_NAMES = {"pg": "cluster"}  # what `shadow gc` calls a leftover dir of this kind; any other is a "tempdir"
+# A server runs in these: one without labels (being created, or an older shadow's) may still be in use, and gc
+# never judges it by age.
+LABELS_REQUIRED = ("pg",)
 LABELS_FILE = "shadow-labels.json"
 RUN_ID = r"\d{8}-\d{6}-[0-9a-f]{6}"
 _NAME = re.compile(rf"shadow-(?P<what>{'|'.join(KINDS)})-(?:(?P<run>{RUN_ID})-)?")

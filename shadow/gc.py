@@ -7,15 +7,16 @@ cut leave its shadows behind. Every one of them is labelled with the run id and 
 * Docker containers and networks labelled ``shadow.run-id`` whose ``shadow.pid`` no longer runs on this host
   (another host's are never ours to judge);
 * shadow's temp dirs (:mod:`adapters.tempdirs`): ``shadow-<what>-<run id>-<random>`` in the temp dir, ``what``
-  one of pg (a local cluster), restore, git, home, scratch. Any PostgreSQL server running inside one (a
-  cluster's, or one an action started) is stopped before the dir is removed. Whose a dir is, and whether that
-  run is over:
+  one of :data:`adapters.tempdirs.KINDS`. Before a dir is removed, every registered kind stops what it still
+  runs inside (``Kind.clear_leftovers``: a database server a shadow or an action started there). Whose a dir is,
+  and whether that run is over:
 
   - its ``shadow-labels.json`` names the owning process: over once that process is gone;
   - else, a ``home`` or ``scratch`` dir (the orchestrator names them, without labels) is over once the run its
     name names is not running (its liveness lock ``runs/<id>/alive`` is free);
   - else (no labels yet, a run this state dir does not know, or a name without a run id, as older shadows
-    made them): over once nothing in it changed for an hour — except a ``pg`` dir, never removed without labels.
+    made them): over once nothing in it changed for an hour — except the dirs a server runs in
+    (:data:`adapters.tempdirs.LABELS_REQUIRED`), never removed without labels.
 
 ``runs``: only those runs' leftovers (``shadow recover`` clears the runs it settled, which are over by then, so
 a dir whose name names one of them goes even without labels); a labelled dir also belongs to a run when that run's record names its owning process (a rollback restores the
@@ -27,7 +28,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,9 +37,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from adapters import REGISTRY, Checkpoint, tempdirs
 from adapters import docker as dockerlib
-from adapters import tempdirs
-from adapters.postgres.cluster import stop_servers_in
 from shadow.errors import InfrastructureError
 from shadow.guard import RunRecord, is_alive
 from shadow.settings import Settings
@@ -116,7 +115,7 @@ def prune_checkpoints(settings: Any, older_than_days: float, dry_run: bool = Fal
     for folder in doomed:
         item = Leftover("checkpoint", folder.name, folder.name, f"run older than {older_than_days:g} day(s)")
         _remove(result, item, partial(_prune_run, folder, started), (FileNotFoundError,),
-                (OSError, subprocess.SubprocessError))
+                (OSError, InfrastructureError))
     # What every manifest still on disk refers to (one whose prune failed included); a dry run counts the doomed
     # runs as gone.
     referenced: set[str] = set()
@@ -163,37 +162,24 @@ def _run_started(folder: Path) -> float:
 
 
 def _prune_run(folder: Path, when: float) -> str:
-    """Remove a run's checkpoint manifests (leaving a marker), and the refs its git checkpoints keep in their
-    repositories; returns what went besides the manifests."""
+    """Remove a run's checkpoint manifests (leaving a marker), and what each checkpoint keeps outside the store
+    (its kind's ``prune``); returns what went besides the manifests."""
     dropped = []
     for path in folder.glob("*.json"):
-        try:
-            meta = json.loads(path.read_text()).get("meta") or {}
-        except (OSError, ValueError, AttributeError):
-            meta = {}
-        if meta.get("keep") and meta.get("repo"):
-            dropped.append(_drop_refs(Path(meta["repo"]), str(meta["keep"])))
+        checkpoint = _checkpoint_in(path)
+        if checkpoint is not None and checkpoint.kind in REGISTRY:
+            dropped.append(REGISTRY[checkpoint.kind].prune(checkpoint))
         path.unlink()
     atomic_write_bytes(folder / PRUNED, json.dumps({"pruned_at": when}).encode())
-    return "; ".join(dropped)
+    return "; ".join(said for said in dropped if said)
 
 
-def _drop_refs(repo: Path, keep: str) -> str:
-    """Delete the refs under ``keep`` (``refs/shadow/<run>/<target>``) in ``repo``: they hold a git checkpoint's
-    commits, which git's own gc may then collect. A repository that is gone has nothing to drop."""
-    def git(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["git", "-C", str(repo), *args], input=stdin, capture_output=True, text=True,
-                              timeout=120)
-
-    if not repo.is_dir():
-        return f"{repo} is gone"
-    listed = git("for-each-ref", "--format=%(refname)", keep + "/")
-    refs = listed.stdout.split() if listed.returncode == 0 else []
-    if refs:
-        done = git("update-ref", "--stdin", stdin="".join(f"delete {ref}\n" for ref in refs))
-        if done.returncode != 0:
-            raise OSError(f"git update-ref in {repo}: {done.stderr.strip()}")
-    return f"{len(refs)} ref(s) under {keep} in {repo}"
+def _checkpoint_in(path: Path) -> Checkpoint | None:
+    """The checkpoint a manifest holds; None when it holds none that can be read (it keeps nothing known)."""
+    try:
+        return Checkpoint.from_dict(json.loads(path.read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _references(data: Any, store: Store, out: set[str]) -> None:
@@ -250,7 +236,7 @@ def _collect_tempdirs(result: GcResult, tmp: Path, runs_dir: Path, now: float) -
         except FileNotFoundError:
             continue  # its run removed it just now
         if verdict is not None:
-            item = Leftover("cluster" if named[0] == "pg" else "tempdir", str(path), *verdict)
+            item = Leftover(tempdirs.LEFTOVER_NAMES.get(named[0], "tempdir"), str(path), *verdict)
             _remove(result, item, partial(_remove_tempdir, path), (FileNotFoundError,),
                     (OSError, InfrastructureError))
 
@@ -283,7 +269,7 @@ def _abandoned(path: Path, what: str, named_run: str | None, runs_dir: Path, own
         return (run, f"run {run} settled") if run in runs else None
     if run and what in NAMED_ONLY and (runs_dir / run).is_dir():
         return None if is_alive(runs_dir / run) else (run, f"run {run} is not running")
-    if what == "pg":
+    if what in tempdirs.LABELS_REQUIRED:
         return None  # being created, or an older shadow's: whether its server is still in use cannot be known
     if runs is not None:
         return None
@@ -292,7 +278,8 @@ def _abandoned(path: Path, what: str, named_run: str | None, runs_dir: Path, own
 
 
 def _remove_tempdir(root: Path) -> str:
-    stopped = stop_servers_in(root)
+    """Stop what any kind still runs inside ``root``, then remove it; say what was stopped."""
+    stopped = [said for kind in REGISTRY.values() for said in kind.clear_leftovers(root)]
     shutil.rmtree(root)
     return "; ".join(stopped)
 

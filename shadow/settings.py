@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+_IMAGE_VARIABLE = re.compile(r"SHADOW_([A-Z][A-Z0-9_]*)_IMAGE")
 
 
 @dataclass(frozen=True)
@@ -14,9 +18,9 @@ class Settings:
     pg_bindir: str | None = None
     environ: Mapping[str, str] = field(default_factory=dict)
     backend: str | None = None  # SHADOW_BACKEND: overrides the plan's policy.backend (e.g. for a CI matrix)
-    postgres_image: str = "postgres:{major}"  # SHADOW_POSTGRES_IMAGE; {major} is production's major version
     action_image: str = "python:3.12-slim"  # SHADOW_ACTION_IMAGE: for `isolation: container` without `image:`
-    s3_image: str = "motoserver/moto:latest"  # SHADOW_S3_IMAGE: moto's S3 server for s3 shadows (docker backend)
+    # SHADOW_<NAME>_IMAGE, by lower-case name: the image a kind's shadows use in the docker backend (image_for)
+    images: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, state_dir: str | Path | None = None) -> Settings:
@@ -27,10 +31,15 @@ class Settings:
             pg_bindir=env.get("SHADOW_PG_BINDIR") or None,
             environ=env,
             backend=env.get("SHADOW_BACKEND") or None,
-            postgres_image=env.get("SHADOW_POSTGRES_IMAGE") or "postgres:{major}",
             action_image=env.get("SHADOW_ACTION_IMAGE") or "python:3.12-slim",
-            s3_image=env.get("SHADOW_S3_IMAGE") or "motoserver/moto:latest",
+            images={found[1].lower(): value for key, value in env.items()
+                    if value and (found := _IMAGE_VARIABLE.fullmatch(key))},
         )
+
+    def image_for(self, kind: str, default: str) -> str:
+        """The image ``kind``'s shadows run in (docker backend): ``SHADOW_<KIND>_IMAGE``, else the kind's own
+        ``default``."""
+        return self.images.get(kind) or default
 
     @property
     def store_dir(self) -> Path:

@@ -78,73 +78,93 @@ def split_sql(source: str, file: str, *, quote: bool = True, budget: _Budget | N
     """The statements of ``source``; raise :class:`SqlError` naming file and line of an unterminated quote or
     comment. ``quote=False``: the statements' errors never quote them (see :attr:`Statement.quote`). ``budget``:
     what static analysis may still read, shared by an action's files (each call has its own by default)."""
-    budget = budget or _Budget()
-    statements: list[Statement] = []
-    lines = _Lines(source)
-    start: int | None = None  # the first character of the statement being read
-    end = 0  # just after its last significant character
-
-    def significant(a: int, b: int) -> None:
-        nonlocal start, end
-        if start is None:
-            first = _NON_SPACE.search(source, a, b)
-            if first is None:
-                return
-            start = first.start()
-        stripped = len(source[a:b].rstrip())
-        if stripped:
-            end = a + stripped
-
-    def unterminated(what: str, at: int) -> SqlError:
-        line, _ = lines.at(at)
-        return SqlError(f"cannot read the SQL: {what} opened on this line is never closed", file=file, line=line)
-
-    pos, n = 0, len(source)
-    while pos < n:
-        if plain := _PLAIN.match(source, pos):
-            significant(pos, plain.end())
-            pos = plain.end()
-            if pos == n:
-                break
-        stop = pos  # at a character the run stopped at: ; " $ / - an unclosed ' or the e of e'…
-        ch = source[stop]
-        after = stop + 1
-        if ch == ";":
-            if start is not None:
-                statements.append(_statement(source, file, start, end, lines, quote, budget))
-            start = None
-        elif ch == "-" and source.startswith("-", after):
-            newline = source.find("\n", after)
-            after = n if newline < 0 else newline
-        elif ch == "/" and source.startswith("*", after):
-            after = _skip_block_comment(source, stop)
-            if after < 0:
-                raise unterminated("a /* comment", stop)
-        elif ch in "eE'\"":  # E'…' (or a name ending in e, then '…'), '…' or "…"
-            quote_at = stop + 1 if ch in "eE" else stop
-            escapes = ch in "eE" and (stop == 0 or not _IDENT_CHAR.match(source, stop - 1))
-            pattern = _ESCAPE_STRING if escapes else _IDENTIFIER if ch == '"' else _STANDARD_STRING
-            closed = pattern.match(source, quote_at)
-            if closed is None:
-                raise unterminated("a quoted identifier" if ch == '"' else "a quoted string", stop)
-            after = closed.end()
-            significant(stop, after)
-        elif ch == "$" and (stop == 0 or not _IDENT_CHAR.match(source, stop - 1)) and (
-                tag := _DOLLAR_TAG.match(source, stop)):
-            close = source.find(tag.group(), tag.end())
-            if close < 0:
-                raise unterminated(f"a dollar-quoted string ({tag.group()})", stop)
-            after = close + len(tag.group())
-            significant(stop, after)
-        else:  # an operator character, or a $ inside a name or a parameter ($1)
-            significant(stop, after)
-        pos = after
-    if start is not None:
-        statements.append(_statement(source, file, start, end, lines, quote, budget))
+    statements = _Splitter(source, file, quote, budget or _Budget()).statements()
     for st in statements:
         if st.text.startswith("\\"):
             raise SqlError("psql meta-commands are not supported in an SQL action", file=file, line=st.line)
     return statements
+
+
+class _Splitter:
+    """One pass over ``source``: runs of plain text at regex speed, then the one construct each run stopped at."""
+
+    def __init__(self, source: str, file: str, quote: bool, budget: _Budget) -> None:
+        self.source, self.file, self.quote, self.budget = source, file, quote, budget
+        self.lines = _Lines(source)
+        self.found: list[Statement] = []
+        self.start: int | None = None  # the first character of the statement being read
+        self.end = 0  # just after its last significant character
+
+    def statements(self) -> list[Statement]:
+        source, pos, n = self.source, 0, len(self.source)
+        while pos < n:
+            if plain := _PLAIN.match(source, pos):
+                self.significant(pos, plain.end())
+                pos = plain.end()
+                if pos == n:
+                    break
+            pos = self.past(pos)
+        self.close()
+        return self.found
+
+    def past(self, stop: int) -> int:
+        """Read the construct at ``stop``, a character a plain run stopped at (; " $ / - an unclosed ' or the e of
+        e'…); return where reading goes on."""
+        source, ch, after = self.source, self.source[stop], stop + 1
+        if ch == ";":
+            self.close()
+        elif ch == "-" and source.startswith("-", after):
+            newline = source.find("\n", after)
+            after = len(source) if newline < 0 else newline
+        elif ch == "/" and source.startswith("*", after):
+            after = _skip_block_comment(source, stop)
+            if after < 0:
+                raise self.unterminated("a /* comment", stop)
+        elif ch in "eE'\"":  # E'…' (or a name ending in e, then '…'), '…' or "…"
+            after = self.quoted(stop, ch)
+            self.significant(stop, after)
+        elif ch == "$" and (stop == 0 or not _IDENT_CHAR.match(source, stop - 1)) and (
+                tag := _DOLLAR_TAG.match(source, stop)):
+            close = source.find(tag.group(), tag.end())
+            if close < 0:
+                raise self.unterminated(f"a dollar-quoted string ({tag.group()})", stop)
+            after = close + len(tag.group())
+            self.significant(stop, after)
+        else:  # an operator character, or a $ inside a name or a parameter ($1)
+            self.significant(stop, after)
+        return after
+
+    def quoted(self, stop: int, ch: str) -> int:
+        """Just after the string or quoted identifier at ``stop``."""
+        quote_at = stop + 1 if ch in "eE" else stop
+        escapes = ch in "eE" and (stop == 0 or not _IDENT_CHAR.match(self.source, stop - 1))
+        pattern = _ESCAPE_STRING if escapes else _IDENTIFIER if ch == '"' else _STANDARD_STRING
+        closed = pattern.match(self.source, quote_at)
+        if closed is None:
+            raise self.unterminated("a quoted identifier" if ch == '"' else "a quoted string", stop)
+        return closed.end()
+
+    def significant(self, a: int, b: int) -> None:
+        """``source[a:b]`` belongs to the statement being read (whitespace only: nothing to record)."""
+        if self.start is None:
+            first = _NON_SPACE.search(self.source, a, b)
+            if first is None:
+                return
+            self.start = first.start()
+        stripped = len(self.source[a:b].rstrip())
+        if stripped:
+            self.end = a + stripped
+
+    def close(self) -> None:
+        """The statement being read ends here (at a ; or the end of the source)."""
+        if self.start is not None:
+            self.found.append(_statement(self.source, self.file, self.start, self.end, self.lines, self.quote,
+                                         self.budget))
+        self.start = None
+
+    def unterminated(self, what: str, at: int) -> SqlError:
+        line, _ = self.lines.at(at)
+        return SqlError(f"cannot read the SQL: {what} opened on this line is never closed", file=self.file, line=line)
 
 
 class _Budget:

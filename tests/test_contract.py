@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters import REGISTRY, Checkpoint
+from adapters import REGISTRY, Checkpoint, Kind
 from shadow.changes import Change, walk
 from snapshots import Store
 from tests.kinds import BUILDERS, KindCase
@@ -72,6 +72,18 @@ def checkpoint(case: KindCase, store: Store) -> Checkpoint:
 
 def test_every_registered_kind_has_a_contract_fixture() -> None:
     assert set(BUILDERS) == set(REGISTRY)
+
+
+def test_every_registered_kind_declares_every_member_of_the_kind_protocol() -> None:
+    members = set(Kind.__annotations__) | {name for name in vars(Kind) if not name.startswith("_")}
+    assert {"clear_leftovers", "prune"} <= members
+    missing = {name: sorted(m for m in members if not hasattr(REGISTRY[name], m)) for name in KINDS}
+    assert missing == {name: [] for name in KINDS}
+
+
+def test_clearing_an_empty_leftover_dir_stops_nothing(tmp_path: Path) -> None:
+    assert {name: REGISTRY[name].clear_leftovers(tmp_path) for name in KINDS} == {name: [] for name in KINDS}
+    assert tmp_path.is_dir(), "a kind stops what runs in the dir; gc removes it"
 
 
 def test_restore_after_production_changed_observes_equal_to_the_checkpoint(case: KindCase, store: Store) -> None:
@@ -152,3 +164,14 @@ def test_the_rehearsed_rollback_brings_the_shadow_back_and_production_never_sees
     assert case.state() == before
     assert case.target.fingerprint() == cp.fingerprint
     assert case.target.verify_restored(cp) == []
+
+
+def test_pruning_a_checkpoint_leaves_production_as_it_is(case: KindCase, store: Store) -> None:
+    before = case.state()
+    cp = checkpoint(case, store)
+
+    said = REGISTRY[case.kind].prune(cp)
+
+    assert isinstance(said, str)
+    assert case.state() == before
+    assert case.target.fingerprint() == cp.fingerprint

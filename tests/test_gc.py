@@ -19,9 +19,13 @@ from typing import Any
 import pytest
 from docker.errors import NotFound
 
+from adapters import tempdirs
 from adapters.docker import LABEL_PID, LABEL_RUN, client, labels
 from adapters.postgres.cluster import LABELS_FILE, LocalCluster, read_labels, stop_leftover
+from shadow import gc
+from shadow.settings import Settings
 from tests.conftest import CliResult, ProdDb, TEST_IMAGES, docker_or_skip, run_cli, start_cli, write_plan
+from tests.gitrepos import git, make_repo
 from tests.test_lifecycle import _shadow_dirs, _wait_for
 
 NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
@@ -265,3 +269,35 @@ def test_gc_dry_run_lists_stale_temp_dirs_and_gc_removes_only_those_idle_for_an_
     finally:
         for path in (stale, stale_clone, busy, fresh):
             shutil.rmtree(path, ignore_errors=True)
+
+
+def test_gc_has_every_kind_clear_a_dead_runs_git_clone_so_a_server_started_in_it_is_stopped_first(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", NO_DOCKER["DOCKER_HOST"])
+    repo = make_repo(tmp_path / "repo", {"README.md": "# infra\n"})
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+    root = Path(tempfile.mkdtemp(prefix=tempdirs.prefix("git", run_id)))
+    root.chmod(0o755)  # the server runs as its data dir's owner, not necessarily as us
+    (root / LABELS_FILE).write_text(json.dumps({**labels(run_id, "git-shadow"), LABEL_PID: str(_dead_pid())}))
+    git(root, "clone", "-q", str(repo.wc), str(root / "clone"))
+    original_tempdir, tempfile.tempdir = tempfile.tempdir, str(root / "clone")
+    try:
+        server = LocalCluster(label="x")  # what the killed run's action started in the clone
+        server.start()
+    finally:
+        tempfile.tempdir = original_tempdir
+    try:
+        assert server.root is not None and server.is_running()
+        postmaster = int((server.datadir / "postmaster.pid").read_text().split("\n", 1)[0])
+
+        result = gc.gc(runs={run_id}, settings=Settings.from_env(state_dir=tmp_path / "state"))
+
+        (removed,) = result.removed
+        assert (removed.kind, removed.id, removed.run_id) == ("tempdir", str(root), run_id)
+        assert f"postgres pid {postmaster} stopped" in removed.detail
+        assert result.failed == []
+        assert not root.exists() and not _is_postmaster_of(postmaster, server.root)
+    finally:
+        if root.exists():
+            server.stop()
+            shutil.rmtree(root, ignore_errors=True)

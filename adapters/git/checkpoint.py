@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from adapters import tempdirs
+from adapters import Checkpoint, tempdirs
 from adapters.git.observe import blob_id, local_refs, present
 from adapters.git.repo import Git
 from shadow.errors import BadInput, InfrastructureError, TargetUnreachable
@@ -101,3 +101,19 @@ def snapshot_trees(git: Git, files: dict[str, dict[str, Any]], tmp: Path) -> tup
         shutil.copyfile(real_index, index_copy)
     # write-tree on a copy: on the real index it would store its cache-tree there
     return written, git.out("write-tree", index=index_copy), tree
+
+
+def drop_kept_refs(checkpoint: Checkpoint) -> str:
+    """``prune`` of a git checkpoint: delete the refs it keeps under ``refs/shadow/<run>/<target>`` in its
+    repository, so that git's own gc may collect the commits only they held. A repository that is gone has nothing
+    to drop; a checkpoint that names none (an older shadow's) keeps nothing."""
+    repo, keep = checkpoint.meta.get("repo"), checkpoint.meta.get("keep")
+    if not (repo and keep):
+        return ""
+    git = Git(Path(repo))
+    if not git.cwd.is_dir():
+        return f"{git.cwd} is gone"
+    listed = git.run("for-each-ref", "--format=%(refname)", f"{keep}/", check=False)
+    refs = listed.stdout.decode("utf-8", "surrogateescape").split() if listed.returncode == 0 else []
+    git.update_refs([f"delete {ref}" for ref in refs])
+    return f"{len(refs)} ref(s) under {keep} in {git.cwd}"

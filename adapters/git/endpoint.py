@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-from adapters import Endpoint
+from adapters import Endpoint, env_name
 from adapters.git.repo import Git
 
 
@@ -13,10 +12,6 @@ from adapters.git.repo import Git
 class GitEndpoint(Endpoint):
     """An endpoint with a working directory (``Endpoint.workdir``): a plan with one such endpoint runs its command
     there."""
-
-
-def env_name(name: str) -> str:
-    return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
 
 def worktree_endpoint(name: str, root: str, identity_of: Git) -> GitEndpoint:

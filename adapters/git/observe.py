@@ -19,7 +19,6 @@ refs (``refs/remotes/…``) are a cache of the latter and are left out.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import stat
 from pathlib import Path
@@ -119,11 +118,6 @@ def observe(git: Git, where: str, remote: str | None) -> dict[str, Any]:
     if remote:
         refs.update(remote_refs(git, remote))
     return {"repo": {"where": where, "remote": remote}, "objects": {"file": files(git), "ref": refs}, "data": {}}
-
-
-def fingerprint_of(observation: dict[str, Any]) -> str:
-    data = {"objects": observation["objects"], "data": observation["data"]}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
 def present(record: dict[str, Any] | None) -> bool:

@@ -29,11 +29,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from adapters import Checkpoint, Endpoint, tempdirs
-from adapters.git.checkpoint import keep_state, refuse_uncheckpointable
+from adapters import Checkpoint, Endpoint, fingerprint_of, nothing_runs, tempdirs
+from adapters.git.checkpoint import drop_kept_refs, keep_state, refuse_uncheckpointable
 from adapters.git.describe import CONTENT_DIFF_LIMIT, DIFF_FILES, DIFF_LINES, MAX_COMMITS, describe_changes
 from adapters.git.endpoint import GitEndpoint, worktree_endpoint
-from adapters.git.observe import diff, fingerprint_of, observe
+from adapters.git.observe import diff, observe
 from adapters.git.repo import Git, url_secrets, without_credentials
 from adapters.git.restore import restore_checkpoint
 from adapters.git.shadow import GitShadow
@@ -216,6 +216,8 @@ class GitKind:
     keys = ("path", "url", "branch", "remote", "rollback")
     change_ops: tuple[str, ...] = ("add", "delete", "modify", "move")
     change_kinds: tuple[str, ...] = ("file", "ref")
+    clear_leftovers = staticmethod(nothing_runs)  # a clone or an index in a temp dir: removing the dir is enough
+    prune = staticmethod(drop_kept_refs)
 
     def validate(self, spec: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
         for key in spec:

@@ -20,6 +20,7 @@ from adapters.docker import Route, labels, route_to, start_network
 from adapters.postgres.server import SUPERUSER, Server
 from shadow.errors import InfrastructureError
 
+DEFAULT_IMAGE = "postgres:{major}"  # unless the target's `image:` or SHADOW_POSTGRES_IMAGE names another
 DURABILITY_OFF = ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
 
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -124,24 +125,63 @@ def nest(changes: list[Change], before: dict[str, Any], after: dict[str, Any], *
     level. What PostgreSQL drops because something it depends on was dropped (the index and foreign key on a dropped
     column, the views DROP … CASCADE takes) nests under that drop.
     """
-    def props(change: Change) -> dict[str, Any]:
-        side = before if change.op == "drop" else after
-        return side.get(change.kind, {}).get(change.name) or before.get(change.kind, {}).get(change.name) or {}
-
-    def parent_table(table: str, op: str) -> str | None:
-        side = before if op == "drop" else after
-        t = side.get("table", {}).get(table) or before.get("table", {}).get(table) or {}
-        return t.get("partition_of") or t.get("inherits")
-
-    by_address = {c.address: c for c in changes}
-    drops_of_table: dict[str, list[str]] = {}
-    for c in changes:
-        if c.op == "drop" and c.kind == "column":
-            drops_of_table.setdefault(_parent(c.name), []).append(c.address)
+    nesting = _Nesting(before, after, depends_before, depends_after, {c.address: c for c in changes},
+                       _column_drops(changes))
     parent_of: dict[str, str] = {}
     for change in changes:
-        p = props(change)
-        table = table_of(change.kind, change.name, p)
+        for candidate in nesting.candidates(change):
+            if candidate in nesting.by_address and not _reaches(parent_of, candidate, change.address):
+                parent_of[change.address] = candidate
+                break
+    top: list[Change] = []
+    for change in changes:
+        parent = parent_of.get(change.address)
+        if parent:
+            nesting.by_address[parent].children.append(change)
+        else:
+            top.append(change)
+    return top
+
+
+def _column_drops(changes: list[Change]) -> dict[str, list[str]]:
+    """table → the addresses of its dropped columns."""
+    out: dict[str, list[str]] = {}
+    for c in changes:
+        if c.op == "drop" and c.kind == "column":
+            out.setdefault(_parent(c.name), []).append(c.address)
+    return out
+
+
+@dataclass(frozen=True)
+class _Nesting:
+    """What :func:`nest` reads to find a change's cause: both sides' objects and dependencies, every change."""
+
+    before: dict[str, Any]
+    after: dict[str, Any]
+    depends_before: dict[str, dict[str, str]] | None
+    depends_after: dict[str, dict[str, str]] | None
+    by_address: dict[str, Change]
+    drops_of_table: dict[str, list[str]]
+
+    def candidates(self, change: Change) -> list[str]:
+        """The addresses ``change`` may nest under, the likeliest cause first (the first that is a change wins)."""
+        props = self.props(change)
+        table = table_of(change.kind, change.name, props)
+        return [*self._parts_of(change, props, table), *self._inherited(change, table), *self._dependencies(change),
+                *self._schema(change)]
+
+    def props(self, change: Change) -> dict[str, Any]:
+        side = self.before if change.op == "drop" else self.after
+        return side.get(change.kind, {}).get(change.name) or self.before.get(change.kind, {}).get(change.name) or {}
+
+    def parent_table(self, table: str, op: str) -> str | None:
+        side = self.before if op == "drop" else self.after
+        t = side.get("table", {}).get(table) or self.before.get("table", {}).get(table) or {}
+        return t.get("partition_of") or t.get("inherits")
+
+    def _parts_of(self, change: Change, p: dict[str, Any], table: str | None) -> list[str]:
+        """What ``change`` is a part or a consequence of: a constraint's index, a column's sequence, a table's
+        parts and rows."""
         candidates: list[str] = []
         if change.kind == "index" and p.get("constraint") and table:
             candidates.append(f"{change.op} constraint {table}.{p['constraint']}")
@@ -160,37 +200,39 @@ def nest(changes: list[Change], before: dict[str, Any], after: dict[str, Any], *
         if change.kind == "rows" and change.op == "update" and change.detail.get("lost_values") == change.detail.get(
                 "count"):
             # every updated row only lost the values of a dropped column
-            candidates += drops_of_table.get(change.name, [])
-        if change.kind in ("column", "constraint", "trigger") and table:
-            parent = parent_table(table, change.op)
-            if parent:
-                # the same-named part of the parent: an inherited column, a cloned check or trigger …
-                candidate = f"{change.op} {change.kind} {parent}.{split_name(change.name)[-1]}"
-                if change.op != "alter" or (candidate in by_address and by_address[candidate].detail == change.detail):
-                    candidates.append(candidate)
+            candidates += self.drops_of_table.get(change.name, [])
+        return candidates
+
+    def _inherited(self, change: Change, table: str | None) -> list[str]:
+        """The same-named part of the parent table: an inherited column, a cloned check or trigger …"""
+        if change.kind not in ("column", "constraint", "trigger") or not table:
+            return []
+        parent = self.parent_table(table, change.op)
+        if not parent:
+            return []
+        candidate = f"{change.op} {change.kind} {parent}.{split_name(change.name)[-1]}"
+        if change.op != "alter" or (candidate in self.by_address
+                                    and self.by_address[candidate].detail == change.detail):
+            return [candidate]
+        return []
+
+    def _dependencies(self, change: Change) -> list[str]:
+        """An added partition's parent; what a dropped object depended on (:data:`DROP_DEPENDENCIES`)."""
         if change.op == "add":
-            deps = depends_after.get(f"{change.kind} {change.name}", {}) if depends_after else {}
-            candidates += [f"add {ref}" for ref, types in sorted(deps.items()) if "P" in types]
-        elif change.op == "drop" and depends_before:
-            deps = depends_before.get(f"{change.kind} {change.name}", {})
-            candidates += [f"drop {ref}" for t in DROP_DEPENDENCIES for ref, types in sorted(deps.items()) if t in types]
-        if change.kind not in ("schema", "extension") and change.op in ("add", "drop"):
-            parts = split_name(change.name)
-            schema = parts[0] if len(parts) > 1 else None
-            if schema:
-                candidates.append(f"{change.op} schema {schema}")
-        for candidate in candidates:
-            if candidate in by_address and not _reaches(parent_of, candidate, change.address):
-                parent_of[change.address] = candidate
-                break
-    top: list[Change] = []
-    for change in changes:
-        parent = parent_of.get(change.address)
-        if parent:
-            by_address[parent].children.append(change)
-        else:
-            top.append(change)
-    return top
+            deps = self.depends_after.get(f"{change.kind} {change.name}", {}) if self.depends_after else {}
+            return [f"add {ref}" for ref, types in sorted(deps.items()) if "P" in types]
+        if change.op == "drop" and self.depends_before:
+            deps = self.depends_before.get(f"{change.kind} {change.name}", {})
+            return [f"drop {ref}" for t in DROP_DEPENDENCIES for ref, types in sorted(deps.items()) if t in types]
+        return []
+
+    @staticmethod
+    def _schema(change: Change) -> list[str]:
+        """The schema an added or dropped object is in, added or dropped with it."""
+        if change.kind in ("schema", "extension") or change.op not in ("add", "drop"):
+            return []
+        parts = split_name(change.name)
+        return [f"{change.op} schema {parts[0]}"] if len(parts) > 1 and parts[0] else []
 
 
 def _reaches(parent_of: dict[str, str], start: str, target: str) -> bool:
@@ -254,96 +296,134 @@ def _count_rows(
     dropped = [c for c in b_data["columns"] if c not in a_cols]
     key = a_data.get("key") if a_data.get("key") and a_data.get("key") == b_data.get("key") else None
     total = max(b_data["rows"], a_data["rows"])
-    buckets = 1
-    while buckets < 4096 and buckets * 256 < total:
-        buckets *= 2
-
     rel = relation_sql(table, bool(a_data.get("only", True)))
-    rel_before = sql.SQL(before_relation) if before_relation else rel
-
-    def select(columns: list[str], what: str, where: sql.Composable = sql.SQL(""),
-               full: list[str] | None = None, source: sql.Composable = rel) -> sql.Composed:
-        """``what`` over k and h; its ``{hf}`` is h, or with ``full`` the hash over those columns."""
-        h = row_hash_expr(columns)
-        k = _key_expr(key) if key else sql.SQL("{}::text").format(h)
-        hf = sql.SQL(", {} AS hf").format(row_hash_expr(full)) if full else sql.SQL("")
-        return sql.SQL("SELECT {what} FROM (SELECT {k} AS k, {h} AS h{hf} FROM {rel} t) s {where}").format(
-            what=sql.SQL(what).format(hf=sql.SQL("hf" if full else "h")), k=k, h=h, hf=hf, rel=source, where=where
-        )
-
-    agg = f"(hashtext(k) & {buckets - 1}) AS b, count(*), sum({{hf}}::numeric)::text"
+    rows = _RowHashes(rel, sql.SQL(before_relation) if before_relation else rel, key, _bucket_count(total))
     full = list(b_data["columns"]) if dropped else None
-
-    def buckets_of(conn: psycopg.Connection, columns: list[str], full: list[str] | None,
-                   source: sql.Composable) -> dict[int, tuple[int, str]]:
-        q = sql.SQL("{} GROUP BY 1").format(select(columns, agg, full=full, source=source))
-        return {b: (n, s) for b, n, s in conn.execute(q)}
-
-    bb, ab = buckets_of(conn_before, b_cols, full, rel_before), buckets_of(conn_after, a_cols, None, rel)
-    differing = sorted(b for b in set(bb) | set(ab) if bb.get(b) != ab.get(b))
-    inserted = updated = deleted = by_drop = 0
-    digest = {"update": 0, "delete": 0}
-    samples: dict[str, list[str]] = {"insert": [], "update": [], "delete": []}
-    per_bucket = max(1, total // buckets)
-    step = max(1, FETCH_BATCH_ROWS // per_bucket)
+    differing = rows.differing_buckets(conn_before, b_cols, full, conn_after, a_cols)
+    tally = _Tally()
+    step = max(1, FETCH_BATCH_ROWS // max(1, total // rows.buckets))
     for i in range(0, len(differing), step):
-        batch = differing[i : i + step]
-        where = sql.SQL("WHERE (hashtext(k) & {}) = ANY({})").format(sql.Literal(buckets - 1), sql.Literal(batch))
-
-        def fetch(conn: psycopg.Connection, columns: list[str], full: list[str] | None,
-                  source: sql.Composable) -> dict[str, Any]:
-            """key → (h, hf); without a key, row hash → [count, how many lost values in dropped columns]."""
-            out: dict[str, Any] = {}
-            for kk, hh, hf in conn.execute(select(columns, "k, h, {hf}", where, full, source)):
-                if key:
-                    out[kk] = (hh, hf)
-                else:  # multiset: count of identical rows
-                    seen = out.setdefault(kk, [0, 0])
-                    seen[0] += 1
-                    seen[1] += hh != hf
-            return out
-
-        old, new = fetch(conn_before, b_cols, full, rel_before), fetch(conn_after, a_cols, None, rel)
+        where = rows.in_buckets(differing[i : i + step])
+        old, new = rows.fetch(conn_before, b_cols, where, full, before=True), rows.fetch(conn_after, a_cols, where, None)
         if key:
-            for k in new.keys() - old.keys():
-                inserted += 1
-                _sample(samples["insert"], k)
-            for k in old.keys() - new.keys():
-                deleted += 1
-                digest["delete"] += _key_hash(k)
-                _sample(samples["delete"], k)
-            for k in old.keys() & new.keys():
-                if old[k][1] != new[k][0]:
-                    updated += 1
-                    by_drop += old[k][0] == new[k][0]
-                    digest["update"] += _key_hash(k)
-                    _sample(samples["update"], k)
+            tally.keyed(old, new)
         else:
-            for k in old.keys() | new.keys():
-                (was, lost), now = old.get(k, (0, 0)), new.get(k, (0, 0))[0]
-                if now > was:
-                    inserted += now - was
-                elif now < was:
-                    deleted += was - now
-                    digest["delete"] += (was - now) * _key_hash(str(k))
-                # of the rows kept, at least this many lost a value (which identical copies went is unknowable)
-                lost_kept = max(0, lost - (was - min(was, now)))
-                updated += lost_kept
-                by_drop += lost_kept
-                digest["update"] += lost_kept * _key_hash(str(k))
+            tally.multiset(old, new)
+    samples = tally.samples
     sample_rows: dict[str, list[dict[str, Any]]] = {}
     if key:
-        sample_rows = _sample_rows(conn_before, conn_after, table, (rel_before, rel), key, list(b_data["columns"]),
-                                   a_cols, samples)
+        sample_rows = _sample_rows(conn_before, conn_after, table, (rows.rel_before, rows.rel), key,
+                                   list(b_data["columns"]), a_cols, samples)
         if any(redact.looks_secret(c) for c in key):
             samples = {op: [redact.MARKER] * len(v) for op, v in samples.items()}
     # Which existing rows changed, not only how many: production deleting other rows than the rehearsal did must
     # diverge. (Inserted keys are left out: generated keys — UUIDs, timestamps — differ by nature.)
-    return RowDelta(inserted, updated, deleted, by_key=key is not None,
+    return RowDelta(tally.inserted, tally.updated, tally.deleted, by_key=key is not None,
                     samples={op: sorted(v) for op, v in samples.items() if v},
-                    digests={op: format(v % DIGEST_MOD, "x") for op, v in digest.items() if v},
-                    sample_rows=sample_rows, destroyed=_non_null_values(conn_before, rel_before, dropped),
-                    updated_by_drop=by_drop)
+                    digests={op: format(v % DIGEST_MOD, "x") for op, v in tally.digest.items() if v},
+                    sample_rows=sample_rows, destroyed=_non_null_values(conn_before, rows.rel_before, dropped),
+                    updated_by_drop=tally.by_drop)
+
+
+def _bucket_count(total: int) -> int:
+    """How many buckets a table of ``total`` rows is hashed into: a power of two, about 256 rows each, 4096 at most."""
+    buckets = 1
+    while buckets < 4096 and buckets * 256 < total:
+        buckets *= 2
+    return buckets
+
+
+@dataclass(frozen=True)
+class _RowHashes:
+    """The queries over one relation's rows as (k, h): its key (or, without one, the row hash) and the row hash."""
+
+    rel: sql.Composable
+    rel_before: sql.Composable  # where the rows before are read: ``rel`` itself, or a copy of it
+    key: list[str] | None
+    buckets: int
+
+    def select(self, columns: list[str], what: str, where: sql.Composable = sql.SQL(""),
+               full: list[str] | None = None, before: bool = False) -> sql.Composed:
+        """``what`` over k and h; its ``{hf}`` is h, or with ``full`` the hash over those columns."""
+        h = row_hash_expr(columns)
+        k = _key_expr(self.key) if self.key else sql.SQL("{}::text").format(h)
+        hf = sql.SQL(", {} AS hf").format(row_hash_expr(full)) if full else sql.SQL("")
+        return sql.SQL("SELECT {what} FROM (SELECT {k} AS k, {h} AS h{hf} FROM {rel} t) s {where}").format(
+            what=sql.SQL(what).format(hf=sql.SQL("hf" if full else "h")), k=k, h=h, hf=hf,
+            rel=self.rel_before if before else self.rel, where=where
+        )
+
+    def differing_buckets(self, conn_before: psycopg.Connection, b_cols: list[str], full: list[str] | None,
+                          conn_after: psycopg.Connection, a_cols: list[str]) -> list[int]:
+        """The buckets whose (count, sum of hashes) differ between the two sides, in order."""
+        agg = f"(hashtext(k) & {self.buckets - 1}) AS b, count(*), sum({{hf}}::numeric)::text"
+
+        def buckets_of(conn: psycopg.Connection, columns: list[str], full: list[str] | None,
+                       before: bool) -> dict[int, tuple[int, str]]:
+            q = sql.SQL("{} GROUP BY 1").format(self.select(columns, agg, full=full, before=before))
+            return {b: (n, s) for b, n, s in conn.execute(q)}
+
+        bb, ab = buckets_of(conn_before, b_cols, full, True), buckets_of(conn_after, a_cols, None, False)
+        return sorted(b for b in set(bb) | set(ab) if bb.get(b) != ab.get(b))
+
+    def in_buckets(self, batch: list[int]) -> sql.Composed:
+        return sql.SQL("WHERE (hashtext(k) & {}) = ANY({})").format(sql.Literal(self.buckets - 1), sql.Literal(batch))
+
+    def fetch(self, conn: psycopg.Connection, columns: list[str], where: sql.Composable,
+              full: list[str] | None, before: bool = False) -> dict[str, Any]:
+        """key → (h, hf); without a key, row hash → [count, how many lost values in dropped columns]."""
+        out: dict[str, Any] = {}
+        for kk, hh, hf in conn.execute(self.select(columns, "k, h, {hf}", where, full, before)):
+            if self.key:
+                out[kk] = (hh, hf)
+            else:  # multiset: count of identical rows
+                seen = out.setdefault(kk, [0, 0])
+                seen[0] += 1
+                seen[1] += hh != hf
+        return out
+
+
+@dataclass
+class _Tally:
+    """Rows inserted, updated and deleted so far, with digests and samples of the keys of those that changed."""
+
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    by_drop: int = 0  # updates that only lost the values of dropped columns
+    digest: dict[str, int] = field(default_factory=lambda: {"update": 0, "delete": 0})
+    samples: dict[str, list[str]] = field(default_factory=lambda: {"insert": [], "update": [], "delete": []})
+
+    def keyed(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """One batch of a table with a key: ``old`` key → (h, hf), ``new`` key → (h, h)."""
+        for k in new.keys() - old.keys():
+            self.inserted += 1
+            _sample(self.samples["insert"], k)
+        for k in old.keys() - new.keys():
+            self.deleted += 1
+            self.digest["delete"] += _key_hash(k)
+            _sample(self.samples["delete"], k)
+        for k in old.keys() & new.keys():
+            if old[k][1] != new[k][0]:
+                self.updated += 1
+                self.by_drop += old[k][0] == new[k][0]
+                self.digest["update"] += _key_hash(k)
+                _sample(self.samples["update"], k)
+
+    def multiset(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """One batch of a table without a key: row hash → [count, lost values] on each side."""
+        for k in old.keys() | new.keys():
+            (was, lost), now = old.get(k, (0, 0)), new.get(k, (0, 0))[0]
+            if now > was:
+                self.inserted += now - was
+            elif now < was:
+                self.deleted += was - now
+                self.digest["delete"] += (was - now) * _key_hash(str(k))
+            # of the rows kept, at least this many lost a value (which identical copies went is unknowable)
+            lost_kept = max(0, lost - (was - min(was, now)))
+            self.updated += lost_kept
+            self.by_drop += lost_kept
+            self.digest["update"] += lost_kept * _key_hash(str(k))
 
 
 def _non_null_values(conn: psycopg.Connection, rel: sql.Composable, columns: list[str]) -> dict[str, int]:

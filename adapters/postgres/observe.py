@@ -395,6 +395,25 @@ def _observe_in_tx(conn: psycopg.Connection, with_data: bool) -> dict[str, Any]:
             "materialized_view", "function", "procedure", "trigger", "sequence", "default_privileges",
         )
     }
+    _observe_namespaces(conn, objects)
+    relkinds = _observe_relations(conn, objects)
+    table_columns = _observe_columns(conn, objects, relkinds)
+    _observe_indexes_and_constraints(conn, objects)
+    _observe_routines_and_triggers(conn, objects)
+    _observe_sequences(conn, objects)
+    for kind, found in _observe_later_kinds(conn).items():
+        if found:
+            objects[kind] = found
+    return {
+        "server": {"version_num": conn.info.server_version, "major": server_major(conn)},
+        "objects": objects,
+        "data": _observe_data(conn, objects, relkinds, table_columns) if with_data else {},
+        "depends": dependencies(conn),
+    }
+
+
+def _observe_namespaces(conn: psycopg.Connection, objects: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """Schemas, extensions, types and default privileges."""
     for name, owner, acl, comment in conn.execute(Q_SCHEMAS):
         objects["schema"][name] = {"owner": owner, "acl": acl, "comment": comment}
     for name, version, schema in conn.execute(Q_EXTENSIONS):
@@ -405,6 +424,9 @@ def _observe_in_tx(conn: psycopg.Connection, with_data: bool) -> dict[str, Any]:
     for name, objtype, acl in conn.execute(Q_DEFAULT_PRIVILEGES):
         objects["default_privileges"].setdefault(name, {})[DEFAULT_PRIVILEGE_OBJECTS[objtype]] = acl
 
+
+def _observe_relations(conn: psycopg.Connection, objects: dict[str, dict[str, dict[str, Any]]]) -> dict[str, str]:
+    """Tables (with their row-security policies), views and materialized views; returns relation → relkind."""
     relkinds: dict[str, str] = {}
     for (_oid, name, relkind, owner, acl, persistence, rls, force_rls, is_part, bound, partkey, parent, options,
          comment, viewdef, populated) in conn.execute(Q_RELATIONS):
@@ -437,8 +459,14 @@ def _observe_in_tx(conn: psycopg.Connection, with_data: bool) -> dict[str, Any]:
                 "command": cmd, "permissive": permissive, "roles": roles, "using": qual, "with_check": check,
                 "comment": comment,
             }
+    return relkinds
 
-    table_columns: dict[str, list[tuple[int, str]]] = {}  # relation → (position, raw name): what its rows hash
+
+def _observe_columns(conn: psycopg.Connection, objects: dict[str, dict[str, dict[str, Any]]],
+                     relkinds: dict[str, str]) -> dict[str, list[tuple[int, str]]]:
+    """Every table's columns; returns relation → (position, raw name) of every column, views' included: what its
+    rows hash."""
+    table_columns: dict[str, list[tuple[int, str]]] = {}
     for (rel, col, position, typ, notnull, default, identity, generated, collation, comment,
          rawname, acl) in conn.execute(Q_COLUMNS):
         table_columns.setdefault(rel, []).append((position, rawname))
@@ -456,7 +484,11 @@ def _observe_in_tx(conn: psycopg.Connection, with_data: bool) -> dict[str, Any]:
             "comment": comment,
             "acl": acl,  # column privileges (GRANT SELECT (col) …)
         }
+    return table_columns
 
+
+def _observe_indexes_and_constraints(conn: psycopg.Connection,
+                                     objects: dict[str, dict[str, dict[str, Any]]]) -> None:
     for name, table, definition, valid, constraint, comment in conn.execute(Q_INDEXES):
         objects["index"][name] = {"table": table, "definition": definition, "valid": valid, "constraint": constraint,
                                   "comment": comment}
@@ -471,6 +503,9 @@ def _observe_in_tx(conn: psycopg.Connection, with_data: bool) -> dict[str, Any]:
             "on": owner_name,
             "comment": comment,
         }
+
+
+def _observe_routines_and_triggers(conn: psycopg.Connection, objects: dict[str, dict[str, dict[str, Any]]]) -> None:
     for signature, prokind, owner, acl, definition, comment in conn.execute(Q_ROUTINES):
         kind = "procedure" if prokind == "p" else "function"
         objects[kind][signature] = {
@@ -480,6 +515,8 @@ def _observe_in_tx(conn: psycopg.Connection, with_data: bool) -> dict[str, Any]:
     for name, definition, enabled, table, comment in conn.execute(Q_TRIGGERS):
         objects["trigger"][name] = {"definition": definition, "enabled": enabled, "table": table, "comment": comment}
 
+
+def _observe_sequences(conn: psycopg.Connection, objects: dict[str, dict[str, dict[str, Any]]]) -> None:
     seq_rows = conn.execute(Q_SEQUENCES).fetchall()
     for (oid, name, typ, start, inc, smin, smax, cycle, cache, owner, acl, owned_by, used_by, comment) in seq_rows:
         last_value, is_called = _sequence_state(conn, name)
@@ -489,29 +526,24 @@ def _observe_in_tx(conn: psycopg.Connection, with_data: bool) -> dict[str, Any]:
             "last_value": last_value, "is_called": is_called, "comment": comment,
         }
 
-    for kind, found in _observe_later_kinds(conn).items():
-        if found:
-            objects[kind] = found
 
+def _observe_data(conn: psycopg.Connection, objects: dict[str, dict[str, dict[str, Any]]], relkinds: dict[str, str],
+                  table_columns: dict[str, list[tuple[int, str]]]) -> dict[str, Any]:
+    """Every table's and populated materialized view's row count and content hash (a partition's through its
+    partitioned root)."""
     data: dict[str, Any] = {}
-    if with_data:
-        keys = _primary_keys(conn)
-        for name, relkind in sorted(relkinds.items()):
-            rel = objects["table"].get(name) or objects["materialized_view"].get(name)
-            if relkind not in ("r", "p", "m") or rel is None:
-                continue
-            if relkind == "m" and not rel.get("populated"):
-                continue
-            if rel.get("partition_of"):
-                continue  # counted through its partitioned root
-            columns = [raw for _, raw in sorted(table_columns.get(name, []))]
-            data[name] = table_data(conn, name, only=relkind != "p", key=keys.get(name), columns=columns)
-    return {
-        "server": {"version_num": conn.info.server_version, "major": server_major(conn)},
-        "objects": objects,
-        "data": data,
-        "depends": dependencies(conn),
-    }
+    keys = _primary_keys(conn)
+    for name, relkind in sorted(relkinds.items()):
+        rel = objects["table"].get(name) or objects["materialized_view"].get(name)
+        if relkind not in ("r", "p", "m") or rel is None:
+            continue
+        if relkind == "m" and not rel.get("populated"):
+            continue
+        if rel.get("partition_of"):
+            continue  # counted through its partitioned root
+        columns = [raw for _, raw in sorted(table_columns.get(name, []))]
+        data[name] = table_data(conn, name, only=relkind != "p", key=keys.get(name), columns=columns)
+    return data
 
 
 # Kinds added to the observation after the others. Unlike those, they appear in ``objects`` only when the database

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 import secrets
 import threading
 import time
@@ -17,12 +14,12 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from adapters import Checkpoint, Endpoint, paths_as_given
+from adapters import Checkpoint, Endpoint, env_name, fingerprint_of, nothing_kept, paths_as_given
 from adapters.postgres import dsn as dsnlib
 from adapters.docker import engine_answers, join_network
 from adapters.postgres.binaries import ClientTools, ContainerTools, binaries_for
-from adapters.postgres.container import ContainerServer, Limits
-from adapters.postgres.cluster import LocalCluster
+from adapters.postgres.container import DEFAULT_IMAGE, ContainerServer, Limits
+from adapters.postgres.cluster import LocalCluster, stop_servers_in
 from adapters.postgres.server import SUPERUSER, Server
 from adapters.postgres.diff import count_rows, diff
 from adapters.postgres.execute import end_sessions, execute, execute_verified
@@ -58,16 +55,10 @@ FROM pg_database WHERE datname = current_database()
 """
 
 
-def fingerprint_of(observation: dict[str, Any]) -> str:
-    body = json.dumps({"objects": observation["objects"], "data": observation["data"]}, sort_keys=True, default=str)
-    return hashlib.sha256(body.encode()).hexdigest()
-
-
 def endpoint_env(name: str, dsn: str) -> tuple[dict[str, str], dict[str, str]]:
     """(variables every action gets, variables it gets when this is the plan's only postgres target)."""
     url = dsnlib.to_url(dsnlib.parse(dsn))
-    var = re.sub(r"[^A-Z0-9]", "_", name.upper())
-    return {f"SHADOW_{var}_URL": url}, {"DATABASE_URL": url, **dsnlib.pg_env(dsn)}
+    return {f"SHADOW_{env_name(name)}_URL": url}, {"DATABASE_URL": url, **dsnlib.pg_env(dsn)}
 
 
 class PostgresTarget:
@@ -234,7 +225,7 @@ class PostgresTarget:
 
     def image_for(self, major: int) -> str:
         """The shadow image: the target's ``image:``, else SHADOW_POSTGRES_IMAGE, else ``postgres:<major>``."""
-        template = str(self.spec.get("image") or self.settings.postgres_image)
+        template = str(self.spec.get("image") or self.settings.image_for(self.kind, DEFAULT_IMAGE))
         return template.replace("{major}", str(major))
 
     # -- production ---------------------------------------------------------------------------------------
@@ -592,6 +583,8 @@ class PostgresKind:
     change_kinds: tuple[str, ...] = ("schema", "table", "column", "index", "constraint", "view", "materialized_view", "function",
                     "procedure", "trigger", "sequence", "type", "extension", "default_privileges", "rule",
                     "statistics", "publication", "event_trigger", "collation", "rows")
+    clear_leftovers = staticmethod(stop_servers_in)  # a cluster's server, or one an action started in its HOME
+    prune = staticmethod(nothing_kept)  # a checkpoint is a pg_dump archive in the store
 
     def validate(self, spec: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
         for key in spec:

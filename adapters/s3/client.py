@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -12,10 +11,6 @@ WORKERS = 16
 REGION = "us-east-1"
 
 Call = Callable[..., Any]  # ``call(what, fn, *args, **kwargs)``: fn's result, its botocore errors translated
-
-
-def env_name(name: str) -> str:
-    return re.sub(r"[^A-Z0-9]", "_", name.upper())
 
 
 def make_client(endpoint_url: str | None, **credentials: str) -> Any:

@@ -58,6 +58,7 @@ def moto_server(label: str) -> Iterator[str]:
             proc.stdout.close()
 
 
+MOTO_IMAGE = "motoserver/moto:latest"  # moto's S3 server for docker shadows, unless SHADOW_S3_IMAGE names another
 MOTO_PORT = 5000  # where moto's server listens in its image (motoserver/moto, shadow-test/moto)
 
 

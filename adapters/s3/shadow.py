@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from adapters import Checkpoint, Endpoint
+from adapters import Checkpoint, Endpoint, env_name
 from adapters.s3.bucket import object_args
-from adapters.s3.client import REGION, WORKERS, env_name, make_client
+from adapters.s3.client import REGION, WORKERS, make_client
 from adapters.s3.content import CONTENT_DIFF_LIMIT, content_diff
 from adapters.s3.moto import MOTO_PORT, MotoContainer
 from adapters.s3.observe import by_key, diff, observe

@@ -20,12 +20,12 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from adapters import Checkpoint, Endpoint, no_lock, paths_as_given
+from adapters import Checkpoint, Endpoint, env_name, no_lock, nothing_kept, nothing_runs, paths_as_given
 from adapters.s3.bucket import DELETE_BATCH, Bucket
 from adapters.s3.checkpoint import copies_manifest, record_parts, safety_findings, versions_manifest
-from adapters.s3.client import REGION, WORKERS, env_name, make_client, translated
+from adapters.s3.client import REGION, WORKERS, make_client, translated
 from adapters.s3.content import CONTENT_DIFF_LIMIT, content_diff
-from adapters.s3.moto import MOTO_PORT, SERVER_START_TIMEOUT, MotoContainer, moto_endpoint, moto_server
+from adapters.s3.moto import MOTO_IMAGE, MOTO_PORT, SERVER_START_TIMEOUT, MotoContainer, moto_endpoint, moto_server
 from adapters.s3.observe import by_key, diff, fingerprint_of, list_current, observe, versioning
 from adapters.s3.restore import copy_restore_ops, restore_versions, run_ops
 from adapters.s3.shadow import S3Shadow
@@ -143,8 +143,8 @@ class S3Target:
     def shadow(self, checkpoint: Checkpoint, store: Store, run_id: str, backend: str,
                limits: Any = None) -> Iterator[S3Shadow]:
         manifest = self._manifest(checkpoint, store)
-        with moto_endpoint(backend, self.settings.s3_image, run_id, f"shadow-s3 run={run_id} target={self.name}") \
-                as (url, container):
+        image = self.settings.image_for(self.kind, MOTO_IMAGE)
+        with moto_endpoint(backend, image, run_id, f"shadow-s3 run={run_id} target={self.name}") as (url, container):
             yield S3Shadow(self, url, checkpoint, manifest, store, backend, container)
 
     # -- production ----------------------------------------------------------------------------------------
@@ -207,6 +207,8 @@ class S3Kind:
     keys = ("bucket", "prefix", "endpoint_url", "allow", "retain_days")
     change_ops: tuple[str, ...] = ("add", "delete", "modify")
     change_kinds: tuple[str, ...] = ("object",)
+    clear_leftovers = staticmethod(nothing_runs)  # moto's local server ends when its run's process does
+    prune = staticmethod(nothing_kept)  # object copies are store objects; object versions stay the bucket's
 
     def validate(self, spec: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
         for key in spec:

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from adapters import env_name
+
 from shadow.plan.document import Doc
 from shadow.plan.model import TargetSpec
 
@@ -24,7 +26,7 @@ def load_targets(doc: Doc, raw: Any, kinds: Mapping[str, Any], folder: Path | No
     env_names: dict[str, str] = {}
     for name, spec in raw.items():
         where = ("targets", name)
-        var = re.sub(r"[^A-Z0-9]", "_", str(name).upper())
+        var = env_name(str(name))
         if var in env_names:
             doc.problem(where, f"target names {env_names[var]!r} and {name!r} both become SHADOW_{var}_*; rename one")
         env_names.setdefault(var, str(name))

@@ -18,7 +18,7 @@ from pathlib import Path
 import psycopg
 
 from adapters.postgres.cluster import LocalCluster
-from adapters.postgres.diff import count_rows
+from adapters.postgres.rowdiff import count_rows
 from adapters.postgres.dsn import libpq_env
 from adapters.postgres.observe import observe
 from adapters.postgres.target import PostgresTarget

@@ -62,7 +62,8 @@ from adapters.postgres.binaries import PgBinaries, binaries_for  # noqa: E402
 from adapters.postgres.cluster import LocalCluster, _unprivileged_user, free_port  # noqa: E402
 from adapters.postgres.container import DURABILITY_OFF, ContainerServer  # noqa: E402
 from adapters.postgres.observe import observe  # noqa: E402
-from adapters.postgres.target import PgShadow, PostgresTarget  # noqa: E402
+from adapters.postgres.shadowcopy import PgShadow
+from adapters.postgres.target import PostgresTarget  # noqa: E402
 from shadow.settings import Settings  # noqa: E402
 from snapshots import Store  # noqa: E402
 

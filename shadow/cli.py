@@ -260,9 +260,9 @@ def audit_cmd(ctx: Ctx, as_json: bool) -> None:
 
     Exit 0 when the chain is intact, 1 when it is not.
     """
-    from shadow import journal
+    from shadow import audit
 
-    result = _guard(ctx, lambda: journal.audit(ctx.settings.journal_path))
+    result = _guard(ctx, lambda: audit.audit(ctx.settings.journal_path))
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     elif result.tampered is None:

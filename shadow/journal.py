@@ -37,11 +37,11 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shadow.errors import BadInput, InfrastructureError, UnknownRun
+from shadow.errors import InfrastructureError, UnknownRun
 from snapshots import make_private_dir, make_private_file
 
 SCHEMA_VERSION = 2
@@ -292,135 +292,3 @@ class Journal:
         if row is None:
             raise UnknownRun(f"no run {run_id!r} in this state dir (see `shadow runs`)")
         return RunRow(*row)
-
-
-@dataclass(frozen=True)
-class Tampered:
-    """The first row of the chain that does not verify, and why."""
-
-    table: str
-    link: int | None
-    problem: str
-    run_id: str | None = None
-    key: str | None = None  # the row's own key: ``id`` of a run, ``seq`` of a step
-
-    def describe(self) -> str:
-        where = self.table if self.link is None else f"{self.table} link {self.link}"
-        about = ", ".join(p for p in (f"run {self.run_id}" if self.run_id else "", self.key or "") if p)
-        return f"{where}{f' ({about})' if about else ''}: {self.problem}"
-
-
-@dataclass(frozen=True)
-class AuditResult:
-    path: str
-    schema_version: int
-    rows: int = 0
-    head: str | None = None
-    notes: list[str] = field(default_factory=list)
-    tampered: Tampered | None = None
-
-    @property
-    def intact(self) -> bool:
-        return self.tampered is None
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.intact else 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "intact": self.intact, "schema_version": self.schema_version, "rows": self.rows,
-                "head": self.head, "notes": self.notes,
-                "tampered": None if self.tampered is None else asdict(self.tampered) | {
-                    "message": self.tampered.describe()}}
-
-
-def audit(path: Path) -> AuditResult:
-    """Verify the hash chain of the journal at ``path`` without writing to it; name the first bad row."""
-    if not path.is_file():
-        raise BadInput(f"no journal at {path} (nothing has run with this state dir; pass --state-dir)")
-    try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, timeout=30)
-        try:
-            return _audit(db, path)
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
-        raise InfrastructureError(f"cannot read the journal {path}: {exc}") from exc
-
-
-def _audit(db: sqlite3.Connection, path: Path) -> AuditResult:
-    db.row_factory = sqlite3.Row
-    db.execute("BEGIN")
-    version = _schema_version(db)
-    if version != SCHEMA_VERSION:
-        problem = ("written before the hash chain (schema 1); its rows cannot be verified — any shadow command "
-                   "that reads the journal (e.g. `shadow runs`) migrates it into the chain"
-                   if version == 1 else f"unknown journal schema version {version}")
-        return AuditResult(str(path), version, tampered=Tampered("journal", None, problem))
-    rows: list[tuple[int, str, dict[str, Any]]] = []
-    for table in CHAINED:
-        rows.extend((r["link"], table, dict(r)) for r in db.execute(f"SELECT * FROM {table}"))
-    rows.sort(key=lambda item: (item[0], item[1]))
-    notes: list[str] = []
-    tampered = _schema_problem(db)
-    prev_hash, expected = GENESIS, 1
-    for link, table, row in rows if tampered is None else []:
-        bad = _link_problem(table, row, expected, prev_hash)
-        if bad:
-            tampered = _tampered(table, row, bad)
-            break
-        if table == "notes":
-            notes.append(row["text"])
-        prev_hash, expected = row["row_hash"], link + 1
-    if tampered is None:
-        tampered = _head_problem(db, (expected - 1, prev_hash) if rows else None)
-    return AuditResult(str(path), version, len(rows), prev_hash if rows and tampered is None else None, notes,
-                       tampered)
-
-
-def _head_problem(db: sqlite3.Connection, last: tuple[int, str] | None) -> Tampered | None:
-    head = [tuple(r) for r in db.execute("SELECT link, row_hash FROM chain_head")]
-    if head == ([last] if last else []):
-        return None
-    chain = f"link {last[0]}" if last else "no row"
-    recorded = f"link {head[0][0]}" if head else "no head"
-    return Tampered("chain_head", None, f"the chain ends at {chain} but its head records {recorded}: rows at the "
-                                        "end were deleted, or the head was edited")
-
-
-def _schema_problem(db: sqlite3.Connection) -> Tampered | None:
-    for kind, name, sql in db.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name"):
-        if name.startswith("sqlite_"):
-            continue
-        if kind == "table" and name not in KNOWN_TABLES:
-            return Tampered(name, None, "a table that is not part of the journal (rows outside the chain)")
-        if kind == "view" and VIEWS.get(name) != sql:
-            return Tampered(name, None, "the view's definition is not the one shadow created")
-        if kind == "trigger":
-            return Tampered(name, None, "a trigger that is not part of the journal")
-        if kind == "index" and name not in KNOWN_INDEXES:
-            return Tampered(name, None, "an index that is not part of the journal")
-    missing = (set(CHAINED) | set(VIEWS)) - {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
-    if missing:
-        return Tampered(sorted(missing)[0], None, "missing from the journal (dropped?)")
-    return None
-
-
-def _link_problem(table: str, row: dict[str, Any], expected: int, prev_hash: str) -> str | None:
-    link = row["link"]
-    if link < expected:
-        return f"link {link} appears twice (a copied or inserted row)"
-    if link > expected:
-        missing = f"link {expected}" if link == expected + 1 else f"links {expected}–{link - 1}"
-        return f"{missing} before it is missing (a deleted row)"
-    if row["row_hash"] != row_hash(table, row):
-        return "its content does not match its row_hash (edited after it was written)"
-    if row["prev_hash"] != prev_hash:
-        return f"its prev_hash does not match the row_hash of link {link - 1} (rows replaced or reordered)"
-    return None
-
-
-def _tampered(table: str, row: dict[str, Any], problem: str) -> Tampered:
-    run_id = row.get("run_id") or row.get("id")
-    key = f"seq {row['seq']}" if "seq" in row else None
-    return Tampered(table, row["link"], problem, run_id=None if run_id is None else str(run_id), key=key)

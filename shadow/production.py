@@ -11,7 +11,7 @@ from typing import Any
 
 from adapters import Checkpoint, ShadowCopy, SqlTarget, Target
 from shadow.action import ActionResult, run_action, session_tag
-from shadow.errors import ActionFailed, RestoreFailed, ShadowError, SnapshotCorrupt, SqlError, TargetUnreachable
+from shadow.errors import ActionFailed, RestoreFailed, ShadowError, SnapshotCorrupt, SqlError
 from shadow.judge import compare_change_sets
 from shadow.outcome import Ending, Outcome
 from shadow.plan import Plan

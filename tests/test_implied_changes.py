@@ -15,7 +15,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from adapters.postgres.target import PgShadow, PostgresTarget
+from adapters.postgres.shadowcopy import PgShadow
+from adapters.postgres.target import PostgresTarget
 from shadow.changes import Change, walk
 from snapshots import Store
 from tests.conftest import ProdDb, write_plan

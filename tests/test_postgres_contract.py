@@ -24,7 +24,9 @@ import pytest
 from adapters.postgres.cluster import LocalCluster
 from adapters.postgres.observe import LATER_KINDS, observe
 from adapters.postgres.restore import restore_into_empty, restore_over
-from adapters.postgres.target import PgShadow, PostgresTarget, fingerprint_of
+from adapters import fingerprint_of
+from adapters.postgres.shadowcopy import PgShadow
+from adapters.postgres.target import PostgresTarget
 from shadow.changes import Change, walk
 from snapshots import Artifact, Store
 from tests.conftest import BOTH_BACKENDS, ProdDb

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from adapters.postgres.target import PostgresKind, PostgresTarget
+from adapters.postgres.kind import PostgresKind
+from adapters.postgres.target import PostgresTarget
 
 KIND = PostgresKind()
 

@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from adapters.postgres.diff import count_rows
+from adapters.postgres.rowdiff import count_rows
 from adapters.postgres.observe import relation_sql
 from shadow.changes import Change, RowDelta
 

@@ -2,37 +2,33 @@
 
 from __future__ import annotations
 
-import secrets
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
-from adapters import Checkpoint, Endpoint, env_name, fingerprint_of, nothing_kept, paths_as_given
+from adapters import Checkpoint, Endpoint, fingerprint_of
 from adapters.postgres import dsn as dsnlib
-from adapters.docker import engine_answers, join_network
+from adapters.docker import engine_answers
 from adapters.postgres.binaries import ClientTools, ContainerTools, binaries_for
 from adapters.postgres.container import DEFAULT_IMAGE, ContainerServer, Limits
-from adapters.postgres.cluster import LocalCluster, stop_servers_in
-from adapters.postgres.server import SUPERUSER, Server
-from adapters.postgres.diff import count_rows, diff
+from adapters.postgres.cluster import LocalCluster
+from adapters.postgres.server import Server
+from adapters.postgres.diff import diff
 from adapters.postgres.execute import end_sessions, execute, execute_verified
-from adapters.postgres import footprint, own_effect
+from adapters.postgres import own_effect
+from adapters.postgres.compare import count_changed_rows, how_they_differ, last_line, settle_settings, uncounted
+from adapters.postgres.shadowcopy import PgShadow, endpoint_env
 from adapters.postgres.observe import observe, read_text_as_str
 from adapters.postgres import dbsettings
-from adapters.postgres.restore import dumped_sequences, restore_into_empty, restore_over, run_pg_dump
-from shadow.changes import Change, RowDelta, differences
-from shadow.errors import BadInput, BinaryNotFound, CheckQueryFailed, InfrastructureError, RestoreFailed, TargetUnreachable
+from adapters.postgres.restore import dumped_sequences, restore_over, run_pg_dump
+from shadow.changes import Change, RowDelta
+from shadow.errors import BinaryNotFound, InfrastructureError, TargetUnreachable
 from shadow.sqlsplit import Statement, forces_autocommit
 from snapshots import Artifact, Store
 
-PRISTINE_SUFFIX = "__shadow_pristine"
 # Advisory lock key: a class id of shadow's own ("SH") and the database's name hashed.
 LOCK_SQL = "SELECT pg_try_advisory_lock(21320, hashtext(current_database()))"
 LOCK_HOLDER_SQL = """
@@ -53,12 +49,6 @@ Q_DATABASE = """
 SELECT current_database(), pg_encoding_to_char(encoding), datcollate, datctype, pg_get_userbyid(datdba), current_user
 FROM pg_database WHERE datname = current_database()
 """
-
-
-def endpoint_env(name: str, dsn: str) -> tuple[dict[str, str], dict[str, str]]:
-    """(variables every action gets, variables it gets when this is the plan's only postgres target)."""
-    url = dsnlib.to_url(dsnlib.parse(dsn))
-    return {f"SHADOW_{env_name(name)}_URL": url}, {"DATABASE_URL": url, **dsnlib.pg_env(dsn)}
 
 
 class PostgresTarget:
@@ -162,10 +152,10 @@ class PostgresTarget:
         try:
             return self._checkpoint(store, run_id)
         except psycopg.OperationalError as exc:
-            raise TargetUnreachable(f"lost production during the checkpoint: {_last_line(exc)}",
+            raise TargetUnreachable(f"lost production during the checkpoint: {last_line(exc)}",
                                     target=self.name) from exc
         except psycopg.Error as exc:
-            raise InfrastructureError(f"the checkpoint failed: {_last_line(exc)}", target=self.name) from exc
+            raise InfrastructureError(f"the checkpoint failed: {last_line(exc)}", target=self.name) from exc
 
     def _checkpoint(self, store: Store, run_id: str) -> Checkpoint:
         with self.connect(autocommit=False) as holder:
@@ -289,256 +279,23 @@ class PostgresTarget:
         rows: dict[str, RowDelta] = {}
         if shadow is not None:
             with self.connect() as prod, shadow.connect_pristine() as pristine:
-                rows = _count_changed_rows(pristine, prod, checkpoint.observation, after)
+                rows = count_changed_rows(pristine, prod, checkpoint.observation, after)
             return diff(checkpoint.observation, after, rows)
-        return _uncounted(checkpoint.observation, after)
+        return uncounted(checkpoint.observation, after)
 
     def restore(self, checkpoint: Checkpoint, store: Store) -> None:
         archive = store.open_verified(_artifact(checkpoint))
         restore_over(self.binaries(int(checkpoint.meta["major"])), self.dsn, archive,
                      observation=checkpoint.observation, run_id=checkpoint.run_id)
         with self.connect() as conn:
-            _settle_settings(conn, str(checkpoint.meta["database"]), checkpoint)
+            settle_settings(conn, str(checkpoint.meta["database"]), checkpoint)
 
     def verify_restored(self, checkpoint: Checkpoint) -> list[str]:
         """Differences between production now and the checkpoint; empty when the restore is exact."""
         now = self.observe()
         if fingerprint_of(now) == checkpoint.fingerprint:
             return []
-        return _how_they_differ(checkpoint.observation, now)
-
-
-class PgShadow:
-    """A restored copy of one checkpoint in a throwaway server, plus a pristine twin for row diffs."""
-
-    def __init__(self, name: str, server: Server, binaries: ClientTools, checkpoint: Checkpoint,
-                 archive: Path, backend: str) -> None:
-        self.name = name
-        self.server = server
-        self.backend = backend
-        self.checkpoint = checkpoint
-        self.database = str(checkpoint.meta["database"])
-        self.pristine = self.database[: 63 - len(PRISTINE_SUFFIX)] + PRISTINE_SUFFIX
-        self.warnings: list[str] = []
-        self.binaries, self.archive = binaries, archive
-        self._build(binaries, archive)
-        self.dsn = server.dsn(self.database)  # shadow's own superuser: observing, checks
-        action_dsn = self._action_dsn()
-        env, exclusive = endpoint_env(name, action_dsn)
-        self.endpoint = Endpoint(env=env, exclusive_env=exclusive, dsn=action_dsn)
-        # Observing the pristine copy (row hashes of every table) is most of shadow's own cost on top of a
-        # plain restore; nothing writes to the pristine copy, so it runs while the action does.
-        self._counters: footprint.Counters | None = None  # taken by watch(), just before the action
-        self._touched: set[str] | None = None  # what the action read or wrote (None: unknown)
-        self._rehearsed: list[Change] = []
-        self._pristine_result: dict[str, Any] | BaseException | None = None
-        self._pristine_thread = threading.Thread(target=self._observe_pristine, name=f"observe-{name}", daemon=True)
-        self._pristine_thread.start()
-
-    def _observe_pristine(self) -> None:
-        try:
-            with self.connect_pristine() as conn:
-                self._pristine_result = observe(conn)
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the observation
-            self._pristine_result = exc
-
-    @property
-    def pristine_observation(self) -> dict[str, Any]:
-        self._pristine_thread.join()
-        if isinstance(self._pristine_result, BaseException):
-            raise InfrastructureError(f"observing the shadow's pristine copy failed: {self._pristine_result}",
-                                      target=self.name) from self._pristine_result
-        assert self._pristine_result is not None
-        return self._pristine_result
-
-    @property
-    def fidelity(self) -> list[str]:
-        """Differences between the restored copy and the checkpoint; a faithful shadow has none."""
-        return self._fidelity()
-
-    def _build(self, binaries: ClientTools, archive: Path) -> None:
-        meta = self.checkpoint.meta
-        with self.server.connect() as conn:
-            existing = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles")}
-            for name, superuser, inherit, createrole, createdb, _login, replication, bypassrls in meta.get("roles", []):
-                if name in existing:
-                    continue
-                options = [
-                    "SUPERUSER" if superuser else "NOSUPERUSER", "INHERIT" if inherit else "NOINHERIT",
-                    "CREATEROLE" if createrole else "NOCREATEROLE", "CREATEDB" if createdb else "NOCREATEDB",
-                    "REPLICATION" if replication else "NOREPLICATION", "BYPASSRLS" if bypassrls else "NOBYPASSRLS",
-                    "NOLOGIN",
-                ]
-                conn.execute(sql.SQL("CREATE ROLE {} " + " ".join(options)).format(sql.Identifier(name)))
-            for role, member in meta.get("members", []):
-                try:
-                    conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(member)))
-                except psycopg.Error as exc:
-                    self.warnings.append(f"role membership {member} → {role} not copied: {exc.diag.message_primary}")
-            if self.database != "postgres":
-                self._create_database(conn, meta)
-            if meta.get("database_owner"):
-                conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
-                    sql.Identifier(self.database), sql.Identifier(meta["database_owner"])))
-        problems = restore_into_empty(binaries, self.server.dsn(self.database), archive,
-                                      observation=self.checkpoint.observation, run_id=self.checkpoint.run_id)
-        if problems:
-            self.warnings.append("pg_restore reported: " + "; ".join(problems[:5]))
-        self._cut_outbound_connections()
-        with self.server.connect() as conn:
-            # FILE_COPY (15+) copies the files instead of WAL-logging every block: faster for a throwaway twin.
-            strategy = " STRATEGY FILE_COPY" if conn.info.server_version >= 150000 else ""
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}" + strategy).format(
-                sql.Identifier(self.pristine), sql.Identifier(self.database)))
-            # Last: a setting such as default_transaction_read_only must not get in the way of building the copy.
-            wanted = self.checkpoint.meta.get("settings") or []
-            dbsettings.settle(conn, self.database, wanted, every_database=True, shadow=True, own_role=SUPERUSER)
-            dbsettings.settle(conn, self.pristine, wanted, every_database=False, shadow=True)
-
-    def _cut_outbound_connections(self) -> None:
-        """A shadow must not reach production's neighbours: foreign servers restored from the dump still point
-        at real hosts with real credentials. Their user mappings are dropped, so foreign tables fail in the
-        rehearsal instead of writing to a real system."""
-        with self.server.connect(self.database) as conn:
-            mappings = conn.execute(
-                "SELECT srvname, CASE WHEN umuser = 0 THEN 'PUBLIC' ELSE quote_ident(usename) END "
-                "FROM pg_user_mappings").fetchall()
-            for server, user in mappings:
-                conn.execute(sql.SQL("DROP USER MAPPING IF EXISTS FOR " + user + " SERVER {}").format(
-                    sql.Identifier(server)))
-            servers = [r[0] for r in conn.execute("SELECT srvname FROM pg_foreign_server")]
-            dblink = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'dblink'").fetchone()
-        if servers:
-            self.warnings.append(f"foreign servers {', '.join(servers)} are cut off in the shadow (user mappings "
-                                 "dropped): an action using their foreign tables fails in the rehearsal")
-        if dblink:
-            self.warnings.append("dblink is installed: an action can still open connections of its own from the "
-                                 "shadow — use the docker backend with `isolation: container` to prevent it")
-
-    def _action_dsn(self) -> str:
-        """The action connects as production's user (same role attributes and grants), so a rehearsal hits the
-        same permission errors production would."""
-        user = self.checkpoint.meta.get("user")
-        if not user or user == SUPERUSER:
-            return self.dsn
-        password = secrets.token_urlsafe(18)
-        with self.server.connect() as conn:
-            conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user), sql.Literal(password)))
-        return self.server.dsn(self.database, user=user, password=password)
-
-    def _create_database(self, conn: psycopg.Connection, meta: dict[str, Any]) -> None:
-        create = sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}")
-        try:
-            conn.execute(create.format(sql.Identifier(self.database), sql.Literal(meta["encoding"]),
-                                       sql.Literal(meta["collate"]), sql.Literal(meta["ctype"])))
-        except psycopg.Error:
-            self.warnings.append(
-                f"locale {meta['collate']!r} is not available here; the shadow uses C.UTF-8 (sorting may differ)"
-            )
-            conn.execute(create.format(sql.Identifier(self.database), sql.Literal(meta["encoding"]),
-                                       sql.Literal("C.UTF-8"), sql.Literal("C.UTF-8")))
-
-    def _fidelity(self) -> list[str]:
-        """Differences between the restored copy and the checkpoint; a faithful shadow has none."""
-        if fingerprint_of(self.pristine_observation) == self.checkpoint.fingerprint:
-            return []
-        return _how_they_differ(self.checkpoint.observation, self.pristine_observation)
-
-    def connect(self) -> psycopg.Connection:
-        return self._connect(self.dsn)
-
-    def attach(self, network: Any) -> Endpoint:
-        """Join the sandbox's internal network under the target's name; the endpoint an isolated action uses."""
-        container_id = self.server.container_id if isinstance(self.server, ContainerServer) else None
-        alias = join_network(network, container_id, self.name)
-        assert self.endpoint.dsn is not None
-        params = {**dsnlib.parse(self.endpoint.dsn), "host": alias, "port": 5432}
-        env, exclusive = endpoint_env(self.name, make_conninfo(**params))
-        return Endpoint(env=env, exclusive_env=exclusive, dsn=make_conninfo(**params))
-
-    def lost(self) -> str | None:
-        """Why the shadow's server no longer answers (killed, its container gone), or None while it does."""
-        try:
-            with psycopg.connect(self.server.dsn(), autocommit=True, connect_timeout=5):
-                return None
-        except psycopg.OperationalError as exc:
-            return dsnlib.connect_error(exc)
-
-    def connect_pristine(self) -> psycopg.Connection:
-        return self._connect(self.server.dsn(self.pristine))
-
-    def _connect(self, dsn: str) -> psycopg.Connection:
-        try:
-            conn = psycopg.connect(dsn, autocommit=True)
-        except psycopg.OperationalError as exc:
-            raise InfrastructureError(f"lost the shadow database ({self.backend} backend): "
-                                      f"{dsnlib.connect_error(exc)}", target=self.name) from exc
-        read_text_as_str(conn)  # a SQL_ASCII copy's checks and row keys come back as str, as production's do
-        return conn
-
-    def observe(self) -> dict[str, Any]:
-        with self.connect() as conn:
-            return observe(conn)
-
-    def watch(self) -> None:
-        with self.connect() as conn:
-            self._counters = footprint.counters(conn)
-
-    def changes(self) -> list[Change]:
-        if self._counters is not None and self._touched is None:  # read first: observing scans every table
-            with self.connect() as conn:
-                self._touched = footprint.touched_tables(conn, self._counters)
-        after = self.observe()
-        with self.connect_pristine() as before_conn, self.connect() as after_conn:
-            rows = _count_changed_rows(before_conn, after_conn, self.pristine_observation, after)
-        self._rehearsed = diff(self.pristine_observation, after, rows)
-        return self._rehearsed
-
-    @property
-    def rehearsed(self) -> list[Change]:
-        """The change set the rehearsal found (after :meth:`changes`)."""
-        return self._rehearsed
-
-    def independent(self, changes: list[Change]) -> list[Change]:
-        return footprint.independent(changes, self._touched, self._rehearsed,
-                                     self.checkpoint.observation["objects"].get("sequence", {}))
-
-    def rehearse_rollback(self) -> list[str]:
-        """Undo the rehearsal exactly as a rollback would undo production (the same restore over the same
-        archive), then compare the copy with the checkpoint; empty when the undo is proven."""
-        restore_over(self.binaries, self.dsn, self.archive, observation=self.checkpoint.observation,
-                     run_id=self.checkpoint.run_id)
-        with self.server.connect() as conn:
-            _settle_settings(conn, self.database, self.checkpoint, shadow=True)
-        now = self.observe()
-        if fingerprint_of(now) == self.checkpoint.fingerprint:
-            return []
-        return _how_they_differ(self.checkpoint.observation, now)
-
-    def check(self, query: str) -> Any:
-        with self.connect() as conn:
-            try:
-                row = conn.execute(query, prepare=False).fetchone()
-            except psycopg.Error as exc:
-                message = exc.diag.message_primary or _last_line(exc)
-                state = exc.sqlstate
-                if state and state != "42601" and not state.startswith("08"):  # it ran, and the server refused it
-                    raise CheckQueryFailed(f"check query failed on the shadow: {message}",
-                                           f"{message} (SQLSTATE {state})", target=self.name) from exc
-                raise BadInput(f"check query failed on the shadow: {message}", target=self.name) from exc
-        return None if row is None else row[0]
-
-
-def _settle_settings(conn: psycopg.Connection, database: str, checkpoint: Checkpoint, shadow: bool = False) -> None:
-    """Put the database's own settings (ALTER DATABASE / ALTER ROLE … IN DATABASE … SET) back to the checkpoint's;
-    pg_dump does not carry them. Checkpoints taken before shadow recorded them are left as they are."""
-    if "settings" not in checkpoint.meta:
-        return
-    try:
-        dbsettings.settle(conn, database, checkpoint.meta["settings"], every_database=False, shadow=shadow)
-    except psycopg.Error as exc:
-        raise RestoreFailed(f"the database's settings could not be put back: {_last_line(exc)}",
-                            target=checkpoint.target) from exc
+        return how_they_differ(checkpoint.observation, now)
 
 
 def _as_dumped(observation: dict[str, Any], dumped: Mapping[str, tuple[int, bool]]) -> None:
@@ -549,78 +306,8 @@ def _as_dumped(observation: dict[str, Any], dumped: Mapping[str, tuple[int, bool
             seq["last_value"], seq["is_called"] = dumped[name]
 
 
-def _count_changed_rows(before_conn: psycopg.Connection, after_conn: psycopg.Connection,
-                        before: dict[str, Any], after: dict[str, Any]) -> dict[str, RowDelta]:
-    rows: dict[str, RowDelta] = {}
-    for conn in (before_conn, after_conn):  # keys compared across the two must both be str (SQL_ASCII)
-        read_text_as_str(conn)
-    for table in sorted(set(before["data"]) & set(after["data"])):
-        b, a = before["data"][table], after["data"][table]
-        if (b["rows"], b["hash"]) != (a["rows"], a["hash"]):
-            delta = count_rows(before_conn, after_conn, table, before, after)
-            if not delta.empty:
-                rows[table] = delta
-    return rows
-
-
-def _last_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[-1] if text else type(exc).__name__
-
-
 def _artifact(checkpoint: Checkpoint) -> Artifact:
     dump = checkpoint.artifacts["dump"]
     return Artifact(dump["sha256"], int(dump["size"]))
 
 
-class PostgresKind:
-    name = "postgres"
-    keys = ("dsn", "image")
-    runs_sql = True
-    resolve_paths = staticmethod(paths_as_given)
-    # The vocabulary of change addresses: `<op> <kind> <name>`.
-    change_ops: tuple[str, ...] = ("add", "drop", "alter", "insert", "update", "delete")
-    change_kinds: tuple[str, ...] = ("schema", "table", "column", "index", "constraint", "view", "materialized_view", "function",
-                    "procedure", "trigger", "sequence", "type", "extension", "default_privileges", "rule",
-                    "statistics", "publication", "event_trigger", "collation", "rows")
-    clear_leftovers = staticmethod(stop_servers_in)  # a cluster's server, or one an action started in its HOME
-    prune = staticmethod(nothing_kept)  # a checkpoint is a pg_dump archive in the store
-
-    def validate(self, spec: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
-        for key in spec:
-            if key not in self.keys and key != "kind":
-                yield key, f"unknown key for a postgres target (expected: {', '.join(self.keys)})"
-        if "dsn" not in spec:
-            yield None, "a postgres target needs `dsn:` (e.g. dsn: ${APP_DATABASE_URL})"
-        elif not isinstance(spec["dsn"], str) or not spec["dsn"].strip():
-            yield "dsn", "must be a PostgreSQL connection string or URL"
-        else:
-            try:
-                dsnlib.parse(spec["dsn"])
-            except BadInput as exc:
-                yield "dsn", str(exc)
-
-    def target(self, name: str, spec: Mapping[str, Any], settings: Any) -> PostgresTarget:
-        return PostgresTarget(name, spec, settings)
-
-
-def _uncounted(before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
-    """The change set between two observations with no copy to count rows against: a table whose content changed
-    is an ``update rows`` that says only that."""
-    changes = diff(before, after, {})
-    for table in sorted(set(before["data"]) & set(after["data"])):
-        was, now = before["data"][table], after["data"][table]
-        if (was["rows"], was["hash"]) != (now["rows"], now["hash"]):
-            changes.append(Change("update", "rows", table, {"rows_before": was["rows"], "rows_after": now["rows"],
-                                                            "note": "content changed; rows not counted"}))
-    return changes
-
-
-def _how_they_differ(want: dict[str, Any], got: dict[str, Any], limit: int = 20) -> list[str]:
-    """How observation ``got`` differs from ``want``, in change addresses (what a restore or a shadow still has to
-    undo); the raw observation difference only for what no change address names (a sequence's position …)."""
-    lines = [c.summary() for c in _uncounted(want, got)]
-    if not lines:
-        lines = differences({"objects": want["objects"], "data": want["data"]},
-                            {"objects": got["objects"], "data": got["data"]}, limit) or ["fingerprints differ"]
-    return lines if len(lines) <= limit else lines[:limit] + [f"… and {len(lines) - limit} more"]

@@ -1,0 +1,265 @@
+"""Counting row changes between two *live* databases (the pristine copy and the changed one, or a table and its
+copy) without pulling whole tables into Python: rows are hashed in SQL and grouped into buckets by their key's
+hash; only the rows of buckets whose (count, sum of hashes) differ are fetched, as (key, hash) pairs, a batch of
+buckets at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from adapters.postgres.observe import relation_sql, row_hash_expr, set_read_settings
+from shadow import redact
+from shadow.changes import RowDelta
+
+SAMPLE = 5
+SAMPLE_VALUE_CHARS = 200  # a sample row's values are clipped to this many characters
+FETCH_BATCH_ROWS = 200_000
+
+
+def count_rows(
+    conn_before: psycopg.Connection,
+    conn_after: psycopg.Connection,
+    table: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    before_relation: str | None = None,
+) -> RowDelta:
+    """Count inserted/updated/deleted rows of ``table`` between two live databases. ``before_relation``: read the
+    rows before from that relation (a copy, ``pg_temp.…``) instead of ``table``."""
+    with ExitStack() as stack:
+        for conn in (conn_before, conn_after):
+            stack.enter_context(_reading(conn))
+        return _count_rows(conn_before, conn_after, table, before, after, before_relation)
+
+
+@contextmanager
+def _reading(conn: psycopg.Connection) -> Iterator[None]:
+    """One snapshot for both passes over a table, with the settings observe hashes rows under.
+
+    Without them, a database whose default TimeZone (or bytea_output …) differs from the shadow's server would
+    show every row of a table with such a column as updated.
+    """
+    in_tx = conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+    with conn.transaction():  # a savepoint when the caller's transaction is open (a transactional apply)
+        if not in_tx:
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        set_read_settings(conn)
+        yield
+
+
+def _count_rows(
+    conn_before: psycopg.Connection,
+    conn_after: psycopg.Connection,
+    table: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    before_relation: str | None = None,
+) -> RowDelta:
+    b_data, a_data = before["data"][table], after["data"][table]
+    a_cols = list(a_data["columns"])
+    # Rows are matched on the columns both sides have: a dropped column is not an update of every row, only of
+    # the rows that lose a non-NULL value with it (a column added NULL everywhere is no update: NULLs are not
+    # hashed). So the old rows are hashed twice — without the dropped columns (h, for matching) and with them
+    # (hf, the row as it was).
+    b_cols = [c for c in b_data["columns"] if c in a_cols]
+    dropped = [c for c in b_data["columns"] if c not in a_cols]
+    key = a_data.get("key") if a_data.get("key") and a_data.get("key") == b_data.get("key") else None
+    total = max(b_data["rows"], a_data["rows"])
+    rel = relation_sql(table, bool(a_data.get("only", True)))
+    rows = _RowHashes(rel, sql.SQL(before_relation) if before_relation else rel, key, _bucket_count(total))
+    full = list(b_data["columns"]) if dropped else None
+    differing = rows.differing_buckets(conn_before, b_cols, full, conn_after, a_cols)
+    tally = _Tally()
+    step = max(1, FETCH_BATCH_ROWS // max(1, total // rows.buckets))
+    for i in range(0, len(differing), step):
+        where = rows.in_buckets(differing[i : i + step])
+        old, new = rows.fetch(conn_before, b_cols, where, full, before=True), rows.fetch(conn_after, a_cols, where, None)
+        if key:
+            tally.keyed(old, new)
+        else:
+            tally.multiset(old, new)
+    samples = tally.samples
+    sample_rows: dict[str, list[dict[str, Any]]] = {}
+    if key:
+        sample_rows = _sample_rows(conn_before, conn_after, table, (rows.rel_before, rows.rel), key,
+                                   list(b_data["columns"]), a_cols, samples)
+        if any(redact.looks_secret(c) for c in key):
+            samples = {op: [redact.MARKER] * len(v) for op, v in samples.items()}
+    # Which existing rows changed, not only how many: production deleting other rows than the rehearsal did must
+    # diverge. (Inserted keys are left out: generated keys — UUIDs, timestamps — differ by nature.)
+    return RowDelta(tally.inserted, tally.updated, tally.deleted, by_key=key is not None,
+                    samples={op: sorted(v) for op, v in samples.items() if v},
+                    digests={op: format(v % DIGEST_MOD, "x") for op, v in tally.digest.items() if v},
+                    sample_rows=sample_rows, destroyed=_non_null_values(conn_before, rows.rel_before, dropped),
+                    updated_by_drop=tally.by_drop)
+
+
+def _bucket_count(total: int) -> int:
+    """How many buckets a table of ``total`` rows is hashed into: a power of two, about 256 rows each, 4096 at most."""
+    buckets = 1
+    while buckets < 4096 and buckets * 256 < total:
+        buckets *= 2
+    return buckets
+
+
+@dataclass(frozen=True)
+class _RowHashes:
+    """The queries over one relation's rows as (k, h): its key (or, without one, the row hash) and the row hash."""
+
+    rel: sql.Composable
+    rel_before: sql.Composable  # where the rows before are read: ``rel`` itself, or a copy of it
+    key: list[str] | None
+    buckets: int
+
+    def select(self, columns: list[str], what: str, where: sql.Composable = sql.SQL(""),
+               full: list[str] | None = None, before: bool = False) -> sql.Composed:
+        """``what`` over k and h; its ``{hf}`` is h, or with ``full`` the hash over those columns."""
+        h = row_hash_expr(columns)
+        k = _key_expr(self.key) if self.key else sql.SQL("{}::text").format(h)
+        hf = sql.SQL(", {} AS hf").format(row_hash_expr(full)) if full else sql.SQL("")
+        return sql.SQL("SELECT {what} FROM (SELECT {k} AS k, {h} AS h{hf} FROM {rel} t) s {where}").format(
+            what=sql.SQL(what).format(hf=sql.SQL("hf" if full else "h")), k=k, h=h, hf=hf,
+            rel=self.rel_before if before else self.rel, where=where
+        )
+
+    def differing_buckets(self, conn_before: psycopg.Connection, b_cols: list[str], full: list[str] | None,
+                          conn_after: psycopg.Connection, a_cols: list[str]) -> list[int]:
+        """The buckets whose (count, sum of hashes) differ between the two sides, in order."""
+        agg = f"(hashtext(k) & {self.buckets - 1}) AS b, count(*), sum({{hf}}::numeric)::text"
+
+        def buckets_of(conn: psycopg.Connection, columns: list[str], full: list[str] | None,
+                       before: bool) -> dict[int, tuple[int, str]]:
+            q = sql.SQL("{} GROUP BY 1").format(self.select(columns, agg, full=full, before=before))
+            return {b: (n, s) for b, n, s in conn.execute(q)}
+
+        bb, ab = buckets_of(conn_before, b_cols, full, True), buckets_of(conn_after, a_cols, None, False)
+        return sorted(b for b in set(bb) | set(ab) if bb.get(b) != ab.get(b))
+
+    def in_buckets(self, batch: list[int]) -> sql.Composed:
+        return sql.SQL("WHERE (hashtext(k) & {}) = ANY({})").format(sql.Literal(self.buckets - 1), sql.Literal(batch))
+
+    def fetch(self, conn: psycopg.Connection, columns: list[str], where: sql.Composable,
+              full: list[str] | None, before: bool = False) -> dict[str, Any]:
+        """key → (h, hf); without a key, row hash → [count, how many lost values in dropped columns]."""
+        out: dict[str, Any] = {}
+        for kk, hh, hf in conn.execute(self.select(columns, "k, h, {hf}", where, full, before)):
+            if self.key:
+                out[kk] = (hh, hf)
+            else:  # multiset: count of identical rows
+                seen = out.setdefault(kk, [0, 0])
+                seen[0] += 1
+                seen[1] += hh != hf
+        return out
+
+
+@dataclass
+class _Tally:
+    """Rows inserted, updated and deleted so far, with digests and samples of the keys of those that changed."""
+
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    by_drop: int = 0  # updates that only lost the values of dropped columns
+    digest: dict[str, int] = field(default_factory=lambda: {"update": 0, "delete": 0})
+    samples: dict[str, list[str]] = field(default_factory=lambda: {"insert": [], "update": [], "delete": []})
+
+    def keyed(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """One batch of a table with a key: ``old`` key → (h, hf), ``new`` key → (h, h)."""
+        for k in new.keys() - old.keys():
+            self.inserted += 1
+            _sample(self.samples["insert"], k)
+        for k in old.keys() - new.keys():
+            self.deleted += 1
+            self.digest["delete"] += _key_hash(k)
+            _sample(self.samples["delete"], k)
+        for k in old.keys() & new.keys():
+            if old[k][1] != new[k][0]:
+                self.updated += 1
+                self.by_drop += old[k][0] == new[k][0]
+                self.digest["update"] += _key_hash(k)
+                _sample(self.samples["update"], k)
+
+    def multiset(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+        """One batch of a table without a key: row hash → [count, lost values] on each side."""
+        for k in old.keys() | new.keys():
+            (was, lost), now = old.get(k, (0, 0)), new.get(k, (0, 0))[0]
+            if now > was:
+                self.inserted += now - was
+            elif now < was:
+                self.deleted += was - now
+                self.digest["delete"] += (was - now) * _key_hash(str(k))
+            # of the rows kept, at least this many lost a value (which identical copies went is unknowable)
+            lost_kept = max(0, lost - (was - min(was, now)))
+            self.updated += lost_kept
+            self.by_drop += lost_kept
+            self.digest["update"] += lost_kept * _key_hash(str(k))
+
+
+def _non_null_values(conn: psycopg.Connection, rel: sql.Composable, columns: list[str]) -> dict[str, int]:
+    """How many non-NULL values each of ``columns`` holds (raw names)."""
+    if not columns:
+        return {}
+    counts = sql.SQL(", ").join(sql.SQL("count(t.{})").format(sql.Identifier(c)) for c in columns)
+    row = conn.execute(sql.SQL("SELECT {} FROM {} t").format(counts, rel)).fetchone()
+    assert row is not None
+    return {c: int(n) for c, n in zip(columns, row, strict=True) if n}
+
+
+def _sample_rows(conn_before: psycopg.Connection, conn_after: psycopg.Connection, table: str,
+                 rels: tuple[sql.Composable, sql.Composable],
+                 key: list[str], b_cols: list[str], a_cols: list[str],
+                 samples: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
+    """The sampled rows as they were and as they are (values as text, clipped; secret-looking columns redacted)."""
+    wanted = sorted({k for keys in samples.values() for k in keys})
+    if not wanted:
+        return {}
+
+    def fetch(conn: psycopg.Connection, columns: list[str], rel: sql.Composable) -> dict[str, dict[str, Any] | None]:
+        values = sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in columns)
+        query = sql.SQL("SELECT {k}, ARRAY[{v}]::text[] FROM {rel} t WHERE {k} = ANY({wanted})").format(
+            k=_key_expr(key), v=values, rel=rel, wanted=sql.Literal(wanted))
+        return {k: redact.row(table, dict(zip(columns, map(_clip, vals), strict=True)))
+                for k, vals in conn.execute(query)}
+
+    old, new = fetch(conn_before, b_cols, rels[0]), fetch(conn_after, a_cols, rels[1])
+    out: dict[str, list[dict[str, Any]]] = {}
+    for op, keys in samples.items():
+        out[op] = [{"key": redact.row(table, dict(zip(key, map(_key_text, json.loads(k)), strict=True))),
+                    "before": None if op == "insert" else old.get(k),
+                    "after": None if op == "delete" else new.get(k)} for k in sorted(keys)]
+    return out
+
+
+def _clip(value: str | None) -> str | None:
+    if value is None or len(value) <= SAMPLE_VALUE_CHARS:
+        return value
+    return value[: SAMPLE_VALUE_CHARS - 1] + "…"
+
+
+def _key_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+DIGEST_MOD = 1 << 96
+
+
+def _key_hash(key: str) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:12], "big")
+
+
+def _key_expr(key: list[str]) -> sql.Composable:
+    return sql.SQL("jsonb_build_array({})::text").format(sql.SQL(", ").join(sql.SQL("t.") + sql.Identifier(c) for c in key))
+
+
+def _sample(bucket: list[str], key: str) -> None:
+    if len(bucket) < SAMPLE:
+        bucket.append(key)

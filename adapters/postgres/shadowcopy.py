@@ -1,0 +1,256 @@
+"""A PostgreSQL shadow: the checkpoint restored into a throwaway server, plus a pristine twin for row diffs."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from adapters import Checkpoint, Endpoint, env_name, fingerprint_of
+from adapters.postgres import dsn as dsnlib
+from adapters.postgres import footprint
+from adapters.docker import join_network
+from adapters.postgres.binaries import ClientTools
+from adapters.postgres import dbsettings
+from adapters.postgres.compare import count_changed_rows, how_they_differ, last_line, settle_settings
+from adapters.postgres.container import ContainerServer
+from adapters.postgres.diff import diff
+from adapters.postgres.observe import observe, read_text_as_str
+from adapters.postgres.restore import restore_into_empty, restore_over
+from adapters.postgres.server import SUPERUSER, Server
+from shadow.changes import Change
+from shadow.errors import BadInput, CheckQueryFailed, InfrastructureError
+
+PRISTINE_SUFFIX = "__shadow_pristine"
+
+
+def endpoint_env(name: str, dsn: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(variables every action gets, variables it gets when this is the plan's only postgres target)."""
+    url = dsnlib.to_url(dsnlib.parse(dsn))
+    return {f"SHADOW_{env_name(name)}_URL": url}, {"DATABASE_URL": url, **dsnlib.pg_env(dsn)}
+
+
+class PgShadow:
+    """A restored copy of one checkpoint in a throwaway server, plus a pristine twin for row diffs."""
+
+    def __init__(self, name: str, server: Server, binaries: ClientTools, checkpoint: Checkpoint,
+                 archive: Path, backend: str) -> None:
+        self.name = name
+        self.server = server
+        self.backend = backend
+        self.checkpoint = checkpoint
+        self.database = str(checkpoint.meta["database"])
+        self.pristine = self.database[: 63 - len(PRISTINE_SUFFIX)] + PRISTINE_SUFFIX
+        self.warnings: list[str] = []
+        self.binaries, self.archive = binaries, archive
+        self._build(binaries, archive)
+        self.dsn = server.dsn(self.database)  # shadow's own superuser: observing, checks
+        action_dsn = self._action_dsn()
+        env, exclusive = endpoint_env(name, action_dsn)
+        self.endpoint = Endpoint(env=env, exclusive_env=exclusive, dsn=action_dsn)
+        # Observing the pristine copy (row hashes of every table) is most of shadow's own cost on top of a
+        # plain restore; nothing writes to the pristine copy, so it runs while the action does.
+        self._counters: footprint.Counters | None = None  # taken by watch(), just before the action
+        self._touched: set[str] | None = None  # what the action read or wrote (None: unknown)
+        self._rehearsed: list[Change] = []
+        self._pristine_result: dict[str, Any] | BaseException | None = None
+        self._pristine_thread = threading.Thread(target=self._observe_pristine, name=f"observe-{name}", daemon=True)
+        self._pristine_thread.start()
+
+    def _observe_pristine(self) -> None:
+        try:
+            with self.connect_pristine() as conn:
+                self._pristine_result = observe(conn)
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the observation
+            self._pristine_result = exc
+
+    @property
+    def pristine_observation(self) -> dict[str, Any]:
+        self._pristine_thread.join()
+        if isinstance(self._pristine_result, BaseException):
+            raise InfrastructureError(f"observing the shadow's pristine copy failed: {self._pristine_result}",
+                                      target=self.name) from self._pristine_result
+        assert self._pristine_result is not None
+        return self._pristine_result
+
+    @property
+    def fidelity(self) -> list[str]:
+        """Differences between the restored copy and the checkpoint; a faithful shadow has none."""
+        return self._fidelity()
+
+    def _build(self, binaries: ClientTools, archive: Path) -> None:
+        meta = self.checkpoint.meta
+        with self.server.connect() as conn:
+            existing = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles")}
+            for name, superuser, inherit, createrole, createdb, _login, replication, bypassrls in meta.get("roles", []):
+                if name in existing:
+                    continue
+                options = [
+                    "SUPERUSER" if superuser else "NOSUPERUSER", "INHERIT" if inherit else "NOINHERIT",
+                    "CREATEROLE" if createrole else "NOCREATEROLE", "CREATEDB" if createdb else "NOCREATEDB",
+                    "REPLICATION" if replication else "NOREPLICATION", "BYPASSRLS" if bypassrls else "NOBYPASSRLS",
+                    "NOLOGIN",
+                ]
+                conn.execute(sql.SQL("CREATE ROLE {} " + " ".join(options)).format(sql.Identifier(name)))
+            for role, member in meta.get("members", []):
+                try:
+                    conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(role), sql.Identifier(member)))
+                except psycopg.Error as exc:
+                    self.warnings.append(f"role membership {member} → {role} not copied: {exc.diag.message_primary}")
+            if self.database != "postgres":
+                self._create_database(conn, meta)
+            if meta.get("database_owner"):
+                conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                    sql.Identifier(self.database), sql.Identifier(meta["database_owner"])))
+        problems = restore_into_empty(binaries, self.server.dsn(self.database), archive,
+                                      observation=self.checkpoint.observation, run_id=self.checkpoint.run_id)
+        if problems:
+            self.warnings.append("pg_restore reported: " + "; ".join(problems[:5]))
+        self._cut_outbound_connections()
+        with self.server.connect() as conn:
+            # FILE_COPY (15+) copies the files instead of WAL-logging every block: faster for a throwaway twin.
+            strategy = " STRATEGY FILE_COPY" if conn.info.server_version >= 150000 else ""
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}" + strategy).format(
+                sql.Identifier(self.pristine), sql.Identifier(self.database)))
+            # Last: a setting such as default_transaction_read_only must not get in the way of building the copy.
+            wanted = self.checkpoint.meta.get("settings") or []
+            dbsettings.settle(conn, self.database, wanted, every_database=True, shadow=True, own_role=SUPERUSER)
+            dbsettings.settle(conn, self.pristine, wanted, every_database=False, shadow=True)
+
+    def _cut_outbound_connections(self) -> None:
+        """A shadow must not reach production's neighbours: foreign servers restored from the dump still point
+        at real hosts with real credentials. Their user mappings are dropped, so foreign tables fail in the
+        rehearsal instead of writing to a real system."""
+        with self.server.connect(self.database) as conn:
+            mappings = conn.execute(
+                "SELECT srvname, CASE WHEN umuser = 0 THEN 'PUBLIC' ELSE quote_ident(usename) END "
+                "FROM pg_user_mappings").fetchall()
+            for server, user in mappings:
+                conn.execute(sql.SQL("DROP USER MAPPING IF EXISTS FOR " + user + " SERVER {}").format(
+                    sql.Identifier(server)))
+            servers = [r[0] for r in conn.execute("SELECT srvname FROM pg_foreign_server")]
+            dblink = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'dblink'").fetchone()
+        if servers:
+            self.warnings.append(f"foreign servers {', '.join(servers)} are cut off in the shadow (user mappings "
+                                 "dropped): an action using their foreign tables fails in the rehearsal")
+        if dblink:
+            self.warnings.append("dblink is installed: an action can still open connections of its own from the "
+                                 "shadow — use the docker backend with `isolation: container` to prevent it")
+
+    def _action_dsn(self) -> str:
+        """The action connects as production's user (same role attributes and grants), so a rehearsal hits the
+        same permission errors production would."""
+        user = self.checkpoint.meta.get("user")
+        if not user or user == SUPERUSER:
+            return self.dsn
+        password = secrets.token_urlsafe(18)
+        with self.server.connect() as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user), sql.Literal(password)))
+        return self.server.dsn(self.database, user=user, password=password)
+
+    def _create_database(self, conn: psycopg.Connection, meta: dict[str, Any]) -> None:
+        create = sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}")
+        try:
+            conn.execute(create.format(sql.Identifier(self.database), sql.Literal(meta["encoding"]),
+                                       sql.Literal(meta["collate"]), sql.Literal(meta["ctype"])))
+        except psycopg.Error:
+            self.warnings.append(
+                f"locale {meta['collate']!r} is not available here; the shadow uses C.UTF-8 (sorting may differ)"
+            )
+            conn.execute(create.format(sql.Identifier(self.database), sql.Literal(meta["encoding"]),
+                                       sql.Literal("C.UTF-8"), sql.Literal("C.UTF-8")))
+
+    def _fidelity(self) -> list[str]:
+        """Differences between the restored copy and the checkpoint; a faithful shadow has none."""
+        if fingerprint_of(self.pristine_observation) == self.checkpoint.fingerprint:
+            return []
+        return how_they_differ(self.checkpoint.observation, self.pristine_observation)
+
+    def connect(self) -> psycopg.Connection:
+        return self._connect(self.dsn)
+
+    def attach(self, network: Any) -> Endpoint:
+        """Join the sandbox's internal network under the target's name; the endpoint an isolated action uses."""
+        container_id = self.server.container_id if isinstance(self.server, ContainerServer) else None
+        alias = join_network(network, container_id, self.name)
+        assert self.endpoint.dsn is not None
+        params = {**dsnlib.parse(self.endpoint.dsn), "host": alias, "port": 5432}
+        env, exclusive = endpoint_env(self.name, make_conninfo(**params))
+        return Endpoint(env=env, exclusive_env=exclusive, dsn=make_conninfo(**params))
+
+    def lost(self) -> str | None:
+        """Why the shadow's server no longer answers (killed, its container gone), or None while it does."""
+        try:
+            with psycopg.connect(self.server.dsn(), autocommit=True, connect_timeout=5):
+                return None
+        except psycopg.OperationalError as exc:
+            return dsnlib.connect_error(exc)
+
+    def connect_pristine(self) -> psycopg.Connection:
+        return self._connect(self.server.dsn(self.pristine))
+
+    def _connect(self, dsn: str) -> psycopg.Connection:
+        try:
+            conn = psycopg.connect(dsn, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise InfrastructureError(f"lost the shadow database ({self.backend} backend): "
+                                      f"{dsnlib.connect_error(exc)}", target=self.name) from exc
+        read_text_as_str(conn)  # a SQL_ASCII copy's checks and row keys come back as str, as production's do
+        return conn
+
+    def observe(self) -> dict[str, Any]:
+        with self.connect() as conn:
+            return observe(conn)
+
+    def watch(self) -> None:
+        with self.connect() as conn:
+            self._counters = footprint.counters(conn)
+
+    def changes(self) -> list[Change]:
+        if self._counters is not None and self._touched is None:  # read first: observing scans every table
+            with self.connect() as conn:
+                self._touched = footprint.touched_tables(conn, self._counters)
+        after = self.observe()
+        with self.connect_pristine() as before_conn, self.connect() as after_conn:
+            rows = count_changed_rows(before_conn, after_conn, self.pristine_observation, after)
+        self._rehearsed = diff(self.pristine_observation, after, rows)
+        return self._rehearsed
+
+    @property
+    def rehearsed(self) -> list[Change]:
+        """The change set the rehearsal found (after :meth:`changes`)."""
+        return self._rehearsed
+
+    def independent(self, changes: list[Change]) -> list[Change]:
+        return footprint.independent(changes, self._touched, self._rehearsed,
+                                     self.checkpoint.observation["objects"].get("sequence", {}))
+
+    def rehearse_rollback(self) -> list[str]:
+        """Undo the rehearsal exactly as a rollback would undo production (the same restore over the same
+        archive), then compare the copy with the checkpoint; empty when the undo is proven."""
+        restore_over(self.binaries, self.dsn, self.archive, observation=self.checkpoint.observation,
+                     run_id=self.checkpoint.run_id)
+        with self.server.connect() as conn:
+            settle_settings(conn, self.database, self.checkpoint, shadow=True)
+        now = self.observe()
+        if fingerprint_of(now) == self.checkpoint.fingerprint:
+            return []
+        return how_they_differ(self.checkpoint.observation, now)
+
+    def check(self, query: str) -> Any:
+        with self.connect() as conn:
+            try:
+                row = conn.execute(query, prepare=False).fetchone()
+            except psycopg.Error as exc:
+                message = exc.diag.message_primary or last_line(exc)
+                state = exc.sqlstate
+                if state and state != "42601" and not state.startswith("08"):  # it ran, and the server refused it
+                    raise CheckQueryFailed(f"check query failed on the shadow: {message}",
+                                           f"{message} (SQLSTATE {state})", target=self.name) from exc
+                raise BadInput(f"check query failed on the shadow: {message}", target=self.name) from exc
+        return None if row is None else row[0]

@@ -58,7 +58,7 @@ from psycopg.conninfo import make_conninfo  # noqa: E402
 
 from adapters.docker import engine_answers  # noqa: E402
 from adapters.postgres import target as target_mod  # noqa: E402
-from adapters.postgres.binaries import PgBinaries, binaries_for  # noqa: E402
+from adapters.postgres.binaries import PgBinaries, binaries_for, configured_bindir  # noqa: E402
 from adapters.postgres.cluster import LocalCluster, _unprivileged_user, free_port  # noqa: E402
 from adapters.postgres.container import DURABILITY_OFF, ContainerServer  # noqa: E402
 from adapters.postgres.observe import observe  # noqa: E402
@@ -778,7 +778,7 @@ def main() -> None:
             checkpoint = target.checkpoint(store, "bench-ready")
             archive = store.object_path(checkpoint.artifacts["dump"]["sha256"])
             major = int(checkpoint.meta["major"])
-            tools = binaries_for(major, settings.pg_bindir)
+            tools = binaries_for(major, configured_bindir(settings))
             print(f"checkpoint: {time.perf_counter() - t:.1f} s, archive {archive.stat().st_size / 2**20:.1f} MiB "
                   f"(pg_dump -Fc -Z 1), reused by every run; best of {n}; {os.cpu_count()} CPUs; "
                   f"load average {os.getloadavg()[0]:.2f}")

@@ -9,7 +9,7 @@ import psycopg
 from rich.console import Console
 from rich.markup import escape
 
-from adapters.postgres.binaries import binaries_for
+from adapters.postgres.binaries import binaries_for, configured_bindir
 from adapters.postgres.cluster import LocalCluster
 from adapters.postgres.target import PostgresTarget
 from shadow import run as runmod
@@ -25,7 +25,7 @@ def run(settings: Settings, out: Console, err: Console, keep: bool = False) -> i
     if not (EXAMPLES / "schema.sql").exists():
         raise BadInput(f"the demo files are not at {EXAMPLES}; run the demo from a clone of the shadow repository")
     out.print("[bold]shadow demo[/] — starting a throwaway PostgreSQL as the demo's [bold]production[/] …")
-    with LocalCluster(label="demo-production", binaries=binaries_for(None, settings.pg_bindir)) as prod:
+    with LocalCluster(label="demo-production", binaries=binaries_for(None, configured_bindir(settings))) as prod:
         dsn = prod.create_database("shop")
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute((EXAMPLES / "schema.sql").read_text())

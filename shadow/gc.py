@@ -170,6 +170,9 @@ def _prune_run(folder: Path, when: float) -> str:
         if checkpoint is not None and checkpoint.kind in REGISTRY:
             dropped.append(REGISTRY[checkpoint.kind].prune(checkpoint))
         path.unlink()
+    applied = folder.parent.parent / "applied" / folder.name  # what production observed after the apply
+    if applied.is_dir():
+        shutil.rmtree(applied, ignore_errors=True)
     atomic_write_bytes(folder / PRUNED, json.dumps({"pruned_at": when}).encode())
     return "; ".join(said for said in dropped if said)
 

@@ -15,7 +15,6 @@ _IMAGE_VARIABLE = re.compile(r"SHADOW_([A-Z][A-Z0-9_]*)_IMAGE")
 @dataclass(frozen=True)
 class Settings:
     state_dir: Path
-    pg_bindir: str | None = None
     environ: Mapping[str, str] = field(default_factory=dict)
     backend: str | None = None  # SHADOW_BACKEND: overrides the plan's policy.backend (e.g. for a CI matrix)
     action_image: str = "python:3.12-slim"  # SHADOW_ACTION_IMAGE: for `isolation: container` without `image:`
@@ -28,7 +27,6 @@ class Settings:
         chosen = state_dir or env.get("SHADOW_STATE_DIR") or ".shadow"
         return cls(
             state_dir=Path(chosen).absolute(),
-            pg_bindir=env.get("SHADOW_PG_BINDIR") or None,
             environ=env,
             backend=env.get("SHADOW_BACKEND") or None,
             action_image=env.get("SHADOW_ACTION_IMAGE") or "python:3.12-slim",

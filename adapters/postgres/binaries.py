@@ -17,6 +17,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shadow.errors import BinaryNotFound
 
@@ -134,3 +135,7 @@ def binaries_for(server_major: int | None = None, explicit: str | None = None) -
     # The closest version that is new enough gives the most faithful shadow.
     return min(usable, key=lambda b: b.major)
 
+
+def configured_bindir(settings: Any) -> str | None:
+    """``SHADOW_PG_BINDIR``: the directory of the PostgreSQL binaries to use, instead of searching for them."""
+    return settings.environ.get("SHADOW_PG_BINDIR") or None

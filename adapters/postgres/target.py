@@ -12,7 +12,7 @@ import psycopg
 from adapters import Checkpoint, Endpoint, fingerprint_of
 from adapters.postgres import dsn as dsnlib
 from adapters.docker import engine_answers
-from adapters.postgres.binaries import ClientTools, ContainerTools, binaries_for
+from adapters.postgres.binaries import ClientTools, ContainerTools, binaries_for, configured_bindir
 from adapters.postgres.container import DEFAULT_IMAGE, ContainerServer, Limits
 from adapters.postgres.cluster import LocalCluster
 from adapters.postgres.server import Server
@@ -119,9 +119,9 @@ class PostgresTarget:
         """Client tools at least as new as production: local ones, else the same tools in a container of the
         matching image when a Docker engine answers (PostgreSQL 17 in production, 15 on the laptop)."""
         try:
-            return binaries_for(server_major, self.settings.pg_bindir)
+            return binaries_for(server_major, configured_bindir(self.settings))
         except BinaryNotFound as exc:
-            if self.settings.pg_bindir or not engine_answers()[0]:
+            if configured_bindir(self.settings) or not engine_answers()[0]:
                 raise
             return ContainerTools(self.image_for(server_major), server_major)
 
@@ -209,7 +209,7 @@ class PostgresTarget:
             server = ContainerServer(run_id, self.image_for(major), major, Limits(
                 getattr(limits, "memory", None), getattr(limits, "cpus", None), getattr(limits, "pids", None)))
         else:
-            server = LocalCluster(label=run_id, binaries=binaries_for(major, self.settings.pg_bindir))
+            server = LocalCluster(label=run_id, binaries=binaries_for(major, configured_bindir(self.settings)))
         with server:
             yield PgShadow(self.name, server, tools, checkpoint, archive, backend)
 

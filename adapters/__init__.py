@@ -156,14 +156,26 @@ class SqlTarget(Protocol):
     def apply_sql_verified(self, statements: list[Any], timeout: float, checkpoint: Checkpoint, shadow: Any,
                            judge: Callable[[list[Change]], list[str]], on_begin: Callable[[int], None] | None = None,
                            tag: str = "", lock_timeout: float = 5.0, lock_retries: int = 3,
-                           waited: Callable[[str], None] | None = None) -> tuple[list[str], list[Change]]:
+                           waited: Callable[[str], None] | None = None,
+                           keep: Callable[[dict[str, Any]], None] | None = None) -> tuple[list[str], list[Change]]:
         """Apply in one transaction, COMMIT only when ``judge`` finds the statements' own change set (not what
         other sessions commit meanwhile) right inside it. A statement waits at most ``lock_timeout`` seconds for a
         lock; a transaction that gave up waiting or lost a serialisation race is tried again up to
-        ``lock_retries`` times, each wait told to ``waited``."""
+        ``lock_retries`` times, each wait told to ``waited``. ``keep`` gets, inside the transaction and before
+        COMMIT, what undoing exactly this change needs (for :class:`Undoable`)."""
 
     def transaction_outcome(self, xid: int) -> str:
         """Whether transaction ``xid`` committed: "committed", "aborted" or "unknown"."""
+
+
+@runtime_checkable
+class Undoable(Protocol):
+    """A target that can undo one run's own change and keep every write other sessions made since."""
+
+    def undo(self, record: dict[str, Any], checkpoint: Checkpoint, force: bool) -> tuple[list[str], list[str], list[str]]:
+        """Undo what ``record`` (kept by the apply) says the run did, in one transaction: (conflicts — rows or
+        objects someone changed since, refused unless ``force`` —, what was done, how production still differs
+        after it; with conflicts or differences nothing was changed)."""
 
 
 class Kind(Protocol):

@@ -68,6 +68,7 @@ class RowDelta:
     # only by losing such values (counted in ``updated``: a destroyed value is not an unchanged row).
     destroyed: dict[str, int] = field(default_factory=dict)
     updated_by_drop: int = 0
+    keys: dict[str, list[str]] = field(default_factory=dict)  # op → every changed key, when asked for (an undo)
 
     @property
     def empty(self) -> bool:

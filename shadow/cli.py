@@ -178,19 +178,24 @@ def apply_cmd(ctx: Ctx, plan_file: Path | None, approved_run: str | None, lock_t
 @click.argument("run_id")
 @click.option("-f", "--file", "plan_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="The plan file, if it moved since the run.")
-@click.option("--force", is_flag=True, help="Restore even if production changed since the apply (loses those writes).")
+@click.option("--force", is_flag=True, help="Undo even what others changed again since the apply (overwrites those "
+              "writes; with a full restore: restore although production changed).")
+@click.option("--full", is_flag=True, help="Restore the whole checkpoint instead of undoing only the run's own change.")
 @LOCK_TIMEOUT_OPTION
 @JSON_OPTION
 @QUIET_OPTION
 @click.pass_obj
-def rollback_cmd(ctx: Ctx, run_id: str, plan_file: Path | None, force: bool, lock_timeout: float, as_json: bool,
-                 quiet: bool) -> None:
-    """Restore production to the checkpoint of an applied run, and verify it.
+def rollback_cmd(ctx: Ctx, run_id: str, plan_file: Path | None, force: bool, full: bool, lock_timeout: float,
+                 as_json: bool, quiet: bool) -> None:
+    """Undo an applied run and verify it.
 
-    Exit 0 restored, 1 refused (production changed since the apply; --force overrides).
+    A run applied in one transaction is undone change by change: its rows and objects put back, everyone else's
+    writes since kept; a row someone changed again since is a conflict (refused; --force overwrites). Otherwise,
+    or with --full, the whole checkpoint is restored — refused when production changed since the apply.
+    Exit 0 undone/restored, 1 refused.
     """
     result = _guard(ctx, lambda: runmod.rollback(run_id, ctx.settings, plan_file, force,
-                                                 _progress(ctx, quiet or as_json), lock_timeout))
+                                                 _progress(ctx, quiet or as_json), lock_timeout, full))
     print_result(ctx.out, result, as_json, ctx.quiet)
     sys.exit(result.exit_code)
 

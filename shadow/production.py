@@ -161,7 +161,8 @@ def apply_in_one_transaction(session: Session, plan_: Plan, statements: list[Sta
                 statements, plan_.action.timeout, checkpoint, shadow,
                 lambda changes: compare_change_sets(tr.changes, changes), on_begin,
                 tag=session_tag(result.run_id), lock_timeout=plan_.policy.lock_timeout,
-                lock_retries=plan_.policy.lock_retries, waited=lambda text: _waited(session, tr, text))
+                lock_retries=plan_.policy.lock_retries, waited=lambda text: _waited(session, tr, text),
+                keep=lambda record: session.store.write_undo(result.run_id, t.name, record))
             result.production = ActionResult(True, time.monotonic() - start, "one transaction, verified before COMMIT")
         except (SqlError, ActionFailed) as exc:
             result.production = ActionResult(False, time.monotonic() - start, "one transaction", str(exc))

@@ -36,6 +36,7 @@ from shadow.result import RunResult, TargetResult, addresses, new_run_id
 from shadow.session import DEFAULT_LOCK_TIMEOUT, Progress, Session, make_targets, quiet
 from shadow.settings import Settings
 from shadow.sqlsplit import Statement, load_sql_files
+from shadow.undoing import undo_run, why_not
 
 __all__ = ["DEFAULT_LOCK_TIMEOUT", "Outcome", "Progress", "RunResult", "TargetResult", "addresses", "apply",
            "approve", "binding", "choose_backend", "new_run_id", "plan", "read_approval", "recover",
@@ -180,8 +181,9 @@ def _endpoints(session: Session, plan_: Plan, shadows: dict[str, ShadowCopy],
 
 def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Path | None = None,
              force: bool = False, progress: Progress = quiet,
-             lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> RunResult:
-    """Restore production to the checkpoint of an applied run, and verify it."""
+             lock_timeout: float = DEFAULT_LOCK_TIMEOUT, full: bool = False) -> RunResult:
+    """Undo an applied run and verify it: only the run's own change when its apply kept an undo record (other
+    sessions' writes since are kept), else — or with ``full`` — by restoring the whole checkpoint."""
     settings = settings or Settings.from_env()
     journal = Journal(settings.journal_path)
     try:
@@ -210,11 +212,11 @@ def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Pat
                           lock_timeout, lambda text: progress("info", text)):
             refuse_if_unrecovered(settings.runs_dir, {n: t.describe() for n, t in targets.items()})
             session.begin(targets, str(loaded.path), loaded.sha256)
-            result.end(_restore_run(session, targets, run_id, force))
+            result.end(_restore_run(session, targets, run_id, force, full))
     return result
 
 
-def _restore_run(session: Session, targets: dict[str, Target], run_id: str, force: bool) -> Ending:
+def _restore_run(session: Session, targets: dict[str, Target], run_id: str, force: bool, full: bool) -> Ending:
     """Restore every target to run ``run_id``'s checkpoint — refused when production changed since that run
     applied (unless ``force``), or when a checkpoint is damaged (production untouched)."""
     checkpoints = {n: Checkpoint.from_dict(session.store.read_manifest(run_id, n)) for n in targets}
@@ -224,6 +226,11 @@ def _restore_run(session: Session, targets: dict[str, Target], run_id: str, forc
             raise BadInput(f"target {name!r} now points at {t.describe()}, but run {run_id} "
                            f"checkpointed {recorded}; restoring one over the other is refused (fix the plan "
                            "or its environment)")
+    why, records = ("--full", {}) if full else why_not(session, targets, run_id)
+    if why is None:
+        return undo_run(session, targets, checkpoints, records, run_id, force)
+    for tr in session.result.targets.values():
+        tr.warnings.append(f"the whole checkpoint is restored: {why}")
     refused = _drifted_since_apply(session, targets, run_id, force)
     if refused is not None:
         return refused

@@ -260,6 +260,33 @@ class Store:
         except (OSError, ValueError) as exc:
             raise SnapshotCorrupt(f"the applied state {path} is unreadable: {exc}") from exc
 
+    def write_undo(self, run_id: str, target: str, record: dict[str, Any]) -> None:
+        """What undoing run ``run_id``'s own change to ``target`` needs (an adapter's capture), as an artifact; its
+        reference sits beside the checkpoint's manifest (``<target>.undo.json``), so that pruning the run drops it
+        and the store keeps the artifact as long as the reference is there."""
+        with self.new_artifact() as slot:
+            slot.path.write_bytes(json.dumps(record, sort_keys=True, default=str).encode())
+        assert slot.artifact is not None
+        body = json.dumps({"undo": {"sha256": slot.artifact.sha256, "size": slot.artifact.size}}).encode()
+        try:
+            make_private_dir(self.root / "manifests" / run_id)
+            atomic_write_bytes(self.root / "manifests" / run_id / f"{target}.undo.json", body)
+        except OSError as exc:
+            raise InfrastructureError(f"could not record the undo of run {run_id}: {exc.strerror}") from exc
+
+    def read_undo(self, run_id: str, target: str) -> dict[str, Any] | None:
+        """:meth:`write_undo`'s record, sha256-verified; None when the run kept none."""
+        path = self.root / "manifests" / run_id / f"{target}.undo.json"
+        try:
+            ref = json.loads(path.read_text())["undo"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SnapshotCorrupt(f"the undo record {path} is unreadable: {exc}") from exc
+        data = self.open_verified(Artifact(str(ref["sha256"]), int(ref["size"]))).read_bytes()
+        record: dict[str, Any] = json.loads(data)
+        return record
+
     def read_manifest(self, run_id: str, target: str) -> dict[str, Any]:
         path = self.root / "manifests" / run_id / f"{target}.json"
         try:

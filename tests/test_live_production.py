@@ -168,3 +168,86 @@ def test_a_checkpoint_is_written_once_and_the_applied_state_kept_beside_it(prod_
     rolled = shadow_cli("rollback", run_id, "--json")
     assert rolled.code == 0, rolled.text
     assert prod_db.fingerprint() == manifest["fingerprint"]
+
+
+# -- item 4: undo only what the run did ----------------------------------------------------------------------
+
+def _digest(db: ProdDb, table: str) -> str:
+    return str(db.scalar(f"SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {table} t"))
+
+
+def _oid(db: ProdDb, table: str) -> int:
+    return int(db.scalar(f"SELECT '{table}'::regclass::oid"))  # type: ignore[arg-type]
+
+
+def test_rollback_undoes_only_the_runs_own_change_while_the_application_writes(live_db: ProdDb, shadow_cli,
+                                                                                tmp_path: Path):
+    """The apply keeps the rows it changed and the objects it added; rollback puts back exactly those, in one
+    transaction, while the writer keeps writing: its rows stay, untouched tables keep their OIDs."""
+    users, orders_oid, events_oid = _digest(live_db, "users"), _oid(live_db, "orders"), _oid(live_db, "events")
+    plan = _plan(tmp_path, live_db, "ALTER TABLE users ADD COLUMN nickname text;\n"
+                                    "UPDATE users SET full_name = upper(full_name), nickname = 'n' WHERE id <= 10;\n"
+                                    "DELETE FROM orders WHERE id IN (SELECT id FROM orders WHERE user_id = 500);\n"
+                                    "INSERT INTO users (email, full_name) VALUES ('new@example.com', 'New');\n",
+                 "add column public.users.nickname, update rows public.users, insert rows public.users, "
+                 "delete rows public.orders")
+    orders = _digest(live_db, "orders")
+    with Writer(live_db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
+        applied = shadow_cli("apply", "-f", str(plan), "--json")
+        assert applied.code == 0, applied.text
+        run_id = _report(applied)["run_id"]
+        assert live_db.scalar("SELECT count(*) FROM users WHERE nickname IS NOT NULL") == 10
+        rolled = shadow_cli("rollback", run_id, "--json")
+        writer.stop()
+    assert rolled.code == 0, rolled.text
+    report = _report(rolled)
+    assert report["outcome"] == "restored" and "other sessions' writes since were kept" in report["reason"]
+    assert _digest(live_db, "users") == users and _digest(live_db, "orders") == orders
+    assert live_db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nickname'") == 0
+    assert (_oid(live_db, "orders"), _oid(live_db, "events")) == (orders_oid, events_oid)  # untouched tables stay
+    assert writer.assert_kept(live_db.dsn) > 20
+
+
+def test_rollback_of_a_backfill_in_the_table_the_application_writes(live_db: ProdDb, shadow_cli, tmp_path: Path):
+    before = {r[0]: r[1] for r in live_db.connect().execute("SELECT id, note FROM events WHERE id <= 10")}
+    plan = _plan(tmp_path, live_db, "UPDATE events SET note = note || ' (checked)' WHERE id <= 10;\n",
+                 "update rows public.events")
+    with Writer(live_db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
+        applied = shadow_cli("apply", "-f", str(plan), "--json")
+        assert applied.code == 0, applied.text
+        rolled = shadow_cli("rollback", _report(applied)["run_id"], "--json")
+        writer.stop()
+    assert rolled.code == 0, rolled.text
+    assert {r[0]: r[1] for r in live_db.connect().execute("SELECT id, note FROM events WHERE id <= 10")} == before
+    assert writer.assert_kept(live_db.dsn) > 20
+
+
+def test_a_row_changed_again_since_the_apply_is_a_conflict(prod_db: ProdDb, shadow_cli, tmp_path: Path):
+    """Undoing over someone else's later write would lose it: refused, naming the row; --force overwrites it and
+    says so."""
+    plan = _plan(tmp_path, prod_db, "UPDATE users SET full_name = 'x' WHERE id <= 3;\n", "update rows public.users")
+    applied = shadow_cli("apply", "-f", str(plan), "--json")
+    assert applied.code == 0, applied.text
+    run_id = _report(applied)["run_id"]
+    prod_db.execute("UPDATE users SET full_name = 'someone else' WHERE id = 2")
+    refused = shadow_cli("rollback", run_id, "--json")
+    assert refused.code == 1, refused.text
+    assert "ROLLBACK REFUSED, production untouched" in _report(refused)["reason"]
+    assert "public.users row [2]" in _report(refused)["reason"]
+    assert prod_db.scalar("SELECT count(*) FROM users WHERE full_name = 'x'") == 2  # nothing was undone
+    forced = shadow_cli("rollback", run_id, "--force", "--json")
+    assert forced.code == 0, forced.text
+    assert "--force overwrote" in _warnings(_report(forced))
+    assert prod_db.scalar("SELECT full_name FROM users WHERE id = 2") == "User 2"
+
+
+def test_rollback_full_restores_the_whole_checkpoint(prod_db: ProdDb, shadow_cli, tmp_path: Path):
+    plan = _plan(tmp_path, prod_db, "UPDATE users SET full_name = 'x' WHERE id <= 3;\n", "update rows public.users")
+    applied = shadow_cli("apply", "-f", str(plan), "--json")
+    assert applied.code == 0, applied.text
+    checkpoint_oid = _oid(prod_db, "users")
+    rolled = shadow_cli("rollback", _report(applied)["run_id"], "--full", "--json")
+    assert rolled.code == 0, rolled.text
+    assert "the whole checkpoint is restored: --full" in _warnings(_report(rolled))
+    assert prod_db.scalar("SELECT count(*) FROM users WHERE full_name = 'x'") == 0
+    assert _oid(prod_db, "users") != checkpoint_oid  # the replayed dump re-created it

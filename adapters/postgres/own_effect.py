@@ -69,9 +69,10 @@ def rows_changed(conn: psycopg.Connection, pristine: psycopg.Connection, checkpo
         if _same(was, now):
             continue
         if table in before.copies:
-            delta = count_rows(conn, conn, table, before.observation, after, before_relation=before.copies[table])
+            delta = count_rows(conn, conn, table, before.observation, after, before_relation=before.copies[table],
+                               keys=True)
         elif table in checkpoint["data"] and _same(was, checkpoint["data"][table]):
-            delta = count_rows(pristine, conn, table, before.observation, after)
+            delta = count_rows(pristine, conn, table, before.observation, after, keys=True)
         else:
             uncounted.append(Change("update", "rows", table, {"rows_before": was["rows"], "rows_after": now["rows"],
                                                               "note": "content changed; rows not counted"}))
@@ -95,6 +96,14 @@ def others_positions(before: dict[str, Any], after: dict[str, Any], rehearsed: l
         if was is not None and name not in moved:
             for prop in SEQUENCE_POSITION:
                 now[prop] = was.get(prop)
+
+
+def rows_before(conn: psycopg.Connection, pristine: psycopg.Connection,
+                before: Before) -> Callable[[str], tuple[psycopg.Connection, str]]:
+    """Where a table's rows before the statements are: its copy in the transaction, or the pristine copy."""
+    def where(table: str) -> tuple[psycopg.Connection, str]:
+        return (conn, before.copies[table]) if table in before.copies else (pristine, table)
+    return where
 
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:

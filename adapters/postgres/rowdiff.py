@@ -32,13 +32,15 @@ def count_rows(
     before: dict[str, Any],
     after: dict[str, Any],
     before_relation: str | None = None,
+    keys: bool = False,
 ) -> RowDelta:
     """Count inserted/updated/deleted rows of ``table`` between two live databases. ``before_relation``: read the
-    rows before from that relation (a copy, ``pg_temp.…``) instead of ``table``."""
+    rows before from that relation (a copy, ``pg_temp.…``) instead of ``table``. ``keys``: also list every changed
+    key (``RowDelta.keys``; tables with a primary key)."""
     with ExitStack() as stack:
         for conn in (conn_before, conn_after):
             stack.enter_context(_reading(conn))
-        return _count_rows(conn_before, conn_after, table, before, after, before_relation)
+        return _count_rows(conn_before, conn_after, table, before, after, before_relation, keys)
 
 
 @contextmanager
@@ -63,6 +65,7 @@ def _count_rows(
     before: dict[str, Any],
     after: dict[str, Any],
     before_relation: str | None = None,
+    keys: bool = False,
 ) -> RowDelta:
     b_data, a_data = before["data"][table], after["data"][table]
     a_cols = list(a_data["columns"])
@@ -78,7 +81,7 @@ def _count_rows(
     rows = _RowHashes(rel, sql.SQL(before_relation) if before_relation else rel, key, _bucket_count(total))
     full = list(b_data["columns"]) if dropped else None
     differing = rows.differing_buckets(conn_before, b_cols, full, conn_after, a_cols)
-    tally = _Tally()
+    tally = _Tally(keys={"insert": [], "update": [], "delete": []} if keys and key else None)
     step = max(1, FETCH_BATCH_ROWS // max(1, total // rows.buckets))
     for i in range(0, len(differing), step):
         where = rows.in_buckets(differing[i : i + step])
@@ -100,7 +103,7 @@ def _count_rows(
                     samples={op: sorted(v) for op, v in samples.items() if v},
                     digests={op: format(v % DIGEST_MOD, "x") for op, v in tally.digest.items() if v},
                     sample_rows=sample_rows, destroyed=_non_null_values(conn_before, rows.rel_before, dropped),
-                    updated_by_drop=tally.by_drop)
+                    updated_by_drop=tally.by_drop, keys=tally.keys or {})
 
 
 def _bucket_count(total: int) -> int:
@@ -171,22 +174,28 @@ class _Tally:
     by_drop: int = 0  # updates that only lost the values of dropped columns
     digest: dict[str, int] = field(default_factory=lambda: {"update": 0, "delete": 0})
     samples: dict[str, list[str]] = field(default_factory=lambda: {"insert": [], "update": [], "delete": []})
+    keys: dict[str, list[str]] | None = None  # every changed key by op, when asked for
 
     def keyed(self, old: dict[str, Any], new: dict[str, Any]) -> None:
         """One batch of a table with a key: ``old`` key → (h, hf), ``new`` key → (h, h)."""
         for k in new.keys() - old.keys():
             self.inserted += 1
-            _sample(self.samples["insert"], k)
+            self._changed("insert", k)
         for k in old.keys() - new.keys():
             self.deleted += 1
             self.digest["delete"] += _key_hash(k)
-            _sample(self.samples["delete"], k)
+            self._changed("delete", k)
         for k in old.keys() & new.keys():
             if old[k][1] != new[k][0]:
                 self.updated += 1
                 self.by_drop += old[k][0] == new[k][0]
                 self.digest["update"] += _key_hash(k)
-                _sample(self.samples["update"], k)
+                self._changed("update", k)
+
+    def _changed(self, op: str, k: str) -> None:
+        _sample(self.samples[op], k)
+        if self.keys is not None:
+            self.keys[op].append(k)
 
     def multiset(self, old: dict[str, Any], new: dict[str, Any]) -> None:
         """One batch of a table without a key: row hash → [count, lost values] on each side."""

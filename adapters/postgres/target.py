@@ -18,14 +18,14 @@ from adapters.postgres.cluster import LocalCluster
 from adapters.postgres.server import Server
 from adapters.postgres.diff import diff
 from adapters.postgres.execute import end_sessions, execute, execute_verified
-from adapters.postgres import own_effect
+from adapters.postgres import own_effect, undo
 from adapters.postgres.compare import count_changed_rows, how_they_differ, last_line, settle_settings, uncounted
 from adapters.postgres.shadowcopy import PgShadow, endpoint_env
 from adapters.postgres.observe import observe, read_text_as_str
 from adapters.postgres import dbsettings
 from adapters.postgres.restore import dumped_sequences, restore_over, run_pg_dump
 from shadow.changes import Change, RowDelta
-from shadow.errors import BinaryNotFound, InfrastructureError, TargetUnreachable
+from shadow.errors import BinaryNotFound, InfrastructureError, RestoreFailed, TargetUnreachable
 from shadow.sqlsplit import Statement, forces_autocommit
 from snapshots import Artifact, Store
 
@@ -237,7 +237,8 @@ class PostgresTarget:
                            judge: Callable[[list[Change]], list[str]],
                            on_begin: Callable[[int], None] | None = None, tag: str = "",
                            lock_timeout: float = 5.0, lock_retries: int = 3,
-                           waited: Callable[[str], None] | None = None) -> tuple[list[str], list[Change]]:
+                           waited: Callable[[str], None] | None = None,
+                           keep: Callable[[dict[str, Any]], None] | None = None) -> tuple[list[str], list[Change]]:
         """Apply in one REPEATABLE READ transaction, observe production *inside* it before and after the
         statements, and COMMIT only when ``judge`` finds the statements' own change set equal to the rehearsal's;
         otherwise ROLLBACK, which costs nothing (:mod:`adapters.postgres.own_effect`)."""
@@ -253,12 +254,27 @@ class PostgresTarget:
             with shadow.connect_pristine() as pristine:
                 read_text_as_str(pristine)
                 rows, uncounted = own_effect.rows_changed(conn, pristine, checkpoint.observation, before, after)
-            seen[:] = diff(before.observation, after, rows) + uncounted
-            return judge(seen)
+                seen[:] = diff(before.observation, after, rows) + uncounted
+                problems = judge(seen)
+                if not problems and keep is not None:  # still inside the transaction: kept before COMMIT
+                    keep(undo.capture(conn, own_effect.rows_before(conn, pristine, before), before.observation,
+                                      after, rows, seen))
+            return problems
 
         problems = execute_verified(self.dsn, statements, timeout, self.name, verify, on_begin, tag, prepare,
                                     lock_timeout, lock_retries, waited)
         return problems, seen
+
+    def undo(self, record: dict[str, Any], checkpoint: Checkpoint, force: bool) -> tuple[list[str], list[str], list[str]]:
+        """Undo one run's own change (:mod:`adapters.postgres.undo`)."""
+        try:
+            with self.connect() as conn:
+                read_text_as_str(conn)
+                return undo.undo(conn, record, checkpoint.observation, force)
+        except psycopg.OperationalError as exc:
+            raise TargetUnreachable(f"lost production during the undo: {last_line(exc)}", target=self.name) from exc
+        except psycopg.Error as exc:
+            raise RestoreFailed(f"the undo failed and was rolled back: {last_line(exc)}", target=self.name) from exc
 
     def transaction_outcome(self, xid: int, wait: float = 30.0) -> str:
         """Whether transaction ``xid`` committed ("committed" | "aborted" | "unknown"). One still open belongs to a killed

@@ -1,0 +1,310 @@
+"""Undo only what a run did, and keep everyone else's writes (Bytebase calls the capture "prior backup").
+
+**Capture.** Inside the apply's own transaction, once production's change set was verified and before COMMIT,
+:func:`capture` records what undoing exactly that change needs: for each table whose rows the statements changed
+(by primary key) the rows they updated or deleted as they were before (``row_to_json``, read from the pristine
+copy or the transaction's own copy, :mod:`adapters.postgres.own_effect`) and a hash of each inserted or updated row
+as the statements left it; and the objects they added (columns, indexes, constraints, tables, views, functions,
+sequences), with a digest of what an added table or column holds. Cost follows the rows and objects changed.
+A change that cannot be undone this way — a drop, an altered definition, a table without a primary key — makes the
+record say so (``fallback``): the rollback then restores the checkpoint as before.
+
+**Undo.** :func:`undo` runs in one transaction. For every captured row it compares production now with what the
+apply left: a row still as the apply left it is put back (an inserted row deleted, an updated one given its old
+values, a deleted one re-inserted); a row already as it was before is left alone (an undo that ran before — the
+undo is idempotent); anything else is a **conflict** — someone changed that row since — refused unless forced.
+Added objects are then dropped (after checking that nobody wrote into an added table or column since), and the
+result verified inside the transaction: every captured row as it was before, and the catalog equal to the
+checkpoint's (sequence positions aside: other sessions take values). Untouched tables are never touched: same
+OIDs, same statistics, their rows as others wrote them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from adapters.postgres.diff import split_name, table_of
+from adapters.postgres.observe import observe, row_hash_expr, set_read_settings
+from shadow.changes import Change, RowDelta
+
+VERSION = 1
+# What an added object's inverse is, in the order objects are dropped (what depends on others goes first).
+DROP_ORDER = ("view", "materialized_view", "constraint", "index", "column", "table", "function", "procedure",
+              "sequence")
+SEQUENCE_POSITION = {"last_value", "is_called"}
+
+
+def capture(conn: psycopg.Connection, before_of: Any, before: dict[str, Any], after: dict[str, Any],
+            rows: dict[str, RowDelta], changes: list[Change]) -> dict[str, Any]:
+    """The undo record of the statements' own change set ``changes`` (``rows``: its counted row changes, with
+    keys). ``before_of(table)`` is ``(connection, relation name)`` holding the table's rows before the statements."""
+    record: dict[str, Any] = {"version": VERSION, "tables": {}, "objects": [], "fallback": None}
+    added_tables = {c.name for c in changes if c.op == "add" and c.kind == "table"}
+    for change in changes:
+        _object(record, change, after["objects"])
+        if change.kind == "rows" and change.name not in rows and change.name not in added_tables:
+            record["fallback"] = record["fallback"] or f"the rows of {change.name} were not counted one by one"
+    with conn.transaction(force_rollback=True):  # read under READ_SETTINGS without leaving them set
+        set_read_settings(conn)
+        for table, delta in sorted(rows.items()):
+            if table not in added_tables:
+                _rows(record, conn, before_of, table, delta, before["data"][table], after["data"][table])
+        for obj in record["objects"]:
+            if obj["kind"] == "column":
+                obj["digest"] = column_digest(conn, obj["table"], obj["column"])
+            elif obj["kind"] == "table":
+                obj["columns"] = list((after["data"].get(obj["name"]) or {}).get("columns") or [])
+                obj["digest"] = table_digest(conn, obj["name"], obj["columns"])
+    return record
+
+
+def _object(record: dict[str, Any], change: Change, objects: dict[str, Any]) -> None:
+    if change.kind == "rows":
+        return
+    if change.kind == "sequence" and change.op == "alter" and set(change.detail) <= SEQUENCE_POSITION:
+        return  # a position: not restored (other sessions may have taken values since)
+    props = objects.get(change.kind, {}).get(change.name) or {}
+    table = table_of(change.kind, change.name, props)
+    if change.op != "add" or change.kind not in DROP_ORDER or (change.kind == "constraint"
+                                                              and table not in objects.get("table", {})):
+        record["fallback"] = record["fallback"] or f"`{change.address}` cannot be undone object by object"
+        return
+    obj = {"kind": change.kind, "name": change.name, "table": table}
+    if change.kind == "column":
+        obj["column"] = split_name(change.name)[-1]
+    record["objects"].append(obj)
+
+
+def _rows(record: dict[str, Any], conn: psycopg.Connection, before_of: Any, table: str, delta: RowDelta,
+          was: dict[str, Any], now: dict[str, Any]) -> None:
+    key = now.get("key")
+    if not key or key != was.get("key") or not delta.by_key:
+        record["fallback"] = record["fallback"] or f"{table} has no primary key: its rows cannot be undone one by one"
+        return
+    if not delta.keys:
+        record["fallback"] = record["fallback"] or f"the changed keys of {table} were not collected"
+        return
+    b_cols, a_cols = list(was["columns"]), list(now["columns"])
+    old_conn, old_rel = before_of(table)
+    with old_conn.transaction(force_rollback=True):
+        set_read_settings(old_conn)
+        pre = _read(old_conn, old_rel, key, delta.keys["update"] + delta.keys["delete"], b_cols, json_too=True)
+    post = _read(conn, table, key, delta.keys["insert"] + delta.keys["update"], a_cols)
+    record["tables"][table] = {
+        "key": key, "before_columns": b_cols, "after_columns": a_cols, "only": bool(now.get("only", True)),
+        "insert": [[k, post[k][0]] for k in delta.keys["insert"]],
+        "update": [[k, pre[k][0], post[k][0], pre[k][1]] for k in delta.keys["update"]],
+        "delete": [[k, pre[k][0], pre[k][1]] for k in delta.keys["delete"]],
+    }
+
+
+def _read(conn: psycopg.Connection, rel: str, key: list[str], keys: list[str], columns: list[str],
+          json_too: bool = False) -> dict[str, tuple[str, str | None]]:
+    """key → (row hash over ``columns``, the row as JSON when ``json_too``) for the rows of relation ``rel``
+    (a quoted name; its partitions' rows too) with ``keys``."""
+    if not keys:
+        return {}
+    row = sql.SQL("row_to_json(t)::text") if json_too else sql.SQL("NULL")
+    query = sql.SQL("SELECT {k}, {h}::text, {row} FROM {rel} t WHERE {where}").format(
+        k=_key_text(key), h=row_hash_expr(columns), row=row, rel=sql.SQL(rel), where=_by_keys(key, rel, keys))
+    return {str(k): (str(h), j) for k, h, j in conn.execute(query)}
+
+
+def _key_text(key: list[str]) -> sql.Composable:
+    """The key as the row counting spells it (:mod:`adapters.postgres.rowdiff`)."""
+    return sql.SQL("jsonb_build_array({})::text").format(
+        sql.SQL(", ").join(sql.SQL("t.") + sql.Identifier(c) for c in key))
+
+
+def _by_keys(key: list[str], rel: str, keys: list[str]) -> sql.Composable:
+    """``t``'s rows with one of ``keys`` — matched on the key columns, so the primary key's index is used."""
+    records = json.dumps([dict(zip(key, json.loads(k), strict=True)) for k in keys])
+    return sql.SQL("({t}) IN (SELECT {r} FROM json_populate_recordset(NULL::{rel}, {records}) r)").format(
+        t=_idents(key, "t."), r=_idents(key, "r."), rel=sql.SQL(rel), records=sql.Literal(records))
+
+
+def column_digest(conn: psycopg.Connection, table: str, column: str) -> str:
+    """How many values an (added) column holds, and a hash over them."""
+    row = conn.execute(sql.SQL("SELECT count({c}), COALESCE(sum(hashtextextended({c}::text, 0)::numeric), 0)::text "
+                               "FROM {t}").format(c=sql.SQL(column), t=sql.SQL(table))).fetchone()
+    assert row is not None
+    return f"{row[0]}:{row[1]}"
+
+
+def table_digest(conn: psycopg.Connection, table: str, columns: list[str]) -> str:
+    """How many rows an (added) table holds, and a hash over them."""
+    if not columns:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(table))).fetchone()
+        return f"{row[0] if row else 0}:"
+    row = conn.execute(sql.SQL("SELECT count(*), COALESCE(sum({h}::numeric), 0)::text FROM {t} t").format(
+        h=row_hash_expr(columns), t=sql.SQL(table))).fetchone()
+    assert row is not None
+    return f"{row[0]}:{row[1]}"
+
+
+# -- the undo ------------------------------------------------------------------------------------------------
+
+def undo(conn: psycopg.Connection, record: dict[str, Any], checkpoint: dict[str, Any], force: bool,
+         lock_timeout: float = 5.0) -> tuple[list[str], list[str], list[str]]:
+    """Undo ``record`` in one transaction: (conflicts, what was done, problems). With conflicts (and not
+    ``force``) or problems, the transaction is rolled back and production is as it was."""
+    conflicts: list[str] = []
+    done: list[str] = []
+    problems: list[str] = []
+    try:
+        with conn.transaction():
+            conn.execute(f"SET LOCAL lock_timeout = {max(1, int(lock_timeout * 1000))}")
+            set_read_settings(conn)
+            for table, rows in sorted(record["tables"].items()):
+                _undo_rows(conn, table, rows, force, conflicts, done)
+            for obj in sorted(record["objects"], key=lambda o: DROP_ORDER.index(o["kind"])):
+                _drop(conn, obj, force, conflicts, done)
+            if conflicts and not force:
+                raise psycopg.Rollback()
+            problems = _verify(conn, record, checkpoint)
+            if problems:
+                raise psycopg.Rollback()
+    except psycopg.errors.LockNotAvailable:
+        problems = [f"a lock the undo needs was held longer than {lock_timeout:g} s by another session; nothing "
+                    "was changed — retry when production is less busy"]
+    return conflicts, done, problems
+
+
+def _undo_rows(conn: psycopg.Connection, table: str, rows: dict[str, Any], force: bool, conflicts: list[str],
+               done: list[str]) -> None:
+    key, b_cols, a_cols = rows["key"], rows["before_columns"], rows["after_columns"]
+    every = [r[0] for r in rows["insert"]] + [r[0] for r in rows["update"]] + [r[0] for r in rows["delete"]]
+    now_a = _read(conn, table, key, every, a_cols) if _columns_exist(conn, table, a_cols) else {}
+    now_b = _read(conn, table, key, every, b_cols)
+    delete: list[str] = []
+    put_back: list[dict[str, Any]] = []
+    reinsert: list[dict[str, Any]] = []
+    for k, post in rows["insert"]:
+        if k in now_b and (now_a.get(k, (None,))[0] != post):
+            conflicts.append(f"{table} row {k}: inserted by the run, changed by someone since")
+        if k in now_b and (force or now_a.get(k, (None,))[0] == post):
+            delete.append(k)
+    for k, pre, post, old in rows["update"]:
+        if now_a.get(k, (None,))[0] == post or (force and now_b.get(k, (None,))[0] != pre):
+            if now_a.get(k, (None,))[0] != post:
+                conflicts.append(f"{table} row {k}: updated by the run, changed by someone since")
+            (put_back if k in now_b else reinsert).append(json.loads(old))
+        elif now_b.get(k, (None,))[0] != pre:
+            conflicts.append(f"{table} row {k}: updated by the run, changed by someone since")
+    for k, pre, old in rows["delete"]:
+        if k not in now_b:
+            reinsert.append(json.loads(old))
+        elif now_b[k][0] != pre:
+            conflicts.append(f"{table} row {k}: deleted by the run, written again by someone since")
+            if force:
+                delete.append(k)
+                reinsert.append(json.loads(old))
+    _apply_rows(conn, table, key, b_cols, delete, put_back, reinsert)
+    if delete or put_back or reinsert:
+        done.append(f"{table}: {len(delete)} row(s) deleted, {len(put_back)} put back, {len(reinsert)} re-inserted")
+
+
+def _apply_rows(conn: psycopg.Connection, table: str, key: list[str], b_cols: list[str],
+                delete: list[str], put_back: list[dict[str, Any]], reinsert: list[dict[str, Any]]) -> None:
+    target = sql.SQL(table)
+    if delete:
+        conn.execute(sql.SQL("DELETE FROM {t} t WHERE {w}").format(t=target, w=_by_keys(key, table, delete)))
+    writable = _writable(conn, table, b_cols)
+    if put_back:
+        settable = [c for c in writable if c not in key]
+        if settable:
+            conn.execute(sql.SQL("UPDATE {t} t SET ({cols}) = (SELECT {rcols}) FROM json_populate_recordset("
+                                 "NULL::{t}, {rows}) r WHERE {match}").format(
+                t=target, cols=_idents(settable), rcols=_idents(settable, "r."), rows=sql.Literal(json.dumps(put_back)),
+                match=sql.SQL(" AND ").join(sql.SQL("t.{c} = r.{c}").format(c=sql.Identifier(c)) for c in key)))
+    if reinsert:
+        conn.execute(sql.SQL("INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE SELECT {rcols} FROM "
+                             "json_populate_recordset(NULL::{t}, {rows}) r").format(
+            t=target, cols=_idents(writable), rcols=_idents(writable, "r."), rows=sql.Literal(json.dumps(reinsert))))
+
+
+def _idents(columns: list[str], prefix: str = "") -> sql.Composable:
+    return sql.SQL(", ").join(sql.SQL(prefix) + sql.Identifier(c) for c in columns)
+
+
+def _writable(conn: psycopg.Connection, table: str, columns: list[str]) -> list[str]:
+    """``columns`` less the generated ones (their values follow from the others)."""
+    generated = {r[0] for r in conn.execute("SELECT attname::text FROM pg_attribute WHERE attrelid = %s::regclass "
+                                            "AND attgenerated <> ''", [table])}
+    return [c for c in columns if c not in generated]
+
+
+def _columns_exist(conn: psycopg.Connection, table: str, columns: list[str]) -> bool:
+    have = {r[0] for r in conn.execute("SELECT attname::text FROM pg_attribute WHERE attrelid = %s::regclass "
+                                       "AND attnum > 0 AND NOT attisdropped", [table])}
+    return set(columns) <= have
+
+
+def _drop(conn: psycopg.Connection, obj: dict[str, Any], force: bool, conflicts: list[str], done: list[str]) -> None:
+    kind, name, table = obj["kind"], obj["name"], obj.get("table")
+    if not _exists(conn, kind, name, table, obj.get("column")):
+        return  # already undone
+    if kind == "column" and column_digest(conn, str(table), obj["column"]) != obj.get("digest"):
+        conflicts.append(f"column {name}: added by the run, written to by someone since")
+        if not force:
+            return
+    if kind == "table" and table_digest(conn, name, obj.get("columns") or []) != obj.get("digest"):
+        conflicts.append(f"table {name}: added by the run, written to by someone since")
+        if not force:
+            return
+    statement = {
+        "column": sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(sql.SQL(str(table)), sql.SQL(obj.get("column", ""))),
+        "constraint": sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(sql.SQL(str(table)),
+                                                                          sql.SQL(split_name(name)[-1])),
+        "materialized_view": sql.SQL("DROP MATERIALIZED VIEW {}").format(sql.SQL(name)),
+    }.get(kind, sql.SQL("DROP {} {}").format(sql.SQL(kind.upper()), sql.SQL(name)))
+    conn.execute(statement)
+    done.append(f"dropped {kind} {name}")
+
+
+def _exists(conn: psycopg.Connection, kind: str, name: str, table: str | None, column: str | None) -> bool:
+    if kind == "column":
+        return column is not None and table is not None and _columns_exist(conn, table, [_unquoted(column)])
+    if kind == "constraint":
+        row = conn.execute("SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%s) AND quote_ident(conname) = %s",
+                           [table, split_name(name)[-1]]).fetchone()
+        return row is not None
+    if kind in ("function", "procedure"):
+        return conn.execute("SELECT to_regprocedure(%s)", [name]).fetchone() not in (None, (None,))
+    return conn.execute("SELECT to_regclass(%s)", [name]).fetchone() not in (None, (None,))
+
+
+def _unquoted(part: str) -> str:
+    return part[1:-1].replace('""', '"') if part.startswith('"') else part
+
+
+def _verify(conn: psycopg.Connection, record: dict[str, Any], checkpoint: dict[str, Any]) -> list[str]:
+    """Inside the undo's transaction: every captured row as it was, the catalog as the checkpoint's."""
+    problems: list[str] = []
+    for table, rows in sorted(record["tables"].items()):
+        keys = [r[0] for r in rows["insert"]] + [r[0] for r in rows["update"]] + [r[0] for r in rows["delete"]]
+        now = _read(conn, table, rows["key"], keys, rows["before_columns"])
+        wrong = [k for k, *_ in rows["insert"] if k in now]
+        wrong += [k for k, pre, *_ in rows["update"] + rows["delete"] if now.get(k, (None,))[0] != pre]
+        if wrong:
+            problems.append(f"{table}: {len(wrong)} row(s) not as they were before the run (e.g. {wrong[0]})")
+    seen = observe(conn, with_data=False)["objects"]
+    want = checkpoint["objects"]
+    for kind in sorted(set(seen) | set(want)):
+        a, b = _catalog(want.get(kind, {}), kind), _catalog(seen.get(kind, {}), kind)
+        for name in sorted(set(a) ^ set(b)):
+            problems.append(f"{kind} {name} {'is missing' if name in a else 'is still there'}")
+        for name in sorted(set(a) & set(b)):
+            if a[name] != b[name]:
+                problems.append(f"{kind} {name} differs from the checkpoint")
+    return problems[:20]
+
+
+def _catalog(objects: dict[str, Any], kind: str) -> dict[str, Any]:
+    if kind != "sequence":
+        return objects
+    return {name: {k: v for k, v in props.items() if k not in SEQUENCE_POSITION} for name, props in objects.items()}

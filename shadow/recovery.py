@@ -27,6 +27,7 @@ from shadow.production import restore_all
 from shadow.result import RunResult, TargetResult, new_run_id
 from shadow.session import DEFAULT_LOCK_TIMEOUT, Progress, Session, make_targets, quiet
 from shadow.settings import Settings
+from shadow.undoing import undo_run, why_not
 
 
 def recover(settings: Settings | None = None, progress: Progress = quiet,
@@ -184,12 +185,31 @@ def _settle(session: Session, record: RunRecord, targets: dict[str, Target]) -> 
         if settled is not None:
             return settled
     checkpoints = {n: Checkpoint.from_dict(session.store.read_manifest(source, n)) for n in targets}
+    if record.command == "rollback":
+        undone = _undo_again(session, targets, checkpoints, source)
+        if undone is not None:
+            return undone
     failures = restore_all(session, targets, checkpoints)
     if failures:
         return Outcome.RESTORE_FAILED, Ending(Outcome.RESTORE_FAILED, "RECOVERY FAILED: " + " | ".join(
             str(f) for f in failures), failures[0])
     return (Outcome.ROLLED_BACK if record.command == "apply" else Outcome.RESTORED,
             Ending(Outcome.RECOVERED, f"production restored to the checkpoint of run {source} and verified"))
+
+
+def _undo_again(session: Session, targets: dict[str, Target], checkpoints: dict[str, Checkpoint],
+                source: str) -> tuple[Outcome, Ending] | None:
+    """A killed rollback of a run that can be undone change by change is undone again (the undo is one
+    transaction and idempotent: what it already put back is left alone); None: restore the checkpoint instead."""
+    why, records = why_not(session, targets, source)
+    if why is not None:
+        return None
+    ending = undo_run(session, targets, checkpoints, records, source, force=False)
+    if ending.outcome is Outcome.RESTORED:
+        return Outcome.RESTORED, Ending(Outcome.RECOVERED, ending.reason)
+    return Outcome.REFUSED, Ending(Outcome.RECOVERED, f"the killed rollback changed nothing (its undo is one "
+                                   f"transaction); undoing run {source} now was refused — {ending.reason}; run "
+                                   f"`shadow rollback {source}` again")
 
 
 def _settle_transaction(session: Session, t: Target, record: RunRecord) -> tuple[Outcome, Ending] | None:

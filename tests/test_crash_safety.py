@@ -460,3 +460,90 @@ def test_recover_refuses_when_it_cannot_make_sure_the_action_stopped(production:
     assert "production was left as it is" in refused.err
     assert production.fingerprint() == checkpoint
     assert shadow(tmp_path, production, "plan", state="far").code == 3  # still unsettled: new work waits
+
+
+# An SQL migration that runs in one transaction: its apply keeps an undo record and its rollback undoes only the
+# run's own rows and objects (issue 15, item 6).
+MIGRATE_SQL = """
+ALTER TABLE users ADD COLUMN nickname text;
+UPDATE users SET nickname = lower(full_name), full_name = upper(full_name) WHERE id <= 40;
+DELETE FROM orders WHERE user_id = 7;
+"""
+
+PLAN_SQL = """
+targets: {app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}}
+action: {sql: migrate.sql}
+expect:
+  app:
+    must: ["add column public.users.nickname"]
+    may: ["update rows public.users", "delete rows public.orders"]
+policy: {rehearse_rollback: false}
+"""
+
+
+def test_sigkill_at_every_transition_of_an_undo_then_recover(production: Production, tmp_path: Path) -> None:
+    """Killed anywhere in a change-by-change rollback, `recover` finishes the undo: production ends at the
+    checkpoint (the undo is one transaction and idempotent), never half undone."""
+    write_plan(tmp_path, PLAN_SQL, {"migrate.sql": MIGRATE_SQL})
+    checkpoint = production.fingerprint()
+    applied = shadow(tmp_path, production, "apply", "--json")
+    assert applied.code == 0, applied.err
+    import json
+
+    run_id = json.loads(applied.out)["run_id"]
+    rehearsed = production.fingerprint()
+    points = transitions(tmp_path, production, "rollback", run_id)
+    assert any(p.startswith("begin undo") for p in points), points
+    assert production.fingerprint() == checkpoint
+
+    outcomes = {}
+    for point in range(1, len(points) + 1):
+        production.reset()
+        with psycopg.connect(production.dsn, autocommit=True) as conn:  # the applied state, by the same SQL
+            conn.execute(MIGRATE_SQL)
+        assert production.fingerprint() == rehearsed
+        killed = shadow(tmp_path, production, "rollback", run_id, "--force",  # it was rolled back before
+                        env={"SHADOW_FAULT_KILL_AT": str(point)})
+        assert killed.code == -signal.SIGKILL, (points[point - 1], killed.err)
+        recovered = shadow(tmp_path, production, "recover")
+        assert recovered.code == 0 and "Traceback" not in recovered.err, recovered.err
+        now = production.fingerprint()
+        assert now in (checkpoint, rehearsed), f"killed at {points[point - 1]!r}: production is neither"
+        outcomes[points[point - 1]] = "checkpoint" if now == checkpoint else "applied state"
+    print(f"\ncovered {len(points)} kill points of an undo: " +
+          ", ".join(f"{p} → {o}" for p, o in outcomes.items()))
+    assert "checkpoint" in outcomes.values()
+
+
+def test_sigkill_at_every_transition_of_a_transactional_apply_keeps_its_undo(production: Production,
+                                                                             tmp_path: Path) -> None:
+    """The undo record is kept inside the apply's transaction, before COMMIT: wherever the apply is killed,
+    production is at the checkpoint or has the change — and then `shadow rollback` undoes it change by change."""
+    import json
+
+    write_plan(tmp_path, PLAN_SQL, {"migrate.sql": MIGRATE_SQL})
+    checkpoint = production.fingerprint()
+    points = transitions(tmp_path, production, "apply")
+    rehearsed = production.fingerprint()
+    outcomes = {}
+    for point in range(1, len(points) + 1):
+        production.reset()
+        state = f"state{point}"
+        killed = shadow(tmp_path, production, "apply", "--json", env={"SHADOW_FAULT_KILL_AT": str(point)},
+                        state=state)
+        assert killed.code == -signal.SIGKILL, (points[point - 1], killed.err)
+        recovered = shadow(tmp_path, production, "recover", "--json", state=state)
+        assert recovered.code == 0 and "Traceback" not in recovered.err, recovered.err
+        now = production.fingerprint()
+        assert now in (checkpoint, rehearsed), f"killed at {points[point - 1]!r}: production is neither"
+        outcomes[points[point - 1]] = "checkpoint" if now == checkpoint else "applied"
+        if now == rehearsed:
+            run_id = next(p.name for p in (tmp_path / state / "runs").iterdir() if (p / "run.json").exists()
+                          and json.loads((p / "run.json").read_text()).get("command") == "apply")
+            rolled = shadow(tmp_path, production, "rollback", run_id, "--json", state=state)
+            assert rolled.code == 0, (points[point - 1], rolled.out + rolled.err)
+            assert "other sessions' writes since were kept" in json.loads(rolled.out)["reason"]
+            assert production.fingerprint() == checkpoint
+    print(f"\ncovered {len(points)} kill points of a transactional apply: " +
+          ", ".join(f"{p} → {o}" for p, o in outcomes.items()))
+    assert set(outcomes.values()) == {"checkpoint", "applied"}

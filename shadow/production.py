@@ -12,7 +12,8 @@ from typing import Any
 from adapters import Checkpoint, ShadowCopy, SqlTarget, Target
 from shadow.action import ActionResult, run_action, session_tag
 from shadow.errors import ActionFailed, RestoreFailed, ShadowError, SnapshotCorrupt, SqlError
-from shadow.judge import compare_change_sets
+from shadow.changes import Change
+from shadow.judge import compare_change_sets, judge, moved_counts
 from shadow.outcome import Ending, Outcome
 from shadow.plan import Plan
 from shadow.result import addresses
@@ -159,7 +160,7 @@ def apply_in_one_transaction(session: Session, plan_: Plan, statements: list[Sta
         try:
             problems, tr.production_changes = t.apply_sql_verified(
                 statements, plan_.action.timeout, checkpoint, shadow,
-                lambda changes: compare_change_sets(tr.changes, changes), on_begin,
+                lambda changes: _judge_in_transaction(session, plan_, t.name, changes), on_begin,
                 tag=session_tag(result.run_id), lock_timeout=plan_.policy.lock_timeout,
                 lock_retries=plan_.policy.lock_retries, waited=lambda text: _waited(session, tr, text),
                 keep=lambda record: session.store.write_undo(result.run_id, t.name, record))
@@ -184,6 +185,21 @@ def apply_in_one_transaction(session: Session, plan_: Plan, statements: list[Sta
                   "writes since the checkpoint were not touched", "transaction": "rolled back"}
     return Ending(Outcome.ROLLED_BACK, f"{cause}; the transaction was rolled back — production was never changed by "
                   "this run")
+
+
+def _judge_in_transaction(session: Session, plan_: Plan, name: str, changes: list[Change]) -> list[str]:
+    """Inside the apply's transaction: production's own change set against the rehearsal's — and, where the
+    data moved on since the checkpoint (a backfill now touching rows others added), against the plan's
+    expectations, with both figures in the report."""
+    tr = session.result.targets[name]
+    problems = compare_change_sets(tr.changes, changes)
+    moved = moved_counts(tr.changes, changes)
+    if moved and not problems:
+        failing = [v for v in judge(name, changes, plan_.expect[name], None) if not v.ok and v.rule != "check"]
+        problems = [f"{v.subject}: {v.message} (the data moved on since the checkpoint)" for v in failing]
+        if not problems:
+            tr.warnings += [f"judged against the plan's expectations, not the rehearsal's count: {m}" for m in moved]
+    return problems
 
 
 def _settled_by_the_server(t: SqlTarget, began: list[int], exc: ShadowError, seconds: float) -> ActionResult:

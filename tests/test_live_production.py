@@ -251,3 +251,39 @@ def test_rollback_full_restores_the_whole_checkpoint(prod_db: ProdDb, shadow_cli
     assert "the whole checkpoint is restored: --full" in _warnings(_report(rolled))
     assert prod_db.scalar("SELECT count(*) FROM users WHERE full_name = 'x'") == 0
     assert _oid(prod_db, "users") != checkpoint_oid  # the replayed dump re-created it
+
+
+def test_a_backfill_whose_data_moved_on_is_judged_against_the_expectations_with_both_figures(
+        live_db: ProdDb, shadow_cli, tmp_path: Path):
+    """The application adds rows the backfill also updates between the checkpoint and the apply: production's
+    count differs from the rehearsal's for a legitimate reason. The change must still happen, its count is judged
+    against the plan's `rows:` expectation, and the report shows both figures (item 3)."""
+    plan = write_plan(tmp_path, f"""
+version: 1
+targets:
+  app: {{kind: postgres, dsn: "{live_db.dsn}"}}
+action:
+  sql: migrate.sql
+expect:
+  app:
+    may: [update rows public.events]
+    rows:
+      public.events: {{updated: ">= 1", inserted: 0, deleted: 0}}
+policy:
+  rehearse_rollback: false
+""", {"migrate.sql": "UPDATE events SET note = note || ' (checked)' WHERE note LIKE 'writer%';\n"})
+    with Writer(live_db.dsn, "events", tmp_path / "writes.jsonl", every=0.01, inserts_only=True) as writer:
+        result = shadow_cli("apply", "-f", str(plan), "--json")
+        writer.stop()
+    assert result.code == 0, result.text
+    report = _report(result)
+    warning = _warnings(report)
+    assert "judged against the plan's expectations, not the rehearsal's count: update rows public.events: " \
+           "rehearsal" in warning and "production" in warning
+    [target] = report["targets"]
+    [change] = target["production_changes"]
+    assert change["detail"]["data_moved"] is True
+    checked = live_db.scalar("SELECT count(*) FROM events WHERE note LIKE 'writer% (checked)'")
+    assert checked == change["detail"]["count"]  # the transaction's own effect, exactly
+    kept = {w["id"] for w in writer.writes()}
+    assert live_db.scalar(f"SELECT count(*) FROM events WHERE id = ANY(ARRAY{sorted(kept)}::bigint[])") == len(kept)

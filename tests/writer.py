@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         while not stop and time.monotonic() < deadline:
             n += 1
             try:
-                _one_write(conn, table, mine, rng, n, log)
+                _one_write(conn, table, mine, rng, n, log, args.inserts_only)
             except psycopg.errors.LockNotAvailable:
                 pass
             except psycopg.OperationalError:
@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_write(conn: psycopg.Connection, table: sql.Composable, mine: list[int], rng: random.Random, n: int,
-               log: Any) -> None:
-    roll = rng.random()
+               log: Any, inserts_only: bool = False) -> None:
+    roll = 0.0 if inserts_only else rng.random()
     note = f"writer {n}"
     if roll < 0.6 or len(mine) < 3:
         row = conn.execute(sql.SQL("INSERT INTO {} (note) VALUES (%s) RETURNING id").format(table), [note]).fetchone()
@@ -84,16 +84,19 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--every", type=float, default=0.02, help="seconds between writes")
     p.add_argument("--seconds", type=float, default=120.0, help="stop after this long at the latest")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--inserts-only", action="store_true", help="only insert (never touch a row twice)")
     return p.parse_args(argv)
 
 
 class Writer:
     """A running writer process (see the module docstring)."""
 
-    def __init__(self, dsn: str, table: str, log: Path, every: float = 0.02, seconds: float = 120.0) -> None:
+    def __init__(self, dsn: str, table: str, log: Path, every: float = 0.02, seconds: float = 120.0,
+                 inserts_only: bool = False) -> None:
         self.table, self.log = table, log
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.writer", dsn, table, str(log), "--every",
-                                      str(every), "--seconds", str(seconds)],
+                                      str(every), "--seconds", str(seconds),
+                                      *(["--inserts-only"] if inserts_only else [])],
                                      cwd=Path(__file__).resolve().parent.parent)
         deadline = time.monotonic() + 30
         while not self.writes() and time.monotonic() < deadline:  # running and committing before the test goes on

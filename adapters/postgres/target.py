@@ -255,6 +255,7 @@ class PostgresTarget:
                 read_text_as_str(pristine)
                 rows, uncounted = own_effect.rows_changed(conn, pristine, checkpoint.observation, before, after)
                 seen[:] = diff(before.observation, after, rows) + uncounted
+                own_effect.mark_moved(seen, before)
                 problems = judge(seen)
                 if not problems and keep is not None:  # still inside the transaction: kept before COMMIT
                     keep(undo.capture(conn, own_effect.rows_before(conn, pristine, before), before.observation,

@@ -146,9 +146,12 @@ class SqlTarget(Protocol):
     """A target an SQL action runs on: statements, in one transaction verified before COMMIT when they allow it."""
 
     def execute_sql(self, endpoint: Endpoint, statements: list[Any], timeout: float,
-                    trace: list[dict[str, Any]] | None = None, tag: str = "") -> str:
+                    trace: list[dict[str, Any]] | None = None, tag: str = "", lock_timeout: float | None = None,
+                    lock_retries: int = 0, waited: Callable[[str], None] | None = None) -> str:
         """Run an SQL action's statements on ``endpoint``; return how ("transaction" | "autocommit"). ``tag``
-        names the sessions that run them, for :meth:`Target.end_sessions`."""
+        names the sessions that run them, for :meth:`Target.end_sessions`. ``lock_timeout``: a statement waits
+        at most that long for a lock, then is tried again up to ``lock_retries`` times, each wait told to
+        ``waited``."""
 
     def atomic_blocker(self, statements: list[Any]) -> Any:
         """The first statement that cannot run inside a transaction, or None when all can."""

@@ -113,17 +113,21 @@ def finished(text: str, error: str | None, log_path: Path, start: float, mode: s
 
 def run_action(plan: Plan, statements: list[Statement], endpoints: Mapping[str, Endpoint], targets: Mapping[str, Any],
                caller_env: Mapping[str, str], log_path: Path, launch: Launch, sandbox: Any = None,
-               production: bool = False) -> ActionResult:
+               production: bool = False, waited: Callable[[str], None] | None = None) -> ActionResult:
     """Run the action once against ``endpoints`` — in ``sandbox`` (a :class:`shadow.sandbox.Sandbox`) when the
-    plan isolates it in a container. SQL errors propagate as :class:`SqlError`."""
+    plan isolates it in a container. SQL errors propagate as :class:`SqlError`. On production an SQL action's
+    statements wait at most ``policy.lock_timeout`` for a lock and are tried again ``policy.lock_retries`` times,
+    each wait told to ``waited``."""
     action = plan.action
     if action.sql_files:
         assert action.sql_target is not None
         start = time.monotonic()
         trace: list[dict[str, Any]] | None = None if production else []
         try:
+            patience: dict[str, Any] = {"lock_timeout": plan.policy.lock_timeout,
+                                        "lock_retries": plan.policy.lock_retries, "waited": waited} if production else {}
             mode = targets[action.sql_target].execute_sql(endpoints[action.sql_target], statements, action.timeout,
-                                                          trace, tag=session_tag(launch.run_id))
+                                                          trace, tag=session_tag(launch.run_id), **patience)
         except ActionFailed as exc:
             return ActionResult(False, time.monotonic() - start, "sql", str(exc), locks=trace)
         return ActionResult(True, time.monotonic() - start, mode, locks=trace)

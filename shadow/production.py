@@ -102,13 +102,15 @@ def _apply_and_verify(session: Session, plan_: Plan, statements: list[Statement]
     failure or a divergence. ``None``: production changed as rehearsed."""
     result = session.result
     endpoints = {n: t.endpoint() for n, t in targets.items()}
+    sql_tr = result.targets.get(plan_.action.sql_target or "")
+    waited = (lambda text: _waited(session, sql_tr, text)) if sql_tr is not None else None
     undo = f"restore every target from the checkpoints of run {result.run_id} (shadow rollback {result.run_id})"
     with session.step("apply", undo=undo) as step:
         start = time.monotonic()
         try:
             result.production = run_action(plan_, statements, endpoints, targets, session.settings.environ,
                                            session.dir / "action-apply.log", session.launch(), sandbox,
-                                           production=True)
+                                           production=True, waited=waited)
         except SqlError as exc:
             result.production = ActionResult(False, time.monotonic() - start, "sql", str(exc))
         if not result.production.ok:

@@ -287,3 +287,21 @@ policy:
     assert checked == change["detail"]["count"]  # the transaction's own effect, exactly
     kept = {w["id"] for w in writer.writes()}
     assert live_db.scalar(f"SELECT count(*) FROM events WHERE id = ANY(ARRAY{sorted(kept)}::bigint[])") == len(kept)
+
+
+def test_a_statement_by_statement_apply_waits_for_a_lock_a_bounded_time_too(live_db: ProdDb, shadow_cli,
+                                                                           tmp_path: Path):
+    plan = _plan(tmp_path, live_db, "ALTER TABLE users ADD COLUMN nickname text;\n"
+                                    "CREATE INDEX CONCURRENTLY users_nickname_idx ON users (nickname);\n",
+                 "add column public.users.nickname, add index public.users_nickname_idx")
+    plan.write_text(plan.read_text().replace("policy:\n", "policy:\n  lock_timeout: 200ms\n  lock_retries: 1\n"))
+    with live_db.connect() as reader:
+        reader.autocommit = False
+        reader.execute("SELECT count(*) FROM users")  # holds ACCESS SHARE on users until it ends
+        result = shadow_cli("apply", "-f", str(plan), "--json")
+        reader.rollback()
+    assert result.code == 1, result.text
+    report = _report(result)
+    assert report["outcome"] == "rolled_back" and "production is busy" in report["reason"]
+    assert "retry 1 of 1" in _warnings(report)
+    assert live_db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nickname'") == 0

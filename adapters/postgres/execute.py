@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import psycopg
@@ -21,10 +22,13 @@ from shadow.errors import ActionFailed, SqlError, TargetUnreachable
 from shadow.sqlsplit import Statement, forces_autocommit
 
 def execute(dsn: str, statements: list[Statement], timeout: float, target: str,
-            trace: list[dict[str, Any]] | None = None, tag: str = "") -> str:
+            trace: list[dict[str, Any]] | None = None, tag: str = "", lock_timeout: float | None = None,
+            retries: int = 0, waited: Callable[[str], None] | None = None) -> str:
     """Run ``statements``; return ``"transaction"`` or ``"autocommit"`` (how they ran). With ``trace`` (a list),
     record per statement the locks it took and the tables it rewrote (see :mod:`adapters.postgres.locks`).
-    ``tag`` names the session (``application_name``) so that a killed run's statement can be found and ended."""
+    ``tag`` names the session (``application_name``) so that a killed run's statement can be found and ended.
+    ``lock_timeout``: a statement waits at most that long for a lock; then it (statement by statement) or the
+    whole transaction is rolled back and tried again, up to ``retries`` times, each wait told to ``waited``."""
     deadline = time.monotonic() + timeout
     one_transaction = not any(forces_autocommit(s) for s in statements)
     try:
@@ -32,23 +36,45 @@ def execute(dsn: str, statements: list[Statement], timeout: float, target: str,
     except psycopg.OperationalError as exc:
         raise TargetUnreachable(f"cannot connect: {_first_line(exc)}", target=target) from exc
     tracer = LockTracer(conn, dsn, one_transaction) if trace is not None else None
+    if lock_timeout is not None:
+        conn.execute(f"SET lock_timeout = {max(1, int(lock_timeout * 1000))}")
 
-    def run_all() -> None:
-        for st in statements:
-            if tracer:
-                tracer.before(st)
-            _run(conn, st, deadline, target)
-            if tracer:
-                tracer.after()
+    def patiently(step: Callable[[], None]) -> None:
+        """``step`` (atomic: a transaction, or one autocommit statement), tried again when it gave up waiting."""
+        for attempt in range(retries + 1):
+            try:
+                step()
+                return
+            except BUSY as exc:
+                busy = _busy(exc, lock_timeout or 0)
+                if attempt == retries:
+                    raise ActionFailed(f"{busy}, {retries + 1} time(s); production is busy: retry later, or raise "
+                                       "policy.lock_timeout / policy.lock_retries", target=target) from exc
+                pause = min(8.0, 0.5 * 2 ** attempt)
+                if waited is not None:
+                    waited(f"{busy}; rolled back, trying again in {pause:g} s (retry {attempt + 1} of {retries})")
+                time.sleep(pause)
+
+    def run_one(st: Statement) -> None:
+        if tracer:
+            tracer.before(st)
+        _run(conn, st, deadline, target)
+        if tracer:
+            tracer.after()
+
+    def all_in_one() -> None:
+        with conn.transaction():
+            for st in statements:
+                run_one(st)
+            _check_deferred(conn, statements, target)
 
     with conn:
         try:
             if one_transaction:
-                with conn.transaction():
-                    run_all()
-                    _check_deferred(conn, statements, target)
+                patiently(all_in_one)
             else:
-                run_all()
+                for st in statements:
+                    patiently(partial(run_one, st))
         except psycopg.OperationalError as exc:
             if isinstance(exc, pgerrors.QueryCanceled):
                 raise ActionFailed(f"the SQL action timed out after {timeout:g} s", target=target) from exc

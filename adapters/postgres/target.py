@@ -220,9 +220,10 @@ class PostgresTarget:
 
     # -- production ---------------------------------------------------------------------------------------
     def execute_sql(self, endpoint: Endpoint, statements: list[Statement], timeout: float,
-                    trace: list[dict[str, Any]] | None = None, tag: str = "") -> str:
+                    trace: list[dict[str, Any]] | None = None, tag: str = "", lock_timeout: float | None = None,
+                    lock_retries: int = 0, waited: Callable[[str], None] | None = None) -> str:
         assert endpoint.dsn is not None
-        return execute(endpoint.dsn, statements, timeout, self.name, trace, tag)
+        return execute(endpoint.dsn, statements, timeout, self.name, trace, tag, lock_timeout, lock_retries, waited)
 
     def end_sessions(self, tag: str) -> int:
         """End production's sessions named ``tag`` (a killed run's) and wait until they are gone."""

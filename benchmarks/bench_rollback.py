@@ -84,6 +84,11 @@ class Timed:
     step: float
     report: dict[str, Any]
 
+    @property
+    def outside(self) -> float:
+        """Wall seconds spent outside every step: interpreter, imports, plan load, locks, journal, report."""
+        return self.wall - sum(float(s["seconds"]) for s in self.report.get("steps", []))
+
 
 def build(server: LocalCluster, dsn: str, scale: int) -> str:
     """Fill production with pgbench's tables; say how."""
@@ -259,10 +264,10 @@ def main() -> None:
     first = surgical[counts[0]]
     print(f"\n=== rollback of a run that updated {counts[0]:,} rows of pgbench_{args.table}, "
           f"{size / 2**20:.1f} MiB database (scale {args.scale}), best of {args.repeat} ===")
-    print(f"{'':<38}{'wall s':>8}{'step s':>8}")
+    print(f"{'':<38}{'wall s':>8}{'step s':>8}{'outside steps s':>17}")
     for rows, t in surgical.items():
-        print(f"{f'surgical rollback, {rows:,} rows':<38}{t.wall:8.2f}{t.step:8.2f}")
-    print(f"{f'full rollback (--full), {counts[0]:,} rows':<38}{full.wall:8.2f}{full.step:8.2f}")
+        print(f"{f'surgical rollback, {rows:,} rows':<38}{t.wall:8.2f}{t.step:8.2f}{t.outside:17.2f}")
+    print(f"{f'full rollback (--full), {counts[0]:,} rows':<38}{full.wall:8.2f}{full.step:8.2f}{full.outside:17.2f}")
     print(f"{'shadow --help (the CLI start alone)':<38}{floor:8.2f}")
     print(f"{'plain pg_dump -Fc':<38}{dumped:8.2f}")
     print(f"{'plain pg_restore into a new database':<38}{restored:8.2f}")

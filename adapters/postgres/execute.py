@@ -39,22 +39,6 @@ def execute(dsn: str, statements: list[Statement], timeout: float, target: str,
     if lock_timeout is not None:
         conn.execute(f"SET lock_timeout = {max(1, int(lock_timeout * 1000))}")
 
-    def patiently(step: Callable[[], None]) -> None:
-        """``step`` (atomic: a transaction, or one autocommit statement), tried again when it gave up waiting."""
-        for attempt in range(retries + 1):
-            try:
-                step()
-                return
-            except BUSY as exc:
-                busy = _busy(exc, lock_timeout or 0)
-                if attempt == retries:
-                    raise ActionFailed(f"{busy}, {retries + 1} time(s); production is busy: retry later, or raise "
-                                       "policy.lock_timeout / policy.lock_retries", target=target) from exc
-                pause = min(8.0, 0.5 * 2 ** attempt)
-                if waited is not None:
-                    waited(f"{busy}; rolled back, trying again in {pause:g} s (retry {attempt + 1} of {retries})")
-                time.sleep(pause)
-
     def run_one(st: Statement) -> None:
         if tracer:
             tracer.before(st)
@@ -70,11 +54,12 @@ def execute(dsn: str, statements: list[Statement], timeout: float, target: str,
 
     with conn:
         try:
+            patience = (retries, lock_timeout or 0.0, target, waited)
             if one_transaction:
-                patiently(all_in_one)
+                _patiently(all_in_one, *patience)
             else:
                 for st in statements:
-                    patiently(partial(run_one, st))
+                    _patiently(partial(run_one, st), *patience)
         except psycopg.OperationalError as exc:
             if isinstance(exc, pgerrors.QueryCanceled):
                 raise ActionFailed(f"the SQL action timed out after {timeout:g} s", target=target) from exc
@@ -83,6 +68,24 @@ def execute(dsn: str, statements: list[Statement], timeout: float, target: str,
             if tracer is not None and trace is not None:
                 trace.extend(tracer.finish())
     return "transaction" if one_transaction else "autocommit"
+
+
+def _patiently(step: Callable[[], None], retries: int, lock_timeout: float, target: str,
+               waited: Callable[[str], None] | None) -> None:
+    """``step`` (atomic: a transaction, or one autocommit statement), tried again when it gave up waiting."""
+    for attempt in range(retries + 1):
+        try:
+            step()
+            return
+        except BUSY as exc:
+            busy = _busy(exc, lock_timeout)
+            if attempt == retries:
+                raise ActionFailed(f"{busy}, {retries + 1} time(s); production is busy: retry later, or raise "
+                                   "policy.lock_timeout / policy.lock_retries", target=target) from exc
+            pause = min(8.0, 0.5 * 2 ** attempt)
+            if waited is not None:
+                waited(f"{busy}; rolled back, trying again in {pause:g} s (retry {attempt + 1} of {retries})")
+            time.sleep(pause)
 
 
 # A transaction that gave up waiting for a lock, or that REPEATABLE READ cannot serialise with a concurrent

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from adapters import Checkpoint, Target, Undoable
+from shadow.errors import SnapshotCorrupt
 from shadow.outcome import Ending, Outcome
 from shadow.session import Session
 
@@ -21,7 +22,10 @@ def why_not(session: Session, targets: dict[str, Target], run_id: str) -> tuple[
     for name, t in targets.items():
         if not isinstance(t, Undoable):
             return f"{t.kind} targets cannot undo a run's own change yet", records
-        record = session.store.read_undo(run_id, name)
+        try:
+            record = session.store.read_undo(run_id, name)
+        except SnapshotCorrupt as exc:
+            return f"the undo record of {name!r} is damaged ({exc})", records
         if record is None:
             return (f"run {run_id} kept no undo record for {name!r} (only an apply in one transaction keeps one)",
                     records)

@@ -212,18 +212,23 @@ def test_rollback_restores_production_after_a_successful_apply(prod_db, shadow_c
     assert not _column_exists(prod_db, "users", "email_verified")
 
 
-def test_rollback_refuses_when_production_changed_since_the_apply(prod_db, shadow_cli, tmp_path):
+def test_a_full_rollback_refuses_when_production_changed_since_the_apply_and_an_undo_keeps_the_write(
+        prod_db, shadow_cli, tmp_path):
     _safe(tmp_path)
     applied = shadow_cli("apply", env=_env(prod_db))
     run_id = applied.out.split("run ")[-1].split()[0]
     prod_db.execute("INSERT INTO audit_log VALUES (now(), 'a write after the apply')")
-    r = shadow_cli("rollback", run_id, env=_env(prod_db))
+    r = shadow_cli("rollback", run_id, "--full", env=_env(prod_db))
     assert r.code == 1, r.text
     assert "changed since run" in r.out
     assert _column_exists(prod_db, "users", "email_verified")
-    forced = shadow_cli("rollback", run_id, "--force", env=_env(prod_db))
-    assert forced.code == 0, forced.text
+    undone = shadow_cli("rollback", run_id, env=_env(prod_db))  # only the run's own change: the write stays
+    assert undone.code == 0, undone.text
     assert not _column_exists(prod_db, "users", "email_verified")
+    assert prod_db.scalar("SELECT count(*) FROM audit_log WHERE message = 'a write after the apply'") == 1
+    forced = shadow_cli("rollback", run_id, "--full", "--force", env=_env(prod_db))  # the whole checkpoint: it goes
+    assert forced.code == 0, forced.text
+    assert prod_db.scalar("SELECT count(*) FROM audit_log WHERE message = 'a write after the apply'") == 0
 
 
 def test_rollback_of_a_plan_run_is_refused_as_bad_input(prod_db, shadow_cli, tmp_path):
@@ -321,11 +326,13 @@ def test_rollback_refuses_a_corrupt_checkpoint_and_changes_nothing(prod_db, shad
     applied = shadow_cli("apply", env=_env(prod_db))
     run_id = applied.out.split("run ")[-1].split()[0]
     after_apply = prod_db.fingerprint()
-    (artifact,) = [p for p in (shadow_cli.state_dir / "snapshots" / "objects").rglob("*") if p.is_file()]
+    store = shadow_cli.state_dir / "snapshots"
+    manifest = json.loads((store / "manifests" / run_id / "app.json").read_text())
+    (artifact,) = [p for p in (store / "objects").rglob("*") if p.name == manifest["artifacts"]["dump"]["sha256"]]
     data = bytearray(artifact.read_bytes())
     data[len(data) // 2] ^= 0xFF
     artifact.write_bytes(bytes(data))
-    r = shadow_cli("rollback", run_id, env=_env(prod_db))
+    r = shadow_cli("rollback", run_id, "--full", env=_env(prod_db))  # the undo record would not need the dump
     assert r.code == 3, r.text
     assert "corrupt" in r.err and "nothing was restored" in r.err
     assert "Traceback" not in r.text
@@ -349,3 +356,19 @@ def test_role_filtered_by_row_level_security_is_refused_rather_than_miscounted(p
     r = shadow_cli("plan", env={"APP_DATABASE_URL": dsn})
     assert r.code == 3, r.text
     assert "row-level security" in r.err
+
+
+def test_a_damaged_undo_record_falls_back_to_restoring_the_checkpoint(prod_db, shadow_cli, tmp_path):
+    _safe(tmp_path)
+    before = prod_db.fingerprint()
+    applied = shadow_cli("apply", env=_env(prod_db))
+    run_id = applied.out.split("run ")[-1].split()[0]
+    store = shadow_cli.state_dir / "snapshots"
+    undo = json.loads((store / "manifests" / run_id / "app.undo.json").read_text())["undo"]
+    (artifact,) = [p for p in (store / "objects").rglob("*") if p.name == undo["sha256"]]
+    artifact.write_bytes(artifact.read_bytes()[:-1] + b"!")
+    r = shadow_cli("rollback", run_id, "--json", env=_env(prod_db))
+    assert r.code == 0, r.text
+    [target] = json.loads(r.out)["targets"]
+    assert any("the undo record of 'app' is damaged" in w for w in target["warnings"])
+    assert prod_db.fingerprint() == before

@@ -305,3 +305,20 @@ def test_a_statement_by_statement_apply_waits_for_a_lock_a_bounded_time_too(live
     assert report["outcome"] == "rolled_back" and "production is busy" in report["reason"]
     assert "retry 1 of 1" in _warnings(report)
     assert live_db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nickname'") == 0
+
+
+def test_an_undo_puts_rows_back_in_an_order_the_foreign_keys_accept(prod_db: ProdDb, shadow_cli, tmp_path: Path):
+    """The run deleted a user's orders, then the user: the undo re-inserts the user before its orders (and would
+    delete inserted orders before their user)."""
+    users, orders = _digest(prod_db, "users"), _digest(prod_db, "orders")
+    plan = _plan(tmp_path, prod_db, "DELETE FROM orders WHERE user_id = 7;\nDELETE FROM users WHERE id = 7;\n"
+                                    "INSERT INTO users (email, full_name) VALUES ('n@example.com', 'N');\n"
+                                    "INSERT INTO orders (user_id, total_cents, placed_at) "
+                                    "SELECT max(id), 5, now() FROM users;\n",
+                 "delete rows public.orders, delete rows public.users, insert rows public.users, "
+                 "insert rows public.orders")
+    applied = shadow_cli("apply", "-f", str(plan), "--json")
+    assert applied.code == 0, applied.text
+    rolled = shadow_cli("rollback", _report(applied)["run_id"], "--json")
+    assert rolled.code == 0, rolled.text
+    assert (_digest(prod_db, "users"), _digest(prod_db, "orders")) == (users, orders)

@@ -22,6 +22,7 @@ OIDs, same statistics, their rows as others wrote them.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -159,8 +160,7 @@ def undo(conn: psycopg.Connection, record: dict[str, Any], checkpoint: dict[str,
         with conn.transaction():
             conn.execute(f"SET LOCAL lock_timeout = {max(1, int(lock_timeout * 1000))}")
             set_read_settings(conn)
-            for table, rows in sorted(record["tables"].items()):
-                _undo_rows(conn, table, rows, force, conflicts, done)
+            _undo_all_rows(conn, record["tables"], force, conflicts, done)
             for obj in sorted(record["objects"], key=lambda o: DROP_ORDER.index(o["kind"])):
                 _drop(conn, obj, force, conflicts, done)
             if conflicts and not force:
@@ -174,57 +174,98 @@ def undo(conn: psycopg.Connection, record: dict[str, Any], checkpoint: dict[str,
     return conflicts, done, problems
 
 
-def _undo_rows(conn: psycopg.Connection, table: str, rows: dict[str, Any], force: bool, conflicts: list[str],
-               done: list[str]) -> None:
+@dataclass
+class _Plan:
+    """What undoing one table's rows takes: keys to delete, rows to put back, rows to re-insert."""
+
+    delete: list[str] = field(default_factory=list)
+    put_back: list[dict[str, Any]] = field(default_factory=list)
+    reinsert: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _undo_all_rows(conn: psycopg.Connection, tables: dict[str, Any], force: bool, conflicts: list[str],
+                   done: list[str]) -> None:
+    """Every table's rows, in an order foreign keys accept: deletes from referencing tables before the tables
+    they reference, then rows put back and re-inserted in referenced tables before the tables referencing them."""
+    plans = {table: _classify(conn, table, rows, force, conflicts) for table, rows in sorted(tables.items())}
+    parents_first = _fk_order(conn, list(plans))
+    for table in reversed(parents_first):
+        if plans[table].delete:
+            key = tables[table]["key"]
+            conn.execute(sql.SQL("DELETE FROM {t} t WHERE {w}").format(
+                t=sql.SQL(table), w=_by_keys(key, table, plans[table].delete)))
+    for table in parents_first:
+        _put_back(conn, table, tables[table]["key"], tables[table]["before_columns"], plans[table])
+    for table, plan in plans.items():
+        if plan.delete or plan.put_back or plan.reinsert:
+            done.append(f"{table}: {len(plan.delete)} row(s) deleted, {len(plan.put_back)} put back, "
+                        f"{len(plan.reinsert)} re-inserted")
+
+
+def _classify(conn: psycopg.Connection, table: str, rows: dict[str, Any], force: bool,
+              conflicts: list[str]) -> _Plan:
+    """Each captured row as the apply left it (undo it), as it was before (already undone: leave it), or neither
+    (a conflict: someone changed it since; undone only with ``force``)."""
     key, b_cols, a_cols = rows["key"], rows["before_columns"], rows["after_columns"]
     every = [r[0] for r in rows["insert"]] + [r[0] for r in rows["update"]] + [r[0] for r in rows["delete"]]
     now_a = _read(conn, table, key, every, a_cols) if _columns_exist(conn, table, a_cols) else {}
     now_b = _read(conn, table, key, every, b_cols)
-    delete: list[str] = []
-    put_back: list[dict[str, Any]] = []
-    reinsert: list[dict[str, Any]] = []
+    plan = _Plan()
+
+    def as_left(k: str, post: str) -> bool:
+        return now_a.get(k, ("", None))[0] == post
+
     for k, post in rows["insert"]:
-        if k in now_b and (now_a.get(k, (None,))[0] != post):
+        if k in now_b and not as_left(k, post):
             conflicts.append(f"{table} row {k}: inserted by the run, changed by someone since")
-        if k in now_b and (force or now_a.get(k, (None,))[0] == post):
-            delete.append(k)
+        if k in now_b and (force or as_left(k, post)):
+            plan.delete.append(k)
     for k, pre, post, old in rows["update"]:
-        if now_a.get(k, (None,))[0] == post or (force and now_b.get(k, (None,))[0] != pre):
-            if now_a.get(k, (None,))[0] != post:
+        if as_left(k, post) or (force and now_b.get(k, ("", None))[0] != pre):
+            if not as_left(k, post):
                 conflicts.append(f"{table} row {k}: updated by the run, changed by someone since")
-            (put_back if k in now_b else reinsert).append(json.loads(old))
-        elif now_b.get(k, (None,))[0] != pre:
+            (plan.put_back if k in now_b else plan.reinsert).append(json.loads(old))
+        elif now_b.get(k, ("", None))[0] != pre:
             conflicts.append(f"{table} row {k}: updated by the run, changed by someone since")
     for k, pre, old in rows["delete"]:
         if k not in now_b:
-            reinsert.append(json.loads(old))
+            plan.reinsert.append(json.loads(old))
         elif now_b[k][0] != pre:
             conflicts.append(f"{table} row {k}: deleted by the run, written again by someone since")
             if force:
-                delete.append(k)
-                reinsert.append(json.loads(old))
-    _apply_rows(conn, table, key, b_cols, delete, put_back, reinsert)
-    if delete or put_back or reinsert:
-        done.append(f"{table}: {len(delete)} row(s) deleted, {len(put_back)} put back, {len(reinsert)} re-inserted")
+                plan.delete.append(k)
+                plan.reinsert.append(json.loads(old))
+    return plan
 
 
-def _apply_rows(conn: psycopg.Connection, table: str, key: list[str], b_cols: list[str],
-                delete: list[str], put_back: list[dict[str, Any]], reinsert: list[dict[str, Any]]) -> None:
+def _fk_order(conn: psycopg.Connection, tables: list[str]) -> list[str]:
+    """``tables`` with every table after the tables its foreign keys reference (a cycle keeps its given order)."""
+    edges = {(str(child), str(parent)) for child, parent in conn.execute(
+        "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint WHERE contype = 'f'")}
+    ordered: list[str] = []
+    pending = list(tables)
+    while pending:
+        ready = [t for t in pending if not any((t, p) in edges for p in pending if p != t)] or pending[:1]
+        ordered += ready
+        pending = [t for t in pending if t not in ready]
+    return ordered
+
+
+def _put_back(conn: psycopg.Connection, table: str, key: list[str], b_cols: list[str], plan: _Plan) -> None:
     target = sql.SQL(table)
-    if delete:
-        conn.execute(sql.SQL("DELETE FROM {t} t WHERE {w}").format(t=target, w=_by_keys(key, table, delete)))
     writable = _writable(conn, table, b_cols)
-    if put_back:
-        settable = [c for c in writable if c not in key]
-        if settable:
-            conn.execute(sql.SQL("UPDATE {t} t SET ({cols}) = (SELECT {rcols}) FROM json_populate_recordset("
-                                 "NULL::{t}, {rows}) r WHERE {match}").format(
-                t=target, cols=_idents(settable), rcols=_idents(settable, "r."), rows=sql.Literal(json.dumps(put_back)),
-                match=sql.SQL(" AND ").join(sql.SQL("t.{c} = r.{c}").format(c=sql.Identifier(c)) for c in key)))
-    if reinsert:
+    settable = [c for c in writable if c not in key]
+    if plan.put_back and settable:
+        conn.execute(sql.SQL("UPDATE {t} t SET ({cols}) = (SELECT {rcols}) FROM json_populate_recordset("
+                             "NULL::{t}, {rows}) r WHERE {match}").format(
+            t=target, cols=_idents(settable), rcols=_idents(settable, "r."),
+            rows=sql.Literal(json.dumps(plan.put_back)),
+            match=sql.SQL(" AND ").join(sql.SQL("t.{c} = r.{c}").format(c=sql.Identifier(c)) for c in key)))
+    if plan.reinsert:
         conn.execute(sql.SQL("INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE SELECT {rcols} FROM "
                              "json_populate_recordset(NULL::{t}, {rows}) r").format(
-            t=target, cols=_idents(writable), rcols=_idents(writable, "r."), rows=sql.Literal(json.dumps(reinsert))))
+            t=target, cols=_idents(writable), rcols=_idents(writable, "r."),
+            rows=sql.Literal(json.dumps(plan.reinsert))))
 
 
 def _idents(columns: list[str], prefix: str = "") -> sql.Composable:

@@ -254,7 +254,7 @@ def _fk_order(conn: psycopg.Connection, tables: list[str]) -> list[str]:
 def _put_back(conn: psycopg.Connection, table: str, key: list[str], b_cols: list[str], plan: _Plan) -> None:
     target = sql.SQL(table)
     writable = _writable(conn, table, b_cols)
-    settable = [c for c in writable if c not in key]
+    settable = [c for c in writable if c not in key and c not in _always_identity(conn, table)]
     if plan.put_back and settable:
         conn.execute(sql.SQL("UPDATE {t} t SET ({cols}) = (SELECT {rcols}) FROM json_populate_recordset("
                              "NULL::{t}, {rows}) r WHERE {match}").format(
@@ -277,6 +277,12 @@ def _writable(conn: psycopg.Connection, table: str, columns: list[str]) -> list[
     generated = {r[0] for r in conn.execute("SELECT attname::text FROM pg_attribute WHERE attrelid = %s::regclass "
                                             "AND attgenerated <> ''", [table])}
     return [c for c in columns if c not in generated]
+
+
+def _always_identity(conn: psycopg.Connection, table: str) -> set[str]:
+    """Columns GENERATED ALWAYS AS IDENTITY: an UPDATE may not set them (an INSERT may, OVERRIDING SYSTEM VALUE)."""
+    return {r[0] for r in conn.execute("SELECT attname::text FROM pg_attribute WHERE attrelid = %s::regclass "
+                                       "AND attidentity = 'a'", [table])}
 
 
 def _columns_exist(conn: psycopg.Connection, table: str, columns: list[str]) -> bool:

@@ -464,13 +464,13 @@ def test_recover_refuses_when_it_cannot_make_sure_the_action_stopped(production:
 
 # An SQL migration that runs in one transaction: its apply keeps an undo record and its rollback undoes only the
 # run's own rows and objects (issue 15, item 6).
-MIGRATE_SQL = """
+UNDOABLE_SQL = """
 ALTER TABLE users ADD COLUMN nickname text;
 UPDATE users SET nickname = lower(full_name), full_name = upper(full_name) WHERE id <= 40;
 DELETE FROM orders WHERE user_id = 7;
 """
 
-PLAN_SQL = """
+UNDOABLE_PLAN = """
 targets: {app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}}
 action: {sql: migrate.sql}
 expect:
@@ -484,7 +484,7 @@ policy: {rehearse_rollback: false}
 def test_sigkill_at_every_transition_of_an_undo_then_recover(production: Production, tmp_path: Path) -> None:
     """Killed anywhere in a change-by-change rollback, `recover` finishes the undo: production ends at the
     checkpoint (the undo is one transaction and idempotent), never half undone."""
-    write_plan(tmp_path, PLAN_SQL, {"migrate.sql": MIGRATE_SQL})
+    write_plan(tmp_path, UNDOABLE_PLAN, {"migrate.sql": UNDOABLE_SQL})
     checkpoint = production.fingerprint()
     applied = shadow(tmp_path, production, "apply", "--json")
     assert applied.code == 0, applied.err
@@ -500,7 +500,7 @@ def test_sigkill_at_every_transition_of_an_undo_then_recover(production: Product
     for point in range(1, len(points) + 1):
         production.reset()
         with psycopg.connect(production.dsn, autocommit=True) as conn:  # the applied state, by the same SQL
-            conn.execute(MIGRATE_SQL)
+            conn.execute(UNDOABLE_SQL)
         assert production.fingerprint() == rehearsed
         killed = shadow(tmp_path, production, "rollback", run_id, "--force",  # it was rolled back before
                         env={"SHADOW_FAULT_KILL_AT": str(point)})
@@ -521,7 +521,7 @@ def test_sigkill_at_every_transition_of_a_transactional_apply_keeps_its_undo(pro
     production is at the checkpoint or has the change — and then `shadow rollback` undoes it change by change."""
     import json
 
-    write_plan(tmp_path, PLAN_SQL, {"migrate.sql": MIGRATE_SQL})
+    write_plan(tmp_path, UNDOABLE_PLAN, {"migrate.sql": UNDOABLE_SQL})
     checkpoint = production.fingerprint()
     points = transitions(tmp_path, production, "apply")
     rehearsed = production.fingerprint()

@@ -322,3 +322,21 @@ def test_an_undo_puts_rows_back_in_an_order_the_foreign_keys_accept(prod_db: Pro
     rolled = shadow_cli("rollback", _report(applied)["run_id"], "--json")
     assert rolled.code == 0, rolled.text
     assert (_digest(prod_db, "users"), _digest(prod_db, "orders")) == (users, orders)
+
+
+def test_an_undo_keeps_what_others_built_since_and_refuses_to_drop_it_with_the_runs_column(
+        prod_db: ProdDb, shadow_cli, tmp_path: Path):
+    plan = _plan(tmp_path, prod_db, "ALTER TABLE users ADD COLUMN nickname text;\n",
+                 "add column public.users.nickname")
+    applied = shadow_cli("apply", "-f", str(plan), "--json")
+    assert applied.code == 0, applied.text
+    run_id = _report(applied)["run_id"]
+    prod_db.execute("CREATE INDEX users_nickname_idx ON users (nickname)")  # someone builds on the run's column
+    refused = shadow_cli("rollback", run_id, "--json")
+    assert refused.code == 1, refused.text
+    assert "index public.users_nickname_idx built on it since" in _report(refused)["reason"]
+    prod_db.execute("DROP INDEX users_nickname_idx; CREATE INDEX users_name_idx ON users (full_name)")
+    undone = shadow_cli("rollback", run_id, "--json")
+    assert undone.code == 0, undone.text
+    assert prod_db.scalar("SELECT to_regclass('public.users_name_idx') IS NOT NULL")  # theirs: kept
+    assert prod_db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nickname'") == 0

@@ -70,7 +70,7 @@ def test_rollback_refusal_speaks_in_change_addresses_not_diff_internals(prod_db,
     prod_db.execute("CREATE INDEX users_late_idx ON users (full_name); "
                     "INSERT INTO audit_log VALUES (now(), 'a write after the apply')")
 
-    r = shadow_cli("rollback", _run_id(applied.out), env=_env(prod_db))
+    r = shadow_cli("rollback", _run_id(applied.out), "--full", env=_env(prod_db))  # the whole checkpoint
     assert r.code == 1, r.text
     assert "root[" not in r.text and "dictionary item" not in r.text
     assert "add index public.users_late_idx" in r.out

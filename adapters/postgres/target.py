@@ -272,7 +272,7 @@ class PostgresTarget:
         try:
             with self.connect() as conn:
                 read_text_as_str(conn)
-                return undo.undo(conn, record, checkpoint.observation, force)
+                return undo.undo(conn, record, force)
         except psycopg.OperationalError as exc:
             raise TargetUnreachable(f"lost production during the undo: {last_line(exc)}", target=self.name) from exc
         except psycopg.Error as exc:

@@ -13,10 +13,10 @@ record say so (``fallback``): the rollback then restores the checkpoint as befor
 apply left: a row still as the apply left it is put back (an inserted row deleted, an updated one given its old
 values, a deleted one re-inserted); a row already as it was before is left alone (an undo that ran before — the
 undo is idempotent); anything else is a **conflict** — someone changed that row since — refused unless forced.
-Added objects are then dropped (after checking that nobody wrote into an added table or column since), and the
-result verified inside the transaction: every captured row as it was before, and the catalog equal to the
-checkpoint's (sequence positions aside: other sessions take values). Untouched tables are never touched: same
-OIDs, same statistics, their rows as others wrote them.
+Added objects are then dropped (after checking that nobody wrote into an added table or column, or built something
+on an added column, since), and the result verified inside the transaction: every captured row as it was before,
+every added object gone. Untouched tables are never touched: same OIDs, same statistics, their rows as others wrote
+them; objects others created since stay.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import psycopg
 from psycopg import sql
 
 from adapters.postgres.diff import split_name, table_of
-from adapters.postgres.observe import observe, row_hash_expr, set_read_settings
+from adapters.postgres.observe import row_hash_expr, set_read_settings
 from shadow.changes import Change, RowDelta
 
 VERSION = 1
@@ -74,7 +74,8 @@ def _object(record: dict[str, Any], change: Change, objects: dict[str, Any]) -> 
                                                               and table not in objects.get("table", {})):
         record["fallback"] = record["fallback"] or f"`{change.address}` cannot be undone object by object"
         return
-    obj = {"kind": change.kind, "name": change.name, "table": table}
+    obj = {"kind": change.kind, "name": change.name, "table": table,
+           "implied": sorted({part.name for part in change.walk()} - {change.name})}
     if change.kind == "column":
         obj["column"] = split_name(change.name)[-1]
     record["objects"].append(obj)
@@ -149,8 +150,7 @@ def table_digest(conn: psycopg.Connection, table: str, columns: list[str]) -> st
 
 # -- the undo ------------------------------------------------------------------------------------------------
 
-def undo(conn: psycopg.Connection, record: dict[str, Any], checkpoint: dict[str, Any], force: bool,
-         lock_timeout: float = 5.0) -> tuple[list[str], list[str], list[str]]:
+def undo(conn: psycopg.Connection, record: dict[str, Any], force: bool, lock_timeout: float = 5.0) -> tuple[list[str], list[str], list[str]]:
     """Undo ``record`` in one transaction: (conflicts, what was done, problems). With conflicts (and not
     ``force``) or problems, the transaction is rolled back and production is as it was."""
     conflicts: list[str] = []
@@ -162,10 +162,10 @@ def undo(conn: psycopg.Connection, record: dict[str, Any], checkpoint: dict[str,
             set_read_settings(conn)
             _undo_all_rows(conn, record["tables"], force, conflicts, done)
             for obj in sorted(record["objects"], key=lambda o: DROP_ORDER.index(o["kind"])):
-                _drop(conn, obj, force, conflicts, done)
+                _drop(conn, obj, record["objects"], force, conflicts, done)
             if conflicts and not force:
                 raise psycopg.Rollback()
-            problems = _verify(conn, record, checkpoint)
+            problems = _verify(conn, record)
             if problems:
                 raise psycopg.Rollback()
     except psycopg.errors.LockNotAvailable:
@@ -291,7 +291,8 @@ def _columns_exist(conn: psycopg.Connection, table: str, columns: list[str]) -> 
     return set(columns) <= have
 
 
-def _drop(conn: psycopg.Connection, obj: dict[str, Any], force: bool, conflicts: list[str], done: list[str]) -> None:
+def _drop(conn: psycopg.Connection, obj: dict[str, Any], record_objects: list[dict[str, Any]], force: bool,
+          conflicts: list[str], done: list[str]) -> None:
     kind, name, table = obj["kind"], obj["name"], obj.get("table")
     if not _exists(conn, kind, name, table, obj.get("column")):
         return  # already undone
@@ -299,6 +300,13 @@ def _drop(conn: psycopg.Connection, obj: dict[str, Any], force: bool, conflicts:
         conflicts.append(f"column {name}: added by the run, written to by someone since")
         if not force:
             return
+    if kind == "column":
+        theirs = _built_on(conn, str(table), _unquoted(obj["column"]), _added_names(record_objects))
+        if theirs:
+            conflicts.append(f"column {name}: added by the run, and {', '.join(theirs)} built on it since (dropping "
+                             "the column would drop them)")
+            if not force:
+                return
     if kind == "table" and table_digest(conn, name, obj.get("columns") or []) != obj.get("digest"):
         conflicts.append(f"table {name}: added by the run, written to by someone since")
         if not force:
@@ -311,6 +319,30 @@ def _drop(conn: psycopg.Connection, obj: dict[str, Any], force: bool, conflicts:
     }.get(kind, sql.SQL("DROP {} {}").format(sql.SQL(kind.upper()), sql.SQL(name)))
     conn.execute(statement)
     done.append(f"dropped {kind} {name}")
+
+
+def _added_names(objects: list[dict[str, Any]]) -> set[str]:
+    """The names of what the run added, with what its additions implied (a column's own constraints …)."""
+    return {o["name"] for o in objects} | {name for o in objects for name in o.get("implied", [])}
+
+
+def _built_on(conn: psycopg.Connection, table: str, column: str, ours: set[str]) -> list[str]:
+    """What depends on ``table``'s ``column`` and is not the run's own: indexes, constraints, views."""
+    rows = conn.execute("""
+        SELECT CASE WHEN d.classid = 'pg_class'::regclass THEN 'index ' || d.objid::regclass::text
+                    WHEN d.classid = 'pg_constraint'::regclass THEN 'constraint ' || (
+                        SELECT quote_ident(conname) FROM pg_constraint WHERE oid = d.objid)
+                    ELSE 'view ' || (SELECT ev_class::regclass::text FROM pg_rewrite WHERE oid = d.objid) END
+        FROM pg_depend d JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+        WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = %s::regclass AND a.attname = %s
+          AND d.deptype IN ('a', 'n')""", [table, column]).fetchall()
+    out = []
+    for (what,) in rows:
+        kind, _, name = str(what).partition(" ")
+        qualified = f"{table}.{name}" if kind == "constraint" else name
+        if qualified not in ours and name not in ours:
+            out.append(str(what))
+    return sorted(out)
 
 
 def _exists(conn: psycopg.Connection, kind: str, name: str, table: str | None, column: str | None) -> bool:
@@ -329,8 +361,9 @@ def _unquoted(part: str) -> str:
     return part[1:-1].replace('""', '"') if part.startswith('"') else part
 
 
-def _verify(conn: psycopg.Connection, record: dict[str, Any], checkpoint: dict[str, Any]) -> list[str]:
-    """Inside the undo's transaction: every captured row as it was, the catalog as the checkpoint's."""
+def _verify(conn: psycopg.Connection, record: dict[str, Any]) -> list[str]:
+    """Inside the undo's transaction: every captured row as it was, every object the run added gone. (Objects
+    others created since are theirs: kept, not compared with the checkpoint.)"""
     problems: list[str] = []
     for table, rows in sorted(record["tables"].items()):
         keys = [r[0] for r in rows["insert"]] + [r[0] for r in rows["update"]] + [r[0] for r in rows["delete"]]
@@ -339,19 +372,7 @@ def _verify(conn: psycopg.Connection, record: dict[str, Any], checkpoint: dict[s
         wrong += [k for k, pre, *_ in rows["update"] + rows["delete"] if now.get(k, (None,))[0] != pre]
         if wrong:
             problems.append(f"{table}: {len(wrong)} row(s) not as they were before the run (e.g. {wrong[0]})")
-    seen = observe(conn, with_data=False)["objects"]
-    want = checkpoint["objects"]
-    for kind in sorted(set(seen) | set(want)):
-        a, b = _catalog(want.get(kind, {}), kind), _catalog(seen.get(kind, {}), kind)
-        for name in sorted(set(a) ^ set(b)):
-            problems.append(f"{kind} {name} {'is missing' if name in a else 'is still there'}")
-        for name in sorted(set(a) & set(b)):
-            if a[name] != b[name]:
-                problems.append(f"{kind} {name} differs from the checkpoint")
+    for obj in record["objects"]:
+        if _exists(conn, obj["kind"], obj["name"], obj.get("table"), obj.get("column")):
+            problems.append(f"{obj['kind']} {obj['name']} is still there")
     return problems[:20]
-
-
-def _catalog(objects: dict[str, Any], kind: str) -> dict[str, Any]:
-    if kind != "sequence":
-        return objects
-    return {name: {k: v for k, v in props.items() if k not in SEQUENCE_POSITION} for name, props in objects.items()}

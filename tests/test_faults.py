@@ -299,7 +299,7 @@ expect: {app: {must: [add column public.users.nickname]}}
     after_apply = prod_db.fingerprint()
     artifact, original = _flip_bytes(tmp_path / "state" / "snapshots", run_id)
 
-    refused = _shadow(tmp_path, prod_db, scratch, "rollback", run_id)
+    refused = _shadow(tmp_path, prod_db, scratch, "rollback", run_id, "--full")  # an undo needs no dump
     assert refused.code == 3, refused.text
     line = _one_clear_line(refused)
     assert "corrupt" in line and "sha256" in line and "does not match" in line, line
@@ -307,7 +307,7 @@ expect: {app: {must: [add column public.users.nickname]}}
     assert prod_db.fingerprint() == after_apply
 
     artifact.write_bytes(original)
-    restored = _shadow(tmp_path, prod_db, scratch, "rollback", run_id)
+    restored = _shadow(tmp_path, prod_db, scratch, "rollback", run_id, "--full")
     assert restored.code == 0, restored.text
     assert prod_db.fingerprint() == checkpoint
 

@@ -44,6 +44,11 @@ def capture(conn: psycopg.Connection, before_of: Any, before: dict[str, Any], af
     """The undo record of the statements' own change set ``changes`` (``rows``: its counted row changes, with
     keys). ``before_of(table)`` is ``(connection, relation name)`` holding the table's rows before the statements."""
     record: dict[str, Any] = {"version": VERSION, "tables": {}, "objects": [], "fallback": None}
+    encoding = conn.execute("SHOW server_encoding").fetchone()
+    if encoding is not None and str(encoding[0]).upper() == "SQL_ASCII":
+        # Its bytes have no declared encoding: keys and rows cannot travel through JSON and back unchanged.
+        record["fallback"] = "the database is SQL_ASCII: its rows are put back by restoring the checkpoint"
+        return record
     added_tables = {c.name for c in changes if c.op == "add" and c.kind == "table"}
     for change in changes:
         _object(record, change, after["objects"])

@@ -340,9 +340,13 @@ def _built_on(conn: psycopg.Connection, table: str, column: str, ours: set[str])
                     ELSE 'view ' || (SELECT ev_class::regclass::text FROM pg_rewrite WHERE oid = d.objid) END
         FROM pg_depend d JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
         WHERE d.refclassid = 'pg_class'::regclass AND d.refobjid = %s::regclass AND a.attname = %s
-          AND d.deptype IN ('a', 'n')""", [table, column]).fetchall()
+          AND d.deptype IN ('a', 'n')  -- not the column's own default (pg_attrdef), which goes with it
+          AND d.classid IN ('pg_class'::regclass, 'pg_constraint'::regclass, 'pg_rewrite'::regclass)
+          AND NOT (d.classid = 'pg_class'::regclass AND d.objid = d.refobjid)""", [table, column]).fetchall()
     out = []
     for (what,) in rows:
+        if what is None:
+            continue
         kind, _, name = str(what).partition(" ")
         qualified = f"{table}.{name}" if kind == "constraint" else name
         if qualified not in ours and name not in ours:

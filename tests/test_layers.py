@@ -19,7 +19,7 @@ from tests.conftest import ROOT
 PACKAGES = ("shadow", "snapshots", "adapters")
 # The leaf core: what any layer may use. Knows no kind, no run, no front end.
 CORE = {"shadow", "shadow.errors", "shadow.changes", "shadow.redact", "shadow.settings", "shadow.sqlsplit",
-        "shadow.sqlsyntax", "shadow.locks", "shadow.warden", "shadow.tempdirs"}
+        "shadow.sqlsyntax", "shadow.locks", "shadow.warden"}
 FRONT_ENDS = {"shadow.cli", "shadow.cli_output", "shadow.demo", "shadow.__main__"}
 # What the renderers of the report model may import besides themselves (their own layer's other modules are
 # allowed by the layer map, but would pull in a run: judge → plan, result → action → adapters).

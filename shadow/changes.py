@@ -53,6 +53,11 @@ class Change:
         )
 
 
+# A rows change's detail: others wrote to the table between the checkpoint and the apply, so its count may differ
+# from the rehearsal's for that reason (shadow.judge.moved_counts).
+DATA_MOVED = "data_moved"
+
+
 @dataclass(frozen=True)
 class RowDelta:
     """Row changes of one table between two observations."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 from typing import Any
 
-from shadow.changes import Change, canonical, is_glob, matches, walk
+from shadow.changes import DATA_MOVED, Change, canonical, is_glob, matches, walk
 from shadow.errors import CheckQueryFailed
 from shadow.plan import Expectation, RowRule
 
@@ -134,9 +134,6 @@ def _same(actual: Any, expected: Any) -> bool:
         return float(actual) == float(expected)
     except (TypeError, ValueError):
         return str(actual) == str(expected)
-
-
-DATA_MOVED = "data_moved"  # a rows change's detail: others wrote to the table between the checkpoint and the apply
 
 
 def moved_counts(expected: list[Change], actual: list[Change]) -> list[str]:

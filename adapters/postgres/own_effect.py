@@ -23,7 +23,7 @@ from psycopg import sql
 
 from adapters.postgres.rowdiff import count_rows
 from adapters.postgres.observe import relation_sql
-from shadow.changes import Change, RowDelta
+from shadow.changes import DATA_MOVED, Change, RowDelta
 
 COPY_PREFIX = "shadow_before_"
 
@@ -83,7 +83,6 @@ def rows_changed(conn: psycopg.Connection, pristine: psycopg.Connection, checkpo
 
 
 SEQUENCE_POSITION = ("last_value", "is_called")
-MOVED = "data_moved"  # detail of a rows change: others wrote to the table between the checkpoint and the apply
 
 
 def mark_moved(changes: list[Change], before: Before) -> None:
@@ -92,7 +91,7 @@ def mark_moved(changes: list[Change], before: Before) -> None:
     for top in changes:
         for change in top.walk():
             if change.kind == "rows" and change.name in before.copies:
-                change.detail[MOVED] = True
+                change.detail[DATA_MOVED] = True
 
 
 def others_positions(before: dict[str, Any], after: dict[str, Any], rehearsed: list[Change]) -> None:

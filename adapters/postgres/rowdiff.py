@@ -127,7 +127,7 @@ class _RowHashes:
                full: list[str] | None = None, before: bool = False) -> sql.Composed:
         """``what`` over k and h; its ``{hf}`` is h, or with ``full`` the hash over those columns."""
         h = row_hash_expr(columns)
-        k = _key_expr(self.key) if self.key else sql.SQL("{}::text").format(h)
+        k = key_expr(self.key) if self.key else sql.SQL("{}::text").format(h)
         hf = sql.SQL(", {} AS hf").format(row_hash_expr(full)) if full else sql.SQL("")
         return sql.SQL("SELECT {what} FROM (SELECT {k} AS k, {h} AS h{hf} FROM {rel} t) s {where}").format(
             what=sql.SQL(what).format(hf=sql.SQL("hf" if full else "h")), k=k, h=h, hf=hf,
@@ -235,7 +235,7 @@ def _sample_rows(conn_before: psycopg.Connection, conn_after: psycopg.Connection
     def fetch(conn: psycopg.Connection, columns: list[str], rel: sql.Composable) -> dict[str, dict[str, Any] | None]:
         values = sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in columns)
         query = sql.SQL("SELECT {k}, ARRAY[{v}]::text[] FROM {rel} t WHERE {k} = ANY({wanted})").format(
-            k=_key_expr(key), v=values, rel=rel, wanted=sql.Literal(wanted))
+            k=key_expr(key), v=values, rel=rel, wanted=sql.Literal(wanted))
         return {k: redact.row(table, dict(zip(columns, map(_clip, vals), strict=True)))
                 for k, vals in conn.execute(query)}
 
@@ -265,7 +265,8 @@ def _key_hash(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:12], "big")
 
 
-def _key_expr(key: list[str]) -> sql.Composable:
+def key_expr(key: list[str]) -> sql.Composable:
+    """Row ``t``'s key as text: what changed keys are named by (and the undo matches on)."""
     return sql.SQL("jsonb_build_array({})::text").format(sql.SQL(", ").join(sql.SQL("t.") + sql.Identifier(c) for c in key))
 
 

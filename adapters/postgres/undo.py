@@ -30,6 +30,7 @@ from psycopg import sql
 
 from adapters.postgres.diff import split_name, table_of
 from adapters.postgres.observe import row_hash_expr, set_read_settings
+from adapters.postgres.rowdiff import key_expr
 from shadow.changes import Change, RowDelta
 
 VERSION = 1
@@ -117,14 +118,8 @@ def _read(conn: psycopg.Connection, rel: str, key: list[str], keys: list[str], c
         return {}
     row = sql.SQL("row_to_json(t)::text") if json_too else sql.SQL("NULL")
     query = sql.SQL("SELECT {k}, {h}::text, {row} FROM {rel} t WHERE {where}").format(
-        k=_key_text(key), h=row_hash_expr(columns), row=row, rel=sql.SQL(rel), where=_by_keys(key, rel, keys))
+        k=key_expr(key), h=row_hash_expr(columns), row=row, rel=sql.SQL(rel), where=_by_keys(key, rel, keys))
     return {str(k): (str(h), j) for k, h, j in conn.execute(query)}
-
-
-def _key_text(key: list[str]) -> sql.Composable:
-    """The key as the row counting spells it (:mod:`adapters.postgres.rowdiff`)."""
-    return sql.SQL("jsonb_build_array({})::text").format(
-        sql.SQL(", ").join(sql.SQL("t.") + sql.Identifier(c) for c in key))
 
 
 def _by_keys(key: list[str], rel: str, keys: list[str]) -> sql.Composable:

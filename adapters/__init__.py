@@ -181,6 +181,25 @@ class Undoable(Protocol):
         after it; with conflicts or differences nothing was changed)."""
 
 
+@runtime_checkable
+class OwnEffect(Protocol):
+    """A target whose apply cannot run in one transaction but can still tell the action's own writes from other
+    writers' (by the footprint the rehearsal measured), and undo only its own."""
+
+    def before_action(self, checkpoint: Checkpoint, shadow: ShadowCopy) -> dict[str, Any]:
+        """Taken just before the action runs on production: what :meth:`own_effect` needs (JSON; kept in the
+        store, so that a killed apply is settled the same way)."""
+
+    def own_effect(self, before: dict[str, Any], checkpoint: Checkpoint,
+                   strict: bool) -> tuple[list[Change], list[Change], dict[str, Any]]:
+        """After the action: (production's change set since the checkpoint for what the action did, what other
+        writers changed meanwhile, the record :meth:`Undoable.undo` takes). ``strict``: every change is the
+        action's."""
+
+    def undo(self, record: dict[str, Any], checkpoint: Checkpoint, force: bool) -> tuple[list[str], list[str], list[str]]:
+        """As :meth:`Undoable.undo`."""
+
+
 class Kind(Protocol):
     name: str
     change_ops: tuple[str, ...]  # the ops and kinds its change addresses use, for validating expectations

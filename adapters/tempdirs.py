@@ -24,8 +24,9 @@ from adapters.docker import labels
 from snapshots import atomic_write_bytes
 
 # home: an action's HOME · scratch: a container action's writable dir · restore: pg_restore's lists and scripts,
-# a git restore's index · git: a git checkpoint's index files, a git shadow's clone · pg: a local cluster
-KINDS = ("home", "scratch", "restore", "git", "pg")
+# a git restore's index · git: a git checkpoint's index files, a git shadow's clone · pg: a local cluster ·
+# s3: an S3 shadow's request log
+KINDS = ("home", "scratch", "restore", "git", "pg", "s3")
 LEFTOVER_NAMES = {"pg": "cluster"}  # what `shadow gc` calls a leftover dir of this kind; any other is a "tempdir"
 # A server runs in these: one without labels (being created, or an older shadow's) may still be in use, and gc
 # never judges it by age.

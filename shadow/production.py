@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from adapters import Checkpoint, ShadowCopy, SqlTarget, Target
+from adapters import Checkpoint, OwnEffect, ShadowCopy, SqlTarget, Target
 from shadow.action import ActionResult, run_action, session_tag
 from shadow.errors import ActionFailed, RestoreFailed, ShadowError, SnapshotCorrupt, SqlError
 from shadow.changes import Change
@@ -19,6 +19,7 @@ from shadow.plan import Plan
 from shadow.result import addresses
 from shadow.session import Session
 from shadow.sqlsplit import Statement
+from shadow.undoing import undo_run
 
 
 def drift_check(session: Session, targets: dict[str, Target], shadows: dict[str, ShadowCopy],
@@ -27,9 +28,13 @@ def drift_check(session: Session, targets: dict[str, Target], shadows: dict[str,
 
     Writes the action neither read nor wrote on the shadow (:meth:`ShadowCopy.independent`) cannot change its
     outcome: reported, never blocking — when the apply runs in one transaction, which a failure undoes with a
-    ROLLBACK. Writes to what the action depends on: a one-transaction apply goes ahead and is judged inside its
-    transaction; any other apply is refused, because undoing it means restoring the checkpoint, which would
-    lose those writes. ``strict``: any write since the checkpoint refuses (``policy.drift: strict``)."""
+    ROLLBACK, or when every target tells the action's own writes from others' and undoes only those
+    (:class:`~adapters.OwnEffect`: S3, git). Writes to what the action depends on: a one-transaction apply goes
+    ahead and is judged inside its transaction; any other apply is refused — the rehearsal may not predict it
+    any more. Where a failure could only be undone by restoring the checkpoint, which would lose other writers'
+    changes, any write since the checkpoint refuses. ``strict``: any write since the checkpoint refuses
+    (``policy.drift: strict``)."""
+    undone_alone = one_transaction or all(isinstance(t, OwnEffect) for t in targets.values())
     for name, t in targets.items():
         with session.step("drift check", name) as step:
             if t.fingerprint() == checkpoints[name].fingerprint:
@@ -47,11 +52,16 @@ def drift_check(session: Session, targets: dict[str, Target], shadows: dict[str,
                                        f"({addresses(depends)}): applied in one transaction and judged on its own "
                                        "effect there")
                 continue
+            if undone_alone and not strict and not depends:
+                continue
             step.found("production changed since the checkpoint")
-            tr.production_changes = changed
+            tr.production_changes = depends if undone_alone and not strict else changed
             why = ("policy.drift is strict" if strict else
+                   "it changed what the action reads or writes, and the apply cannot run in one transaction, so "
+                   "the rehearsal may not predict it" if undone_alone else
                    "the apply cannot run in one transaction, so undoing it would mean restoring the checkpoint, "
                    "which would lose those writes")
+            changed = tr.production_changes
             return Ending(Outcome.REFUSED, f"production {name!r} changed since the checkpoint (drift; {why}); what "
                           f"changed: {addresses(changed)}; nothing was applied — run shadow again to rehearse "
                           "against the current state")
@@ -82,10 +92,10 @@ def apply_to_production(session: Session, plan_: Plan, statements: list[Statemen
         raise
     except ShadowError as exc:
         # Lost production (or a shadow) mid-apply: production is restored and the run ends as rolled back.
-        return roll_back(session, targets, checkpoints, f"the apply did not finish ({exc})")
+        return undo_apply(session, targets, checkpoints, f"the apply did not finish ({exc})")
     except BaseException as exc:
         # Interrupted mid-apply: put production back before giving up.
-        result.end(roll_back(session, targets, checkpoints, f"apply interrupted: {exc or type(exc).__name__}"))
+        result.end(undo_apply(session, targets, checkpoints, f"apply interrupted: {exc or type(exc).__name__}"))
         raise
     _record_after_apply(session, targets)
     session.phase("applied")
@@ -102,6 +112,15 @@ def _apply_and_verify(session: Session, plan_: Plan, statements: list[Statement]
     failure or a divergence. ``None``: production changed as rehearsed."""
     result = session.result
     endpoints = {n: t.endpoint() for n, t in targets.items()}
+    strict = plan_.policy.drift == "strict"
+    own: dict[str, Any] = {n: t for n, t in targets.items() if isinstance(t, OwnEffect)}
+    if len(own) < len(targets):
+        own = {}  # a target that can only be restored whole: the run is undone by restoring every checkpoint
+    for name, t in own.items():  # kept before the action: a killed apply is settled from it
+        with session.step("before apply", name):
+            session.store.write_undo(result.run_id, name, {"pending": t.before_action(checkpoints[name],
+                                                                                      shadows[name]),
+                                                           "strict": strict})
     sql_tr = result.targets.get(plan_.action.sql_target or "")
     waited = (lambda text: _waited(session, sql_tr, text)) if sql_tr is not None else None
     undo = f"restore every target from the checkpoints of run {result.run_id} (shadow rollback {result.run_id})"
@@ -120,18 +139,46 @@ def _apply_and_verify(session: Session, plan_: Plan, statements: list[Statement]
                                    f"({' '.join(blocker.text.split()[:4])} …), so a failure is undone by "
                                    "restoring the checkpoint")
     if not result.production.ok:
-        return roll_back(session, targets, checkpoints, f"the action failed on production: {result.production.error}")
+        return undo_apply(session, targets, checkpoints, f"the action failed on production: "
+                                                         f"{result.production.error}")
     for name, t in targets.items():
         with session.step("verify", name) as step:
-            prod_changes = t.changes_since(checkpoints[name], shadows[name])
+            if name in own:
+                pending = session.store.read_undo(result.run_id, name) or {}
+                prod_changes, others, record = own[name].own_effect(pending["pending"], checkpoints[name], strict)
+                session.store.write_undo(result.run_id, name, record)
+                if others:
+                    result.targets[name].warnings.append(
+                        f"production also changed during the apply, in what the action neither read nor wrote in "
+                        f"its rehearsal (another writer's, not counted as this run's): {addresses(others)}")
+            else:
+                prod_changes = t.changes_since(checkpoints[name], shadows[name])
             result.targets[name].production_changes = prod_changes
             diverged = compare_change_sets(result.targets[name].changes, prod_changes)
             result.divergence += [f"{name}: {d}" for d in diverged]
             if diverged:
                 step.found("production did not change the way the shadow did")
     if result.divergence:
-        return roll_back(session, targets, checkpoints, "production did not change the way the shadow did")
+        return undo_apply(session, targets, checkpoints, "production did not change the way the shadow did")
     return None
+
+
+def undo_apply(session: Session, targets: dict[str, Target], checkpoints: dict[str, Checkpoint], reason: str,
+               run_id: str | None = None) -> Ending:
+    """Undo the apply of ``run_id`` (by default this run) that did not run in one transaction: only what it
+    wrote itself, from the records it kept (:class:`~adapters.OwnEffect`), keeping every other writer's change —
+    or, where a target kept none, by restoring every checkpoint (:func:`roll_back`). A key or ref the run wrote
+    that changed again in the moments since is put back too (the run was writing it): the report says so."""
+    run_id = run_id or session.result.run_id
+    records = {n: session.store.read_undo(run_id, n) for n in targets}
+    if not all(isinstance(t, OwnEffect) and records[n] for n, t in targets.items()):
+        return roll_back(session, targets, checkpoints, reason)
+    session.progress("info", f"rolling back: {reason}")
+    ending = undo_run(session, targets, checkpoints, records, run_id, force=True)
+    if ending.outcome is Outcome.RESTORED:
+        return Ending(Outcome.ROLLED_BACK, f"{reason}; {ending.reason}")
+    error = RestoreFailed(f"{reason}; UNDO FAILED: {ending.reason}", run_id=run_id)
+    return Ending(Outcome.RESTORE_FAILED, str(error), error)
 
 
 def _record_after_apply(session: Session, targets: dict[str, Target]) -> None:

@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from adapters import Checkpoint, SqlTarget, Target
+from adapters import Checkpoint, OwnEffect, SqlTarget, Target
 from shadow.action import session_tag
 from shadow.errors import BadInput, InfrastructureError
 from shadow.guard import Liveness, RunRecord, holder_text, lock_targets, unfinished
 from shadow.journal import Journal
 from shadow.outcome import Ending, Outcome
 from shadow.plan import Plan, load_plan
-from shadow.production import restore_all
+from shadow.production import restore_all, undo_apply
 from shadow.result import RunResult, TargetResult, new_run_id
 from shadow.session import DEFAULT_LOCK_TIMEOUT, Progress, Session, make_targets, quiet
 from shadow.settings import Settings
@@ -185,6 +185,10 @@ def _settle(session: Session, record: RunRecord, targets: dict[str, Target]) -> 
         if settled is not None:
             return settled
     checkpoints = {n: Checkpoint.from_dict(session.store.read_manifest(source, n)) for n in targets}
+    if record.command == "apply" and all(isinstance(t, OwnEffect) for t in targets.values()):
+        settled = _undo_own_writes(session, targets, checkpoints, source)
+        if settled is not None:
+            return settled
     if record.command == "rollback":
         undone = _undo_again(session, targets, checkpoints, source)
         if undone is not None:
@@ -195,6 +199,23 @@ def _settle(session: Session, record: RunRecord, targets: dict[str, Target]) -> 
             str(f) for f in failures), failures[0])
     return (Outcome.ROLLED_BACK if record.command == "apply" else Outcome.RESTORED,
             Ending(Outcome.RECOVERED, f"production restored to the checkpoint of run {source} and verified"))
+
+
+def _undo_own_writes(session: Session, targets: dict[str, Target], checkpoints: dict[str, Checkpoint],
+                     source: str) -> tuple[Outcome, Ending] | None:
+    """A killed apply whose targets tell its own writes from other writers' (S3, git): undo only its own, from the
+    records it kept before the action started. No record for a target that has others: the action never started.
+    None (no record at all): restore the checkpoints instead."""
+    kept = {n for n in targets if session.store.read_undo(source, n) is not None}
+    if not kept:
+        return None
+    if kept != set(targets):
+        return Outcome.ROLLED_BACK, Ending(Outcome.RECOVERED, "killed before its action started; production was not "
+                                           "changed by it, and nothing was restored (other writers' changes are kept)")
+    ending = undo_apply(session, targets, checkpoints, f"run {source} was killed while applying", run_id=source)
+    if ending.outcome is Outcome.ROLLED_BACK:
+        return Outcome.ROLLED_BACK, Ending(Outcome.RECOVERED, ending.reason)
+    return Outcome.RESTORE_FAILED, Ending(Outcome.RESTORE_FAILED, f"RECOVERY FAILED: {ending.reason}", ending.error)
 
 
 def _undo_again(session: Session, targets: dict[str, Target], checkpoints: dict[str, Checkpoint],

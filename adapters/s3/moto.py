@@ -3,6 +3,7 @@ container (the docker backend)."""
 
 from __future__ import annotations
 
+import os
 import selectors
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from shadow.errors import InfrastructureError
 
@@ -19,7 +21,10 @@ from shadow.errors import InfrastructureError
 _SERVER = """\
 import logging, sys
 from moto.server import ThreadedMotoServer
-logging.getLogger("werkzeug").setLevel(logging.ERROR)
+requests = logging.getLogger("werkzeug")  # one line per request: what the action read and wrote (footprint.py)
+requests.setLevel(logging.INFO)
+requests.propagate = False
+requests.addHandler(logging.FileHandler(sys.argv[2]))
 server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
 server.start()
 print(server.get_host_and_port()[1], flush=True)
@@ -29,11 +34,13 @@ SERVER_START_TIMEOUT = 60.0
 
 
 @contextmanager
-def moto_server(label: str) -> Iterator[str]:
-    """moto's S3 server in a child process on 127.0.0.1; yields its URL. ``label`` (with the run id) shows in ps."""
+def moto_server(label: str, requests: Path | None = None) -> Iterator[str]:
+    """moto's S3 server in a child process on 127.0.0.1; yields its URL. ``label`` (with the run id) shows in ps;
+    ``requests`` gets a line per request it serves."""
     with tempfile.TemporaryFile() as log:
         try:
-            proc = subprocess.Popen([sys.executable, "-c", _SERVER, label], stdin=subprocess.PIPE,
+            proc = subprocess.Popen([sys.executable, "-c", _SERVER, label, str(requests or os.devnull)],
+                                    stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=log)
         except OSError as exc:
             raise InfrastructureError(f"could not start moto's S3 server for a shadow: {exc}") from exc
@@ -105,6 +112,15 @@ class MotoContainer:
                                               f"within {timeout:g} s: {exc}") from exc
                 time.sleep(0.1)
 
+    def requests(self) -> bytes:
+        """The server's log so far: a line per request it served (moto's server logs them on stderr)."""
+        try:
+            out, err = self._container.get_logs()
+        except Exception as exc:  # noqa: BLE001 - docker raises many kinds; a lost log is a lost shadow
+            raise InfrastructureError(f"could not read the log of moto's S3 server from {self.image!r}: "
+                                      f"{str(exc).strip()[:200]}") from exc
+        return bytes(out) + bytes(err)
+
     @property
     def container_id(self) -> str | None:
         return getattr(getattr(self._container, "_container", None), "id", None)
@@ -117,10 +133,12 @@ class MotoContainer:
 
 
 @contextmanager
-def moto_endpoint(backend: str, image: str, run_id: str, label: str) -> Iterator[tuple[str, MotoContainer | None]]:
-    """An empty S3 endpoint for one shadow: a container in the docker backend, else a child process."""
+def moto_endpoint(backend: str, image: str, run_id: str, label: str,
+                  requests: Path) -> Iterator[tuple[str, MotoContainer | None]]:
+    """An empty S3 endpoint for one shadow: a container in the docker backend (its log lists the requests it
+    served), else a child process (writing them to ``requests``)."""
     if backend != "docker":
-        with moto_server(label) as url:
+        with moto_server(label, requests) as url:
             yield url, None
         return
     container = MotoContainer(image, run_id)

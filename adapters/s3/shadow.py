@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -13,6 +14,7 @@ from adapters import Checkpoint, Endpoint, env_name
 from adapters.s3.bucket import object_args
 from adapters.s3.client import REGION, WORKERS, make_client
 from adapters.s3.content import CONTENT_DIFF_LIMIT, content_diff
+from adapters.s3.footprint import Footprint, parse
 from adapters.s3.moto import MOTO_PORT, MotoContainer
 from adapters.s3.observe import by_key, diff, observe
 from shadow.changes import Change, differences
@@ -26,8 +28,13 @@ class S3Shadow:
     """An ephemeral S3 endpoint holding one bucket seeded from the checkpoint."""
 
     def __init__(self, target: S3Target, url: str, checkpoint: Checkpoint, manifest: dict[str, dict[str, Any]],
-                 store: Store, backend: str, container: MotoContainer | None = None) -> None:
+                 store: Store, backend: str, container: MotoContainer | None = None,
+                 requests: Path | None = None) -> None:
         self.name = target.name
+        self.requests = requests  # the local server's request log (a container's is its own log)
+        self._mark: int | None = None  # where the request log stood when the action started (watch)
+        self.footprint: Footprint | None = None  # what the action read and wrote, once it ended (changes)
+        self.rehearsed: list[Change] = []  # what the action changed (changes)
         self.container = container
         self.target = target
         self.backend = backend
@@ -78,7 +85,17 @@ class S3Shadow:
     def observe(self) -> dict[str, Any]:
         return observe(self.client, self.target.bucket, self.target.prefix)
 
+    def _request_log(self) -> bytes:
+        if self.container is not None:
+            return self.container.requests()
+        try:
+            return self.requests.read_bytes() if self.requests else b""
+        except FileNotFoundError:
+            return b""
+
     def changes(self) -> list[Change]:
+        if self._mark is not None and self.footprint is None:  # read first: observing reads every object
+            self.footprint = parse(self._request_log()[self._mark:], self.target.bucket)
         after = self.observe()
         changes = diff(self.pristine_observation, after)
         for change in changes:
@@ -86,6 +103,7 @@ class S3Shadow:
                 content = self._content_diff(change.name.split("/", 1)[1], after)
                 if content:
                     change.detail["content_diff"] = content
+        self.rehearsed = changes
         return changes
 
     def _content_diff(self, key: str, after: dict[str, Any]) -> list[str] | None:
@@ -112,10 +130,14 @@ class S3Shadow:
         return [] if cp == now else differences(cp, now)
 
     def watch(self) -> None:
-        """What an action reads is not measured for this kind yet: every change of production counts."""
+        """From here on the server's requests are the action's (:mod:`adapters.s3.footprint`)."""
+        self._mark = len(self._request_log())
 
     def independent(self, changes: list[Change]) -> list[Change]:
-        return []
+        """Production's changes to keys the action neither read nor wrote, under no prefix it listed."""
+        if self.footprint is None:
+            return []
+        return [c for c in changes if not self.footprint.covers(c.name.split("/", 1)[1])]
 
     def lost(self) -> str | None:
         """Why the shadow's S3 server no longer answers (its process or container gone), or None while it does."""

@@ -20,19 +20,20 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from adapters import Checkpoint, Endpoint, env_name, no_lock, nothing_kept, nothing_runs, paths_as_given
+from adapters import Checkpoint, Endpoint, env_name, no_lock, nothing_kept, nothing_runs, paths_as_given, tempdirs
 from adapters.s3.bucket import DELETE_BATCH, Bucket
 from adapters.s3.checkpoint import copies_manifest, record_parts, safety_findings, versions_manifest
 from adapters.s3.client import REGION, WORKERS, make_client, translated
 from adapters.s3.content import CONTENT_DIFF_LIMIT, content_diff
 from adapters.s3.moto import MOTO_IMAGE, MOTO_PORT, SERVER_START_TIMEOUT, MotoContainer, moto_endpoint, moto_server
+from adapters.s3 import own_effect
 from adapters.s3.observe import by_key, diff, fingerprint_of, list_current, observe, versioning
 from adapters.s3.restore import copy_restore_ops, restore_versions, run_ops
 from adapters.s3.shadow import S3Shadow
 from adapters.s3.verify import observe_settling_tags
 from shadow.changes import Change, differences
 from shadow.errors import BadInput
-from snapshots import Store
+from snapshots import Artifact, Store
 
 # Names other code imports from here, now defined in the modules above.
 __all__ = ["CONTENT_DIFF_LIMIT", "DELETE_BATCH", "MOTO_PORT", "REGION", "RETAIN_DAYS", "SERVER_START_TIMEOUT",
@@ -144,8 +145,10 @@ class S3Target:
                limits: Any = None) -> Iterator[S3Shadow]:
         manifest = self._manifest(checkpoint, store)
         image = self.settings.image_for(self.kind, MOTO_IMAGE)
-        with moto_endpoint(backend, image, run_id, f"shadow-s3 run={run_id} target={self.name}") as (url, container):
-            yield S3Shadow(self, url, checkpoint, manifest, store, backend, container)
+        with tempdirs.tempdir("s3", run_id, f"s3-shadow {self.name}") as tmp, \
+                moto_endpoint(backend, image, run_id, f"shadow-s3 run={run_id} target={self.name}",
+                              tmp / "requests.log") as (url, container):
+            yield S3Shadow(self, url, checkpoint, manifest, store, backend, container, tmp / "requests.log")
 
     # -- production ----------------------------------------------------------------------------------------
     def end_sessions(self, tag: str) -> int:
@@ -159,6 +162,29 @@ class S3Target:
 
     def changes_since(self, checkpoint: Checkpoint, shadow: Any | None) -> list[Change]:
         return diff(checkpoint.observation, self.observe())
+
+    # -- an apply among other writers (adapters.s3.own_effect) ---------------------------------------------------
+    def before_action(self, checkpoint: Checkpoint, shadow: Any) -> dict[str, Any]:
+        return self._call("listing objects", own_effect.before_action, self._bucket(),  # type: ignore[no-any-return]
+                          getattr(shadow, "footprint", None), getattr(shadow, "rehearsed", []))
+
+    def own_effect(self, before: dict[str, Any], checkpoint: Checkpoint,
+                   strict: bool) -> tuple[list[Change], list[Change], dict[str, Any]]:
+        return self._call("observing the apply's own writes", own_effect.own_effect,  # type: ignore[no-any-return]
+                          self._bucket(), before, checkpoint.observation, strict)
+
+    def undo(self, record: dict[str, Any], checkpoint: Checkpoint,
+             force: bool) -> tuple[list[str], list[str], list[str]]:
+        if "pending" in record:  # kept before the action of an apply that was killed: what did it write?
+            record = self.own_effect(record["pending"], checkpoint, bool(record.get("strict")))[2]
+        store = Store(self.settings.store_dir)
+        manifest = self._manifest(checkpoint, store)
+
+        def copy_of(entry: dict[str, Any]) -> Any:
+            return store.open_verified(Artifact(entry["sha256"], int(entry["size"])))
+
+        return self._call("undoing the run's own writes", own_effect.undo,  # type: ignore[no-any-return]
+                          self._bucket(), record, manifest, copy_of, force)
 
     def restore(self, checkpoint: Checkpoint, store: Store) -> None:
         """Only keys that differ from the checkpoint cost a write, and a second restore writes nothing.

@@ -1,0 +1,107 @@
+"""An S3 apply among other writers: which of production's changes are the action's own, and undoing only those.
+
+S3 has no transaction to tell one writer's requests from another's, so the rehearsal's measured footprint does
+(:mod:`adapters.s3.footprint`): just before the action, production's scope is listed; after it, every key the
+rehearsal changed, and every key that changed meanwhile *inside* the footprint, is the action's — its change set
+is those keys against the checkpoint, compared with the rehearsal's. A key that changed meanwhile *outside* the
+footprint — a key the action neither read, wrote nor listed in its rehearsal — is another writer's: reported, never
+blamed on the action, never undone. (``policy.drift: strict`` counts every change as the action's.)
+
+The undo record names each key the run changed, what the run left there and what the checkpoint had. Undoing puts
+back the checkpoint's version of exactly those keys; a key someone changed again since is a conflict, refused
+unless forced. Re-running an undo skips keys already back (a killed undo is finished by running it again).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from adapters.s3.bucket import Bucket
+from adapters.s3.client import WORKERS
+from adapters.s3.footprint import Footprint
+from adapters.s3.observe import by_key, describe, diff, list_current
+from shadow.changes import Change
+
+VERSION = 1
+Props = dict[str, Any]
+
+
+def before_action(b: Bucket, footprint: Footprint | None, rehearsed: list[Change]) -> dict[str, Any]:
+    """What :func:`own_effect` needs, taken just before the action: the footprint, the keys the rehearsal
+    changed and production's listing now."""
+    return {"version": VERSION, "footprint": footprint.to_dict() if footprint else None,
+            "rehearsed": sorted(c.name.split("/", 1)[1] for c in rehearsed),
+            "before": list_current(b.client, b.bucket, b.prefix)}
+
+
+def _props(b: Bucket, key: str) -> Props | None:
+    head, _ = b.head(key)
+    return None if head is None else describe(b.client, b.bucket, key)
+
+
+def own_effect(b: Bucket, before: dict[str, Any], checkpoint_observation: dict[str, Any],
+               strict: bool) -> tuple[list[Change], list[Change], dict[str, Any]]:
+    """(the action's own change set since the checkpoint, what others changed during the apply, the undo record)."""
+    footprint = Footprint.from_dict(before.get("footprint"))
+    listed_before: dict[str, Props] = before["before"]
+    now = list_current(b.client, b.bucket, b.prefix)
+    moved = {k for k in set(now) | set(listed_before) if now.get(k) != listed_before.get(k)}
+    ours = set(before["rehearsed"]) | {k for k in moved if strict or footprint.covers(k)}
+    at_checkpoint = by_key(checkpoint_observation)
+    with ThreadPoolExecutor(WORKERS) as pool:
+        left = dict(zip(sorted(ours), pool.map(lambda k: _props(b, k), sorted(ours))))
+    name = f"{b.bucket}/"
+
+    def observation(objects: dict[str, Props | None]) -> dict[str, Any]:
+        return {"objects": {"object": {name + k: p for k, p in objects.items() if p is not None}}}
+
+    changes = diff(observation({k: at_checkpoint.get(k) for k in ours}), observation(left))
+    others = [c for c in diff(observation({k: listed_before.get(k) for k in moved - ours}),
+                              observation({k: now.get(k) for k in moved - ours}))]
+    record = {"version": VERSION, "kind": "s3",
+              "keys": {k: {"left": left[k], "checkpoint": at_checkpoint.get(k)} for k in sorted(ours)
+                       if left[k] != at_checkpoint.get(k)}}
+    return changes, others, record
+
+
+def undo(b: Bucket, record: dict[str, Any], manifest: dict[str, Any], copy_of: Any,
+         force: bool) -> tuple[list[str], list[str], list[str]]:
+    """Put back the checkpoint's state of each key the run changed: (conflicts, done, problems)."""
+    keys: dict[str, dict[str, Any]] = record.get("keys") or {}
+    with ThreadPoolExecutor(WORKERS) as pool:
+        current = dict(zip(keys, pool.map(lambda k: _props(b, k), keys)))
+    todo, conflicts = [], []
+    for key, entry in keys.items():
+        if current[key] == entry["checkpoint"]:
+            continue  # already back (an undo that was killed after this key)
+        if current[key] != entry["left"]:
+            conflicts.append(f"object {b.bucket}/{key}: changed since the run left it "
+                             f"({_state(entry['left'])} → now {_state(current[key])})")
+            if not force:
+                continue
+        todo.append(key)
+    if conflicts and not force:
+        return conflicts, [], []
+
+    def put_back(key: str) -> None:
+        want = keys[key]["checkpoint"]
+        if want is None:
+            b.client.delete_object(Bucket=b.bucket, Key=key)  # on a versioned bucket: a delete marker
+        elif "version_id" in manifest[key]:
+            b.copy_back(key, manifest[key], want)
+        else:
+            b.put_back(key, copy_of(manifest[key]), want, manifest[key].get("parts"))
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(put_back, todo))
+    with ThreadPoolExecutor(WORKERS) as pool:
+        after = dict(zip(keys, pool.map(lambda k: _props(b, k), keys)))
+    problems = [f"object {b.bucket}/{k}: {_state(after[k])}, the checkpoint had {_state(e['checkpoint'])}"
+                for k, e in keys.items() if after[k] != e["checkpoint"]]
+    done = [f"put back {len(todo)} object(s) the run changed"] if todo else []
+    return conflicts, done, problems
+
+
+def _state(props: Props | None) -> str:
+    return "absent" if props is None else f"etag {props.get('etag')}, {props.get('size')} bytes"

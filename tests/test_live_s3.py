@@ -1,0 +1,168 @@
+"""Production never stands still, on S3 (issue 15, item 7): plan, apply and roll back while another writer keeps
+putting, overwriting and deleting objects in the same bucket.
+
+Drift is judged on the keys the action read, wrote or listed in its rehearsal (measured from the requests the
+shadow's server served); verification on the action's own writes; undo puts back only the keys the run changed.
+Every test runs a real writer process (:mod:`tests.s3_writer`) against moto's server and checks afterwards that
+every write it made is still there.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.s3.footprint import parse
+from tests.conftest import BOTH_BACKENDS, write_plan
+from tests.s3_writer import S3Writer
+
+REWRITE = """
+import json, os, sys
+import boto3
+
+s3 = boto3.client("s3")  # AWS_ENDPOINT_URL / credentials come from the environment shadow hands over
+bucket = os.environ["SHADOW_ASSETS_BUCKET"]
+production = os.environ.get("AWS_ENDPOINT_URL") == os.environ["PROD_S3"]
+items = [i for i in s3.list_objects_v2(Bucket=bucket, Prefix="invoices/").get("Contents", [])
+         if i["Key"].endswith(".json")]
+for n, item in enumerate(items):
+    if n and production and os.environ.get("FAIL_AFTER_FIRST"):
+        sys.exit("network dropped after the first object")
+    doc = json.loads(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+    doc["currency"] = "EUR"
+    s3.put_object(Bucket=bucket, Key=item["Key"], Body=json.dumps(doc), ContentType="application/json")
+"""
+
+PLAN = """
+version: 1
+targets:
+  assets: {{kind: s3, bucket: {bucket}, endpoint_url: "{url}"}}
+action:
+  command: "{python} rewrite.py"
+  env:
+    PROD_S3: "{url}"{extra}
+expect:
+  assets:
+    may: ["modify object {bucket}/invoices/*"]
+    objects:
+      "invoices/*": {{deleted: 0, added: 0, modified: "<= 10"}}
+policy:
+  rehearse_rollback: false
+"""
+
+
+@pytest.fixture
+def shop(bucket: tuple[Any, str], s3_server: str, tmp_path: Path) -> tuple[Any, str, Path]:
+    client, name = bucket
+    for i in range(4):
+        client.put_object(Bucket=name, Key=f"invoices/{i}.json", Body=json.dumps({"n": i}),
+                          ContentType="application/json")
+    client.put_object(Bucket=name, Key="logs/seed.txt", Body=b"seed")
+    return client, name, _plan(tmp_path, name, s3_server)
+
+
+def _plan(tmp_path: Path, name: str, url: str, fail: bool = False) -> Path:
+    extra = '\n    FAIL_AFTER_FIRST: "1"' if fail else ""
+    return write_plan(tmp_path, PLAN.format(bucket=name, url=url, python=sys.executable, extra=extra),
+                      {"rewrite.py": REWRITE})
+
+
+def _invoice(client: Any, name: str, i: int) -> dict[str, Any]:
+    return dict(json.loads(client.get_object(Bucket=name, Key=f"invoices/{i}.json")["Body"].read()))
+
+
+def _target(report: dict[str, Any]) -> dict[str, Any]:
+    return next(t for t in report["targets"] if t["name"] == "assets")
+
+
+def test_the_footprint_is_the_keys_read_written_and_the_prefixes_listed() -> None:
+    log = (b'127.0.0.1 - - [02/Dec/2026 10:00:00] "GET /b?list-type=2&prefix=invoices%2F HTTP/1.1" 200 -\n'
+           b'127.0.0.1 - - [02/Dec/2026 10:00:00] "GET /b/invoices/0.json HTTP/1.1" 200 -\n'
+           b'127.0.0.1 - - [02/Dec/2026 10:00:00] "PUT /b/caf%C3%A9/x%20y?tagging HTTP/1.1" 200 -\n'
+           b'127.0.0.1 - - [02/Dec/2026 10:00:00] "GET /b?versioning HTTP/1.1" 200 -\n')
+    found = parse(log, "b")
+    assert (found.keys, found.prefixes, found.everything) == ({"invoices/0.json", "café/x y"}, {"invoices/"}, False)
+    assert found.covers("invoices/9.json") and found.covers("café/x y") and not found.covers("logs/w1.txt")
+    batch = parse(b'"POST /b?delete HTTP/1.1" 200 -', "b")
+    assert batch.everything and batch.covers("logs/w1.txt"), "a DeleteObjects batch names its keys in its body"
+    assert parse(b'"GET /other/key HTTP/1.1" 200 -', "b").everything, "a key that names no key of the bucket"
+
+
+@BOTH_BACKENDS
+def test_apply_and_rollback_keep_every_write_of_another_writer(shop, shadow_cli, s3_server: str,
+                                                               tmp_path: Path) -> None:
+    """The footprint is measured on both backends (a local server's request log, a container's own log): the
+    other writer's keys are outside it, so they neither block the apply nor count as its change."""
+    client, name, plan = shop
+    with S3Writer(s3_server, name, "logs/", tmp_path / "writes.jsonl") as writer:
+        applied = shadow_cli("apply", "-f", str(plan), "--json")
+        assert applied.code == 0, applied.text
+        report = json.loads(applied.out)
+        assert report["outcome"] == "applied", report["reason"]
+        assert all(_invoice(client, name, i)["currency"] == "EUR" for i in range(4))
+        changes = _target(report)["production_changes"]
+        assert {c["name"] for c in changes} == {f"{name}/invoices/{i}.json" for i in range(4)}, \
+            "the apply's own change set holds the action's writes only, never the other writer's"
+        assert any("logs/w" in w for w in _target(report)["warnings"]), "the other writer's changes are reported"
+        run = report["run_id"]
+        rolled = shadow_cli("rollback", run, "--json")
+        writer.stop()
+    assert rolled.code == 0, rolled.text
+    back = json.loads(rolled.out)
+    assert back["outcome"] == "restored", back["reason"]
+    assert "undid run" in back["reason"] and _target(back)["restore"]["mode"] == "undo"
+    assert all(_invoice(client, name, i) == {"n": i} for i in range(4))
+    assert writer.assert_kept(client) > 10
+
+
+def test_a_write_to_a_key_the_run_changed_is_a_conflict_unless_forced(shop, shadow_cli) -> None:
+    client, name, plan = shop
+    applied = shadow_cli("apply", "-f", str(plan), "--json")
+    assert applied.code == 0, applied.text
+    run = json.loads(applied.out)["run_id"]
+    client.put_object(Bucket=name, Key="invoices/2.json", Body=b'{"n": 2, "edited": "by hand"}')
+    refused = shadow_cli("rollback", run, "--json")
+    assert refused.code != 0
+    assert "invoices/2.json" in json.loads(refused.out)["reason"]
+    assert _invoice(client, name, 1)["currency"] == "EUR", "a refused rollback leaves production untouched"
+    forced = shadow_cli("rollback", run, "--force", "--json")
+    assert forced.code == 0, forced.text
+    report = json.loads(forced.out)
+    assert any("overwrote" in w and "invoices/2.json" in w for w in _target(report)["warnings"])
+    assert all(_invoice(client, name, i) == {"n": i} for i in range(4))
+
+
+def test_a_failure_in_production_undoes_only_the_actions_own_writes(bucket, s3_server: str, shadow_cli,
+                                                                   tmp_path: Path) -> None:
+    client, name = bucket
+    for i in range(4):
+        client.put_object(Bucket=name, Key=f"invoices/{i}.json", Body=json.dumps({"n": i}),
+                          ContentType="application/json")
+    plan = _plan(tmp_path, name, s3_server, fail=True)
+    with S3Writer(s3_server, name, "logs/", tmp_path / "writes.jsonl") as writer:
+        failed = shadow_cli("apply", "-f", str(plan), "--json")
+        writer.stop()
+    report = json.loads(failed.out)
+    assert report["outcome"] == "rolled_back", report["reason"]
+    assert "undid run" in report["reason"], report["reason"]
+    assert all(_invoice(client, name, i) == {"n": i} for i in range(4))
+    assert writer.assert_kept(client) > 3
+
+
+def test_drift_on_a_prefix_the_action_listed_refuses_the_apply(shop, shadow_cli, s3_server: str,
+                                                              tmp_path: Path) -> None:
+    """Another writer adds invoices while shadow works: the rehearsal did not see them, so it cannot predict the
+    apply — refused, nothing applied, the writer's objects kept."""
+    client, name, plan = shop
+    with S3Writer(s3_server, name, "invoices/new-", tmp_path / "writes.jsonl", every=0.02) as writer:
+        refused = shadow_cli("apply", "-f", str(plan), "--json")
+        writer.stop()
+    report = json.loads(refused.out)
+    assert report["outcome"] == "refused", report["reason"]
+    assert "reads or writes" in report["reason"] and "invoices/new-" in report["reason"]
+    assert all(_invoice(client, name, i) == {"n": i} for i in range(4))
+    assert writer.assert_kept(client) > 3

@@ -165,6 +165,9 @@ def compare_change_sets(expected: list[Change], actual: list[Change]) -> list[st
                 # the content and mode a file ended with (commit ids differ between runs; file contents do not)
                 out[c.address] = {k: v["to"] if isinstance(v, dict) else v for k, v in c.detail.items()
                                   if k in ("blob", "mode")}
+            elif c.kind == "ref":
+                # the tree a moved ref's commit holds (commit ids differ between runs; what they hold does not)
+                out[c.address] = c.detail.get("tree")
             elif c.op == "alter":
                 # what changed and to what, but not sequence positions (other sessions move them)
                 out[c.address] = {k: v["to"] for k, v in c.detail.items() if k not in ("last_value", "is_called")}

@@ -53,3 +53,4 @@ class Ending:
     outcome: Outcome
     reason: str = ""
     error: BaseException | None = None
+    rehearse_again: bool = False  # refused before writing because the rehearsal may no longer hold: try afresh

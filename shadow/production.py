@@ -64,7 +64,7 @@ def drift_check(session: Session, targets: dict[str, Target], shadows: dict[str,
             changed = tr.production_changes
             return Ending(Outcome.REFUSED, f"production {name!r} changed since the checkpoint (drift; {why}); what "
                           f"changed: {addresses(changed)}; nothing was applied — run shadow again to rehearse "
-                          "against the current state")
+                          "against the current state", rehearse_again=undone_alone and not strict)
     return None
 
 
@@ -79,13 +79,15 @@ def apply_to_production(session: Session, plan_: Plan, statements: list[Statemen
     refused = drift_check(session, targets, shadows, checkpoints, one_transaction, plan_.policy.drift == "strict")
     if refused is not None:
         return refused
+    own = {} if one_transaction else _before_action(session, plan_, targets, shadows, checkpoints)
     session.phase("applying", transaction={"target": sql_target, "xid": None} if one_transaction else None)
     try:
         if one_transaction and sql_target:
             ending = apply_in_one_transaction(session, plan_, statements, targets[sql_target], shadows[sql_target],
                                               checkpoints[sql_target])
         else:
-            ending = _apply_and_verify(session, plan_, statements, targets, shadows, checkpoints, sandbox, blocker)
+            ending = _apply_and_verify(session, plan_, statements, targets, shadows, checkpoints, sandbox, blocker,
+                                       own)
         if ending is not None:
             return ending
     except RestoreFailed:
@@ -105,22 +107,31 @@ def apply_to_production(session: Session, plan_: Plan, statements: list[Statemen
     return Ending(Outcome.APPLIED, f"{how}; undo with `shadow rollback {result.run_id}`")
 
 
+def _before_action(session: Session, plan_: Plan, targets: dict[str, Target], shadows: dict[str, ShadowCopy],
+                   checkpoints: dict[str, Checkpoint]) -> dict[str, Any]:
+    """When every target tells its own writes from others' (:class:`~adapters.OwnEffect`), what each needs to
+    (kept in the store *before* the run's phase says ``applying``: ``recover`` finds them for any apply that may
+    have written); else nothing — the run is undone by restoring every checkpoint."""
+    own: dict[str, Any] = {n: t for n, t in targets.items() if isinstance(t, OwnEffect)}
+    if len(own) < len(targets):
+        return {}
+    for name, t in own.items():
+        with session.step("before apply", name):
+            session.store.write_undo(session.result.run_id, name, {
+                "pending": t.before_action(checkpoints[name], shadows[name]),
+                "strict": plan_.policy.drift == "strict"})
+    return own
+
+
 def _apply_and_verify(session: Session, plan_: Plan, statements: list[Statement], targets: dict[str, Target],
                       shadows: dict[str, ShadowCopy], checkpoints: dict[str, Checkpoint], sandbox: Any,
-                      blocker: Any) -> Ending | None:
-    """Run the action on production, then compare production's change set with the rehearsal's; roll back on a
-    failure or a divergence. ``None``: production changed as rehearsed."""
+                      blocker: Any, own: dict[str, Any]) -> Ending | None:
+    """Run the action on production, then compare production's change set with the rehearsal's (only the
+    action's own, for the targets in ``own``); undo it on a failure or a divergence. ``None``: production
+    changed as rehearsed."""
     result = session.result
     endpoints = {n: t.endpoint() for n, t in targets.items()}
     strict = plan_.policy.drift == "strict"
-    own: dict[str, Any] = {n: t for n, t in targets.items() if isinstance(t, OwnEffect)}
-    if len(own) < len(targets):
-        own = {}  # a target that can only be restored whole: the run is undone by restoring every checkpoint
-    for name, t in own.items():  # kept before the action: a killed apply is settled from it
-        with session.step("before apply", name):
-            session.store.write_undo(result.run_id, name, {"pending": t.before_action(checkpoints[name],
-                                                                                      shadows[name]),
-                                                           "strict": strict})
     sql_tr = result.targets.get(plan_.action.sql_target or "")
     waited = (lambda text: _waited(session, sql_tr, text)) if sql_tr is not None else None
     undo = f"restore every target from the checkpoints of run {result.run_id} (shadow rollback {result.run_id})"

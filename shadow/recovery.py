@@ -204,8 +204,8 @@ def _settle(session: Session, record: RunRecord, targets: dict[str, Target]) -> 
 def _undo_own_writes(session: Session, targets: dict[str, Target], checkpoints: dict[str, Checkpoint],
                      source: str) -> tuple[Outcome, Ending] | None:
     """A killed apply whose targets tell its own writes from other writers' (S3, git): undo only its own, from the
-    records it kept before the action started. No record for a target that has others: the action never started.
-    None (no record at all): restore the checkpoints instead."""
+    records it kept before its phase said ``applying``. No record for a target that has others: the action never
+    started. None (no record at all: an apply that kept none): restore the checkpoints instead."""
     kept = {n for n in targets if session.store.read_undo(source, n) is not None}
     if not kept:
         return None

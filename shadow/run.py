@@ -13,6 +13,7 @@ their own modules; their verbs are importable from here too.
 
 from __future__ import annotations
 
+import copy
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -134,7 +135,35 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
 
 def _run_phases(session: Session, plan_: Plan, statements: list[Statement], targets: dict[str, Target],
                 stack: ExitStack, approval: dict[str, Any] | None) -> Ending:
-    """Checkpoint, shadow, rehearse and judge; then end the run as the verdicts and the command say."""
+    """Checkpoint, shadow, rehearse and judge; then end the run as the verdicts and the command say.
+
+    An apply that cannot run in one transaction, refused because production changed what the action reads or
+    writes since the checkpoint (so the rehearsal may no longer predict it), is rehearsed once more on a fresh
+    checkpoint — and refused only if production moved again meanwhile."""
+    result = session.result
+    verdicts, targets_before = list(result.verdicts), copy.deepcopy(result.targets)
+    with ExitStack() as attempt:
+        ending = _attempt(session, plan_, statements, targets, attempt, approval)
+    if not ending.rehearse_again:
+        return ending
+    session.progress("info", "production changed what the action reads or writes since the checkpoint: "
+                             "rehearsing again on a fresh checkpoint")
+    first = ending.reason
+    result.verdicts, result.targets = verdicts, targets_before
+    result.rehearsal = result.production = None
+    result.divergence = []
+    ending = _attempt(session, plan_, statements, targets, stack, approval)
+    for tr in result.targets.values():
+        tr.warnings.append(f"rehearsed twice: the first checkpoint was refused — {first}")
+    if ending.rehearse_again:
+        return Ending(Outcome.REFUSED, f"production moved again while shadow rehearsed on a fresh checkpoint: "
+                      f"{ending.reason}")
+    return ending
+
+
+def _attempt(session: Session, plan_: Plan, statements: list[Statement], targets: dict[str, Target],
+             stack: ExitStack, approval: dict[str, Any] | None) -> Ending:
+    """One checkpoint, rehearsal and judgement — and, for ``apply``, the apply; ``stack`` holds the shadows."""
     result = session.result
     checkpoints = checkpoint_all(session, targets)
     sql_target = plan_.action.sql_target if statements else None

@@ -10,6 +10,7 @@ every write it made is still there.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from adapters.s3.footprint import parse
-from tests.conftest import BOTH_BACKENDS, write_plan
+from tests.conftest import BOTH_BACKENDS, run_cli, write_plan
 from tests.s3_writer import S3Writer
 
 REWRITE = """
@@ -155,14 +156,82 @@ def test_a_failure_in_production_undoes_only_the_actions_own_writes(bucket, s3_s
 
 def test_drift_on_a_prefix_the_action_listed_refuses_the_apply(shop, shadow_cli, s3_server: str,
                                                               tmp_path: Path) -> None:
-    """Another writer adds invoices while shadow works: the rehearsal did not see them, so it cannot predict the
-    apply — refused, nothing applied, the writer's objects kept."""
+    """Another writer keeps adding invoices while shadow works: the rehearsal did not see them, so it cannot
+    predict the apply — rehearsed again on a fresh checkpoint, production moved again, refused; nothing applied,
+    the writer's objects kept."""
     client, name, plan = shop
     with S3Writer(s3_server, name, "invoices/new-", tmp_path / "writes.jsonl", every=0.02) as writer:
         refused = shadow_cli("apply", "-f", str(plan), "--json")
         writer.stop()
     report = json.loads(refused.out)
     assert report["outcome"] == "refused", report["reason"]
+    assert "moved again" in report["reason"], "rehearsed once more on a fresh checkpoint, then refused"
     assert "reads or writes" in report["reason"] and "invoices/new-" in report["reason"]
     assert all(_invoice(client, name, i) == {"n": i} for i in range(4))
     assert writer.assert_kept(client) > 3
+
+
+def test_sigkill_at_every_transition_of_an_s3_apply_then_recover(shop, s3_server: str, tmp_path: Path) -> None:
+    """A killed apply is settled by ``recover`` from the records it kept before the action: only the action's own
+    writes are undone, the other writer's are kept, and the invoices end at the checkpoint or as rehearsed."""
+    client, name, plan = shop
+    trace = tmp_path / "trace.txt"
+    done = run_cli("apply", "-f", str(plan), state=tmp_path / "traced", cwd=tmp_path,
+                   env={"SHADOW_FAULT_TRACE": str(trace)})
+    assert done.code == 0, done.text
+    points = [line.split("\t", 1)[1] for line in trace.read_text().splitlines()]
+    assert "phase applied" in points and any(p.startswith("begin before apply") for p in points), points
+    # Every point from the undo records on (before them production is only read: tests/test_crash_safety.py).
+    first = next(n for n, p in enumerate(points, 1) if p.startswith("begin before apply"))
+    outcomes = {}
+    with S3Writer(s3_server, name, "logs/", tmp_path / "writes.jsonl") as writer:
+        for point in range(first, len(points) + 1):
+            for i in range(4):
+                client.put_object(Bucket=name, Key=f"invoices/{i}.json", Body=json.dumps({"n": i}),
+                                  ContentType="application/json")
+            state = tmp_path / f"state{point}"
+            killed = run_cli("apply", "-f", str(plan), state=state, cwd=tmp_path,
+                             env={"SHADOW_FAULT_KILL_AT": str(point)})
+            assert killed.code == -signal.SIGKILL, (points[point - 1], killed.text)
+            recovered = run_cli("recover", state=state, cwd=tmp_path)
+            assert recovered.code == 0 and "Traceback" not in recovered.err, (points[point - 1], recovered.text)
+            docs = [_invoice(client, name, i) for i in range(4)]
+            at = ("checkpoint" if docs == [{"n": i} for i in range(4)] else
+                  "rehearsed" if docs == [{"n": i, "currency": "EUR"} for i in range(4)] else None)
+            assert at, f"killed at {points[point - 1]!r}: the invoices are neither ({docs})"
+            outcomes[points[point - 1]] = at
+        writer.stop()
+    assert writer.assert_kept(client) > 20
+    print(f"\ncovered {len(outcomes)} kill points of an S3 apply: " +
+          ", ".join(f"{p} → {o}" for p, o in outcomes.items()))
+    assert set(outcomes.values()) == {"checkpoint", "rehearsed"}
+
+
+LATE = """
+import os, pathlib, boto3
+# Once, during the first rehearsal only: someone adds an invoice to production.
+marker = pathlib.Path("late.done").absolute()  # the action runs in the plan's folder
+if os.environ.get("AWS_ENDPOINT_URL") != os.environ["PROD_S3"] and not marker.exists():
+    marker.write_text("")
+    prod = boto3.client("s3", endpoint_url=os.environ["PROD_S3"], region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+    prod.put_object(Bucket=os.environ["SHADOW_ASSETS_BUCKET"], Key="invoices/late.json", Body=b'{"n": 9}')
+"""
+
+
+def test_drift_on_what_the_action_reads_rehearses_again_on_a_fresh_checkpoint(shop, shadow_cli,
+                                                                             tmp_path: Path) -> None:
+    """An invoice added once, after the checkpoint: the first rehearsal cannot predict the apply (the action
+    lists invoices/), so shadow checkpoints and rehearses again — and applies what that rehearsal predicted."""
+    client, name, plan = shop
+    (tmp_path / "late.py").write_text(LATE)
+    plan.write_text(plan.read_text().replace('command: "', f'command: "{sys.executable} late.py && '))
+    applied = shadow_cli("apply", "-f", str(plan), "--json")
+    assert applied.code == 0, applied.text
+    report = json.loads(applied.out)
+    assert report["outcome"] == "applied", report["reason"]
+    assert any(w.startswith("rehearsed twice") and "invoices/late.json" in w for w in _target(report)["warnings"])
+    assert len(_target(report)["changes"]) == 5, "the second rehearsal saw the late invoice"
+    assert json.loads(client.get_object(Bucket=name, Key="invoices/late.json")["Body"].read()) == \
+        {"n": 9, "currency": "EUR"}
+    assert all(_invoice(client, name, i)["currency"] == "EUR" for i in range(4))

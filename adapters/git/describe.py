@@ -42,6 +42,11 @@ def _describe_ref(change: Change, git: Git, known_before: list[str]) -> None:
                                                         if len(commits) > MAX_COMMITS else [])
     if old and git.has_object(old):
         change.detail["forced"] = not git.is_ancestor(old, new)
+    # What the ref's commit holds: commit ids differ between the rehearsal and production, their trees do not
+    # when the action did the same (shadow.judge.compare_change_sets compares them).
+    tree = git.run("rev-parse", "-q", "--verify", f"{new}^{{tree}}", check=False)
+    if tree.returncode == 0:
+        change.detail["tree"] = tree.stdout.decode().strip()
 
 
 def _content_diff(change: Change, git: Git) -> list[str] | None:

@@ -11,6 +11,7 @@ from adapters import Checkpoint, Endpoint
 from adapters.git.describe import describe_changes
 from adapters.git.endpoint import worktree_endpoint
 from adapters.git.observe import diff, local_refs, observe
+from adapters.git.own_effect import footprint
 from adapters.git.repo import Git
 from shadow.changes import Change, differences
 from shadow.errors import BadInput
@@ -29,6 +30,7 @@ class GitShadow:
         self.backend = backend
         self.checkpoint = checkpoint
         self.warnings: list[str] = []
+        self.rehearsed: list[Change] = []  # what the action changed (changes)
         self.manifest = manifest
         self.work = tmp / "work"
         self.remote_dir = tmp / "remote.git"
@@ -78,7 +80,8 @@ class GitShadow:
         return observe(self.git, f"shadow of {self.target.describe()}", self.remote)
 
     def changes(self) -> list[Change]:
-        return describe_changes(diff(self.pristine_observation, self.observe()), self.git)
+        self.rehearsed = describe_changes(diff(self.pristine_observation, self.observe()), self.git)
+        return self.rehearsed
 
     def rehearse_rollback(self) -> list[str]:
         """Undo the rehearsal with production's own restore (same mode: reset, or revert commits pushed to the
@@ -93,10 +96,14 @@ class GitShadow:
         return twin.verify_restored(self.checkpoint)
 
     def watch(self) -> None:
-        """What an action reads is not measured for this kind yet: every change of production counts."""
+        """What the action reads is not measured in a clone: its footprint is what it changed
+        (:mod:`adapters.git.own_effect`)."""
 
     def independent(self, changes: list[Change]) -> list[Change]:
-        return []
+        """Production's ref moves (others' pushes) to refs the action did not move in its rehearsal; a change to
+        the working copy or HEAD always counts (the working copy is the action's)."""
+        ours = set(footprint(self.rehearsed))
+        return [c for c in changes if c.kind == "ref" and c.name not in ours]
 
     def lost(self) -> str | None:
         """A clone on this host's disk has no server to lose; a removed clone is a missing working copy."""

@@ -33,6 +33,7 @@ from adapters import Checkpoint, Endpoint, fingerprint_of, nothing_runs, tempdir
 from adapters.git.checkpoint import drop_kept_refs, keep_state, refuse_uncheckpointable
 from adapters.git.describe import CONTENT_DIFF_LIMIT, DIFF_FILES, DIFF_LINES, MAX_COMMITS, describe_changes
 from adapters.git.endpoint import GitEndpoint, worktree_endpoint
+from adapters.git import own_effect
 from adapters.git.observe import diff, observe
 from adapters.git.repo import Git, url_secrets, without_credentials
 from adapters.git.restore import restore_checkpoint
@@ -195,6 +196,23 @@ class GitTarget:
 
     def changes_since(self, checkpoint: Checkpoint, shadow: Any | None) -> list[Change]:
         return describe_changes(diff(checkpoint.observation, self.observe()), self.repo())
+
+    # -- an apply among other writers (adapters.git.own_effect) ---------------------------------------------------
+    def before_action(self, checkpoint: Checkpoint, shadow: Any) -> dict[str, Any]:
+        return {"version": own_effect.VERSION, "footprint": own_effect.footprint(getattr(shadow, "rehearsed", [])),
+                "refs": self.observe()["objects"]["ref"]}
+
+    def own_effect(self, before: dict[str, Any], checkpoint: Checkpoint,
+                   strict: bool) -> tuple[list[Change], list[Change], dict[str, Any]]:
+        return own_effect.own_effect(self.repo(), before, checkpoint, self.observe(), strict)
+
+    def undo(self, record: dict[str, Any], checkpoint: Checkpoint,
+             force: bool) -> tuple[list[str], list[str], list[str]]:
+        if "pending" in record:  # kept before the action of an apply that was killed: what did it change?
+            record = self.own_effect(record["pending"], checkpoint, bool(record.get("strict")))[2]
+        manifest = self._manifest(checkpoint, Store(self.settings.store_dir))
+        return own_effect.undo(self.repo(), record, checkpoint, manifest, self.observe(), self.rollback, self.remote,
+                               self.name, self.observe, force)
 
     def restore(self, checkpoint: Checkpoint, store: Store) -> None:
         self.restore_from(checkpoint, self._manifest(checkpoint, store))

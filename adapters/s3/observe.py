@@ -66,19 +66,35 @@ def describe(client: Any, bucket: str, key: str, version_id: str | None = None) 
     }
 
 
+def describe_current(client: Any, bucket: str, key: str) -> dict[str, Any] | None:
+    """:func:`describe` of a listed key, or None when another writer deleted it since the listing."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return describe(client, bucket, key)
+    except ClientError as exc:
+        if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404 or \
+                exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise
+
+
 def observe(client: Any, bucket: str, prefix: str, versions: dict[str, str] | None = None,
             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Observe the scope; ``versions`` (key → version id) pins each key to a version (a checkpoint)."""
     keys = sorted(versions) if versions is not None else sorted(list_current(client, bucket, prefix))
     done = 0
 
-    def one(key: str) -> tuple[str, dict[str, Any]]:
-        return key, describe(client, bucket, key, versions.get(key) if versions else None)
+    def one(key: str) -> tuple[str, dict[str, Any] | None]:
+        if versions is not None:
+            return key, describe(client, bucket, key, versions.get(key))
+        return key, describe_current(client, bucket, key)
 
     objects: dict[str, dict[str, Any]] = {}
     with ThreadPoolExecutor(WORKERS) as pool:
         for key, props in pool.map(one, keys):
-            objects[f"{bucket}/{key}"] = props
+            if props is not None:
+                objects[f"{bucket}/{key}"] = props
             done += 1
             if progress and done % 500 == 0:
                 progress(done, len(keys))

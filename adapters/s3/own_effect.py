@@ -20,7 +20,7 @@ from typing import Any
 from adapters.s3.bucket import Bucket
 from adapters.s3.client import WORKERS
 from adapters.s3.footprint import Footprint
-from adapters.s3.observe import by_key, describe, diff, list_current
+from adapters.s3.observe import by_key, describe_current, diff, list_current
 from shadow.changes import Change
 
 VERSION = 1
@@ -36,8 +36,7 @@ def before_action(b: Bucket, footprint: Footprint | None, rehearsed: list[Change
 
 
 def _props(b: Bucket, key: str) -> Props | None:
-    head, _ = b.head(key)
-    return None if head is None else describe(b.client, b.bucket, key)
+    return describe_current(b.client, b.bucket, key)
 
 
 def own_effect(b: Bucket, before: dict[str, Any], checkpoint_observation: dict[str, Any],

@@ -1,0 +1,209 @@
+"""Issue 15 item 4: a table whose rows cannot be undone one by one is put back whole from the checkpoint — that
+table alone, in the undo's one transaction — not the whole database. Real PostgreSQL, the real CLI, and a writer
+process (:mod:`tests.writer`) that keeps writing to another table throughout.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adapters import Checkpoint
+from shadow.settings import Settings
+from snapshots import Store
+from tests.conftest import CliResult, ProdDb, write_plan
+from tests.writer import Writer
+
+# Keyless, with a quoted unicode name, an identity column, a generated column and duplicate rows.
+LEDGER = '''
+CREATE TABLE events (id bigserial PRIMARY KEY, note text NOT NULL);
+INSERT INTO events (note) SELECT 'seed ' || g FROM generate_series(1, 50) g;
+CREATE TABLE "Kassenbuch ü" (
+    n          bigint GENERATED ALWAYS AS IDENTITY,
+    "Betrag €" integer NOT NULL,
+    note       text,
+    doubled    integer GENERATED ALWAYS AS ("Betrag €" * 2) STORED
+);
+INSERT INTO "Kassenbuch ü" ("Betrag €", note) SELECT g % 7, 'row ' || (g % 5) FROM generate_series(1, 300) g;
+INSERT INTO "Kassenbuch ü" (n, "Betrag €", note) OVERRIDING SYSTEM VALUE VALUES (1, 3, 'twin'), (1, 3, 'twin');
+'''
+LEDGER_TABLE = 'public."Kassenbuch ü"'
+CHANGE_LEDGER = '''UPDATE "Kassenbuch ü" SET note = 'changed' WHERE "Betrag €" = 3;
+DELETE FROM "Kassenbuch ü" WHERE "Betrag €" = 5;
+INSERT INTO "Kassenbuch ü" ("Betrag €", note) VALUES (99, 'new'), (3, 'twin');
+UPDATE users SET full_name = 'x' WHERE id <= 3;
+'''
+LEDGER_MAY = [f"update rows {LEDGER_TABLE}", f"delete rows {LEDGER_TABLE}", f"insert rows {LEDGER_TABLE}",
+              "update rows public.users"]
+
+PLAN = """
+version: 1
+targets:
+  app: {{kind: postgres, dsn: "{dsn}"}}
+action:
+  sql: migrate.sql
+expect:
+  app:
+    may:
+{may}
+policy:
+  rehearse_rollback: false
+"""
+
+
+@pytest.fixture
+def ledger_db(prod_db: ProdDb) -> ProdDb:
+    prod_db.execute(LEDGER)
+    return prod_db
+
+
+def _plan(tmp_path: Path, db: ProdDb, sql: str, may: list[str]) -> Path:
+    lines = "\n".join(f"      - {json.dumps(m)}" for m in may)
+    return write_plan(tmp_path, PLAN.format(dsn=db.dsn, may=lines), {"migrate.sql": sql})
+
+
+def _report(result: CliResult) -> dict:  # type: ignore[type-arg]
+    return json.loads(result.out)
+
+
+def _warnings(report: dict) -> str:  # type: ignore[type-arg]
+    return " ".join(w for t in report["targets"] for w in t.get("warnings", []))
+
+
+def _digest(db: ProdDb, table: str) -> str:
+    """Every row of ``table`` (generated columns too), as a multiset."""
+    return str(db.scalar(f"SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {table} t"))
+
+
+def _oid(db: ProdDb, table: str) -> int:
+    return int(db.scalar(f"SELECT '{table}'::regclass::oid"))  # type: ignore[arg-type]
+
+
+def _apply(shadow_cli, plan: Path) -> str:  # type: ignore[no-untyped-def]
+    applied = shadow_cli("apply", "-f", str(plan), "--json")
+    assert applied.code == 0, applied.text
+    return str(_report(applied)["run_id"])
+
+
+def test_a_keyless_table_is_put_back_from_the_checkpoint_while_the_application_writes_another(
+        ledger_db: ProdDb, shadow_cli, tmp_path: Path):
+    """Only the keyless table's data comes from the checkpoint; the keyed table is undone row by row; the writer's
+    table keeps every write; no table is re-created (same OIDs)."""
+    ledger, users = _digest(ledger_db, LEDGER_TABLE), _digest(ledger_db, "users")
+    oids = {t: _oid(ledger_db, t) for t in (LEDGER_TABLE, "users", "orders", "events")}
+    plan = _plan(tmp_path, ledger_db, CHANGE_LEDGER, LEDGER_MAY)
+    with Writer(ledger_db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
+        run_id = _apply(shadow_cli, plan)
+        assert _digest(ledger_db, LEDGER_TABLE) != ledger
+        rolled = shadow_cli("rollback", run_id, "--json")
+        writer.stop()
+    assert rolled.code == 0, rolled.text
+    report = _report(rolled)
+    assert report["outcome"] == "restored", report["reason"]
+    assert (_digest(ledger_db, LEDGER_TABLE), _digest(ledger_db, "users")) == (ledger, users)
+    assert ledger_db.scalar('SELECT count(*) FROM "Kassenbuch ü" WHERE doubled <> "Betrag €" * 2') == 0
+    assert {t: _oid(ledger_db, t) for t in oids} == oids
+    assert writer.assert_kept(ledger_db.dsn) > 20
+    [target] = report["targets"]
+    restore = target["restore"]
+    assert restore["mode"] == "tables" and restore["verified"]
+    assert f"{LEDGER_TABLE} is put back whole from the checkpoint because {LEDGER_TABLE} has no primary key" \
+        in restore["why"]
+    assert any(d.startswith(f"{LEDGER_TABLE}: put back from the checkpoint") for d in restore["done"])
+    assert any(d.startswith("public.users: 0 row(s) deleted, 3 put back") for d in restore["done"])
+    assert "not every table could be undone row by row" in _warnings(report)
+    assert "whole checkpoint" not in _warnings(report)
+
+
+def test_a_keyless_table_written_to_since_the_apply_is_a_conflict_and_force_overwrites_it(
+        ledger_db: ProdDb, shadow_cli, tmp_path: Path):
+    ledger = _digest(ledger_db, LEDGER_TABLE)
+    run_id = _apply(shadow_cli, _plan(tmp_path, ledger_db, CHANGE_LEDGER, LEDGER_MAY))
+    ledger_db.execute('INSERT INTO "Kassenbuch ü" ("Betrag €", note) VALUES (42, \'someone else\')')
+    as_they_left = _digest(ledger_db, LEDGER_TABLE)
+    refused = shadow_cli("rollback", run_id, "--json")
+    assert refused.code == 1, refused.text
+    report = _report(refused)
+    assert report["outcome"] == "refused"
+    assert "ROLLBACK REFUSED, production untouched" in report["reason"]
+    assert f"table {LEDGER_TABLE}: written to by someone since the apply" in report["reason"]
+    assert report["targets"][0]["restore"]["untouched"] is True
+    assert _digest(ledger_db, LEDGER_TABLE) == as_they_left  # production untouched, the users' undo too
+    assert ledger_db.scalar("SELECT count(*) FROM users WHERE full_name = 'x'") == 3
+    forced = shadow_cli("rollback", run_id, "--force", "--json")
+    assert forced.code == 0, forced.text
+    assert f"--force overwrote what others wrote since the apply: table {LEDGER_TABLE}" in _warnings(_report(forced))
+    assert _report(forced)["targets"][0]["restore"]["mode"] == "tables"
+    assert _digest(ledger_db, LEDGER_TABLE) == ledger
+    assert ledger_db.scalar("SELECT count(*) FROM users WHERE full_name = 'x'") == 0
+
+
+def test_a_second_undo_finds_the_table_already_put_back(ledger_db: ProdDb, shadow_cli, tmp_path: Path):
+    """The undo is idempotent (what `shadow recover` relies on): a table already as the checkpoint is no
+    conflict."""
+
+    ledger = _digest(ledger_db, LEDGER_TABLE)
+    run_id = _apply(shadow_cli, _plan(tmp_path, ledger_db, CHANGE_LEDGER, LEDGER_MAY))
+    assert shadow_cli("rollback", run_id, "--json").code == 0
+    settings = Settings.from_env(state_dir=str(shadow_cli.state_dir))
+    store = Store(settings.store_dir)
+    record = store.read_undo(run_id, "app")
+    assert record is not None and LEDGER_TABLE in record["restore_tables"]
+    checkpoint = Checkpoint.from_dict(store.read_manifest(run_id, "app"))
+    conflicts, done, problems = ledger_db.target(settings).undo(record, checkpoint, store, force=False)
+    assert (conflicts, done, problems) == ([], [], [])
+    assert _digest(ledger_db, LEDGER_TABLE) == ledger
+
+
+PARTITIONED = '''
+CREATE TABLE readings (at date NOT NULL, v integer) PARTITION BY RANGE (at);
+CREATE TABLE readings_2025 PARTITION OF readings FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE readings_2026 PARTITION OF readings FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO readings SELECT '2025-06-01'::date + g, g % 10 FROM generate_series(1, 400) g;
+'''
+
+
+def test_a_keyless_partitioned_table_is_put_back_partition_by_partition(prod_db: ProdDb, shadow_cli,
+                                                                          tmp_path: Path):
+    """Its rows live in its partitions: each is brought back to the checkpoint, rows moved between them too."""
+    prod_db.execute(PARTITIONED)
+    readings = _digest(prod_db, "readings")
+    oids = {t: _oid(prod_db, t) for t in ("readings", "readings_2025", "readings_2026")}
+    counts = prod_db.scalar("SELECT string_agg(tableoid::regclass || '=' || n, ',' ORDER BY 1) FROM "
+                            "(SELECT tableoid, count(*) n FROM readings GROUP BY 1) c")
+    plan = _plan(tmp_path, prod_db, "UPDATE readings SET at = at + 200 WHERE v = 1 AND at < '2025-09-01';\nDELETE FROM readings WHERE v = 2;\n",
+                 ["update rows public.readings", "delete rows public.readings"])
+    run_id = _apply(shadow_cli, plan)
+    rolled = shadow_cli("rollback", run_id, "--json")
+    assert rolled.code == 0, rolled.text
+    assert _digest(prod_db, "readings") == readings
+    assert prod_db.scalar("SELECT string_agg(tableoid::regclass || '=' || n, ',' ORDER BY 1) FROM "
+                          "(SELECT tableoid, count(*) n FROM readings GROUP BY 1) c") == counts
+    assert {t: _oid(prod_db, t) for t in oids} == oids
+    restore = _report(rolled)["targets"][0]["restore"]
+    assert restore["mode"] == "tables"
+    assert {d.split(":")[0] for d in restore["done"]} == {"public.readings_2025", "public.readings_2026"}
+
+
+def test_rollback_full_still_restores_the_whole_database(ledger_db: ProdDb, shadow_cli, tmp_path: Path):
+    ledger, events_oid = _digest(ledger_db, LEDGER_TABLE), _oid(ledger_db, "events")
+    run_id = _apply(shadow_cli, _plan(tmp_path, ledger_db, CHANGE_LEDGER, LEDGER_MAY))
+    rolled = shadow_cli("rollback", run_id, "--full", "--json")
+    assert rolled.code == 0, rolled.text
+    assert "the whole checkpoint is restored: --full" in _warnings(_report(rolled))
+    assert _digest(ledger_db, LEDGER_TABLE) == ledger
+    assert _oid(ledger_db, "events") != events_oid  # an untouched table re-created: the whole dump was replayed
+
+
+def test_a_definition_change_falls_back_to_the_whole_checkpoint_and_says_why(ledger_db: ProdDb, shadow_cli,
+                                                                            tmp_path: Path):
+    plan = _plan(tmp_path, ledger_db, "ALTER TABLE users ALTER COLUMN full_name TYPE varchar(200);\n",
+                 ["alter column public.users.full_name"])
+    rolled = shadow_cli("rollback", _apply(shadow_cli, plan), "--json")
+    assert rolled.code == 0, rolled.text
+    assert ("the whole checkpoint is restored: `alter column public.users.full_name` cannot be undone object by "
+            "object, nor by putting back one table") in _warnings(_report(rolled))
+    assert ledger_db.scalar("SELECT data_type FROM information_schema.columns WHERE table_name = 'users' "
+                            "AND column_name = 'full_name'") == "text"

@@ -174,7 +174,7 @@ def test_a_keyless_partitioned_table_is_put_back_partition_by_partition(prod_db:
     counts = prod_db.scalar("SELECT string_agg(tableoid::regclass || '=' || n, ',' ORDER BY 1) FROM "
                             "(SELECT tableoid, count(*) n FROM readings GROUP BY 1) c")
     plan = _plan(tmp_path, prod_db, "UPDATE readings SET at = at + 200 WHERE v = 1 AND at < '2025-09-01';\nDELETE FROM readings WHERE v = 2;\n",
-                 ["update rows public.readings", "delete rows public.readings"])
+                 ["update rows public.readings", "delete rows public.readings", "insert rows public.readings"])
     run_id = _apply(shadow_cli, plan)
     rolled = shadow_cli("rollback", run_id, "--json")
     assert rolled.code == 0, rolled.text

@@ -6,6 +6,8 @@ process (:mod:`tests.writer`) that keeps writing to another table throughout.
 from __future__ import annotations
 
 import json
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -207,3 +209,41 @@ def test_a_definition_change_falls_back_to_the_whole_checkpoint_and_says_why(led
             "object, nor by putting back one table") in _warnings(_report(rolled))
     assert ledger_db.scalar("SELECT data_type FROM information_schema.columns WHERE table_name = 'users' "
                             "AND column_name = 'full_name'") == "text"
+
+
+@pytest.fixture
+def ascii_db(pg_server) -> Iterator[ProdDb]:  # type: ignore[no-untyped-def]
+    name = "prod_ascii_tables_" + uuid.uuid4().hex[:8]
+    with pg_server.connect() as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'")
+    db = ProdDb(pg_server, name, pg_server.dsn(name))
+    db.execute(r"CREATE TABLE towns (name text PRIMARY KEY, people int);"
+               r"INSERT INTO towns VALUES (E'K\xf8ge', 37000), (E'\xc5rhus', 285000), ('Oslo', 700000);"
+               r"CREATE TABLE visits (id bigserial PRIMARY KEY, note text NOT NULL);")
+    yield db
+    with pg_server.connect() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _hex_rows(db: ProdDb, table: str) -> list[str]:
+    """The rows' bytes, whatever they are (psycopg hands SQL_ASCII text over as bytes)."""
+    with db.connect() as conn:
+        rows = conn.execute(f"SELECT encode(convert_to(t::text, 'SQL_ASCII'), 'hex') h FROM {table} t ORDER BY h")
+        return [r[0].decode() if isinstance(r[0], bytes) else str(r[0]) for r in rows]
+
+
+def test_a_sql_ascii_database_puts_back_the_changed_table_not_the_whole_database(ascii_db: ProdDb, shadow_cli,
+                                                                                  tmp_path: Path):
+    """Its bytes cannot travel through the JSON record, but they travel through COPY unchanged."""
+    towns = _hex_rows(ascii_db, "towns")
+    visits_oid = _oid(ascii_db, "visits")
+    plan = _plan(tmp_path, ascii_db, "UPDATE towns SET people = people + 1 WHERE name <> 'Oslo';\n",
+                 ["update rows public.towns"])
+    run_id = _apply(shadow_cli, plan)
+    ascii_db.execute("INSERT INTO visits (note) VALUES ('kept')")  # someone else's write to another table
+    rolled = shadow_cli("rollback", run_id, "--json")
+    assert rolled.code == 0, rolled.text
+    assert _hex_rows(ascii_db, "towns") == towns
+    assert (_oid(ascii_db, "visits"), _hex_rows(ascii_db, "visits")) == (visits_oid, [b"(1,kept)".hex()])
+    restore = _report(rolled)["targets"][0]["restore"]
+    assert restore["mode"] == "tables" and "the database is SQL_ASCII" in restore["why"]

@@ -247,3 +247,24 @@ def test_a_sql_ascii_database_puts_back_the_changed_table_not_the_whole_database
     assert (_oid(ascii_db, "visits"), _hex_rows(ascii_db, "visits")) == (visits_oid, [b"(1,kept)".hex()])
     restore = _report(rolled)["targets"][0]["restore"]
     assert restore["mode"] == "tables" and "the database is SQL_ASCII" in restore["why"]
+
+
+def test_a_keyless_table_written_to_between_the_checkpoint_and_the_apply_is_a_conflict(
+        prod_db: ProdDb, shadow_cli, tmp_path: Path):
+    """The checkpoint does not hold what others wrote before the apply: putting the table back from it would lose
+    those rows too, so that is refused like a write since the apply."""
+    prod_db.execute("CREATE TABLE journal (id bigserial, note text NOT NULL);"  # no primary key
+                    "INSERT INTO journal (note) SELECT 'seed ' || g FROM generate_series(1, 50) g")
+    plan = write_plan(tmp_path, PLAN.format(dsn=prod_db.dsn, may="      - update rows public.journal\n"
+                                                                  "      - insert rows public.journal\n"
+                                                                  "      - delete rows public.journal"),
+                      {"migrate.sql": "UPDATE journal SET note = note || ' (checked)' WHERE id <= 10;\n"})
+    with Writer(prod_db.dsn, "journal", tmp_path / "writes.jsonl", every=0.01, inserts_only=True) as writer:
+        run_id = _apply(shadow_cli, plan)
+        writer.stop()
+    refused = shadow_cli("rollback", run_id, "--json")
+    assert refused.code == 1, refused.text
+    assert "table public.journal: written to by someone between the checkpoint and the apply" in \
+        _report(refused)["reason"]
+    assert prod_db.scalar("SELECT count(*) FROM journal WHERE note LIKE '% (checked)'") == 10  # untouched
+    writer.assert_kept(prod_db.dsn)

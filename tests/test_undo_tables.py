@@ -6,6 +6,7 @@ process (:mod:`tests.writer`) that keeps writing to another table throughout.
 from __future__ import annotations
 
 import json
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -268,3 +269,41 @@ def test_a_keyless_table_written_to_between_the_checkpoint_and_the_apply_is_a_co
         _report(refused)["reason"]
     assert prod_db.scalar("SELECT count(*) FROM journal WHERE note LIKE '% (checked)'") == 10  # untouched
     writer.assert_kept(prod_db.dsn)
+
+
+def test_sigkill_at_every_transition_of_a_tables_rollback_then_recover(ledger_db: ProdDb, shadow_cli,
+                                                                       tmp_path: Path):
+    """Killed anywhere, `shadow recover` finishes the undo (or finds it done: it is one transaction and
+    idempotent); production ends as the checkpoint, the keyless table's OID kept."""
+    ledger, users, oid = _digest(ledger_db, LEDGER_TABLE), _digest(ledger_db, "users"), _oid(ledger_db, LEDGER_TABLE)
+    run_id = _apply(shadow_cli, _plan(tmp_path, ledger_db, CHANGE_LEDGER, LEDGER_MAY))
+    applied = (_digest(ledger_db, LEDGER_TABLE), _digest(ledger_db, "users"))
+    template = ledger_db.name + "_applied"
+    with ledger_db.server.connect() as conn:  # production as the apply left it, to start every kill point from
+        conn.execute(f'CREATE DATABASE "{template}" TEMPLATE "{ledger_db.name}"')
+    trace = tmp_path / "trace.txt"
+    assert shadow_cli("rollback", run_id, env={"SHADOW_FAULT_TRACE": str(trace)}).code == 0
+    points = [line.split("\t", 1)[1] for line in trace.read_text().splitlines()]
+    assert "begin undo app" in points, points
+    ended = {}
+    try:
+        for point in range(1, len(points) + 1):
+            with ledger_db.server.connect() as conn:
+                conn.execute(f'DROP DATABASE "{ledger_db.name}" WITH (FORCE)')
+                conn.execute(f'CREATE DATABASE "{ledger_db.name}" TEMPLATE "{template}"')
+            killed = shadow_cli("rollback", run_id, "--force", env={"SHADOW_FAULT_KILL_AT": str(point)})
+            assert killed.code == -signal.SIGKILL, (points[point - 1], killed.text)
+            recovered = shadow_cli("recover")
+            assert recovered.code == 0 and "Traceback" not in recovered.err, (points[point - 1], recovered.text)
+            now = (_digest(ledger_db, LEDGER_TABLE), _digest(ledger_db, "users"))
+            assert now in ((ledger, users), applied), points[point - 1]  # never half undone
+            assert _oid(ledger_db, LEDGER_TABLE) == oid
+            ended[points[point - 1]] = "checkpoint" if now == (ledger, users) else "applied"
+    finally:
+        with ledger_db.server.connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
+    print("\n" + ", ".join(f"{p} → {o}" for p, o in ended.items()))
+    # Killed before the rollback began its undo, production is as the apply left it (recover restores nothing);
+    # from the undo's step on, recover finishes it.
+    assert all(o == "checkpoint" for p, o in list(ended.items())[points.index("begin undo app"):]), ended
+    assert "applied" in ended.values(), ended

@@ -175,12 +175,10 @@ class SqlTarget(Protocol):
 class Undoable(Protocol):
     """A target that can undo one run's own change and keep every write other sessions made since."""
 
-    def undo(self, record: dict[str, Any], checkpoint: Checkpoint, store: Store,
-             force: bool) -> tuple[list[str], list[str], list[str]]:
+    def undo(self, record: dict[str, Any], checkpoint: Checkpoint, force: bool) -> tuple[list[str], list[str], list[str]]:
         """Undo what ``record`` (kept by the apply) says the run did, in one transaction: (conflicts — rows or
         objects someone changed since, refused unless ``force`` —, what was done, how production still differs
-        after it; with conflicts or differences nothing was changed). ``store``: where the checkpoint's artifacts
-        are, for what the record says is put back from them."""
+        after it; with conflicts or differences nothing was changed)."""
 
 
 class Kind(Protocol):

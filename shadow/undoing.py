@@ -62,7 +62,7 @@ def undo_run(session: Session, targets: dict[str, Target], checkpoints: dict[str
         tr = result.targets[name]
         mode, why = mode_of(records, name)
         with session.step("undo", name, undo=f"production {name!r} without run {run_id}'s own change") as step:
-            conflicts, done, problems = t.undo(records[name], checkpoints[name], session.store, force)
+            conflicts, done, problems = t.undo(records[name], checkpoints[name], force)
             refused = bool(problems or (conflicts and not force))
             if refused:
                 step.found("conflicts" if conflicts and not force else "the undo did not verify")

@@ -151,11 +151,11 @@ def test_a_second_undo_finds_the_table_already_put_back(ledger_db: ProdDb, shado
     run_id = _apply(shadow_cli, _plan(tmp_path, ledger_db, CHANGE_LEDGER, LEDGER_MAY))
     assert shadow_cli("rollback", run_id, "--json").code == 0
     settings = Settings.from_env(state_dir=str(shadow_cli.state_dir))
-    store = Store(settings.store_dir)
+    store = Store(settings.store_dir)  # the undo reads the checkpoint's archive from the settings' store
     record = store.read_undo(run_id, "app")
     assert record is not None and LEDGER_TABLE in record["restore_tables"]
     checkpoint = Checkpoint.from_dict(store.read_manifest(run_id, "app"))
-    conflicts, done, problems = ledger_db.target(settings).undo(record, checkpoint, store, force=False)
+    conflicts, done, problems = ledger_db.target(settings).undo(record, checkpoint, force=False)
     assert (conflicts, done, problems) == ([], [], [])
     assert _digest(ledger_db, LEDGER_TABLE) == ledger
 

@@ -268,12 +268,12 @@ class PostgresTarget:
                                     lock_timeout, lock_retries, waited)
         return problems, seen
 
-    def undo(self, record: dict[str, Any], checkpoint: Checkpoint, store: Store,
-             force: bool) -> tuple[list[str], list[str], list[str]]:
+    def undo(self, record: dict[str, Any], checkpoint: Checkpoint, force: bool) -> tuple[list[str], list[str], list[str]]:
         """Undo one run's own change (:mod:`adapters.postgres.undo`); a table it puts back whole from the
-        checkpoint (:mod:`adapters.postgres.undo_tables`) is read from the checkpoint's archive first, before the
-        undo's transaction begins."""
+        checkpoint (:mod:`adapters.postgres.undo_tables`) is read from the checkpoint's archive (in the store the
+        settings name, the one the run's session uses) first, before the undo's transaction begins."""
         oids = undo_tables.archive_oids(record)
+        store = Store(self.settings.store_dir)
         try:
             with tempdirs.tempdir("restore", checkpoint.run_id) as folder:
                 files = {}

@@ -1,10 +1,17 @@
 """Rolling back only what a run did: each target's own undo (:class:`adapters.Undoable`) from the record its apply
 kept, instead of restoring the whole checkpoint — so that every write other sessions made since stays.
 
-Used by ``shadow rollback`` (unless ``--full``) and by ``shadow recover`` for a rollback that was killed. When a
-target cannot undo the run this way (no record: the apply did not run in one transaction; the record says a change
-cannot be undone row by row; the kind has no undo), :func:`undo_run` says why and the caller restores the
-checkpoint instead."""
+Used by ``shadow rollback`` (unless ``--full``) and by ``shadow recover`` for a rollback that was killed. Three
+modes, which the report names (``restore.mode``, ``restore.why``):
+
+- ``undo``: every row and object the run changed is put back one by one;
+- ``tables``: the same, except for tables whose rows cannot be put back one by one (no primary key, not counted
+  one by one, a SQL_ASCII database): their data is put back whole from the checkpoint, in the same transaction —
+  every other table keeps everyone's writes;
+- ``full``: the caller restores the whole checkpoint — when :func:`why_not` says why (no record: the apply did not
+  run in one transaction; a change to a definition that cannot be undone object by object; the kind has no undo),
+  or with ``--full``.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +42,15 @@ def why_not(session: Session, targets: dict[str, Target], run_id: str) -> tuple[
     return None, records
 
 
+def mode_of(records: dict[str, Any], name: str) -> tuple[str, str]:
+    """(``undo`` | ``tables``, why) for target ``name``'s undo record."""
+    whole = (records[name].get("restore_tables") or {}) if name in records else {}
+    if not whole:
+        return "undo", "the apply kept every row and object it changed"
+    return "tables", "; ".join(f"{table} is put back whole from the checkpoint because {entry['why']}"
+                               for table, entry in sorted(whole.items()))
+
+
 def undo_run(session: Session, targets: dict[str, Target], checkpoints: dict[str, Checkpoint],
              records: dict[str, Any], run_id: str, force: bool) -> Ending:
     """Undo run ``run_id``'s own change on every target, each in one transaction, and say how it ended."""
@@ -44,18 +60,22 @@ def undo_run(session: Session, targets: dict[str, Target], checkpoints: dict[str
     for name, t in targets.items():
         assert isinstance(t, Undoable)
         tr = result.targets[name]
+        mode, why = mode_of(records, name)
         with session.step("undo", name, undo=f"production {name!r} without run {run_id}'s own change") as step:
             conflicts, done, problems = t.undo(records[name], checkpoints[name], force)
             refused = bool(problems or (conflicts and not force))
             if refused:
                 step.found("conflicts" if conflicts and not force else "the undo did not verify")
-        tr.restore = {"needed": True, "mode": "undo", "verified": not refused, "done": done,
+        tr.restore = {"needed": True, "mode": mode, "why": why, "verified": not refused, "done": done,
                       "conflicts": conflicts, "differences": problems, "untouched": refused}
+        if mode == "tables":
+            tr.warnings.append(f"not every table could be undone row by row: {why}; every other table was undone row "
+                               "by row (others' writes kept)")
         if conflicts and not force:
-            return Ending(Outcome.REFUSED, f"ROLLBACK REFUSED, production untouched: {len(conflicts)} row(s) or "
-                          f"object(s) run {run_id} changed were changed again since ({'; '.join(conflicts[:3])}); "
-                          "--force puts them back anyway (overwriting those writes), --full restores the whole "
-                          "checkpoint")
+            return Ending(Outcome.REFUSED, f"ROLLBACK REFUSED, production untouched: {len(conflicts)} row(s), "
+                          f"table(s) or object(s) run {run_id} changed were changed again since "
+                          f"({'; '.join(conflicts[:3])}); --force puts them back anyway (overwriting those writes), "
+                          "--full restores the whole checkpoint")
         if problems:
             return Ending(Outcome.REFUSED, f"ROLLBACK REFUSED, production untouched: undoing run {run_id} would not "
                           f"leave {name!r} as the checkpoint ({'; '.join(problems[:3])}); --full restores the "

@@ -29,10 +29,10 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from adapters import tempdirs
 from adapters.postgres.binaries import ClientTools
@@ -340,3 +340,60 @@ def dumped_sequences(binaries: ClientTools, archive: Path, run_id: str | None = 
     if out.returncode != 0:
         raise InfrastructureError(f"pg_restore could not read the checkpoint archive: {out.stderr.strip()[:500]}")
     return {m[1].replace("''", "'"): (int(m[2]), m[3] == "true") for m in SETVAL.finditer(out.stdout)}
+
+
+TABLE_DATA_ENTRY = re.compile(r"^\d+; 0 (\d+) TABLE DATA ")  # "3355; 0 16388 TABLE DATA public t owner"
+
+
+def table_data_files(binaries: ClientTools, archive: Path, oids: list[int], folder: Path) -> dict[int, Path]:
+    """Each table's ``COPY … FROM stdin`` section from the archive, one file per table in ``folder``:
+    ``{table oid: file}``. Tables are found by the OID pg_dump recorded for them (its TOC names are unquoted, so
+    a name with a space or a dot cannot be told apart; the OID can, and a table the run changed row by row keeps
+    its OID). A table the archive holds no data for (a partitioned parent, a foreign table) is left out."""
+    toc = subprocess.run([*binaries.argv("pg_restore", [archive.parent]), "-l", str(archive)],
+                         capture_output=True, text=True, env=_env({}))
+    if toc.returncode != 0:
+        raise RestoreFailed(f"pg_restore could not read the checkpoint archive: {toc.stderr.strip()[:500]}")
+    entries = {int(m[1]): line for line in toc.stdout.splitlines() if (m := TABLE_DATA_ENTRY.match(line))}
+    files: dict[int, Path] = {}
+    for oid in sorted(set(oids) & set(entries)):
+        listing, out = folder / f"{oid}.list", folder / f"{oid}.copy"
+        listing.write_text(entries[oid] + "\n")
+        proc = subprocess.run([*binaries.argv("pg_restore", [archive.parent, folder]), "--data-only", "-L",
+                               str(listing), "-f", str(out), str(archive)], capture_output=True, text=True,
+                              env=_env({}))
+        if proc.returncode != 0:
+            raise RestoreFailed(f"pg_restore could not read the checkpoint archive: {proc.stderr.strip()[:500]}")
+        files[oid] = out
+    return files
+
+
+_IDENT = rb'(?:"(?:[^"]|"")*"|[^\s",.()]+)'
+COPY_HEADER = re.compile(rb"^COPY " + _IDENT + rb"\." + _IDENT + rb" \((" + _IDENT + rb"(?:, " + _IDENT
+                         + rb")*)\) FROM stdin;\r?\n$")
+
+
+def copy_section(path: Path) -> tuple[list[str], Iterator[bytes]] | None:
+    """(column names, the data lines up to the end marker) of the one COPY section of a file
+    :func:`table_data_files` wrote; None when it has none (a table without columns)."""
+    stream = path.open("rb")
+    for line in stream:
+        header = COPY_HEADER.match(line)
+        if header:
+            columns = [_unquote(name.decode()) for name in re.findall(_IDENT, header[1])]
+            return columns, _data_lines(stream)
+    stream.close()
+    return None
+
+
+def _data_lines(stream: IO[bytes]) -> Iterator[bytes]:
+    with stream:
+        for line in stream:
+            if line.rstrip(b"\r\n") == b"\\.":
+                return
+            yield line
+    raise RestoreFailed("the checkpoint archive's table data ends before its end marker")
+
+
+def _unquote(name: str) -> str:
+    return name[1:-1].replace('""', '"') if name.startswith('"') else name

@@ -18,14 +18,15 @@ from adapters.postgres.cluster import LocalCluster
 from adapters.postgres.server import Server
 from adapters.postgres.diff import diff
 from adapters.postgres.execute import end_sessions, execute, execute_verified
-from adapters.postgres import own_effect, undo
+from adapters import tempdirs
+from adapters.postgres import own_effect, undo, undo_tables
 from adapters.postgres.compare import count_changed_rows, how_they_differ, last_line, settle_settings, uncounted
 from adapters.postgres.shadowcopy import PgShadow, endpoint_env
 from adapters.postgres.observe import observe, read_text_as_str
 from adapters.postgres import dbsettings
-from adapters.postgres.restore import dumped_sequences, restore_over, run_pg_dump
+from adapters.postgres.restore import dumped_sequences, restore_over, run_pg_dump, table_data_files
 from shadow.changes import Change, RowDelta
-from shadow.errors import BinaryNotFound, InfrastructureError, RestoreFailed, TargetUnreachable
+from shadow.errors import BinaryNotFound, InfrastructureError, RestoreFailed, SnapshotCorrupt, TargetUnreachable
 from shadow.sqlsplit import Statement, forces_autocommit
 from snapshots import Artifact, Store
 
@@ -260,7 +261,7 @@ class PostgresTarget:
                 problems = judge(seen)
                 if not problems and keep is not None:  # still inside the transaction: kept before COMMIT
                     keep(undo.capture(conn, own_effect.rows_before(conn, pristine, before), before.observation,
-                                      after, rows, seen))
+                                      after, rows, seen, checkpoint.observation))
             return problems
 
         problems = execute_verified(self.dsn, statements, timeout, self.name, verify, on_begin, tag, prepare,
@@ -268,11 +269,24 @@ class PostgresTarget:
         return problems, seen
 
     def undo(self, record: dict[str, Any], checkpoint: Checkpoint, force: bool) -> tuple[list[str], list[str], list[str]]:
-        """Undo one run's own change (:mod:`adapters.postgres.undo`)."""
+        """Undo one run's own change (:mod:`adapters.postgres.undo`); a table it puts back whole from the
+        checkpoint (:mod:`adapters.postgres.undo_tables`) is read from the checkpoint's archive (in the store the
+        settings name, the one the run's session uses) first, before the undo's transaction begins."""
+        oids = undo_tables.archive_oids(record)
+        store = Store(self.settings.store_dir)
         try:
-            with self.connect() as conn:
-                read_text_as_str(conn)
-                return undo.undo(conn, record, force)
+            with tempdirs.tempdir("restore", checkpoint.run_id) as folder:
+                files = {}
+                if oids:
+                    try:
+                        archive = store.open_verified(_artifact(checkpoint))
+                    except SnapshotCorrupt as exc:
+                        return [], [], [f"{', '.join(record['restore_tables'])} would be put back from the checkpoint, "
+                                        f"but its archive is unusable: {exc}"]
+                    files = table_data_files(self.binaries(int(checkpoint.meta["major"])), archive, oids, folder)
+                with self.connect() as conn:
+                    read_text_as_str(conn)
+                    return undo.undo(conn, record, force, files=files)
         except psycopg.OperationalError as exc:
             raise TargetUnreachable(f"lost production during the undo: {last_line(exc)}", target=self.name) from exc
         except psycopg.Error as exc:

@@ -6,8 +6,10 @@
 copy or the transaction's own copy, :mod:`adapters.postgres.own_effect`) and a hash of each inserted or updated row
 as the statements left it; and the objects they added (columns, indexes, constraints, tables, views, functions,
 sequences), with a digest of what an added table or column holds. Cost follows the rows and objects changed.
-A change that cannot be undone this way — a drop, an altered definition, a table without a primary key — makes the
-record say so (``fallback``): the rollback then restores the checkpoint as before.
+A table whose rows cannot be kept one by one (no primary key, rows not counted one by one, a ``SQL_ASCII``
+database) is put back whole from the checkpoint's data instead, in the same transaction (``restore_tables``,
+:mod:`adapters.postgres.undo_tables`). A change to a definition that cannot be undone object by object — a drop, an
+altered definition — makes the record say so (``fallback``): the rollback then restores the whole checkpoint.
 
 **Undo.** :func:`undo` runs in one transaction. For every captured row it compares production now with what the
 apply left: a row still as the apply left it is put back (an inserted row deleted, an updated one given its old
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -30,7 +33,9 @@ from psycopg import sql
 
 from adapters.postgres.diff import split_name, table_of
 from adapters.postgres.observe import row_hash_expr, set_read_settings
+from adapters.postgres import undo_tables
 from adapters.postgres.rowdiff import key_expr
+from adapters.postgres.undo_tables import Refill, columns_exist, idents
 from shadow.changes import Change, RowDelta
 
 VERSION = 1
@@ -41,31 +46,48 @@ SEQUENCE_POSITION = {"last_value", "is_called"}
 
 
 def capture(conn: psycopg.Connection, before_of: Any, before: dict[str, Any], after: dict[str, Any],
-            rows: dict[str, RowDelta], changes: list[Change]) -> dict[str, Any]:
+            rows: dict[str, RowDelta], changes: list[Change],
+            checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
     """The undo record of the statements' own change set ``changes`` (``rows``: its counted row changes, with
-    keys). ``before_of(table)`` is ``(connection, relation name)`` holding the table's rows before the statements."""
-    record: dict[str, Any] = {"version": VERSION, "tables": {}, "objects": [], "fallback": None}
+    keys). ``before_of(table)`` is ``(connection, relation name)`` holding the table's rows before the statements;
+    ``checkpoint``: the checkpoint's observation (a table whose rows cannot be undone one by one is put back from
+    the checkpoint's data, see :mod:`adapters.postgres.undo_tables`)."""
+    record: dict[str, Any] = {"version": VERSION, "tables": {}, "objects": [], "restore_tables": {},
+                              "fallback": None}
     encoding = conn.execute("SHOW server_encoding").fetchone()
-    if encoding is not None and str(encoding[0]).upper() == "SQL_ASCII":
-        # Its bytes have no declared encoding: keys and rows cannot travel through JSON and back unchanged.
-        record["fallback"] = "the database is SQL_ASCII: its rows are put back by restoring the checkpoint"
+    sql_ascii = encoding is not None and str(encoding[0]).upper() == "SQL_ASCII"
+    if sql_ascii and not all(c.name.isascii() for c in changes):
+        record["fallback"] = ("the database is SQL_ASCII and the run changed objects whose names are not ASCII: "
+                              "they cannot travel through the undo record unchanged")
         return record
     added_tables = {c.name for c in changes if c.op == "add" and c.kind == "table"}
+    whole: dict[str, str] = {}  # table → why its rows are put back from the checkpoint rather than one by one
     for change in changes:
         _object(record, change, after["objects"])
-        if change.kind == "rows" and change.name not in rows and change.name not in added_tables:
-            record["fallback"] = record["fallback"] or f"the rows of {change.name} were not counted one by one"
+        if change.kind != "rows" or change.name in added_tables:
+            continue
+        if sql_ascii:
+            # Its bytes have no declared encoding: keys and rows cannot travel through JSON and back unchanged.
+            whole.setdefault(change.name, "the database is SQL_ASCII: its rows cannot be kept one by one")
+        elif change.name not in rows:
+            whole.setdefault(change.name, f"the rows of {change.name} were not counted one by one")
     with conn.transaction(force_rollback=True):  # read under READ_SETTINGS without leaving them set
         set_read_settings(conn)
         for table, delta in sorted(rows.items()):
-            if table not in added_tables:
-                _rows(record, conn, before_of, table, delta, before["data"][table], after["data"][table])
+            if table not in added_tables and table not in whole:
+                why = _rows(record, conn, before_of, table, delta, before["data"][table], after["data"][table])
+                if why:
+                    whole[table] = why
         for obj in record["objects"]:
             if obj["kind"] == "column":
                 obj["digest"] = column_digest(conn, obj["table"], obj["column"])
             elif obj["kind"] == "table":
                 obj["columns"] = list((after["data"].get(obj["name"]) or {}).get("columns") or [])
                 obj["digest"] = table_digest(conn, obj["name"], obj["columns"])
+        for table, why in sorted(whole.items()):
+            problem = undo_tables.capture(record["restore_tables"], conn, table, why, checkpoint, before, after)
+            if problem:
+                record["fallback"] = record["fallback"] or problem
     return record
 
 
@@ -78,7 +100,11 @@ def _object(record: dict[str, Any], change: Change, objects: dict[str, Any]) -> 
     table = table_of(change.kind, change.name, props)
     if change.op != "add" or change.kind not in DROP_ORDER or (change.kind == "constraint"
                                                               and table not in objects.get("table", {})):
-        record["fallback"] = record["fallback"] or f"`{change.address}` cannot be undone object by object"
+        # Nor one table at a time: its definition is put back only by re-creating it (a new OID), which drops
+        # or breaks what other tables, views and functions build on it. The whole checkpoint is restored.
+        record["fallback"] = record["fallback"] or (f"`{change.address}` cannot be undone object by object, nor by "
+                                                    "putting back one table (re-creating it would drop what others "
+                                                    "build on it)")
         return
     obj = {"kind": change.kind, "name": change.name, "table": table,
            "implied": sorted({part.name for part in change.walk()} - {change.name})}
@@ -88,14 +114,13 @@ def _object(record: dict[str, Any], change: Change, objects: dict[str, Any]) -> 
 
 
 def _rows(record: dict[str, Any], conn: psycopg.Connection, before_of: Any, table: str, delta: RowDelta,
-          was: dict[str, Any], now: dict[str, Any]) -> None:
+          was: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """Keep the rows of ``table`` the statements changed; or say why they cannot be kept one by one."""
     key = now.get("key")
     if not key or key != was.get("key") or not delta.by_key:
-        record["fallback"] = record["fallback"] or f"{table} has no primary key: its rows cannot be undone one by one"
-        return
+        return f"{table} has no primary key: its rows cannot be undone one by one"
     if not delta.keys:
-        record["fallback"] = record["fallback"] or f"the changed keys of {table} were not collected"
-        return
+        return f"the changed keys of {table} were not collected"
     b_cols, a_cols = list(was["columns"]), list(now["columns"])
     old_conn, old_rel = before_of(table)
     with old_conn.transaction(force_rollback=True):
@@ -108,6 +133,7 @@ def _rows(record: dict[str, Any], conn: psycopg.Connection, before_of: Any, tabl
         "update": [[k, pre[k][0], post[k][0], pre[k][1]] for k in delta.keys["update"]],
         "delete": [[k, pre[k][0], pre[k][1]] for k in delta.keys["delete"]],
     }
+    return None
 
 
 def _read(conn: psycopg.Connection, rel: str, key: list[str], keys: list[str], columns: list[str],
@@ -126,7 +152,7 @@ def _by_keys(key: list[str], rel: str, keys: list[str]) -> sql.Composable:
     """``t``'s rows with one of ``keys`` — matched on the key columns, so the primary key's index is used."""
     records = json.dumps([dict(zip(key, json.loads(k), strict=True)) for k in keys])
     return sql.SQL("({t}) IN (SELECT {r} FROM json_populate_recordset(NULL::{rel}, {records}) r)").format(
-        t=_idents(key, "t."), r=_idents(key, "r."), rel=sql.SQL(rel), records=sql.Literal(records))
+        t=idents(key, "t."), r=idents(key, "r."), rel=sql.SQL(rel), records=sql.Literal(records))
 
 
 def column_digest(conn: psycopg.Connection, table: str, column: str) -> str:
@@ -150,19 +176,25 @@ def table_digest(conn: psycopg.Connection, table: str, columns: list[str]) -> st
 
 # -- the undo ------------------------------------------------------------------------------------------------
 
-def undo(conn: psycopg.Connection, record: dict[str, Any], force: bool, lock_timeout: float = 5.0) -> tuple[list[str], list[str], list[str]]:
+def undo(conn: psycopg.Connection, record: dict[str, Any], force: bool, lock_timeout: float = 5.0,
+         files: dict[int, Path] | None = None) -> tuple[list[str], list[str], list[str]]:
     """Undo ``record`` in one transaction: (conflicts, what was done, problems). With conflicts (and not
-    ``force``) or problems, the transaction is rolled back and production is as it was."""
+    ``force``) or problems, the transaction is rolled back and production is as it was. ``files``: the
+    checkpoint's data of the tables the record puts back whole (:func:`undo_tables.archive_oids`)."""
     conflicts: list[str] = []
     done: list[str] = []
     problems: list[str] = []
+    restore_tables = record.get("restore_tables") or {}
     try:
         with conn.transaction():
             conn.execute(f"SET LOCAL lock_timeout = {max(1, int(lock_timeout * 1000))}")
             set_read_settings(conn)
-            _undo_all_rows(conn, record["tables"], force, conflicts, done)
+            refills = undo_tables.load(conn, restore_tables, files or {}, force, conflicts, problems)
+            if problems or (conflicts and not force):
+                raise psycopg.Rollback()
+            _undo_all_rows(conn, record["tables"], refills, force, conflicts, done)
             for obj in sorted(record["objects"], key=lambda o: DROP_ORDER.index(o["kind"])):
-                _drop(conn, obj, record["objects"], force, conflicts, done)
+                _drop(conn, obj, record["objects"], set(restore_tables), force, conflicts, done)
             if conflicts and not force:
                 raise psycopg.Rollback()
             problems = _verify(conn, record)
@@ -183,19 +215,29 @@ class _Plan:
     reinsert: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _undo_all_rows(conn: psycopg.Connection, tables: dict[str, Any], force: bool, conflicts: list[str],
-                   done: list[str]) -> None:
+def _undo_all_rows(conn: psycopg.Connection, tables: dict[str, Any], refills: dict[str, Refill], force: bool,
+                   conflicts: list[str], done: list[str]) -> None:
     """Every table's rows, in an order foreign keys accept: deletes from referencing tables before the tables
-    they reference, then rows put back and re-inserted in referenced tables before the tables referencing them."""
+    they reference, then rows put back and re-inserted in referenced tables before the tables referencing them.
+    The tables put back whole from the checkpoint (``refills``) take their place in the same order."""
     plans = {table: _classify(conn, table, rows, force, conflicts) for table, rows in sorted(tables.items())}
-    parents_first = _fk_order(conn, list(plans))
+    parents_first = _fk_order(conn, list(plans) + [t for t in refills if t not in plans])
+    deleted: dict[str, int] = {}
     for table in reversed(parents_first):
-        if plans[table].delete:
+        if table in refills:
+            deleted[table] = undo_tables.delete_surplus(conn, refills[table])
+        elif plans[table].delete:
             key = tables[table]["key"]
             conn.execute(sql.SQL("DELETE FROM {t} t WHERE {w}").format(
                 t=sql.SQL(table), w=_by_keys(key, table, plans[table].delete)))
     for table in parents_first:
-        _put_back(conn, table, tables[table]["key"], tables[table]["before_columns"], plans[table])
+        if table in refills:
+            inserted = undo_tables.insert_missing(conn, refills[table])
+            whole = refills[table].table
+            done.append(f"{table}: put back from the checkpoint{f' (a partition of {whole})' if whole != table else ''}"
+                        f" — {deleted[table]} row(s) deleted, {inserted} inserted")
+        else:
+            _put_back(conn, table, tables[table]["key"], tables[table]["before_columns"], plans[table])
     for table, plan in plans.items():
         if plan.delete or plan.put_back or plan.reinsert:
             done.append(f"{table}: {len(plan.delete)} row(s) deleted, {len(plan.put_back)} put back, "
@@ -208,7 +250,7 @@ def _classify(conn: psycopg.Connection, table: str, rows: dict[str, Any], force:
     (a conflict: someone changed it since; undone only with ``force``)."""
     key, b_cols, a_cols = rows["key"], rows["before_columns"], rows["after_columns"]
     every = [r[0] for r in rows["insert"]] + [r[0] for r in rows["update"]] + [r[0] for r in rows["delete"]]
-    now_a = _read(conn, table, key, every, a_cols) if _columns_exist(conn, table, a_cols) else {}
+    now_a = _read(conn, table, key, every, a_cols) if columns_exist(conn, table, a_cols) else {}
     now_b = _read(conn, table, key, every, b_cols)
     plan = _Plan()
 
@@ -258,18 +300,14 @@ def _put_back(conn: psycopg.Connection, table: str, key: list[str], b_cols: list
     if plan.put_back and settable:
         conn.execute(sql.SQL("UPDATE {t} t SET ({cols}) = (SELECT {rcols}) FROM json_populate_recordset("
                              "NULL::{t}, {rows}) r WHERE {match}").format(
-            t=target, cols=_idents(settable), rcols=_idents(settable, "r."),
+            t=target, cols=idents(settable), rcols=idents(settable, "r."),
             rows=sql.Literal(json.dumps(plan.put_back)),
             match=sql.SQL(" AND ").join(sql.SQL("t.{c} = r.{c}").format(c=sql.Identifier(c)) for c in key)))
     if plan.reinsert:
         conn.execute(sql.SQL("INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE SELECT {rcols} FROM "
                              "json_populate_recordset(NULL::{t}, {rows}) r").format(
-            t=target, cols=_idents(writable), rcols=_idents(writable, "r."),
+            t=target, cols=idents(writable), rcols=idents(writable, "r."),
             rows=sql.Literal(json.dumps(plan.reinsert))))
-
-
-def _idents(columns: list[str], prefix: str = "") -> sql.Composable:
-    return sql.SQL(", ").join(sql.SQL(prefix) + sql.Identifier(c) for c in columns)
 
 
 def _writable(conn: psycopg.Connection, table: str, columns: list[str]) -> list[str]:
@@ -285,18 +323,14 @@ def _always_identity(conn: psycopg.Connection, table: str) -> set[str]:
                                        "AND attidentity = 'a'", [table])}
 
 
-def _columns_exist(conn: psycopg.Connection, table: str, columns: list[str]) -> bool:
-    have = {r[0] for r in conn.execute("SELECT attname::text FROM pg_attribute WHERE attrelid = %s::regclass "
-                                       "AND attnum > 0 AND NOT attisdropped", [table])}
-    return set(columns) <= have
-
-
-def _drop(conn: psycopg.Connection, obj: dict[str, Any], record_objects: list[dict[str, Any]], force: bool,
-          conflicts: list[str], done: list[str]) -> None:
+def _drop(conn: psycopg.Connection, obj: dict[str, Any], record_objects: list[dict[str, Any]], put_back: set[str],
+          force: bool, conflicts: list[str], done: list[str]) -> None:
     kind, name, table = obj["kind"], obj["name"], obj.get("table")
     if not _exists(conn, kind, name, table, obj.get("column")):
         return  # already undone
-    if kind == "column" and column_digest(conn, str(table), obj["column"]) != obj.get("digest"):
+    # A column of a table put back whole: the table's own check covered it (the rows it dropped held values).
+    if (kind == "column" and table not in put_back
+            and column_digest(conn, str(table), obj["column"]) != obj.get("digest")):
         conflicts.append(f"column {name}: added by the run, written to by someone since")
         if not force:
             return
@@ -351,7 +385,7 @@ def _built_on(conn: psycopg.Connection, table: str, column: str, ours: set[str])
 
 def _exists(conn: psycopg.Connection, kind: str, name: str, table: str | None, column: str | None) -> bool:
     if kind == "column":
-        return column is not None and table is not None and _columns_exist(conn, table, [_unquoted(column)])
+        return column is not None and table is not None and columns_exist(conn, table, [_unquoted(column)])
     if kind == "constraint":
         row = conn.execute("SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%s) AND quote_ident(conname) = %s",
                            [table, split_name(name)[-1]]).fetchone()
@@ -379,4 +413,5 @@ def _verify(conn: psycopg.Connection, record: dict[str, Any]) -> list[str]:
     for obj in record["objects"]:
         if _exists(conn, obj["kind"], obj["name"], obj.get("table"), obj.get("column")):
             problems.append(f"{obj['kind']} {obj['name']} is still there")
+    problems += undo_tables.verify(conn, record.get("restore_tables") or {})
     return problems[:20]

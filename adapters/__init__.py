@@ -254,6 +254,23 @@ def json_sha256(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def sort_undo(entries: Mapping[str, Mapping[str, Any]], back: Callable[[str], bool], as_left: Callable[[str], bool],
+              conflict: Callable[[str], str], force: bool) -> tuple[list[str], list[str]]:
+    """(what an undo must put back, its conflicts) of an undo record's ``entries`` (each a key, ref … the run
+    changed): one already ``back`` at the checkpoint is skipped (a killed undo run again), one still ``as_left``
+    by the run is put back, any other was changed since — a conflict, put back only when ``force``."""
+    todo, conflicts = [], []
+    for name in entries:
+        if back(name):
+            continue
+        if not as_left(name):
+            conflicts.append(conflict(name))
+            if not force:
+                continue
+        todo.append(name)
+    return todo, conflicts
+
+
 def nothing_runs(root: Path) -> list[str]:
     """``clear_leftovers`` of a kind that runs nothing inside shadow's temp dirs (its servers end with their run)."""
     return []

@@ -310,6 +310,10 @@ def restore_all(session: Session, targets: dict[str, Target],
             restore_target(session, t, checkpoints[name])
         except RestoreFailed as exc:
             failures.append(exc)
+        finally:
+            restore = session.result.targets[name].restore
+            if restore is not None:
+                restore.setdefault("mode", "full")
     return failures
 
 

@@ -265,6 +265,9 @@ def _restore_run(session: Session, targets: dict[str, Target], run_id: str, forc
         return refused
     session.phase("restoring")
     failures = restore_all(session, targets, checkpoints)
+    for tr in session.result.targets.values():
+        if tr.restore is not None:
+            tr.restore["why"] = why
     if failures:
         restores = [tr.restore or {} for tr in session.result.targets.values()]
         if all(r.get("untouched") or not r.get("needed") for r in restores):

@@ -46,7 +46,7 @@ def mode_of(records: dict[str, Any], name: str) -> tuple[str, str]:
     """(``undo`` | ``tables``, why) for target ``name``'s undo record."""
     whole = (records[name].get("restore_tables") or {}) if name in records else {}
     if not whole:
-        return "undo", "the apply kept every row and object it changed"
+        return "undo", "the apply kept what it changed, one row, object, key or ref at a time"
     return "tables", "; ".join(f"{table} is put back whole from the checkpoint because {entry['why']}"
                                for table, entry in sorted(whole.items()))
 

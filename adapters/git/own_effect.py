@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters import Checkpoint
+from adapters import Checkpoint, sort_undo
 from adapters.git.describe import describe_changes
 from adapters.git.observe import diff, local_refs
 from adapters.git.repo import Git
@@ -71,16 +71,10 @@ def undo(git: Git, record: dict[str, Any], checkpoint: Checkpoint, manifest: dic
     """Move back exactly the refs the run moved, and the working copy: (conflicts, done, problems)."""
     refs: dict[str, dict[str, Any]] = record.get("refs") or {}
     have = now["objects"]["ref"]
-    todo, conflicts = [], []
-    for name, entry in refs.items():
-        if _back(git, have.get(name), entry["checkpoint"], mode, name):
-            continue
-        if have.get(name) != entry["left"]:
-            conflicts.append(f"ref {name}: moved since the run left it ({_short(entry['left'])} → now "
-                             f"{_short(have.get(name))})")
-            if not force:
-                continue
-        todo.append(name)
+    todo, conflicts = sort_undo(refs, lambda n: _back(git, have.get(n), refs[n]["checkpoint"], mode, n),
+                                lambda n: have.get(n) == refs[n]["left"],
+                                lambda n: f"ref {n}: moved since the run left it ({_short(refs[n]['left'])} → now "
+                                          f"{_short(have.get(n))})", force)
     if conflicts and not force:
         return conflicts, [], []
     for name in todo:  # forced over a push from elsewhere: its commits are fetched, to revert on top of them

@@ -17,6 +17,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from adapters import sort_undo
 from adapters.s3.bucket import Bucket
 from adapters.s3.client import WORKERS
 from adapters.s3.footprint import Footprint
@@ -70,16 +71,10 @@ def undo(b: Bucket, record: dict[str, Any], manifest: dict[str, Any], copy_of: A
     keys: dict[str, dict[str, Any]] = record.get("keys") or {}
     with ThreadPoolExecutor(WORKERS) as pool:
         current = dict(zip(keys, pool.map(lambda k: _props(b, k), keys)))
-    todo, conflicts = [], []
-    for key, entry in keys.items():
-        if current[key] == entry["checkpoint"]:
-            continue  # already back (an undo that was killed after this key)
-        if current[key] != entry["left"]:
-            conflicts.append(f"object {b.bucket}/{key}: changed since the run left it "
-                             f"({_state(entry['left'])} → now {_state(current[key])})")
-            if not force:
-                continue
-        todo.append(key)
+    todo, conflicts = sort_undo(keys, lambda k: current[k] == keys[k]["checkpoint"],
+                                lambda k: current[k] == keys[k]["left"],
+                                lambda k: f"object {b.bucket}/{k}: changed since the run left it "
+                                          f"({_state(keys[k]['left'])} → now {_state(current[k])})", force)
     if conflicts and not force:
         return conflicts, [], []
 

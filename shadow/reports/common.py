@@ -21,7 +21,7 @@ def verdict_line(m: dict[str, Any]) -> str:
     if outcome == "refused" and m.get("command") == "rollback":
         return "REFUSED — nothing was restored; production was left as it is"
     restores = [t.get("restore") or {} for t in m.get("targets") or []]
-    if outcome == "restored" and restores and all(r.get("mode") == "undo" for r in restores):
+    if outcome == "restored" and restores and all(r.get("mode") in ("undo", "tables") for r in restores):
         return "RESTORED — the run's own change was undone and verified; everyone else's writes were kept"
     if outcome == "rolled_back":
         restores = [t.get("restore") or {} for t in m.get("targets") or []]

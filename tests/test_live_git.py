@@ -137,3 +137,21 @@ def test_a_failure_in_production_undoes_only_the_runs_own_refs(tmp_path: Path, s
     assert git(repo.remote, "rev-parse", "main^{tree}") == git(repo.remote, "rev-parse", f"{start}^{{tree}}")
     colleague.assert_kept(repo.remote)
     assert repo.git("status", "--porcelain") == ""
+
+
+def test_reset_mode_moves_back_only_the_runs_refs(tmp_path: Path, shadow_cli) -> None:  # type: ignore[no-untyped-def]
+    """``rollback: reset``: the run's branch goes back exactly (a leased force push), the colleague's stays."""
+    folder, repo = example(tmp_path)
+    plan = folder / "shadow.yaml"
+    plan.write_text(plan.read_text().replace("rollback: revert ", "rollback: reset  "))
+    assert "rollback: reset" in plan.read_text()
+    start = repo.remote_head()
+    with Pusher(repo.remote, tmp_path / "colleague") as colleague:
+        applied = shadow_cli("apply", "--json", "-f", str(plan))
+        assert applied.code == 0, applied.text
+        rolled = shadow_cli("rollback", json.loads(applied.out)["run_id"], "--json", "-f", str(plan))
+        colleague.stop()
+    assert rolled.code == 0, rolled.text
+    assert repo.remote_head() == start and repo.git("rev-parse", "main") == start
+    colleague.assert_kept(repo.remote)
+    assert repo.git("status", "--porcelain") == ""

@@ -235,3 +235,35 @@ def test_drift_on_what_the_action_reads_rehearses_again_on_a_fresh_checkpoint(sh
     assert json.loads(client.get_object(Bucket=name, Key="invoices/late.json")["Body"].read()) == \
         {"n": 9, "currency": "EUR"}
     assert all(_invoice(client, name, i)["currency"] == "EUR" for i in range(4))
+
+
+def test_an_unversioned_bucket_is_undone_from_the_checkpoints_copies(s3_server: str, shadow_cli,
+                                                                     tmp_path: Path) -> None:
+    """No versions to copy back: the undo puts the run's keys back from the copies the checkpoint stored, and
+    leaves the other writer's keys alone."""
+    import uuid
+
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    name = "plain-" + uuid.uuid4().hex[:12]
+    client.create_bucket(Bucket=name)
+    for i in range(4):
+        client.put_object(Bucket=name, Key=f"invoices/{i}.json", Body=json.dumps({"n": i}),
+                          ContentType="application/json", Metadata={"owner": "billing"})
+    plan = _plan(tmp_path, name, s3_server)
+    plan.write_text(plan.read_text().replace(f'endpoint_url: "{s3_server}"}}',
+                                             f'endpoint_url: "{s3_server}", allow: [unversioned]}}'))
+    with S3Writer(s3_server, name, "logs/", tmp_path / "writes.jsonl") as writer:
+        applied = shadow_cli("apply", "-f", str(plan), "--json")
+        assert applied.code == 0, applied.text
+        assert all(_invoice(client, name, i)["currency"] == "EUR" for i in range(4))
+        rolled = shadow_cli("rollback", json.loads(applied.out)["run_id"], "--json")
+        writer.stop()
+    assert rolled.code == 0, rolled.text
+    assert _target(json.loads(rolled.out))["restore"]["mode"] == "undo"
+    assert all(_invoice(client, name, i) == {"n": i} for i in range(4))
+    head = client.head_object(Bucket=name, Key="invoices/0.json")
+    assert head["ContentType"] == "application/json" and head["Metadata"] == {"owner": "billing"}
+    assert writer.assert_kept(client) > 10

@@ -105,8 +105,8 @@ def undo(git: Git, record: dict[str, Any], checkpoint: Checkpoint, manifest: dic
     restore_checkpoint(git, partial, {**manifest, "tracking": tracking}, now, mode, remote, target)
     after = observe()
     scope = set(refs) | {"HEAD"}
-    problems = restore_problems(git, _only(checkpoint.observation, scope)["objects"],
-                                _only(after, scope)["objects"], mode)
+    want, now_ = _only(checkpoint.observation, scope)["objects"], _only(after, scope)["objects"]
+    problems = [] if want == now_ else restore_problems(git, want, now_, mode)
     done = [f"moved back {len(todo)} ref(s) the run moved" if todo else "", "put back the working copy"]
     return conflicts, [d for d in done if d], problems
 

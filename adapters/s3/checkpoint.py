@@ -34,21 +34,41 @@ def versions_manifest(call: Call, b: Bucket) -> Manifest:
 
 
 def copies_manifest(call: Call, b: Bucket, store: Store, observation: dict[str, Any]) -> tuple[Manifest, int]:
-    """(manifest, bytes copied): every observed object downloaded into the store, from a bounded pool."""
-    keys = [n.split("/", 1)[1] for n in observation["objects"]["object"]]
+    """(manifest, bytes copied): every observed object downloaded into the store, from a bounded pool.
 
-    def copy(key: str) -> tuple[str, Artifact]:
-        with store.new_artifact() as slot:
-            b.client.download_file(b.bucket, key, str(slot.path))
+    Another writer may overwrite or delete an object between the observation and its copy: each key's observed
+    content, content type and metadata are then taken from the very response the copy was read from (and a key
+    deleted meanwhile leaves the observation), so that the checkpoint's observation describes its copies."""
+    objects = observation["objects"]["object"]
+    keys = [n.split("/", 1)[1] for n in objects]
+
+    def copy(key: str) -> tuple[str, Artifact | None, dict[str, Any]]:
+        from botocore.exceptions import ClientError
+
+        try:
+            got = b.client.get_object(Bucket=b.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return key, None, {}
+            raise
+        with store.new_artifact() as slot, open(slot.path, "wb") as out:
+            for block in got["Body"].iter_chunks(1 << 20):
+                out.write(block)
         assert slot.artifact is not None
-        return key, slot.artifact
+        return key, slot.artifact, {"etag": got["ETag"].strip('"'), "size": int(got["ContentLength"]),
+                                    "content_type": got.get("ContentType"),
+                                    "metadata": dict(sorted((got.get("Metadata") or {}).items()))}
 
     manifest: Manifest = {}
     copied = 0
     with ThreadPoolExecutor(WORKERS) as pool:
-        for key, art in call("copying objects", lambda: list(pool.map(copy, keys))):
-            manifest[key] = {"sha256": art.sha256, "size": art.size,
-                             "etag": observation["objects"]["object"][f"{b.bucket}/{key}"]["etag"]}
+        for key, art, props in call("copying objects", lambda: list(pool.map(copy, keys))):
+            name = f"{b.bucket}/{key}"
+            if art is None:
+                del objects[name]
+                continue
+            objects[name] = {**objects[name], **props}
+            manifest[key] = {"sha256": art.sha256, "size": art.size, "etag": props["etag"]}
             copied += art.size
     return manifest, copied
 

@@ -14,6 +14,7 @@ their own modules; their verbs are importable from here too.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -158,6 +159,9 @@ def _run_phases(session: Session, plan_: Plan, statements: list[Statement], targ
     if ending.rehearse_again:
         return Ending(Outcome.REFUSED, f"production moved again while shadow rehearsed on a fresh checkpoint: "
                       f"{ending.reason}")
+    if ending.outcome is not Outcome.APPLIED:
+        ending = dataclasses.replace(ending, reason=f"{ending.reason} (on a second rehearsal, from a fresh "
+                                                    f"checkpoint; the first was refused: {first})")
     return ending
 
 

@@ -89,7 +89,9 @@ def test_apply_refuses_when_someone_pushed_to_the_remote(tmp_path: Path, shadow_
     colleague = tmp_path / "colleague"
     git(tmp_path, "clone", "-q", str(repo.remote), str(colleague))
     plan = folder / "shadow.yaml"
-    # While shadow rehearses, a colleague pushes to the real remote.
+    # While shadow rehearses, a colleague pushes to the real remote (to main, the branch the action pushes):
+    # drift on what the action writes, so shadow rehearses again on a fresh checkpoint — where the action's
+    # push is rejected (the working copy is behind): refused, nothing applied.
     plan.write_text(plan.read_text().replace(
         "command: >-\n", f"command: >-\n    git -C {colleague} commit -q --allow-empty -m theirs && git -C {colleague} "
                          "push -q &&\n"))
@@ -98,7 +100,7 @@ def test_apply_refuses_when_someone_pushed_to_the_remote(tmp_path: Path, shadow_
     result = shadow_cli("apply", "-f", str(plan))
 
     assert result.code == 1, result.text
-    assert "drift" in result.out and "nothing was applied" in result.out
+    assert "drift" in result.out and "nothing was applied" in result.out and "second rehearsal" in result.out
     assert git(repo.remote, "log", "-1", "--format=%s", "main") == "theirs"
     assert {**repo.state(), "remote": None} == {**before, "remote": None}
 

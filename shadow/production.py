@@ -190,7 +190,9 @@ def undo_apply(session: Session, targets: dict[str, Target], checkpoints: dict[s
     ending = undo_run(session, targets, checkpoints, records, run_id, force=True)
     if ending.outcome is Outcome.RESTORED:
         return Ending(Outcome.ROLLED_BACK, f"{reason}; {ending.reason}")
-    error = RestoreFailed(f"{reason}; UNDO FAILED: {ending.reason}", run_id=run_id)
+    error = RestoreFailed(f"{reason}; UNDO FAILED: {ending.reason}; production was left as it is — retry with "
+                          "`shadow recover` once the cause is fixed (new work on these targets is refused until "
+                          "then)", run_id=run_id)
     return Ending(Outcome.RESTORE_FAILED, str(error), error)
 
 

@@ -67,7 +67,8 @@ def undo_run(session: Session, targets: dict[str, Target], checkpoints: dict[str
              records: dict[str, Any], run_id: str, force: bool) -> Ending:
     """Undo run ``run_id``'s own change on every target, each in one transaction, and say how it ended."""
     result = session.result
-    session.phase("restoring")
+    if result.command != "recover":  # a recover's undo: the run it settles stays unfinished until that is done
+        session.phase("restoring")
     did: list[str] = []
     for name, t in targets.items():
         assert isinstance(t, Undoable)

@@ -140,3 +140,20 @@ def test_an_apply_killed_between_its_statements_is_recovered_table_by_table(
     finally:
         with prod_db.server.connect() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
+
+
+def test_an_apply_whose_undo_needs_the_whole_checkpoint_is_refused_while_production_moves(
+        prod_db: ProdDb, shadow_cli, tmp_path: Path) -> None:
+    """A dropped index cannot be put back by a record: its undo would restore the whole checkpoint and lose the
+    writer's rows, so with production written to since the checkpoint nothing is applied."""
+    plan = _plan(tmp_path, prod_db, "DROP INDEX CONCURRENTLY orders_user_id_idx;\n")
+    plan.write_text(plan.read_text().replace("must: [add index public.users_full_name_idx]",
+                                             "must: [drop index public.orders_user_id_idx]")
+                    .replace("policy:\n", "policy:\n  allow: [drop-index]\n"))
+    with Writer(prod_db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
+        result = shadow_cli("apply", "-f", str(plan), "--json")
+        writer.stop()
+    assert result.code != 0, result.text
+    assert "refused before applying anything" in result.text and "whole checkpoint" in result.text, result.text
+    assert prod_db.scalar("SELECT to_regclass('public.orders_user_id_idx') IS NOT NULL") is True
+    writer.assert_kept(prod_db.dsn)

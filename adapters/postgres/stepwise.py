@@ -31,7 +31,7 @@ VERSION = 1
 
 
 def before_action(now: dict[str, Any], shadow: PgShadow) -> dict[str, Any]:
-    """What :func:`own_effect` needs, taken just before the action: production's tables now, the tables the
+    """What the target's ``own_effect`` needs, taken just before the action: production's tables now, the tables the
     rehearsal read or wrote (None: not known), and — when the rehearsal itself holds a change no record can undo —
     why the whole checkpoint would have to be restored."""
     touched = shadow.footprint_tables

@@ -134,7 +134,8 @@ def _apply_and_verify(session: Session, plan_: Plan, statements: list[Statement]
     strict = plan_.policy.drift == "strict"
     sql_tr = result.targets.get(plan_.action.sql_target or "")
     waited = (lambda text: _waited(session, sql_tr, text)) if sql_tr is not None else None
-    undo = f"restore every target from the checkpoints of run {result.run_id} (shadow rollback {result.run_id})"
+    undo = (f"undo run {result.run_id}'s own change from the records kept before it" if own else
+            f"restore every target from the checkpoints of run {result.run_id}") + f" (shadow rollback {result.run_id})"
     with session.step("apply", undo=undo) as step:
         start = time.monotonic()
         try:

@@ -212,7 +212,8 @@ def delete_surplus(conn: psycopg.Connection, r: Refill) -> int:
 
 def insert_missing(conn: psycopg.Connection, r: Refill) -> int:
     """Insert the checkpoint's rows the table holds less often than the checkpoint did — for a keyed table, give
-    each row whose key both hold the checkpoint's values, and insert the rows whose key it lacks."""
+    each row whose key both hold the checkpoint's values, and insert the rows whose key it lacks (how many values
+    and rows were written)."""
     only = sql.SQL("ONLY ") + sql.SQL(r.leaf)
     if r.key:
         return _by_key(conn, r, only)
@@ -229,12 +230,13 @@ def _by_key(conn: psycopg.Connection, r: Refill, only: sql.Composable) -> int:
                                              "AND attidentity = 'a'", [r.leaf])}
     settable = [c for c in r.columns if c not in r.key and c not in always]
     changed = 0
-    if settable:
-        cur = conn.execute(sql.SQL("UPDATE {t} t SET ({cols}) = (SELECT {ccols}) FROM {copy} c WHERE ({tk}) = ({ck}) "
-                                   "AND ({tcols}) IS DISTINCT FROM ({ccols})").format(
-            t=only, cols=idents(settable), ccols=idents(settable, "c."), tcols=idents(settable, "t."),
-            copy=r.copy, tk=idents(r.key, "t."), ck=idents(r.key, "c.")))
-        changed = max(cur.rowcount, 0)
+    # One column at a time, and only where it differs: an ``UPDATE OF column`` trigger fires only for a column the
+    # run changed, as it did for the run's own statement — never for a value written back unchanged.
+    for column in settable:
+        cur = conn.execute(sql.SQL("UPDATE {t} t SET {col} = c.{col} FROM {copy} c WHERE ({tk}) = ({ck}) "
+                                   "AND t.{col} IS DISTINCT FROM c.{col}").format(
+            t=only, col=sql.Identifier(column), copy=r.copy, tk=idents(r.key, "t."), ck=idents(r.key, "c.")))
+        changed += max(cur.rowcount, 0)
     cur = conn.execute(sql.SQL("INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE SELECT {tcols} FROM {copy} t "
                                "WHERE t.ctid IN ({missing})").format(
         t=sql.SQL(r.leaf), cols=idents(r.columns), tcols=idents(r.columns, "t."), copy=r.copy,

@@ -19,7 +19,7 @@ from shadow.plan import Plan
 from shadow.result import addresses
 from shadow.session import Session
 from shadow.sqlsplit import Statement
-from shadow.undoing import undo_run
+from shadow.undoing import falls_back, undo_run
 
 
 def drift_check(session: Session, targets: dict[str, Target], shadows: dict[str, ShadowCopy],
@@ -134,7 +134,8 @@ def _apply_and_verify(session: Session, plan_: Plan, statements: list[Statement]
     strict = plan_.policy.drift == "strict"
     sql_tr = result.targets.get(plan_.action.sql_target or "")
     waited = (lambda text: _waited(session, sql_tr, text)) if sql_tr is not None else None
-    undo = f"restore every target from the checkpoints of run {result.run_id} (shadow rollback {result.run_id})"
+    undo = (f"undo run {result.run_id}'s own change from the records kept before it" if own else
+            f"restore every target from the checkpoints of run {result.run_id}") + f" (shadow rollback {result.run_id})"
     with session.step("apply", undo=undo) as step:
         start = time.monotonic()
         try:
@@ -147,8 +148,9 @@ def _apply_and_verify(session: Session, plan_: Plan, statements: list[Statement]
             step.found("the action failed on production")
     if blocker is not None:
         result.production.mode += (f" — {blocker.where} cannot run in a transaction "
-                                   f"({' '.join(blocker.text.split()[:4])} …), so a failure is undone by "
-                                   "restoring the checkpoint")
+                                   f"({' '.join(blocker.text.split()[:4])} …), so a failure is undone "
+                                   + ("from the undo record kept before the action" if own
+                                      else "by restoring the checkpoint"))
     if not result.production.ok:
         return undo_apply(session, targets, checkpoints, f"the action failed on production: "
                                                          f"{result.production.error}")
@@ -182,13 +184,16 @@ def undo_apply(session: Session, targets: dict[str, Target], checkpoints: dict[s
     that changed again in the moments since is put back too (the run was writing it): the report says so."""
     run_id = run_id or session.result.run_id
     records = {n: session.store.read_undo(run_id, n) for n in targets}
-    if not all(isinstance(t, OwnEffect) and records[n] for n, t in targets.items()):
+    if not all(isinstance(t, OwnEffect) and records[n] and not falls_back(records[n] or {})
+               for n, t in targets.items()):
         return roll_back(session, targets, checkpoints, reason)
     session.progress("info", f"rolling back: {reason}")
     ending = undo_run(session, targets, checkpoints, records, run_id, force=True)
     if ending.outcome is Outcome.RESTORED:
         return Ending(Outcome.ROLLED_BACK, f"{reason}; {ending.reason}")
-    error = RestoreFailed(f"{reason}; UNDO FAILED: {ending.reason}", run_id=run_id)
+    error = RestoreFailed(f"{reason}; UNDO FAILED: {ending.reason}; production was left as it is — retry with "
+                          "`shadow recover` once the cause is fixed (new work on these targets is refused until "
+                          "then)", run_id=run_id)
     return Ending(Outcome.RESTORE_FAILED, str(error), error)
 
 

@@ -9,8 +9,12 @@ modes, which the report names (``restore.mode``, ``restore.why``):
   one by one, a SQL_ASCII database): their data is put back whole from the checkpoint, in the same transaction —
   every other table keeps everyone's writes;
 - ``full``: the caller restores the whole checkpoint — when :func:`why_not` says why (no record: the apply did not
-  run in one transaction; a change to a definition that cannot be undone object by object; the kind has no undo),
-  or with ``--full``.
+  run in one transaction and a target cannot tell its own writes from others'; a change to a definition that
+  cannot be undone object by object; the kind has no undo), or with ``--full``.
+
+A PostgreSQL apply that could not run in one transaction keeps a record too
+(:mod:`adapters.postgres.stepwise`): every table whose rows it changed is put back whole from the checkpoint
+(``tables``), every object it added is dropped.
 """
 
 from __future__ import annotations
@@ -34,12 +38,20 @@ def why_not(session: Session, targets: dict[str, Target], run_id: str) -> tuple[
         except SnapshotCorrupt as exc:
             return f"the undo record of {name!r} is damaged ({exc})", records
         if record is None:
-            return (f"run {run_id} kept no undo record for {name!r} (only an apply in one transaction keeps one)",
-                    records)
-        if record.get("fallback"):
-            return f"{record['fallback']} ({name!r})", records
+            return (f"run {run_id} kept no undo record for {name!r} (an apply keeps one in one transaction, or "
+                    "when every target tells its own writes from others')", records)
+        fallback = falls_back(record)
+        if fallback:
+            return f"{fallback} ({name!r})", records
         records[name] = record
     return None, records
+
+
+def falls_back(record: dict[str, Any]) -> str | None:
+    """Why undo record ``record`` (or the ``pending`` one an apply kept before its action) can only be undone by
+    restoring the whole checkpoint; None when it can be undone change by change."""
+    pending = record.get("pending")
+    return record.get("fallback") or (pending.get("fallback") if isinstance(pending, dict) else None)
 
 
 def mode_of(records: dict[str, Any], name: str) -> tuple[str, str]:
@@ -55,7 +67,8 @@ def undo_run(session: Session, targets: dict[str, Target], checkpoints: dict[str
              records: dict[str, Any], run_id: str, force: bool) -> Ending:
     """Undo run ``run_id``'s own change on every target, each in one transaction, and say how it ended."""
     result = session.result
-    session.phase("restoring")
+    if result.command != "recover":  # a recover's undo: the run it settles stays unfinished until that is done
+        session.phase("restoring")
     did: list[str] = []
     for name, t in targets.items():
         assert isinstance(t, Undoable)

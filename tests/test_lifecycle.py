@@ -105,12 +105,14 @@ expect:
     assert prod_db.fingerprint() == before
     journal = sqlite3.connect(tmp_path / "state" / "journal.sqlite")
     steps = journal.execute("SELECT step, state, undo FROM steps ORDER BY seq").fetchall()
-    assert ("apply", "failed") == steps[0][:2] and "restore every target" in steps[0][2]
-    assert [s[:2] for s in steps[1:]] == [("restore", "done")]
+    # Not in one transaction, but the apply kept an undo record before the action: its own change is undone.
+    assert ("apply", "failed") == steps[0][:2] and "own change from the records kept before it" in steps[0][2]
+    assert [s[:2] for s in steps[1:]] == [("undo", "done")]
 
 
 def test_apply_journals_production_steps_with_their_undo(prod_db, shadow_cli, tmp_path):
-    # (the command-action path journals "restore every target …": see the SIGTERM test above)
+    # (the command-action path journals "undo run …'s own change from the records kept before it": see the SIGTERM
+    # test above)
     write_plan(tmp_path, """
 targets: {app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}}
 action: {sql: m.sql}

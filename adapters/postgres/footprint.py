@@ -70,10 +70,15 @@ def independent(changes: list[Change], touched: set[str] | None, rehearsed: list
                 sequences: dict[str, Any]) -> list[Change]:
     """Of ``changes`` (production's since the checkpoint), the top-level ones the action cannot depend on: row
     changes of tables it neither read nor wrote, with the sequence values those writes consumed."""
-    if touched is None:
+    read_or_written = tables(touched, rehearsed)
+    if read_or_written is None:
         return []
-    tables = touched | _tables_of(rehearsed)
-    return [c for c in changes if all(_independent(part, tables, sequences) for part in c.walk())]
+    return [c for c in changes if all(_independent(part, read_or_written, sequences) for part in c.walk())]
+
+
+def tables(touched: set[str] | None, rehearsed: list[Change]) -> set[str] | None:
+    """The tables the action read or wrote on the shadow, with those its change set names; None: not known."""
+    return None if touched is None else touched | _tables_of(rehearsed)
 
 
 def _independent(change: Change, tables: set[str], sequences: dict[str, Any]) -> bool:

@@ -226,6 +226,11 @@ class PgShadow:
         """The change set the rehearsal found (after :meth:`changes`)."""
         return self._rehearsed
 
+    @property
+    def footprint_tables(self) -> set[str] | None:
+        """The tables the rehearsal read or wrote (None: not known, a server older than 15)."""
+        return footprint.tables(self._touched, self._rehearsed)
+
     def independent(self, changes: list[Change]) -> list[Change]:
         return footprint.independent(changes, self._touched, self._rehearsed,
                                      self.checkpoint.observation["objects"].get("sequence", {}))

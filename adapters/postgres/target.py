@@ -19,14 +19,15 @@ from adapters.postgres.server import Server
 from adapters.postgres.diff import diff
 from adapters.postgres.execute import end_sessions, execute, execute_verified
 from adapters import tempdirs
-from adapters.postgres import own_effect, undo, undo_tables
+from adapters.postgres import own_effect, stepwise, undo, undo_tables
 from adapters.postgres.compare import count_changed_rows, how_they_differ, last_line, settle_settings, uncounted
 from adapters.postgres.shadowcopy import PgShadow, endpoint_env
 from adapters.postgres.observe import observe, read_text_as_str
 from adapters.postgres import dbsettings
 from adapters.postgres.restore import dumped_sequences, restore_over, run_pg_dump, table_data_files
 from shadow.changes import Change, RowDelta
-from shadow.errors import BinaryNotFound, InfrastructureError, RestoreFailed, SnapshotCorrupt, TargetUnreachable
+from shadow.errors import (BinaryNotFound, InfrastructureError, RestoreFailed, ShadowError, SnapshotCorrupt,
+                           TargetUnreachable)
 from shadow.sqlsplit import Statement, forces_autocommit
 from snapshots import Artifact, Store
 
@@ -62,6 +63,7 @@ class PostgresTarget:
         self.dsn = str(spec["dsn"])
         self.settings = settings
         self._params = dsnlib.parse(self.dsn)
+        self._rehearsal: PgShadow | None = None  # the shadow of the apply under way: its pristine copy counts rows
 
     # -- connection ---------------------------------------------------------------------------------------
     def describe(self) -> str:
@@ -268,12 +270,56 @@ class PostgresTarget:
                                     lock_timeout, lock_retries, waited)
         return problems, seen
 
+    # -- an apply not in one transaction (adapters.postgres.stepwise) --------------------------------------------
+    def before_action(self, checkpoint: Checkpoint, shadow: Any) -> dict[str, Any]:
+        """Production's tables just before an apply that cannot run in one transaction, and the rehearsal's
+        footprint. Refused when undoing the rehearsed change would take the whole checkpoint and production
+        moved since it: that restore would lose those writes (nothing was applied)."""
+        assert isinstance(shadow, PgShadow)
+        now = self.observe()
+        before = stepwise.before_action(now, shadow)
+        if before["fallback"] and fingerprint_of(now) != checkpoint.fingerprint:
+            raise ShadowError(f"refused before applying anything: production changed since the checkpoint, and "
+                              f"undoing this apply (which cannot run in one transaction) would mean restoring the "
+                              f"whole checkpoint, which would lose those writes ({before['fallback']}); run shadow "
+                              "again to rehearse against the current state", target=self.name)
+        self._rehearsal = shadow
+        return before
+
+    def own_effect(self, before: dict[str, Any], checkpoint: Checkpoint,
+                   strict: bool) -> tuple[list[Change], list[Change], dict[str, Any]]:
+        """After an apply not in one transaction: (the action's own change set since the checkpoint — rows
+        counted against the rehearsal's pristine copy while it is there —, other writers' changes during the
+        apply, the undo record)."""
+        try:
+            now = self.observe()
+            changes = self._changes(checkpoint, now, self._rehearsal)
+            ours, theirs = stepwise.split(changes, before, now, strict)
+            with self.connect() as conn:
+                record = stepwise.record_of(conn, ours, before, now, checkpoint.observation)
+        except psycopg.OperationalError as exc:
+            raise TargetUnreachable(f"lost production while reading the apply's effect: {last_line(exc)}",
+                                    target=self.name) from exc
+        except psycopg.Error as exc:
+            raise InfrastructureError(f"reading the apply's effect failed: {last_line(exc)}",
+                                      target=self.name) from exc
+        return ours, theirs, record
+
     def undo(self, record: dict[str, Any], checkpoint: Checkpoint, force: bool) -> tuple[list[str], list[str], list[str]]:
         """Undo one run's own change (:mod:`adapters.postgres.undo`); a table it puts back whole from the
         checkpoint (:mod:`adapters.postgres.undo_tables`) is read from the checkpoint's archive (in the store the
-        settings name, the one the run's session uses) first, before the undo's transaction begins."""
-        oids = undo_tables.archive_oids(record)
+        settings name, the one the run's session uses) first, before the undo's transaction begins.
+
+        A ``pending`` record (kept before the action of an apply not in one transaction that failed or was killed
+        before its effect was read) is completed first; one whose change no record can undo restores the whole
+        checkpoint, as an apply without a record would."""
         store = Store(self.settings.store_dir)
+        if "pending" in record:
+            record = self.own_effect(record["pending"], checkpoint, bool(record.get("strict")))[2]
+            if record.get("fallback"):
+                self.restore(checkpoint, store)
+                return [], [f"restored the whole checkpoint: {record['fallback']}"], self.verify_restored(checkpoint)
+        oids = undo_tables.archive_oids(record)
         try:
             with tempdirs.tempdir("restore", checkpoint.run_id) as folder:
                 files = {}
@@ -307,7 +353,9 @@ class PostgresTarget:
                 time.sleep(0.2)
 
     def changes_since(self, checkpoint: Checkpoint, shadow: Any | None) -> list[Change]:
-        after = self.observe()
+        return self._changes(checkpoint, self.observe(), shadow)
+
+    def _changes(self, checkpoint: Checkpoint, after: dict[str, Any], shadow: Any | None) -> list[Change]:
         rows: dict[str, RowDelta] = {}
         if shadow is not None:
             with self.connect() as prod, shadow.connect_pristine() as pristine:

@@ -47,11 +47,12 @@ SEQUENCE_POSITION = {"last_value", "is_called"}
 
 def capture(conn: psycopg.Connection, before_of: Any, before: dict[str, Any], after: dict[str, Any],
             rows: dict[str, RowDelta], changes: list[Change],
-            checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+            checkpoint: dict[str, Any] | None = None, unkept: str | None = None) -> dict[str, Any]:
     """The undo record of the statements' own change set ``changes`` (``rows``: its counted row changes, with
     keys). ``before_of(table)`` is ``(connection, relation name)`` holding the table's rows before the statements;
     ``checkpoint``: the checkpoint's observation (a table whose rows cannot be undone one by one is put back from
-    the checkpoint's data, see :mod:`adapters.postgres.undo_tables`)."""
+    the checkpoint's data, see :mod:`adapters.postgres.undo_tables`); ``unkept``: why no row was kept one by one
+    (an apply not in one transaction, :mod:`adapters.postgres.stepwise`), when none was."""
     record: dict[str, Any] = {"version": VERSION, "tables": {}, "objects": [], "restore_tables": {},
                               "fallback": None}
     encoding = conn.execute("SHOW server_encoding").fetchone()
@@ -70,7 +71,7 @@ def capture(conn: psycopg.Connection, before_of: Any, before: dict[str, Any], af
             # Its bytes have no declared encoding: keys and rows cannot travel through JSON and back unchanged.
             whole.setdefault(change.name, "the database is SQL_ASCII: its rows cannot be kept one by one")
         elif change.name not in rows:
-            whole.setdefault(change.name, f"the rows of {change.name} were not counted one by one")
+            whole.setdefault(change.name, unkept or f"the rows of {change.name} were not counted one by one")
     with conn.transaction(force_rollback=True):  # read under READ_SETTINGS without leaving them set
         set_read_settings(conn)
         for table, delta in sorted(rows.items()):
@@ -235,7 +236,8 @@ def _undo_all_rows(conn: psycopg.Connection, tables: dict[str, Any], refills: di
             inserted = undo_tables.insert_missing(conn, refills[table])
             whole = refills[table].table
             done.append(f"{table}: put back from the checkpoint{f' (a partition of {whole})' if whole != table else ''}"
-                        f" — {deleted[table]} row(s) deleted, {inserted} inserted")
+                        f" — {deleted[table]} row(s) deleted, {inserted} "
+                        f"{'updated or inserted by key' if refills[table].key else 'inserted'}")
         else:
             _put_back(conn, table, tables[table]["key"], tables[table]["before_columns"], plans[table])
     for table, plan in plans.items():

@@ -14,7 +14,10 @@ a write between the checkpoint and the apply (the checkpoint does not hold it ei
 of the table (of each partition, for a partitioned table: its rows live there) is loaded into a temporary table,
 and the table is brought to it as a **multiset**: the rows it holds more often than the checkpoint did are
 deleted, the rows it holds less often are inserted (``OVERRIDING SYSTEM VALUE``; the archive's column list already
-leaves out generated columns, which follow from the others). Rows the run did not touch are not touched.
+leaves out generated columns, which follow from the others). Rows the run did not touch are not touched. A table
+with a primary key (one the checkpoint has too) is matched on it instead: rows whose key the checkpoint lacks are
+deleted, rows whose key it holds with other values are updated in place, rows whose key is missing are inserted —
+a row other tables reference by its key is never deleted (a foreign key would refuse it, or cascade).
 
 Why not empty it and refill it: ``TRUNCATE`` fails on a table others reference, or with ``CASCADE`` empties theirs
 too, and is not MVCC-safe for concurrent readers; ``DELETE`` of every row would fire the referencing tables'
@@ -66,6 +69,8 @@ def capture(restore_tables: dict[str, Any], conn: psycopg.Connection, table: str
         # Written to by someone between the checkpoint and the apply: the checkpoint does not hold that write.
         "moved": [was["rows"], was["hash"]] != [then["rows"], then["hash"]],
         "leaves": leaves,
+        # A primary key the checkpoint and the run agree on: rows are matched on it (below), not as a multiset.
+        "key": left.get("key") if row[1] == "r" and left.get("key") and left.get("key") == then.get("key") else None,
     }
     return None
 
@@ -83,6 +88,7 @@ class Refill:
     leaf: str
     copy: sql.Composable
     columns: list[str]
+    key: list[str] | None = None  # its primary key, when rows are matched on it
 
 
 def load(conn: psycopg.Connection, restore_tables: dict[str, Any], files: dict[int, Path], force: bool,
@@ -107,6 +113,8 @@ def load(conn: psycopg.Connection, restore_tables: dict[str, Any], files: dict[i
             for oid, leaf in leaves:
                 refill = _load(conn, table, leaf, files.get(oid), len(refills), problems)
                 if refill is not None:
+                    key = entry.get("key")
+                    refill.key = list(key) if key and set(key) <= set(refill.columns) else None
                     refills[leaf] = refill
     return refills
 
@@ -182,22 +190,58 @@ def _surplus(a: sql.Composable, b: sql.Composable, columns: list[str]) -> sql.Co
                    "theirs USING (h) WHERE mine.n > coalesce(theirs.k, 0)").format(h=h, a=a, b=b)
 
 
+def _keys_not_in(a: sql.Composable, b: sql.Composable, key: list[str]) -> sql.Composable:
+    """The ctids of ``a``'s rows whose key ``b`` does not hold."""
+    return sql.SQL("SELECT t.ctid FROM {a} t WHERE NOT EXISTS (SELECT FROM {b} o WHERE ({tk}) = ({ok}))").format(
+        a=a, b=b, tk=idents(key, "t."), ok=idents(key, "o."))
+
+
 def delete_surplus(conn: psycopg.Connection, r: Refill) -> int:
-    """Delete the rows the table holds more often than the checkpoint did."""
+    """Delete the rows the table holds more often than the checkpoint did — for a keyed table, the rows whose key
+    the checkpoint did not hold (a row whose key it did hold is updated in place by :func:`insert_missing`: a
+    row that other tables reference is never deleted and re-inserted)."""
     only = sql.SQL("ONLY ") + sql.SQL(r.leaf)
+    if r.key:
+        cur = conn.execute(sql.SQL("DELETE FROM {t} d WHERE d.ctid IN ({gone})").format(
+            t=only, gone=_keys_not_in(only, r.copy, r.key)))
+        return max(cur.rowcount, 0)
     cur = conn.execute(sql.SQL("DELETE FROM {t} d WHERE d.ctid IN ({surplus})").format(
         t=only, surplus=_surplus(only, r.copy, r.columns)))
     return max(cur.rowcount, 0)
 
 
 def insert_missing(conn: psycopg.Connection, r: Refill) -> int:
-    """Insert the checkpoint's rows the table holds less often than the checkpoint did."""
+    """Insert the checkpoint's rows the table holds less often than the checkpoint did — for a keyed table, give
+    each row whose key both hold the checkpoint's values, and insert the rows whose key it lacks (how many values
+    and rows were written)."""
     only = sql.SQL("ONLY ") + sql.SQL(r.leaf)
+    if r.key:
+        return _by_key(conn, r, only)
     cur = conn.execute(sql.SQL("INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE SELECT {tcols} FROM {copy} t "
                                "WHERE t.ctid IN ({missing})").format(
         t=sql.SQL(r.leaf), cols=idents(r.columns), tcols=idents(r.columns, "t."), copy=r.copy,
         missing=_surplus(r.copy, only, r.columns)))
     return max(cur.rowcount, 0)
+
+
+def _by_key(conn: psycopg.Connection, r: Refill, only: sql.Composable) -> int:
+    assert r.key is not None
+    always = {row[0] for row in conn.execute("SELECT attname::text FROM pg_attribute WHERE attrelid = %s::regclass "
+                                             "AND attidentity = 'a'", [r.leaf])}
+    settable = [c for c in r.columns if c not in r.key and c not in always]
+    changed = 0
+    # One column at a time, and only where it differs: an ``UPDATE OF column`` trigger fires only for a column the
+    # run changed, as it did for the run's own statement — never for a value written back unchanged.
+    for column in settable:
+        cur = conn.execute(sql.SQL("UPDATE {t} t SET {col} = c.{col} FROM {copy} c WHERE ({tk}) = ({ck}) "
+                                   "AND t.{col} IS DISTINCT FROM c.{col}").format(
+            t=only, col=sql.Identifier(column), copy=r.copy, tk=idents(r.key, "t."), ck=idents(r.key, "c.")))
+        changed += max(cur.rowcount, 0)
+    cur = conn.execute(sql.SQL("INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE SELECT {tcols} FROM {copy} t "
+                               "WHERE t.ctid IN ({missing})").format(
+        t=sql.SQL(r.leaf), cols=idents(r.columns), tcols=idents(r.columns, "t."), copy=r.copy,
+        missing=_keys_not_in(r.copy, only, r.key)))
+    return changed + max(cur.rowcount, 0)
 
 
 def verify(conn: psycopg.Connection, restore_tables: dict[str, Any]) -> list[str]:

@@ -1,0 +1,159 @@
+"""Issue 15 item 4: an apply that cannot run in one transaction (``CREATE INDEX CONCURRENTLY``) keeps an undo
+record too, so its rollback — ``shadow rollback``, the automatic undo of a failed apply, ``shadow recover`` after a
+kill — puts back only the tables and objects it changed, never the whole database. Real PostgreSQL, the real CLI,
+and a writer process (:mod:`tests.writer`) that keeps writing to another table throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+from tests.conftest import ProdDb, write_plan
+from tests.writer import Writer
+
+EVENTS = """
+CREATE TABLE events (id bigserial PRIMARY KEY, note text NOT NULL);
+INSERT INTO events (note) SELECT 'seed ' || g FROM generate_series(1, 50) g;
+"""
+MIGRATE = """UPDATE users SET full_name = upper(full_name) WHERE id <= 40;
+CREATE INDEX CONCURRENTLY users_full_name_idx ON users (full_name);
+"""
+# Fails on production only: the shadow's server listens on another port.
+FAILS_IN_PRODUCTION = "SELECT 1 / (current_setting('port') <> '{port}')::int;\n"
+PLAN = """
+version: 1
+targets:
+  app: {{kind: postgres, dsn: "{dsn}"}}
+action:
+  sql: migrate.sql
+expect:
+  app:
+    must: [add index public.users_full_name_idx]
+    may: [update rows public.users]
+policy:
+  rehearse_rollback: false
+"""
+UNTOUCHED = ("orders", "audit_log", "events")
+
+
+def _plan(tmp_path: Path, db: ProdDb, sql: str) -> Path:
+    db.execute(EVENTS)
+    return write_plan(tmp_path, PLAN.format(dsn=db.dsn), {"migrate.sql": sql})
+
+
+def _digest(db: ProdDb, table: str) -> str:
+    return str(db.scalar(f"SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {table} t"))
+
+
+def _oids(db: ProdDb) -> dict[str, int]:
+    return {t: int(db.scalar(f"SELECT '{t}'::regclass::oid")) for t in ("users",) + UNTOUCHED}  # type: ignore[arg-type]
+
+
+def _index(db: ProdDb) -> object:
+    return db.scalar("SELECT to_regclass('public.users_full_name_idx')")
+
+
+def _warnings(report: dict) -> str:  # type: ignore[type-arg]
+    return " ".join(w for t in report["targets"] for w in t.get("warnings", []))
+
+
+def test_rollback_of_a_statement_by_statement_apply_puts_back_only_its_table_and_index(
+        prod_db: ProdDb, shadow_cli, tmp_path: Path) -> None:
+    plan = _plan(tmp_path, prod_db, MIGRATE)
+    users, orders, oids = _digest(prod_db, "users"), _digest(prod_db, "orders"), _oids(prod_db)
+    with Writer(prod_db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
+        applied = shadow_cli("apply", "-f", str(plan), "--json")
+        assert applied.code == 0, applied.text
+        report = json.loads(applied.out)
+        assert "cannot run in a transaction" in report["action"]["production"]["mode"], report["action"]
+        assert _index(prod_db) is not None and _digest(prod_db, "users") != users
+        rolled = shadow_cli("rollback", report["run_id"], "--json")
+        writer.stop()
+    assert rolled.code == 0, rolled.text
+    back = json.loads(rolled.out)
+    assert back["outcome"] == "restored", back["reason"]
+    assert _index(prod_db) is None
+    assert (_digest(prod_db, "users"), _digest(prod_db, "orders")) == (users, orders)
+    assert _oids(prod_db) == oids  # nothing re-created: no pg_restore over production
+    assert writer.assert_kept(prod_db.dsn) > 20
+    restore = back["targets"][0]["restore"]
+    assert restore["mode"] == "tables" and restore["verified"], restore
+    assert "public.users is put back whole from the checkpoint because the apply did not run in one transaction" \
+        in restore["why"]
+    assert "dropped index public.users_full_name_idx" in restore["done"]
+    assert "whole checkpoint" not in _warnings(back)
+
+
+def test_a_statement_by_statement_apply_failing_in_production_is_undone_keeping_other_writes(
+        prod_db: ProdDb, shadow_cli, tmp_path: Path) -> None:
+    plan = _plan(tmp_path, prod_db, MIGRATE + FAILS_IN_PRODUCTION.format(port=prod_db.server.port))
+    users, oids = _digest(prod_db, "users"), _oids(prod_db)
+    with Writer(prod_db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
+        applied = shadow_cli("apply", "-f", str(plan), "--json")
+        writer.stop()
+    report = json.loads(applied.out)
+    assert report["outcome"] == "rolled_back", report["reason"]
+    assert "the action failed on production" in report["reason"] and "division by zero" in report["reason"]
+    assert "other sessions' writes since were kept" in report["reason"]
+    assert _index(prod_db) is None and _digest(prod_db, "users") == users
+    assert _oids(prod_db) == oids
+    assert writer.assert_kept(prod_db.dsn) > 5
+    restore = report["targets"][0]["restore"]
+    assert restore["mode"] != "full" and restore["verified"], restore
+    assert any(d.startswith("public.users: put back from the checkpoint") for d in restore["done"]), restore
+
+
+def test_an_apply_killed_between_its_statements_is_recovered_table_by_table(
+        prod_db: ProdDb, shadow_cli, tmp_path: Path) -> None:
+    """SIGKILL after the action ran on production (before its effect was read): `shadow recover` completes the
+    pending record and puts back the table and the index — the writer's table and OIDs are kept."""
+    plan = _plan(tmp_path, prod_db, MIGRATE)
+    users, oids = _digest(prod_db, "users"), _oids(prod_db)
+    trace = tmp_path / "trace.txt"
+    template = prod_db.name + "_before"
+    with prod_db.server.connect() as conn:
+        conn.execute(f'CREATE DATABASE "{template}" TEMPLATE "{prod_db.name}"')
+    try:
+        assert shadow_cli("apply", "-f", str(plan), env={"SHADOW_FAULT_TRACE": str(trace)}).code == 0
+        points = [line.split("\t", 1)[1] for line in trace.read_text().splitlines()]
+        kill_at = [i + 1 for i, p in enumerate(points) if p in ("end apply", "begin verify app")]
+        assert kill_at, points
+        for point in kill_at:
+            with prod_db.server.connect() as conn:
+                conn.execute(f'DROP DATABASE "{prod_db.name}" WITH (FORCE)')
+                conn.execute(f'CREATE DATABASE "{prod_db.name}" TEMPLATE "{template}"')
+            oids = _oids(prod_db)
+            with Writer(prod_db.dsn, "events", tmp_path / f"writes{point}.jsonl", every=0.005) as writer:
+                killed = shadow_cli("apply", "-f", str(plan), env={"SHADOW_FAULT_KILL_AT": str(point)})
+                assert killed.code == -signal.SIGKILL, (points[point - 1], killed.text)
+                assert _index(prod_db) is not None, points[point - 1]  # the action did run on production
+                recovered = shadow_cli("recover")
+                writer.stop()
+            assert recovered.code == 0 and "Traceback" not in recovered.err, recovered.text
+            assert "whole" not in recovered.text and "restored to the checkpoint" not in recovered.text, \
+                recovered.text
+            assert _index(prod_db) is None and _digest(prod_db, "users") == users, points[point - 1]
+            assert _oids(prod_db) == oids, points[point - 1]
+            writer.assert_kept(prod_db.dsn)
+    finally:
+        with prod_db.server.connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
+
+
+def test_an_apply_whose_undo_needs_the_whole_checkpoint_is_refused_while_production_moves(
+        prod_db: ProdDb, shadow_cli, tmp_path: Path) -> None:
+    """A dropped index cannot be put back by a record: its undo would restore the whole checkpoint and lose the
+    writer's rows, so with production written to since the checkpoint nothing is applied."""
+    plan = _plan(tmp_path, prod_db, "DROP INDEX CONCURRENTLY orders_user_id_idx;\n")
+    plan.write_text(plan.read_text().replace("must: [add index public.users_full_name_idx]",
+                                             "must: [drop index public.orders_user_id_idx]")
+                    .replace("policy:\n", "policy:\n  allow: [drop-index]\n"))
+    with Writer(prod_db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
+        result = shadow_cli("apply", "-f", str(plan), "--json")
+        writer.stop()
+    assert result.code != 0, result.text
+    assert "refused before applying anything" in result.text and "whole checkpoint" in result.text, result.text
+    assert prod_db.scalar("SELECT to_regclass('public.orders_user_id_idx') IS NOT NULL") is True
+    writer.assert_kept(prod_db.dsn)

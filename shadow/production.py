@@ -55,15 +55,14 @@ def drift_check(session: Session, targets: dict[str, Target], shadows: dict[str,
             if undone_alone and not strict and not depends:
                 continue
             step.found("production changed since the checkpoint")
-            tr.production_changes = depends if undone_alone and not strict else changed
+            tr.production_changes = shown = depends if undone_alone and not strict else changed
             why = ("policy.drift is strict" if strict else
                    "it changed what the action reads or writes, and the apply cannot run in one transaction, so "
                    "the rehearsal may not predict it" if undone_alone else
                    "the apply cannot run in one transaction, so undoing it would mean restoring the checkpoint, "
                    "which would lose those writes")
-            changed = tr.production_changes
             return Ending(Outcome.REFUSED, f"production {name!r} changed since the checkpoint (drift; {why}); what "
-                          f"changed: {addresses(changed)}; nothing was applied — run shadow again to rehearse "
+                          f"changed: {addresses(shown)}; nothing was applied — run shadow again to rehearse "
                           "against the current state", rehearse_again=undone_alone and not strict)
     return None
 
@@ -108,24 +107,26 @@ def apply_to_production(session: Session, plan_: Plan, statements: list[Statemen
 
 
 def _before_action(session: Session, plan_: Plan, targets: dict[str, Target], shadows: dict[str, ShadowCopy],
-                   checkpoints: dict[str, Checkpoint]) -> dict[str, Any]:
-    """When every target tells its own writes from others' (:class:`~adapters.OwnEffect`), what each needs to
-    (kept in the store *before* the run's phase says ``applying``: ``recover`` finds them for any apply that may
-    have written); else nothing — the run is undone by restoring every checkpoint."""
-    own: dict[str, Any] = {n: t for n, t in targets.items() if isinstance(t, OwnEffect)}
-    if len(own) < len(targets):
+                   checkpoints: dict[str, Checkpoint]) -> dict[str, tuple[Any, dict[str, Any]]]:
+    """When every target tells its own writes from others' (:class:`~adapters.OwnEffect`): name → (target, what it
+    needs to tell them apart after the action), each kept in the store *before* the run's phase says
+    ``applying`` (``recover`` finds them for any apply that may have written); else nothing — the run is undone
+    by restoring every checkpoint."""
+    kept = {n: t for n, t in targets.items() if isinstance(t, OwnEffect)}
+    if len(kept) < len(targets):
         return {}
-    for name, t in own.items():
+    own: dict[str, tuple[Any, dict[str, Any]]] = {}
+    for name, t in kept.items():
         with session.step("before apply", name):
-            session.store.write_undo(session.result.run_id, name, {
-                "pending": t.before_action(checkpoints[name], shadows[name]),
-                "strict": plan_.policy.drift == "strict"})
+            own[name] = t, t.before_action(checkpoints[name], shadows[name])
+            session.store.write_undo(session.result.run_id, name, {"pending": own[name][1],
+                                                                   "strict": plan_.policy.drift == "strict"})
     return own
 
 
 def _apply_and_verify(session: Session, plan_: Plan, statements: list[Statement], targets: dict[str, Target],
                       shadows: dict[str, ShadowCopy], checkpoints: dict[str, Checkpoint], sandbox: Any,
-                      blocker: Any, own: dict[str, Any]) -> Ending | None:
+                      blocker: Any, own: dict[str, tuple[Any, dict[str, Any]]]) -> Ending | None:
     """Run the action on production, then compare production's change set with the rehearsal's (only the
     action's own, for the targets in ``own``); undo it on a failure or a divergence. ``None``: production
     changed as rehearsed."""
@@ -157,8 +158,8 @@ def _apply_and_verify(session: Session, plan_: Plan, statements: list[Statement]
     for name, t in targets.items():
         with session.step("verify", name) as step:
             if name in own:
-                pending = session.store.read_undo(result.run_id, name) or {}
-                prod_changes, others, record = own[name].own_effect(pending["pending"], checkpoints[name], strict)
+                target, before = own[name]
+                prod_changes, others, record = target.own_effect(before, checkpoints[name], strict)
                 session.store.write_undo(result.run_id, name, record)
                 if others:
                     result.targets[name].warnings.append(

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -42,6 +43,9 @@ from adapters.postgres.catalog import (PUBLICATION_TABLE_EXTRA_15, USER_NS, NOT_
                                          Q_EVENT_TRIGGERS, Q_COLLATIONS, Q_SETTINGS, Q_EXTENSIONS, Q_DEPENDS)
 from shadow.errors import TargetUnreachable
 from shadow.redact import looks_secret
+
+# hashed(table, objects): whether observe counts and hashes that table's rows
+Hashed = Callable[[str, dict[str, dict[str, dict[str, Any]]]], bool]
 
 # SET LOCAL for every transaction that reads user data (observing, and counting row changes in diff).
 READ_SETTINGS = {
@@ -94,8 +98,12 @@ def server_major(conn: psycopg.Connection) -> int:
     return int(conn.info.server_version) // 10000
 
 
-def observe(conn: psycopg.Connection, *, snapshot: str | None = None, with_data: bool = True) -> dict[str, Any]:
+def observe(conn: psycopg.Connection, *, snapshot: str | None = None, with_data: bool = True,
+            hashed: Hashed | None = None) -> dict[str, Any]:
     """Observe the database ``conn`` is connected to. Leaves the connection's transaction state as it found it.
+
+    ``hashed(table, objects)`` says which tables' rows are counted and hashed (default: every one); the others'
+    ``data`` entries have ``rows`` and ``hash`` None, for the caller to fill in (:mod:`adapters.postgres.capture`).
 
     Inside an open transaction (a transactional apply observing its own uncommitted changes) it reads in a
     savepoint of that transaction; otherwise in a REPEATABLE READ, READ ONLY transaction of its own.
@@ -112,7 +120,7 @@ def observe(conn: psycopg.Connection, *, snapshot: str | None = None, with_data:
             if snapshot:
                 conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
             set_read_settings(conn)
-            return _observe_in_tx(conn, with_data)
+            return _observe_in_tx(conn, with_data, hashed)
     except psycopg.OperationalError as exc:
         raise TargetUnreachable(f"lost the connection while observing: {exc}") from exc
     finally:
@@ -129,7 +137,7 @@ def set_read_settings(conn: psycopg.Connection) -> None:
     conn.execute(sql.SQL("SELECT {}").format(calls))
 
 
-def _observe_in_tx(conn: psycopg.Connection, with_data: bool) -> dict[str, Any]:
+def _observe_in_tx(conn: psycopg.Connection, with_data: bool, hashed: Hashed | None = None) -> dict[str, Any]:
     objects: dict[str, dict[str, dict[str, Any]]] = {
         k: {}
         for k in (
@@ -149,7 +157,7 @@ def _observe_in_tx(conn: psycopg.Connection, with_data: bool) -> dict[str, Any]:
     return {
         "server": {"version_num": conn.info.server_version, "major": server_major(conn)},
         "objects": objects,
-        "data": _observe_data(conn, objects, relkinds, table_columns) if with_data else {},
+        "data": _observe_data(conn, objects, relkinds, table_columns, hashed) if with_data else {},
         "depends": dependencies(conn),
     }
 
@@ -270,7 +278,7 @@ def _observe_sequences(conn: psycopg.Connection, objects: dict[str, dict[str, di
 
 
 def _observe_data(conn: psycopg.Connection, objects: dict[str, dict[str, dict[str, Any]]], relkinds: dict[str, str],
-                  table_columns: dict[str, list[tuple[int, str]]]) -> dict[str, Any]:
+                  table_columns: dict[str, list[tuple[int, str]]], hashed: Hashed | None = None) -> dict[str, Any]:
     """Every table's and populated materialized view's row count and content hash (a partition's through its
     partitioned root)."""
     data: dict[str, Any] = {}
@@ -284,7 +292,10 @@ def _observe_data(conn: psycopg.Connection, objects: dict[str, dict[str, dict[st
         if rel.get("partition_of"):
             continue  # counted through its partitioned root
         columns = [raw for _, raw in sorted(table_columns.get(name, []))]
-        data[name] = table_data(conn, name, only=relkind != "p", key=keys.get(name), columns=columns)
+        if hashed is None or hashed(name, objects):
+            data[name] = table_data(conn, name, only=relkind != "p", key=keys.get(name), columns=columns)
+        else:
+            data[name] = {"rows": None, "hash": None, "key": keys.get(name), "only": relkind != "p", "columns": columns}
     return data
 
 

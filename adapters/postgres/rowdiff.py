@@ -7,7 +7,9 @@ buckets at a time.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -39,12 +41,12 @@ def count_rows(
     key (``RowDelta.keys``; tables with a primary key)."""
     with ExitStack() as stack:
         for conn in (conn_before, conn_after):
-            stack.enter_context(_reading(conn))
+            stack.enter_context(reading(conn))
         return _count_rows(conn_before, conn_after, table, before, after, before_relation, keys)
 
 
 @contextmanager
-def _reading(conn: psycopg.Connection) -> Iterator[None]:
+def reading(conn: psycopg.Connection) -> Iterator[None]:
     """One snapshot for both passes over a table, with the settings observe hashes rows under.
 
     Without them, a database whose default TimeZone (or bytea_output …) differs from the shadow's server would
@@ -83,18 +85,22 @@ def _count_rows(
     differing = rows.differing_buckets(conn_before, b_cols, full, conn_after, a_cols)
     tally = _Tally(keys={"insert": [], "update": [], "delete": []} if keys and key else None)
     step = max(1, FETCH_BATCH_ROWS // max(1, total // rows.buckets))
-    for i in range(0, len(differing), step):
-        where = rows.in_buckets(differing[i : i + step])
-        old, new = rows.fetch(conn_before, b_cols, where, full, before=True), rows.fetch(conn_after, a_cols, where, None)
+    if len(differing) <= step:  # one batch: fetch the differing buckets' rows at once
+        where = rows.in_buckets(differing)
+        batches: Iterator[tuple[dict[str, Any], dict[str, Any]]] = iter(
+            [(rows.fetch(conn_before, b_cols, where, full, before=True), rows.fetch(conn_after, a_cols, where, None))])
+    else:  # many: one streaming pass over each side, bucket by bucket (never one rescan per batch)
+        batches = rows.stream(conn_before, b_cols, full, conn_after, a_cols, differing)
+    for old, new in batches:
         if key:
             tally.keyed(old, new)
         else:
             tally.multiset(old, new)
     samples = tally.samples
-    sample_rows: dict[str, list[dict[str, Any]]] = {}
+    sampled: dict[str, list[dict[str, Any]]] = {}
     if key:
-        sample_rows = _sample_rows(conn_before, conn_after, table, (rows.rel_before, rows.rel), key,
-                                   list(b_data["columns"]), a_cols, samples)
+        sampled = sample_rows(conn_before, conn_after, table, (rows.rel_before, rows.rel), key,
+                              list(b_data["columns"]), a_cols, samples)
         if any(redact.looks_secret(c) for c in key):
             samples = {op: [redact.MARKER] * len(v) for op, v in samples.items()}
     # Which existing rows changed, not only how many: production deleting other rows than the rehearsal did must
@@ -102,7 +108,7 @@ def _count_rows(
     return RowDelta(tally.inserted, tally.updated, tally.deleted, by_key=key is not None,
                     samples={op: sorted(v) for op, v in samples.items() if v},
                     digests={op: format(v % DIGEST_MOD, "x") for op, v in tally.digest.items() if v},
-                    sample_rows=sample_rows, destroyed=_non_null_values(conn_before, rows.rel_before, dropped),
+                    sample_rows=sampled, destroyed=_non_null_values(conn_before, rows.rel_before, dropped),
                     updated_by_drop=tally.by_drop, keys=tally.keys or {})
 
 
@@ -155,13 +161,56 @@ class _RowHashes:
         """key → (h, hf); without a key, row hash → [count, how many lost values in dropped columns]."""
         out: dict[str, Any] = {}
         for kk, hh, hf in conn.execute(self.select(columns, "k, h, {hf}", where, full, before)):
-            if self.key:
-                out[kk] = (hh, hf)
-            else:  # multiset: count of identical rows
-                seen = out.setdefault(kk, [0, 0])
-                seen[0] += 1
-                seen[1] += hh != hf
+            self._add(out, kk, hh, hf)
         return out
+
+    def _add(self, out: dict[str, Any], kk: str, hh: int, hf: int) -> None:
+        if self.key:
+            out[kk] = (hh, hf)
+        else:  # multiset: count of identical rows
+            seen = out.setdefault(kk, [0, 0])
+            seen[0] += 1
+            seen[1] += hh != hf
+
+    def stream(self, conn_before: psycopg.Connection, b_cols: list[str], full: list[str] | None,
+               conn_after: psycopg.Connection, a_cols: list[str],
+               differing: list[int]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+        """(rows before, rows after) of each differing bucket, from one pass over each side in bucket order; both
+        servers sort at the same time (the first fetch of each runs in its own thread)."""
+        what = f"(hashtext(k) & {self.buckets - 1}) AS b, k, h, {{hf}}"
+        where = self.in_buckets(differing)
+        cursors = []
+        try:
+            for conn, columns, wide, before in ((conn_before, b_cols, full, True), (conn_after, a_cols, None, False)):
+                conn.execute("SET LOCAL work_mem = '64MB'")
+                cur = conn.cursor(name=f"shadow_rows_{'before' if before else 'after'}")
+                cur.itersize = 20_000
+                cur.execute(sql.SQL("{} ORDER BY b").format(self.select(columns, what, where, wide, before)))
+                cursors.append(cur)
+            with ThreadPoolExecutor(2) as pool:
+                first = list(pool.map(lambda c: c.fetchmany(c.itersize), cursors))
+            sides = [self._by_bucket(itertools.chain(rows, cur)) for rows, cur in zip(first, cursors, strict=True)]
+            (b_old, old), (b_new, new) = next(sides[0], (None, {})), next(sides[1], (None, {}))
+            while b_old is not None or b_new is not None:
+                if b_new is None or (b_old is not None and b_old < b_new):
+                    yield old, {}
+                    b_old, old = next(sides[0], (None, {}))
+                elif b_old is None or b_new < b_old:
+                    yield {}, new
+                    b_new, new = next(sides[1], (None, {}))
+                else:
+                    yield old, new
+                    (b_old, old), (b_new, new) = next(sides[0], (None, {})), next(sides[1], (None, {}))
+        finally:
+            for cur in cursors:
+                cur.close()
+
+    def _by_bucket(self, rows: Iterator[Any]) -> Iterator[tuple[int, dict[str, Any]]]:
+        for bucket, group in itertools.groupby(rows, key=lambda r: r[0]):
+            out: dict[str, Any] = {}
+            for _, kk, hh, hf in group:
+                self._add(out, kk, hh, hf)
+            yield int(bucket), out
 
 
 @dataclass
@@ -183,13 +232,13 @@ class _Tally:
             self._changed("insert", k)
         for k in old.keys() - new.keys():
             self.deleted += 1
-            self.digest["delete"] += _key_hash(k)
+            self.digest["delete"] += key_hash(k)
             self._changed("delete", k)
         for k in old.keys() & new.keys():
             if old[k][1] != new[k][0]:
                 self.updated += 1
                 self.by_drop += old[k][0] == new[k][0]
-                self.digest["update"] += _key_hash(k)
+                self.digest["update"] += key_hash(k)
                 self._changed("update", k)
 
     def _changed(self, op: str, k: str) -> None:
@@ -205,12 +254,12 @@ class _Tally:
                 self.inserted += now - was
             elif now < was:
                 self.deleted += was - now
-                self.digest["delete"] += (was - now) * _key_hash(str(k))
+                self.digest["delete"] += (was - now) * key_hash(str(k))
             # of the rows kept, at least this many lost a value (which identical copies went is unknowable)
             lost_kept = max(0, lost - (was - min(was, now)))
             self.updated += lost_kept
             self.by_drop += lost_kept
-            self.digest["update"] += lost_kept * _key_hash(str(k))
+            self.digest["update"] += lost_kept * key_hash(str(k))
 
 
 def _non_null_values(conn: psycopg.Connection, rel: sql.Composable, columns: list[str]) -> dict[str, int]:
@@ -223,7 +272,7 @@ def _non_null_values(conn: psycopg.Connection, rel: sql.Composable, columns: lis
     return {c: int(n) for c, n in zip(columns, row, strict=True) if n}
 
 
-def _sample_rows(conn_before: psycopg.Connection, conn_after: psycopg.Connection, table: str,
+def sample_rows(conn_before: psycopg.Connection, conn_after: psycopg.Connection, table: str,
                  rels: tuple[sql.Composable, sql.Composable],
                  key: list[str], b_cols: list[str], a_cols: list[str],
                  samples: dict[str, list[str]]) -> dict[str, list[dict[str, Any]]]:
@@ -234,10 +283,8 @@ def _sample_rows(conn_before: psycopg.Connection, conn_after: psycopg.Connection
 
     def fetch(conn: psycopg.Connection, columns: list[str], rel: sql.Composable) -> dict[str, dict[str, Any] | None]:
         values = sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in columns)
-        query = sql.SQL("SELECT {k}, ARRAY[{v}]::text[] FROM {rel} t WHERE {k} = ANY({wanted})").format(
-            k=key_expr(key), v=values, rel=rel, wanted=sql.Literal(wanted))
         return {k: redact.row(table, dict(zip(columns, map(_clip, vals), strict=True)))
-                for k, vals in conn.execute(query)}
+                for k, vals in with_keys(conn, table, rel, key, wanted, sql.SQL("ARRAY[{}]::text[]").format(values))}
 
     old, new = fetch(conn_before, b_cols, rels[0]), fetch(conn_after, a_cols, rels[1])
     out: dict[str, list[dict[str, Any]]] = {}
@@ -246,6 +293,32 @@ def _sample_rows(conn_before: psycopg.Connection, conn_after: psycopg.Connection
                     "before": None if op == "insert" else old.get(k),
                     "after": None if op == "delete" else new.get(k)} for k in sorted(keys)]
     return out
+
+
+def with_keys(conn: psycopg.Connection, table: str, rel: sql.Composable, key: list[str], keys: list[str],
+              what: sql.Composable) -> list[tuple[str, Any]]:
+    """(key, ``what``) of the rows of ``rel`` with these keys (as :func:`key_expr` spells them), found through the
+    primary key's index: the keys are read back into ``table``'s row type. Where that does not work (a key
+    column whose type differs between ``rel`` and ``table``), every row's key is compared instead."""
+    if not keys:
+        return []
+    records = json.dumps([dict(zip(key, json.loads(k), strict=True)) for k in keys])
+    columns = sql.SQL(", ").join(sql.SQL("t.") + sql.Identifier(c) for c in key)
+    wanted = sql.SQL(", ").join(sql.SQL("x.") + sql.Identifier(c) for c in key)
+    indexed = sql.SQL("SELECT {k}, {what} FROM {rel} t WHERE ({cols}) IN "
+                      "(SELECT {wanted} FROM jsonb_populate_recordset(NULL::{row}, {records}::jsonb) x)").format(
+        k=key_expr(key), what=what, rel=rel, cols=columns, wanted=wanted, row=sql.SQL(table),
+        records=sql.Literal(records))
+    try:
+        with conn.transaction():
+            found = conn.execute(indexed).fetchall()
+        asked = set(keys)
+        return [(str(k), v) for k, v in found if k in asked]
+    except (psycopg.errors.DataError, psycopg.errors.SyntaxErrorOrAccessRuleViolation):
+        pass  # rolled back to the savepoint
+    scan = sql.SQL("SELECT {k}, {what} FROM {rel} t WHERE {k} = ANY({keys})").format(
+        k=key_expr(key), what=what, rel=rel, keys=sql.Literal(keys))
+    return [(str(k), v) for k, v in conn.execute(scan)]
 
 
 def _clip(value: str | None) -> str | None:
@@ -261,7 +334,7 @@ def _key_text(value: Any) -> str:
 DIGEST_MOD = 1 << 96
 
 
-def _key_hash(key: str) -> int:
+def key_hash(key: str) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:12], "big")
 
 

@@ -13,7 +13,7 @@ from psycopg.conninfo import make_conninfo
 
 from adapters import Checkpoint, Endpoint, env_name, fingerprint_of
 from adapters.postgres import dsn as dsnlib
-from adapters.postgres import footprint
+from adapters.postgres import capture, footprint
 from adapters.docker import join_network
 from adapters.postgres.binaries import ClientTools
 from adapters.postgres import dbsettings
@@ -55,7 +55,9 @@ class PgShadow:
         self.endpoint = Endpoint(env=env, exclusive_env=exclusive, dsn=action_dsn)
         # Observing the pristine copy (row hashes of every table) is most of shadow's own cost on top of a
         # plain restore; nothing writes to the pristine copy, so it runs while the action does.
-        self._counters: footprint.Counters | None = None  # taken by watch(), just before the action
+        self._mark: capture.Mark | None = None  # taken by watch(), just before the action
+        self.counted: dict[str, str] = {}  # how changes() read each table (capture.observe_changes)
+        self._counters: footprint.Counters | None = None
         self._touched: set[str] | None = None  # what the action read or wrote (None: unknown)
         self._rehearsed: list[Change] = []
         self._pristine_result: dict[str, Any] | BaseException | None = None
@@ -209,15 +211,15 @@ class PgShadow:
 
     def watch(self) -> None:
         with self.connect() as conn:
-            self._counters = footprint.counters(conn)
+            self._mark = capture.mark(conn)
+            self._counters = self._mark.counters if self._mark else None
 
     def changes(self) -> list[Change]:
         if self._counters is not None and self._touched is None:  # read first: observing scans every table
             with self.connect() as conn:
                 self._touched = footprint.touched_tables(conn, self._counters)
-        after = self.observe()
         with self.connect_pristine() as before_conn, self.connect() as after_conn:
-            rows = count_changed_rows(before_conn, after_conn, self.pristine_observation, after)
+            after, rows, self.counted = capture.observe_changes(after_conn, before_conn, self.pristine_observation, self._mark)
         self._rehearsed = diff(self.pristine_observation, after, rows)
         return self._rehearsed
 

@@ -72,8 +72,10 @@ class ShadowCopy(Protocol):
     def lost(self) -> str | None:
         """Why the copy stopped answering (its server killed, its container gone), or None while it answers."""
 
-    def rehearse_rollback(self) -> list[str]:
-        """Restore the copy from the checkpoint the way production would be; how it still differs (empty: exact)."""
+    def rehearse_rollback(self, undo: bool = False) -> list[str]:
+        """Restore the copy from the checkpoint the way production would be; how it still differs (empty: exact).
+        ``undo``: production's rollback will undo the run's own change from the record its apply keeps (an apply
+        in one transaction): rehearse that undo where the kind keeps such records."""
 
     def watch(self) -> None:
         """Called just before the action runs on the copy: from now on the copy measures what the action reads

@@ -67,14 +67,21 @@ def drift_check(session: Session, targets: dict[str, Target], shadows: dict[str,
     return None
 
 
+def how_applied(plan_: Plan, statements: list[Statement],
+                targets: dict[str, Target]) -> tuple[str | None, Statement | None, bool]:
+    """(the SQL action's target, its first statement that cannot run in a transaction, whether the apply runs in
+    one transaction — and so keeps a row-by-row undo record, :func:`apply_in_one_transaction`)."""
+    sql_target = plan_.action.sql_target if plan_.action.sql_files else None
+    sql = targets[sql_target] if sql_target else None
+    blocker = sql.atomic_blocker(statements) if isinstance(sql, SqlTarget) else None
+    return sql_target, blocker, bool(sql_target and len(targets) == 1 and blocker is None)
+
+
 def apply_to_production(session: Session, plan_: Plan, statements: list[Statement], targets: dict[str, Target],
                         shadows: dict[str, ShadowCopy], checkpoints: dict[str, Checkpoint], sandbox: Any) -> Ending:
     """Apply the action to production and verify it changed the way the shadow did — or roll it back."""
     result = session.result
-    sql_target = plan_.action.sql_target if plan_.action.sql_files else None
-    sql = targets[sql_target] if sql_target else None
-    blocker = sql.atomic_blocker(statements) if isinstance(sql, SqlTarget) else None
-    one_transaction = bool(sql_target and len(targets) == 1 and blocker is None)
+    sql_target, blocker, one_transaction = how_applied(plan_, statements, targets)
     refused = drift_check(session, targets, shadows, checkpoints, one_transaction, plan_.policy.drift == "strict")
     if refused is not None:
         return refused

@@ -126,23 +126,26 @@ def fidelity(result: RunResult, name: str, shadow: ShadowCopy, checkpoint: Check
     ))
 
 
-def rehearse_rollback(session: Session, shadows: dict[str, ShadowCopy]) -> None:
-    """Prove the undo on each shadow: restore it from the checkpoint and verify it observes equal again."""
+def rehearse_rollback(session: Session, shadows: dict[str, ShadowCopy], undone: set[str]) -> None:
+    """Prove the undo on each shadow: undo the rehearsal's own change (the targets in ``undone``, whose apply keeps
+    an undo record) or restore it from the checkpoint, and verify it observes equal again."""
     result = session.result
     for name, shadow in shadows.items():
         with session.step("rehearse rollback", name) as step:
             try:
-                problems = shadow.rehearse_rollback()
+                problems = shadow.rehearse_rollback(undo=name in undone)
             except ShadowError as exc:
                 problems = [str(exc)]
             except Exception as exc:  # noqa: BLE001 - a failed undo is a verdict on the plan, not a crash
                 problems = [f"{type(exc).__name__}: {exc}"]
             if problems:
                 step.found("the undo did not bring the shadow back to the checkpoint")
+        how = ("undoing the rehearsal's own change on the shadow, as `shadow rollback` undoes the apply's (or "
+               "restoring the checkpoint where that change needs it)" if name in undone else
+               "restoring the shadow from the checkpoint after the rehearsal")
         result.verdicts.append(Verdict(
             name, "rollback", "the undo restores the checkpoint", not problems,
-            "restored the shadow from the checkpoint after the rehearsal: it observes equal to the checkpoint"
-            if not problems else "restoring the shadow from the checkpoint did NOT bring it back: "
+            f"{how}: it observes equal to the checkpoint" if not problems else f"{how} did NOT bring it back: "
             + "; ".join(problems[:5])))
 
 

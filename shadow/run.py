@@ -30,7 +30,7 @@ from shadow.journal import Journal
 from shadow.listing import runs, show
 from shadow.outcome import Ending, Outcome
 from shadow.plan import Plan, load_plan
-from shadow.production import apply_to_production, restore_all, restore_target
+from shadow.production import apply_to_production, how_applied, restore_all, restore_target
 from shadow.recovery import recover
 from shadow.rehearsal import (checkpoint_all, failure_reason, fidelity, open_shadows, rehearse,
                               rehearse_rollback)
@@ -185,7 +185,8 @@ def _attempt(session: Session, plan_: Plan, statements: list[Statement], targets
     for name in targets:  # read after the rehearsal: the pristine copy is observed while the action runs
         fidelity(result, name, shadows[name], checkpoints[name])
     if result.passed and plan_.policy.rehearse_rollback:
-        rehearse_rollback(session, shadows)
+        sql_target, _, one_transaction = how_applied(plan_, statements, targets)
+        rehearse_rollback(session, shadows, {sql_target} if one_transaction and sql_target else set())
     elif not plan_.policy.rehearse_rollback:
         for tr in result.targets.values():
             tr.warnings.append("the rollback is unrehearsed (policy.rehearse_rollback: false)")

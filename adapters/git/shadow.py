@@ -83,7 +83,7 @@ class GitShadow:
         self.rehearsed = describe_changes(diff(self.pristine_observation, self.observe()), self.git)
         return self.rehearsed
 
-    def rehearse_rollback(self) -> list[str]:
+    def rehearse_rollback(self, undo: bool = False) -> list[str]:
         """Undo the rehearsal with production's own restore (same mode: reset, or revert commits pushed to the
         throwaway remote), then verify the clone as a rollback verifies production."""
         spec: dict[str, Any] = {"path": str(self.work), "rollback": self.target.rollback}

@@ -81,7 +81,8 @@ def observe_changes(after: psycopg.Connection, pristine: psycopg.Connection, bef
     everywhere."""
     for conn in (after, pristine):
         read_text_as_str(conn)
-    moved = _written(after, since) if since is not None else None
+    # SQL_ASCII: keys do not travel through JSON and back unchanged (:func:`rowdiff.with_keys`)
+    moved = _written(after, since) if since is not None and after.info.encoding != "ascii" else None
     if moved is None:
         return _full(after, pristine, before)
     written, rewritten, versions = moved
@@ -248,7 +249,7 @@ class _Captured:
         delta = RowDelta(len(inserted), len(updated), len(deleted), by_key=True,
                          samples={op: v for op, v in samples.items() if v},
                          digests={op: format(v % DIGEST_MOD, "x") for op, v in digest.items() if v},
-                         sample_rows=rows)
+                         sample_rows=rows, keys={"insert": inserted, "update": updated, "delete": sorted(deleted)})
         return delta, total, str(content)
 
     def _new_versions(self) -> tuple[int, dict[str, int]]:

@@ -302,6 +302,8 @@ def with_keys(conn: psycopg.Connection, table: str, rel: sql.Composable, key: li
     column whose type differs between ``rel`` and ``table``), every row's key is compared instead."""
     if not keys:
         return []
+    if conn.info.encoding == "ascii":  # SQL_ASCII: its bytes do not travel through JSON and back unchanged
+        return _scan_for_keys(conn, rel, key, keys, what)
     records = json.dumps([dict(zip(key, json.loads(k), strict=True)) for k in keys])
     columns = sql.SQL(", ").join(sql.SQL("t.") + sql.Identifier(c) for c in key)
     wanted = sql.SQL(", ").join(sql.SQL("x.") + sql.Identifier(c) for c in key)
@@ -314,8 +316,14 @@ def with_keys(conn: psycopg.Connection, table: str, rel: sql.Composable, key: li
             found = conn.execute(indexed).fetchall()
         asked = set(keys)
         return [(str(k), v) for k, v in found if k in asked]
-    except (psycopg.errors.DataError, psycopg.errors.SyntaxErrorOrAccessRuleViolation):
+    except (psycopg.errors.DataError, psycopg.errors.SyntaxErrorOrAccessRuleViolation,
+            psycopg.errors.FeatureNotSupported):
         pass  # rolled back to the savepoint
+    return _scan_for_keys(conn, rel, key, keys, what)
+
+
+def _scan_for_keys(conn: psycopg.Connection, rel: sql.Composable, key: list[str], keys: list[str],
+                   what: sql.Composable) -> list[tuple[str, Any]]:
     scan = sql.SQL("SELECT {k}, {what} FROM {rel} t WHERE {k} = ANY({keys})").format(
         k=key_expr(key), what=what, rel=rel, keys=sql.Literal(keys))
     return [(str(k), v) for k, v in conn.execute(scan)]

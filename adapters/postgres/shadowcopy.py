@@ -20,10 +20,12 @@ from adapters.postgres import dbsettings
 from adapters.postgres.compare import count_changed_rows, how_they_differ, last_line, settle_settings
 from adapters.postgres.container import ContainerServer
 from adapters.postgres.diff import diff
+from adapters.postgres import undo
+from adapters.postgres.rowdiff import count_rows
 from adapters.postgres.observe import observe, read_text_as_str
 from adapters.postgres.restore import restore_into_empty, restore_over
 from adapters.postgres.server import SUPERUSER, Server
-from shadow.changes import Change
+from shadow.changes import Change, RowDelta
 from shadow.errors import BadInput, CheckQueryFailed, InfrastructureError
 
 PRISTINE_SUFFIX = "__shadow_pristine"
@@ -57,6 +59,8 @@ class PgShadow:
         # plain restore; nothing writes to the pristine copy, so it runs while the action does.
         self._mark: capture.Mark | None = None  # taken by watch(), just before the action
         self.counted: dict[str, str] = {}  # how changes() read each table (capture.observe_changes)
+        self._after: dict[str, Any] | None = None  # the observation changes() made, and its row changes
+        self._rows: dict[str, RowDelta] = {}
         self._counters: footprint.Counters | None = None
         self._touched: set[str] | None = None  # what the action read or wrote (None: unknown)
         self._rehearsed: list[Change] = []
@@ -219,7 +223,9 @@ class PgShadow:
             with self.connect() as conn:
                 self._touched = footprint.touched_tables(conn, self._counters)
         with self.connect_pristine() as before_conn, self.connect() as after_conn:
-            after, rows, self.counted = capture.observe_changes(after_conn, before_conn, self.pristine_observation, self._mark)
+            after, rows, self.counted = capture.observe_changes(after_conn, before_conn, self.pristine_observation,
+                                                                self._mark)
+        self._after, self._rows = after, rows
         self._rehearsed = diff(self.pristine_observation, after, rows)
         return self._rehearsed
 
@@ -237,9 +243,16 @@ class PgShadow:
         return footprint.independent(changes, self._touched, self._rehearsed,
                                      self.checkpoint.observation["objects"].get("sequence", {}))
 
-    def rehearse_rollback(self) -> list[str]:
-        """Undo the rehearsal exactly as a rollback would undo production (the same restore over the same
-        archive), then compare the copy with the checkpoint; empty when the undo is proven."""
+    def rehearse_rollback(self, undo: bool = False) -> list[str]:
+        """Undo the rehearsal exactly as a rollback would undo production, then compare the copy with the
+        checkpoint; empty when the undo is proven. ``undo``: production's apply runs in one transaction and keeps
+        an undo record, so ``shadow rollback`` undoes its own change row by row: the same record is kept here and
+        undone (cost: the rows changed), unless it says the whole checkpoint is needed. Otherwise the same restore
+        over the same archive as production's."""
+        if undo and self._after is not None:
+            problems = self._rehearse_undo()
+            if problems is not None:
+                return problems
         restore_over(self.binaries, self.dsn, self.archive, observation=self.checkpoint.observation,
                      run_id=self.checkpoint.run_id)
         with self.server.connect() as conn:
@@ -248,6 +261,27 @@ class PgShadow:
         if fingerprint_of(now) == self.checkpoint.fingerprint:
             return []
         return how_they_differ(self.checkpoint.observation, now)
+
+    def _rehearse_undo(self) -> list[str] | None:
+        """Keep the undo record production's apply would keep, undo it, and compare the copy with the pristine
+        one (cost: what the action wrote, :mod:`adapters.postgres.capture`); None when the record says only the
+        whole checkpoint (or a whole table of it) undoes this change."""
+        assert self._after is not None
+        with self.connect() as conn, self.connect_pristine() as pristine:
+            rows = {table: delta if delta.keys or not delta.by_key else
+                    count_rows(pristine, conn, table, self.pristine_observation, self._after, keys=True)
+                    for table, delta in self._rows.items()}
+            record = undo.capture(conn, lambda table: (pristine, table), self.pristine_observation, self._after, rows,
+                                  self._rehearsed, self.checkpoint.observation)
+            if record.get("fallback") or record.get("restore_tables"):
+                return None
+            conflicts, _, problems = undo.undo(conn, record, force=False)
+            if conflicts or problems:
+                return conflicts + problems
+            after, rows, _ = capture.observe_changes(conn, pristine, self.pristine_observation, self._mark)
+        left = [c for c in diff(self.pristine_observation, after, rows)
+                if not all(_sequence_position(part) for part in c.walk())]
+        return [c.summary() for c in left]
 
     def check(self, query: str) -> Any:
         with self.connect() as conn:
@@ -261,3 +295,9 @@ class PgShadow:
                                            f"{message} (SQLSTATE {state})", target=self.name) from exc
                 raise BadInput(f"check query failed on the shadow: {message}", target=self.name) from exc
         return None if row is None else row[0]
+
+
+def _sequence_position(change: Change) -> bool:
+    """A sequence's position moved: an undo leaves it where the apply took it (values handed out stay handed
+    out), as production's does."""
+    return change.kind == "sequence" and change.op == "alter" and set(change.detail) <= {"last_value", "is_called"}

@@ -114,7 +114,7 @@ class S3Shadow:
         new = self.client.get_object(Bucket=self.target.bucket, Key=key)["Body"].read()
         return content_diff(key, self._checkpoint_body(key), new)
 
-    def rehearse_rollback(self) -> list[str]:
+    def rehearse_rollback(self, undo: bool = False) -> list[str]:
         """Undo the rehearsal in the shadow: put back every object that differs from the checkpoint (from the
         checkpoint's own versions or copies), remove those created, and compare the shadow with the checkpoint.
         Production's restore works from versions instead; what both prove is that the checkpoint is readable

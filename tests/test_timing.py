@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 
 from shadow import reports
+from shadow.result import timing
 from tests.conftest import ProdDb, write_plan
 
 SQL = """
@@ -119,3 +120,21 @@ def test_apply_prints_one_time_line_and_a_rollback_times_its_steps(prod_db, shad
     back = json.loads(rolled.out)
     _validates(back)
     assert any(target == "app" for _step, target in _adds_up(back)), back["timing"]
+
+
+def test_a_step_run_twice_is_one_row_with_its_seconds_summed_and_a_running_run_has_no_share():
+    steps = [{"step": "checkpoint", "target": "app", "seconds": 1.25, "state": "done"},
+             {"step": "rehearse", "target": None, "seconds": 0.5, "state": "done"},
+             {"step": "checkpoint", "target": "app", "seconds": 0.75, "state": "done"},  # a second rehearsal
+             {"step": "checkpoint", "target": "files", "seconds": 0.5, "state": "done"}]
+    done = timing(steps, 4.0)
+    assert done["by_step"] == [{"step": "checkpoint", "target": "app", "seconds": 2.0, "share": 0.5},
+                               {"step": "rehearse", "target": None, "seconds": 0.5, "share": 0.125},
+                               {"step": "checkpoint", "target": "files", "seconds": 0.5, "share": 0.125}]
+    assert (done["in_steps_seconds"], done["outside_steps_seconds"]) == (3.0, 1.0)
+    assert reports.time_line({"timing": done}) == "time: checkpoint 2.5 s · rehearse 0.5 s · other 1.0 s · total 4.0 s"
+
+    running = timing(steps, None)
+    assert running["total_seconds"] is None and running["outside_steps_seconds"] is None
+    assert {s["share"] for s in running["by_step"]} == {None}
+    assert reports.time_line({"timing": running}) == "time: checkpoint 2.5 s · rehearse 0.5 s"

@@ -27,7 +27,8 @@ SHOWN = 20  # production changes and divergences listed under a verdict; the rep
 
 
 def print_result(out: Console, result: RunResult, as_json: bool, quiet: bool) -> None:
-    """A run's result: its model as JSON, or the verdict (``quiet``: and where the report is), or all of it."""
+    """A run's result: its model as JSON, or the verdict (``quiet``: and where the report is), or all of it — the
+    table per target, where the time went, the verdict and what failed."""
     from shadow import reports
 
     model = result.to_dict()
@@ -40,6 +41,9 @@ def print_result(out: Console, result: RunResult, as_json: bool, quiet: bool) ->
         out.print(f"run {result.run_id} · report: {escape(result.report_dir)}/report.md")
         return
     out.print(summary_table(model))
+    spent = reports.time_line(model)
+    if spent:  # one line however many steps: the terminal does not wrap it (soft_wrap)
+        out.print(f"[dim]{escape(spent)}[/]")
     out.print(f"[bold {colour}]{escape(reports.verdict_line(model))}[/]")
     if result.reason:
         out.print(escape(result.reason))
@@ -63,10 +67,9 @@ def print_result(out: Console, result: RunResult, as_json: bool, quiet: bool) ->
 
 
 def summary_table(model: dict[str, Any]) -> Table:
-    """One row per target: its changes, rows changed, and its expectations; the steps' time in the caption."""
+    """One row per target: its changes, rows changed, and its expectations."""
     table = Table("target", "changes", "rows +/~/-", "expectations", title="shadow " + model["command"],
-                  title_justify="left", caption=f"{sum(s['seconds'] for s in model['steps']):.1f} s in "
-                                                f"{len(model['steps'])} steps", caption_justify="left")
+                  title_justify="left")
     targets = list(model["targets"])
     if any(not v["target"] for v in model["expectations"]):
         targets.append({"name": "", "changes": []})  # expectations of the run as a whole (the action)

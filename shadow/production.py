@@ -208,9 +208,10 @@ def undo_apply(session: Session, targets: dict[str, Target], checkpoints: dict[s
 def _record_after_apply(session: Session, targets: dict[str, Target]) -> None:
     """What production observed after the verified apply: ``shadow rollback`` refuses if it changed since."""
     for name, t in targets.items():
-        after = t.observe()
-        session.store.write_applied(session.result.run_id, name, {"fingerprint": t.fingerprint(after),
-                                                                  "observation": after})
+        with session.step("record applied", name):
+            after = t.observe()
+            session.store.write_applied(session.result.run_id, name, {"fingerprint": t.fingerprint(after),
+                                                                      "observation": after})
 
 
 def apply_in_one_transaction(session: Session, plan_: Plan, statements: list[Statement], t: Target,

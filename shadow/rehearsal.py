@@ -46,8 +46,9 @@ def open_shadows(session: Session, targets: dict[str, Target], checkpoints: dict
     shadows: dict[str, ShadowCopy] = {}
     for name, t in targets.items():
         with session.step("shadow", name):
-            shadows[name] = stack.enter_context(
-                t.shadow(checkpoints[name], session.store, session.result.run_id, backend, limits))
+            shadows[name] = stack.enter_context(session.timed_exit(
+                t.shadow(checkpoints[name], session.store, session.result.run_id, backend, limits),
+                "shadow teardown", name))
     return shadows
 
 
@@ -113,12 +114,16 @@ def raise_if_a_shadow_died(result: RunResult, shadows: dict[str, ShadowCopy]) ->
                                       f"({why}); production was not touched", target=name)
 
 
-def fidelity(result: RunResult, name: str, shadow: ShadowCopy, checkpoint: Checkpoint) -> None:
+def fidelity(session: Session, name: str, shadow: ShadowCopy, checkpoint: Checkpoint) -> None:
     """Whether the shadow was a faithful copy of the checkpoint (read after the rehearsal: the pristine copy is
     observed while the action runs)."""
+    result = session.result
     tr = result.targets[name]
     tr.warnings += shadow.warnings
-    problems = list(shadow.fidelity)
+    with session.step("fidelity check", name) as step:
+        problems = list(shadow.fidelity)
+        if problems:
+            step.found("the shadow is not a faithful copy of the checkpoint")
     result.verdicts.append(Verdict(
         name, "fidelity", "shadow equals checkpoint", not problems,
         "the shadow observes equal to the checkpoint" if not problems

@@ -11,6 +11,7 @@ meaning; consumers ignore keys they do not know. An incompatible change bumps :d
 from __future__ import annotations
 
 import secrets as pysecrets
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -58,6 +59,8 @@ class RunResult:
     report_dir: str = ""
     of_run: str | None = None
     redact: tuple[str, ...] = ()  # the plan's policy.redact: column globs whose values reports never show
+    seconds: float | None = None  # the run's wall time, from its start to its report; None while it runs
+    clock: float = field(default_factory=time.monotonic, repr=False)  # when it started, on the monotonic clock
 
     @property
     def passed(self) -> bool:
@@ -99,9 +102,31 @@ class RunResult:
             "findings": self.findings,
             "divergence": self.divergence,
             "steps": self.steps,
+            "timing": timing(self.steps, self.seconds),
             "report_dir": self.report_dir,
             "redact": list(patterns),
         }
+
+
+def timing(steps: list[dict[str, Any]], total: float | None) -> dict[str, Any]:
+    """Where the run's time went: each step (per target) once, in the order it first ran, its seconds summed over
+    its repeats (a second rehearsal) with its share of the run's wall time; and the time spent outside any step."""
+    by_step: dict[tuple[str, str | None], float] = {}
+    for s in steps:
+        key = (s["step"], s.get("target"))
+        by_step[key] = by_step.get(key, 0.0) + s["seconds"]
+    in_steps = round(sum(by_step.values()), 3)
+
+    def share(seconds: float) -> float | None:
+        return round(seconds / total, 3) if total else None
+
+    return {
+        "total_seconds": total,
+        "in_steps_seconds": in_steps,
+        "outside_steps_seconds": None if total is None else round(max(total - in_steps, 0.0), 3),
+        "by_step": [{"step": step, "target": target, "seconds": round(seconds, 3), "share": share(seconds)}
+                    for (step, target), seconds in by_step.items()],
+    }
 
 
 def _target_model(t: TargetResult, patterns: tuple[str, ...]) -> dict[str, Any]:

@@ -183,7 +183,7 @@ def _attempt(session: Session, plan_: Plan, statements: list[Statement], targets
     endpoints, sandbox = _endpoints(session, plan_, shadows, stack)
     rehearse(session, plan_, statements, targets, shadows, endpoints, sandbox)
     for name in targets:  # read after the rehearsal: the pristine copy is observed while the action runs
-        fidelity(result, name, shadows[name], checkpoints[name])
+        fidelity(session, name, shadows[name], checkpoints[name])
     if result.passed and plan_.policy.rehearse_rollback:
         sql_target, _, one_transaction = how_applied(plan_, statements, targets)
         rehearse_rollback(session, shadows, {sql_target} if one_transaction and sql_target else set())

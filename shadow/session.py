@@ -1,7 +1,8 @@
 """The plumbing every run shares: its journal, store, report dir and crash record, and the timing of its steps.
 
-:meth:`Session.step` is where a step that touches production is journaled before it starts and where the fault
-points a crash test kills at are reached; :meth:`Session.running` writes the report whatever ends the run.
+:meth:`Session.step` is where a step that touches production is journaled before it starts, where the fault
+points a crash test kills at are reached, and where every step's time is taken (the report's "where the time
+went" is :func:`shadow.result.timing` of them); :meth:`Session.running` writes the report whatever ends the run.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from typing import Any, TypeVar
 
 from adapters import REGISTRY, Target
 from shadow import reports
@@ -27,6 +28,7 @@ from shadow.settings import Settings
 from snapshots import Store, atomic_write_bytes, make_private_dir
 
 Progress = Callable[[str, str], None]
+T = TypeVar("T")
 
 
 def quiet(_event: str, _text: str) -> None:
@@ -145,8 +147,20 @@ class Session:
             found = f": {handle.problem}" if handle.problem else ""
             self.progress("done" if state == "done" else "failed", f"{label} ({seconds:.1f} s){found}")
 
+    @contextmanager
+    def timed_exit(self, cm: AbstractContextManager[T], name: str, target: str | None = None) -> Iterator[T]:
+        """Enter ``cm``; leaving it (a shadow's teardown) is timed as step ``name``, on every path."""
+        with ExitStack() as inner:
+            value = inner.enter_context(cm)
+            try:
+                yield value
+            finally:
+                with self.step(name, target):
+                    inner.close()
+
     def finish(self) -> None:
         self.result.finished_at = time.time()
+        self.result.seconds = round(time.monotonic() - self.result.clock, 3)
         model = self.result.to_dict()
         try:
             atomic_write_bytes(self.dir / "report.json", reports.render_json(model).encode())

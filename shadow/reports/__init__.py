@@ -14,12 +14,12 @@ import json
 from importlib import resources
 from typing import Any
 
-from shadow.reports.common import summary_line, verdict_line
+from shadow.reports.common import summary_line, time_line, verdict_line
 from shadow.reports.junit import render_junit
 from shadow.reports.markdown import render_markdown
 
 __all__ = ["FORMATS", "SCHEMA", "json_schema", "render", "render_json", "render_markdown", "summary_line",
-           "verdict_line"]
+           "time_line", "verdict_line"]
 
 FORMATS = ("md", "json", "junit", "html")
 SCHEMA = "schema/report-v1.json"  # shipped in this package: the JSON Schema of format_version 1

@@ -1,5 +1,5 @@
-"""What the Markdown and the HTML report read the same way from the model: the verdict line, catalog codes as
-words, a changed definition as a diff, and the cells an updated row changed."""
+"""What the Markdown and the HTML report (and the terminal) read the same way from the model: the verdict line,
+where the time went, catalog codes as words, a changed definition as a diff, and the cells an updated row changed."""
 
 from __future__ import annotations
 
@@ -41,6 +41,29 @@ def verdict_line(m: dict[str, Any]) -> str:
 def summary_line(m: dict[str, Any]) -> str:
     head = verdict_line(m).split(" — ")[0]
     return f"{head}: {m['reason']}" if m.get("reason") else head
+
+
+def time_line(m: dict[str, Any]) -> str | None:
+    """Where the run's time went, on one line — each step's seconds summed over its targets, then the time outside
+    any step and the total: ``time: checkpoint 3.9 s · shadow 12.1 s · … · other 0.3 s · total 19.0 s``.
+    None for a report from before the model had ``timing``."""
+    timing = m.get("timing")
+    if not timing:
+        return None
+    per_step: dict[str, float] = {}
+    for s in timing["by_step"]:
+        per_step[s["step"]] = per_step.get(s["step"], 0.0) + s["seconds"]
+    parts = [f"{step} {seconds:.1f} s" for step, seconds in per_step.items()]
+    if timing.get("total_seconds") is not None:
+        parts += [f"other {timing['outside_steps_seconds']:.1f} s", f"total {timing['total_seconds']:.1f} s"]
+    return "time: " + " · ".join(parts)
+
+
+def share_text(share: float | None) -> str:
+    """A step's share of the run's time, as a reader reads it: ``42 %``, ``<1 %``; empty when unknown."""
+    if share is None:
+        return ""
+    return "<1 %" if 0 < share < 0.005 else f"{share * 100:.0f} %"
 
 
 def property_value(kind: str, key: str, value: Any) -> Any:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from shadow.reports.common import verdict_line
+from shadow.reports.common import share_text, verdict_line
 from shadow.reports.html_changes import change_count, changes_html, esc, html_table
 
 MAX_ROWS = 1_000  # rows shown per table (expectations, findings, lock trace, steps, divergence)
@@ -77,6 +77,7 @@ def render_html(m: dict[str, Any]) -> str:
     body += _section("locks", "Lock trace (rehearsal)", _locks((m["action"].get("rehearsal") or {}).get("locks") or []))
     body += _section("divergence", "Divergence between rehearsal and production",
                      _list(m.get("divergence") or [], lambda d: esc(d), "differences"))
+    body += _section("time", "Where the time went", _time(m.get("timing")))
     body += _section("steps", "Steps", _steps(m.get("steps") or []))
     body += _section("checkpoints", "Checkpoints", _checkpoints(m))
     body += [_footer(m), "</main>"]
@@ -272,6 +273,26 @@ def _steps(steps: list[dict[str, Any]]) -> list[str]:
                     f'<td class="num">{seconds:.2f}</td><td><span class="bar" style="width: {width}px"></span></td>'
                     f"<td>{state}</td></tr>")
     rows.append(f'<tr><th colspan="2">total</th><td class="num">{total:.2f}</td><td></td><td></td></tr>')
+    return [html_table(head, rows, more)]
+
+
+def _time(timing: dict[str, Any] | None) -> list[str]:
+    """Each step per target once: its seconds and its share of the run's wall time, then the rest and the total."""
+    if not timing or not timing["by_step"]:
+        return []
+    shown, more = _capped(timing["by_step"], MAX_ROWS, "steps")
+    head = "<tr><th>step</th><th>target</th><th>seconds</th><th>share</th><th></th></tr>"
+    rows = [f'<tr><td>{esc(s["step"])}</td><td>{esc(s.get("target") or "")}</td>'
+            f'<td class="num">{float(s["seconds"]):.2f}</td><td class="num">{esc(share_text(s["share"]))}</td>'
+            f'<td><span class="bar" style="width: {max(1, round(240 * float(s["share"] or 0)))}px"></span></td></tr>'
+            for s in shown]
+    total = timing.get("total_seconds")
+    if total is not None:
+        outside = float(timing["outside_steps_seconds"])
+        rows.append('<tr><td colspan="2" class="muted">outside the steps (starting and ending the run, waiting for '
+                    "the targets' locks)</td>" f'<td class="num">{outside:.2f}</td><td></td><td></td></tr>')
+        rows.append(f'<tr><th colspan="2">total</th><td class="num">{float(total):.2f}</td>'
+                    f'<td class="num">100 %</td><td></td></tr>')
     return [html_table(head, rows, more)]
 
 

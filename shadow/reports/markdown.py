@@ -15,7 +15,7 @@ from typing import Any
 
 from shadow.changes import implied_count
 from shadow.reports.common import (CODED_KINDS, changed_cells, definition_diff, is_text_block, property_value,
-                                   verdict_line)
+                                   share_text, verdict_line)
 
 MD_LIMIT = 65_536  # GitHub's limit on a comment body, in characters
 MD_BUDGET = 60_000  # what lists and tables are shortened to, leaving room for a header a CI job puts around it
@@ -160,6 +160,7 @@ def _markdown_blocks(m: dict[str, Any]) -> list[Block]:
     if m.get("divergence"):
         blocks += [["", "## Divergence between rehearsal and production", ""],
                    _Part(m["divergence"], lambda d: f"- {_text(d, 500)}", "differences")]
+    blocks += _time_blocks(m.get("timing"))
     if m.get("steps"):
         steps = m["steps"]
         seconds = sum(s["seconds"] for s in steps)
@@ -167,6 +168,24 @@ def _markdown_blocks(m: dict[str, Any]) -> list[Block]:
         blocks += [["", "## Steps", ""], _Part(steps, _step_row, "steps", ["| step | target | seconds | state |",
                                                                           "|---|---|---|---|"], summary)]
     return blocks
+
+
+def _time_blocks(timing: dict[str, Any] | None) -> list[Block]:
+    """Where the time went: each step per target once, its seconds and its share of the run's wall time."""
+    if not timing or not timing["by_step"]:
+        return []
+    total = timing.get("total_seconds")
+    head = ["", "## Where the time went", ""]
+    if total is not None:
+        head += [f"{total:,.2f} s in all: {timing['in_steps_seconds']:,.2f} s in the steps below, "
+                 f"{timing['outside_steps_seconds']:,.2f} s outside them (starting and ending the run, waiting for "
+                 "the targets' locks).", ""]
+    return [head, _Part(timing["by_step"], _time_row, "steps", ["| step | target | seconds | share |",
+                                                                "|---|---|---|---|"])]
+
+
+def _time_row(s: dict[str, Any]) -> str:
+    return f"| {_cell(s['step'])} | {_cell(s.get('target') or '')} | {s['seconds']:.2f} | {share_text(s['share'])} |"
 
 
 def _expectation_row(v: dict[str, Any]) -> str:

@@ -296,8 +296,8 @@ def sample_rows(conn_before: psycopg.Connection, conn_after: psycopg.Connection,
 
 
 def with_keys(conn: psycopg.Connection, table: str, rel: sql.Composable, key: list[str], keys: list[str],
-              what: sql.Composable) -> list[tuple[str, Any]]:
-    """(key, ``what``) of the rows of ``rel`` with these keys (as :func:`key_expr` spells them), found through the
+              what: sql.Composable) -> list[tuple[Any, ...]]:
+    """(key, ``what``…) of the rows of ``rel`` with these keys (as :func:`key_expr` spells them), found through the
     primary key's index: the keys are read back into ``table``'s row type. Where that does not work (a key
     column whose type differs between ``rel`` and ``table``), every row's key is compared instead."""
     if not keys:
@@ -315,7 +315,7 @@ def with_keys(conn: psycopg.Connection, table: str, rel: sql.Composable, key: li
         with conn.transaction():
             found = conn.execute(indexed).fetchall()
         asked = set(keys)
-        return [(str(k), v) for k, v in found if k in asked]
+        return [(str(k), *rest) for k, *rest in found if k in asked]
     except (psycopg.errors.DataError, psycopg.errors.SyntaxErrorOrAccessRuleViolation,
             psycopg.errors.FeatureNotSupported):
         pass  # rolled back to the savepoint
@@ -323,10 +323,10 @@ def with_keys(conn: psycopg.Connection, table: str, rel: sql.Composable, key: li
 
 
 def _scan_for_keys(conn: psycopg.Connection, rel: sql.Composable, key: list[str], keys: list[str],
-                   what: sql.Composable) -> list[tuple[str, Any]]:
+                   what: sql.Composable) -> list[tuple[Any, ...]]:
     scan = sql.SQL("SELECT {k}, {what} FROM {rel} t WHERE {k} = ANY({keys})").format(
         k=key_expr(key), what=what, rel=rel, keys=sql.Literal(keys))
-    return [(str(k), v) for k, v in conn.execute(scan)]
+    return [(str(k), *rest) for k, *rest in conn.execute(scan)]
 
 
 def _clip(value: str | None) -> str | None:

@@ -34,7 +34,7 @@ from psycopg import sql
 from adapters.postgres.diff import split_name, table_of
 from adapters.postgres.observe import row_hash_expr, set_read_settings
 from adapters.postgres import undo_tables
-from adapters.postgres.rowdiff import key_expr
+from adapters.postgres.rowdiff import key_expr, with_keys
 from adapters.postgres.undo_tables import Refill, columns_exist, idents
 from shadow.changes import Change, RowDelta
 
@@ -141,12 +141,9 @@ def _read(conn: psycopg.Connection, rel: str, key: list[str], keys: list[str], c
           json_too: bool = False) -> dict[str, tuple[str, str | None]]:
     """key → (row hash over ``columns``, the row as JSON when ``json_too``) for the rows of relation ``rel``
     (a quoted name; its partitions' rows too) with ``keys``."""
-    if not keys:
-        return {}
     row = sql.SQL("row_to_json(t)::text") if json_too else sql.SQL("NULL")
-    query = sql.SQL("SELECT {k}, {h}::text, {row} FROM {rel} t WHERE {where}").format(
-        k=key_expr(key), h=row_hash_expr(columns), row=row, rel=sql.SQL(rel), where=_by_keys(key, rel, keys))
-    return {str(k): (str(h), j) for k, h, j in conn.execute(query)}
+    what = sql.SQL("{}::text, {}").format(row_hash_expr(columns), row)
+    return {k: (str(h), j) for k, h, j in with_keys(conn, rel, sql.SQL(rel), key, keys, what)}
 
 
 def _by_keys(key: list[str], rel: str, keys: list[str]) -> sql.Composable:

@@ -7,9 +7,11 @@ and the same row counts and key digests as the full one — and read only what i
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -17,6 +19,7 @@ import pytest
 from adapters import fingerprint_of
 from adapters.postgres import capture
 from adapters.postgres.observe import observe
+from tests.conftest import write_plan
 
 SCHEMA = """
 CREATE TYPE mood AS ENUM ('ok', 'sad');
@@ -184,3 +187,74 @@ def test_one_streaming_pass_counts_as_the_batches_do(pair: Pair, monkeypatch: py
         assert (got.inserted, got.updated, got.deleted, got.digests) == (want.inserted, want.updated, want.deleted,
                                                                          want.digests)
     assert (streamed["public.items"].inserted, streamed["public.items"].deleted) == (100, 285)
+
+
+UNDONE_PLAN = """
+version: 1
+targets:
+  app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}
+action:
+  sql: change.sql
+expect:
+  app:
+    must: [add column public.users.nickname]
+    may: ["* rows public.*", "alter sequence public.*"]
+    rows:
+      public.orders: {updated: 5, deleted: 1}
+    checks:
+      - sql: select count(*) from public.users where email = 'marker@example.com'
+        equals: 1
+"""
+UNDONE_SQL = """
+UPDATE orders SET total_cents = total_cents + 1 WHERE id <= 5;
+DELETE FROM orders WHERE id = 6;
+INSERT INTO users (email, full_name) VALUES ('marker@example.com', 'Marker');
+ALTER TABLE users ADD COLUMN nickname text;
+"""
+
+
+def _rollback_verdict(shadow_cli, prod_db) -> dict:  # type: ignore[no-untyped-def]
+    r = shadow_cli("plan", "--json", env={"APP_DATABASE_URL": prod_db.dsn})
+    assert r.code == 0, r.text
+    return next(v for v in json.loads(r.out)["expectations"] if v["rule"] == "rollback")
+
+
+def test_the_rehearsal_undoes_its_own_change_as_a_rollback_will_and_never_leaks_into_the_next(
+        prod_db, shadow_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """An apply in one transaction is rolled back from its undo record: the rehearsal keeps the same record on
+    the shadow and undoes it. A second plan of the same production sees none of the first one's rows (the
+    marker row is there once, not twice)."""
+    write_plan(tmp_path, UNDONE_PLAN, {"change.sql": UNDONE_SQL})
+    for _ in range(2):
+        verdict = _rollback_verdict(shadow_cli, prod_db)
+        assert verdict["ok"] and verdict["message"].startswith("undoing the rehearsal's own change"), verdict
+    assert prod_db.scalar("select count(*) from users where email = 'marker@example.com'") == 0
+
+
+def test_a_statement_by_statement_action_rehearses_the_whole_restore(prod_db, shadow_cli,
+                                                                    tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    write_plan(tmp_path, UNDONE_PLAN.replace("must: [add column public.users.nickname]",
+                                             "must: [add index public.orders_total_idx]"),
+               {"change.sql": UNDONE_SQL.replace("ALTER TABLE users ADD COLUMN nickname text;",
+                                                 "CREATE INDEX CONCURRENTLY orders_total_idx ON orders (total_cents);")})
+    verdict = _rollback_verdict(shadow_cli, prod_db)
+    assert verdict["ok"] and verdict["message"].startswith("restoring the shadow from the checkpoint"), verdict
+
+
+def test_production_undo_writes_column_by_column_under_the_session_search_path(prod_db, shadow_cli,
+                                                                              tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The rollback the rehearsal proved: order 3 is cancelled, and putting back its total must not fire the
+    ``UPDATE OF status`` trigger (whose function names ``audit_log`` unqualified) — nor fail if it did."""
+    write_plan(tmp_path, UNDONE_PLAN, {"change.sql": UNDONE_SQL})
+    env = {"APP_DATABASE_URL": prod_db.dsn}
+    orders = "select md5(string_agg(o::text, ',' order by id)) from orders o"
+    before = prod_db.scalar(orders)
+    applied = shadow_cli("apply", "--json", env=env)
+    assert applied.code == 0, applied.text
+    rolled = shadow_cli("rollback", json.loads(applied.out)["run_id"], "--json", env=env)
+    assert rolled.code == 0, rolled.text
+    restore = json.loads(rolled.out)["targets"][0]["restore"]
+    assert restore["mode"] == "undo" and restore["verified"], restore
+    assert prod_db.scalar("select count(*) from audit_log") == 2
+    assert prod_db.scalar("select count(*) from users where email = 'marker@example.com'") == 0
+    assert prod_db.scalar(orders) == before

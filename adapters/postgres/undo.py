@@ -186,11 +186,12 @@ def undo(conn: psycopg.Connection, record: dict[str, Any], force: bool, lock_tim
     try:
         with conn.transaction():
             conn.execute(f"SET LOCAL lock_timeout = {max(1, int(lock_timeout * 1000))}")
+            path = conn.execute("SELECT current_setting('search_path')").fetchone()
             set_read_settings(conn)
             refills = undo_tables.load(conn, restore_tables, files or {}, force, conflicts, problems)
             if problems or (conflicts and not force):
                 raise psycopg.Rollback()
-            _undo_all_rows(conn, record["tables"], refills, force, conflicts, done)
+            _undo_all_rows(conn, record["tables"], refills, force, conflicts, done, str(path[0]) if path else "")
             for obj in sorted(record["objects"], key=lambda o: DROP_ORDER.index(o["kind"])):
                 _drop(conn, obj, record["objects"], set(restore_tables), force, conflicts, done)
             if conflicts and not force:
@@ -214,12 +215,22 @@ class _Plan:
 
 
 def _undo_all_rows(conn: psycopg.Connection, tables: dict[str, Any], refills: dict[str, Refill], force: bool,
-                   conflicts: list[str], done: list[str]) -> None:
+                   conflicts: list[str], done: list[str], search_path: str) -> None:
     """Every table's rows, in an order foreign keys accept: deletes from referencing tables before the tables
     they reference, then rows put back and re-inserted in referenced tables before the tables referencing them.
-    The tables put back whole from the checkpoint (``refills``) take their place in the same order."""
+    The tables put back whole from the checkpoint (``refills``) take their place in the same order.
+
+    The rows are read under the observation's settings; they are written under the session's own
+    ``search_path``, so production's triggers find the unqualified names they use, as for any other write."""
     plans = {table: _classify(conn, table, rows, force, conflicts) for table, rows in sorted(tables.items())}
     parents_first = _fk_order(conn, list(plans) + [t for t in refills if t not in plans])
+    conn.execute("SELECT set_config('search_path', %s, true)", [search_path])
+    _write_rows(conn, tables, refills, plans, parents_first, done)
+    set_read_settings(conn)  # (an error above rolls the whole undo back: nothing to reset then)
+
+
+def _write_rows(conn: psycopg.Connection, tables: dict[str, Any], refills: dict[str, Refill],
+                plans: dict[str, _Plan], parents_first: list[str], done: list[str]) -> None:
     deleted: dict[str, int] = {}
     for table in reversed(parents_first):
         if table in refills:
@@ -296,12 +307,15 @@ def _put_back(conn: psycopg.Connection, table: str, key: list[str], b_cols: list
     target = sql.SQL(table)
     writable = _writable(conn, table, b_cols)
     settable = [c for c in writable if c not in key and c not in _always_identity(conn, table)]
-    if plan.put_back and settable:
-        conn.execute(sql.SQL("UPDATE {t} t SET ({cols}) = (SELECT {rcols}) FROM json_populate_recordset("
-                             "NULL::{t}, {rows}) r WHERE {match}").format(
-            t=target, cols=idents(settable), rcols=idents(settable, "r."),
-            rows=sql.Literal(json.dumps(plan.put_back)),
-            match=sql.SQL(" AND ").join(sql.SQL("t.{c} = r.{c}").format(c=sql.Identifier(c)) for c in key)))
+    # One column at a time, and only where it differs: an ``UPDATE OF column`` trigger fires only for a column the
+    # run changed, as it did for the run's own statement — never for a value written back unchanged (compared as
+    # text: json, point … have no equality operator).
+    rows = sql.Literal(json.dumps(plan.put_back))
+    match = sql.SQL(" AND ").join(sql.SQL("t.{c} = r.{c}").format(c=sql.Identifier(c)) for c in key)
+    for column in settable if plan.put_back else []:
+        conn.execute(sql.SQL("UPDATE {t} t SET {col} = r.{col} FROM json_populate_recordset(NULL::{t}, {rows}) r "
+                             "WHERE {match} AND t.{col}::text IS DISTINCT FROM r.{col}::text").format(
+            t=target, col=sql.Identifier(column), rows=rows, match=match))
     if plan.reinsert:
         conn.execute(sql.SQL("INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE SELECT {rcols} FROM "
                              "json_populate_recordset(NULL::{t}, {rows}) r").format(

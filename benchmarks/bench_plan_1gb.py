@@ -36,6 +36,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from adapters.postgres.binaries import find_binaries  # noqa: E402
 from adapters.postgres.cluster import LocalCluster  # noqa: E402
 from adapters.postgres.dsn import libpq_env  # noqa: E402
 
@@ -130,11 +131,20 @@ def baselines(server: LocalCluster, dsn: str, folder: Path) -> dict[str, float]:
     return out
 
 
+def image_template() -> str:
+    return os.environ.get("SHADOW_POSTGRES_IMAGE", "shadow-test/postgres:{major}")
+
+
+def image_is_local(image: str) -> bool:
+    """Whether ``image`` is on this machine: shadow would try to pull a missing one, and nothing may be pulled."""
+    return subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0
+
+
 def shadow_cli(state: Path, cwd: Path, dsn: str, *args: str) -> tuple[float, dict[str, Any], str]:
     """Run ``python -m shadow … --json``; (wall seconds, the JSON, stderr)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SHADOW_")}
     env.update({"BENCH_DATABASE_URL": dsn, "PYTHONPATH": str(ROOT), "TESTCONTAINERS_RYUK_DISABLED": "true",
-                "SHADOW_POSTGRES_IMAGE": os.environ.get("SHADOW_POSTGRES_IMAGE", "shadow-test/postgres:{major}")})
+                "SHADOW_POSTGRES_IMAGE": image_template()})
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "shadow", "--state-dir", str(state), *args, "--json"],
                           cwd=cwd, env=env, capture_output=True, text=True)
@@ -200,7 +210,12 @@ def step_seconds(model: dict[str, Any], step: str) -> float | None:
 
 
 # -- one backend ----------------------------------------------------------------------------------------------
-def bench_backend(backend: str, dsn: str, raw: dict[str, float], folder: Path) -> None:
+def bench_backend(backend: str, dsn: str, raw: dict[str, float], folder: Path, major: int) -> None:
+    image = image_template().replace("{major}", str(major))
+    if backend == "docker" and not image_is_local(image):
+        print(f"backend docker: skipped, image {image} is not on this machine (scripts/build-images.sh builds it; "
+              "set SHADOW_POSTGRES_IMAGE to use another)\n")
+        return
     work = folder / backend
     work.mkdir()
     (work / "migration.sql").write_text(MIGRATION)
@@ -246,11 +261,16 @@ def main() -> None:
     parser.add_argument("--backend", choices=("local", "docker", "both"), default="local")
     args = parser.parse_args()
     backends = ["local", "docker"] if args.backend == "both" else [args.backend]
-    with LocalCluster(label="bench-plan-1gb") as server, tempfile.TemporaryDirectory(prefix="bench-plan-") as tmp:
+    # The oldest local PostgreSQL, as the tests' production: the shadow then runs the same major (the closest
+    # client tools at least as new), locally or in the shadow-test/postgres:<major> image.
+    binaries = find_binaries()[-1]
+    with LocalCluster(label="bench-plan-1gb", binaries=binaries) as server, \
+            tempfile.TemporaryDirectory(prefix="bench-plan-") as tmp:
+        print(f"production: a local PostgreSQL {binaries.major} cluster ({binaries.bindir})")
         dsn = build_production(server, args.scale, args.wide_rows)
         raw = baselines(server, dsn, Path(tmp))
         for backend in backends:
-            bench_backend(backend, dsn, raw, Path(tmp))
+            bench_backend(backend, dsn, raw, Path(tmp), binaries.major)
 
 
 if __name__ == "__main__":

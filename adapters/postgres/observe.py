@@ -411,7 +411,9 @@ def relation_sql(name: str, only: bool) -> sql.Composable:
 
 def table_data(conn: psycopg.Connection, name: str, *, only: bool, key: list[str] | None,
                columns: list[str]) -> dict[str, Any]:
-    query = sql.SQL("SELECT count(*), COALESCE(sum({h}::numeric), 0)::text FROM {rel} t").format(
+    # sum() of the bigint hashes is numeric already, the same value as summing them cast to numeric (no overflow),
+    # and about 10% cheaper: it adds in 128-bit integers rather than in numeric.
+    query = sql.SQL("SELECT count(*), COALESCE(sum({h}), 0)::text FROM {rel} t").format(
         h=row_hash_expr(columns), rel=relation_sql(name, only)
     )
     row = conn.execute(query).fetchone()

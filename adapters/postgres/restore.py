@@ -29,7 +29,9 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -306,14 +308,59 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
 
 
 def run_pg_dump(binaries: ClientTools, dsn: str, out: Path, snapshot: str | None) -> None:
+    with pg_dump_started(binaries, dsn, out, snapshot) as dump:
+        dump.wait()
+
+
+class Dump:
+    """A ``pg_dump`` running in the background (:func:`pg_dump_started`)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], stderr: IO[bytes]) -> None:
+        self._proc = proc
+        self._stderr = stderr
+
+    def failed(self) -> bool:
+        """Whether it has ended, and not well (without waiting)."""
+        return self._proc.poll() not in (None, 0)
+
+    def wait(self) -> None:
+        """Wait until it ends; raise :class:`InfrastructureError` with its last words when it failed."""
+        code = self._proc.wait()
+        if code != 0:
+            self._stderr.seek(0)
+            message = self._stderr.read().decode(errors="replace").strip().splitlines()
+            raise InfrastructureError("pg_dump failed: " + ("; ".join(message[-3:]) if message else f"exit {code}"))
+
+    def stop(self) -> None:
+        """End it if it still runs, and wait until it is gone. SIGTERM first: a ``docker run`` client
+        (:class:`ContainerTools`) passes it on to the pg_dump in its container, which SIGKILL would leave running."""
+        if self._proc.poll() is not None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+@contextmanager
+def pg_dump_started(binaries: ClientTools, dsn: str, out: Path, snapshot: str | None) -> Iterator[Dump]:
+    """Start ``pg_dump -Fc -Z 1`` of ``dsn`` (from the exported ``snapshot``) into ``out``, and yield it while it
+    runs; whatever ends the block, the process is ended and waited for before this returns."""
     conninfo, env = libpq_env(dsn)
     args = [*binaries.argv("pg_dump", [out.parent]), "--no-password", "-Fc", "-Z", "1", "-f", str(out), "-d", conninfo]
     if snapshot:
         args.append(f"--snapshot={snapshot}")
-    proc = subprocess.run(args, capture_output=True, text=True, env=_env(env))
-    if proc.returncode != 0:
-        message = proc.stderr.strip().splitlines()
-        raise InfrastructureError("pg_dump failed: " + ("; ".join(message[-3:]) if message else f"exit {proc.returncode}"))
+    # stderr to a file, not a pipe nobody reads while the caller works: a chatty pg_dump must not block on it.
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+                                env=_env(env))
+        dump = Dump(proc, stderr)
+        try:
+            yield dump
+        finally:
+            dump.stop()
 
 
 SEQUENCE_SET_ENTRY = re.compile(r"^\d+; \d+ \d+ SEQUENCE SET ")

@@ -260,9 +260,12 @@ class S3Kind:
                                   any(a not in ("unversioned", "lifecycle-expiry") for a in allow)):
             yield "allow", "a list of: unversioned, lifecycle-expiry"
         track = spec.get("track")
-        if track is not None and (not isinstance(track, list) or any(t not in TRACKABLE for t in track)):
-            yield "track", (f"{track!r} is not a list of what to read of every object beyond its listing "
-                            f"(any of: {', '.join(TRACKABLE)})")
+        what = "a list of what to read of every object beyond its listing: tags, metadata"
+        if track is not None and not isinstance(track, list):
+            yield "track", f"{track!r} is not a list ({what})"
+        elif track is not None:
+            for bad in [t for t in track if t not in TRACKABLE]:
+                yield "track", f"{bad!r} cannot be tracked ({what})"
         days = spec.get("retain_days")
         if days is not None and (isinstance(days, bool) or not isinstance(days, int) or days < 1):
             yield "retain_days", f"{days!r} is not a whole number of days (1 or more)"

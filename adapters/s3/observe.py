@@ -148,6 +148,15 @@ def observe(client: Any, bucket: str, prefix: str, track: tuple[str, ...] = EVER
     }
 
 
+def tracked_only(observation: dict[str, Any], track: tuple[str, ...]) -> dict[str, Any]:
+    """``observation`` cut down to what a target tracking ``track`` records of each object (a shadow's
+    observation holds every property)."""
+    kept = (*LISTED, *(p for t in track for p in TRACKABLE[t]))
+    objects = {n: {k: v for k, v in props.items() if k in kept}
+               for n, props in observation["objects"]["object"].items()}
+    return {**observation, "objects": {**observation["objects"], "object": objects}}
+
+
 def same(a: Props | None, b: Props | None) -> bool:
     """Two states of one key are equal on every property both recorded (absent is a state of its own)."""
     if a is None or b is None:

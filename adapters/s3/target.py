@@ -3,9 +3,10 @@
 - **checkpoint**: on a versioned bucket, a manifest ``{key: version_id, etag, size}`` of every current object in
   scope, from listing pages alone — nothing is copied or read, the versions are the checkpoint. Tags and
   metadata are read for every key only when the target tracks them (``track: [tags, metadata]``); otherwise
-  only for the keys an apply changes, just before it writes them (:mod:`adapters.s3.own_effect`). On an unversioned bucket every object in scope is
-  copied into the snapshot store (content-addressed, sha256-verified before a restore); the report says so and
-  what it cost. The manifest itself is a store artifact.
+  only for the keys an apply changes, just before it writes them (:mod:`adapters.s3.own_effect`). On an
+  unversioned bucket every object in scope is copied into the snapshot store (content-addressed,
+  sha256-verified before a restore); the report says so and what it cost. The manifest itself is a store
+  artifact.
 - **shadow**: moto's S3 server on 127.0.0.1 in a child process of its own, with throwaway credentials and the
   bucket seeded from the checkpoint (same keys, content, content type, metadata and tags).
 - **restore** never destroys a version: a modified key gets its checkpoint version copied back over it, a key
@@ -30,7 +31,7 @@ from adapters.s3.content import CONTENT_DIFF_LIMIT, content_diff
 from adapters.s3.moto import MOTO_IMAGE, MOTO_PORT, SERVER_START_TIMEOUT, MotoContainer, moto_endpoint, moto_server
 from adapters.s3 import own_effect
 from adapters.s3.observe import (TRACKABLE, by_key, comparable, diff, fingerprint_of, list_current, observe,
-                                 versioning)
+                                 tracked_only, versioning)
 from adapters.s3.restore import copy_restore_ops, restore_versions, run_ops
 from adapters.s3.shadow import S3Shadow
 from adapters.s3.verify import observe_settling_tags
@@ -112,7 +113,8 @@ class S3Target:
         return lambda done, total: report(f"{self.name}: {verb} {done:,} of {total:,} objects")
 
     def fingerprint(self, observation: dict[str, Any] | None = None) -> str:
-        return fingerprint_of(observation if observation is not None else self.observe())
+        """Of what this target records of each object (a shadow's observation holds more)."""
+        return fingerprint_of(tracked_only(observation, self.track) if observation is not None else self.observe())
 
     # -- checkpoint ----------------------------------------------------------------------------------------
     def checkpoint(self, store: Store, run_id: str) -> Checkpoint:

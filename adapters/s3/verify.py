@@ -4,7 +4,8 @@ metadata rewritten over equal content).
 
 The version listing says, for every key, its current version, ETag and size: a key at its checkpoint version
 has the checkpoint's content, content type and metadata (a version never changes but for its tags). So a
-checkpoint that recorded only the listing is verified from the listing alone; one that recorded tags costs a
+checkpoint that recorded only the listing is verified from a listing alone (of the current objects: ETag and
+size are all it compares); one that recorded tags costs a
 tagging read per key (tags change in place, and no listing shows them); one that recorded metadata costs a HEAD
 of each key *not* at its checkpoint version (a copy over equal content with other metadata keeps the ETag).
 """
@@ -17,7 +18,7 @@ from typing import Any
 from adapters import Checkpoint
 from adapters.s3.bucket import Bucket
 from adapters.s3.client import WORKERS
-from adapters.s3.observe import LISTED, by_key, describe, list_versions, read_tags, same
+from adapters.s3.observe import LISTED, by_key, describe, list_current, list_versions, read_tags, same
 from adapters.s3.restore import Tick
 
 
@@ -26,6 +27,11 @@ def observe_settling_tags(b: Bucket, checkpoint: Checkpoint, tick: Tick) -> dict
     drifted tags put back first."""
     want = by_key(checkpoint.observation)
     pinned: dict[str, str] = checkpoint.meta["versions"]
+    if all(props.keys() <= set(LISTED) for props in want.values()):
+        # Nothing recorded that the current listing does not show: no version ids needed either (a version
+        # listing is the slower one: it pages through every version, not only the current ones).
+        listed = list_current(b.client, b.bucket, b.prefix)
+        return {**checkpoint.observation, "objects": {"object": {f"{b.bucket}/{k}": v for k, v in listed.items()}}}
     current = {v["key"]: v for v in list_versions(b.client, b.bucket, b.prefix) if v["latest"] and not v["marker"]}
     done = 0
 

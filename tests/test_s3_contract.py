@@ -174,6 +174,14 @@ class Requests:
     def writes(self) -> list[str]:
         return [op for op in self.sent if not op.startswith(("List", "Get", "Head"))]
 
+    def count(self, *ops: str) -> int:
+        return sum(self.sent.count(op) for op in ops)
+
+    @property
+    def listing(self) -> int:
+        """Listing pages sent (of current objects or of versions)."""
+        return self.count("ListObjectVersions", "ListObjectsV2", "ListObjects")
+
 
 def mutate(prod: Prod) -> None:
     """Every kind of change production can see after a checkpoint, inside the prefix and outside it."""

@@ -23,29 +23,9 @@ from adapters.s3.target import S3Target
 from shadow.settings import Settings
 from snapshots import Store
 from tests.conftest import write_plan
+from tests.test_s3_contract import Requests
 
 PREFIX = "data/"
-LISTINGS = ("ListObjectVersions", "ListObjectsV2", "ListObjects")
-
-
-class Requests:
-    """Every request a boto3 client sends, by operation name."""
-
-    def __init__(self, client: Any) -> None:
-        self.sent: list[str] = []
-        client.meta.events.register("before-send.s3.*", self._record)
-
-    def _record(self, event_name: str, **_: Any) -> None:
-        self.sent.append(event_name.rsplit(".", 1)[-1])
-
-    def count(self, *ops: str) -> int:
-        return sum(self.sent.count(op) for op in ops)
-
-    @property
-    def listing(self) -> int:
-        return self.count(*LISTINGS)
-
-
 def fill(client: Any, bucket: str, n: int, tags: bool = False) -> list[str]:
     keys = [f"{PREFIX}p{i % 7}/obj-{i:05d}.json" for i in range(n)]
 

@@ -23,7 +23,7 @@ from adapters.s3.target import S3Target
 from shadow.settings import Settings
 from snapshots import Store
 from tests.conftest import write_plan
-from tests.test_s3_contract import Requests
+from tests.test_s3_contract import Requests, _plain_bucket
 
 PREFIX = "data/"
 def fill(client: Any, bucket: str, n: int, tags: bool = False) -> list[str]:
@@ -136,6 +136,48 @@ def test_a_checkpoint_that_read_tags_compares_with_a_listing_only_observation(bu
     now.restore(old, store)
     assert now.verify_restored(old) == []
     assert now.changes_since(old, None) == []
+
+
+def test_an_unversioned_checkpoint_reads_tags_only_of_tagged_objects(s3_server: str, tmp_path: Path) -> None:
+    """No versions to read later: the copies keep content type, metadata and tags, from the GET that copies
+    each object and, for the objects that have tags, one tagging read."""
+    client, name = _plain_bucket(s3_server)
+    keys = fill(client, name, 12)
+    tagged = keys[:4]
+    for key in tagged:
+        client.put_object_tagging(Bucket=name, Key=key, Tagging={"TagSet": [{"Key": "t", "Value": key[-6:]}]})
+    t = target(name, s3_server, tmp_path, allow=["unversioned"])
+    requests = Requests(t.client())
+
+    cp = t.checkpoint(Store(tmp_path / "store"), "cost")
+
+    assert cp.meta["mode"] == "copies" and cp.meta["objects"] == len(keys)
+    assert requests.count("GetObject") == len(keys) and requests.count("GetObjectTagging") == len(tagged)
+    assert requests.count("HeadObject") == 0
+
+
+@pytest.mark.parametrize("versioned", [True, False], ids=["versioned", "unversioned"])
+def test_a_rewritten_object_comes_back_with_its_tags_and_metadata_by_default(s3_server: str, tmp_path: Path,
+                                                                             versioned: bool) -> None:
+    """Nothing tracked: the restore still puts back the tags and metadata of an object whose content changed —
+    from its checkpoint version (S3 keeps them per version), or from what the copy kept."""
+    client, name = _plain_bucket(s3_server)
+    if versioned:
+        client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
+    keys = fill(client, name, 6, tags=True)
+    store = Store(tmp_path / "store")
+    t = target(name, s3_server, tmp_path, allow=["unversioned"])
+    cp = t.checkpoint(store, "cost")
+    client.put_object(Bucket=name, Key=keys[0], Body=b"rewritten", ContentType="text/plain",
+                      Metadata={"src": "other"}, Tagging="k=other")
+
+    t.restore(cp, store)
+
+    assert t.verify_restored(cp) == []
+    got = client.get_object(Bucket=name, Key=keys[0])
+    assert json.loads(got["Body"].read()) == {"key": keys[0]}
+    assert got["ContentType"] == "application/json" and got["Metadata"] == {"src": "test"}
+    assert client.get_object_tagging(Bucket=name, Key=keys[0])["TagSet"] == [{"Key": "k", "Value": keys[0][-10:]}]
 
 
 RETAG = """

@@ -1,11 +1,15 @@
-"""Restoring a versioned S3 prefix after 1,000 changes: shadow's restore against a naive copy-back, in the same run.
+"""Checkpointing and restoring a versioned S3 prefix after 1,000 changes: shadow against a plain listing, the
+per-object checkpoint and a naive copy-back, in the same run.
 
     .venv/bin/python benchmarks/bench_s3_restore.py [--objects 10000] [--changed 1000] [--no-experiments]
+                                                     [--no-per-object]
 
 moto's S3 server runs as a separate process on 127.0.0.1 (throwaway ``testing`` credentials). A versioned bucket
 gets ``--objects`` small JSON objects (~300 bytes) under ``data/`` (spread over ten sub-prefixes), uploaded from a
-thread pool, and is checkpointed with ``S3Target.checkpoint``. Then ``--changed`` keys change: a third modified,
-a third deleted, a third added new.
+thread pool, and is checkpointed with ``S3Target.checkpoint`` — the default (listing only), measured against a
+plain ``list_objects_v2`` of the scope and (unless ``--no-per-object``) against the per-object checkpoint every
+checkpoint was before issue 16: the same target with ``track: [metadata, tags]`` (a HEAD and a tagging read per
+object). Then ``--changed`` keys change: a third modified, a third deleted, a third added new.
 
 - **shadow**: ``S3Target.restore(checkpoint, store)``, then ``verify_restored`` as a separate step.
 - **naive**: on the same mutations applied again the same way (same keys, so both start from equivalent
@@ -17,8 +21,9 @@ included) and split into listing pages (ListObjectVersions / ListObjectsV2), rea
 (PUT / DELETE / POST, copies included). Shadow's restore is also split into its phases by wrapping (never editing)
 the target's methods on the instance.
 
-Targets: shadow's restore sends no more requests than the changed keys plus its listing pages, and its wall time
-is at least 5x below the naive restore's. With ``--experiments`` (the default) the script then measures, outside
+Targets: the checkpoint sends about one request per 1,000 objects; shadow's restore + verification sends no more
+requests than the changed keys plus its listing pages, and its wall time is at least 5x below the naive
+restore's. With ``--experiments`` (the default) the script then measures, outside
 the timed parts, what would move those numbers: the listings alone, one sub-prefix listing, the per-key
 HEAD + tagging observation, and a manifest-first restore prototype on a third round of the same mutations.
 """
@@ -156,7 +161,7 @@ def phases(target: S3Target, meter: Meter, rows: list[Measure]) -> Iterator[None
     wrap("_undelete", lambda *a, **k: "deleted keys: batch unmark + re-list (overlaps writes)")
     wrap("_deleted_ops", lambda *a, **k: "deleted keys left: version history")
     wrap("_plan_copy_restore", lambda *a, **k: "plan: list current objects")
-    wrap("observe", lambda *a, **k: "observe(): list + HEAD + tagging of every key")
+    wrap("observe", lambda *a, **k: "observe(): the listing (and tracked properties)")
     try:
         yield
     finally:
@@ -297,6 +302,8 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=10_000)
     parser.add_argument("--changed", type=int, default=1_000)
     parser.add_argument("--experiments", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--per-object", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the per-object checkpoint (track: [metadata, tags]) for comparison")
     args = parser.parse_args()
     if args.changed // 3 * 2 > args.objects:
         parser.error("--changed must be at most 1.5x --objects")
@@ -315,12 +322,37 @@ def main() -> None:
                           Settings.from_env(state_dir=tmp))
         store = Store(Path(tmp) / "store")
         meter = Meter(target.client())
-        cp_measure, checkpoint = measured("checkpoint", [meter], lambda: target.checkpoint(store, "bench"))
+        lister = _client(url)
+        list_meter = Meter(lister)
+        plain, _ = measured("plain list_objects_v2 of the scope", [list_meter],
+                            lambda: list_current(lister, BUCKET, PREFIX))
+        cp_measure, checkpoint = measured("checkpoint (default: listing only)", [meter],
+                                          lambda: target.checkpoint(store, "bench"))
+        cp_rows = [plain, cp_measure]
+        if args.per_object:
+            old = S3Target("bench", {"bucket": BUCKET, "prefix": PREFIX, "endpoint_url": url,
+                                     "track": ["metadata", "tags"]}, Settings.from_env(state_dir=tmp))
+            old_meter = Meter(old.client())
+            cp_rows.append(measured("checkpoint per object (track: [metadata, tags])", [old_meter],
+                                    lambda: old.checkpoint(store, "bench-old"))[0])
         art = checkpoint.artifacts["manifest"]
         manifest: dict[str, dict[str, Any]] = json.loads(
             store.open_verified(Artifact(art["sha256"], int(art["size"]))).read_text())
         print(f"checkpoint: {len(manifest):,} objects, mode {checkpoint.meta.get('mode')}, "
               f"{cp_measure.seconds:.1f} s, {cp_measure.total:,} requests ({cp_measure.ops()})")
+        print(HEADER.replace("restore ", "checkpoint ", 1))
+        for m in cp_rows:
+            print(row(m))
+        pages = -(-args.objects // 1000)
+        print(f"{'ratio checkpoint / plain listing':<58} {cp_measure.seconds / plain.seconds:8.2f}x "
+              f"{cp_measure.total / max(plain.total, 1):9.2f}x")
+        if args.per_object:
+            per_object = cp_rows[-1]
+            print(f"{'ratio per-object / default checkpoint':<58} {per_object.seconds / cp_measure.seconds:8.2f}x "
+                  f"{per_object.total / max(cp_measure.total, 1):9.2f}x")
+        print(f"target 0: the checkpoint sends <= ceil(objects / 1,000) + 3 = {pages + 3:,} requests: "
+              f"{cp_measure.total:,} -> {'MET' if cp_measure.total <= pages + 3 else 'NOT MET'} "
+              f"(reads: {cp_measure.reads:,}; AWS pages at 1,000, moto answers in one page)")
         print(f"mutations: {len(mutations.modified):,} modified, {len(mutations.deleted):,} deleted, "
               f"{len(mutations.added):,} added = {mutations.total:,} changed keys")
         print()
@@ -343,11 +375,13 @@ def main() -> None:
 
         print(HEADER)
         print(row(shadow))
-        covered = Measure("(the rest: list_objects_v2, the HEADs and the writes)", shadow.seconds - sum(m.seconds for m in breakdown),
-                          shadow.counts - sum((m.counts for m in breakdown), Counter()))
+        covered = Measure("(the rest: list_objects_v2, the HEADs and the writes)",
+                          shadow.seconds - sum(m.seconds for m in breakdown), shadow.counts - sum((m.counts for m in breakdown), Counter()))
         for m in breakdown + ([covered] if breakdown else []):
             print(row(m, "  - "))
         print(row(verify))
+        print(row(Measure("shadow: restore + verify_restored", shadow.seconds + verify.seconds,
+                          shadow.counts + verify.counts)))
         print(row(naive))
         print(f"{'ratio naive / shadow restore':<58} {naive.seconds / shadow.seconds:8.2f}x "
               f"{naive.total / max(shadow.total, 1):9.2f}x")
@@ -363,20 +397,23 @@ def main() -> None:
               f"naive restore reached the checkpoint's keys and ETags: {'yes' if naive_ok else 'NO'}")
         print()
 
-        limit = mutations.total + shadow.listing
-        met_requests = shadow.total <= limit
-        speedup = naive.seconds / shadow.seconds
-        scope_pages = shadow.counts["op:ListObjectsV2"]
-        key_listings = shadow.counts["op:ListObjectVersions"]
-        print(f"target 1: shadow's restore sends <= changed keys + listing pages: {shadow.total:,} requests vs "
-              f"{mutations.total:,} + {shadow.listing:,} = {limit:,} -> {'MET' if met_requests else 'NOT MET'}"
-              + ("" if met_requests else f" ({shadow.total - limit:,} over: {shadow.reads:,} reads, "
-                                         f"{shadow.writes:,} writes for {mutations.total:,} changed keys)"))
-        print(f"          listing pages = {scope_pages:,} of the scope (ListObjectsV2) + {key_listings:,} of its "
-              f"version history (ListObjectVersions); reads: {shadow.reads:,} (one HEAD per key deleted since, "
-              f"naming the delete marker to remove)")
-        print(f"target 2: shadow's restore wall time >= 5x below the naive restore's: {speedup:.2f}x "
-              f"({shadow.seconds:.2f} s vs {naive.seconds:.2f} s) -> {'MET' if speedup >= 5 else 'NOT MET'}")
+        both = Measure("shadow: restore + verify_restored", shadow.seconds + verify.seconds,
+                       shadow.counts + verify.counts)
+        limit = mutations.total + both.listing
+        met_requests = both.total <= limit
+        speedup = naive.seconds / both.seconds
+        scope_pages = both.counts["op:ListObjectsV2"]
+        key_listings = both.counts["op:ListObjectVersions"]
+        print(f"target 1: restore + verify send <= changed keys + listing pages: {both.total:,} requests vs "
+              f"{mutations.total:,} + {both.listing:,} = {limit:,} -> {'MET' if met_requests else 'NOT MET'}"
+              + ("" if met_requests else f" ({both.total - limit:,} over: {both.reads:,} reads, "
+                                         f"{both.writes:,} writes for {mutations.total:,} changed keys)"))
+        print(f"          listing pages = {scope_pages:,} ListObjectsV2 + {key_listings:,} ListObjectVersions "
+              f"(the verification's); reads: {both.reads:,} (one HEAD per key deleted since, naming the delete "
+              f"marker to remove); verify_restored alone: {verify.total:,} request(s)")
+        print(f"target 2: restore + verify wall time >= 5x below the naive restore's: {speedup:.2f}x "
+              f"({both.seconds:.2f} s vs {naive.seconds:.2f} s) -> {'MET' if speedup >= 5 else 'NOT MET'}; "
+              f"requests {naive.total / max(both.total, 1):.2f}x fewer")
 
         if not args.experiments:
             return
@@ -406,7 +443,7 @@ def main() -> None:
                               lambda: list_current(probe, BUCKET, PREFIX))
         m.label += f" ({len(current):,} keys)"
         exp.append(m)
-        exp.append(measured("observe(): list + HEAD + tagging of every key", [meter], target.observe)[0])
+        exp.append(measured("observe(): the default, listing only", [meter], target.observe)[0])
         exp.append(measured("GetObjectTagging only, every key (no HEAD)", [probe_meter],
                             lambda: pool_run(lambda k: probe.get_object_tagging(Bucket=BUCKET, Key=k),
                                              sorted(current)))[0])

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+from adapters.s3.observe import describe
 from shadow.errors import InfrastructureError
 
 DELETE_BATCH = 1000  # objects per DeleteObjects request: S3's limit
@@ -80,19 +81,35 @@ class Bucket:
             return None, response.get("HTTPHeaders", {})
 
     def copy_back(self, key: str, entry: dict[str, Any], props: dict[str, Any]) -> None:
-        """The checkpoint version ``entry`` names, copied over ``key`` with the checkpoint's tags ``props``."""
+        """The checkpoint version ``entry`` names, copied over ``key``, with the tags ``props`` names — or, when
+        the checkpoint did not record them, with that version's own tags (S3 keeps tags per version)."""
         client = self.client
         source = {"Bucket": self.bucket, "Key": key, "VersionId": entry["version_id"]}
-        if entry.get("parts"):
-            self.multipart(key, props, entry["parts"],
+        parts = entry.get("parts")
+        if parts is None and "-" in str(entry.get("etag", "")):
+            parts = self.part_sizes(key, entry)
+        if parts:
+            if not {"content_type", "metadata", "tags"} <= props.keys():
+                # A multipart rebuild states every property itself: what the checkpoint did not record is the
+                # version's (which never changes, but for its tags).
+                props = {**describe(client, self.bucket, key, entry["version_id"]), **props}
+            self.multipart(key, props, parts,
                            lambda n, byte_range, upload: client.upload_part_copy(
                                Bucket=self.bucket, Key=key, UploadId=upload, PartNumber=n, CopySource=source,
                                CopySourceRange=byte_range)["CopyPartResult"]["ETag"])
             return
         # Content type and metadata never change on a version, so they come with the copy; tags can, so they are
-        # set to the checkpoint's in the same request.
-        client.copy_object(Bucket=self.bucket, Key=key, CopySource=source, MetadataDirective="COPY",
-                           TaggingDirective="REPLACE", Tagging=urlencode(props.get("tags") or {}))
+        # set to the checkpoint's in the same request when it recorded them.
+        tagging: dict[str, Any] = {"TaggingDirective": "COPY"} if "tags" not in props else {
+            "TaggingDirective": "REPLACE", "Tagging": urlencode(props["tags"] or {})}
+        client.copy_object(Bucket=self.bucket, Key=key, CopySource=source, MetadataDirective="COPY", **tagging)
+
+    def part_sizes(self, key: str, entry: dict[str, Any]) -> list[int]:
+        """The part sizes of a multipart object's checkpoint version (a HEAD per part)."""
+        extra = {"VersionId": entry["version_id"]} if "version_id" in entry else {}
+        count = int(str(entry["etag"]).rsplit("-", 1)[1])
+        return [int(self.client.head_object(Bucket=self.bucket, Key=key, PartNumber=n, **extra)["ContentLength"])
+                for n in range(1, count + 1)]
 
     def multipart(self, key: str, props: dict[str, Any], parts: list[int],
                   send_part: Callable[[int, str, str], str]) -> None:

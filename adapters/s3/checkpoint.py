@@ -1,9 +1,12 @@
 """What an S3 checkpoint keeps, and what about the bucket makes it unsafe.
 
 On a versioned bucket the manifest is ``{key: version_id, etag, size, known_versions}`` of every current object
-in scope — nothing is copied, the versions are the checkpoint. On an unversioned bucket every object in scope is
-copied into the snapshot store (content-addressed, sha256-verified before a restore). Multipart objects also
-record their part sizes, so a restore can rebuild them with the same ETag.
+in scope, from the version listing alone (a request per thousand versions) — nothing is copied and no object is
+read, the versions are the checkpoint: a version's content, content type and metadata never change, and what a
+restore needs of them (multipart part sizes, tags when they were not tracked) it reads from the version then.
+On an unversioned bucket every object in scope is copied into the snapshot store (content-addressed,
+sha256-verified before a restore) with its content type, metadata and tags (read only for objects that have
+some), and multipart objects record their part sizes, so a restore can rebuild them with the same ETag.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 from adapters.s3.bucket import Bucket
 from adapters.s3.client import WORKERS, Call
-from adapters.s3.observe import list_versions
+from adapters.s3.observe import LISTED, TRACKABLE, Props, read_tags, list_versions
 from snapshots import Artifact, Store
 
 Manifest = dict[str, dict[str, Any]]
@@ -33,31 +36,39 @@ def versions_manifest(call: Call, b: Bucket) -> Manifest:
     return manifest
 
 
-def copies_manifest(call: Call, b: Bucket, store: Store, observation: dict[str, Any]) -> tuple[Manifest, int]:
-    """(manifest, bytes copied): every observed object downloaded into the store, from a bounded pool.
+def copies_manifest(call: Call, b: Bucket, store: Store, observation: dict[str, Any],
+                    track: tuple[str, ...]) -> tuple[Manifest, int]:
+    """(manifest, bytes copied): every listed object of the (listing-only) ``observation`` downloaded into the
+    store, from a bounded pool; the observation gains the ``track``ed properties.
 
-    Another writer may overwrite or delete an object between the observation and its copy: each key's observed
-    content, content type and metadata are then taken from the very response the copy was read from (and a key
-    deleted meanwhile leaves the observation), so that the checkpoint's observation describes its copies."""
+    The manifest keeps each copy's content type, metadata and tags whatever is tracked: a restore writes them
+    back with the content, and there is no version to read them from later. The GET that copies an object says
+    its content type and metadata, and how many tags it has: only objects with tags cost a tagging read.
+    Another writer may overwrite or delete an object between the listing and its copy: each key's observed
+    properties are then taken from the very response the copy was read from (and a key deleted meanwhile
+    leaves the observation), so that the checkpoint's observation describes its copies."""
     objects = observation["objects"]["object"]
     keys = [n.split("/", 1)[1] for n in objects]
+    kept = (*LISTED, *(p for t in track for p in TRACKABLE[t]))
 
-    def copy(key: str) -> tuple[str, Artifact | None, dict[str, Any]]:
+    def copy(key: str) -> tuple[str, Artifact | None, Props]:
         from botocore.exceptions import ClientError
 
         try:
             got = b.client.get_object(Bucket=b.bucket, Key=key)
+            with store.new_artifact() as slot, open(slot.path, "wb") as out:
+                for block in got["Body"].iter_chunks(1 << 20):
+                    out.write(block)
+            # Tags are read after the body, so they are at least as new as the copy (S3 sends no tags with it).
+            tags = read_tags(b.client, b.bucket, key) if int(got.get("TagCount") or 0) else {}
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return key, None, {}
             raise
-        with store.new_artifact() as slot, open(slot.path, "wb") as out:
-            for block in got["Body"].iter_chunks(1 << 20):
-                out.write(block)
         assert slot.artifact is not None
         return key, slot.artifact, {"etag": got["ETag"].strip('"'), "size": int(got["ContentLength"]),
                                     "content_type": got.get("ContentType"),
-                                    "metadata": dict(sorted((got.get("Metadata") or {}).items()))}
+                                    "metadata": dict(sorted((got.get("Metadata") or {}).items())), "tags": tags}
 
     manifest: Manifest = {}
     copied = 0
@@ -67,24 +78,19 @@ def copies_manifest(call: Call, b: Bucket, store: Store, observation: dict[str, 
             if art is None:
                 del objects[name]
                 continue
-            objects[name] = {**objects[name], **props}
-            manifest[key] = {"sha256": art.sha256, "size": art.size, "etag": props["etag"]}
+            objects[name] = {p: props[p] for p in kept}
+            manifest[key] = {"sha256": art.sha256, "size": art.size, "etag": props["etag"], "props": props}
             copied += art.size
     return manifest, copied
 
 
 def record_parts(call: Call, b: Bucket, manifest: Manifest) -> None:
-    """Part sizes of multipart objects, so a restore can rebuild them with the same parts and so the same ETag."""
+    """Part sizes of multipart copies, so a restore can rebuild them with the same parts and so the same ETag
+    (a versioned checkpoint reads them from the version when a restore needs them: :meth:`Bucket.copy_back`)."""
     multipart = [key for key, entry in manifest.items() if "-" in str(entry.get("etag", ""))]
-
-    def sizes(key: str) -> list[int]:
-        extra = {"VersionId": manifest[key]["version_id"]} if "version_id" in manifest[key] else {}
-        count = int(manifest[key]["etag"].rsplit("-", 1)[1])
-        return [int(b.client.head_object(Bucket=b.bucket, Key=key, PartNumber=n, **extra)["ContentLength"])
-                for n in range(1, count + 1)]
-
     with ThreadPoolExecutor(WORKERS) as pool:
-        for key, parts in zip(multipart, call("reading part sizes", lambda: list(pool.map(sizes, multipart)))):
+        for key, parts in zip(multipart, call("reading part sizes", lambda: list(
+                pool.map(lambda k: b.part_sizes(k, manifest[k]), multipart)))):
             manifest[key]["parts"] = parts
 
 

@@ -7,6 +7,10 @@ is those keys against the checkpoint, compared with the rehearsal's. A key that 
 footprint — a key the action neither read, wrote nor listed in its rehearsal — is another writer's: reported, never
 blamed on the action, never undone. (``policy.drift: strict`` counts every change as the action's.)
 
+A checkpoint records by default only what a listing shows (ETag and size), so just before the action every key
+the rehearsal changed is read in full (HEAD and tags): that pre-image is the checkpoint's state of the key when
+its content is still the checkpoint's, and it is what an undo puts back — tags and metadata included.
+
 The undo record names each key the run changed, what the run left there and what the checkpoint had. Undoing puts
 back the checkpoint's version of exactly those keys; a key someone changed again since is a conflict, refused
 unless forced. Re-running an undo skips keys already back (a killed undo is finished by running it again).
@@ -21,7 +25,7 @@ from adapters import sort_undo
 from adapters.s3.bucket import Bucket
 from adapters.s3.client import WORKERS
 from adapters.s3.footprint import Footprint
-from adapters.s3.observe import by_key, describe_current, diff, list_current
+from adapters.s3.observe import by_key, describe_current, diff, list_current, same
 from shadow.changes import Change
 
 VERSION = 1
@@ -30,10 +34,14 @@ Props = dict[str, Any]
 
 def before_action(b: Bucket, footprint: Footprint | None, rehearsed: list[Change]) -> dict[str, Any]:
     """What :func:`own_effect` needs, taken just before the action: the footprint, the keys the rehearsal
-    changed and production's listing now."""
-    return {"version": VERSION, "footprint": footprint.to_dict() if footprint else None,
-            "rehearsed": sorted(c.name.split("/", 1)[1] for c in rehearsed),
-            "before": list_current(b.client, b.bucket, b.prefix)}
+    changed, production's listing now and every property of each key the rehearsal changed (its pre-image:
+    the tags and metadata the checkpoint's listing does not hold)."""
+    keys = sorted(c.name.split("/", 1)[1] for c in rehearsed)
+    with ThreadPoolExecutor(WORKERS) as pool:
+        pre = dict(zip(keys, pool.map(lambda k: _props(b, k), keys)))
+    return {"version": VERSION, "footprint": footprint.to_dict() if footprint else None, "rehearsed": keys,
+            "before": list_current(b.client, b.bucket, b.prefix),
+            "pre_images": {k: p for k, p in pre.items() if p is not None}}
 
 
 def _props(b: Bucket, key: str) -> Props | None:
@@ -48,7 +56,7 @@ def own_effect(b: Bucket, before: dict[str, Any], checkpoint_observation: dict[s
     now = list_current(b.client, b.bucket, b.prefix)
     moved = {k for k in set(now) | set(listed_before) if now.get(k) != listed_before.get(k)}
     ours = set(before["rehearsed"]) | {k for k in moved if strict or footprint.covers(k)}
-    at_checkpoint = by_key(checkpoint_observation)
+    at_checkpoint = _with_pre_images(by_key(checkpoint_observation), before.get("pre_images") or {})
     with ThreadPoolExecutor(WORKERS) as pool:
         left = dict(zip(sorted(ours), pool.map(lambda k: _props(b, k), sorted(ours))))
     name = f"{b.bucket}/"
@@ -61,8 +69,20 @@ def own_effect(b: Bucket, before: dict[str, Any], checkpoint_observation: dict[s
                               observation({k: now.get(k) for k in moved - ours}))]
     record = {"version": VERSION, "kind": "s3",
               "keys": {k: {"left": left[k], "checkpoint": at_checkpoint.get(k)} for k in sorted(ours)
-                       if left[k] != at_checkpoint.get(k)}}
+                       if not same(left[k], at_checkpoint.get(k))}}
     return changes, others, record
+
+
+def _with_pre_images(at_checkpoint: dict[str, Props], pre_images: dict[str, Props]) -> dict[str, Props]:
+    """The checkpoint's state of each key, completed by its pre-image where that still has the checkpoint's
+    content (the properties the checkpoint recorded are the same): then its tags and metadata are the
+    checkpoint's too, as far as anything saw (a tag-only change by another writer between the checkpoint and
+    the apply is not seen unless the target tracks tags)."""
+    out = dict(at_checkpoint)
+    for key, pre in pre_images.items():
+        if key in out and same(pre, out[key]):
+            out[key] = {**pre, **out[key]}
+    return out
 
 
 def undo(b: Bucket, record: dict[str, Any], manifest: dict[str, Any], copy_of: Any,
@@ -71,8 +91,8 @@ def undo(b: Bucket, record: dict[str, Any], manifest: dict[str, Any], copy_of: A
     keys: dict[str, dict[str, Any]] = record.get("keys") or {}
     with ThreadPoolExecutor(WORKERS) as pool:
         current = dict(zip(keys, pool.map(lambda k: _props(b, k), keys)))
-    todo, conflicts = sort_undo(keys, lambda k: current[k] == keys[k]["checkpoint"],
-                                lambda k: current[k] == keys[k]["left"],
+    todo, conflicts = sort_undo(keys, lambda k: same(current[k], keys[k]["checkpoint"]),
+                                lambda k: same(current[k], keys[k]["left"]),
                                 lambda k: f"object {b.bucket}/{k}: changed since the run left it "
                                           f"({_state(keys[k]['left'])} → now {_state(current[k])})", force)
     if conflicts and not force:
@@ -85,14 +105,15 @@ def undo(b: Bucket, record: dict[str, Any], manifest: dict[str, Any], copy_of: A
         elif "version_id" in manifest[key]:
             b.copy_back(key, manifest[key], want)
         else:
-            b.put_back(key, copy_of(manifest[key]), want, manifest[key].get("parts"))
+            b.put_back(key, copy_of(manifest[key]), {**(manifest[key].get("props") or {}), **want},
+                       manifest[key].get("parts"))
 
     with ThreadPoolExecutor(WORKERS) as pool:
         list(pool.map(put_back, todo))
     with ThreadPoolExecutor(WORKERS) as pool:
         after = dict(zip(keys, pool.map(lambda k: _props(b, k), keys)))
     problems = [f"object {b.bucket}/{k}: {_state(after[k])}, the checkpoint had {_state(e['checkpoint'])}"
-                for k, e in keys.items() if after[k] != e["checkpoint"]]
+                for k, e in keys.items() if not same(after[k], e["checkpoint"])]
     done = [f"put back {len(todo)} object(s) the run changed"] if todo else []
     return conflicts, done, problems
 

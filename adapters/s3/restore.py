@@ -13,7 +13,7 @@ from typing import Any
 
 from adapters.s3.bucket import Bucket
 from adapters.s3.client import WORKERS
-from adapters.s3.observe import list_current, list_versions
+from adapters.s3.observe import list_current, list_versions, same
 from shadow.errors import InfrastructureError
 from snapshots import Artifact, Store
 
@@ -49,14 +49,15 @@ def _at_entry(now: dict[str, Any] | None, entry: dict[str, Any]) -> bool:
 
 def _only_tags_differ(have: dict[str, Any] | None, want: dict[str, Any]) -> bool:
     """The current object is the checkpoint's but for its tags (tagging changes an object in place)."""
-    return have is not None and {k: v for k, v in have.items() if k != "tags"} == \
-        {k: v for k, v in want.items() if k != "tags"}
+    return have is not None and "tags" in want and same({k: v for k, v in have.items() if k != "tags"}, want)
 
 
 # -- an unversioned bucket: from the store's copies -----------------------------------------------------------
 def copy_restore_ops(b: Bucket, manifest: Manifest, store: Store, want: Manifest, have: Manifest) -> list[Any]:
-    """Changed keys get the checkpoint's copy (or only its tags) back, keys created since are deleted."""
-    changed = sorted(key for key, props in want.items() if have.get(key) != props)
+    """Changed keys get the checkpoint's copy (or only its tags) back, keys created since are deleted. What
+    changed is judged on the properties the observations recorded; the copy goes back with every property
+    the checkpoint kept of it (its manifest entry's, or, in a checkpoint from before those, the observation's)."""
+    changed = sorted(key for key, props in want.items() if not same(have.get(key), props))
     ops: list[Any] = []
     for key in changed:
         if _only_tags_differ(have.get(key), want[key]):
@@ -64,7 +65,8 @@ def copy_restore_ops(b: Bucket, manifest: Manifest, store: Store, want: Manifest
             continue
         # Verified now, before the first write: a corrupt copy stops the restore before it starts.
         path = store.open_verified(Artifact(manifest[key]["sha256"], int(manifest[key]["size"])))
-        ops.append(lambda key=key, path=path, props=want[key], parts=manifest[key].get("parts"):
+        ops.append(lambda key=key, path=path, props=manifest[key].get("props") or want[key],
+                   parts=manifest[key].get("parts"):
                    b.put_back(key, path, props, parts))
     return ops + b.batched_deletes([{"Key": key} for key in sorted(set(have) - set(want))])
 

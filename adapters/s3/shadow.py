@@ -1,5 +1,12 @@
 """An S3 shadow: an ephemeral endpoint (moto's server) holding the target's bucket seeded from the checkpoint —
-same keys, content, content type, metadata and tags — under throwaway credentials."""
+same keys, content, content type, metadata and tags — under throwaway credentials.
+
+The seeding reads each object's content from its checkpoint version (or copy): the same GET says its content
+type and metadata and how many tags it has, so only tagged objects cost one more read (of the version's tags,
+unless the checkpoint recorded them). The shadow's own requests cost production nothing, so it observes every
+property; after the action, it reads them only for the keys the action named in its requests (its footprint)
+and those whose listing changed — no other key's tags or metadata can have changed.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ from adapters.s3.client import REGION, WORKERS, make_client
 from adapters.s3.content import CONTENT_DIFF_LIMIT, content_diff
 from adapters.s3.footprint import Footprint, parse
 from adapters.s3.moto import MOTO_PORT, MotoContainer
-from adapters.s3.observe import by_key, diff, observe
+from adapters.s3.observe import LISTED, Props, by_key, comparable, diff, list_current, observe, read_tags, same
 from shadow.changes import Change, differences
 from snapshots import Artifact, Store
 
@@ -72,14 +79,32 @@ class S3Shadow:
 
     def _put_checkpoint_object(self, key: str) -> None:
         """The checkpoint's object at ``key`` — content, content type, metadata, tags — into the shadow."""
-        props = self.checkpoint.observation["objects"]["object"][f"{self.target.bucket}/{key}"]
-        self.client.put_object(Bucket=self.target.bucket, Key=key, Body=self._checkpoint_body(key),
-                               **object_args(props))
+        body, props = self._checkpoint_object(key)
+        self.client.put_object(Bucket=self.target.bucket, Key=key, Body=body, **object_args(props))
+
+    def _checkpoint_object(self, key: str) -> tuple[bytes, Props]:
+        """The content and properties of the checkpoint's object at ``key``: a version's come with its GET (and
+        its tags, when it has any and the checkpoint did not record them, from one more read); a copy's were
+        kept with it (in a checkpoint from before that, in its observation)."""
+        t = self.target
+        entry = self.manifest[key]
+        recorded = self.checkpoint.observation["objects"]["object"].get(f"{t.bucket}/{key}", {})
+        if "version_id" not in entry:
+            path = self.store.open_verified(Artifact(entry["sha256"], int(entry["size"])))
+            return path.read_bytes(), entry.get("props") or recorded
+        got = t.client().get_object(Bucket=t.bucket, Key=key, VersionId=entry["version_id"])
+        props: Props = {"content_type": got.get("ContentType"),
+                        "metadata": dict(sorted((got.get("Metadata") or {}).items()))}
+        if "tags" in recorded:
+            props["tags"] = recorded["tags"]
+        elif int(got.get("TagCount") or 0):
+            props["tags"] = read_tags(t.client(), t.bucket, key, entry["version_id"])
+        return got["Body"].read(), props
 
     @property
     def fidelity(self) -> list[str]:
-        cp = _comparable(self.checkpoint.observation["objects"])
-        shadow = _comparable(self.pristine_observation["objects"])
+        """How the pristine shadow differs from the checkpoint, in what the checkpoint recorded."""
+        cp, shadow = _both_recorded(self.checkpoint.observation["objects"], self.pristine_observation["objects"])
         return [] if cp == shadow else differences(cp, shadow)
 
     def observe(self) -> dict[str, Any]:
@@ -94,9 +119,9 @@ class S3Shadow:
             return b""
 
     def changes(self) -> list[Change]:
-        if self._mark is not None and self.footprint is None:  # read first: observing reads every object
+        if self._mark is not None and self.footprint is None:  # read first: observing reads objects
             self.footprint = parse(self._request_log()[self._mark:], self.target.bucket)
-        after = self.observe()
+        after = self._after()
         changes = diff(self.pristine_observation, after)
         for change in changes:
             if change.op == "modify" and "etag" in change.detail:
@@ -105,6 +130,20 @@ class S3Shadow:
                     change.detail["content_diff"] = content
         self.rehearsed = changes
         return changes
+
+    def _after(self) -> dict[str, Any]:
+        """The shadow after the action: its listing, and every property of the keys the action named in a
+        request or whose listing changed (all keys when its footprint is unknown or could not be placed)."""
+        t, fp = self.target, self.footprint
+        if fp is None or fp.everything:
+            return self.observe()
+        listed = list_current(self.client, t.bucket, t.prefix)
+        pristine = by_key(self.pristine_observation)
+        named = {k: v for k, v in listed.items() if k in fp.keys or not same(v, pristine.get(k))}
+        full = observe(self.client, t.bucket, t.prefix, listed=named)
+        objects = {f"{t.bucket}/{k}": {p: v[p] for p in LISTED} for k, v in listed.items()}
+        objects.update(full["objects"]["object"])
+        return {**full, "objects": {"object": objects}}
 
     def _content_diff(self, key: str, after: dict[str, Any]) -> list[str] | None:
         name = f"{self.target.bucket}/{key}"
@@ -120,14 +159,19 @@ class S3Shadow:
         Production's restore works from versions instead; what both prove is that the checkpoint is readable
         and complete."""
         bucket = self.target.bucket
-        want, have = by_key(self.checkpoint.observation), by_key(self.observe())
+        # The pristine shadow holds every property of the checkpoint's objects (the checkpoint itself may
+        # hold only their listing).
+        want, have = by_key(self.pristine_observation), by_key(self.observe())
 
         ops = [lambda key=key: self._put_checkpoint_object(key) for key in want if have.get(key) != want[key]]
         ops += [lambda key=key: self.client.delete_object(Bucket=bucket, Key=key) for key in set(have) - set(want)]
         with ThreadPoolExecutor(WORKERS) as pool:
             self.target._call("restoring the shadow", lambda: list(pool.map(lambda op: op(), ops)))
-        cp, now = _comparable(self.checkpoint.observation["objects"]), _comparable(self.observe()["objects"])
-        return [] if cp == now else differences(cp, now)
+        after = self.observe()["objects"]
+        now, pristine = _comparable(after), _comparable(self.pristine_observation["objects"])
+        cp, seen = _both_recorded(self.checkpoint.observation["objects"], after)
+        problems = [] if cp == seen else differences(cp, seen)
+        return problems or ([] if pristine == now else differences(pristine, now))
 
     def watch(self) -> None:
         """From here on the server's requests are the action's (:mod:`adapters.s3.footprint`)."""
@@ -163,3 +207,9 @@ def _comparable(objects: dict[str, Any]) -> dict[str, Any]:
     # reproduce it, so those are compared by size, type, metadata and tags.
     return {n: {k: v for k, v in props.items() if not (k == "etag" and "-" in str(v))}
             for n, props in objects.get("object", {}).items()}
+
+
+def _both_recorded(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`_comparable` of two observations' objects, each cut down to the properties both recorded."""
+    x, y = comparable({"object": _comparable(a)}, {"object": _comparable(b)})
+    return x["object"], y["object"]

@@ -1,9 +1,12 @@
 """The S3 target: checkpoint by object versions (or copies), shadow on an ephemeral endpoint, restore exactly.
 
 - **checkpoint**: on a versioned bucket, a manifest ``{key: version_id, etag, size}`` of every current object in
-  scope — nothing is copied, the versions are the checkpoint. On an unversioned bucket every object in scope is
-  copied into the snapshot store (content-addressed, sha256-verified before a restore); the report says so and
-  what it cost. The manifest itself is a store artifact.
+  scope, from listing pages alone — nothing is copied or read, the versions are the checkpoint. Tags and
+  metadata are read for every key only when the target tracks them (``track: [tags, metadata]``); otherwise
+  only for the keys an apply changes, just before it writes them (:mod:`adapters.s3.own_effect`). On an
+  unversioned bucket every object in scope is copied into the snapshot store (content-addressed,
+  sha256-verified before a restore); the report says so and what it cost. The manifest itself is a store
+  artifact.
 - **shadow**: moto's S3 server on 127.0.0.1 in a child process of its own, with throwaway credentials and the
   bucket seeded from the checkpoint (same keys, content, content type, metadata and tags).
 - **restore** never destroys a version: a modified key gets its checkpoint version copied back over it, a key
@@ -27,7 +30,8 @@ from adapters.s3.client import REGION, WORKERS, make_client, translated
 from adapters.s3.content import CONTENT_DIFF_LIMIT, content_diff
 from adapters.s3.moto import MOTO_IMAGE, MOTO_PORT, SERVER_START_TIMEOUT, MotoContainer, moto_endpoint, moto_server
 from adapters.s3 import own_effect
-from adapters.s3.observe import by_key, diff, fingerprint_of, list_current, observe, versioning
+from adapters.s3.observe import (TRACKABLE, by_key, comparable, diff, fingerprint_of, list_current, observe,
+                                 tracked_only, versioning)
 from adapters.s3.restore import copy_restore_ops, restore_versions, run_ops
 from adapters.s3.shadow import S3Shadow
 from adapters.s3.verify import observe_settling_tags
@@ -54,6 +58,8 @@ class S3Target:
         self.endpoint_url = spec.get("endpoint_url") or None
         self.allow = tuple(spec.get("allow") or ())
         self.retain_days = int(spec.get("retain_days") or RETAIN_DAYS)
+        # What an observation of production reads beyond the listing, for every object (a request each).
+        self.track: tuple[str, ...] = tuple(t for t in TRACKABLE if t in (spec.get("track") or ()))
         self.settings = settings
         self._client: Any = None
         # Large scopes take a while: the orchestrator sets this to show progress (text lines).
@@ -98,7 +104,7 @@ class S3Target:
     # -- observe -------------------------------------------------------------------------------------------
     def observe(self) -> dict[str, Any]:
         return self._call("observing", observe, self.client(), self.bucket, self.prefix,  # type: ignore[no-any-return]
-                          None, self._progress("observed"))
+                          self.track, progress=self._progress("observed"))
 
     def _progress(self, verb: str) -> Callable[[int, int], None] | None:
         report = self.progress
@@ -107,7 +113,8 @@ class S3Target:
         return lambda done, total: report(f"{self.name}: {verb} {done:,} of {total:,} objects")
 
     def fingerprint(self, observation: dict[str, Any] | None = None) -> str:
-        return fingerprint_of(observation if observation is not None else self.observe())
+        """Of what this target records of each object (a shadow's observation holds more)."""
+        return fingerprint_of(tracked_only(observation, self.track) if observation is not None else self.observe())
 
     # -- checkpoint ----------------------------------------------------------------------------------------
     def checkpoint(self, store: Store, run_id: str) -> Checkpoint:
@@ -118,12 +125,12 @@ class S3Target:
         copied = 0
         if status == "Enabled":
             manifest = versions_manifest(self._call, b)
-            record_parts(self._call, b, manifest)
-            observation = self._call("observing", observe, client, self.bucket, self.prefix,
-                                     {k: v["version_id"] for k, v in manifest.items()})
+            observation = self._call("observing", observe, client, self.bucket, self.prefix, self.track,
+                                     listed=manifest, versions={k: v["version_id"] for k, v in manifest.items()},
+                                     progress=self._progress("observed"))
         else:
-            observation = self._call("observing", observe, client, self.bucket, self.prefix)
-            manifest, copied = copies_manifest(self._call, b, store, observation)
+            observation = self._call("listing objects", observe, client, self.bucket, self.prefix, ())
+            manifest, copied = copies_manifest(self._call, b, store, observation, self.track)
             record_parts(self._call, b, manifest)
         return Checkpoint(
             target=self.name, kind=self.kind, run_id=run_id, observation=observation,
@@ -131,7 +138,7 @@ class S3Target:
             artifacts={"manifest": {**store.put_json(manifest), "format": "s3 manifest"}},
             meta={"bucket": self.bucket, "prefix": self.prefix, "versioning": status, "objects": len(manifest),
                   "copied_bytes": copied, "mode": "versions" if status == "Enabled" else "copies",
-                  "findings": findings, "endpoint": self.describe(),
+                  "findings": findings, "endpoint": self.describe(), "track": list(self.track),
                   **({"versions": {k: v["version_id"] for k, v in manifest.items()}} if status == "Enabled" else {})},
         )
 
@@ -161,6 +168,8 @@ class S3Target:
         return self.describe()
 
     def changes_since(self, checkpoint: Checkpoint, shadow: Any | None) -> list[Change]:
+        """Production's changes since ``checkpoint``, in what both observations recorded: with the default
+        tracking a tag-only change (or a copy over equal content with other metadata) is not seen."""
         return diff(checkpoint.observation, self.observe())
 
     # -- an apply among other writers (adapters.s3.own_effect) ---------------------------------------------------
@@ -190,9 +199,9 @@ class S3Target:
         """Only keys that differ from the checkpoint cost a write, and a second restore writes nothing.
 
         On a versioned bucket the plan comes from a listing, never a read per unchanged object: a key whose
-        current ETag and size are the checkpoint's has its content (content type and metadata rewritten over equal
-        content, and tags, which change in place and which no S3 call lists, are checked and put back by
-        :meth:`verify_restored`, which reads every object anyway).
+        current ETag and size are the checkpoint's has its content. Tags, which change in place and which no S3
+        call lists, are put back by :meth:`verify_restored` when the checkpoint recorded them (``track:
+        [tags]``); a key copied back from its checkpoint version gets that version's tags otherwise.
         """
         manifest = self._manifest(checkpoint, store)
         b = self._bucket()
@@ -210,12 +219,9 @@ class S3Target:
         return self._bucket(client).batched_deletes(objects)
 
     def verify_restored(self, checkpoint: Checkpoint) -> list[str]:
-        """Observe production against the checkpoint; on a versioned bucket, also put back drifted tags.
-
-        Tags change in place and no S3 call lists them, so only reading every object finds a tag-only change —
-        which verification does anyway. Keys still at their checkpoint version cost that one tagging read (their
-        content, type and metadata are the version's); any other key costs a HEAD as well.
-        """
+        """Observe production against the checkpoint, on what the checkpoint recorded; on a versioned bucket,
+        also put back drifted tags when it recorded them (:mod:`adapters.s3.verify`: the listing alone when
+        it recorded no more than the listing shows)."""
         if "versions" not in checkpoint.meta:
             now = self.observe()
         else:
@@ -223,14 +229,15 @@ class S3Target:
                                                                         self._progress("verified")))
         if fingerprint_of(now) == checkpoint.fingerprint:
             return []
-        return differences(checkpoint.observation["objects"], now["objects"]) or ["fingerprints differ"]
+        want, have = comparable(checkpoint.observation["objects"], now["objects"])
+        return [] if want == have else differences(want, have) or ["fingerprints differ"]
 
 
 class S3Kind:
     name = "s3"
     runs_sql = False
     resolve_paths = staticmethod(paths_as_given)
-    keys = ("bucket", "prefix", "endpoint_url", "allow", "retain_days")
+    keys = ("bucket", "prefix", "endpoint_url", "allow", "retain_days", "track")
     change_ops: tuple[str, ...] = ("add", "delete", "modify")
     change_kinds: tuple[str, ...] = ("object",)
     clear_leftovers = staticmethod(nothing_runs)  # moto's local server ends when its run's process does
@@ -254,6 +261,13 @@ class S3Kind:
         if allow is not None and (not isinstance(allow, list) or
                                   any(a not in ("unversioned", "lifecycle-expiry") for a in allow)):
             yield "allow", "a list of: unversioned, lifecycle-expiry"
+        track = spec.get("track")
+        what = "a list of what to read of every object beyond its listing: tags, metadata"
+        if track is not None and not isinstance(track, list):
+            yield "track", f"{track!r} is not a list ({what})"
+        elif track is not None:
+            for bad in [t for t in track if t not in TRACKABLE]:
+                yield "track", f"{bad!r} cannot be tracked ({what})"
         days = spec.get("retain_days")
         if days is not None and (isinstance(days, bool) or not isinstance(days, int) or days < 1):
             yield "retain_days", f"{days!r} is not a whole number of days (1 or more)"

@@ -10,10 +10,10 @@ import hashlib
 import itertools
 import json
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -25,6 +25,8 @@ from shadow.changes import RowDelta
 SAMPLE = 5
 SAMPLE_VALUE_CHARS = 200  # a sample row's values are clipped to this many characters
 FETCH_BATCH_ROWS = 200_000
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 def count_rows(
@@ -150,11 +152,17 @@ class _RowHashes:
             q = sql.SQL("{} GROUP BY 1").format(self.select(columns, agg, full=full, before=before))
             return {b: (n, s) for b, n, s in conn.execute(q)}
 
-        bb, ab = buckets_of(conn_before, b_cols, full, True), buckets_of(conn_after, a_cols, None, False)
+        bb, ab = both(conn_before, conn_after, lambda: buckets_of(conn_before, b_cols, full, True),
+                      lambda: buckets_of(conn_after, a_cols, None, False))
         return sorted(b for b in set(bb) | set(ab) if bb.get(b) != ab.get(b))
 
-    def in_buckets(self, batch: list[int]) -> sql.Composed:
-        return sql.SQL("WHERE (hashtext(k) & {}) = ANY({})").format(sql.Literal(self.buckets - 1), sql.Literal(batch))
+    def in_buckets(self, batch: list[int]) -> sql.Composable:
+        """The rows of these buckets (none to filter when that is every bucket); an ``int[]``, which PostgreSQL
+        looks values up in by hash (a ``smallint[]`` is searched element by element, for every row)."""
+        if len(batch) == self.buckets:
+            return sql.SQL("")
+        return sql.SQL("WHERE (hashtext(k) & {}) = ANY({}::int[])").format(sql.Literal(self.buckets - 1),
+                                                                             sql.Literal(batch))
 
     def fetch(self, conn: psycopg.Connection, columns: list[str], where: sql.Composable,
               full: list[str] | None, before: bool = False) -> dict[str, Any]:
@@ -187,9 +195,8 @@ class _RowHashes:
                 cur.itersize = 20_000
                 cur.execute(sql.SQL("{} ORDER BY b").format(self.select(columns, what, where, wide, before)))
                 cursors.append(cur)
-            with ThreadPoolExecutor(2) as pool:
-                first = list(pool.map(lambda c: c.fetchmany(c.itersize), cursors))
-            sides = [self._by_bucket(itertools.chain(rows, cur)) for rows, cur in zip(first, cursors, strict=True)]
+            first = both(conn_before, conn_after, *(lambda c=c: c.fetchmany(c.itersize) for c in cursors))
+            sides = [self._by_bucket(itertools.chain(rows, _rest(cur))) for rows, cur in zip(first, cursors, strict=True)]
             (b_old, old), (b_new, new) = next(sides[0], (None, {})), next(sides[1], (None, {}))
             while b_old is not None or b_new is not None:
                 if b_new is None or (b_old is not None and b_old < b_new):
@@ -211,6 +218,23 @@ class _RowHashes:
             for _, kk, hh, hf in group:
                 self._add(out, kk, hh, hf)
             yield int(bucket), out
+
+
+def _rest(cur: Any) -> Iterator[Any]:
+    """A server-side cursor's remaining rows, fetched a batch at a time (iterating it row by row costs a call each)."""
+    while batch := cur.fetchmany(cur.itersize):
+        yield from batch
+
+
+def both(conn_a: psycopg.Connection, conn_b: psycopg.Connection, on_a: Callable[[], T],
+         on_b: Callable[[], U]) -> tuple[T, U]:
+    """``on_a()`` and ``on_b()``, at the same time when they use two connections (each server scans while the
+    other does), one after the other on one."""
+    if conn_a is conn_b:
+        return on_a(), on_b()
+    with ThreadPoolExecutor(1) as pool:
+        later = pool.submit(on_b)
+        return on_a(), later.result()
 
 
 @dataclass

@@ -277,6 +277,22 @@ def test_a_failed_apply_that_changed_tags_is_undone_exactly(tagged, shadow_cli, 
     _assert_at_checkpoint(client, name)
 
 
+def test_rollback_full_puts_back_the_tags_the_apply_changed_in_place(tagged, shadow_cli, s3_server: str,
+                                                                     tmp_path: Path) -> None:
+    client, name = tagged
+    applied = shadow_cli("apply", "-f", str(_retag_plan(tmp_path, name, s3_server)), "--json")
+    assert applied.code == 0, applied.text
+    assert _tags(client, name, "invoices/0.json") == {"state": "paid"}
+
+    rolled = shadow_cli("rollback", json.loads(applied.out)["run_id"], "--full", "--json")
+
+    assert rolled.code == 0, rolled.text
+    report = json.loads(rolled.out)
+    assert report["outcome"] == "restored", report["reason"]
+    assert next(t for t in report["targets"] if t["name"] == "assets")["restore"]["mode"] == "full"
+    _assert_at_checkpoint(client, name)
+
+
 def test_a_bad_track_value_is_bad_input_naming_the_key(shadow_cli, tmp_path: Path) -> None:
     write_plan(tmp_path, 'version: 1\ntargets:\n  assets: {kind: s3, bucket: acme, track: [tags, acl]}\n'
                          'action: {command: "true"}\n')

@@ -124,6 +124,11 @@ class Target(Protocol):
     def changes_since(self, checkpoint: Checkpoint, shadow: ShadowCopy | None) -> list[Change]:
         """Production's changes since the checkpoint (rows counted against the shadow's pristine copy)."""
 
+    def at_checkpoint(self, checkpoint: Checkpoint, store: Store) -> bool:
+        """Production still equals the checkpoint in everything :meth:`restore` would put back (it is skipped
+        then): its fingerprint, and — for a kind whose checkpoint records less than a restore puts back — what an
+        apply of the checkpoint's run recorded in ``store`` just before its action."""
+
     def restore(self, checkpoint: Checkpoint, store: Store) -> None:
         """Put production back to the checkpoint. Callers then call :meth:`verify_restored`."""
 
@@ -243,6 +248,11 @@ def env_name(target: str) -> str:
     """What a target's name becomes in the variables an action gets (``SHADOW_<NAME>_URL``…): upper case, every
     character but A-Z and 0-9 an underscore."""
     return re.sub(r"[^A-Z0-9]", "_", target.upper())
+
+
+def fingerprint_unchanged(target: Target, checkpoint: Checkpoint, store: Store) -> bool:
+    """:meth:`Target.at_checkpoint` of a kind whose checkpoint records all that a restore puts back."""
+    return target.fingerprint() == checkpoint.fingerprint
 
 
 def fingerprint_of(observation: Mapping[str, Any]) -> str:

@@ -338,7 +338,7 @@ def restore_target(session: Session, t: Target, cp: Checkpoint) -> None:
     rerun = f"`shadow rollback {session.result.of_run}` again"
     retry = f"the checkpoint is intact; retry with {again} once the cause is fixed"
     try:
-        if t.fingerprint() == cp.fingerprint:
+        if t.at_checkpoint(cp, session.store):
             tr.restore = {"needed": False, "verified": True, "note": "production still equals the checkpoint"}
             return
         with session.step("restore", t.name, undo=f"production {t.name!r} must equal checkpoint of run {cp.run_id}"):

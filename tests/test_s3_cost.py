@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 from adapters.s3.target import S3Target
 from shadow.settings import Settings
 from snapshots import Store
-from tests.conftest import write_plan
+from tests.conftest import run_cli, write_plan
 from tests.test_s3_contract import Requests, _plain_bucket
 
 PREFIX = "data/"
@@ -276,6 +277,22 @@ def test_a_failed_apply_that_changed_tags_is_undone_exactly(tagged, shadow_cli, 
     _assert_at_checkpoint(client, name)
 
 
+def test_rollback_full_puts_back_the_tags_the_apply_changed_in_place(tagged, shadow_cli, s3_server: str,
+                                                                     tmp_path: Path) -> None:
+    client, name = tagged
+    applied = shadow_cli("apply", "-f", str(_retag_plan(tmp_path, name, s3_server)), "--json")
+    assert applied.code == 0, applied.text
+    assert _tags(client, name, "invoices/0.json") == {"state": "paid"}
+
+    rolled = shadow_cli("rollback", json.loads(applied.out)["run_id"], "--full", "--json")
+
+    assert rolled.code == 0, rolled.text
+    report = json.loads(rolled.out)
+    assert report["outcome"] == "restored", report["reason"]
+    assert next(t for t in report["targets"] if t["name"] == "assets")["restore"]["mode"] == "full"
+    _assert_at_checkpoint(client, name)
+
+
 def test_a_bad_track_value_is_bad_input_naming_the_key(shadow_cli, tmp_path: Path) -> None:
     write_plan(tmp_path, 'version: 1\ntargets:\n  assets: {kind: s3, bucket: acme, track: [tags, acl]}\n'
                          'action: {command: "true"}\n')
@@ -285,3 +302,91 @@ def test_a_bad_track_value_is_bad_input_naming_the_key(shadow_cli, tmp_path: Pat
     assert r.code == 2, r.text
     assert "targets.assets.track" in r.err and "'acl'" in r.err and "tags, metadata" in r.err
     assert "Traceback" not in r.text
+
+
+# A Postgres change no undo record can put back (a dropped index) makes a failed apply of the plan restore the
+# whole checkpoint of every target — the S3 one too, whose default checkpoint holds no tags.
+MIXED = """
+import os, sys
+import boto3, psycopg
+
+production = os.environ.get("AWS_ENDPOINT_URL") == os.environ["PROD_S3"]
+with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+    conn.execute("UPDATE users SET full_name = upper(full_name) WHERE id = 1")
+    conn.execute("DROP INDEX orders_user_id_idx")
+boto3.client("s3").put_object_tagging(Bucket=os.environ["SHADOW_ASSETS_BUCKET"], Key="invoices/0.json",
+                                      Tagging={"TagSet": [{"Key": "state", "Value": "paid"}]})
+if production and os.environ.get("FAIL"):
+    sys.exit("the deploy hook failed after retagging")
+"""
+
+MIXED_PLAN = """
+version: 1
+targets:
+  app: {{kind: postgres, dsn: "{dsn}"}}
+  assets: {{kind: s3, bucket: {bucket}, endpoint_url: "{url}"}}
+action:
+  command: "{python} mixed.py"
+  env:
+    PROD_S3: "{url}"
+    FAIL: "1"
+expect:
+  app:
+    may: ["update rows public.users", "drop index public.orders_user_id_idx"]
+  assets:
+    may: ["modify object {bucket}/invoices/*"]
+policy:
+  rehearse_rollback: false
+"""
+
+
+def _mixed_plan(tmp_path: Path, prod_db: Any, name: str, url: str) -> Path:
+    return write_plan(tmp_path, MIXED_PLAN.format(dsn=prod_db.dsn, bucket=name, url=url, python=sys.executable),
+                      {"mixed.py": MIXED})
+
+
+def test_a_whole_checkpoint_restore_puts_back_tags_the_failed_apply_changed_in_place(tagged, prod_db, shadow_cli,
+                                                                                    s3_server: str,
+                                                                                    tmp_path: Path) -> None:
+    client, name = tagged
+    checkpoint = prod_db.fingerprint()
+
+    failed = shadow_cli("apply", "-f", str(_mixed_plan(tmp_path, prod_db, name, s3_server)), "--json")
+
+    report = json.loads(failed.out)
+    assert report["outcome"] == "rolled_back", report["reason"]
+    assert "restored to the checkpoint and verified" in report["reason"], report["reason"]
+    assets = next(t for t in report["targets"] if t["name"] == "assets")
+    assert assets["restore"]["needed"] and assets["restore"]["verified"], assets["restore"]
+    assert assets["restore"]["mode"] == "full", assets["restore"]
+    _assert_at_checkpoint(client, name)
+    assert prod_db.fingerprint() == checkpoint
+
+
+def test_recover_after_a_kill_restores_the_tags_the_apply_changed_in_place(tagged, prod_db, s3_server: str,
+                                                                         tmp_path: Path) -> None:
+    """Killed just after the failed action, before anything was put back: ``shadow recover`` restores the whole
+    checkpoint from a new process, tags included."""
+    client, name = tagged
+    checkpoint = prod_db.fingerprint()
+    plan = _mixed_plan(tmp_path, prod_db, name, s3_server)
+    trace = tmp_path / "trace.txt"
+    traced = run_cli("apply", "-f", str(plan), state=tmp_path / "traced", cwd=tmp_path,
+                     env={"SHADOW_FAULT_TRACE": str(trace)})
+    assert traced.code != 0, traced.text
+    points = [line.split("\t", 1)[1] for line in trace.read_text().splitlines()]
+    point = next(n for n, p in enumerate(points, 1) if p.startswith("begin restore"))
+    client.put_object_tagging(Bucket=name, Key="invoices/0.json",  # whatever the traced run left
+                              Tagging={"TagSet": [{"Key": "state", "Value": "open"}, {"Key": "n", "Value": "0"}]})
+    assert prod_db.fingerprint() == checkpoint and _tags(client, name, "invoices/0.json")["state"] == "open"
+
+    killed = run_cli("apply", "-f", str(plan), state=tmp_path / "state", cwd=tmp_path,
+                     env={"SHADOW_FAULT_KILL_AT": str(point)})
+    assert killed.code == -signal.SIGKILL, (points[point - 1], killed.text)
+    assert _tags(client, name, "invoices/0.json") == {"state": "paid"}
+    recovered = run_cli("recover", state=tmp_path / "state", cwd=tmp_path)
+
+    assert recovered.code == 0 and "Traceback" not in recovered.err, recovered.text
+    assert "rolled_back" in recovered.out or "rolled back" in recovered.out, recovered.text
+    _assert_at_checkpoint(client, name)
+    assert prod_db.fingerprint() == checkpoint

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from adapters import Checkpoint, Endpoint, fingerprint_of, nothing_runs, tempdirs
+from adapters import Checkpoint, Endpoint, fingerprint_of, fingerprint_unchanged, nothing_runs, tempdirs
 from adapters.git.checkpoint import drop_kept_refs, keep_state, refuse_uncheckpointable
 from adapters.git.describe import CONTENT_DIFF_LIMIT, DIFF_FILES, DIFF_LINES, MAX_COMMITS, describe_changes
 from adapters.git.endpoint import GitEndpoint, worktree_endpoint
@@ -156,6 +156,8 @@ class GitTarget:
 
     def fingerprint(self, observation: dict[str, Any] | None = None) -> str:
         return fingerprint_of(observation if observation is not None else self.observe())
+
+    at_checkpoint = fingerprint_unchanged
 
     # -- checkpoint --------------------------------------------------------------------------------------------
     def checkpoint(self, store: Store, run_id: str) -> Checkpoint:

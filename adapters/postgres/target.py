@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from adapters import Checkpoint, Endpoint, fingerprint_of
+from adapters import Checkpoint, Endpoint, fingerprint_of, fingerprint_unchanged
 from adapters.postgres import dsn as dsnlib
 from adapters.docker import engine_answers
 from adapters.postgres.binaries import ClientTools, ContainerTools, binaries_for, configured_bindir
@@ -149,6 +149,8 @@ class PostgresTarget:
 
     def fingerprint(self, observation: dict[str, Any] | None = None) -> str:
         return fingerprint_of(observation if observation is not None else self.observe())
+
+    at_checkpoint = fingerprint_unchanged
 
     # -- checkpoint -----------------------------------------------------------------------------------------
     def checkpoint(self, store: Store, run_id: str) -> Checkpoint:

@@ -14,6 +14,10 @@ its content is still the checkpoint's, and it is what an undo puts back — tags
 The undo record names each key the run changed, what the run left there and what the checkpoint had. Undoing puts
 back the checkpoint's version of exactly those keys; a key someone changed again since is a conflict, refused
 unless forced. Re-running an undo skips keys already back (a killed undo is finished by running it again).
+
+When the run is undone by restoring the whole checkpoint instead (a plan whose other target needs it), the
+same records complete the checkpoint (:func:`recorded_states`): a restore built from listings cannot see a tag
+the action changed in place, so the keys they name are read, and put back where they differ (:func:`settle`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from adapters import sort_undo
 from adapters.s3.bucket import Bucket
 from adapters.s3.client import WORKERS
 from adapters.s3.footprint import Footprint
-from adapters.s3.observe import by_key, describe_current, diff, list_current, same
+from adapters.s3.observe import LISTED, by_key, describe_current, diff, list_current, same
 from shadow.changes import Change
 
 VERSION = 1
@@ -85,6 +89,54 @@ def _with_pre_images(at_checkpoint: dict[str, Props], pre_images: dict[str, Prop
     return out
 
 
+def recorded_states(record: dict[str, Any] | None, at_checkpoint: dict[str, Props]) -> dict[str, Props]:
+    """key → the checkpoint's state of each key the apply's record (the ``pending`` one kept before its action,
+    or the undo record that replaced it) knows more of than the checkpoint's observation: the tags and metadata
+    read just before the action, for keys whose content was still the checkpoint's then."""
+    if not record:
+        return {}
+    if "pending" in record:
+        pre_images = record["pending"].get("pre_images") or {}
+        known = _with_pre_images(at_checkpoint, pre_images)
+        return {k: known[k] for k in sorted(pre_images) if k in at_checkpoint and known[k] != at_checkpoint[k]}
+    return {k: e["checkpoint"] for k, e in sorted((record.get("keys") or {}).items())
+            if e.get("checkpoint") and k in at_checkpoint and e["checkpoint"].keys() > at_checkpoint[k].keys()}
+
+
+def differing(b: Bucket, recorded: dict[str, Props]) -> list[str]:
+    """Those of the ``recorded`` keys whose current state is not the recorded one (a HEAD and a tagging read each)."""
+    keys = sorted(recorded)
+    with ThreadPoolExecutor(WORKERS) as pool:
+        now = dict(zip(keys, pool.map(lambda k: _props(b, k), keys)))
+    return [k for k in keys if not same(now[k], recorded[k])]
+
+
+def settle(b: Bucket, recorded: dict[str, Props], manifest: dict[str, Any], copy_of: Any) -> None:
+    """After a restore from listings: each ``recorded`` key showing its checkpoint content but other tags gets the
+    recorded tags back; other metadata over equal content (which no listing shows either), the checkpoint's
+    version or copy again. A key whose content is not the checkpoint's is the restore's to settle."""
+    def one(key: str) -> None:
+        now, want = _props(b, key), recorded[key]
+        if now is None or same(now, want) or not same({p: now[p] for p in LISTED}, want):
+            return
+        if same({p: v for p, v in now.items() if p != "tags"}, want):
+            b.retag(key, want.get("tags") or {})
+        else:
+            _put_back(b, key, want, manifest, copy_of)
+
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(one, sorted(recorded)))
+
+
+def _put_back(b: Bucket, key: str, want: Props, manifest: dict[str, Any], copy_of: Any) -> None:
+    """``key`` back to its checkpoint version (or copy), with the properties ``want`` names."""
+    if "version_id" in manifest[key]:
+        b.copy_back(key, manifest[key], want)
+    else:
+        b.put_back(key, copy_of(manifest[key]), {**(manifest[key].get("props") or {}), **want},
+                   manifest[key].get("parts"))
+
+
 def undo(b: Bucket, record: dict[str, Any], manifest: dict[str, Any], copy_of: Any,
          force: bool) -> tuple[list[str], list[str], list[str]]:
     """Put back the checkpoint's state of each key the run changed: (conflicts, done, problems)."""
@@ -102,11 +154,8 @@ def undo(b: Bucket, record: dict[str, Any], manifest: dict[str, Any], copy_of: A
         want = keys[key]["checkpoint"]
         if want is None:
             b.client.delete_object(Bucket=b.bucket, Key=key)  # on a versioned bucket: a delete marker
-        elif "version_id" in manifest[key]:
-            b.copy_back(key, manifest[key], want)
         else:
-            b.put_back(key, copy_of(manifest[key]), {**(manifest[key].get("props") or {}), **want},
-                       manifest[key].get("parts"))
+            _put_back(b, key, want, manifest, copy_of)
 
     with ThreadPoolExecutor(WORKERS) as pool:
         list(pool.map(put_back, todo))

@@ -13,7 +13,9 @@
   created since gets a delete marker, a key deleted since gets only the delete markers made since removed, a key
   whose tags alone changed is retagged. Only changed keys cost a write and a second restore writes nothing. On a
   versioned bucket the plan comes from a listing of the scope (plus one HEAD per key deleted since, which names
-  its delete marker); on an unversioned one from an observation. A bounded thread pool sends the writes.
+  its delete marker); on an unversioned one from an observation. A bounded thread pool sends the writes. After
+  an apply, the keys it recorded just before its action are read too, and their recorded tags and metadata put
+  back (:func:`adapters.s3.own_effect.recorded_states`): no listing shows what the action changed in place.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from adapters.s3.restore import copy_restore_ops, restore_versions, run_ops
 from adapters.s3.shadow import S3Shadow
 from adapters.s3.verify import observe_settling_tags
 from shadow.changes import Change, differences
-from shadow.errors import BadInput
+from shadow.errors import BadInput, SnapshotCorrupt
 from snapshots import Artifact, Store
 
 # Names other code imports from here, now defined in the modules above.
@@ -188,12 +190,30 @@ class S3Target:
             record = self.own_effect(record["pending"], checkpoint, bool(record.get("strict")))[2]
         store = Store(self.settings.store_dir)
         manifest = self._manifest(checkpoint, store)
-
-        def copy_of(entry: dict[str, Any]) -> Any:
-            return store.open_verified(Artifact(entry["sha256"], int(entry["size"])))
-
         return self._call("undoing the run's own writes", own_effect.undo,  # type: ignore[no-any-return]
-                          self._bucket(), record, manifest, copy_of, force)
+                          self._bucket(), record, manifest, _copies_in(store), force)
+
+    def _recorded(self, checkpoint: Checkpoint, store: Store) -> dict[str, dict[str, Any]]:
+        """key → the checkpoint's state of each key the checkpoint's run recorded more of just before its apply's
+        action than the checkpoint holds (its tags and metadata); empty when that run applied nothing."""
+        try:
+            record = store.read_undo(checkpoint.run_id, self.name)
+        except SnapshotCorrupt as exc:
+            # Restoring from the listing still puts content back; only in-place tag changes stay unseen.
+            if self.progress:
+                self.progress(f"{self.name}: the apply's record is damaged ({exc}); tags and metadata it changed "
+                              "in place are not put back")
+            return {}
+        return own_effect.recorded_states(record, by_key(checkpoint.observation))
+
+    def at_checkpoint(self, checkpoint: Checkpoint, store: Store) -> bool:
+        """The listing's fingerprint is the checkpoint's, and so are the tags and metadata of the keys an apply
+        of the checkpoint's run recorded (a tag change in place leaves the listing as it was)."""
+        if self.fingerprint() != checkpoint.fingerprint:
+            return False
+        recorded = self._recorded(checkpoint, store)
+        return not recorded or not self._call("reading the apply's keys", own_effect.differing, self._bucket(),
+                                              recorded)
 
     def restore(self, checkpoint: Checkpoint, store: Store) -> None:
         """Only keys that differ from the checkpoint cost a write, and a second restore writes nothing.
@@ -201,18 +221,22 @@ class S3Target:
         On a versioned bucket the plan comes from a listing, never a read per unchanged object: a key whose
         current ETag and size are the checkpoint's has its content. Tags, which change in place and which no S3
         call lists, are put back by :meth:`verify_restored` when the checkpoint recorded them (``track:
-        [tags]``); a key copied back from its checkpoint version gets that version's tags otherwise.
+        [tags]``), and here for the keys an apply of the checkpoint's run recorded before its action (the only
+        keys read one by one); a key copied back from its checkpoint version gets that version's tags otherwise.
         """
         manifest = self._manifest(checkpoint, store)
         b = self._bucket()
-        want = by_key(checkpoint.observation)
+        recorded = self._recorded(checkpoint, store)
+        want = {**by_key(checkpoint.observation), **recorded}
         if checkpoint.meta.get("mode") == "versions":
             current = self._call("listing objects", list_current, b.client, self.bucket, self.prefix)
             self._call("restoring", restore_versions, b, manifest, want, current, self._progress("restoring"))
-            return
-        have = by_key(self.observe())
-        ops = copy_restore_ops(b, manifest, store, want, have)
-        self._call("restoring", run_ops, ops, self._progress("restoring"))
+        else:
+            have = by_key(self.observe())
+            ops = copy_restore_ops(b, manifest, store, want, have)
+            self._call("restoring", run_ops, ops, self._progress("restoring"))
+        if recorded:
+            self._call("restoring the apply's keys", own_effect.settle, b, recorded, manifest, _copies_in(store))
 
     def _batched_deletes(self, client: Any, objects: list[dict[str, str]]) -> list[Any]:
         """One DeleteObjects per 1,000 objects, alone for a key XML cannot carry (:meth:`Bucket.batched_deletes`)."""
@@ -227,10 +251,20 @@ class S3Target:
         else:
             now = self._call("verifying", lambda: observe_settling_tags(self._bucket(), checkpoint,
                                                                         self._progress("verified")))
+        recorded = self._recorded(checkpoint, Store(self.settings.store_dir))
+        off = self._call("verifying the apply's keys", own_effect.differing, self._bucket(), recorded) \
+            if recorded else []
+        problems = [f"object {self.bucket}/{k}: its tags or metadata are not the ones recorded before the apply"
+                    for k in off]
         if fingerprint_of(now) == checkpoint.fingerprint:
-            return []
+            return problems
         want, have = comparable(checkpoint.observation["objects"], now["objects"])
-        return [] if want == have else differences(want, have) or ["fingerprints differ"]
+        return problems if want == have else differences(want, have) + problems or ["fingerprints differ"]
+
+
+def _copies_in(store: Store) -> Callable[[dict[str, Any]], Any]:
+    """An unversioned checkpoint's copy of a key (its manifest entry), sha256-verified, from ``store``."""
+    return lambda entry: store.open_verified(Artifact(entry["sha256"], int(entry["size"])))
 
 
 class S3Kind:

@@ -133,6 +133,11 @@ def test_a_table_without_a_key_a_changed_definition_and_a_rewrite(pair: Pair) ->
     """, logbook="full", items="full", blobs="full", fresh="full", payments="unchanged")
 
 
+def test_a_primary_key_moved_to_other_columns_counts_the_full_way(pair: Pair) -> None:
+    assert_same(pair, "ALTER TABLE blobs DROP CONSTRAINT blobs_pkey, ADD PRIMARY KEY (v);"
+                      "UPDATE blobs SET v = v + 1000 WHERE v < 3", blobs="full", items="unchanged")
+
+
 def test_a_changed_enum_counts_every_table_the_full_way(pair: Pair) -> None:
     rows = assert_same(pair, "ALTER TYPE mood RENAME VALUE 'ok' TO 'fine'; UPDATE items SET price = 0 WHERE id = 1",
                        items="full", untouched="full")

@@ -34,7 +34,7 @@ from adapters.postgres import footprint
 from adapters.postgres.compare import count_changed_rows
 from adapters.postgres.diff import split_name
 from adapters.postgres.observe import observe, read_text_as_str, relation_sql, row_hash_expr, set_read_settings, table_data
-from adapters.postgres.rowdiff import DIGEST_MOD, SAMPLE, count_rows, key_expr, key_hash, reading, sample_rows, with_keys
+from adapters.postgres.rowdiff import DIGEST_MOD, SAMPLE, bucket_count, count_rows, key_expr, key_hash, reading, sample_rows, with_keys
 from shadow import redact
 from shadow.changes import RowDelta
 
@@ -270,9 +270,7 @@ class _Captured:
     def _deleted_keys(self, new: set[str]) -> set[str] | None:
         """The keys of the pristine copy no longer in the table: one pass over the keys alone on each side, in
         buckets by the key's hash; only the keys of buckets that differ are read."""
-        buckets = 1
-        while buckets < 4096 and buckets * 256 < int(self.was["rows"]):
-            buckets *= 2
+        buckets = bucket_count(int(self.was["rows"]))
         mask = sql.Literal(buckets - 1)
         k = key_expr(self.key)
 

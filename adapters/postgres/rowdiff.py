@@ -82,7 +82,7 @@ def _count_rows(
     key = a_data.get("key") if a_data.get("key") and a_data.get("key") == b_data.get("key") else None
     total = max(b_data["rows"], a_data["rows"])
     rel = relation_sql(table, bool(a_data.get("only", True)))
-    rows = _RowHashes(rel, sql.SQL(before_relation) if before_relation else rel, key, _bucket_count(total))
+    rows = _RowHashes(rel, sql.SQL(before_relation) if before_relation else rel, key, bucket_count(total))
     full = list(b_data["columns"]) if dropped else None
     differing = rows.differing_buckets(conn_before, b_cols, full, conn_after, a_cols)
     tally = _Tally(keys={"insert": [], "update": [], "delete": []} if keys and key else None)
@@ -114,7 +114,7 @@ def _count_rows(
                     updated_by_drop=tally.by_drop, keys=tally.keys or {})
 
 
-def _bucket_count(total: int) -> int:
+def bucket_count(total: int) -> int:
     """How many buckets a table of ``total`` rows is hashed into: a power of two, about 256 rows each, 4096 at most."""
     buckets = 1
     while buckets < 4096 and buckets * 256 < total:

@@ -34,7 +34,8 @@ from adapters.postgres import footprint
 from adapters.postgres.compare import count_changed_rows
 from adapters.postgres.diff import split_name
 from adapters.postgres.observe import observe, read_text_as_str, relation_sql, row_hash_expr, set_read_settings, table_data
-from adapters.postgres.rowdiff import DIGEST_MOD, SAMPLE, bucket_count, count_rows, key_expr, key_hash, reading, sample_rows, with_keys
+from adapters.postgres.rowdiff import (DIGEST_MOD, SAMPLE, bucket_count, count_rows, key_expr, key_hash, reading,
+                                      sample_rows, with_keys)
 from shadow import redact
 from shadow.changes import RowDelta
 

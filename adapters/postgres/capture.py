@@ -281,7 +281,8 @@ class _Captured:
             return {int(b): (int(n), int(s)) for b, n, s in conn.execute(query)}
 
         def keys_in(conn: psycopg.Connection, wanted: list[int]) -> set[str]:
-            query = sql.SQL("SELECT k FROM (SELECT {k} AS k FROM {rel} t) s WHERE (hashtext(k) & {m}) = ANY({b})").format(
+            query = sql.SQL("SELECT k FROM (SELECT {k} AS k FROM {rel} t) s "
+                            "WHERE (hashtext(k) & {m}) = ANY({b}::int[])").format(  # hashed lookup, as in rowdiff
                 k=k, rel=self.rel, m=mask, b=sql.Literal(wanted))
             return {str(r[0]) for r in conn.execute(query)}
 

@@ -207,6 +207,21 @@ class OwnEffect(Protocol):
         """As :meth:`Undoable.undo`."""
 
 
+@runtime_checkable
+class Warmable(Protocol):
+    """A target whose checkpoint can stay restored between runs (``policy.warm``), each run's shadow a clone of it."""
+
+    def warm_checkpoint(self, store: Store, backend: str, keep: float, limits: Any = None) -> tuple[Checkpoint | None, str]:
+        """(the kept checkpoint this run rehearses on instead of taking a new one, leased to it until its shadow
+        is torn down — or None, and why not). Either way the shadow this run builds is kept ``keep`` seconds
+        after its last use."""
+
+    def moved_since(self, checkpoint: Checkpoint, shadow: ShadowCopy) -> tuple[list[Change], list[Change]]:
+        """Production since the kept ``checkpoint``: (changes the rehearsal on ``shadow`` cannot depend on, changes
+        it may — then the kept copy is discarded and the run must rehearse again on a new checkpoint). Costs what
+        the action touched, not the database."""
+
+
 class Kind(Protocol):
     name: str
     change_ops: tuple[str, ...]  # the ops and kinds its change addresses use, for validating expectations

@@ -20,9 +20,11 @@ It fails within seconds naming every route it tried and why each failed. (testco
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -35,10 +37,13 @@ LABEL_RUN = "shadow.run-id"
 LABEL_PID = "shadow.pid"
 LABEL_HOST = "shadow.host"
 LABEL_ROLE = "shadow.role"
+LABEL_WARM = "shadow.warm"  # a warm server's entry (adapters.postgres.warm): kept while that entry is unexpired
 
 
-def labels(run_id: str, role: str) -> dict[str, str]:
-    return {LABEL_RUN: run_id, LABEL_PID: str(os.getpid()), LABEL_HOST: socket.gethostname(), LABEL_ROLE: role}
+def labels(run_id: str, role: str, warm: str | None = None) -> dict[str, str]:
+    """The labels of what a run creates; ``warm``: the entry that keeps it after the run (a warm server)."""
+    found = {LABEL_RUN: run_id, LABEL_PID: str(os.getpid()), LABEL_HOST: socket.gethostname(), LABEL_ROLE: role}
+    return {**found, LABEL_WARM: warm} if warm else found
 
 
 def client() -> Any:
@@ -67,9 +72,12 @@ def engine_answers() -> tuple[bool, str]:
 
 
 def owner_alive(container_labels: dict[str, str]) -> bool:
-    """Whether the process that created a labelled container still runs (on this host)."""
+    """Whether the process that created a labelled container still runs (on this host) — or, for a warm server,
+    whether its entry still keeps it."""
     if container_labels.get(LABEL_HOST) != socket.gethostname():
         return True  # another machine's run: never ours to judge
+    if _kept_warm(container_labels):
+        return True
     try:
         os.kill(int(container_labels.get(LABEL_PID, "0")), 0)
     except (ValueError, ProcessLookupError):
@@ -77,6 +85,18 @@ def owner_alive(container_labels: dict[str, str]) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _kept_warm(found: dict[str, str]) -> bool:
+    """A server labelled ``shadow.warm`` whose entry exists, names its run and has not expired."""
+    where = found.get(LABEL_WARM)
+    if not where:
+        return False
+    try:
+        entry = json.loads(Path(where).read_text())
+        return bool(entry["run"] == found.get(LABEL_RUN) and time.time() < float(entry["used"]) + float(entry["keep"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def leftover_containers() -> list[Any]:

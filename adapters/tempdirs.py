@@ -42,10 +42,11 @@ def prefix(what: str, run_id: str | None) -> str:
     return f"shadow-{what}-{run_id}-" if run_id else f"shadow-{what}-"
 
 
-def make(what: str, run_id: str | None, role: str | None = None) -> Path:
-    """A new private temp dir named after ``run_id`` and labelled with it and with this process."""
+def make(what: str, run_id: str | None, role: str | None = None, warm: str | None = None) -> Path:
+    """A new private temp dir named after ``run_id`` and labelled with it and with this process (and ``warm``: the
+    entry that keeps it after the run, :func:`adapters.docker.labels`)."""
     root = Path(tempfile.mkdtemp(prefix=prefix(what, run_id)))
-    atomic_write_bytes(root / LABELS_FILE, json.dumps(labels(run_id or "", role or what)).encode())
+    atomic_write_bytes(root / LABELS_FILE, json.dumps(labels(run_id or "", role or what, warm)).encode())
     return root
 
 

@@ -284,15 +284,18 @@ def audit_cmd(ctx: Ctx, as_json: bool) -> None:
 @click.option("--checkpoints-older-than", "older_than", type=click.FloatRange(min=0), metavar="DAYS",
               help="Also remove the checkpoints of finished runs started more than DAYS ago, and every stored "
                    "artifact no other checkpoint uses. Those runs can no longer be rolled back.")
+@click.option("--warm", "all_warm", is_flag=True,
+              help="Also remove every warm server (policy.warm) no run is using, not only expired ones.")
 @JSON_OPTION
 @click.pass_obj
-def gc_cmd(ctx: Ctx, dry_run: bool, older_than: float | None, as_json: bool) -> None:
-    """Remove what killed runs left behind (containers, networks, local clusters, temp dirs); never anything
-    of a run still alive. With --checkpoints-older-than, also prune old checkpoints from the store. Exit 0."""
+def gc_cmd(ctx: Ctx, dry_run: bool, older_than: float | None, all_warm: bool, as_json: bool) -> None:
+    """Remove what killed runs left behind (containers, networks, local clusters, temp dirs) and expired warm
+    servers; never anything of a run still alive. With --checkpoints-older-than, also prune old checkpoints from
+    the store. Exit 0."""
     from shadow import gc
 
     def both() -> gc.GcResult:
-        result = gc.gc(dry_run, settings=ctx.settings)
+        result = gc.gc(dry_run, settings=ctx.settings, warm=all_warm)
         if older_than is not None:
             pruned = gc.prune_checkpoints(ctx.settings, older_than, dry_run)
             result.removed += pruned.removed

@@ -78,8 +78,11 @@ def _fields(item: Leftover) -> dict[str, Any]:
     return {"kind": item.kind, "id": item.id, "run_id": item.run_id, "detail": item.detail}
 
 
-def gc(dry_run: bool = False, runs: set[str] | None = None, settings: Settings | None = None) -> GcResult:
-    """Find and remove the leftovers of runs whose owning process is gone; never touch a live run's.
+def gc(dry_run: bool = False, runs: set[str] | None = None, settings: Settings | None = None,
+       warm: bool = False) -> GcResult:
+    """Find and remove the leftovers of runs whose owning process is gone; never touch a live run's. Warm servers
+    (``policy.warm``, :mod:`adapters.postgres.warm`) go once their entry expired — with ``warm``, every one no run
+    is using.
 
     ``runs``: only the leftovers of these runs (``shadow recover`` clears the runs it settled): what is labelled or
     named with one of them, or labelled with the process one of them ran in; everything else is left to a plain
@@ -87,6 +90,7 @@ def gc(dry_run: bool = False, runs: set[str] | None = None, settings: Settings |
     """
     settings = settings or Settings.from_env()
     result = GcResult(dry_run, runs=runs)
+    collect_warm(result, settings, everything=warm)
     _collect_docker(result)
     _collect_tempdirs(result, Path(tempfile.gettempdir()), settings.runs_dir, time.time())
     return result
@@ -200,6 +204,26 @@ def _references(data: Any, store: Store, out: set[str]) -> None:
     elif isinstance(data, list):
         for value in data:
             _references(value, store, out)
+
+
+def collect_warm(result: GcResult, settings: Settings, everything: bool = False) -> None:
+    """The warm servers of ``settings``' state dir whose entry expired (``everything``: all) and no run leases."""
+    from adapters.postgres import warm
+
+    folder = settings.warm_dir
+    if not folder.is_dir():
+        return
+    if result.dry_run:
+        result.removed += [Leftover("warm", e.root or e.container or e.key, e.run, "warm copy expired")
+                           for e in warm.entries(folder) if everything or e.expired()]
+        return
+    try:
+        for entry, said in warm.reap(folder, everything):
+            detail = "removed on request" if everything else "warm copy expired"
+            result.removed.append(Leftover("warm", entry.root or entry.container or entry.key, entry.run,
+                                           f"{detail}; {said}"))
+    except (OSError, InfrastructureError) as exc:
+        result.failed.append((Leftover("warm", str(folder), None), str(exc)))
 
 
 def _collect_docker(result: GcResult) -> None:

@@ -65,7 +65,18 @@ def recover(settings: Settings | None = None, progress: Progress = quiet,
         progress("info", f"run {record.run_id} ({record.command}): {outcome.value} — {text}")
     if out:
         _clear_leftovers({entry["run"] for entry in out}, settings, progress)
+    _clear_expired_warm(settings, progress)
     return out
+
+
+def _clear_expired_warm(settings: Settings, progress: Progress) -> None:
+    """Warm servers whose entry expired go too (``policy.warm``; a live run's lease keeps its own)."""
+    from shadow import gc
+
+    result = gc.GcResult(dry_run=False)
+    gc.collect_warm(result, settings)
+    if result.removed:
+        progress("info", f"removed {len(result.removed)} expired warm server(s)")
 
 
 def _clear_leftovers(runs: set[str], settings: Settings, progress: Progress) -> None:

@@ -8,28 +8,43 @@ import time
 from contextlib import ExitStack
 from typing import Any
 
-from adapters import Checkable, Checkpoint, Endpoint, ShadowCopy, Target
+from adapters import Checkable, Checkpoint, Endpoint, ShadowCopy, Target, Warmable
 from shadow.action import ActionResult, run_action
 from shadow.errors import InfrastructureError, ShadowError, SqlError
 from shadow.judge import Verdict, judge
+from shadow.outcome import Ending, Outcome
 from shadow.plan import Plan
-from shadow.result import RunResult
+from shadow.result import RunResult, addresses
 from shadow.session import Session
 from shadow.sqlsplit import Statement
 
 
-def checkpoint_all(session: Session, targets: dict[str, Target]) -> dict[str, Checkpoint]:
-    """Checkpoint every target into the store; a checkpoint's safety findings become verdicts."""
+def checkpoint_all(session: Session, targets: dict[str, Target], warm: float | None = None,
+                   limits: Any = None) -> tuple[dict[str, Checkpoint], set[str]]:
+    """Checkpoint every target into the store — or, with ``warm`` (``policy.warm``), reuse the checkpoint a
+    target keeps warm (:class:`~adapters.Warmable`; checked against production after the rehearsal,
+    :func:`warm_check`). A checkpoint's safety findings become verdicts. Returns (the checkpoints, the names of
+    the targets whose checkpoint was reused)."""
     checkpoints: dict[str, Checkpoint] = {}
+    reused: set[str] = set()
     for name, t in targets.items():
         with session.step("checkpoint", name):
-            cp = t.checkpoint(session.store, session.result.run_id)
+            cp, why = None, ""
+            if warm and isinstance(t, Warmable):
+                cp, why = t.warm_checkpoint(session.store, session.result.backend, warm, limits)
+                session.progress("info", f"{name}: rehearsing on {why}" if cp else f"{name}: no warm copy to "
+                                 f"rehearse on ({why}): checkpointing, and keeping this one warm")
+            if cp is None:
+                cp = t.checkpoint(session.store, session.result.run_id)
+            else:
+                reused.add(name)
             session.store.write_manifest(session.result.run_id, name, cp.to_dict())
         checkpoints[name] = cp
         session.result.targets[name].checkpoint = {
             "fingerprint": cp.fingerprint, "artifacts": cp.artifacts,
             "server_version": cp.meta.get("server_version_num"),
             **{k: cp.meta[k] for k in ("mode", "objects", "copied_bytes") if k in cp.meta},
+            **({"warm": {"run_id": cp.run_id, "reused": name in reused, "why": why}} if warm else {}),
         }
         # Safety findings (an unversioned bucket …) block the plan unless the plan allows them.
         for finding in cp.meta.get("findings", []):
@@ -37,7 +52,30 @@ def checkpoint_all(session: Session, targets: dict[str, Target]) -> dict[str, Ch
             session.result.verdicts.append(Verdict(name, "safety", finding["id"], allowed,
                                                    finding["message"] + (" (allowed by the plan)" if allowed else
                                                                          " — add it to the target's `allow:`")))
-    return checkpoints
+    return checkpoints, reused
+
+
+def warm_check(session: Session, targets: dict[str, Target], shadows: dict[str, ShadowCopy],
+               checkpoints: dict[str, Checkpoint], reused: set[str]) -> Ending | None:
+    """For each target rehearsed on a reused warm checkpoint: has production changed since in what the action
+    read or wrote? Then the rehearsal may not predict production, and the run rehearses again on a fresh
+    checkpoint (the warm copy is discarded). Changes elsewhere are reported, never blocking."""
+    for name in sorted(reused):
+        t = targets[name]
+        assert isinstance(t, Warmable)
+        with session.step("warm check", name) as step:
+            independent, depends = t.moved_since(checkpoints[name], shadows[name])
+            if depends:
+                step.found("production changed what the action reads or writes since the warm checkpoint")
+                return Ending(Outcome.REFUSED, f"production {name!r} changed what the action reads or writes since "
+                              f"the warm checkpoint of run {checkpoints[name].run_id} ({addresses(depends)})",
+                              rehearse_again=True)
+        tr = session.result.targets[name]
+        tr.warnings.append(f"rehearsed on the warm checkpoint of run {checkpoints[name].run_id}"
+                           + (f"; production changed since only in what the action neither read nor wrote: "
+                              f"{addresses(independent)}" if independent else "; production unchanged since in "
+                              "what the action reads or writes"))
+    return None
 
 
 def open_shadows(session: Session, targets: dict[str, Target], checkpoints: dict[str, Checkpoint],

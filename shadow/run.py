@@ -33,7 +33,7 @@ from shadow.plan import Plan, load_plan
 from shadow.production import apply_to_production, how_applied, restore_all, restore_target
 from shadow.recovery import recover
 from shadow.rehearsal import (checkpoint_all, failure_reason, fidelity, open_shadows, rehearse,
-                              rehearse_rollback)
+                              rehearse_rollback, warm_check)
 from shadow.result import RunResult, TargetResult, addresses, new_run_id
 from shadow.session import DEFAULT_LOCK_TIMEOUT, Progress, Session, make_targets, quiet
 from shadow.settings import Settings
@@ -169,7 +169,8 @@ def _attempt(session: Session, plan_: Plan, statements: list[Statement], targets
              stack: ExitStack, approval: dict[str, Any] | None) -> Ending:
     """One checkpoint, rehearsal and judgement — and, for ``apply``, the apply; ``stack`` holds the shadows."""
     result = session.result
-    checkpoints = checkpoint_all(session, targets)
+    warm = keep_warm(plan_, session.settings)
+    checkpoints, reused = checkpoint_all(session, targets, warm, plan_.policy.limits)
     sql_target = plan_.action.sql_target if statements else None
     facts = checkpoints[sql_target].meta.get("lint_facts") if sql_target else None
     if facts and any(facts.values()):  # lint again only when the checkpoint knows something the SQL does not
@@ -182,6 +183,9 @@ def _attempt(session: Session, plan_: Plan, statements: list[Statement], targets
     shadows = open_shadows(session, targets, checkpoints, stack, result.backend, plan_.policy.limits)
     endpoints, sandbox = _endpoints(session, plan_, shadows, stack)
     rehearse(session, plan_, statements, targets, shadows, endpoints, sandbox)
+    stale = warm_check(session, targets, shadows, checkpoints, reused)
+    if stale is not None:
+        return stale
     for name in targets:  # read after the rehearsal: the pristine copy is observed while the action runs
         fidelity(session, name, shadows[name], checkpoints[name])
     if result.passed and plan_.policy.rehearse_rollback:
@@ -199,6 +203,23 @@ def _attempt(session: Session, plan_: Plan, statements: list[Statement], targets
     if result.command == "plan":
         return Ending(Outcome.PASSED)
     return apply_to_production(session, plan_, statements, targets, shadows, checkpoints, sandbox)
+
+
+def keep_warm(plan_: Plan, settings: Settings) -> float | None:
+    """How long to keep checkpoints warm: ``SHADOW_WARM`` (a duration, or off), else ``policy.warm``; never for
+    ``isolation: container`` (the shadow joins the run's own network)."""
+    from shadow.plan.document import duration
+
+    if plan_.action.isolation == "container":
+        return None
+    if settings.warm is not None:
+        if settings.warm.strip().lower() in ("off", "0", "false", "no"):
+            return None
+        seconds = duration(settings.warm)
+        if seconds is None:
+            raise BadInput(f"SHADOW_WARM: {settings.warm!r} is not a duration like 10m, 1h (or off)")
+        return seconds
+    return plan_.policy.warm
 
 
 def _endpoints(session: Session, plan_: Plan, shadows: dict[str, ShadowCopy],

@@ -20,6 +20,8 @@ class Settings:
     action_image: str = "python:3.12-slim"  # SHADOW_ACTION_IMAGE: for `isolation: container` without `image:`
     # SHADOW_<NAME>_IMAGE, by lower-case name: the image a kind's shadows use in the docker backend (image_for)
     images: Mapping[str, str] = field(default_factory=dict)
+    warm: str | None = None  # SHADOW_WARM: overrides the plan's policy.warm (a duration, or "off")
+    warm_max: int = 2  # SHADOW_WARM_MAX: how many warm servers a state dir keeps at most (adapters.postgres.warm)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, state_dir: str | Path | None = None) -> Settings:
@@ -32,6 +34,8 @@ class Settings:
             action_image=env.get("SHADOW_ACTION_IMAGE") or "python:3.12-slim",
             images={found[1].lower(): value for key, value in env.items()
                     if value and (found := _IMAGE_VARIABLE.fullmatch(key))},
+            warm=env.get("SHADOW_WARM") or None,
+            warm_max=int(env["SHADOW_WARM_MAX"]) if env.get("SHADOW_WARM_MAX", "").isdigit() else 2,
         )
 
     def image_for(self, kind: str, default: str) -> str:
@@ -42,6 +46,10 @@ class Settings:
     @property
     def store_dir(self) -> Path:
         return self.state_dir / "snapshots"
+
+    @property
+    def warm_dir(self) -> Path:
+        return self.state_dir / "warm"
 
     @property
     def runs_dir(self) -> Path:

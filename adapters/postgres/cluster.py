@@ -58,8 +58,10 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
 class LocalCluster(Server):
     """One ephemeral cluster; use as a context manager."""
 
-    def __init__(self, label: str, binaries: PgBinaries | None = None, locale: str = "C.UTF-8") -> None:
+    def __init__(self, label: str, binaries: PgBinaries | None = None, locale: str = "C.UTF-8",
+                 warm: str | None = None) -> None:
         self.label = label
+        self.warm = warm  # the warm entry that may keep this cluster after the run (adapters.postgres.warm)
         self.binaries = binaries or binaries_for(None)
         self.locale = locale
         self.password = secrets.token_urlsafe(18)
@@ -99,7 +101,7 @@ class LocalCluster(Server):
         return subprocess.run(args, capture_output=True, text=True, env=env, **extra, **kw)  # type: ignore[call-overload]
 
     def start(self) -> LocalCluster:
-        self.root = tempdirs.make("pg", self.label, "local-cluster")
+        self.root = tempdirs.make("pg", self.label, "local-cluster", self.warm)
         self.sockdir.mkdir()
         pwfile = self.root / "pw"
         pwfile.write_text(self.password + "\n")

@@ -44,8 +44,10 @@ class Limits:
 class ContainerServer(Server):
     """One PostgreSQL container; use as a context manager. Same surface as ``LocalCluster``."""
 
-    def __init__(self, label: str, image: str, major: int, limits: Limits | None = None) -> None:
+    def __init__(self, label: str, image: str, major: int, limits: Limits | None = None,
+                 warm: str | None = None) -> None:
         self.label = label
+        self.warm = warm  # the warm entry that may keep this container after the run (adapters.postgres.warm)
         self.image = image
         self.major = major
         self.limits = limits or Limits()
@@ -68,7 +70,7 @@ class ContainerServer(Server):
         container.ports["5432/tcp"] = ("127.0.0.1",)  # type: ignore[assignment]  # never on other interfaces
         container.with_command(DURABILITY_OFF)
         network = start_network()
-        container.with_kwargs(labels=labels(self.label, "postgres-shadow"), **self.limits.docker_kwargs(),
+        container.with_kwargs(labels=labels(self.label, "postgres-shadow", self.warm), **self.limits.docker_kwargs(),
                               **({"network": network} if network else {}))
         self._container = container
         try:

@@ -18,9 +18,8 @@ from adapters.docker import join_network
 from adapters.postgres.binaries import ClientTools
 from adapters.postgres import dbsettings
 from adapters.postgres.compare import count_changed_rows, how_they_differ, last_line, settle_settings
-from adapters.postgres.container import ContainerServer
 from adapters.postgres.diff import diff
-from adapters.postgres import undo
+from adapters.postgres import undo, warm
 from adapters.postgres.rowdiff import count_rows
 from adapters.postgres.observe import observe, read_text_as_str
 from adapters.postgres.restore import restore_into_empty, restore_over
@@ -31,6 +30,11 @@ from shadow.errors import BadInput, CheckQueryFailed, InfrastructureError
 PRISTINE_SUFFIX = "__shadow_pristine"
 
 
+def pristine_name(database: str) -> str:
+    """The pristine twin's name beside a shadow database named ``database``."""
+    return database[: 63 - len(PRISTINE_SUFFIX)] + PRISTINE_SUFFIX
+
+
 def endpoint_env(name: str, dsn: str) -> tuple[dict[str, str], dict[str, str]]:
     """(variables every action gets, variables it gets when this is the plan's only postgres target)."""
     url = dsnlib.to_url(dsnlib.parse(dsn))
@@ -38,19 +42,29 @@ def endpoint_env(name: str, dsn: str) -> tuple[dict[str, str], dict[str, str]]:
 
 
 class PgShadow:
-    """A restored copy of one checkpoint in a throwaway server, plus a pristine twin for row diffs."""
+    """A restored copy of one checkpoint in a throwaway server, plus a pristine twin for row diffs.
+
+    ``golden``: the server is a warm one (:mod:`adapters.postgres.warm`) holding the checkpoint restored and
+    verified in that database; the shadow and its twin are clones of it, and the twin's observation is the
+    checkpoint's."""
 
     def __init__(self, name: str, server: Server, binaries: ClientTools, checkpoint: Checkpoint,
-                 archive: Path, backend: str) -> None:
+                 archive: Path, backend: str, golden: str | None = None) -> None:
         self.name = name
         self.server = server
         self.backend = backend
         self.checkpoint = checkpoint
         self.database = str(checkpoint.meta["database"])
-        self.pristine = self.database[: 63 - len(PRISTINE_SUFFIX)] + PRISTINE_SUFFIX
+        self.pristine = pristine_name(self.database)
+        self.golden = golden
         self.warnings: list[str] = []
         self.binaries, self.archive = binaries, archive
-        self._build(binaries, archive)
+        self._pristine_ready = threading.Event()  # the twin exists (a warm shadow clones it while the action runs)
+        if golden is None:
+            self._build(binaries, archive)
+            self._pristine_ready.set()
+        else:
+            self._clone(golden)
         self.dsn = server.dsn(self.database)  # shadow's own superuser: observing, checks
         action_dsn = self._action_dsn()
         env, exclusive = endpoint_env(name, action_dsn)
@@ -65,7 +79,8 @@ class PgShadow:
         self._touched: set[str] | None = None  # what the action read or wrote (None: unknown)
         self._rehearsed: list[Change] = []
         self._pristine_result: dict[str, Any] | BaseException | None = None
-        self._pristine_thread = threading.Thread(target=self._observe_pristine, name=f"observe-{name}", daemon=True)
+        work = self._observe_pristine if golden is None else self._clone_pristine
+        self._pristine_thread = threading.Thread(target=work, name=f"pristine-{name}", daemon=True)
         self._pristine_thread.start()
 
     def _observe_pristine(self) -> None:
@@ -74,6 +89,28 @@ class PgShadow:
                 self._pristine_result = observe(conn)
         except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the observation
             self._pristine_result = exc
+
+    def _clone(self, golden: str) -> None:
+        """The shadow database as a clone of the warm server's golden one, with the checkpoint's settings."""
+        with self.server.connect(warm.ADMIN_DB) as conn:
+            warm.clone(conn, golden, self.database, self.checkpoint.meta.get("database_owner"))
+            wanted = self.checkpoint.meta.get("settings") or []
+            dbsettings.settle(conn, self.database, wanted, every_database=True, shadow=True, own_role=SUPERUSER)
+
+    def _clone_pristine(self) -> None:
+        """The twin, cloned from the golden database while the action runs; its observation is the checkpoint's
+        (the golden one was verified equal to it when it was kept, and refuses connections since)."""
+        assert self.golden is not None
+        try:
+            with self.server.connect(warm.ADMIN_DB) as conn:
+                warm.clone(conn, self.golden, self.pristine, None)
+                dbsettings.settle(conn, self.pristine, self.checkpoint.meta.get("settings") or [],
+                                  every_database=False, shadow=True)
+            self._pristine_result = self.checkpoint.observation
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the twin
+            self._pristine_result = exc
+        finally:
+            self._pristine_ready.set()
 
     @property
     def pristine_observation(self) -> dict[str, Any]:
@@ -182,7 +219,7 @@ class PgShadow:
 
     def attach(self, network: Any) -> Endpoint:
         """Join the sandbox's internal network under the target's name; the endpoint an isolated action uses."""
-        container_id = self.server.container_id if isinstance(self.server, ContainerServer) else None
+        container_id = getattr(self.server, "container_id", None)
         alias = join_network(network, container_id, self.name)
         assert self.endpoint.dsn is not None
         params = {**dsnlib.parse(self.endpoint.dsn), "host": alias, "port": 5432}
@@ -198,6 +235,11 @@ class PgShadow:
             return dsnlib.connect_error(exc)
 
     def connect_pristine(self) -> psycopg.Connection:
+        if not self._pristine_ready.is_set():
+            self._pristine_thread.join()
+            if isinstance(self._pristine_result, BaseException):
+                raise InfrastructureError(f"cloning the shadow's pristine copy failed: {self._pristine_result}",
+                                          target=self.name) from self._pristine_result
         return self._connect(self.server.dsn(self.pristine))
 
     def _connect(self, dsn: str) -> psycopg.Connection:
@@ -218,10 +260,15 @@ class PgShadow:
             self._mark = capture.mark(conn)
             self._counters = self._mark.counters if self._mark else None
 
-    def changes(self) -> list[Change]:
-        if self._counters is not None and self._touched is None:  # read first: observing scans every table
+    def _footprint(self) -> set[str] | None:
+        """What the action read or wrote, by the counters (read before anything else scans the tables)."""
+        if self._counters is not None and self._touched is None:
             with self.connect() as conn:
                 self._touched = footprint.touched_tables(conn, self._counters)
+        return self._touched
+
+    def changes(self) -> list[Change]:
+        self._footprint()  # first: observing scans every table
         with self.connect_pristine() as before_conn, self.connect() as after_conn:
             after, rows, self.counted = capture.observe_changes(after_conn, before_conn, self.pristine_observation,
                                                                 self._mark)
@@ -237,10 +284,10 @@ class PgShadow:
     @property
     def footprint_tables(self) -> set[str] | None:
         """The tables the rehearsal read or wrote (None: not known, a server older than 15)."""
-        return footprint.tables(self._touched, self._rehearsed)
+        return footprint.tables(self._footprint(), self._rehearsed)
 
     def independent(self, changes: list[Change]) -> list[Change]:
-        return footprint.independent(changes, self._touched, self._rehearsed,
+        return footprint.independent(changes, self._footprint(), self._rehearsed,
                                      self.checkpoint.observation["objects"].get("sequence", {}))
 
     def rehearse_rollback(self, undo: bool = False) -> list[str]:

@@ -20,10 +20,10 @@ from adapters.postgres.server import Server
 from adapters.postgres.diff import diff
 from adapters.postgres.execute import end_sessions, execute, execute_verified
 from adapters import tempdirs
-from adapters.postgres import own_effect, stepwise, undo, undo_tables
+from adapters.postgres import own_effect, stepwise, undo, undo_tables, warm
 from adapters.postgres.compare import count_changed_rows, how_they_differ, last_line, settle_settings, uncounted
 from adapters.postgres.shadowcopy import PgShadow, endpoint_env
-from adapters.postgres.observe import observe, read_text_as_str
+from adapters.postgres.observe import Hashed, observe, read_text_as_str
 from adapters.postgres import dbsettings
 from adapters.postgres.restore import Dump, dumped_sequences, pg_dump_started, restore_over, table_data_files
 from shadow.changes import Change, RowDelta
@@ -65,6 +65,10 @@ class PostgresTarget:
         self.settings = settings
         self._params = dsnlib.parse(self.dsn)
         self._rehearsal: PgShadow | None = None  # the shadow of the apply under way: its pristine copy counts rows
+        self._keep: float | None = None  # policy.warm: keep this run's shadow server warm that long after use
+        self._warm_key = ""
+        self._lease: warm.Lease | None = None  # leased by warm_checkpoint, for shadow() to clone from
+        self._leased: warm.Lease | None = None  # the lease the open shadow clones from
 
     # -- connection ---------------------------------------------------------------------------------------
     def describe(self) -> str:
@@ -134,9 +138,10 @@ class PostgresTarget:
         with self.connect() as conn:
             return self._observe(conn)
 
-    def _observe(self, conn: psycopg.Connection, snapshot: str | None = None) -> dict[str, Any]:
+    def _observe(self, conn: psycopg.Connection, snapshot: str | None = None,
+                 hashed: Hashed | None = None) -> dict[str, Any]:
         try:
-            return observe(conn, snapshot=snapshot)
+            return observe(conn, snapshot=snapshot, hashed=hashed)
         except psycopg.errors.InsufficientPrivilege as exc:
             raise InfrastructureError(
                 f"the connecting role cannot read everything shadow observes: {exc.diag.message_primary} "
@@ -232,17 +237,125 @@ class PostgresTarget:
     @contextmanager
     def shadow(self, checkpoint: Checkpoint, store: Store, run_id: str, backend: str,
                limits: Any = None) -> Iterator[PgShadow]:
+        """A shadow of ``checkpoint``: a clone in the warm server leased by :meth:`warm_checkpoint`, else restored
+        into a new server — kept warm afterwards when :meth:`warm_checkpoint` asked for it."""
+        lease, self._lease = self._lease, None
+        if lease is not None and lease.entry.checkpoint.get("fingerprint") == checkpoint.fingerprint:
+            with self._warm_shadow(lease, checkpoint, store, backend) as shadow:
+                yield shadow
+            return
+        if lease is not None:
+            lease.release()
         archive = store.open_verified(_artifact(checkpoint))
         major = int(checkpoint.meta["major"])
         tools = self.binaries(major)
+        entry = str(self.settings.warm_dir / f"{self._warm_key}.json") if self._keep else None
         server: Server
         if backend == "docker":
             server = ContainerServer(run_id, self.image_for(major), major, Limits(
-                getattr(limits, "memory", None), getattr(limits, "cpus", None), getattr(limits, "pids", None)))
+                getattr(limits, "memory", None), getattr(limits, "cpus", None), getattr(limits, "pids", None)),
+                warm=entry)
         else:
-            server = LocalCluster(label=run_id, binaries=binaries_for(major, configured_bindir(self.settings)))
-        with server:
-            yield PgShadow(self.name, server, tools, checkpoint, archive, backend)
+            server = LocalCluster(label=run_id, binaries=binaries_for(major, configured_bindir(self.settings)),
+                                  warm=entry)
+        kept = False  # once kept warm, the server belongs to its entry: not stopped here
+        try:
+            server.start()
+            shadow = PgShadow(self.name, server, tools, checkpoint, archive, backend)
+            before = warm.server_state(server, shadow.database).replace("absent", "closed") if self._keep else ""
+            yield shadow
+            kept = self._keep_warm(server, shadow, run_id, backend, major, before)
+        finally:
+            if not kept:
+                server.stop()
+
+    @contextmanager
+    def _warm_shadow(self, lease: warm.Lease, checkpoint: Checkpoint, store: Store,
+                     backend: str) -> Iterator[PgShadow]:
+        """A clone of the golden database in a leased warm server; the clones are dropped at the end, and the
+        entry kept for the next run unless :meth:`moved_since` found it stale or the server was lost."""
+        shadow: PgShadow | None = None
+        self._leased = lease
+        try:
+            archive = store.object_path(_artifact(checkpoint).sha256)  # verified when it was restored
+            shadow = PgShadow(self.name, lease.entry.server(), self.binaries(lease.entry.major), checkpoint,
+                              archive, backend, golden=lease.entry.golden)
+            shadow.warnings += lease.entry.warnings
+            yield shadow
+        finally:
+            self._leased = None
+            if shadow is not None:
+                shadow._pristine_thread.join()
+            lease.release(lost=shadow.lost() if shadow is not None else None)
+
+    def _keep_warm(self, server: Server, shadow: PgShadow, run_id: str, backend: str, major: int,
+                   before: str) -> bool:
+        """Keep a cold run's server as the warm copy of its checkpoint (:func:`warm.make_golden`); False when the
+        copy is not faithful, the server is lost, the action changed the server's global state (``before``: as
+        it was before the action), or warm copies were not asked for."""
+        if not self._keep or shadow.lost() or shadow.fidelity:
+            return False
+        try:
+            warm.make_golden(server, shadow.database, shadow.pristine)
+            state = warm.server_state(server, shadow.database)
+        except psycopg.Error:
+            return False
+        if state != before:
+            return False
+        now = time.time()
+        entry = warm.Entry(
+            key=self._warm_key, run=run_id, backend=backend, major=major,
+            host=str(getattr(server, "host", "127.0.0.1")), port=server.port, password=server.password,
+            database=shadow.database, checkpoint=shadow.checkpoint.to_dict(), state=state, keep=self._keep,
+            used=now, created=now, root=str(server.root) if isinstance(server, LocalCluster) else None,
+            container=server.container_id if isinstance(server, ContainerServer) else None,
+            warnings=list(shadow.warnings))
+        warm.keep(self.settings.warm_dir, entry, self.settings.warm_max)
+        return True
+
+    # -- warm checkpoints (adapters.postgres.warm) ---------------------------------------------------------------
+    def warm_checkpoint(self, store: Store, backend: str, keep: float,
+                        limits: Any = None) -> tuple[Checkpoint | None, str]:
+        """The checkpoint a warm server of this production holds, leased to this run until its shadow is torn
+        down — or (None, why not); either way this run's shadow is kept warm ``keep`` seconds after its last use."""
+        self._keep = keep
+        with self.connect() as conn:
+            major = int(conn.info.server_version) // 10000
+        image = self.image_for(major) if backend == "docker" else None
+        self._warm_key = warm.key_of(self.describe(), backend, major, image)
+        lease, why = warm.lease(self.settings.warm_dir, self._warm_key)
+        if lease is None:
+            return None, why
+        checkpoint = Checkpoint.from_dict(lease.entry.checkpoint)
+        artifact = _artifact(checkpoint)
+        path = store.object_path(artifact.sha256)
+        if not path.exists() or path.stat().st_size != artifact.size:
+            lease.stale = "its checkpoint's archive is no longer in the store"
+            lease.release()
+            return None, lease.stale
+        self._lease = lease
+        age = time.time() - lease.entry.created
+        return checkpoint, f"the warm copy of run {checkpoint.run_id}'s checkpoint ({_age(age)} old)"
+
+    def moved_since(self, checkpoint: Checkpoint, shadow: Any) -> tuple[list[Change], list[Change]]:
+        """Production against the warm ``checkpoint`` in what the rehearsal read or wrote: every definition and
+        sequence, the rows of the tables of the shadow's footprint (all tables when it is unknown); the others'
+        rows are taken as the checkpoint has them — what they hold cannot change the action's outcome."""
+        assert isinstance(shadow, PgShadow)
+        tables = shadow.footprint_tables
+        with self.connect() as conn:
+            now = self._observe(conn, hashed=None if tables is None else lambda table, _: table in tables)
+        kept = checkpoint.observation["data"]
+        for table, data in now["data"].items():
+            was = kept.get(table)
+            if data["rows"] is None and was and (was.get("columns"), was.get("key")) == (data["columns"], data["key"]):
+                now["data"][table] = was
+        changes = uncounted(checkpoint.observation, now)
+        independent = shadow.independent(changes)
+        depends = [c for c in changes if c not in independent]
+        if depends and self._leased is not None:
+            self._leased.stale = "production changed what the action reads or writes"
+        return independent, depends
 
     def image_for(self, major: int) -> str:
         """The shadow image: the target's ``image:``, else SHADOW_POSTGRES_IMAGE, else ``postgres:<major>``."""
@@ -404,6 +517,10 @@ class PostgresTarget:
         if fingerprint_of(now) == checkpoint.fingerprint:
             return []
         return how_they_differ(checkpoint.observation, now)
+
+
+def _age(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def _as_dumped(observation: dict[str, Any], dumped: Mapping[str, tuple[int, bool]]) -> None:

@@ -110,6 +110,7 @@ class Policy:
     drift: str = "scoped"  # "strict": any write to production since the checkpoint refuses the apply
     lock_timeout: float = 5.0  # how long an apply's statement waits for a lock before it gives up and retries
     lock_retries: int = 3  # how many times an apply that gave up waiting for a lock is tried again
+    warm: float | None = None  # seconds a checkpoint's restored copy is kept after its last use (adapters.postgres.warm)
 
 
 @dataclass(frozen=True)

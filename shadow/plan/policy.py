@@ -16,7 +16,7 @@ def load_policy(doc: Doc, raw: Any) -> Policy:
         doc.problem(("policy",), "must be a mapping")
         return Policy()
     known(doc, raw, ("policy",), ("backend", "limits", "max_lock", "allow", "redact", "approval",
-                                   "rehearse_rollback", "drift", "lock_timeout", "lock_retries"))
+                                   "rehearse_rollback", "drift", "lock_timeout", "lock_retries", "warm"))
     approval = raw.get("approval", "none")
     if approval not in ("none", "required"):
         doc.problem(("policy", "approval"), f"{approval!r} is not one of: none, required")
@@ -48,10 +48,17 @@ def load_policy(doc: Doc, raw: Any) -> Policy:
         doc.problem(("policy", "drift"), f"{drift!r} is not one of: {', '.join(DRIFT_RULES)}")
         drift = "scoped"
     lock_timeout, lock_retries = _lock_waits(doc, raw)
+    warm = None
+    if raw.get("warm") not in (None, False):
+        warm = duration(raw["warm"])
+        if warm is None or warm <= 0:
+            doc.problem(("policy", "warm"), f"{raw['warm']!r} is not a duration like 10m, 1h (how long the "
+                                            "checkpoint's restored copy is kept after its last use)")
+            warm = None
     return Policy(backend=backend, limits=_limits(doc, raw.get("limits")), max_lock=_max_lock(doc, raw.get("max_lock")),
                   allow=tuple(allow), redact=tuple(p.strip() for p in redact), approval=approval,
                   rehearse_rollback=rehearse_rollback, drift=drift, lock_timeout=lock_timeout,
-                  lock_retries=lock_retries)
+                  lock_retries=lock_retries, warm=warm)
 
 
 DRIFT_RULES = ("scoped", "strict")

@@ -1,0 +1,236 @@
+"""Warm checkpoints (issue 16, ``policy.warm``; adapters.postgres.warm): a checkpoint restored once and cloned per run.
+
+Every test runs the real CLI against a real production database; the warm servers it keeps are real servers
+(local clusters, or containers for the docker case) and are discarded at the end of each test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from adapters.postgres import warm
+from shadow.gc import gc
+from shadow.settings import Settings
+from tests.conftest import BOTH_BACKENDS, ProdDb, write_plan
+from tests.writer import Writer
+
+PLAN = """
+version: 1
+targets:
+  app: {{kind: postgres, dsn: "{dsn}"}}
+action:
+  {action}
+expect:
+  app:
+    may: [{may}]
+policy:
+  warm: 10m
+"""
+
+# Fails when anything an earlier rehearsal wrote is still there: the marker row, the marker table.
+LEAK_GUARD = """
+DO $$ BEGIN
+  IF EXISTS (SELECT 1 FROM users WHERE email = 'marker@example.com') THEN RAISE EXCEPTION 'a rehearsal leaked its row'; END IF;
+  IF to_regclass('public.marker') IS NOT NULL THEN RAISE EXCEPTION 'a rehearsal leaked its table'; END IF;
+END $$;
+"""
+MARKER_SQL = LEAK_GUARD + """
+INSERT INTO users (email, full_name) VALUES ('marker@example.com', 'Marker');
+CREATE TABLE marker (id int);
+"""
+MARKER_MAY = "insert rows public.users, add table public.marker"
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[Path]:
+    """The CLI's state dir; every warm server kept in it is discarded afterwards (they outlive the CLI)."""
+    folder = tmp_path / "state"
+    yield folder
+    warm.reap(folder / "warm", everything=True)
+
+
+def _plan(tmp_path: Path, db: ProdDb, sql: str, may: str) -> Path:
+    return write_plan(tmp_path, PLAN.format(dsn=db.dsn, action="sql: migrate.sql", may=may), {"migrate.sql": sql})
+
+
+def _run(shadow_cli, *args: str, env: dict[str, str] | None = None) -> dict:  # type: ignore[no-untyped-def]
+    result = shadow_cli(*args, "--json", env=env)
+    assert result.out.startswith("{"), result.text
+    report = json.loads(result.out)
+    report["_code"], report["_text"] = result.code, result.text
+    return report
+
+
+def _warm_info(report: dict) -> dict:
+    [target] = report["targets"]
+    return target["checkpoint"]["warm"]
+
+
+def _warnings(report: dict) -> str:
+    return " ".join(w for t in report["targets"] for w in t.get("warnings", []))
+
+
+def _entries(state: Path) -> list[warm.Entry]:
+    return warm.entries(state / "warm")
+
+
+@BOTH_BACKENDS
+def test_a_second_plan_rehearses_on_a_clone_of_the_warm_checkpoint_and_sees_nothing_of_the_first(
+        prod_db: ProdDb, shadow_cli, tmp_path: Path, state: Path, backend: str):
+    """The marker row and table the first rehearsal wrote are not in the second's shadow (the leak guard raises
+    otherwise), the second takes no checkpoint of its own, and both pass with the same change set."""
+    plan = _plan(tmp_path, prod_db, MARKER_SQL, MARKER_MAY)
+    first = _run(shadow_cli, "plan", "-f", str(plan))
+    assert first["_code"] == 0, first["_text"]
+    assert _warm_info(first)["reused"] is False
+    [entry] = _entries(state)
+    assert entry.backend == backend and (entry.container if backend == "docker" else entry.root)
+    assert oct(os.stat(state / "warm" / f"{entry.key}.json").st_mode & 0o777) == "0o600"  # it holds a password
+
+    runs = [_run(shadow_cli, "plan", "-f", str(plan)) for _ in range(2)]
+    for report in runs:
+        assert report["_code"] == 0, report["_text"]
+        info = _warm_info(report)
+        assert info["reused"] is True and info["run_id"] == first["run_id"], info
+        assert "rehearsed on the warm checkpoint" in _warnings(report)
+        [target] = report["targets"]
+        assert sorted(c["address"] for c in target["changes"]) == ["add table public.marker",
+                                                                    "insert rows public.users"]
+        verdicts = {v["rule"]: v for v in report["expectations"]}
+        assert verdicts["fidelity"]["ok"] and verdicts["rollback"]["ok"], verdicts
+    assert prod_db.scalar("SELECT count(*) FROM users WHERE email = 'marker@example.com'") == 0
+    [still] = _entries(state)
+    assert still.run == first["run_id"] and still.used > entry.used
+
+
+def test_an_action_cannot_reach_the_golden_database_through_the_shadows_address(prod_db: ProdDb, shadow_cli,
+                                                                                 tmp_path: Path, state: Path):
+    """A command action that connects to the golden database by name (same server, same credentials) is
+    refused; the next rehearsal is as clean as the first."""
+    script = tmp_path / "reach.py"
+    script.write_text(
+        "import os, psycopg\n"
+        "from psycopg.conninfo import conninfo_to_dict, make_conninfo\n"
+        "params = conninfo_to_dict(os.environ['SHADOW_APP_URL'])\n"
+        "golden = params['dbname'] + '__shadow_golden'\n"
+        "try:\n"
+        "    with psycopg.connect(make_conninfo(**{**params, 'dbname': golden}), autocommit=True) as c:\n"
+        "        c.execute(\"INSERT INTO users (email, full_name) VALUES ('marker@example.com', 'M')\")\n"
+        "    print('REACHED')\n"
+        "except psycopg.Error as exc:\n"
+        "    print('REFUSED', exc)\n"
+        "with psycopg.connect(os.environ['SHADOW_APP_URL'], autocommit=True) as c:\n"
+        f"    c.execute({LEAK_GUARD!r})\n")
+    body = PLAN.format(dsn=prod_db.dsn, action=f'command: "{sys.executable} {script}"', may="")
+    plan = write_plan(tmp_path, body)
+    reports = [_run(shadow_cli, "plan", "-f", str(plan)) for _ in range(2)]
+    for report in reports:
+        assert report["_code"] == 0, report["_text"]
+    assert _warm_info(reports[1])["reused"] is True
+    log = (state / "runs" / reports[1]["run_id"] / "action-rehearsal.log").read_text()
+    assert "REFUSED" in log and "REACHED" not in log, log
+
+
+def test_an_action_that_changes_the_servers_roles_discards_the_warm_copy(prod_db: ProdDb, shadow_cli,
+                                                                         tmp_path: Path, state: Path):
+    """A role is not in any database: a clone would not reset it, so the next run would find it already there
+    (while production does not). The warm copy is discarded instead of lent out — and a cold run whose action
+    did that keeps nothing warm."""
+    role = "warm_role_" + os.urandom(3).hex()
+    harmless = _plan(tmp_path / "a", prod_db, "UPDATE users SET full_name = full_name WHERE id = 1;\n",
+                     "update rows public.users")
+    creates = _plan(tmp_path / "b", prod_db, f"CREATE ROLE {role};\n", "")
+    assert _run(shadow_cli, "plan", "-f", str(harmless))["_code"] == 0
+    on_warm = _run(shadow_cli, "plan", "-f", str(creates))
+    assert on_warm["_code"] == 0 and _warm_info(on_warm)["reused"] is True, on_warm["_text"]
+    after = _run(shadow_cli, "plan", "-f", str(harmless))
+    assert after["_code"] == 0, after["_text"]
+    info = _warm_info(after)
+    assert info["reused"] is False and "changed the warm server's roles" in info["why"], info
+    cold = _run(shadow_cli, "plan", "-f", str(creates))
+    assert cold["_code"] == 0, cold["_text"]  # CREATE ROLE did not fail: the role did not leak
+    assert _warm_info(cold)["reused"] is True  # the harmless run kept a fresh copy …
+    last = _run(shadow_cli, "plan", "-f", str(harmless))
+    assert _warm_info(last)["reused"] is False, _warm_info(last)  # … which the role's run spoiled again
+
+
+def test_production_moving_elsewhere_keeps_the_warm_copy_and_moving_under_the_action_rehearses_again(
+        prod_db: ProdDb, shadow_cli, tmp_path: Path, state: Path):
+    """A writer keeps committing to ``events`` (a table the action neither reads nor writes): the warm
+    checkpoint is reused and the writes reported. Then production's ``users`` changes: the warm copy no longer
+    predicts the action, so the run rehearses again on a fresh checkpoint — and sees the new row."""
+    prod_db.execute("CREATE TABLE events (id bigserial PRIMARY KEY, note text NOT NULL)")
+    prod_db.execute("INSERT INTO events (note) SELECT 'seed ' || g FROM generate_series(1, 50) g")
+    plan = _plan(tmp_path, prod_db, "UPDATE users SET full_name = upper(full_name) WHERE true;\n", "update rows public.users")
+    first = _run(shadow_cli, "plan", "-f", str(plan))
+    assert first["_code"] == 0, first["_text"]
+    with Writer(prod_db.dsn, "events", tmp_path / "writes.jsonl", every=0.01) as writer:
+        time.sleep(0.5)
+        second = _run(shadow_cli, "plan", "-f", str(plan))
+        writer.stop()
+    assert second["_code"] == 0, second["_text"]
+    assert _warm_info(second)["reused"] is True
+    assert "public.events" in _warnings(second), _warnings(second)
+    writer.assert_kept(prod_db.dsn)
+
+    before = {c["address"]: c for c in second["targets"][0]["changes"]}["update rows public.users"]["detail"]
+    prod_db.execute("INSERT INTO users (email, full_name) VALUES ('new@example.com', 'new user')")
+    third = _run(shadow_cli, "plan", "-f", str(plan))
+    assert third["_code"] == 0, third["_text"]
+    assert "rehearsed twice" in _warnings(third) and "warm checkpoint" in _warnings(third), _warnings(third)
+    assert _warm_info(third)["reused"] is False  # the second rehearsal took a fresh checkpoint
+    after = {c["address"]: c for c in third["targets"][0]["changes"]}["update rows public.users"]["detail"]
+    assert after["count"] == before["count"] + 1, (before, after)
+    [entry] = _entries(state)
+    assert entry.run == third["run_id"]  # the fresh checkpoint is the warm one now
+
+
+def test_a_warm_apply_applies_and_rolls_back(prod_db: ProdDb, shadow_cli, tmp_path: Path, state: Path):
+    """An apply rehearsed on the warm copy is verified in production like any other, and undone exactly."""
+    plan = _plan(tmp_path, prod_db, "ALTER TABLE users ADD COLUMN nickname text;\n"
+                                    "UPDATE users SET nickname = 'n' || id WHERE id <= 3;\n",
+                 "add column public.users.nickname, update rows public.users")
+    assert _run(shadow_cli, "plan", "-f", str(plan))["_code"] == 0
+    fingerprint = prod_db.fingerprint()
+    applied = _run(shadow_cli, "apply", "-f", str(plan))
+    assert applied["_code"] == 0 and applied["outcome"] == "applied", applied["_text"]
+    assert _warm_info(applied)["reused"] is True
+    assert prod_db.scalar("SELECT count(nickname) FROM users") == 3
+    rolled = _run(shadow_cli, "rollback", applied["run_id"])
+    assert rolled["_code"] == 0, rolled["_text"]
+    assert prod_db.fingerprint() == fingerprint
+
+
+def test_gc_keeps_an_unexpired_warm_server_and_removes_an_expired_one(prod_db: ProdDb, shadow_cli,
+                                                                      tmp_path: Path, state: Path):
+    plan = _plan(tmp_path, prod_db, "UPDATE users SET full_name = full_name || '!' WHERE id = 1;\n",
+                 "update rows public.users")
+    assert _run(shadow_cli, "plan", "-f", str(plan))["_code"] == 0
+    [entry] = _entries(state)
+    settings = Settings.from_env(state_dir=state)
+    assert not [r for r in gc(settings=settings).removed if r.id == entry.root]
+    assert Path(str(entry.root)).is_dir()
+    with psycopg.connect(entry.server().dsn(warm.ADMIN_DB)) as conn:
+        conn.execute("SELECT 1")
+    entry.used = time.time() - entry.keep - 1  # expired
+    warm._write(state / "warm", entry)
+    removed = gc(settings=settings).removed
+    assert [r for r in removed if r.kind == "warm"], removed
+    assert not Path(str(entry.root)).exists() and _entries(state) == []
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(entry.server().dsn(warm.ADMIN_DB), connect_timeout=3)
+
+
+def test_policy_warm_must_be_a_duration(prod_db: ProdDb, shadow_cli, tmp_path: Path):
+    plan = _plan(tmp_path, prod_db, "SELECT 1;\n", "")
+    plan.write_text(plan.read_text().replace("warm: 10m", "warm: soon"))
+    result = shadow_cli("plan", "-f", str(plan))
+    assert result.code == 2 and "policy.warm" in result.text and "Traceback" not in result.text, result.text

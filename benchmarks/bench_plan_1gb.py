@@ -12,6 +12,10 @@ it runs through the real CLI (``python -m shadow plan/apply/rollback … --json`
 backend (``docker``: the shadow is a container of SHADOW_POSTGRES_IMAGE, ``shadow-test/postgres:{major}`` unless
 set — built by scripts/build-images.sh, never pulled; production stays local).
 
+Then the same plan with ``policy.warm: 10m`` in a state dir of its own: a first plan that restores the checkpoint
+and keeps it warm, three warm plans (the median is shown), a warm apply and its rollback; the warm servers are
+discarded at the end.
+
 What is printed, per backend: one line per step — shadow's time, the raw baseline, the ratio. shadow's checkpoint
 and shadow-ready times are its own step timings from the plan's ``--json`` (``steps``); whole commands are wall
 times measured here. Any other per-phase timings the JSON carries (a list of ``{name, seconds}``-like entries or a
@@ -226,6 +230,22 @@ def bench_backend(backend: str, dsn: str, raw: dict[str, float], folder: Path, m
     rollback_wall, rolled_back, _ = shadow_cli(state, work, dsn, "rollback", str(applied["run_id"]), "-f",
                                                "shadow.yaml")
 
+    # The same plan with policy.warm: the first run restores and keeps its copy, the next ones clone it.
+    (work / "warm.yaml").write_text(PLAN.replace("{backend}", backend) + "  warm: 10m\n")
+    warm_state = work / "warm-state"
+    try:
+        keep_wall, _, _ = shadow_cli(warm_state, work, dsn, "plan", "-f", "warm.yaml")
+        warm_runs = [shadow_cli(warm_state, work, dsn, "plan", "-f", "warm.yaml") for _ in range(3)]
+        warm_apply_wall, warm_applied, _ = shadow_cli(warm_state, work, dsn, "apply", "-f", "warm.yaml")
+        shadow_cli(warm_state, work, dsn, "rollback", str(warm_applied["run_id"]), "-f", "warm.yaml")
+    finally:
+        from adapters.postgres import warm
+
+        warm.reap(warm_state / "warm" / "postgres", everything=True)
+    warm_wall, warm_plan, _ = sorted(warm_runs, key=lambda r: r[0])[1]  # the median of three
+    assert all(t["checkpoint"]["warm"]["reused"] for t in warm_plan["targets"]), warm_plan["targets"]
+    warm_ready = step_seconds(warm_plan, "shadow")
+
     ready = step_seconds(plan, "shadow")
     # (step, shadow's seconds, what the raw baseline is, its seconds); a step with a second baseline repeats
     # shadow's time on a row of its own, unnamed.
@@ -236,16 +256,22 @@ def bench_backend(backend: str, dsn: str, raw: dict[str, float], folder: Path, m
         ("shadow plan (whole command)", plan_wall, "pg_dump + pg_restore -j2", raw["pg_dump"] + raw["pg_restore"]),
         ("shadow apply (whole command)", apply_wall, "psql -1 -f migration.sql (on a copy)", raw["psql apply"]),
         ("shadow rollback (whole command)", rollback_wall, "psql -1 -f reverse.sql (on a copy)", raw["psql reverse"]),
+        ("first plan, policy.warm (keeps it)", keep_wall, "pg_dump + pg_restore -j2", raw["pg_dump"] + raw["pg_restore"]),
+        ("warm plan (whole command)", warm_wall, "pg_dump + pg_restore -j2", raw["pg_dump"] + raw["pg_restore"]),
+        ("", warm_wall, "shadow plan, cold (above, same run)", plan_wall),
+        ("shadow ready, warm", warm_ready, "pg_restore -j2 into an empty database", raw["pg_restore"]),
+        ("", warm_ready, "CREATE DATABASE … TEMPLATE … STRATEGY FILE_COPY", raw["template"]),
+        ("warm apply (whole command)", warm_apply_wall, "shadow apply, cold (above, same run)", apply_wall),
     ]
     print(f"backend {backend} (shadow's backend as reported: {plan.get('backend', {}).get('name', '?')})")
-    header = f"{'step':<32} | {'shadow':>9} | {'raw baseline in the same run':<48} | {'raw':>8} | {'ratio':>8}"
+    header = f"{'step':<36} | {'shadow':>9} | {'raw baseline in the same run':<48} | {'raw':>8} | {'ratio':>8}"
     print(header)
     print("-" * len(header))
     for step, ours, what, base in rows:
         ours_text = "" if not step else (f"{ours:8.2f}s" if ours is not None else "      n/a")
         ratio = f"{ours / base:7.2f}x" if ours is not None and base > 0 else ""
-        print(f"{step:<32} | {ours_text:>9} | {what:<48} | {base:7.2f}s | {ratio:>8}")
-    for title, model in (("plan", plan), ("apply", applied), ("rollback", rolled_back)):
+        print(f"{step:<36} | {ours_text:>9} | {what:<48} | {base:7.2f}s | {ratio:>8}")
+    for title, model in (("plan", plan), ("warm plan", warm_plan), ("apply", applied), ("rollback", rolled_back)):
         found = list(phase_timings(model))
         if found:
             print(f"\nshadow {title}: per-phase timings in its --json")

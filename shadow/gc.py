@@ -207,23 +207,15 @@ def _references(data: Any, store: Store, out: set[str]) -> None:
 
 
 def collect_warm(result: GcResult, settings: Settings, everything: bool = False) -> None:
-    """The warm servers of ``settings``' state dir whose entry expired (``everything``: all) and no run leases."""
-    from adapters.postgres import warm
-
-    folder = settings.warm_dir
-    if not folder.is_dir():
-        return
-    if result.dry_run:
-        result.removed += [Leftover("warm", e.root or e.container or e.key, e.run, "warm copy expired")
-                           for e in warm.entries(folder) if everything or e.expired()]
-        return
-    try:
-        for entry, said in warm.reap(folder, everything):
-            detail = "removed on request" if everything else "warm copy expired"
-            result.removed.append(Leftover("warm", entry.root or entry.container or entry.key, entry.run,
-                                           f"{detail}; {said}"))
-    except (OSError, InfrastructureError) as exc:
-        result.failed.append((Leftover("warm", str(folder), None), str(exc)))
+    """Every kind's warm copies (``policy.warm``) kept for ``settings``' state dir that expired (``everything``:
+    all) and no run uses (:meth:`adapters.Kind.reap_warm`)."""
+    detail = "removed on request" if everything else "expired"
+    for kind in REGISTRY.values():
+        try:
+            for what, run, said in kind.reap_warm(settings, everything, result.dry_run):
+                result.removed.append(Leftover("warm", what, run, f"{detail}; {said}"))
+        except (OSError, InfrastructureError) as exc:
+            result.failed.append((Leftover("warm", str(settings.warm_dir), None, kind.name), str(exc)))
 
 
 def _collect_docker(result: GcResult) -> None:

@@ -54,7 +54,7 @@ def state(tmp_path: Path) -> Iterator[Path]:
     """The CLI's state dir; every warm server kept in it is discarded afterwards (they outlive the CLI)."""
     folder = tmp_path / "state"
     yield folder
-    warm.reap(folder / "warm", everything=True)
+    warm.reap(folder / "warm" / "postgres", everything=True)
 
 
 def _plan(tmp_path: Path, db: ProdDb, sql: str, may: str) -> Path:
@@ -79,7 +79,7 @@ def _warnings(report: dict) -> str:
 
 
 def _entries(state: Path) -> list[warm.Entry]:
-    return warm.entries(state / "warm")
+    return warm.entries(state / "warm" / "postgres")
 
 
 @BOTH_BACKENDS
@@ -93,7 +93,7 @@ def test_a_second_plan_rehearses_on_a_clone_of_the_warm_checkpoint_and_sees_noth
     assert _warm_info(first)["reused"] is False
     [entry] = _entries(state)
     assert entry.backend == backend and (entry.container if backend == "docker" else entry.root)
-    assert oct(os.stat(state / "warm" / f"{entry.key}.json").st_mode & 0o777) == "0o600"  # it holds a password
+    assert oct(os.stat(state / "warm" / "postgres" / f"{entry.key}.json").st_mode & 0o777) == "0o600"  # it holds a password
 
     runs = [_run(shadow_cli, "plan", "-f", str(plan)) for _ in range(2)]
     for report in runs:
@@ -221,7 +221,7 @@ def test_gc_keeps_an_unexpired_warm_server_and_removes_an_expired_one(prod_db: P
     with psycopg.connect(entry.server().dsn(warm.ADMIN_DB)) as conn:
         conn.execute("SELECT 1")
     entry.used = time.time() - entry.keep - 1  # expired
-    warm._write(state / "warm", entry)
+    warm._write(state / "warm" / "postgres", entry)
     removed = gc(settings=settings).removed
     assert [r for r in removed if r.kind == "warm"], removed
     assert not Path(str(entry.root)).exists() and _entries(state) == []

@@ -9,6 +9,7 @@ from adapters import nothing_kept, paths_as_given
 from adapters.postgres import dsn as dsnlib
 from adapters.postgres.cluster import stop_servers_in
 from adapters.postgres.target import PostgresTarget
+from adapters.postgres.warm import reap_for_gc
 from shadow.errors import BadInput
 
 
@@ -24,6 +25,7 @@ class PostgresKind:
                     "statistics", "publication", "event_trigger", "collation", "rows")
     clear_leftovers = staticmethod(stop_servers_in)  # a cluster's server, or one an action started in its HOME
     prune = staticmethod(nothing_kept)  # a checkpoint is a pg_dump archive in the store
+    reap_warm = staticmethod(reap_for_gc)  # warm checkpoints (policy.warm)
 
     def validate(self, spec: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
         for key in spec:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -249,7 +250,7 @@ class PostgresTarget:
         archive = store.open_verified(_artifact(checkpoint))
         major = int(checkpoint.meta["major"])
         tools = self.binaries(major)
-        entry = str(self.settings.warm_dir / f"{self._warm_key}.json") if self._keep else None
+        entry = str(self._warm_dir / f"{self._warm_key}.json") if self._keep else None
         server: Server
         if backend == "docker":
             server = ContainerServer(run_id, self.image_for(major), major, Limits(
@@ -310,10 +311,13 @@ class PostgresTarget:
             used=now, created=now, root=str(server.root) if isinstance(server, LocalCluster) else None,
             container=server.container_id if isinstance(server, ContainerServer) else None,
             warnings=list(shadow.warnings))
-        warm.keep(self.settings.warm_dir, entry, self.settings.warm_max)
-        return True
+        return warm.keep(self._warm_dir, entry, self.settings.warm_max)
 
     # -- warm checkpoints (adapters.postgres.warm) ---------------------------------------------------------------
+    @property
+    def _warm_dir(self) -> Path:
+        return warm.entries_dir(self.settings)
+
     def warm_checkpoint(self, store: Store, backend: str, keep: float,
                         limits: Any = None) -> tuple[Checkpoint | None, str]:
         """The checkpoint a warm server of this production holds, leased to this run until its shadow is torn
@@ -323,7 +327,7 @@ class PostgresTarget:
             major = int(conn.info.server_version) // 10000
         image = self.image_for(major) if backend == "docker" else None
         self._warm_key = warm.key_of(self.describe(), backend, major, image)
-        lease, why = warm.lease(self.settings.warm_dir, self._warm_key)
+        lease, why = warm.lease(self._warm_dir, self._warm_key)
         if lease is None:
             return None, why
         checkpoint = Checkpoint.from_dict(lease.entry.checkpoint)

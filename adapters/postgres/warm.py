@@ -3,7 +3,7 @@
 A cold run restores its checkpoint into a throwaway server and copies it into a pristine twin before the action
 runs (:mod:`adapters.postgres.shadowcopy`). With ``policy.warm`` that server outlives the run: the written copy is
 dropped, the twin — restored, verified equal to the checkpoint, never written — becomes the **golden** database
-(``<db>__shadow_golden``, connections refused), and an entry in ``<state dir>/warm/<key>.json`` (mode 0600: it
+(``<db>__shadow_golden``, connections refused), and an entry in ``<state dir>/warm/postgres/<key>.json`` (mode 0600: it
 holds the server's superuser password) says where it is. The next run against the same production (same address,
 backend, major version and image) *leases* it: it reuses the checkpoint instead of taking a new one, and its
 shadow and pristine twin are clones of the golden (``CREATE DATABASE … TEMPLATE … STRATEGY FILE_COPY``: a file
@@ -63,6 +63,11 @@ SELECT md5(coalesce(string_agg(line, E'\\n' ORDER BY line), '')) FROM (
   UNION ALL SELECT 'file ' || concat_ws(' ', sourcefile, name, setting, applied) FROM pg_file_settings
 ) lines
 """
+
+
+def entries_dir(settings: Any) -> Path:
+    """Where a state dir keeps PostgreSQL's warm entries."""
+    return Path(settings.warm_dir) / "postgres"
 
 
 def golden_name(database: str) -> str:
@@ -191,10 +196,13 @@ class _Unusable(Exception):
     pass
 
 
-def keep(folder: Path, entry: Entry, max_entries: int = DEFAULT_MAX) -> list[str]:
+def keep(folder: Path, entry: Entry, max_entries: int = DEFAULT_MAX) -> bool:
     """Keep ``entry`` (its server already prepared by :func:`make_golden`) and evict the least recently used
-    others beyond ``max_entries``; says what was evicted."""
-    fd = _lock(folder, entry.key, blocking=True)
+    others beyond ``max_entries``. False when another run leases the entry this one would replace (the caller
+    stops its server: a run never waits for another to keep its own)."""
+    fd = _lock(folder, entry.key, blocking=False)
+    if fd < 0:
+        return False
     try:
         old = _read(folder / f"{entry.key}.json")
         if old is not None and (old.root, old.container) != (entry.root, entry.container):
@@ -202,7 +210,6 @@ def keep(folder: Path, entry: Entry, max_entries: int = DEFAULT_MAX) -> list[str
         _write(folder, entry)
     finally:
         os.close(fd)
-    evicted = []
     others = sorted((e for e in entries(folder) if e.key != entry.key), key=lambda e: e.used, reverse=True)
     for other in others[max(0, max_entries - 1):]:
         fd = _lock(folder, other.key, blocking=False)
@@ -210,14 +217,24 @@ def keep(folder: Path, entry: Entry, max_entries: int = DEFAULT_MAX) -> list[str
             continue  # in use: evicted by a later keep
         try:
             discard(folder, other)
-            evicted.append(other.key)
         finally:
             os.close(fd)
-    return evicted
+    return True
 
 
 def entries(folder: Path) -> list[Entry]:
+    if not folder.is_dir():
+        return []
     return [e for e in (_read(p) for p in sorted(folder.glob("*.json"))) if e is not None]
+
+
+def reap_for_gc(settings: Any, everything: bool, dry_run: bool) -> list[tuple[str, str | None, str]]:
+    """:meth:`adapters.Kind.reap_warm`: (the server's dir or container, the run that made it, what was done)."""
+    folder = entries_dir(settings)
+    if dry_run:
+        return [(e.root or e.container or e.key, e.run, "would be removed") for e in entries(folder)
+                if everything or e.expired()]
+    return [(e.root or e.container or e.key, e.run, said) for e, said in reap(folder, everything)]
 
 
 def reap(folder: Path, everything: bool = False) -> list[tuple[Entry, str]]:
@@ -239,11 +256,10 @@ def reap(folder: Path, everything: bool = False) -> list[tuple[Entry, str]]:
 def discard(folder: Path, entry: Entry) -> str:
     """Stop the entry's server, remove its files and the entry; say what was stopped."""
     said = stop_server(entry)
-    for suffix in (".json",):
-        try:
-            (folder / f"{entry.key}{suffix}").unlink()
-        except FileNotFoundError:
-            pass
+    try:
+        (folder / f"{entry.key}.json").unlink()
+    except FileNotFoundError:
+        pass
     return said
 
 

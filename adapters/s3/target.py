@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from adapters import Checkpoint, Endpoint, env_name, no_lock, nothing_kept, nothing_runs, paths_as_given, tempdirs
+from adapters import (Checkpoint, Endpoint, env_name, no_lock, nothing_kept, nothing_runs, nothing_warm, paths_as_given,
+                      tempdirs)
 from adapters.s3.bucket import DELETE_BATCH, Bucket
 from adapters.s3.checkpoint import copies_manifest, record_parts, safety_findings, versions_manifest
 from adapters.s3.client import REGION, WORKERS, make_client, translated
@@ -276,6 +277,7 @@ class S3Kind:
     change_kinds: tuple[str, ...] = ("object",)
     clear_leftovers = staticmethod(nothing_runs)  # moto's local server ends when its run's process does
     prune = staticmethod(nothing_kept)  # object copies are store objects; object versions stay the bucket's
+    reap_warm = staticmethod(nothing_warm)  # keeps no warm copies
 
     def validate(self, spec: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
         for key in spec:

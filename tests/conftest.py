@@ -136,8 +136,25 @@ def cli_env(backend: str | None = "local", env: dict[str, str] | None = None, dr
     if backend is not None:
         full["SHADOW_BACKEND"] = backend
     full.update({name: os.environ[name] for name in TEST_IMAGES_ENV})
+    if WARM_SUITE:
+        full["SHADOW_WARM"] = WARM_SUITE
     full.update(env or {})
     return full
+
+
+# SHADOW_TEST_WARM=10m runs every CLI call of the suite with warm checkpoints on (SHADOW_WARM): the same tests
+# must hold when plans rehearse on clones of a kept checkpoint. Each test's warm servers are discarded after it.
+WARM_SUITE = os.environ.get("SHADOW_TEST_WARM", "")
+
+
+@pytest.fixture(autouse=True)
+def _discard_warm_servers(tmp_path: Path) -> Iterator[None]:
+    yield
+    if WARM_SUITE or (tmp_path / "state" / "warm").exists():
+        from adapters.postgres import warm
+
+        for folder in tmp_path.rglob("warm/postgres"):
+            warm.reap(folder, everything=True)
 
 
 def start_cli(*args: str, state: Path | None, cwd: Path, backend: str | None = "local",

@@ -25,6 +25,8 @@ def run_main(state_dir: Path, *args: str, env: dict[str, str] | None = None, cwd
         for key in [k for k in os.environ if k.startswith("SHADOW_") and k != "SHADOW_POSTGRES_IMAGE"]:
             del os.environ[key]
         os.environ["SHADOW_BACKEND"] = "local"
+        if os.environ.get("SHADOW_TEST_WARM"):
+            os.environ["SHADOW_WARM"] = os.environ["SHADOW_TEST_WARM"]
         os.environ.update(env or {})
         if cwd is not None:
             os.chdir(cwd)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ import pytest
 from adapters.postgres import warm
 from shadow.gc import gc
 from shadow.settings import Settings
-from tests.conftest import BOTH_BACKENDS, ProdDb, write_plan
+from tests.conftest import BOTH_BACKENDS, ProdDb, start_cli, write_plan
 from tests.writer import Writer
 
 PLAN = """
@@ -234,3 +235,31 @@ def test_policy_warm_must_be_a_duration(prod_db: ProdDb, shadow_cli, tmp_path: P
     plan.write_text(plan.read_text().replace("warm: 10m", "warm: soon"))
     result = shadow_cli("plan", "-f", str(plan))
     assert result.code == 2 and "policy.warm" in result.text and "Traceback" not in result.text, result.text
+
+
+def test_a_killed_warm_run_leaves_nothing_for_the_next(prod_db: ProdDb, shadow_cli, tmp_path: Path, state: Path):
+    """SIGKILL while the action writes on a clone: its lease dies with it, the next run drops the clones it left,
+    and rehearses on a clean copy."""
+    plan = _plan(tmp_path, prod_db, MARKER_SQL, MARKER_MAY)
+    assert _run(shadow_cli, "plan", "-f", str(plan))["_code"] == 0
+    started = tmp_path / "started"
+    script = tmp_path / "slow.py"
+    script.write_text(
+        "import os, pathlib, time, psycopg\n"
+        "with psycopg.connect(os.environ['SHADOW_APP_URL'], autocommit=True) as c:\n"
+        "    c.execute(\"INSERT INTO users (email, full_name) VALUES ('marker@example.com', 'M')\")\n"
+        f"pathlib.Path({str(started)!r}).write_text('x')\n"
+        "time.sleep(120)\n")
+    (tmp_path / "slow").mkdir()
+    slow = write_plan(tmp_path / "slow", PLAN.format(dsn=prod_db.dsn, action=f'command: "{sys.executable} {script}"',
+                                                     may="insert rows public.users"))
+    proc = start_cli("plan", "-f", str(slow), state=state, cwd=tmp_path)
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert started.exists(), proc.communicate()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    again = _run(shadow_cli, "plan", "-f", str(plan))
+    assert again["_code"] == 0, again["_text"]
+    assert _warm_info(again)["reused"] is True, _warm_info(again)

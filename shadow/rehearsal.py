@@ -43,7 +43,7 @@ def checkpoint_all(session: Session, targets: dict[str, Target], warm: float | N
         session.result.targets[name].checkpoint = {
             "fingerprint": cp.fingerprint, "artifacts": cp.artifacts,
             "server_version": cp.meta.get("server_version_num"),
-            **{k: cp.meta[k] for k in ("mode", "objects", "copied_bytes") if k in cp.meta},
+            **{k: cp.meta[k] for k in ("mode", "objects", "copied_bytes", "hashes") if k in cp.meta},
             **({"warm": {"run_id": cp.run_id, "reused": name in reused, "why": why}} if warm else {}),
         }
         # Safety findings (an unversioned bucket …) block the plan unless the plan allows them.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,6 +70,10 @@ def pg_server() -> Iterator[LocalCluster]:
         yield cluster
 
 
+# The state dir of targets a test makes without one (kept hashes of checkpoints, adapters.postgres.hashcache).
+TARGET_STATE = Path(tempfile.gettempdir()) / "prod-target-state"
+
+
 @dataclass
 class ProdDb:
     """One production database for one test."""
@@ -90,7 +95,7 @@ class ProdDb:
             return None if row is None else row[0]
 
     def target(self, settings: Settings | None = None) -> PostgresTarget:
-        return PostgresTarget("app", {"dsn": self.dsn}, settings or Settings.from_env(state_dir="/nonexistent"))
+        return PostgresTarget("app", {"dsn": self.dsn}, settings or Settings.from_env(state_dir=TARGET_STATE))
 
     def fingerprint(self) -> str:
         return self.target().fingerprint()

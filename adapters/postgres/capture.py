@@ -191,6 +191,16 @@ def _tree(objects: dict[str, dict[str, dict[str, Any]]], table: str) -> set[str]
     return out
 
 
+def definition(objects: dict[str, dict[str, dict[str, Any]]], table: str) -> dict[str, Any]:
+    """What decides how ``table``'s stored rows read as text: its partitions, their definitions and columns, and
+    the types, extensions and collations of the database (:mod:`adapters.postgres.hashcache`)."""
+    tree = _tree(objects, table)
+    return {"tree": sorted(tree), "columns": _columns_of(objects, tree),
+            "relations": {name: [objects.get(kind, {}).get(name) for kind in ("table", "materialized_view")]
+                          for name in sorted(tree)},
+            "values": {kind: objects.get(kind, {}) for kind in VALUE_KINDS}}
+
+
 def _same_definition(before: dict[str, dict[str, dict[str, Any]]], after: dict[str, dict[str, dict[str, Any]]],
                      table: str) -> bool:
     """The table (with its partitions) and its columns are defined as they were: its rows read as they did."""

@@ -22,6 +22,7 @@ from adapters.postgres.diff import diff
 from adapters.postgres.execute import end_sessions, execute, execute_verified
 from adapters import tempdirs
 from adapters.postgres import own_effect, stepwise, undo, undo_tables, warm
+from adapters.postgres.hashcache import HashCache
 from adapters.postgres.compare import count_changed_rows, how_they_differ, last_line, settle_settings, uncounted
 from adapters.postgres.shadowcopy import PgShadow, endpoint_env
 from adapters.postgres.observe import Hashed, observe, read_text_as_str
@@ -177,9 +178,9 @@ class PostgresTarget:
             # timeouts must not end it half way.
             holder.execute("SET idle_in_transaction_session_timeout = 0")
             holder.execute("SET statement_timeout = 0")
-            row = holder.execute("SELECT pg_export_snapshot()").fetchone()
+            row = holder.execute("SELECT pg_export_snapshot(), txid_current_snapshot()::text").fetchone()
             assert row is not None
-            snapshot = str(row[0])
+            snapshot, txids = str(row[0]), str(row[1])
             major = int(holder.info.server_version) // 10000
             binaries = self.binaries(major)
             db = holder.execute(Q_DATABASE).fetchone()
@@ -193,12 +194,15 @@ class PostgresTarget:
             # hash already gets parallel workers. The checkpoint is CPU-bound: row hashing costs about as much CPU
             # as pg_dump's COPY and compression together, so at once they take ~1.6-1.9x pg_dump alone, not 1.2x.
             with store.new_artifact() as slot:
+                cache = HashCache(self.settings.state_dir / "hashes", self.describe())
                 with pg_dump_started(binaries, self.dsn, slot.path, snapshot) as dump:
-                    observation = self._observe_beside(dump, snapshot)
+                    observation = self._observe_beside(dump, snapshot, cache)
                     dump.wait()
+                cache.fill(observation)
                 _as_dumped(observation, dumped_sequences(binaries, slot.path, run_id))
             holder.rollback()
         assert slot.artifact is not None
+        cache.keep(observation, txids)
         return Checkpoint(
             target=self.name, kind=self.kind, run_id=run_id, observation=observation,
             fingerprint=fingerprint_of(observation),
@@ -208,22 +212,25 @@ class PostgresTarget:
                 "database": db[0], "encoding": db[1], "collate": db[2], "ctype": db[3],
                 "database_owner": db[4], "user": db[5],
                 "roles": roles, "members": members, "settings": settings, "endpoint": self.describe(),
+                # tables whose content hash an earlier checkpoint's vouched for (adapters.postgres.hashcache)
+                "hashes": {"reused": len(cache.reused), "hashed": len(observation["data"]) - len(cache.reused)},
                 # What static analysis cannot see in the SQL (shadow.lint's `partitioned=`).
                 "lint_facts": {"partitioned": sorted(name for name, t in observation["objects"]["table"].items()
                                                      if t.get("table_kind") == "partitioned table")},
             },
         )
 
-    def _observe_beside(self, dump: Dump, snapshot: str) -> dict[str, Any]:
-        """Observe from ``snapshot`` while ``dump`` runs. A dump that fails first cancels the observation, and its
-        error is the one raised; an observation that fails first ends the dump (the caller's ``with``)."""
+    def _observe_beside(self, dump: Dump, snapshot: str, cache: HashCache) -> dict[str, Any]:
+        """Observe from ``snapshot`` while ``dump`` runs, hashing only the tables whose hash ``cache`` cannot vouch
+        for. A dump that fails first cancels the observation, and its error is the one raised; an observation that
+        fails first ends the dump (the caller's ``with``)."""
         with self.connect() as conn:
             done, cancelled = threading.Event(), threading.Event()
             watcher = threading.Thread(target=_cancel_when_failed, args=(dump, [conn], done, cancelled),
                                        name="shadow-checkpoint-watcher", daemon=True)
             watcher.start()
             try:
-                return self._observe(conn, snapshot)
+                return self._observe(conn, snapshot, hashed=cache.hashed(conn))
             except (ShadowError, psycopg.Error):
                 done.set()
                 watcher.join()

@@ -8,6 +8,7 @@ the tables reused are exactly the ones the change did not touch.
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
@@ -140,3 +141,18 @@ def _artifact(checkpoint):  # type: ignore[no-untyped-def]
 
     dump = checkpoint.artifacts["dump"]
     return Artifact(dump["sha256"], int(dump["size"]))
+
+
+def test_kept_hashes_of_another_server_incarnation_are_not_reused(db: ProdDb, tmp_path: Path):
+    """Transaction ids restart their meaning with the server (failover, point-in-time recovery, a recreated
+    cluster): kept hashes name the incarnation they were read in."""
+    _checkpoint(db, tmp_path, "20260101-000000-aaaaaa")
+    kept = next((tmp_path / "state" / "hashes").glob("*.json"))
+    data = json.loads(kept.read_text())
+    data["origin"] = "2001-01-01 00:00:00+00 1"
+    kept.write_text(json.dumps(data))
+    second = _checkpoint(db, tmp_path, "20260101-000001-bbbbbb")
+    assert second.meta["hashes"]["reused"] == 0
+    third = _checkpoint(db, tmp_path, "20260101-000002-cccccc")
+    assert third.meta["hashes"]["reused"] == len(ALL)
+    assert oct(kept.stat().st_mode & 0o777) == "0o600"

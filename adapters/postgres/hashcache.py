@@ -9,7 +9,9 @@ hashing**: its row count, and how many visible rows have an ``xmin`` the kept sn
 (newer than its ``xmax``, or in progress then). A row version never changes once written, so when that number is
 zero and the count is the same, the table holds exactly the rows it held then: an insert or update leaves a newer
 visible version unless it was deleted again, and then the count is short. Its kept hash is reused; any other table
-is hashed as before.
+is hashed as before. Transaction ids mean the same rows only within one server incarnation: the kept hashes name
+the postmaster's start time and the database's oid, and are not reused after a restart, a failover, a
+point-in-time recovery or a recreated database.
 
 What can change how a row reads without a new row version — the table's columns and partitions, the database's
 types (an enum label renamed), extensions and collations — is part of each kept hash's signature
@@ -36,6 +38,11 @@ from adapters.postgres.observe import Hashed, relation_sql
 from snapshots import atomic_write_bytes
 
 MAX_AGE = 2**30  # transactions since the kept snapshot beyond which 32-bit ids are not compared
+# The server's incarnation: transaction ids only mean the same rows within one postmaster's lifetime on one
+# database (a failover, a point-in-time recovery, a restored or recreated cluster all restart it).
+Q_ORIGIN = """
+SELECT pg_postmaster_start_time()::text || ' ' || oid::text FROM pg_database WHERE datname = current_database()
+"""
 Q_SNAPSHOT = """
 SELECT txid_snapshot_xmax(s), ARRAY(SELECT txid_snapshot_xip(s)), txid_snapshot_xmax(txid_current_snapshot())
 FROM (SELECT %s::txid_snapshot AS s) kept
@@ -49,7 +56,13 @@ class HashCache:
         self.path = folder / f"{hashlib.sha256(identity.encode()).hexdigest()[:20]}.json"
         self.kept: dict[str, Any] = _read(self.path)
         self.reused: set[str] = set()
+        self.origin: str | None = None  # this checkpoint's server incarnation (Q_ORIGIN), read by identify()
         self._bounds: tuple[int, list[int]] | None = None  # the kept snapshot's (xmax, in progress), as 32-bit ids
+
+    def identify(self, conn: psycopg.Connection) -> None:
+        """Read the server's incarnation (before the observation): kept hashes of another are never reused."""
+        row = conn.execute(Q_ORIGIN).fetchone()
+        self.origin = str(row[0]) if row else None
 
     def hashed(self, conn: psycopg.Connection) -> Hashed:
         """The ``hashed`` of an observation on ``conn`` (inside its snapshot): False for a table whose kept hash
@@ -59,7 +72,8 @@ class HashCache:
 
         def hashed(table: str, objects: dict[str, dict[str, dict[str, Any]]]) -> bool:
             kept = tables.get(table)
-            if not kept or not snapshot or kept.get("signature") != _signature(objects, table):
+            if (not kept or not snapshot or self.origin is None or self.kept.get("origin") != self.origin
+                    or kept.get("signature") != _signature(objects, table)):
                 return True
             bounds = self._kept_bounds(conn, snapshot)
             if bounds is None or not self._unchanged(conn, table, kept, bounds):
@@ -108,7 +122,7 @@ class HashCache:
                   for table, d in observation["data"].items() if d.get("rows") is not None}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            atomic_write_bytes(self.path, json.dumps({"snapshot": snapshot, "tables": tables,
+            atomic_write_bytes(self.path, json.dumps({"snapshot": snapshot, "origin": self.origin, "tables": tables,
                                                       "kept_at": time.time()}).encode())
             os.chmod(self.path, 0o600)
         except OSError:

@@ -195,6 +195,7 @@ class PostgresTarget:
             # as pg_dump's COPY and compression together, so at once they take ~1.6-1.9x pg_dump alone, not 1.2x.
             with store.new_artifact() as slot:
                 cache = HashCache(self.settings.state_dir / "hashes", self.describe())
+                cache.identify(holder)
                 with pg_dump_started(binaries, self.dsn, slot.path, snapshot) as dump:
                     observation = self._observe_beside(dump, snapshot, cache)
                     dump.wait()

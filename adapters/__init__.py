@@ -247,10 +247,12 @@ class Kind(Protocol):
         shadow's store (a git checkpoint's refs in its repository); say what went, "" when nothing did.
         :func:`nothing_kept` for kinds whose checkpoints live in the store alone."""
 
-    def reap_warm(self, settings: Any, everything: bool, dry_run: bool) -> list[tuple[str, str | None, str]]:
+    def reap_warm(self, settings: Any, everything: bool, dry_run: bool,
+                  runs: set[str] | None = None) -> list[tuple[str, str | None, str]]:
         """For ``shadow gc`` and ``recover``: remove this kind's warm copies kept for ``settings``' state dir
-        (:class:`Warmable`) that expired — ``everything``: all — and no run uses (none, when ``dry_run``);
-        (what it was, the run that made it, what was done) for each. :func:`nothing_warm` for kinds that keep none."""
+        (:class:`Warmable`) that expired, or were made by one of ``runs`` (killed runs ``recover`` settled) —
+        ``everything``: all — and no run uses (none, when ``dry_run``); (what it was, the run that made it, what
+        was done) for each. :func:`nothing_warm` for kinds that keep none."""
 
 
 @contextmanager
@@ -259,7 +261,8 @@ def no_lock(holder: str, timeout: float, wait: Callable[[str], None]) -> Iterato
     yield
 
 
-def nothing_warm(settings: Any, everything: bool, dry_run: bool) -> list[tuple[str, str | None, str]]:
+def nothing_warm(settings: Any, everything: bool, dry_run: bool,
+                 runs: set[str] | None = None) -> list[tuple[str, str | None, str]]:
     """:meth:`Kind.reap_warm` of a kind that keeps no warm copies."""
     return []
 

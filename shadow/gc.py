@@ -207,12 +207,12 @@ def _references(data: Any, store: Store, out: set[str]) -> None:
 
 
 def collect_warm(result: GcResult, settings: Settings, everything: bool = False) -> None:
-    """Every kind's warm copies (``policy.warm``) kept for ``settings``' state dir that expired (``everything``:
-    all) and no run uses (:meth:`adapters.Kind.reap_warm`)."""
+    """Every kind's warm copies (``policy.warm``) kept for ``settings``' state dir that expired or were made by one
+    of the runs gc clears (``everything``: all) and no run uses (:meth:`adapters.Kind.reap_warm`)."""
     detail = "removed on request" if everything else "expired"
     for kind in REGISTRY.values():
         try:
-            for what, run, said in kind.reap_warm(settings, everything, result.dry_run):
+            for what, run, said in kind.reap_warm(settings, everything, result.dry_run, result.runs):
                 result.removed.append(Leftover("warm", what, run, f"{detail}; {said}"))
         except (OSError, InfrastructureError) as exc:
             result.failed.append((Leftover("warm", str(settings.warm_dir), None, kind.name), str(exc)))

@@ -228,20 +228,22 @@ def entries(folder: Path) -> list[Entry]:
     return [e for e in (_read(p) for p in sorted(folder.glob("*.json"))) if e is not None]
 
 
-def reap_for_gc(settings: Any, everything: bool, dry_run: bool) -> list[tuple[str, str | None, str]]:
+def reap_for_gc(settings: Any, everything: bool, dry_run: bool,
+                runs: set[str] | None = None) -> list[tuple[str, str | None, str]]:
     """:meth:`adapters.Kind.reap_warm`: (the server's dir or container, the run that made it, what was done)."""
     folder = entries_dir(settings)
     if dry_run:
         return [(e.root or e.container or e.key, e.run, "would be removed") for e in entries(folder)
-                if everything or e.expired()]
-    return [(e.root or e.container or e.key, e.run, said) for e, said in reap(folder, everything)]
+                if everything or e.expired() or e.run in (runs or ())]
+    return [(e.root or e.container or e.key, e.run, said) for e, said in reap(folder, everything, runs)]
 
 
-def reap(folder: Path, everything: bool = False) -> list[tuple[Entry, str]]:
-    """Discard the expired entries (``everything``: all) that no run holds; (entry, what was done) for each."""
+def reap(folder: Path, everything: bool = False, runs: set[str] | None = None) -> list[tuple[Entry, str]]:
+    """Discard the expired entries and those ``runs`` made (``everything``: all) that no run holds; (entry, what
+    was done) for each."""
     done = []
     for entry in entries(folder):
-        if not everything and not entry.expired():
+        if not everything and not entry.expired() and entry.run not in (runs or ()):
             continue
         fd = _lock(folder, entry.key, blocking=False)
         if fd < 0:

@@ -129,7 +129,8 @@ def test_an_action_cannot_reach_the_golden_database_through_the_shadows_address(
         "except psycopg.Error as exc:\n"
         "    print('REFUSED', exc)\n"
         "with psycopg.connect(os.environ['SHADOW_APP_URL'], autocommit=True) as c:\n"
-        f"    c.execute({LEAK_GUARD!r})\n")
+        f"    c.execute({LEAK_GUARD!r})\n"
+        f"open({str(tmp_path / 'urls')!r}, 'a').write(os.environ['SHADOW_APP_URL'] + '\\n')\n")
     body = PLAN.format(dsn=prod_db.dsn, action=f'command: "{sys.executable} {script}"', may="")
     plan = write_plan(tmp_path, body)
     reports = [_run(shadow_cli, "plan", "-f", str(plan)) for _ in range(2)]
@@ -138,6 +139,11 @@ def test_an_action_cannot_reach_the_golden_database_through_the_shadows_address(
     assert _warm_info(reports[1])["reused"] is True
     log = (state / "runs" / reports[1]["run_id"] / "action-rehearsal.log").read_text()
     assert "REFUSED" in log and "REACHED" not in log, log
+    # The action ran as the shadow server's superuser here (production's user is the test cluster's): what it
+    # learnt in one run opens nothing once the next run leased the server.
+    first_url = (tmp_path / "urls").read_text().splitlines()[0]
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(first_url, connect_timeout=5)
 
 
 def test_an_action_that_changes_the_servers_roles_discards_the_warm_copy(prod_db: ProdDb, shadow_cli,

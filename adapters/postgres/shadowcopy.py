@@ -60,10 +60,14 @@ class PgShadow:
         self.warnings: list[str] = []
         self.binaries, self.archive = binaries, archive
         self._pristine_ready = threading.Event()  # the twin exists (a warm shadow clones it while the action runs)
+        self._pristine_result: dict[str, Any] | BaseException | None = None
+        work = self._observe_pristine if golden is None else self._clone_pristine
+        self._pristine_thread = threading.Thread(target=work, name=f"pristine-{name}", daemon=True)
         if golden is None:
             self._build(binaries, archive)
             self._pristine_ready.set()
-        else:
+        else:  # the twin is cloned at the same time: it is needed once the action has run
+            self._pristine_thread.start()
             self._clone(golden)
         self.dsn = server.dsn(self.database)  # shadow's own superuser: observing, checks
         action_dsn = self._action_dsn()
@@ -78,10 +82,8 @@ class PgShadow:
         self._counters: footprint.Counters | None = None
         self._touched: set[str] | None = None  # what the action read or wrote (None: unknown)
         self._rehearsed: list[Change] = []
-        self._pristine_result: dict[str, Any] | BaseException | None = None
-        work = self._observe_pristine if golden is None else self._clone_pristine
-        self._pristine_thread = threading.Thread(target=work, name=f"pristine-{name}", daemon=True)
-        self._pristine_thread.start()
+        if golden is None:  # nothing writes to the pristine copy: it is observed while the action runs
+            self._pristine_thread.start()
 
     def _observe_pristine(self) -> None:
         try:
@@ -233,6 +235,10 @@ class PgShadow:
                 return None
         except psycopg.OperationalError as exc:
             return dsnlib.connect_error(exc)
+
+    def settled(self) -> None:
+        """Wait for the pristine twin's work (its observation, or a warm shadow's clone) to end."""
+        self._pristine_thread.join()
 
     def connect_pristine(self) -> psycopg.Connection:
         if not self._pristine_ready.is_set():

@@ -142,7 +142,17 @@ class PostgresTarget:
 
     def _observe(self, conn: psycopg.Connection, snapshot: str | None = None,
                  hashed: Hashed | None = None) -> dict[str, Any]:
+        """Production's observation on ``conn``; without ``snapshot`` or ``hashed``, a table whose hash the last
+        checkpoint kept and whose rows provably did not change since is not hashed again
+        (:mod:`adapters.postgres.hashcache`) — drift checks and verifications cost a scan, not a hash, of what
+        did not move."""
         try:
+            if snapshot is None and hashed is None:
+                cache = HashCache(self.settings.state_dir / "hashes", self.describe())
+                cache.identify(conn)
+                observation = observe(conn, hashed=cache.hashed(conn))
+                cache.fill(observation)
+                return observation
             return observe(conn, snapshot=snapshot, hashed=hashed)
         except psycopg.errors.InsufficientPrivilege as exc:
             raise InfrastructureError(
@@ -294,7 +304,7 @@ class PostgresTarget:
         finally:
             self._leased = None
             if shadow is not None:
-                shadow._pristine_thread.join()
+                shadow.settled()
             lease.release(lost=shadow.lost() if shadow is not None else None)
 
     def _keep_warm(self, server: Server, shadow: PgShadow, run_id: str, backend: str, major: int,

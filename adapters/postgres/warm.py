@@ -14,6 +14,8 @@ entry is discarded and the run rehearses again on a fresh checkpoint. The apply 
 
 Nothing one run does reaches the next: each run gets its own clones, dropped at its end (and, for a killed run,
 at the next lease); the golden refuses connections, so an action cannot write it through the shadow's address;
+every lease ends the server's other sessions and gives its superuser a new password (an action that ran as a
+superuser learnt nothing that lasts);
 what a database cannot hold — roles, memberships, per-role settings, databases, tablespaces, configuration files —
 is fingerprinted when the entry is kept and checked at every lease, and a difference (an action that created a
 role, say) discards the warm copy instead of lending it out.
@@ -32,6 +34,7 @@ import fcntl
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -177,6 +180,9 @@ def lease(folder: Path, key: str) -> tuple[Lease | None, str]:
         try:
             drop_clones(server, entry.database)  # a killed run's
             state = server_state(server, entry.database)
+            if state == entry.state:
+                entry.password = _fresh_session(server)
+                _write(folder, entry)
         except psycopg.Error as exc:
             discard(folder, entry)
             raise _Unusable(f"its server does not answer ({str(exc).strip().splitlines()[0]})") from exc
@@ -328,6 +334,18 @@ def server_state(server: Server, database: str) -> str:
         row = conn.execute(Q_SERVER_STATE, {"own": own}).fetchone()
         closed = conn.execute("SELECT NOT datallowconn FROM pg_database WHERE datname = %s", [own[2]]).fetchone()
     return f"{row[0] if row else ''} golden {'closed' if closed and closed[0] else 'open' if closed else 'absent'}"
+
+
+def _fresh_session(server: WarmServer) -> str:
+    """End every other session on the server and give its superuser a new password: whatever an earlier action
+    learnt or kept open (it may have run as a superuser, with the shadow's own address) is useless now."""
+    password = secrets.token_urlsafe(18)
+    with server.connect(ADMIN_DB) as conn:
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                     "AND pid <> pg_backend_pid()")
+        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(SUPERUSER), sql.Literal(password)))
+    server.password = password
+    return password
 
 
 def drop_database(conn: psycopg.Connection, name: str) -> None:

@@ -94,9 +94,25 @@ def _kept_warm(found: dict[str, str]) -> bool:
         return False
     try:
         entry = json.loads(Path(where).read_text())
-        return bool(entry["run"] == found.get(LABEL_RUN) and time.time() < float(entry["used"]) + float(entry["keep"]))
+        if entry["run"] != found.get(LABEL_RUN):
+            return False
+        return time.time() < float(entry["used"]) + float(entry["keep"]) or _leased(Path(where).with_suffix(".lock"))
     except (OSError, ValueError, KeyError, TypeError):
         return False
+
+
+def _leased(lock: Path) -> bool:
+    """Whether a run holds the warm entry's lock (``adapters.postgres.warm``): in use, even past its time."""
+    import fcntl
+
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def leftover_containers() -> list[Any]:

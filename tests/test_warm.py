@@ -229,6 +229,12 @@ def test_gc_keeps_an_unexpired_warm_server_and_removes_an_expired_one(prod_db: P
         conn.execute("SELECT 1")
     entry.used = time.time() - entry.keep - 1  # expired
     warm._write(state / "warm" / "postgres", entry)
+    held = warm._lock(state / "warm" / "postgres", entry.key, blocking=False)  # a run still leases it
+    try:
+        assert not [r for r in gc(settings=settings).removed if r.kind == "warm" or r.id == entry.root]
+        assert Path(str(entry.root)).is_dir()
+    finally:
+        os.close(held)
     removed = gc(settings=settings).removed
     assert [r for r in removed if r.kind == "warm"], removed
     assert not Path(str(entry.root)).exists() and _entries(state) == []

@@ -182,6 +182,7 @@ def lease(folder: Path, key: str) -> tuple[Lease | None, str]:
             state = server_state(server, entry.database)
             if state == entry.state:
                 entry.password = _fresh_session(server)
+                entry.used = time.time()  # its time runs from this lease (and gc spares it while leased)
                 _write(folder, entry)
         except psycopg.Error as exc:
             discard(folder, entry)

@@ -15,17 +15,17 @@ entry is discarded and the run rehearses again on a fresh checkpoint. The apply 
 Nothing one run does reaches the next: each run gets its own clones, dropped at its end (and, for a killed run,
 at the next lease); the golden refuses connections, so an action cannot write it through the shadow's address;
 every lease ends the server's other sessions and gives its superuser a new password (an action that ran as a
-superuser learnt nothing that lasts);
-what a database cannot hold — roles, memberships, per-role settings, databases, tablespaces, configuration files —
-is fingerprinted when the entry is kept and checked at every lease, and a difference (an action that created a
-role, say) discards the warm copy instead of lending it out.
+superuser learnt nothing that lasts); what a database cannot hold — roles, memberships, per-role settings,
+databases, tablespaces, configuration files — is fingerprinted before a cold run's action and when the entry is
+kept, and checked at every lease: a difference (an action that created a role, say) keeps or lends out nothing.
 
-Lifetime and memory: an entry expires ``keep`` seconds after its last use; one run at a time leases it (an
+Lifetime and memory: an entry expires ``keep`` seconds after its last use or lease (never while leased); one run
+at a time leases it (an
 ``flock`` on ``<key>.lock``; a second, concurrent run goes cold); at most ``SHADOW_WARM_MAX`` (default 2) are kept
 per state dir, the least recently used evicted first; a local cluster runs with 64 MB of shared buffers, a
 container with the plan's ``policy.limits``. The server carries the label ``shadow.warm`` naming its entry, so
-``shadow gc`` (and ``shadow recover``) keep it while its entry is unexpired and remove it after; ``shadow gc
---warm`` removes every one now.
+``shadow gc`` (and ``shadow recover``) keep it while its entry is unexpired and remove it after — ``recover`` also
+the one a killed run it settles had kept; ``shadow gc --warm`` removes every one no run is using now.
 """
 
 from __future__ import annotations

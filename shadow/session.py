@@ -11,7 +11,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 from adapters import REGISTRY, Target
@@ -149,14 +149,19 @@ class Session:
 
     @contextmanager
     def timed_exit(self, cm: AbstractContextManager[T], name: str, target: str | None = None) -> Iterator[T]:
-        """Enter ``cm``; leaving it (a shadow's teardown) is timed as step ``name``, on every path."""
-        with ExitStack() as inner:
-            value = inner.enter_context(cm)
-            try:
-                yield value
-            finally:
-                with self.step(name, target):
-                    inner.close()
+        """Enter ``cm``; leaving it (a shadow's teardown) is timed as step ``name``, on every path — and told why
+        it is left (a shadow kept warm after a run is not kept after an interrupted or failed one)."""
+        value = cm.__enter__()
+        try:
+            yield value
+        except BaseException as exc:
+            with self.step(name, target):
+                suppressed = cm.__exit__(type(exc), exc, exc.__traceback__)
+            if not suppressed:
+                raise
+        else:
+            with self.step(name, target):
+                cm.__exit__(None, None, None)
 
     def finish(self) -> None:
         self.result.finished_at = time.time()

@@ -142,7 +142,7 @@ def cli_env(backend: str | None = "local", env: dict[str, str] | None = None, dr
         full["SHADOW_BACKEND"] = backend
     full.update({name: os.environ[name] for name in TEST_IMAGES_ENV})
     if WARM_SUITE:
-        full["SHADOW_WARM"] = WARM_SUITE
+        full["SHADOW_WARM"] = WARM_SUITE  # read at call time: a `cold` test turns it off
     full.update(env or {})
     return full
 
@@ -153,7 +153,11 @@ WARM_SUITE = os.environ.get("SHADOW_TEST_WARM", "")
 
 
 @pytest.fixture(autouse=True)
-def _discard_warm_servers(tmp_path: Path) -> Iterator[None]:
+def _discard_warm_servers(request: pytest.FixtureRequest, tmp_path: Path,
+                          monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    if request.node.get_closest_marker("cold"):
+        monkeypatch.setattr(sys.modules[__name__], "WARM_SUITE", "")
+        monkeypatch.delenv("SHADOW_TEST_WARM", raising=False)
     yield
     if WARM_SUITE or (tmp_path / "state" / "warm").exists():
         from adapters.postgres import warm

@@ -102,6 +102,7 @@ def clusters_of(state: Path) -> list[Path]:
             if (read_labels(root) or {}).get(LABEL_RUN) in runs]
 
 
+@pytest.mark.cold  # asserts that nothing outlives the run, or counts fault points of a cold run
 def test_sigkill_at_every_transition_of_apply_then_recover(production: Production, tmp_path: Path) -> None:
     write_plan(tmp_path, PLAN, {"migrate.py": MIGRATE})
     checkpoint = production.fingerprint()

@@ -125,6 +125,7 @@ expect: {app: {may: [insert rows public.audit_log]}}
     assert rows == [("apply", "done", rows[0][2])] and "one transaction" in rows[0][2]
 
 
+@pytest.mark.cold  # asserts that nothing outlives the run, or counts fault points of a cold run
 @BOTH_BACKENDS
 def test_shadow_is_removed_when_the_action_fails(prod_db, shadow_cli, tmp_path, backend):
     write_plan(tmp_path, "targets: {app: {kind: postgres, dsn: '${APP_DATABASE_URL}'}}\naction: {command: 'exit 3'}\n")

@@ -10,6 +10,8 @@ import json
 import signal
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ProdDb, write_plan
 from tests.writer import Writer
 
@@ -105,6 +107,7 @@ def test_a_statement_by_statement_apply_failing_in_production_is_undone_keeping_
     assert any(d.startswith("public.users: put back from the checkpoint") for d in restore["done"]), restore
 
 
+@pytest.mark.cold  # asserts that nothing outlives the run, or counts fault points of a cold run
 def test_an_apply_killed_between_its_statements_is_recovered_table_by_table(
         prod_db: ProdDb, shadow_cli, tmp_path: Path) -> None:
     """SIGKILL after the action ran on production (before its effect was read): `shadow recover` completes the

@@ -141,25 +141,24 @@ def cli_env(backend: str | None = "local", env: dict[str, str] | None = None, dr
     if backend is not None:
         full["SHADOW_BACKEND"] = backend
     full.update({name: os.environ[name] for name in TEST_IMAGES_ENV})
-    if WARM_SUITE:
-        full["SHADOW_WARM"] = WARM_SUITE  # read at call time: a `cold` test turns it off
+    if os.environ.get("SHADOW_TEST_WARM"):  # read at call time: a `cold` test turns it off
+        full["SHADOW_WARM"] = os.environ["SHADOW_TEST_WARM"]
     full.update(env or {})
     return full
 
 
 # SHADOW_TEST_WARM=10m runs every CLI call of the suite with warm checkpoints on (SHADOW_WARM): the same tests
 # must hold when plans rehearse on clones of a kept checkpoint. Each test's warm servers are discarded after it.
-WARM_SUITE = os.environ.get("SHADOW_TEST_WARM", "")
 
 
 @pytest.fixture(autouse=True)
 def _discard_warm_servers(request: pytest.FixtureRequest, tmp_path: Path,
                           monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    warm_suite = bool(os.environ.get("SHADOW_TEST_WARM"))
     if request.node.get_closest_marker("cold"):
-        monkeypatch.setattr(sys.modules[__name__], "WARM_SUITE", "")
         monkeypatch.delenv("SHADOW_TEST_WARM", raising=False)
     yield
-    if WARM_SUITE or (tmp_path / "state" / "warm").exists():
+    if warm_suite or (tmp_path / "state" / "warm").exists():
         from adapters.postgres import warm
 
         for folder in tmp_path.rglob("warm/postgres"):

@@ -103,7 +103,7 @@ def test_a_checkpoint_under_a_concurrent_writer_matches_its_dump(db: ProdDb, tmp
     """While a writer commits to ``logbook``, the second checkpoint's observation (kept hashes where they hold)
     is what a shadow restored from its dump observes: the fidelity check of a plan."""
     _checkpoint(db, tmp_path, "20260101-000000-aaaaaa")
-    stop = threading.Event()
+    stop, wrote = threading.Event(), threading.Event()
 
     def write() -> None:
         with db.connect() as conn:
@@ -112,9 +112,11 @@ def test_a_checkpoint_under_a_concurrent_writer_matches_its_dump(db: ProdDb, tmp
                 n += 1
                 conn.execute("INSERT INTO logbook VALUES ('w', %s)", [n])
                 conn.execute("DELETE FROM logbook WHERE n = %s", [n // 2])
+                wrote.set()
 
     thread = threading.Thread(target=write)
     thread.start()
+    assert wrote.wait(30)  # the writer has committed before the checkpoint's snapshot: logbook must be hashed
     try:
         second = _checkpoint(db, tmp_path, "20260101-000001-bbbbbb")
     finally:

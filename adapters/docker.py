@@ -32,6 +32,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from shadow.errors import InfrastructureError
+from shadow.locks import held
 
 LABEL_RUN = "shadow.run-id"
 LABEL_PID = "shadow.pid"
@@ -96,23 +97,10 @@ def _kept_warm(found: dict[str, str]) -> bool:
         entry = json.loads(Path(where).read_text())
         if entry["run"] != found.get(LABEL_RUN):
             return False
-        return time.time() < float(entry["used"]) + float(entry["keep"]) or _leased(Path(where).with_suffix(".lock"))
+        unexpired = time.time() < float(entry["used"]) + float(entry["keep"])
+        return unexpired or held(Path(where).with_suffix(".lock"))  # a run leases it, even past its time
     except (OSError, ValueError, KeyError, TypeError):
         return False
-
-
-def _leased(lock: Path) -> bool:
-    """Whether a run holds the warm entry's lock (``adapters.postgres.warm``): in use, even past its time."""
-    import fcntl
-
-    fd = os.open(lock, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def leftover_containers() -> list[Any]:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from shadow.errors import InfrastructureError
-from shadow.locks import file_lock
+from shadow.locks import file_lock, held
 from snapshots import atomic_write_bytes
 
 class Unrecovered(InfrastructureError):
@@ -78,17 +78,7 @@ class Liveness:
 
 def is_alive(folder: Path) -> bool:
     """Whether a process still holds the run's liveness lock."""
-    try:
-        fd = os.open(folder / "alive", os.O_RDWR)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return held(folder / "alive")
 
 
 def unfinished(runs_dir: Path) -> list[RunRecord]:

@@ -48,3 +48,18 @@ def file_lock(path: Path, holder: str, timeout: float, wait: Callable[[str], Non
         yield
     finally:
         os.close(fd)  # closing drops the flock
+
+
+def held(path: Path) -> bool:
+    """Whether another process holds an flock on ``path`` (False when the file does not exist)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock this probe took
+    return False

@@ -148,7 +148,7 @@ class PostgresTarget:
         did not move."""
         try:
             if snapshot is None and hashed is None:
-                cache = HashCache(self.settings.state_dir / "hashes", self.describe())
+                cache = self._hash_cache()
                 cache.identify(conn)
                 observation = observe(conn, hashed=cache.hashed(conn))
                 cache.fill(observation)
@@ -163,6 +163,11 @@ class PostgresTarget:
         except psycopg.Error as exc:
             raise InfrastructureError(f"observing production failed: {exc.diag.message_primary or exc}",
                                       target=self.name) from exc
+
+    def _hash_cache(self) -> HashCache:
+        """The content hashes kept for this production by its last checkpoint (read afresh: another run may have
+        checkpointed since)."""
+        return HashCache(self.settings.state_dir / "hashes", self.describe())
 
     def fingerprint(self, observation: dict[str, Any] | None = None) -> str:
         return fingerprint_of(observation if observation is not None else self.observe())
@@ -204,7 +209,7 @@ class PostgresTarget:
             # hash already gets parallel workers. The checkpoint is CPU-bound: row hashing costs about as much CPU
             # as pg_dump's COPY and compression together, so at once they take ~1.6-1.9x pg_dump alone, not 1.2x.
             with store.new_artifact() as slot:
-                cache = HashCache(self.settings.state_dir / "hashes", self.describe())
+                cache = self._hash_cache()
                 cache.identify(holder)
                 with pg_dump_started(binaries, self.dsn, slot.path, snapshot) as dump:
                     observation = self._observe_beside(dump, snapshot, cache)

@@ -13,7 +13,7 @@ import time
 from contextlib import ExitStack
 from typing import Any
 
-from adapters import Checkpoint, Target
+from adapters import Checkpoint, ShadowCopy, Target
 from shadow.changes import Change
 from shadow.errors import BadInput
 from shadow.journal import Journal
@@ -76,24 +76,38 @@ def request_approval(session: Session, plan_: Plan, checkpoints: dict[str, Check
 
 
 def drifted_since_approval(session: Session, targets: dict[str, Target], checkpoints: dict[str, Checkpoint],
-                           approval: dict[str, Any], stack: ExitStack, backend: str, limits: Any) -> Ending | None:
-    """Refused when production changed since the approved rehearsal's checkpoint; what changed is counted against
-    a copy of that checkpoint — the same change-set code as the plain apply's drift check."""
+                           approval: dict[str, Any], stack: ExitStack, backend: str, limits: Any,
+                           shadows: dict[str, ShadowCopy], strict: bool = False) -> Ending | None:
+    """Refused when production changed since the approved rehearsal's checkpoint in what the action reads or
+    writes (on this run's shadows, :meth:`ShadowCopy.independent`) — or at all, with ``strict``
+    (``policy.drift: strict``). What changed is counted against a copy of that checkpoint — the same change-set
+    code as the plain apply's drift check; others' writes elsewhere are reported, never blocking."""
     result = session.result
     drifted = [n for n, cp in checkpoints.items() if approval["binding"]["checkpoints"].get(n) != cp.fingerprint]
+    blocking: list[str] = []
     for name in drifted:
         with session.step("drift check", name) as step:
-            step.found(f"production changed since run {approval['run_id']} was approved")
             approved_cp = Checkpoint.from_dict(session.store.read_manifest(approval["run_id"], name))
             copy = stack.enter_context(targets[name].shadow(approved_cp, session.store, result.run_id, backend,
                                                             limits))
-            result.targets[name].production_changes = targets[name].changes_since(approved_cp, copy)
-    if not drifted:
+            changed = targets[name].changes_since(approved_cp, copy)
+            independent = [] if strict else shadows[name].independent(changed)
+            depends = [c for c in changed if c not in independent]
+            tr = result.targets[name]
+            if independent:
+                tr.warnings.append(f"production also changed since run {approval['run_id']} was approved, in what "
+                                   f"this action neither read nor wrote: {addresses(independent)}")
+            if depends:
+                step.found(f"production changed since run {approval['run_id']} was approved")
+                tr.production_changes = depends
+                blocking.append(name)
+    if not blocking:
         return None
-    changed = [c for n in drifted for c in result.targets[n].production_changes or []]
-    return Ending(Outcome.REFUSED, f"production {', '.join(drifted)} changed since run {approval['run_id']} was "
-                  f"rehearsed and approved (drift); what changed: {addresses(changed)}; nothing was applied — "
-                  "rehearse and approve again")
+    changed = [c for n in blocking for c in result.targets[n].production_changes or []]
+    return Ending(Outcome.REFUSED, f"production {', '.join(blocking)} changed since run {approval['run_id']} was "
+                  f"rehearsed and approved (drift{', policy.drift is strict' if strict else ''}, in what the action "
+                  f"reads or writes); what changed: {addresses(changed)}; nothing was applied — rehearse and approve "
+                  "again")
 
 
 def compare_with_approved(result: RunResult, approval: dict[str, Any]) -> None:

@@ -367,6 +367,69 @@ def lint_cmd(ctx: Ctx, files: tuple[Path, ...], allow: tuple[str, ...], as_json:
     sys.exit(1 if any(f.severity == "error" for f in kept) else 0)
 
 
+GATEWAY_OPTION = click.option("-f", "--file", "gateway_file", default="gateway.yaml", show_default=True,
+                              type=click.Path(dir_okay=False, path_type=Path), help="The gateway file.")
+
+
+@cli.command("mcp")
+@GATEWAY_OPTION
+@click.option("--actor", required=True, help="Who is calling (fixed for the server's life; its rules come from "
+              "the gateway file's `agents:`).")
+@click.pass_obj
+def mcp_cmd(ctx: Ctx, gateway_file: Path, actor: str) -> None:
+    """Serve the agent gateway over MCP on stdin/stdout: an agent may look at copies and propose actions that are
+    rehearsed and judged; it applies only approved rehearsals. Put this command in the MCP client's
+    configuration."""
+    from shadow import gateway
+    from shadow.gateway import mcp
+
+    gw = _guard(ctx, lambda: gateway.open(gateway_file, actor, ctx.settings))
+    mcp.serve(gw)
+
+
+@cli.group("agents", invoke_without_command=True)
+@GATEWAY_OPTION
+@JSON_OPTION
+@click.pass_context
+def agents_cmd(click_ctx: click.Context, gateway_file: Path, as_json: bool) -> None:
+    """List the gateway's actors: breaker state, proposals, applies and failures, and their recent runs."""
+    if click_ctx.invoked_subcommand is not None:
+        return
+    ctx: Ctx = click_ctx.obj
+    from shadow.gateway import agents
+
+    rows = _guard(ctx, lambda: agents.overview(gateway_file, ctx.settings))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        ctx.out.print("no actors: the gateway file names none and none has called")
+    for row in rows:
+        breaker = row["breaker"]
+        state = "[bold red]OPEN[/]" if breaker["state"] == "open" else "[green]closed[/]"
+        ctx.out.print(f"[bold]{escape(row['actor'])}[/]  breaker {state} ({breaker['failures_in_window']} failures "
+                      f"in window)  proposals {row['proposals']}  applies {row['applies']}  "
+                      f"failures {row['failures']}  calls {row['calls']}")
+        if breaker["why"]:
+            ctx.out.print(f"  opened: {escape(breaker['why'])}")
+        for run in row["recent_runs"]:
+            ctx.out.print(f"  {run['run_id']}  {escape(run['tool'])}  {escape(str(run['verdict']))}")
+
+
+@agents_cmd.command("reset")
+@click.argument("actor")
+@click.option("--by", required=True, help="Who closes the breaker (recorded in the journal).")
+@click.pass_obj
+def agents_reset_cmd(ctx: Ctx, actor: str, by: str) -> None:
+    """Close ACTOR's circuit breaker (recorded in the journal)."""
+    from shadow.gateway.ledger import Ledger
+
+    if not by.strip():
+        _fail(ctx, click.UsageError("--by must name who resets the breaker"), EXIT_BAD_INPUT)
+    _guard(ctx, lambda: Ledger(ctx.settings).reset(actor, by.strip()))
+    ctx.out.print(f"breaker of {escape(actor)} closed by {escape(by.strip())}")
+
+
 def _sigterm(_signum: int, _frame: Any) -> None:
     # Turn SIGTERM into KeyboardInterrupt so every `finally` and `__exit__` runs (shadows are removed,
     # an apply in progress is rolled back).

@@ -269,6 +269,12 @@ class Journal:
     def note(self, text: str) -> None:
         self._write("notes", {"at": time.time(), "text": text})
 
+    def notes(self, prefix: str) -> list[tuple[float, str]]:
+        """The notes whose text starts with ``prefix``, oldest first: (when, text)."""
+        like = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        return [(float(at), str(text)) for at, text in self.db.execute(
+            "SELECT at, text FROM notes WHERE text LIKE ? ESCAPE '\\' ORDER BY link", (like,))]
+
     def steps(self, run_id: str) -> list[dict[str, Any]]:
         cur = self.db.execute(
             "SELECT seq, target, step, state, undo, detail, started_at, ended_at FROM steps WHERE run_id = ? ORDER BY seq",

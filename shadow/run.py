@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from shadow.errors import BadInput, InfrastructureError, ShadowError
 from shadow.findings import static_findings
 from shadow.guard import RunRecord, holder_text, lock_targets, refuse_if_unrecovered
 from shadow.journal import Journal
+from shadow.judge import Verdict
 from shadow.listing import runs, show
 from shadow.outcome import Ending, Outcome
 from shadow.plan import Plan, load_plan
@@ -65,13 +67,21 @@ def choose_backend(policy: str, settings: Settings) -> tuple[str, str]:
     return "local", f"auto: {why}; using the local PostgreSQL binaries"
 
 
-def plan(plan_file: str | Path, settings: Settings | None = None, progress: Progress = quiet) -> RunResult:
-    """Rehearse the plan on shadows and judge it. Production is only read."""
-    return _execute(plan_file, settings or Settings.from_env(), "plan", progress)
+Judges = Sequence[Callable[[RunResult], list[Verdict]]]
+
+
+def plan(plan_file: str | Path, settings: Settings | None = None, progress: Progress = quiet,
+         judges: Judges = ()) -> RunResult:
+    """Rehearse the plan on shadows and judge it. Production is only read.
+
+    ``judges``: more rules the rehearsed result must meet (the gateway's scope and limits), judged like the plan's
+    expectations — a failed one fails the run and is in its report."""
+    return _execute(plan_file, settings or Settings.from_env(), "plan", progress, judges=judges)
 
 
 def apply(plan_file: str | Path | None, settings: Settings | None = None, progress: Progress = quiet,
-          lock_timeout: float = DEFAULT_LOCK_TIMEOUT, approved_run: str | None = None) -> RunResult:
+          lock_timeout: float = DEFAULT_LOCK_TIMEOUT, approved_run: str | None = None,
+          judges: Judges = ()) -> RunResult:
     """Rehearse, and if the plan passes, apply to production, verify, or roll back.
 
     ``approved_run``: apply exactly the rehearsal approved with ``shadow approve`` — refused if the plan, the
@@ -84,7 +94,7 @@ def apply(plan_file: str | Path | None, settings: Settings | None = None, progre
         plan_file = plan_file or approval["binding"]["plan_path"]
     if plan_file is None:
         raise BadInput("apply needs a plan file, or --run RUN_ID of an approved plan run")
-    return _execute(plan_file, settings, "apply", progress, lock_timeout, approval)
+    return _execute(plan_file, settings, "apply", progress, lock_timeout, approval, judges)
 
 
 def _load(plan_file: str | Path, settings: Settings, command: str,
@@ -104,7 +114,8 @@ def _load(plan_file: str | Path, settings: Settings, command: str,
 
 
 def _execute(plan_file: str | Path, settings: Settings, command: str, progress: Progress,
-             lock_timeout: float = DEFAULT_LOCK_TIMEOUT, approval: dict[str, Any] | None = None) -> RunResult:
+             lock_timeout: float = DEFAULT_LOCK_TIMEOUT, approval: dict[str, Any] | None = None,
+             judges: Judges = ()) -> RunResult:
     loaded, statements = _load(plan_file, settings, command, approval)
     backend, why = choose_backend(loaded.policy.backend, settings)
     if loaded.action.isolation == "container" and backend != "docker":
@@ -119,6 +130,7 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
     for name, t in targets.items():
         result.targets[name] = TargetResult(name, t.kind, t.describe())
     session = Session(settings, result, progress)
+    session.judges = judges
     with session.running():
         with ExitStack() as stack:
             if command == "apply":
@@ -175,19 +187,21 @@ def _attempt(session: Session, plan_: Plan, statements: list[Statement], targets
     facts = checkpoints[sql_target].meta.get("lint_facts") if sql_target else None
     if facts and any(facts.values()):  # lint again only when the checkpoint knows something the SQL does not
         static_findings(result, plan_, statements, facts)
-    if approval is not None:
-        refused = drifted_since_approval(session, targets, checkpoints, approval, stack, result.backend,
-                                         plan_.policy.limits)
-        if refused is not None:
-            return refused
     shadows = open_shadows(session, targets, checkpoints, stack, result.backend, plan_.policy.limits)
     endpoints, sandbox = _endpoints(session, plan_, shadows, stack)
     rehearse(session, plan_, statements, targets, shadows, endpoints, sandbox)
     stale = warm_check(session, targets, shadows, checkpoints, reused)
     if stale is not None:
         return stale
+    if approval is not None:  # after the rehearsal: its shadows know what the action reads and writes
+        refused = drifted_since_approval(session, targets, checkpoints, approval, stack, result.backend,
+                                         plan_.policy.limits, shadows, plan_.policy.drift == "strict")
+        if refused is not None:
+            return refused
     for name in targets:  # read after the rehearsal: the pristine copy is observed while the action runs
         fidelity(session, name, shadows[name], checkpoints[name])
+    for more in session.judges:
+        result.verdicts += more(result)
     if result.passed and plan_.policy.rehearse_rollback:
         sql_target, _, one_transaction = how_applied(plan_, statements, targets)
         rehearse_rollback(session, shadows, {sql_target} if one_transaction and sql_target else set())
@@ -230,7 +244,8 @@ def _endpoints(session: Session, plan_: Plan, shadows: dict[str, ShadowCopy],
         return endpoints, None
     from shadow.sandbox import Sandbox
 
-    sandbox = stack.enter_context(Sandbox(session.result.run_id, plan_.action.image or session.settings.action_image))
+    sandbox = stack.enter_context(Sandbox(session.result.run_id, plan_.action.image or session.settings.action_image,
+                                          plan_.action.limits))
     return {n: s.attach(sandbox.network) for n, s in shadows.items()}, sandbox
 
 

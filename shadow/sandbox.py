@@ -29,9 +29,10 @@ SCRATCH = "/scratch"
 class Sandbox:
     """An internal network for one run; use as a context manager (the network is removed on exit)."""
 
-    def __init__(self, run_id: str, image: str) -> None:
+    def __init__(self, run_id: str, image: str, limits: Any = None) -> None:
         self.run_id = run_id
         self.image = image
+        self.limits = limits  # action.limits (memory, cpus, pids): the action container's bounds
         self.network: Any = None
         self._docker: Any = None
 
@@ -63,6 +64,27 @@ class Sandbox:
         if self._docker is not None:
             self._docker.close()
 
+    def _bounds(self) -> dict[str, Any]:
+        """The container's resource bounds, from ``action.limits``: memory (no swap on top), CPUs, processes."""
+        out: dict[str, Any] = {}
+        if self.limits is None:
+            return out
+        if self.limits.memory:
+            out["mem_limit"] = out["memswap_limit"] = self.limits.memory
+        if self.limits.cpus:
+            out["nano_cpus"] = int(self.limits.cpus * 1e9)
+        if self.limits.pids:
+            out["pids_limit"] = self.limits.pids
+        return out
+
+    @staticmethod
+    def _oom_killed(container: Any) -> bool:
+        try:
+            container.reload()
+            return bool(container.attrs.get("State", {}).get("OOMKilled"))
+        except Exception:  # noqa: BLE001 - the exit status already says it failed
+            return False
+
     def run(self, command: str, plan_folder: Path, env: dict[str, str], timeout: float, log_path: Path,
             secrets: tuple[str, ...], launch: Launch, production: bool = False) -> ActionResult:
         """Run ``command`` in the image; on the internal network, or on the host's during apply.
@@ -80,7 +102,7 @@ class Sandbox:
                     volumes={str(plan_folder): {"bind": WORKDIR, "mode": "ro"}, scratch: {"bind": SCRATCH, "mode": "rw"}},
                     network=None if production else self.network.name,
                     network_mode="host" if production else None,
-                    labels=labels(self.run_id, "action"),
+                    labels=labels(self.run_id, "action"), **self._bounds(),
                 )
             except Exception as exc:  # noqa: BLE001
                 return ActionResult(False, time.monotonic() - start, "container",
@@ -98,6 +120,9 @@ class Sandbox:
                 try:
                     code = int(container.wait(timeout=timeout)["StatusCode"])
                     error = None if code == 0 else f"the command exited with status {code}"
+                    if code != 0 and self._oom_killed(container):
+                        error = (f"the command was killed for using more memory than action.limits.memory allows "
+                                 f"({self.limits.memory}; status {code})")
                 except Exception:  # noqa: BLE001 - requests' ReadTimeout: the action ran too long
                     container.kill()
                     code, error = -1, f"the command timed out after {timeout:g} s and was killed"

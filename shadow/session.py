@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
@@ -72,6 +72,7 @@ class Session:
         self.liveness = Liveness(self.dir)
         self.faults = FaultPoints(settings.environ)
         self.record: RunRecord | None = None
+        self.judges: Sequence[Callable[[RunResult], list[Any]]] = ()  # more rules (shadow.run.plan's judges)
 
     def begin(self, targets: dict[str, Target], plan_path: str, plan_sha256: str) -> None:
         """Journal the run and leave the record that says, after a crash, which targets it had and how far it got."""

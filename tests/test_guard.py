@@ -114,14 +114,15 @@ def test_approval_binds_the_rehearsal_and_apply_run_applies_exactly_it(prod_db: 
     assert changed.code == 2 and "migrate.sql changed" in changed.err, changed.text
     (tmp_path / "migrate.sql").write_text("ALTER TABLE users ADD COLUMN nickname text;\n")
 
-    # Production drifted after the approval: refused with the drift shown, nothing applied.
-    prod_db.execute("INSERT INTO audit_log VALUES (now(), 'someone else')")
+    # Production drifted after the approval in what the action writes: refused with the drift shown, nothing applied.
+    # (A write elsewhere would not block it: see test_gateway's apply under a writer.)
+    prod_db.execute("UPDATE users SET full_name = 'someone else' WHERE id = 1")
     drifted = shadow_cli("apply", "--run", run_id, "--json", env=env)
     assert drifted.code == 1, drifted.text
     report = json.loads(drifted.out)
-    assert report["outcome"] == "refused" and "approved (drift)" in report["reason"]
+    assert report["outcome"] == "refused" and "approved (drift" in report["reason"]
     app = next(t for t in report["targets"] if t["name"] == "app")
-    assert any("audit_log" in c["address"] for c in app["production_changes"]), app["production_changes"]
+    assert any("public.users" in c["address"] for c in app["production_changes"]), app["production_changes"]
     assert prod_db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nickname'") == 0
 
     prod_db.execute("DELETE FROM audit_log WHERE message = 'someone else'")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from shadow.plan.document import Doc, duration, known
-from shadow.plan.model import DEFAULT_TIMEOUT, Action, TargetSpec
+from shadow.plan.model import DEFAULT_TIMEOUT, Action, Limits, TargetSpec
 
 ISOLATIONS = ("process", "container")
 
@@ -19,7 +19,8 @@ def load_action(doc: Doc, raw: Any, folder: Path, targets: list[TargetSpec], kin
     if not isinstance(raw, dict):
         doc.problem(("action",), "missing: give `sql: FILE` (or a list of files) or `command: \"...\"`")
         return Action()
-    known(doc, raw, ("action",), ("sql", "command", "target", "env", "timeout", "isolation", "image", "one_session"))
+    known(doc, raw, ("action",), ("sql", "command", "target", "env", "timeout", "isolation", "image", "one_session",
+                                         "limits"))
     one_session = raw.get("one_session", False)
     if not isinstance(one_session, bool):
         doc.problem(("action", "one_session"), f"{one_session!r} is not true or false")
@@ -35,7 +36,15 @@ def load_action(doc: Doc, raw: Any, folder: Path, targets: list[TargetSpec], kin
         if not isinstance(raw["command"], str) or not raw["command"].strip():
             doc.problem(("action", "command"), "must be a non-empty shell command")
             return Action()
-        return Action(command=raw["command"], env=env, timeout=timeout, isolation=isolation, image=image)
+        limits = Limits()
+        if "limits" in raw:
+            from shadow.plan.policy import resource_limits
+
+            if isolation != "container":
+                doc.problem(("action", "limits"), "only used with `isolation: container` (they bound its container)")
+            limits = resource_limits(doc, raw["limits"], ("action", "limits"))
+        return Action(command=raw["command"], env=env, timeout=timeout, isolation=isolation, image=image,
+                      limits=limits)
     paths, shown, outside = _sql_files(doc, raw["sql"], folder)
     sql_target = _sql_target(doc, raw.get("target"), targets, kinds)
     if isolation == "container":

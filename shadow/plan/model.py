@@ -66,6 +66,15 @@ class TargetSpec:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Resource limits of a container: the shadows' (``policy.limits``) or an isolated action's (``action.limits``)."""
+
+    memory: str | None = None
+    cpus: float | None = None
+    pids: int | None = None
+
+
+@dataclass(frozen=True)
 class Action:
     sql_files: tuple[Path, ...] = ()  # each as the plan names it, from the plan's (resolved) folder: not resolved
     sql_display: tuple[str, ...] = ()
@@ -77,6 +86,7 @@ class Action:
     isolation: str = "process"  # process | container (the command runs in a container on an internal network)
     image: str | None = None  # the container image for isolation: container
     one_session: bool = False  # the SQL files run in one session (a SET in one holds in the next); lint reads so
+    limits: Limits = field(default_factory=Limits)  # bounds of the isolated action's container (memory, cpus, pids)
 
     @property
     def kind(self) -> str:
@@ -87,15 +97,6 @@ class Action:
             return f"command: {self.command}"
         outside = ", ".join(map(str, self.outside_files))
         return "sql: " + ", ".join(self.sql_display) + (f" (outside the plan's folder: {outside})" if outside else "")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Resource limits for shadow containers (docker backend)."""
-
-    memory: str | None = None
-    cpus: float | None = None
-    pids: int | None = None
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ def load_policy(doc: Doc, raw: Any) -> Policy:
             doc.problem(("policy", "warm"), f"{raw['warm']!r} is not a duration like 10m, 1h (how long the "
                                             "checkpoint's restored copy is kept after its last use)")
             warm = None
-    return Policy(backend=backend, limits=_limits(doc, raw.get("limits")), max_lock=_max_lock(doc, raw.get("max_lock")),
+    return Policy(backend=backend, limits=resource_limits(doc, raw.get("limits")), max_lock=lock_budgets(doc, raw.get("max_lock")),
                   allow=tuple(allow), redact=tuple(p.strip() for p in redact), approval=approval,
                   rehearse_rollback=rehearse_rollback, drift=drift, lock_timeout=lock_timeout,
                   lock_retries=lock_retries, warm=warm)
@@ -81,10 +81,9 @@ LOCK_MODES = ("ACCESS SHARE", "ROW SHARE", "ROW EXCLUSIVE", "SHARE UPDATE EXCLUS
               "EXCLUSIVE", "ACCESS EXCLUSIVE")
 
 
-def _max_lock(doc: Doc, raw: Any) -> dict[str, float]:
+def lock_budgets(doc: Doc, raw: Any, where: tuple[Any, ...] = ("policy", "max_lock")) -> dict[str, float]:
     if raw is None:
         return {}
-    where = ("policy", "max_lock")
     if not isinstance(raw, dict):
         doc.problem(where, 'must map lock modes to durations, e.g. {"ACCESS EXCLUSIVE": 2s}')
         return {}
@@ -101,10 +100,9 @@ def _max_lock(doc: Doc, raw: Any) -> dict[str, float]:
     return out
 
 
-def _limits(doc: Doc, raw: Any) -> Limits:
+def resource_limits(doc: Doc, raw: Any, where: tuple[Any, ...] = ("policy", "limits")) -> Limits:
     if raw is None:
         return Limits()
-    where = ("policy", "limits")
     if not isinstance(raw, dict):
         doc.problem(where, "must be a mapping like {memory: 1g, cpus: 2, pids: 512}")
         return Limits()

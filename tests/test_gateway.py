@@ -5,6 +5,7 @@ secrets. The MCP layer over the same methods is tested with the SDK's own stdio 
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -231,3 +232,36 @@ def test_query_runs_on_a_copy_with_caps_and_redaction(gw_env: dict[str, Any]) ->
     assert "api_token" in described["tables"]["public.users"]["columns"]
     no_secrets(described, gw_env["env"]["APP_DATABASE_URL"])
     assert db.scalar("SELECT count(*) FROM orders") == 2000
+
+
+BOUNDED = """\
+version: 1
+targets:
+  app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}
+policy: {backend: docker, warm: "off"}
+agents:
+  default:
+    scope: {app: {may: ["* rows public.*"]}}
+    isolation: container
+    resources: {cpus: 1, memory: 64m, pids: 32, timeout: 8s}
+"""
+
+
+def test_an_isolated_command_is_bounded_in_memory_processes_and_time(tmp_path: Path, shop: ProdDb) -> None:
+    from tests.conftest import docker_or_skip
+    from tests.test_isolation import ACTION_IMAGE
+
+    docker_or_skip()
+    (tmp_path / "gateway.yaml").write_text(BOUNDED)
+    env = {"APP_DATABASE_URL": shop.dsn, "SHADOW_ACTION_IMAGE": ACTION_IMAGE,
+           **{k: os.environ[k] for k in ("SHADOW_POSTGRES_IMAGE",) if k in os.environ}}
+    gw = gateway.open(tmp_path / "gateway.yaml", "agent", Settings.from_env(environ=env, state_dir=tmp_path / "s"))
+    fingerprint = shop.fingerprint()
+    memory = gw.propose({"command": "python3 -c 'x = bytearray(512 * 1024 * 1024)'"})
+    assert memory["verdict"] == "failed" and "more memory than action.limits.memory allows (64m" in memory["reason"]
+    processes = gw.propose({"command": "python3 spawn.py", "files": {"spawn.py": (
+        "import subprocess\nprocs = [subprocess.Popen(['sleep', '5']) for _ in range(100)]\n")}})
+    assert processes["verdict"] == "failed" and "exited with status" in processes["reason"], processes["reason"]
+    forever = gw.propose({"command": "sleep 600"})
+    assert forever["verdict"] == "failed" and "timed out after 8 s" in forever["reason"], forever["reason"]
+    assert shop.fingerprint() == fingerprint

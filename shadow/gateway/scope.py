@@ -30,9 +30,10 @@ def judge_rules(rules: Rules, result: RunResult) -> list[Verdict]:
             if hit:
                 out.append(Verdict(name, "scope", change.address, False, f"the actor may never change this "
                                    f"(never: {hit[0]}){_rows(change)}"))
-            if not rules.drops and change.kind != "rows" and change.op in DROP_OPS:
-                out.append(Verdict(name, "limit", change.address, False, "limits.drops is false: no drop of any "
-                                   "kind"))
+        if not rules.drops:
+            out += [Verdict(name, "limit", c.address, False, "limits.drops is false: no drop of any kind"
+                            + (f" (and {len(list(walk(c.children)))} changes it implies)" if c.children else ""))
+                    for c in _drops(tr.changes)]
         per_table: dict[str, int] = {}
         for change in walk(tr.changes):
             if change.kind == "rows":
@@ -48,6 +49,17 @@ def judge_rules(rules: Rules, result: RunResult) -> list[Verdict]:
     if not out:
         out.append(Verdict("", "scope", "gateway", True, f"within the actor's scope and limits ({rows_total} rows "
                            "changed)"))
+    return out
+
+
+def _drops(changes: list[Change]) -> list[Change]:
+    """Every drop, at any level — but not again the drops a dropped object implies (its columns)."""
+    out = []
+    for c in changes:
+        if c.kind != "rows" and c.op in DROP_OPS:
+            out.append(c)
+        else:
+            out += _drops(c.children)
     return out
 
 

@@ -125,7 +125,7 @@ def test_approval_binds_the_rehearsal_and_apply_run_applies_exactly_it(prod_db: 
     assert any("public.users" in c["address"] for c in app["production_changes"]), app["production_changes"]
     assert prod_db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nickname'") == 0
 
-    prod_db.execute("DELETE FROM audit_log WHERE message = 'someone else'")
+    prod_db.execute("UPDATE users SET full_name = 'User 1' WHERE id = 1")  # the drift undone
     applied = shadow_cli("apply", "--run", run_id, "--json", env=env)
     assert applied.code == 0, applied.text
     verdicts = json.loads(applied.out)["expectations"]

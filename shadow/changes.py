@@ -93,6 +93,8 @@ def matches(pattern: str, change: Change) -> bool:
 
     A routine's argument list is compared in one spelling on both sides (:func:`routine_name`), so
     ``public.f(int, timestamptz)`` matches the reported ``public.f(integer,timestamp with time zone)``.
+    An object (``bucket/key``) may also be named by its key alone (``modify object reports/*``), as ``objects:``
+    rules are: the bucket is the target's, and often only known from the environment.
     """
     parts = pattern.split(None, 2)
     if len(parts) != 3:
@@ -104,6 +106,8 @@ def matches(pattern: str, change: Change) -> bool:
         name, reported = routine_name(name), routine_name(change.name)
         # ``integer[]`` is a type, not a glob character class: equal names match before globbing
         return name == reported or fnmatch.fnmatchcase(reported, name)
+    if change.kind == "object" and "/" in change.name and fnmatch.fnmatchcase(change.name.split("/", 1)[1], name):
+        return True
     return fnmatch.fnmatchcase(change.name, name)
 
 

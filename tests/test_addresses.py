@@ -157,3 +157,11 @@ policy: {{rehearse_rollback: false}}
         "required change did not happen; did you mean `add table public.film`?")
     changes = [c["address"] for t in json.loads(result.out)["targets"] for c in t["changes"]]
     assert "add function public.get_customer_balance(integer,timestamp with time zone)" in changes
+
+
+def test_an_object_may_be_named_by_its_key_alone():
+    change = Change("add", "object", "prod-assets/reports/feb.csv")
+    assert matches("add object reports/*", change)
+    assert matches("add object prod-assets/reports/*", change)
+    assert not matches("add object raw/*", change)
+    assert not matches("delete object reports/*", change)

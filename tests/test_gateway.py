@@ -162,8 +162,9 @@ def test_within_limits_applies_and_another_actor_cannot(gw_env: dict[str, Any]) 
     assert answer["verdict"] == "awaiting_approval"
     with pytest.raises(Refused, match="not a proposal of actor 'agent'"):
         open_gw(gw_env).apply(answer["run_id"])
-    with pytest.raises(Refused, match="not a proposal of actor 'agent'"):
-        open_gw(gw_env).status(answer["run_id"])
+    others = open_gw(gw_env).status(answer["run_id"])
+    assert others == {"gateway_format": 1, "run_id": answer["run_id"], "state": "awaiting_approval",
+                      "note": "not a run of actor 'agent': only its state is shown"}
     applied = bot.apply(answer["run_id"])
     assert applied["verdict"] == "applied", applied
     assert gw_env["db"].scalar("SELECT count(*) FROM notes WHERE note = 'from the bot'") == 1
@@ -265,3 +266,56 @@ def test_an_isolated_command_is_bounded_in_memory_processes_and_time(tmp_path: P
     forever = gw.propose({"command": "sleep 600"})
     assert forever["verdict"] == "failed" and "timed out after 8 s" in forever["reason"], forever["reason"]
     assert shop.fingerprint() == fingerprint
+
+
+def test_an_s3_target_is_scoped_by_key(tmp_path: Path, bucket: tuple[Any, str], s3_server: str) -> None:
+    """One S3 case: a command writing inside its scope (``* object reports/*``) passes and applies after approval;
+    one deleting outside it is refused from the measured change set."""
+    client, name = bucket
+    client.put_object(Bucket=name, Key="reports/jan.csv", Body=b"a,b\n")
+    client.put_object(Bucket=name, Key="raw/keep.csv", Body=b"keep\n")
+    (tmp_path / "gateway.yaml").write_text(f"""\
+version: 1
+targets:
+  assets: {{kind: s3, bucket: "${{ASSETS_BUCKET}}", endpoint_url: "{s3_server}"}}
+policy: {{backend: local, warm: "off"}}
+agents:
+  default: {{scope: {{assets: {{may: ["* object reports/*"]}}}}, isolation: process}}
+""")
+    settings = Settings.from_env(environ={"ASSETS_BUCKET": name, **{k: os.environ[k] for k in (
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}}, state_dir=tmp_path / "state")
+    gw = gateway.open(tmp_path / "gateway.yaml", "agent", settings)
+    script = ("import boto3, os, sys\ns3 = boto3.client('s3')\nb = os.environ['SHADOW_ASSETS_BUCKET']\n"
+              "if sys.argv[1] == 'write':\n    s3.put_object(Bucket=b, Key='reports/feb.csv', Body=b'c,d\\n')\n"
+              "else:\n    s3.delete_object(Bucket=b, Key='raw/keep.csv')\n")
+    write = gw.propose({"command": f"{sys.executable} job.py write", "files": {"job.py": script}})
+    assert write["verdict"] == "awaiting_approval", json.dumps(write, indent=1, default=str)[:4000]
+    assert [c["address"] for c in write["changes"]["assets"]] == [f"add object {name}/reports/feb.csv"]
+    delete = gw.propose({"command": f"{sys.executable} job.py delete", "files": {"job.py": script}})
+    assert delete["verdict"] == "failed"
+    assert {(v["rule"], v["subject"]) for v in delete["rules"] if not v["ok"]} == {
+        ("scope", f"delete object {name}/raw/keep.csv"), ("limit", f"delete object {name}/raw/keep.csv")}
+    approve(write["run_id"], "alice", settings=settings)
+    assert gw.apply(write["run_id"])["verdict"] == "applied"
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket=name)["Contents"]}
+    assert keys == {"reports/jan.csv", "reports/feb.csv", "raw/keep.csv"}
+
+
+def test_what_the_gateway_cannot_decide_is_refused_without_secrets(gw_env: dict[str, Any], tmp_path: Path) -> None:
+    from adapters.postgres.cluster import free_port
+
+    db: ProdDb = gw_env["db"]
+    dsn = gw_env["env"]["APP_DATABASE_URL"]
+    unreachable = re.sub(r"port=\d+", f"port={free_port()}", dsn)
+    settings = Settings.from_env(environ={"APP_DATABASE_URL": unreachable}, state_dir=tmp_path / "other")
+    gw = gateway.open(gw_env["path"], "agent", settings)
+    with pytest.raises(Refused) as refused:
+        gw.propose({"sql": "INSERT INTO notes (note) VALUES ('x')"})
+    assert "Connection refused" in str(refused.value) or "connect" in str(refused.value)
+    assert password_of(dsn) not in str(refused.value)
+    journal = gw_env["settings"].journal_path
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.mkdir()  # a journal that cannot be opened: nothing may happen unrecorded
+    with pytest.raises(Refused, match="could not be recorded"):
+        open_gw(gw_env).propose({"sql": "INSERT INTO notes (note) VALUES ('x')"})
+    assert db.scalar("SELECT count(*) FROM notes") == 0

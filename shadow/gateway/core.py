@@ -114,7 +114,10 @@ class Gateway:
     # -- every call: journaled first, answered safely ------------------------------------------------------------
 
     def _call(self, tool: str, args: dict[str, Any], body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        self.ledger.write({"event": "call", "actor": self.actor, "tool": tool, "args_sha256": digest(args)})
+        try:
+            self.ledger.write({"event": "call", "actor": self.actor, "tool": tool, "args_sha256": digest(args)})
+        except ShadowError as exc:  # nothing happens that the journal does not record first
+            raise Refused(self._safe(f"refused: the call could not be recorded ({exc})")) from None
         try:
             answer = body()
         except Refused as exc:
@@ -348,7 +351,10 @@ class Gateway:
     def _status(self, run_id: str) -> dict[str, Any]:
         from shadow.journal import Journal
 
-        record = self._record(run_id)
+        try:
+            record = self._record(run_id)
+        except Refused:
+            return self._others_state(run_id)
         proposal = record.get("of_proposal", run_id)
         journal = Journal(self.settings.journal_path)
         try:
@@ -373,6 +379,23 @@ class Gateway:
                     "report": str(self.settings.runs_dir / proposal / "report.md")}
         finally:
             journal.close()
+
+    def _others_state(self, run_id: Any) -> dict[str, Any]:
+        """Another actor's run: its state and nothing more. Refused when it is no gateway run at all."""
+        from shadow.journal import Journal
+
+        if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id) or \
+                not (self.dir / "runs" / f"{run_id}.json").exists():
+            raise Refused(f"{cap(str(run_id), 40)!r} is no run of this gateway")
+        journal = Journal(self.settings.journal_path)
+        try:
+            outcome = journal.run(run_id).outcome
+        except ShadowError:
+            outcome = None
+        finally:
+            journal.close()
+        return {"gateway_format": GATEWAY_FORMAT, "run_id": run_id, "state": outcome,
+                "note": f"not a run of actor {self.actor!r}: only its state is shown"}
 
     def _apply(self, run_id: str) -> dict[str, Any]:
         from shadow import run

@@ -3,7 +3,7 @@
 #
 #   shadow-test/postgres:15   Debian bookworm minbase + postgresql-15
 #   shadow-test/postgres:17   Debian trixie   minbase + postgresql-17
-#   shadow-test/action:latest Debian bookworm minbase + python3, python3-psycopg,
+#   shadow-test/action:latest Debian bookworm minbase + python3, python3-psycopg, git,
 #                             postgresql-client-15, ca-certificates
 #   shadow-test/moto:latest   shadow-test/action + moto's S3 server (moto[server]
 #                             installed with the host's pip into /opt/moto), on
@@ -317,7 +317,7 @@ build_postgres() {
 
 build_action() {
     local tag=shadow-test/action:latest
-    bootstrap bookworm "python3,python3-psycopg,postgresql-client-15,ca-certificates"
+    bootstrap bookworm "python3,python3-psycopg,postgresql-client-15,ca-certificates,git"
     trim_rootfs "$ROOTFS"
     docker_import "$tag" \
         'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \

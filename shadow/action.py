@@ -136,12 +136,13 @@ def run_action(plan: Plan, statements: list[Statement], endpoints: Mapping[str, 
     with tempfile.TemporaryDirectory(prefix=f"shadow-home-{launch.run_id}-") as home:
         env = action_env(plan, endpoints, kinds, caller_env, home, launch.run_id)
         assert action.command is not None
-        if sandbox is not None:
-            return sandbox.run(action.command, plan.folder, env, action.timeout, log_path, secrets, launch,  # type: ignore[no-any-return]
-                               production)
         # An endpoint may name a working directory (a git target's working copy): with exactly one, the command
         # runs there, and SHADOW_PLAN_DIR still leads to the plan's own files.
         workdirs = [ep.workdir for ep in endpoints.values() if ep.workdir]
+        if sandbox is not None:
+            mounts = tuple(dict.fromkeys(m for ep in endpoints.values() for m in ep.mounts))
+            return sandbox.run(action.command, plan.folder, env, action.timeout, log_path, secrets, launch,  # type: ignore[no-any-return]
+                               production, mounts=mounts, workdir=workdirs[0] if len(workdirs) == 1 else None)
         cwd = Path(workdirs[0]) if len(workdirs) == 1 else plan.folder
         if cwd != plan.folder:
             env["SHADOW_PLAN_DIR"] = str(plan.folder)

@@ -9,6 +9,7 @@ image runs the same command with the host's network, because there it must reach
 
 from __future__ import annotations
 
+import os
 import subprocess
 import tempfile
 import time
@@ -86,20 +87,29 @@ class Sandbox:
             return False
 
     def run(self, command: str, plan_folder: Path, env: dict[str, str], timeout: float, log_path: Path,
-            secrets: tuple[str, ...], launch: Launch, production: bool = False) -> ActionResult:
+            secrets: tuple[str, ...], launch: Launch, production: bool = False, mounts: tuple[str, ...] = (),
+            workdir: str | None = None) -> ActionResult:
         """Run ``command`` in the image; on the internal network, or on the host's during apply.
+
+        ``mounts`` (host directories: a git working copy, its throwaway remote) appear read-write at the same paths,
+        so every path the environment names holds inside too; the command then runs as this host's user, so what it
+        writes there stays this user's. With ``workdir`` it runs there (``SHADOW_PLAN_DIR`` is the plan folder).
 
         The container is created, recorded in the run record, put under a :mod:`shadow.warden` (which kills and
         removes it should shadow die), and only then started."""
         start = time.monotonic()
         env = {k: v for k, v in env.items() if k != "PATH"}  # the image's own PATH
         env["HOME"] = SCRATCH
+        volumes = {str(plan_folder): {"bind": WORKDIR, "mode": "ro"}} | {m: {"bind": m, "mode": "rw"} for m in mounts}
+        if workdir:
+            env["SHADOW_PLAN_DIR"] = WORKDIR
+        user = f"{os.getuid()}:{os.getgid()}" if mounts else None
         with tempfile.TemporaryDirectory(prefix=f"shadow-scratch-{self.run_id}-") as scratch:
             Path(scratch).chmod(0o777)
             try:
                 container = self._docker.containers.create(
-                    self.image, ["sh", "-c", command], environment=env, working_dir=WORKDIR,
-                    volumes={str(plan_folder): {"bind": WORKDIR, "mode": "ro"}, scratch: {"bind": SCRATCH, "mode": "rw"}},
+                    self.image, ["sh", "-c", command], environment=env, working_dir=workdir or WORKDIR, user=user,
+                    volumes=volumes | {scratch: {"bind": SCRATCH, "mode": "rw"}},
                     network=None if production else self.network.name,
                     network_mode="host" if production else None,
                     labels=labels(self.run_id, "action"), **self._bounds(),

@@ -6,6 +6,7 @@ Each "cannot" is proven by trying it from inside the action's container.
 from __future__ import annotations
 
 import json
+import os
 import socket
 from collections.abc import Iterator
 
@@ -152,3 +153,45 @@ def test_sandbox_networks_are_removed_after_the_run(prod_db, shadow_cli, tmp_pat
     client = docker.from_env()
     assert client.networks.list(filters={"label": "shadow.role=sandbox-network"}) == []
     assert client.containers.list(all=True, filters={"label": "shadow.run-id"}) == []
+
+
+@pytest.mark.parametrize("backend", ["docker"], indirect=True)
+def test_isolated_action_reaches_a_git_shadow_and_its_remote(shadow_cli, tmp_path, backend):
+    """A git target's clone and its throwaway remote are mounted at their own paths: the isolated command commits
+    and pushes there in the rehearsal, production's working copy stays invisible to it, and apply does the same in
+    production with the same image."""
+    from tests.gitrepos import git
+    from tests.test_git_plan import example
+
+    folder, repo = example(tmp_path)
+    write_plan(folder, f"""
+version: 1
+targets:
+  config: {{kind: git, path: ./config-repo, rollback: revert}}
+action:
+  command: >-
+    if [ "$PWD" != "$PROD_WORKTREE" ] && [ -e "$PROD_WORKTREE" ]; then echo "production is visible"; exit 3; fi
+    && python3 "$SHADOW_PLAN_DIR/bump_image.py" registry.example.com/shop/api 1.4.2
+    && git commit -q -am "api: 1.4.2" && git push -q origin HEAD
+  isolation: container
+  image: {ACTION_IMAGE}
+  env: {{PROD_WORKTREE: "{repo.wc}"}}
+expect:
+  config:
+    must: ["modify file k8s/*/api/deployment.yaml", "move ref refs/heads/main", "move ref origin:refs/heads/main"]
+    may: ["modify file k8s/**"]
+""", name="isolated.yaml")
+    before, remote_before = repo.state(), repo.remote_head()
+
+    r = shadow_cli("plan", "--json", "-f", str(folder / "isolated.yaml"), env={"SHADOW_BACKEND": "docker"})
+    assert r.code == 0, r.text
+    addresses = {c["address"] for t in json.loads(r.out)["targets"] for c in t["changes"]}
+    assert {"move ref refs/heads/main", "move ref origin:refs/heads/main"} <= addresses
+    assert repo.state() == before and repo.remote_head() == remote_before  # production untouched
+
+    r = shadow_cli("apply", "-f", str(folder / "isolated.yaml"), env={"SHADOW_BACKEND": "docker"})
+    assert r.code == 0, r.text
+    assert git(repo.remote, "log", "-1", "--format=%s", "refs/heads/main") == "api: 1.4.2"
+    assert repo.git("status", "--porcelain") == ""
+    owners = {p.stat().st_uid for p in (repo.wc / ".git" / "objects").rglob("*")}
+    assert owners == {os.getuid()}  # what the container wrote in the working copy is this user's

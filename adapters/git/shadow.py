@@ -14,7 +14,6 @@ from adapters.git.observe import diff, local_refs, observe
 from adapters.git.own_effect import footprint
 from adapters.git.repo import Git
 from shadow.changes import Change, differences
-from shadow.errors import BadInput
 
 if TYPE_CHECKING:
     from adapters.git.target import GitTarget
@@ -61,7 +60,7 @@ class GitShadow:
         git.run("read-tree", manifest["index_tree"])
         git.run("update-index", "-q", "--refresh", check=False)
         self.pristine_observation = self.observe()
-        self.endpoint: Endpoint = worktree_endpoint(self.name, str(self.work), prod)
+        self.endpoint: Endpoint = worktree_endpoint(self.name, str(self.work), prod, self.remote)
 
     def _copy_config(self, prod: Git) -> None:
         """Upstreams, push settings and identity, so that `git push` and `git commit` behave as in production."""
@@ -110,5 +109,6 @@ class GitShadow:
         return None if self.work.is_dir() else f"the shadow's clone {self.work} is gone"
 
     def attach(self, network: Any) -> Endpoint:
-        raise BadInput("`action.isolation: container` cannot reach a git shadow yet (it is a clone on this host); "
-                       "use `isolation: process` for plans with git targets", target=self.name)
+        """An isolated action reaches the clone (and its throwaway remote) mounted at the same paths: nothing on
+        the network, so nothing to join."""
+        return self.endpoint

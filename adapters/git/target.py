@@ -147,7 +147,7 @@ class GitTarget:
 
     def endpoint(self) -> Endpoint:
         git = self.repo()
-        return worktree_endpoint(self.name, str(git.cwd), git)
+        return worktree_endpoint(self.name, str(git.cwd), git, self.remote)
 
     # -- observe -----------------------------------------------------------------------------------------------
     def observe(self) -> dict[str, Any]:

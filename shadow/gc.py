@@ -129,12 +129,37 @@ def prune_checkpoints(settings: Any, older_than_days: float, dry_run: bool = Fal
         for path in folder.glob("*.json"):
             if path.name != PRUNED:
                 _references(_read_json(path), store, referenced)
+    kept = {folder.name for folder in folders if folder not in doomed and not (folder / PRUNED).exists()}
+    _prune_proposals(result, settings, cutoff, kept)
     for path in store.object_paths():
         if path.name in referenced or path.stat().st_mtime >= started:
             continue
         item = Leftover("artifact", path.name[:16], None, f"{path.stat().st_size:,} bytes, no checkpoint uses it")
         _remove(result, item, partial(path.unlink), (FileNotFoundError,), (OSError,))
     return result
+
+
+def _prune_proposals(result: GcResult, settings: Any, cutoff: float, kept: set[str]) -> None:
+    """A gateway proposal's folder (its plan and files) goes with the last checkpoint of a run made from it: once
+    older than ``cutoff`` and no run planned or applied from it keeps a checkpoint, nothing can apply or roll it
+    back. A folder some unfinished run was made from stays."""
+    root = (Path(settings.state_dir) / "gateway" / "proposals").resolve()
+    if not root.is_dir():
+        return
+    needed: set[Path] = set()
+    for record in settings.runs_dir.glob("*/run.json"):
+        try:
+            plan = Path(str(json.loads(record.read_text())["plan_path"])).resolve()
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # a run record that cannot be read might need any of them: none is removed
+        if plan.parent.parent == root and (
+                record.parent.name in kept or not _finished(settings.runs_dir, record.parent.name)):
+            needed.add(plan.parent)
+    for folder in sorted(root.iterdir()):
+        if folder in needed or not folder.is_dir() or _run_started(folder) >= cutoff:
+            continue
+        item = Leftover("proposal", folder.name, None, "a gateway proposal no kept checkpoint was made from")
+        _remove(result, item, partial(shutil.rmtree, folder), (FileNotFoundError,), (OSError,))
 
 
 def _finished(runs_dir: Path, run_id: str) -> bool:

@@ -287,15 +287,19 @@ class Store:
         record: dict[str, Any] = json.loads(data)
         return record
 
+    def refuse_if_pruned(self, run_id: str) -> None:
+        """Raise :class:`SnapshotCorrupt` when ``shadow gc --checkpoints-older-than`` pruned the run's checkpoint."""
+        if (self.root / "manifests" / run_id / PRUNED).exists():
+            raise SnapshotCorrupt(f"the checkpoint of run {run_id} was pruned (`shadow gc "
+                                  "--checkpoints-older-than`): it can no longer be restored")
+
     def read_manifest(self, run_id: str, target: str) -> dict[str, Any]:
         path = self.root / "manifests" / run_id / f"{target}.json"
         try:
             result: dict[str, Any] = json.loads(path.read_text())
             return result
         except FileNotFoundError as exc:
-            if (path.parent / PRUNED).exists():
-                raise SnapshotCorrupt(f"the checkpoint of run {run_id} was pruned (`shadow gc "
-                                      "--checkpoints-older-than`): it can no longer be restored") from exc
+            self.refuse_if_pruned(run_id)
             raise SnapshotCorrupt(f"no checkpoint manifest for run {run_id} target {target!r} at {path}") from exc
         except (OSError, ValueError) as exc:
             raise SnapshotCorrupt(f"checkpoint manifest {path} is unreadable: {exc}") from exc

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from shadow import gateway
+from shadow import gateway, gc
 from shadow.approval import approve
 from shadow.audit import audit
 from shadow.gateway import Refused
@@ -168,6 +168,18 @@ def test_within_limits_applies_and_another_actor_cannot(gw_env: dict[str, Any]) 
     applied = bot.apply(answer["run_id"])
     assert applied["verdict"] == "applied", applied
     assert gw_env["db"].scalar("SELECT count(*) FROM notes WHERE note = 'from the bot'") == 1
+
+    # The proposal's folder lives as long as a checkpoint made from it: then `shadow gc` prunes both.
+    proposals = gw_env["state"] / "gateway" / "proposals"
+    [folder] = list(proposals.iterdir())
+    assert not [i for i in gc.prune_checkpoints(gw_env["settings"], 1).removed if i.kind == "proposal"]
+    pruned = gc.prune_checkpoints(gw_env["settings"], 1, now=time.time() + 3 * 86400)
+    assert [i.id for i in pruned.removed if i.kind == "proposal"] == [folder.name]
+    assert not folder.exists()
+    with pytest.raises(Refused) as refused:
+        bot.rollback(applied["run_id"])
+    print("rollback after prune:", refused.value)
+    assert "pruned" in str(refused.value)
 
 
 def test_drift_between_approval_and_apply_is_refused(gw_env: dict[str, Any]) -> None:

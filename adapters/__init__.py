@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -257,6 +258,50 @@ class Kind(Protocol):
         ``everything``: all — and no run uses (none, when ``dry_run``); (what it was, the run that made it, what
         was done) for each. :func:`nothing_warm` for kinds that keep none."""
 
+    def prepare_warm(self, settings: Any, interrupt: Interrupt) -> int:
+        """Between runs, in a long-lived process: make this kind's idle warm copies for ``settings``' state dir
+        quicker to lend (PostgreSQL: clones of the golden database made ahead); how many things were made. Stops
+        as soon as ``interrupt`` is set (a run wants the copies), leaving nothing half made.
+        :func:`nothing_to_prepare` for kinds that keep none."""
+
+
+class Interrupt:
+    """Stops work another thread does between runs: :meth:`set` ends the step under way (through the cancel
+    function the worker registered with :meth:`cancelling`) and every later one."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._cancel: Callable[[], None] | None = None
+        self._lock = threading.Lock()
+
+    def set(self) -> None:
+        with self._lock:
+            self._set = True
+            if self._cancel is not None:
+                try:
+                    self._cancel()
+                except Exception:  # noqa: BLE001 - the step ends by itself then; nothing later starts
+                    pass
+
+    def is_set(self) -> bool:
+        return self._set
+
+    @contextmanager
+    def cancelling(self, cancel: Callable[[], None]) -> Iterator[bool]:
+        """Around one step: yields False when already set (skip the step); else ``cancel`` ends it on :meth:`set`."""
+        with self._lock:
+            go = not self._set
+            if go:
+                self._cancel = cancel
+        if not go:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with self._lock:
+                self._cancel = None
+
 
 @contextmanager
 def no_lock(holder: str, timeout: float, wait: Callable[[str], None]) -> Iterator[None]:
@@ -268,6 +313,11 @@ def nothing_warm(settings: Any, everything: bool, dry_run: bool,
                  runs: set[str] | None = None) -> list[tuple[str, str | None, str]]:
     """:meth:`Kind.reap_warm` of a kind that keeps no warm copies."""
     return []
+
+
+def nothing_to_prepare(settings: Any, interrupt: Interrupt) -> int:
+    """:meth:`Kind.prepare_warm` of a kind that keeps no warm copies."""
+    return 0
 
 
 def paths_as_given(spec: Mapping[str, Any], folder: Path) -> dict[str, Any]:

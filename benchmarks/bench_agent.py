@@ -1,10 +1,12 @@
 """An agent loop through the gateway against the same plans from the CLI, in the same run.
 
-    .venv/bin/python benchmarks/bench_agent.py [-n 20] [--warm 10m|off]
+    .venv/bin/python benchmarks/bench_agent.py [-n 20] [--warm 10m|off] [--think 0.5]
 
 Production is a throwaway LocalCluster holding the demo shop (examples/demo/schema.sql). The agent is the ``mcp``
 SDK's stdio client talking to ``shadow mcp`` (a real subprocess, as an MCP client runs it): ``-n`` ``propose``
-calls of a small transactional change (one order's total), each timed from the request to the answer. The
+calls of a small transactional change (one order's total), each timed from the request to the answer, with
+``--think`` seconds between an answer and the next request (an agent reads the answer before it calls again; the
+gateway readies its warm copy meanwhile — 0 measures calls back to back). The
 baseline replays exactly the plan file each proposal wrote, with ``shadow plan -f`` from the CLI (a subprocess
 per plan, as a CI job runs it), with the same state dir and the same warm setting. Printed: median and p95 of both,
 their ratio (the gateway should add at most 10 %), and how far the median ``propose`` is from the goal for a
@@ -48,6 +50,7 @@ def main() -> int:
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("-n", type=int, default=20)
     args.add_argument("--warm", default="10m")
+    args.add_argument("--think", type=float, default=0.5)
     opts = args.parse_args()
 
     import anyio
@@ -79,6 +82,7 @@ def main() -> int:
                     async with ClientSession(read, write) as session:
                         await session.initialize()
                         for i in range(opts.n):
+                            await anyio.sleep(opts.think)
                             start = time.perf_counter()
                             result = await session.call_tool("propose", {"action": {
                                 "sql": f"UPDATE orders SET total_cents = total_cents + 1 WHERE id = {i + 1}"}})
@@ -88,7 +92,7 @@ def main() -> int:
                             run_ids.append(str(data["run_id"]))
                             print(f"  propose {i + 1}/{opts.n}: {gateway_seconds[-1] * 1000:.0f} ms", flush=True)
 
-        print(f"gateway: {opts.n} propose calls over MCP stdio (warm: {opts.warm})")
+        print(f"gateway: {opts.n} propose calls over MCP stdio (warm: {opts.warm}, think: {opts.think:g} s)")
         anyio.run(loop)
         plans = [json.loads((state / "gateway" / "runs" / f"{r}.json").read_text())["plan"] for r in run_ids]
         cli_seconds: list[float] = []

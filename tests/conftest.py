@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import sys
 import tempfile
 import uuid
@@ -158,6 +159,9 @@ def _discard_warm_servers(request: pytest.FixtureRequest, tmp_path: Path,
     if request.node.get_closest_marker("cold"):
         monkeypatch.delenv("SHADOW_TEST_WARM", raising=False)
     yield
+    for thread in threading.enumerate():  # an in-process gateway readying its warm copies holds their locks
+        if thread.name == "gateway-prepare-warm":
+            thread.join()
     if warm_suite or (tmp_path / "state" / "warm").exists():
         from adapters.postgres import warm
 

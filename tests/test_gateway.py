@@ -331,3 +331,28 @@ def test_what_the_gateway_cannot_decide_is_refused_without_secrets(gw_env: dict[
     with pytest.raises(Refused, match="could not be recorded"):
         open_gw(gw_env).propose({"sql": "INSERT INTO notes (note) VALUES ('x')"})
     assert db.scalar("SELECT count(*) FROM notes") == 0
+
+
+def test_a_warm_gateway_readies_the_next_shadow_between_calls(tmp_path: Path, shop: ProdDb) -> None:
+    """After an answer the gateway clones the next shadow and twin from the warm checkpoint; the next proposal takes
+    them (and is as right as ever)."""
+    from adapters.postgres import warm
+
+    (tmp_path / "gateway.yaml").write_text(GATEWAY.replace('warm: "off"', 'warm: "10m"'))
+    settings = Settings.from_env(environ={"APP_DATABASE_URL": shop.dsn}, state_dir=tmp_path / "state")
+    gw = gateway.open(tmp_path / "gateway.yaml", "agent", settings)
+    folder = warm.entries_dir(settings)
+
+    def spares() -> int:
+        [entry] = warm.entries(folder)
+        with entry.server().connect(warm.ADMIN_DB) as conn:
+            return int(conn.execute("SELECT count(*) FROM pg_database WHERE datname = ANY(%s)",
+                                    [warm.spare_names(entry.database)]).fetchone()[0])
+
+    for i in range(2):
+        answer = gw.propose({"sql": f"INSERT INTO notes (note) VALUES ('n{i}')"})
+        assert answer["verdict"] == "awaiting_approval", answer
+        assert [c["address"] for c in answer["changes"]["app"]] == ["insert rows public.notes"]
+        gw.close()
+        assert spares() == 2
+    assert shop.scalar("SELECT count(*) FROM notes") == 0

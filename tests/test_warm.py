@@ -275,3 +275,63 @@ def test_a_killed_warm_run_leaves_nothing_for_the_next(prod_db: ProdDb, shadow_c
     again = _run(shadow_cli, "plan", "-f", str(plan))
     assert again["_code"] == 0, again["_text"]
     assert _warm_info(again)["reused"] is True, _warm_info(again)
+
+
+def test_spares_made_between_runs_are_what_the_next_run_rehearses_on(prod_db: ProdDb, shadow_cli, tmp_path: Path,
+                                                                     state: Path):
+    """A long-lived process (the gateway) clones the golden ahead, between runs: the next run renames those spares
+    instead of copying, the server's fingerprint still matches (the lease does not discard it), and what an earlier
+    rehearsal wrote is in none of them (the leak guard)."""
+    plan = _plan(tmp_path, prod_db, MARKER_SQL, MARKER_MAY)
+    assert _run(shadow_cli, "plan", "-f", str(plan))["_code"] == 0
+    folder = state / "warm" / "postgres"
+    [entry] = warm.entries(folder)
+    spares = warm.spare_names(entry.database)
+
+    def present() -> set[str]:
+        [now] = warm.entries(folder)  # each lease gives the server's superuser a new password
+        with now.server().connect(warm.ADMIN_DB) as conn:
+            rows = conn.execute("SELECT datname, datallowconn FROM pg_database WHERE datname = ANY(%s)",
+                                [spares]).fetchall()
+        assert all(not allowed for _, allowed in rows)  # closed to connections, like the golden
+        return {name for name, _ in rows}
+
+    assert warm.prepare_spares(folder) == 2 and present() == set(spares)
+    assert warm.prepare_spares(folder) == 0  # already there
+    for _ in range(2):
+        report = _run(shadow_cli, "plan", "-f", str(plan))
+        assert report["_code"] == 0, report["_text"]
+        assert _warm_info(report)["reused"] is True, report["_text"]
+        assert present() == set()  # both were taken: the shadow and its twin
+        [target] = report["targets"]
+        assert sorted(c["address"] for c in target["changes"]) == ["add table public.marker", "insert rows public.users"]
+        assert warm.prepare_spares(folder) == 2
+    [still] = warm.entries(folder)
+    assert still.run == entry.run  # never discarded for the spares
+
+
+def test_a_run_that_comes_first_stops_the_spares_and_finds_nothing_half_made(prod_db: ProdDb, shadow_cli,
+                                                                             tmp_path: Path, state: Path):
+    """An interrupt cancels the copy under way: each spare is whole (closed to connections) or absent, and the
+    next run leases the warm copy as usual."""
+    import threading
+
+    from adapters import Interrupt
+
+    plan = _plan(tmp_path, prod_db, MARKER_SQL, MARKER_MAY)
+    assert _run(shadow_cli, "plan", "-f", str(plan))["_code"] == 0
+    folder = state / "warm" / "postgres"
+    for delay in (0.0, 0.05, 0.15):
+        interrupt = Interrupt()
+        worker = threading.Thread(target=warm.prepare_spares, args=(folder, interrupt))
+        worker.start()
+        time.sleep(delay)
+        interrupt.set()
+        worker.join()
+        [entry] = warm.entries(folder)
+        with entry.server().connect(warm.ADMIN_DB) as conn:
+            rows = conn.execute("SELECT datname, datallowconn FROM pg_database WHERE datname = ANY(%s)",
+                                [warm.spare_names(entry.database)]).fetchall()
+        assert all(not allowed for _, allowed in rows), rows
+        report = _run(shadow_cli, "plan", "-f", str(plan))
+        assert report["_code"] == 0 and _warm_info(report)["reused"] is True, report["_text"]

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from adapters import Checkpoint, Endpoint, fingerprint_of, fingerprint_unchanged, nothing_runs, nothing_warm, tempdirs
+from adapters import Checkpoint, Endpoint, fingerprint_of, fingerprint_unchanged, nothing_runs, nothing_to_prepare, nothing_warm, tempdirs
 from adapters.git.checkpoint import drop_kept_refs, keep_state, refuse_uncheckpointable
 from adapters.git.describe import CONTENT_DIFF_LIMIT, DIFF_FILES, DIFF_LINES, MAX_COMMITS, describe_changes
 from adapters.git.endpoint import GitEndpoint, worktree_endpoint
@@ -239,6 +239,7 @@ class GitKind:
     clear_leftovers = staticmethod(nothing_runs)  # a clone or an index in a temp dir: removing the dir is enough
     prune = staticmethod(drop_kept_refs)
     reap_warm = staticmethod(nothing_warm)  # keeps no warm copies
+    prepare_warm = staticmethod(nothing_to_prepare)
 
     def validate(self, spec: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
         for key in spec:

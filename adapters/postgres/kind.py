@@ -9,7 +9,7 @@ from adapters import nothing_kept, paths_as_given
 from adapters.postgres import dsn as dsnlib
 from adapters.postgres.cluster import stop_servers_in
 from adapters.postgres.target import PostgresTarget
-from adapters.postgres.warm import reap_for_gc
+from adapters.postgres.warm import prepare_for_next, reap_for_gc
 from shadow.errors import BadInput
 
 
@@ -26,6 +26,7 @@ class PostgresKind:
     clear_leftovers = staticmethod(stop_servers_in)  # a cluster's server, or one an action started in its HOME
     prune = staticmethod(nothing_kept)  # a checkpoint is a pg_dump archive in the store
     reap_warm = staticmethod(reap_for_gc)  # warm checkpoints (policy.warm)
+    prepare_warm = staticmethod(prepare_for_next)  # spare clones of each idle golden database
 
     def validate(self, spec: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
         for key in spec:

@@ -95,7 +95,8 @@ class PgShadow:
     def _clone(self, golden: str) -> None:
         """The shadow database as a clone of the warm server's golden one, with the checkpoint's settings."""
         with self.server.connect(warm.ADMIN_DB) as conn:
-            warm.clone(conn, golden, self.database, self.checkpoint.meta.get("database_owner"))
+            warm.clone(conn, golden, self.database, self.checkpoint.meta.get("database_owner"),
+                       warm.spare_names(self.database))
             wanted = self.checkpoint.meta.get("settings") or []
             dbsettings.settle(conn, self.database, wanted, every_database=True, shadow=True, own_role=SUPERUSER)
 
@@ -105,7 +106,7 @@ class PgShadow:
         assert self.golden is not None
         try:
             with self.server.connect(warm.ADMIN_DB) as conn:
-                warm.clone(conn, self.golden, self.pristine, None)
+                warm.clone(conn, self.golden, self.pristine, None, warm.spare_names(self.database))
                 dbsettings.settle(conn, self.pristine, self.checkpoint.meta.get("settings") or [],
                                   every_database=False, shadow=True)
             self._pristine_result = self.checkpoint.observation

@@ -45,10 +45,12 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from adapters import Interrupt
 from adapters.postgres.server import SUPERUSER, Server
 from snapshots import atomic_write_bytes
 
 GOLDEN_SUFFIX = "__shadow_golden"
+SPARE_SUFFIXES = ("__shadow_spare1", "__shadow_spare2")  # ready clones of the golden: the next shadow and its twin
 ADMIN_DB = "template1"  # where a warm server is managed from: the database named like production's comes and goes
 DEFAULT_MAX = 2
 
@@ -75,6 +77,10 @@ def entries_dir(settings: Any) -> Path:
 
 def golden_name(database: str) -> str:
     return database[: 63 - len(GOLDEN_SUFFIX)] + GOLDEN_SUFFIX
+
+
+def spare_names(database: str) -> list[str]:
+    return [database[: 63 - len(s)] + s for s in SPARE_SUFFIXES]
 
 
 def key_of(identity: str, backend: str, major: int, image: str | None) -> str:
@@ -332,7 +338,7 @@ def server_state(server: Server, database: str) -> str:
 
     own = [database, pristine_name(database), golden_name(database)]
     with server.connect(ADMIN_DB) as conn:
-        row = conn.execute(Q_SERVER_STATE, {"own": own}).fetchone()
+        row = conn.execute(Q_SERVER_STATE, {"own": own + spare_names(database)}).fetchone()
         closed = conn.execute("SELECT NOT datallowconn FROM pg_database WHERE datname = %s", [own[2]]).fetchone()
     return f"{row[0] if row else ''} golden {'closed' if closed and closed[0] else 'open' if closed else 'absent'}"
 
@@ -393,10 +399,64 @@ def make_golden(server: Server, database: str, pristine: str) -> None:
             conn.execute("CREATE DATABASE postgres TEMPLATE template0")
 
 
-def clone(conn: psycopg.Connection, golden: str, name: str, owner: str | None) -> None:
-    """``name`` as a file copy of the golden database (a checkpoint before, then no WAL per block)."""
+def clone(conn: psycopg.Connection, golden: str, name: str, owner: str | None, spares: list[str] | None = None) -> None:
+    """``name`` as a file copy of the golden database (a checkpoint before, then no WAL per block) — or, when
+    :func:`prepare_spares` left one of ``spares`` ready, that copy renamed (the shadow and its twin, cloning at the
+    same time, each claim a different one)."""
     drop_database(conn, name)
+    for spare in spares or ():
+        try:
+            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(spare), sql.Identifier(name)))
+        except (psycopg.errors.InvalidCatalogName, psycopg.errors.ObjectInUse):
+            continue  # not there, or claimed by the other clone this moment
+        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(name)))
+        if owner:
+            conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), sql.Identifier(owner)))
+        return
     strategy = " STRATEGY FILE_COPY" if conn.info.server_version >= 150000 else ""
     owned = sql.SQL(" OWNER {}").format(sql.Identifier(owner)) if owner else sql.SQL("")
     conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}" + strategy).format(sql.Identifier(name),
                                                                              sql.Identifier(golden)) + owned)
+
+
+def prepare_for_next(settings: Any, interrupt: Interrupt) -> int:
+    """:meth:`adapters.Kind.prepare_warm`: :func:`prepare_spares` for ``settings``' state dir."""
+    return prepare_spares(entries_dir(settings), interrupt)
+
+
+def prepare_spares(folder: Path, interrupt: Interrupt | None = None) -> int:
+    """Between runs, in a long-lived process (the gateway): clone each idle entry's golden database into its spare
+    databases, closed to connections like the golden (one statement: a spare is whole or absent), so the next
+    lease renames them instead of copying on its critical path. An entry in use, expired or unreachable is left
+    alone; ``interrupt`` cancels the copy under way. How many were made."""
+    interrupt = interrupt or Interrupt()
+    made = 0
+    for entry in entries(folder):
+        if interrupt.is_set():
+            break
+        fd = _lock(folder, entry.key, blocking=False)
+        if fd < 0:
+            continue
+        try:
+            current = _read(folder / f"{entry.key}.json")
+            if current is None or current.expired():
+                continue
+            with current.server().connect(ADMIN_DB) as conn:
+                names = spare_names(current.database)
+                there = {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)",
+                                                    [names]).fetchall()}
+                for spare in names:
+                    if spare in there:
+                        continue
+                    strategy = " STRATEGY FILE_COPY" if conn.info.server_version >= 150000 else ""
+                    with interrupt.cancelling(conn.cancel) as go:
+                        if not go:
+                            break
+                        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} ALLOW_CONNECTIONS false" + strategy)
+                                     .format(sql.Identifier(spare), sql.Identifier(current.golden)))
+                    made += 1
+        except psycopg.Error:
+            continue  # the next lease finds out what is wrong with it, and clones as before
+        finally:
+            os.close(fd)
+    return made

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from adapters import (Checkpoint, Endpoint, env_name, no_lock, nothing_kept, nothing_runs, nothing_warm, paths_as_given,
+from adapters import (Checkpoint, Endpoint, env_name, no_lock, nothing_kept, nothing_runs, nothing_to_prepare, nothing_warm, paths_as_given,
                       tempdirs)
 from adapters.s3.bucket import DELETE_BATCH, Bucket
 from adapters.s3.checkpoint import copies_manifest, record_parts, safety_findings, versions_manifest
@@ -278,6 +278,7 @@ class S3Kind:
     clear_leftovers = staticmethod(nothing_runs)  # moto's local server ends when its run's process does
     prune = staticmethod(nothing_kept)  # object copies are store objects; object versions stay the bucket's
     reap_warm = staticmethod(nothing_warm)  # keeps no warm copies
+    prepare_warm = staticmethod(nothing_to_prepare)
 
     def validate(self, spec: Mapping[str, Any]) -> Iterator[tuple[str | None, str]]:
         for key in spec:

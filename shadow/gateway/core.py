@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 import secrets as pysecrets
+import threading
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -44,6 +45,7 @@ MAX_TEXT_CHARS = 4000
 MAX_ANSWER_CHARS = 256 * 1024  # no answer is larger; its lists are cut first
 FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
+WARMING_TOOLS = ("describe", "query", "propose", "apply")  # calls that may leave a warm copy to ready
 QUERY_ROWS, QUERY_BYTES, QUERY_TIMEOUT = 100, 64 * 1024, 10.0
 
 
@@ -60,6 +62,7 @@ def open(path: str | Path, actor: str, settings: Settings | None = None) -> Gate
     return Gateway(load_gateway(Path(path), settings.environ), actor, settings)
 
 
+
 class Gateway:
     def __init__(self, file: GatewayFile, actor: str, settings: Settings) -> None:
         self.file = file
@@ -69,6 +72,8 @@ class Gateway:
         self.ledger = Ledger(settings)
         self.dir = settings.state_dir / "gateway"
         self._secrets: tuple[str, ...] | None = None
+        self._between: threading.Thread | None = None  # readies the warm copies for the next call (prepare_warm)
+        self._interrupt: Any = None  # stops it when the next call comes first
 
     # -- the tools -----------------------------------------------------------------------------------------------
 
@@ -114,6 +119,45 @@ class Gateway:
     # -- every call: journaled first, answered safely ------------------------------------------------------------
 
     def _call(self, tool: str, args: dict[str, Any], body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        self.wait_between()
+        try:
+            answer = self._answer(tool, args, body)
+        finally:
+            if tool in WARMING_TOOLS:
+                from adapters import Interrupt
+
+                self._interrupt = Interrupt()
+                self._between = threading.Thread(target=self._prepare_warm, args=(self._interrupt,),
+                                                 name="gateway-prepare-warm", daemon=True)
+                self._between.start()
+        return answer
+
+    def wait_between(self, stop: bool = True) -> None:
+        """End the work the gateway does between calls (readying its warm copies): stop it (``stop``) — a call
+        never waits for a copy it could make itself — or let it finish."""
+        if self._between is not None:
+            if stop:
+                self._interrupt.set()
+            self._between.join()
+            self._between = None
+
+    def close(self) -> None:
+        """Let the work between calls finish; nothing else is held open."""
+        self.wait_between(stop=False)
+
+    def _prepare_warm(self, interrupt: Any) -> None:
+        """While the actor reads the answer, each idle warm copy gets its next shadow and twin cloned ahead
+        (:meth:`adapters.Kind.prepare_warm`): the next proposal renames them instead of copying. Best effort — a
+        copy that cannot be readied is cloned on the next call's path as before."""
+        from adapters import REGISTRY
+
+        for kind in REGISTRY.values():
+            try:
+                kind.prepare_warm(self.settings, interrupt)
+            except Exception:  # noqa: BLE001 - an optimisation; the next lease checks the copy anyway
+                pass
+
+    def _answer(self, tool: str, args: dict[str, Any], body: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         try:
             self.ledger.write({"event": "call", "actor": self.actor, "tool": tool, "args_sha256": digest(args)})
         except ShadowError as exc:  # nothing happens that the journal does not record first

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from adapters.postgres.binaries import find_binaries
 from adapters.postgres.cluster import LocalCluster
+from adapters import REGISTRY
 from shadow import gateway
 from shadow.approval import approve
 from shadow.gateway import Refused
@@ -71,6 +72,9 @@ def main() -> int:
         print(f"   after `shadow agents reset`: breaker {agent.targets()['breaker']['state']}")
         ok = applied["verdict"] == "applied" and drop["verdict"] == "failed" and \
             agent.targets()["breaker"]["state"] == "closed"
+        agent.close()
+        for kind in REGISTRY.values():  # `shadow gc --warm`: this walk-through's state dir goes with it
+            kind.reap_warm(settings, everything=True, dry_run=False)
     return 0 if ok else 1
 
 

@@ -53,7 +53,7 @@ def judge(target: str, changes: list[Change], expectation: Expectation,
             out.append(Verdict(target, "unexpected", change.address, False,
                                f"not covered by must/may{hint}{_count(change)}"))
     row_changes = {(c.op, c.name): c for c in all_changes if c.kind == "rows"}
-    for rule, tables in _rows_rule_tables(expectation.rows, {name for (_op, name) in row_changes}):
+    for rule, tables in rows_rule_tables(expectation.rows, {name for (_op, name) in row_changes}):
         for table in tables:
             for key, cmp in rule.counts.items():
                 op = {"inserted": "insert", "updated": "update", "deleted": "delete"}[key]
@@ -88,7 +88,7 @@ def judge(target: str, changes: list[Change], expectation: Expectation,
     return out
 
 
-def _rows_rule_tables(rules: tuple[RowRule, ...], changed: set[str]) -> list[tuple[RowRule, list[str]]]:
+def rows_rule_tables(rules: tuple[RowRule, ...], changed: set[str]) -> list[tuple[RowRule, list[str]]]:
     """Each ``rows`` rule with the tables it judges: every table (changed, or named exactly by a rule) goes to the
     most specific rules whose key matches it. A glob left with no table is judged once, under its own key, on 0."""
     tables = changed | {r.table for r in rules if not is_glob(r.table)}

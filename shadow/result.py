@@ -14,6 +14,7 @@ import secrets as pysecrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from shadow import redact
@@ -69,6 +70,20 @@ class RunResult:
     @property
     def exit_code(self) -> int:
         return self.outcome.exit_code
+
+    def explain(self, failed: list[Verdict] | None = None, target: str | None = None) -> str:
+        """The run as a failing test should say it: the outcome and reason, what failed (``failed``, default every
+        failed verdict) and the change set it was judged on (``target``'s alone, when given)."""
+        shown = [v for v in self.verdicts if not v.ok] if failed is None else failed
+        lines = [f"FAILED {v.target + ': ' if v.target else ''}{v.rule} {v.subject}: {v.message}" for v in shown]
+        head = f"shadow {self.command} {self.plan_path}: {self.outcome.value}"
+        lines.append(head + (f" — {self.reason}" if self.reason and failed is None else ""))
+        for name, tr in self.targets.items():
+            if target is None or name == target:
+                lines.append(f"  changes on {name}: " + (", ".join(c.address for c in tr.changes) or "none"))
+        if self.report_dir:
+            lines.append(f"  report: {Path(self.report_dir) / 'report.md'}")
+        return "\n".join(lines)
 
     def end(self, ending: Ending) -> None:
         """Record how the run ended; an ending that carries an error raises it once recorded."""

@@ -31,7 +31,7 @@ from shadow.journal import Journal
 from shadow.judge import Verdict
 from shadow.listing import runs, show
 from shadow.outcome import Ending, Outcome
-from shadow.plan import Plan, load_plan
+from shadow.plan import Plan, load_plan, with_targets
 from shadow.production import apply_to_production, how_applied, restore_all, restore_target
 from shadow.recovery import recover
 from shadow.rehearsal import (checkpoint_all, failure_reason, fidelity, open_shadows, rehearse,
@@ -101,7 +101,7 @@ def apply(plan_file: str | Path | None, settings: Settings | None = None, progre
 def _load(plan_file: str | Path, settings: Settings, command: str,
           approval: dict[str, Any] | None) -> tuple[Plan, list[Statement]]:
     """The plan and its SQL, refused when it needs an approval it lacks or changed since the one it has."""
-    loaded = load_plan(Path(plan_file), settings.environ)
+    loaded = with_targets(load_plan(Path(plan_file), settings.environ), settings.targets)
     statements = load_sql_files(list(loaded.action.sql_files), list(loaded.action.sql_display))
     if command == "apply" and loaded.policy.approval == "required" and approval is None:
         raise BadInput(f"{loaded.path}: policy.approval is required — run `shadow plan`, have someone run "

@@ -22,6 +22,7 @@ class Settings:
     images: Mapping[str, str] = field(default_factory=dict)
     warm: str | None = None  # SHADOW_WARM: overrides the plan's policy.warm (a duration, or "off")
     warm_max: int = 2  # SHADOW_WARM_MAX: how many warm servers a state dir keeps at most (adapters.postgres.warm)
+    targets: Mapping[str, str] = field(default_factory=dict)  # target name → address to use instead (pytest)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, state_dir: str | Path | None = None) -> Settings:

@@ -10,12 +10,13 @@ into the types of :mod:`~shadow.plan.model`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from shadow.errors import PlanError
+from shadow.errors import BadInput, PlanError
 from shadow.plan.action import load_action
 from shadow.plan.document import known, read_plan
 from shadow.plan.expect import load_expectations, parse_comparison
@@ -25,7 +26,7 @@ from shadow.plan.policy import load_policy
 from shadow.plan.targets import load_targets
 
 __all__ = ["Action", "Check", "Comparison", "Expectation", "Limits", "ObjectRule", "Plan", "Policy", "RowRule",
-           "TargetSpec", "load_plan", "parse_comparison"]
+           "TargetSpec", "load_plan", "parse_comparison", "with_targets"]
 
 
 def load_plan(path: Path, env: Mapping[str, str], kinds: Mapping[str, Any] | None = None) -> Plan:
@@ -53,3 +54,36 @@ def load_plan(path: Path, env: Mapping[str, str], kinds: Mapping[str, Any] | Non
         expect={t.name: expect.get(t.name, Expectation()) for t in targets},
         policy=policy,
     )
+
+
+def with_targets(plan: Plan, addresses: Mapping[str, str]) -> Plan:
+    """``plan`` with some targets pointed elsewhere (``pytest --shadow-target NAME=ADDRESS``): a PostgreSQL
+    target's ``dsn``, an S3 target's ``bucket``, a git target's working copy (``path``; ``url`` for an address
+    with ``://``)."""
+    if not addresses:
+        return plan
+    names = [t.name for t in plan.targets]
+    for name in addresses:
+        if name not in names:
+            raise BadInput(f"{plan.path}: no target named {name!r} to point elsewhere (its targets: "
+                           f"{', '.join(names)})")
+    targets = []
+    for t in plan.targets:
+        address = addresses.get(t.name)
+        if address is None:
+            targets.append(t)
+            continue
+        options = dict(t.options)
+        if t.kind == "postgres":
+            options["dsn"] = address
+        elif t.kind == "s3":
+            options["bucket"] = address
+        elif t.kind == "git":
+            for key in ("path", "url", "remote"):
+                options.pop(key, None)
+            options["url" if "://" in address else "path"] = address if "://" in address else str(
+                Path(address).absolute())
+        else:
+            raise BadInput(f"{plan.path}: target {t.name!r} ({t.kind}) cannot be pointed elsewhere")
+        targets.append(dataclasses.replace(t, options=options))
+    return dataclasses.replace(plan, targets=tuple(targets))

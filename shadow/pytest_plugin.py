@@ -1,0 +1,438 @@
+"""shadow's pytest plugin (the ``pytest11`` entry point ``shadow``): plans as tests, and fixtures.
+
+- ``pytest --shadow`` (or ``shadow_plans = …`` globs in the ini file) collects plan files as tests, the way pytest
+  collects doctests: each plan is rehearsed once (``shadow plan``, never apply) and every expectation — each ``must``
+  pattern, "nothing unexpected" per target, each ``rows`` / ``objects`` / ``files`` rule, each check — and the
+  error-level findings are their own test item, passing or failing with the change set in the failure text.
+  ``--shadow-target NAME=ADDRESS`` points a plan's target somewhere else for the test run (a DSN for PostgreSQL,
+  a bucket for S3, a working copy for git).
+- ``shadow_db``: a fresh throwaway PostgreSQL database per test, cloned from a session-wide template built from a
+  schema file, a dump, or a shadow checkpoint (``@pytest.mark.shadow_db(schema="schema.sql")``).
+- ``rehearse``: ``rehearse(sql="migrations/0042.sql", expect={...}, on=shadow_db)`` returns the run's result;
+  ``assert result.passed, result.explain()``.
+
+Rehearsals use the CLI's backends — ``local`` unless ``--shadow-backend`` (or ``SHADOW_BACKEND``) says otherwise —
+and the CLI's state dir unless ``SHADOW_STATE_DIR`` names another. Loading the plugin imports nothing but pytest and
+the standard library: a project that installs shadow and does not use it pays nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import itertools
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from shadow.plan import Plan
+    from shadow.result import RunResult
+
+DEFAULT_PLANS = ("shadow*.yaml", "shadow*.yml")
+# Rules that belong to one expectation item each; every other verdict (the action, fidelity, the rehearsed
+# rollback, safety …) is the plan's "rehearsal" item's.
+ITEM_RULES = ("must", "unexpected", "rows", "objects", "files", "check", "finding")
+
+
+# -- options ------------------------------------------------------------------------------------------------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("shadow", "shadow: rehearse plans on a copy of production")
+    group.addoption("--shadow", action="store_true", default=False,
+                    help="collect shadow plan files (shadow*.yaml, or the shadow_plans ini globs) as tests: each "
+                         "is rehearsed, never applied")
+    group.addoption("--shadow-target", action="append", default=[], metavar="NAME=ADDRESS",
+                    help="point a plan's target NAME elsewhere for this run (PostgreSQL: a DSN; S3: a bucket; "
+                         "git: a working copy); repeatable")
+    group.addoption("--shadow-backend", default=None, choices=("local", "docker", "auto"),
+                    help="where shadows and shadow_db databases run (default: SHADOW_BACKEND, else local)")
+    parser.addini("shadow_plans", type="args", default=[],
+                  help="globs of plan files to collect as tests (collection is on when set)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "shadow_db(schema=None, dump=None, checkpoint=None): what the shadow_db "
+                                       "fixture's database is built from (a file relative to the test's folder, "
+                                       "or RUN_ID[:TARGET] of a shadow checkpoint)")
+
+
+def _plan_globs(config: pytest.Config) -> tuple[str, ...]:
+    globs = tuple(config.getini("shadow_plans"))
+    if globs:
+        return globs
+    return DEFAULT_PLANS if config.getoption("shadow") else ()
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    globs = _plan_globs(parent.config)
+    if not globs or file_path.suffix not in (".yaml", ".yml"):
+        return None
+    try:
+        relative = file_path.relative_to(parent.config.rootpath).as_posix()
+    except ValueError:
+        relative = file_path.as_posix()
+    if any(fnmatch.fnmatchcase(file_path.name, g) or fnmatch.fnmatchcase(relative, g) for g in globs):
+        return PlanFile.from_parent(parent, path=file_path)
+    return None
+
+
+def target_overrides(config: pytest.Config) -> dict[str, str]:
+    """``--shadow-target NAME=ADDRESS`` options, by name."""
+    out: dict[str, str] = {}
+    for raw in config.getoption("shadow_target") or ():
+        name, sep, address = str(raw).partition("=")
+        if not sep or not name.strip() or not address.strip():
+            raise pytest.UsageError(f"--shadow-target {raw!r}: expected NAME=ADDRESS (e.g. app=postgresql://…)")
+        out[name.strip()] = address.strip()
+    return out
+
+
+def _settings(config: pytest.Config, state_dir: Path | None = None) -> Any:
+    from shadow.settings import Settings
+
+    env = dict(os.environ)
+    env["SHADOW_BACKEND"] = config.getoption("shadow_backend") or env.get("SHADOW_BACKEND") or "local"
+    return Settings.from_env(environ=env, state_dir=state_dir)
+
+
+# -- plans as tests -----------------------------------------------------------------------------------------------
+class PlanFile(pytest.File):
+    """A plan file: one rehearsal, shared by the items of its expectations."""
+
+    _result: RunResult | None = None
+    _error: str | None = None
+
+    def collect(self) -> Iterator[pytest.Item]:
+        from shadow.errors import ShadowError
+        from shadow.plan import load_plan, with_targets
+
+        try:
+            plan = with_targets(load_plan(self.path, os.environ), target_overrides(self.config))
+        except ShadowError as exc:
+            yield PlanItem.from_parent(self, name="plan", check=("plan", "", str(exc)))
+            return
+        yield PlanItem.from_parent(self, name="rehearsal", check=("rehearsal", "", ""))
+        for target, expectation in plan.expect.items():
+            for pattern in expectation.must:
+                yield PlanItem.from_parent(self, name=f"{target}: must {pattern}", check=("must", target, pattern))
+            yield PlanItem.from_parent(self, name=f"{target}: nothing unexpected", check=("unexpected", target, ""))
+            for rule in expectation.rows:
+                yield PlanItem.from_parent(self, name=f"{target}: rows {rule.table}", check=("rows", target, rule.table))
+            for orule in expectation.objects:
+                yield PlanItem.from_parent(self, name=f"{target}: objects {orule.pattern}",
+                                           check=("objects", target, orule.pattern))
+            for orule in expectation.files:
+                yield PlanItem.from_parent(self, name=f"{target}: files {orule.pattern}",
+                                           check=("files", target, orule.pattern))
+            for check in expectation.checks:
+                yield PlanItem.from_parent(self, name=f"{target}: check {_short(check.sql)}",
+                                           check=("check", target, check.sql))
+        yield PlanItem.from_parent(self, name="findings", check=("finding", "", ""))
+        self._plan = plan
+
+    def result(self) -> RunResult:
+        """The plan's rehearsal, run once (by the first item that needs it)."""
+        if self._error is not None:
+            raise PlanFailed(self._error)
+        if self._result is None:
+            from shadow import run
+            from shadow.errors import ShadowError
+
+            try:
+                settings = dataclasses.replace(_settings(self.config), targets=target_overrides(self.config))
+                self._result = run.plan(self.path, settings)
+            except ShadowError as exc:
+                self._error = f"the rehearsal could not run: {exc}"
+                raise PlanFailed(self._error) from None
+        return self._result
+
+
+class PlanFailed(Exception):
+    """An item's failure, shown as its text alone (no traceback)."""
+
+
+class PlanItem(pytest.Item):
+    def __init__(self, *, check: tuple[str, str, str], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.check = check
+
+    def runtest(self) -> None:
+        rule, target, subject = self.check
+        if rule == "plan":
+            raise PlanFailed(subject)
+        parent = self.parent
+        assert isinstance(parent, PlanFile)
+        try:
+            result = parent.result()
+        except PlanFailed as exc:  # the rehearsal item says why; the rest were never judged
+            if rule == "rehearsal":
+                raise
+            pytest.skip(f"not judged: {exc}")
+        mine = _verdicts(result, parent._plan, rule, target, subject)
+        failed = [v for v in mine if not v.ok]
+        if rule == "rehearsal" and (failed or result.outcome.value not in ("passed", "awaiting_approval", "failed")):
+            raise PlanFailed(result.explain(failed))
+        if failed:
+            raise PlanFailed(result.explain(failed, target))
+        if not mine and rule in ("must", "rows", "objects", "files", "check") and not _judged(result):
+            pytest.skip(f"not judged: {result.reason or 'the rehearsal failed'} (see the plan's rehearsal item)")
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:  # type: ignore[override]
+        if isinstance(excinfo.value, PlanFailed):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        # Not a suffix of the node id, so pytest shows the id as it is (it would turn an address's dots into "::")
+        # and heads a failure with this.
+        return self.path, None, f"{self.name} ({self.path.name})"
+
+
+def _short(text: str, width: int = 60) -> str:
+    one = re.sub(r"\s+", " ", text).strip()
+    return one if len(one) <= width else one[: width - 1] + "…"
+
+
+def _judged(result: RunResult) -> bool:
+    return any(v.rule in ("must", "unexpected", "rows", "objects", "files", "check") for v in result.verdicts)
+
+
+def _verdicts(result: RunResult, plan: Plan, rule: str, target: str, subject: str) -> list[Any]:
+    """The run's verdicts that belong to one item."""
+    if rule == "rehearsal":
+        return [v for v in result.verdicts if v.rule not in ITEM_RULES]
+    if rule == "finding":
+        return [v for v in result.verdicts if v.rule == "finding"]
+    mine = [v for v in result.verdicts if v.rule == rule and v.target == target]
+    if rule in ("must", "check"):
+        return [v for v in mine if v.subject == subject]
+    if rule in ("objects", "files"):
+        return [v for v in mine if v.subject.startswith(subject + " ")]
+    if rule == "rows":  # each table is judged by its most specific rule (shadow.judge)
+        from shadow.judge import rows_rule_tables
+
+        tables = {v.subject.rsplit(" ", 1)[0] for v in mine}
+        owned = {t for r, ts in rows_rule_tables(plan.expect[target].rows, tables) if r.table == subject for t in ts}
+        return [v for v in mine if v.subject.rsplit(" ", 1)[0] in owned]
+    return mine
+
+
+# -- fixtures -----------------------------------------------------------------------------------------------------
+class ShadowDb:
+    """One test's throwaway database: ``dsn``, ``name``, ``connect()``."""
+
+    def __init__(self, server: Any, name: str) -> None:
+        self.server, self.name = server, name
+        self.dsn: str = server.dsn(name)
+
+    def connect(self, autocommit: bool = True) -> Any:
+        return self.server.connect(self.name, autocommit=autocommit)
+
+    def scalar(self, query: str, params: Any = None) -> Any:
+        with self.connect() as conn:
+            row = conn.execute(query, params).fetchone()
+        return None if row is None else row[0]
+
+    def __str__(self) -> str:
+        return self.dsn
+
+
+class _Templates:
+    """The session's PostgreSQL server (this worker's own: no two xdist workers share one) and its template
+    databases, one per source; each test clones one (``CREATE DATABASE … TEMPLATE``), never restores."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.server: Any = None
+        self.made: dict[tuple[str, str], str] = {}
+        self.counter = itertools.count(1)
+        self.worker = re.sub(r"\W", "", os.environ.get("PYTEST_XDIST_WORKER", "main"))
+
+    def start(self) -> Any:
+        if self.server is not None:
+            return self.server
+        from adapters.postgres.binaries import find_binaries
+        from shadow.run import choose_backend
+
+        settings = _settings(self.config)
+        backend, _why = choose_backend("local", settings)
+        label = f"pytest-{self.worker}-{os.getpid()}"
+        if backend == "docker":
+            from adapters.postgres.container import ContainerServer
+
+            major = int(os.environ.get("SHADOW_PYTEST_PG_MAJOR", "16"))
+            image = settings.image_for("postgres", "postgres:{major}").format(major=major)
+            self.server = ContainerServer(label, image, major).start()
+        else:
+            from adapters.postgres.cluster import LocalCluster
+
+            self.server = LocalCluster(label=label, binaries=find_binaries()[0]).start()
+        return self.server
+
+    def template(self, source: tuple[str, str], folder: Path) -> str:
+        """The template database for ``source`` — ("schema" | "dump" | "checkpoint" | "empty", what)."""
+        if source in self.made:
+            return self.made[source]
+        server = self.start()
+        name = f"tpl_{self.worker}_{len(self.made) + 1}"
+        server.create_database(name)
+        kind, what = source
+        try:
+            if kind == "schema":
+                with server.connect(name) as conn:
+                    conn.execute(_file(folder, what, "schema").read_text())
+            elif kind == "dump":
+                _restore(server, name, _file(folder, what, "dump"))
+            elif kind == "checkpoint":
+                _restore_checkpoint(server, name, what, _settings(self.config))
+        except BaseException:
+            with server.connect() as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            raise
+        with server.connect() as conn:
+            conn.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        self.made[source] = name
+        return name
+
+    def clone(self, template: str) -> ShadowDb:
+        name = f"test_{self.worker}_{next(self.counter)}"
+        with self.server.connect() as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        return ShadowDb(self.server, name)
+
+    def drop(self, db: ShadowDb) -> None:
+        with self.server.connect() as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [db.name])
+            conn.execute(f'DROP DATABASE IF EXISTS "{db.name}"')
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+def _file(folder: Path, what: str, key: str) -> Path:
+    path = Path(what) if Path(what).is_absolute() else folder / what
+    if not path.is_file():
+        raise pytest.UsageError(f"@pytest.mark.shadow_db({key}={what!r}): no such file {path}")
+    return path
+
+
+def _restore(server: Any, name: str, dump: Path) -> None:
+    """A plain SQL dump through psql, any other through pg_restore (custom, directory or tar format)."""
+    import subprocess
+
+    from adapters.postgres.binaries import find_binaries
+
+    tools = find_binaries(need_server=False)[0]
+    head = dump.read_bytes()[:5]
+    cmd = ([*tools.argv("pg_restore", [dump.parent]), "--no-owner", "-d", server.dsn(name), str(dump)]
+           if head == b"PGDMP" else
+           [*tools.argv("psql", [dump.parent]), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", server.dsn(name),
+            "-f", str(dump)])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise pytest.UsageError(f"@pytest.mark.shadow_db(dump={dump}): could not load it: {done.stderr.strip()[:400]}")
+
+
+def _restore_checkpoint(server: Any, name: str, spec: str, settings: Any) -> None:
+    """``RUN_ID[:TARGET]``: the PostgreSQL checkpoint a shadow run took, from the state dir's store."""
+    import json
+
+    from adapters.postgres.binaries import find_binaries
+    from adapters.postgres.restore import restore_into_empty
+    from snapshots import Artifact, Store
+
+    run_id, _sep, target = spec.partition(":")
+    store = Store(settings.store_dir)
+    folder = store.root / "manifests" / run_id
+    manifests = sorted(p for p in folder.glob("*.json") if not target or p.stem == target) if folder.is_dir() else []
+    postgres = [m for m in manifests if json.loads(m.read_text()).get("kind") == "postgres"]
+    if len(postgres) != 1:
+        raise pytest.UsageError(f"@pytest.mark.shadow_db(checkpoint={spec!r}): {len(postgres)} PostgreSQL "
+                                f"checkpoints of that run in {store.root} (name one: RUN_ID:TARGET)")
+    manifest = json.loads(postgres[0].read_text())
+    dump = manifest["artifacts"]["dump"]
+    archive = store.open_verified(Artifact(dump["sha256"], int(dump["size"])))
+    restore_into_empty(find_binaries(need_server=False)[0], server.dsn(name), archive, manifest.get("observation"))
+
+
+@pytest.fixture(scope="session")
+def _shadow_templates(pytestconfig: pytest.Config) -> Iterator[_Templates]:
+    templates = _Templates(pytestconfig)
+    try:
+        yield templates
+    finally:
+        templates.stop()
+
+
+@pytest.fixture
+def shadow_db(request: pytest.FixtureRequest, _shadow_templates: _Templates) -> Iterator[ShadowDb]:
+    """A fresh PostgreSQL database for this test, cloned from a template made once per session (and worker)."""
+    marker = request.node.get_closest_marker("shadow_db")
+    given = dict(marker.kwargs) if marker else {}
+    unknown = set(given) - {"schema", "dump", "checkpoint"}
+    if unknown or len(given) > 1:
+        raise pytest.UsageError("@pytest.mark.shadow_db takes one of schema=, dump=, checkpoint= "
+                                f"(got {', '.join(sorted(given)) or 'nothing'})")
+    source = next(iter(given.items()), ("empty", ""))
+    template = _shadow_templates.template((source[0], str(source[1])), Path(request.path).parent)
+    db = _shadow_templates.clone(template)
+    try:
+        yield db
+    finally:
+        _shadow_templates.drop(db)
+
+
+@pytest.fixture
+def rehearse(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., RunResult]:
+    """``rehearse(sql=… | command=…, expect=…, on=DSN_or_shadow_db, files=…)``: the run result of rehearsing the
+    action on a copy of ``on`` (default: ``--shadow-target app=…``, else ``DATABASE_URL``); never applied."""
+    counter = itertools.count(1)
+    folder = Path(request.path).parent
+
+    def run_one(sql: str | Path | list[str | Path] | None = None, command: str | None = None,
+                expect: Mapping[str, Any] | None = None, on: Any = None, target: str = "app",
+                policy: Mapping[str, Any] | None = None) -> RunResult:
+        import yaml
+
+        from shadow import run
+
+        address = str(on) if on is not None else target_overrides(request.config).get(target) or \
+            os.environ.get("DATABASE_URL")
+        if not address:
+            raise pytest.UsageError("rehearse(): name the database with on=… (a DSN or the shadow_db fixture), "
+                                    f"--shadow-target {target}=DSN, or DATABASE_URL")
+        if (sql is None) == (command is None):
+            raise pytest.UsageError("rehearse(): give exactly one of sql= (files or text) and command=")
+        plan_dir = tmp_path / f"rehearse-{next(counter)}"
+        plan_dir.mkdir()
+        action: dict[str, Any]
+        if command is not None:
+            action = {"command": command}
+        else:
+            paths = []
+            items: list[str | Path] = list(sql) if isinstance(sql, list) else [sql]  # type: ignore[list-item]
+            for i, item in enumerate(items):
+                if isinstance(item, Path) or ("\n" not in item and item.strip().endswith(".sql")):
+                    path = Path(item)
+                    paths.append(str(path if path.is_absolute() else folder / path))
+                else:  # SQL text
+                    inline = plan_dir / f"inline-{i + 1}.sql"
+                    inline.write_text(item)
+                    paths.append(str(inline))
+            action = {"sql": paths if len(paths) > 1 else paths[0]}
+        expectations = dict(expect or {})
+        if expectations and not set(expectations) - {"must", "may", "rows", "checks", "objects", "files"}:
+            expectations = {target: expectations}
+        doc = {"version": 1, "targets": {target: {"kind": "postgres", "dsn": address}}, "action": action,
+               "expect": expectations, "policy": dict(policy or {})}
+        plan_file = plan_dir / "shadow.yaml"
+        plan_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return run.plan(plan_file, _settings(request.config, tmp_path / "state"))
+
+    return run_one

@@ -21,7 +21,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from shadow.cli_output import print_gc, print_lint, print_result, print_runs
+from shadow.cli_output import print_alembic, print_gc, print_lint, print_result, print_runs
 from shadow.errors import EXIT_BAD_INPUT, EXIT_INFRA, ShadowError, cap
 from shadow.locks import DEFAULT_LOCK_TIMEOUT
 from shadow.settings import Settings
@@ -365,6 +365,35 @@ def lint_cmd(ctx: Ctx, files: tuple[Path, ...], allow: tuple[str, ...], as_json:
     else:
         print_lint(ctx.out, findings, kept, allowed)
     sys.exit(1 if any(f.severity == "error" for f in kept) else 0)
+
+
+@cli.command("alembic")
+@click.option("-c", "--config", "config_file", default="alembic.ini", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The Alembic project's config file.")
+@click.option("--dsn", envvar="DATABASE_URL", required=True, metavar="DSN",
+              help="Production's database (read only) [env: DATABASE_URL].")
+@click.option("--to", "to", default="head", show_default=True, help="The revision to rehearse up to.")
+@click.option("--no-round-trip", is_flag=True, help="Skip the upgrade-then-downgrade round trip.")
+@JSON_OPTION
+@QUIET_OPTION
+@click.pass_obj
+def alembic_cmd(ctx: Ctx, config_file: Path, dsn: str, to: str, no_round_trip: bool, as_json: bool,
+                quiet: bool) -> None:
+    """Rehearse production's pending Alembic revisions one by one on its copy — a change set, expectations
+    (`shadow_expect` in the revision file), findings and lock trace per revision — then prove on a shadow that
+    upgrading and downgrading back leaves no trace in schema or rows. Never writes to production.
+
+    Exit 0 when every revision and the round trip pass, 1 when one does not.
+    """
+    from shadow.migrations import alembic
+
+    done = _guard(ctx, lambda: alembic.rehearse(config_file, dsn, ctx.settings, to, not no_round_trip,
+                                                _progress(ctx, quiet or as_json)))
+    if as_json:
+        click.echo(json.dumps(done.to_dict(), indent=2, default=str))
+    else:
+        print_alembic(ctx.out, done)
+    sys.exit(0 if done.passed else 1)
 
 
 GATEWAY_OPTION = click.option("-f", "--file", "gateway_file", default="gateway.yaml", show_default=True,

@@ -139,3 +139,43 @@ def print_lint(out: Console, findings: Sequence[Finding], kept: Sequence[Finding
     counts = {s: sum(f.severity == s for f in kept) for s in ("error", "warning", "info")}
     summary = ", ".join(f"{n} {s}{'s' if n != 1 and s != 'info' else ''}" for s, n in counts.items())
     out.print(f"{summary}, {len(allowed)} allowed" if findings else "no findings")
+
+
+def print_alembic(out: Console, done: Any) -> None:
+    """``shadow alembic``: per revision its verdict, change set, what failed and its lock trace; then the round
+    trip, with what a downgrade left behind (row keys and values included)."""
+    for step in done.steps:
+        model = step.result.to_dict()
+        colour = "green" if step.passed else "red"
+        out.print(f"[bold {colour}]revision {escape(step.revision)}[/] {escape(step.message)} — "
+                  f"{'passed' if step.passed else 'FAILED'} [dim]({step.mode}; expect: {escape(step.expect_source)}; "
+                  f"run {step.result.run_id})[/]")
+        for t in model["targets"]:
+            for c in t.get("changes") or []:
+                out.print(f"    {escape(change_summary(c))}")
+        for v in step.result.verdicts:
+            if not v.ok:
+                out.print(f"    [red]✗[/] {escape(v.rule)} {escape(v.subject)}: {escape(v.message)}")
+        for traced in (step.result.rehearsal.locks if step.result.rehearsal else None) or []:
+            strong = [lk for lk in traced.get("locks", []) if "EXCLUSIVE" in str(lk.get("mode", "")).upper()]
+            if strong:
+                held = ", ".join(f"{lk.get('mode')} on {lk.get('relation')}" for lk in strong[:3])
+                out.print(f"    [dim]locks of revision {escape(step.revision)} at {escape(str(traced.get('statement')))}: "
+                          f"{escape(held)}[/]")
+    for revision in done.not_rehearsed:
+        out.print(f"[red]revision {escape(revision)} not rehearsed[/] (an earlier revision does not run)")
+    trip = done.round_trip
+    if trip is not None:
+        ok = trip.passed and trip.outcome is Outcome.PASSED
+        colour = "green" if ok else "red"
+        out.print(f"[bold {colour}]round trip[/] upgrade {escape(done.to)}, downgrade {escape(done.start or 'base')} — "
+                  f"{'no trace left' if ok else 'FAILED'} [dim](run {trip.run_id})[/]")
+        if not ok:
+            if trip.reason:
+                out.print(f"    {escape(trip.reason)}")
+            for t in trip.to_dict()["targets"]:
+                for c in t.get("changes") or []:
+                    out.print(f"    left behind: {escape(change_summary(c))}")
+                    for row in (c.get("detail") or {}).get("sample_rows") or []:
+                        out.print(f"      {escape(json.dumps(row, default=str))}")
+    out.print(f"[bold {'green' if done.passed else 'red'}]{'PASSED' if done.passed else 'FAILED'}[/]")

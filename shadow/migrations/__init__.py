@@ -1,0 +1,1 @@
+"""Rehearsing a migration tool's revisions one by one on production's copy (``shadow alembic``)."""

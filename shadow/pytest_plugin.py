@@ -52,6 +52,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="where shadows and shadow_db databases run (default: SHADOW_BACKEND, else local)")
     parser.addini("shadow_plans", type="args", default=[],
                   help="globs of plan files to collect as tests (collection is on when set)")
+    group.addoption("--shadow-alembic", action="append", default=[], metavar="ALEMBIC_INI",
+                    help="collect an Alembic project's pending revisions as tests (one item per revision, and the "
+                         "round trip), rehearsed against --shadow-target app=DSN or DATABASE_URL; repeatable")
+    parser.addini("shadow_alembic", type="paths", default=[],
+                  help="Alembic config files whose pending revisions are collected as tests")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -67,7 +72,14 @@ def _plan_globs(config: pytest.Config) -> tuple[str, ...]:
     return DEFAULT_PLANS if config.getoption("shadow") else ()
 
 
+def _alembic_configs(config: pytest.Config) -> set[Path]:
+    given = [Path(p) for p in config.getoption("shadow_alembic") or ()] + list(config.getini("shadow_alembic"))
+    return {(p if p.is_absolute() else config.invocation_params.dir / p).resolve() for p in given}
+
+
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix == ".ini" and file_path.resolve() in _alembic_configs(parent.config):
+        return AlembicFile.from_parent(parent, path=file_path)
     globs = _plan_globs(parent.config)
     if not globs or file_path.suffix not in (".yaml", ".yml"):
         return None
@@ -219,6 +231,89 @@ def _verdicts(result: RunResult, plan: Plan, rule: str, target: str, subject: st
         owned = {t for r, ts in rows_rule_tables(plan.expect[target].rows, tables) if r.table == subject for t in ts}
         return [v for v in mine if v.subject.rsplit(" ", 1)[0] in owned]
     return mine
+
+
+class AlembicFile(pytest.File):
+    """An Alembic project: one item per pending revision, and the round trip (``shadow alembic``)."""
+
+    _run: Any = None
+    _error: str | None = None
+
+    def collect(self) -> Iterator[pytest.Item]:
+        from shadow.errors import ShadowError
+        from shadow.migrations import alembic
+
+        self.dsn = target_overrides(self.config).get("app") or os.environ.get("DATABASE_URL") or ""
+        try:
+            if not self.dsn:
+                raise pytest.UsageError(f"{self.path}: name production with --shadow-target app=DSN or DATABASE_URL")
+            revisions = alembic.pending(self.path, self.dsn)
+        except ShadowError as exc:
+            yield RevisionItem.from_parent(self, name="alembic", revision="", problem=str(exc))
+            return
+        for rev in revisions:
+            yield RevisionItem.from_parent(self, name=f"revision {rev}", revision=rev, problem="")
+        if revisions:
+            yield RevisionItem.from_parent(self, name="round trip", revision="", problem="")
+
+    def run(self) -> Any:
+        if self._error is not None:
+            raise PlanFailed(self._error)
+        if self._run is None:
+            from shadow.errors import ShadowError
+            from shadow.migrations import alembic
+
+            try:
+                self._run = alembic.rehearse(self.path, self.dsn, _settings(self.config))
+            except ShadowError as exc:
+                self._error = f"the rehearsal could not run: {exc}"
+                raise PlanFailed(self._error) from None
+        return self._run
+
+
+class RevisionItem(pytest.Item):
+    def __init__(self, *, revision: str, problem: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.revision, self.problem = revision, problem
+
+    def runtest(self) -> None:
+        if self.problem:
+            raise PlanFailed(self.problem)
+        parent = self.parent
+        assert isinstance(parent, AlembicFile)
+        done = parent.run()
+        if self.revision:
+            if self.revision in done.not_rehearsed:
+                pytest.skip(f"not rehearsed: an earlier revision does not run")
+            [step] = [s for s in done.steps if s.revision == self.revision]
+            if not step.passed:
+                raise PlanFailed(f"revision {step.revision} ({step.message}):\n" + step.result.explain())
+            return
+        trip = done.round_trip
+        if trip is None:
+            pytest.skip("no round trip: a revision does not run")
+        if not (trip.passed and trip.outcome.value == "passed"):
+            raise PlanFailed(f"the downgrades back to {done.start or 'base'} left a trace:\n" + left_behind(trip))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:  # type: ignore[override]
+        if isinstance(excinfo.value, PlanFailed):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, f"{self.name} ({self.path.name})"
+
+
+def left_behind(result: RunResult) -> str:
+    """What a round trip left: each change, with the rows (key, before, after) it has samples of."""
+    import json
+
+    lines = [result.explain()]
+    for tr in result.targets.values():
+        for change in tr.changes:
+            for row in change.detail.get("sample_rows") or []:
+                lines.append(f"    {change.address}: {json.dumps(row, default=str)}")
+    return "\n".join(lines)
 
 
 # -- fixtures -----------------------------------------------------------------------------------------------------

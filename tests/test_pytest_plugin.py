@@ -224,3 +224,29 @@ def test_the_plugin_is_registered_through_its_entry_point() -> None:
     [entry] = [e for e in entry_points(group="pytest11") if e.name == "shadow"]
     assert entry.value == "shadow.pytest_plugin"
     assert Path(entry.load().__file__).name == "pytest_plugin.py"
+
+
+def test_an_alembic_project_is_one_item_per_revision_and_the_round_trip(
+        pytester: pytest.Pytester, empty_db: ProdDb, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import shutil
+
+    from tests.conftest import ROOT
+
+    folder = pytester.path / "shop"
+    shutil.copytree(ROOT / "examples" / "alembic", folder, ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run([sys.executable, "-m", "shadow.migrations.alembic_run", "-c", str(folder / "alembic.ini"),
+                           "upgrade", "0002"], env={**os.environ, "DATABASE_URL": empty_db.dsn},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    empty_db.execute((folder / "seed.sql").read_text())
+    monkeypatch.setenv("SHADOW_STATE_DIR", str(pytester.path / ".shadow"))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    result = pytester.runpytest_subprocess("--shadow-alembic", "shop/alembic.ini", "--shadow-target",
+                                           f"app={empty_db.dsn}", "-v", "-p", "no:cacheprovider")
+    out = result.stdout.str()
+    assert "shop/alembic.ini::revision 0003 PASSED" in out, out
+    assert "shop/alembic.ini::revision 0004 PASSED" in out
+    assert "shop/alembic.ini::round trip FAILED" in out
+    assert "the downgrades back to 0002 left a trace" in out and '"status": "settled"' in out
+    assert _outcomes(result) == {"passed": 2, "failed": 1}

@@ -122,6 +122,14 @@ def rehearse(config_path: str | Path, dsn: str, settings: Settings, to: str = "h
     return out
 
 
+def pending(config_path: str | Path, dsn: str, to: str = "head") -> list[str]:
+    """The revisions :func:`rehearse` would rehearse, oldest first (production only read)."""
+    config_path = Path(config_path).absolute()
+    if not config_path.is_file():
+        raise BadInput(f"{config_path}: no such Alembic config file")
+    return [r.revision for r in _path(_script(config_path), _current_revision(dsn), to, config_path)]
+
+
 def _rehearse_one(rev: Any, config_path: Path, copy_dsn: str, settings: Settings, folder: Path,
                   progress: Progress) -> Step:
     from shadow import run

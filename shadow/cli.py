@@ -21,7 +21,7 @@ import click
 from rich.console import Console
 from rich.markup import escape
 
-from shadow.cli_output import print_alembic, print_gc, print_lint, print_result, print_runs
+from shadow.cli_output import print_migrations, print_gc, print_lint, print_result, print_runs
 from shadow.errors import EXIT_BAD_INPUT, EXIT_INFRA, ShadowError, cap
 from shadow.locks import DEFAULT_LOCK_TIMEOUT
 from shadow.settings import Settings
@@ -392,7 +392,7 @@ def alembic_cmd(ctx: Ctx, config_file: Path, dsn: str, to: str, no_round_trip: b
     if as_json:
         click.echo(json.dumps(done.to_dict(), indent=2, default=str))
     else:
-        print_alembic(ctx.out, done)
+        print_migrations(ctx.out, done)
     sys.exit(0 if done.passed else 1)
 
 

@@ -141,13 +141,14 @@ def print_lint(out: Console, findings: Sequence[Finding], kept: Sequence[Finding
     out.print(f"{summary}, {len(allowed)} allowed" if findings else "no findings")
 
 
-def print_alembic(out: Console, done: Any) -> None:
-    """``shadow alembic``: per revision its verdict, change set, what failed and its lock trace; then the round
-    trip, with what a downgrade left behind (row keys and values included)."""
+def print_migrations(out: Console, done: Any) -> None:
+    """``shadow alembic`` / ``shadow django``: per migration its verdict, change set, what failed and its lock
+    trace; then the round trip, with what a reverse migration left behind (row keys and values included)."""
+    word = "revision" if done.tool == "alembic" else "migration"
     for step in done.steps:
         model = step.result.to_dict()
         colour = "green" if step.passed else "red"
-        out.print(f"[bold {colour}]revision {escape(step.revision)}[/] {escape(step.message)} — "
+        out.print(f"[bold {colour}]{word} {escape(step.revision)}[/] {escape(step.message)} — "
                   f"{'passed' if step.passed else 'FAILED'} [dim]({step.mode}; expect: {escape(step.expect_source)}; "
                   f"run {step.result.run_id})[/]")
         for t in model["targets"]:
@@ -160,15 +161,15 @@ def print_alembic(out: Console, done: Any) -> None:
             strong = [lk for lk in traced.get("locks", []) if "EXCLUSIVE" in str(lk.get("mode", "")).upper()]
             if strong:
                 held = ", ".join(f"{lk.get('mode')} on {lk.get('relation')}" for lk in strong[:3])
-                out.print(f"    [dim]locks of revision {escape(step.revision)} at {escape(str(traced.get('statement')))}: "
+                out.print(f"    [dim]locks of {word} {escape(step.revision)} at {escape(str(traced.get('statement')))}: "
                           f"{escape(held)}[/]")
     for revision in done.not_rehearsed:
-        out.print(f"[red]revision {escape(revision)} not rehearsed[/] (an earlier revision does not run)")
+        out.print(f"[red]{word} {escape(revision)} not rehearsed[/] (an earlier {word} does not run)")
     trip = done.round_trip
     if trip is not None:
         ok = trip.passed and trip.outcome is Outcome.PASSED
         colour = "green" if ok else "red"
-        out.print(f"[bold {colour}]round trip[/] upgrade {escape(done.to)}, downgrade {escape(done.start or 'base')} — "
+        out.print(f"[bold {colour}]round trip[/] up to {escape(done.to)}, back to {escape(done.start or 'the start')} — "
                   f"{'no trace left' if ok else 'FAILED'} [dim](run {trip.run_id})[/]")
         if not ok:
             if trip.reason:

@@ -396,6 +396,34 @@ def alembic_cmd(ctx: Ctx, config_file: Path, dsn: str, to: str, no_round_trip: b
     sys.exit(0 if done.passed else 1)
 
 
+@cli.command("django")
+@click.option("--manage", "manage", default="manage.py", show_default=True,
+              type=click.Path(dir_okay=False, path_type=Path), help="The Django project's manage.py.")
+@click.option("--dsn", envvar="DATABASE_URL", required=True, metavar="DSN",
+              help="Production's database (read only) [env: DATABASE_URL].")
+@click.option("--no-round-trip", is_flag=True, help="Skip the migrate-then-migrate-back round trip.")
+@JSON_OPTION
+@QUIET_OPTION
+@click.pass_obj
+def django_cmd(ctx: Ctx, manage: Path, dsn: str, no_round_trip: bool, as_json: bool, quiet: bool) -> None:
+    """Rehearse production's unapplied Django migrations one by one on its copy — a change set, expectations
+    (`shadow_expect` in the migration file), findings and lock trace per migration — then prove on a shadow that
+    migrating forward and back leaves no trace in schema or rows. The project's settings read $DATABASE_URL.
+    Never writes to production.
+
+    Exit 0 when every migration and the round trip pass, 1 when one does not.
+    """
+    from shadow.migrations import django
+
+    done = _guard(ctx, lambda: django.rehearse(manage, dsn, ctx.settings, not no_round_trip,
+                                               _progress(ctx, quiet or as_json)))
+    if as_json:
+        click.echo(json.dumps(done.to_dict(), indent=2, default=str))
+    else:
+        print_migrations(ctx.out, done)
+    sys.exit(0 if done.passed else 1)
+
+
 GATEWAY_OPTION = click.option("-f", "--file", "gateway_file", default="gateway.yaml", show_default=True,
                               type=click.Path(dir_okay=False, path_type=Path), help="The gateway file.")
 

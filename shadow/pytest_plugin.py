@@ -359,7 +359,7 @@ class _Templates:
         if backend == "docker":
             from adapters.postgres.container import ContainerServer
 
-            major = int(os.environ.get("SHADOW_PYTEST_PG_MAJOR", "16"))
+            major = int(os.environ.get("SHADOW_PYTEST_PG_MAJOR", "17"))
             image = settings.image_for("postgres", "postgres:{major}").format(major=major)
             self.server = ContainerServer(label, image, major).start()
         else:

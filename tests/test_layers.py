@@ -20,7 +20,7 @@ PACKAGES = ("shadow", "snapshots", "adapters")
 # The leaf core: what any layer may use. Knows no kind, no run, no front end.
 CORE = {"shadow", "shadow.errors", "shadow.changes", "shadow.redact", "shadow.settings", "shadow.sqlsplit",
         "shadow.sqlsyntax", "shadow.locks", "shadow.warden"}
-FRONT_ENDS = {"shadow.cli", "shadow.cli_output", "shadow.demo", "shadow.__main__"}
+FRONT_ENDS = {"shadow.cli", "shadow.cli_output", "shadow.demo", "shadow.__main__", "shadow.pytest_plugin"}
 # What the renderers of the report model may import besides themselves (their own layer's other modules are
 # allowed by the layer map, but would pull in a run: judge → plan, result → action → adapters).
 REPORTS = "shadow.reports"

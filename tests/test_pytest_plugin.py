@@ -250,3 +250,22 @@ def test_an_alembic_project_is_one_item_per_revision_and_the_round_trip(
     assert "shop/alembic.ini::round trip FAILED" in out
     assert "the downgrades back to 0002 left a trace" in out and '"status": "settled"' in out
     assert _outcomes(result) == {"passed": 2, "failed": 1}
+
+
+def test_shadow_db_on_the_docker_backend(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import docker_or_skip
+
+    docker_or_skip()
+    monkeypatch.setenv("SHADOW_STATE_DIR", str(pytester.path / ".shadow"))
+    monkeypatch.setenv("SHADOW_PYTEST_PG_MAJOR", "15")
+    pytester.makefile(".sql", schema="CREATE TABLE t (id int);\nINSERT INTO t VALUES (1);\n")
+    pytester.makepyfile(test_d='''
+import pytest
+
+@pytest.mark.shadow_db(schema="schema.sql")
+def test_in_a_container(shadow_db):
+    assert shadow_db.scalar("SELECT count(*) FROM t") == 1
+    assert type(shadow_db.server).__name__ == "ContainerServer"
+''')
+    result = pytester.runpytest_subprocess("--shadow-backend", "docker", "-p", "no:cacheprovider")
+    assert _outcomes(result) == {"passed": 1}, result.stdout.str()

@@ -367,6 +367,16 @@ def lint_cmd(ctx: Ctx, files: tuple[Path, ...], allow: tuple[str, ...], as_json:
     sys.exit(1 if any(f.severity == "error" for f in kept) else 0)
 
 
+def _migrations_done(ctx: Ctx, as_json: bool, rehearse: Callable[[], Any]) -> NoReturn:
+    """Run a migration tool's rehearsal, print it (or its JSON), exit 0 when all passed, 1 when not."""
+    done = _guard(ctx, rehearse)
+    if as_json:
+        click.echo(json.dumps(done.to_dict(), indent=2, default=str))
+    else:
+        print_migrations(ctx.out, done)
+    sys.exit(0 if done.passed else 1)
+
+
 @cli.command("alembic")
 @click.option("-c", "--config", "config_file", default="alembic.ini", show_default=True,
               type=click.Path(dir_okay=False, path_type=Path), help="The Alembic project's config file.")
@@ -387,13 +397,8 @@ def alembic_cmd(ctx: Ctx, config_file: Path, dsn: str, to: str, no_round_trip: b
     """
     from shadow.migrations import alembic
 
-    done = _guard(ctx, lambda: alembic.rehearse(config_file, dsn, ctx.settings, to, not no_round_trip,
-                                                _progress(ctx, quiet or as_json)))
-    if as_json:
-        click.echo(json.dumps(done.to_dict(), indent=2, default=str))
-    else:
-        print_migrations(ctx.out, done)
-    sys.exit(0 if done.passed else 1)
+    _migrations_done(ctx, as_json, lambda: alembic.rehearse(config_file, dsn, ctx.settings, to, not no_round_trip,
+                                                            _progress(ctx, quiet or as_json)))
 
 
 @cli.command("django")
@@ -415,13 +420,8 @@ def django_cmd(ctx: Ctx, manage: Path, dsn: str, no_round_trip: bool, as_json: b
     """
     from shadow.migrations import django
 
-    done = _guard(ctx, lambda: django.rehearse(manage, dsn, ctx.settings, not no_round_trip,
-                                               _progress(ctx, quiet or as_json)))
-    if as_json:
-        click.echo(json.dumps(done.to_dict(), indent=2, default=str))
-    else:
-        print_migrations(ctx.out, done)
-    sys.exit(0 if done.passed else 1)
+    _migrations_done(ctx, as_json, lambda: django.rehearse(manage, dsn, ctx.settings, not no_round_trip,
+                                                           _progress(ctx, quiet or as_json)))
 
 
 GATEWAY_OPTION = click.option("-f", "--file", "gateway_file", default="gateway.yaml", show_default=True,

@@ -167,7 +167,21 @@ class PlanFailed(Exception):
     """An item's failure, shown as its text alone (no traceback)."""
 
 
-class PlanItem(pytest.Item):
+class _ShadowItem(pytest.Item):
+    """An item whose failure is its text alone (no traceback)."""
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:  # type: ignore[override]
+        if isinstance(excinfo.value, PlanFailed):
+            return str(excinfo.value)
+        return str(super().repr_failure(excinfo))
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        # Not a suffix of the node id, so pytest shows the id as it is (it would turn an address's dots into "::")
+        # and heads a failure with this.
+        return self.path, None, f"{self.name} ({self.path.name})"
+
+
+class PlanItem(_ShadowItem):
     def __init__(self, *, check: tuple[str, str, str], **kw: Any) -> None:
         super().__init__(**kw)
         self.check = check
@@ -193,15 +207,6 @@ class PlanItem(pytest.Item):
         if not mine and rule in ("must", "rows", "objects", "files", "check") and not _judged(result):
             pytest.skip(f"not judged: {result.reason or 'the rehearsal failed'} (see the plan's rehearsal item)")
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:  # type: ignore[override]
-        if isinstance(excinfo.value, PlanFailed):
-            return str(excinfo.value)
-        return str(super().repr_failure(excinfo))
-
-    def reportinfo(self) -> tuple[Path, int | None, str]:
-        # Not a suffix of the node id, so pytest shows the id as it is (it would turn an address's dots into "::")
-        # and heads a failure with this.
-        return self.path, None, f"{self.name} ({self.path.name})"
 
 
 def _short(text: str, width: int = 60) -> str:
@@ -271,7 +276,7 @@ class AlembicFile(pytest.File):
         return self._run
 
 
-class RevisionItem(pytest.Item):
+class RevisionItem(_ShadowItem):
     def __init__(self, *, revision: str, problem: str, **kw: Any) -> None:
         super().__init__(**kw)
         self.revision, self.problem = revision, problem
@@ -295,13 +300,6 @@ class RevisionItem(pytest.Item):
         if not (trip.passed and trip.outcome.value == "passed"):
             raise PlanFailed(f"the downgrades back to {done.start or 'base'} left a trace:\n" + left_behind(trip))
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:  # type: ignore[override]
-        if isinstance(excinfo.value, PlanFailed):
-            return str(excinfo.value)
-        return str(super().repr_failure(excinfo))
-
-    def reportinfo(self) -> tuple[Path, int | None, str]:
-        return self.path, None, f"{self.name} ({self.path.name})"
 
 
 def left_behind(result: RunResult) -> str:

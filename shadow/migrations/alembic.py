@@ -35,6 +35,7 @@ BOOKKEEPING = ["* rows *alembic_version", "add table *alembic_version"]
 class AlembicTool:
     name = "alembic"
     bookkeeping = BOOKKEEPING
+    online_bookkeeping: list[str] = []
 
     def __init__(self, config_path: Path, to: str) -> None:
         self.config_path, self.to = config_path, to

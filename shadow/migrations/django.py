@@ -31,12 +31,17 @@ from shadow.session import Progress, quiet
 from shadow.settings import Settings
 
 BOOKKEEPING = ["* rows *django_migrations", "add table *django_migrations", "alter sequence *django_migrations*"]
+# What `migrate` itself writes after every run (the post_migrate signal of django.contrib.contenttypes and .auth):
+# content types and permissions of the models it saw, never removed by migrating back. Not the project's data.
+POST_MIGRATE = ["* rows *django_content_type", "alter sequence *django_content_type*",
+                "* rows *auth_permission", "alter sequence *auth_permission*"]
 PLAN_LINE = re.compile(r"^\[(?P<done>[ X])\]\s+(?P<app>[\w]+)\.(?P<name>\S+)")
 
 
 class DjangoTool:
     name = "django"
     bookkeeping = BOOKKEEPING
+    online_bookkeeping = POST_MIGRATE  # what `manage.py migrate` writes besides the migration
 
     def __init__(self, manage: Path) -> None:
         self.manage = manage
@@ -73,6 +78,7 @@ class DjangoTool:
     def command(self, migration: Migration) -> str:
         return self._command("migrate", *migration.id.split(".", 1))
 
+
     def run(self, copy_dsn: str, migration: Migration) -> subprocess.CompletedProcess[str]:
         return self._manage(copy_dsn, "migrate", *migration.id.split(".", 1))
 
@@ -81,7 +87,7 @@ class DjangoTool:
         steps = [self._command("migrate")] + [self._command("migrate", app, self.starts[app]) for app in last_first]
         # Django's bookkeeping is not the project's data: its id sequence moves on (and from nothing, its emptied
         # table stays); any trace in the project's own tables fails the round trip
-        return " && ".join(steps), list(BOOKKEEPING)
+        return " && ".join(steps), BOOKKEEPING + POST_MIGRATE
 
     def _migration(self, app: str, name: str) -> Migration:
         path = self.manage.parent / app / "migrations" / f"{name}.py"

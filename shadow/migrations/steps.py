@@ -50,6 +50,7 @@ class Migration:
 class Tool(Protocol):
     name: str  # "alembic" | "django"
     bookkeeping: list[str]  # change addresses of the tool's own record keeping, always allowed
+    online_bookkeeping: list[str]  # and what its own command writes besides, when a migration runs as one
     project: str  # the config file / manage.py
 
     def pending(self, copy_dsn: str) -> tuple[str | None, list[Migration]]:
@@ -157,7 +158,7 @@ def _rehearse_one(tool: Tool, migration: Migration, previous: str | None, copy_d
     else:
         action, mode = {"command": tool.command(migration), "timeout": TIMEOUT}, "online"
         progress("info", f"{migration.id} cannot be rendered as SQL; it runs as the tool's own command")
-    expect, source = expectations(migration, tool.bookkeeping)
+    expect, source = expectations(migration, tool.bookkeeping + (tool.online_bookkeeping if mode == "online" else []))
     plan_file = write_plan(folder, copy_dsn, action, expect)
     try:
         result = run.plan(plan_file, settings)

@@ -522,10 +522,13 @@ def rehearse(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Ru
         expectations = dict(expect or {})
         if expectations and not set(expectations) - {"must", "may", "rows", "checks", "objects", "files"}:
             expectations = {target: expectations}
-        doc = {"version": 1, "targets": {target: {"kind": "postgres", "dsn": address}}, "action": action,
+        doc = {"version": 1, "targets": {target: {"kind": "postgres", "dsn": "${SHADOW_REHEARSE_DSN}"}},
+               "action": action,
                "expect": expectations, "policy": dict(policy or {})}
         plan_file = plan_dir / "shadow.yaml"
         plan_file.write_text(yaml.safe_dump(doc, sort_keys=False))
-        return run.plan(plan_file, _settings(request.config, tmp_path / "state"))
+        settings = _settings(request.config, tmp_path / "state")  # the DSN stays out of the plan file
+        settings = dataclasses.replace(settings, environ={**settings.environ, "SHADOW_REHEARSE_DSN": address})
+        return run.plan(plan_file, settings)
 
     return run_one

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.conftest import ROOT, ProdDb
@@ -74,6 +75,11 @@ def test_revisions_are_rehearsed_one_by_one_and_the_faulty_downgrade_is_caught(
     assert (db.scalar(shop), db.scalar("SELECT md5(string_agg(c::text, ',' ORDER BY c::text)) FROM customers c")) == before
     assert db.scalar("SELECT version_num FROM alembic_version") == "0002"
     assert db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'tier'") == 0
+
+    # production's password is in no file shadow kept (the plans name the database through the environment)
+    password = psycopg.conninfo.conninfo_to_dict(db.dsn)["password"]
+    kept = [p for p in shadow_cli.state_dir.rglob("*") if p.is_file() and p.suffix in (".yaml", ".sql", ".json", ".md")]
+    assert kept and not [p for p in kept if password in p.read_text(errors="replace")]
 
     text = shadow_cli("alembic", "-c", str(folder / "alembic.ini"), env={"DATABASE_URL": db.dsn})
     assert "left behind: update rows public.invoices" in text.out and '"status": "settled"' in text.out

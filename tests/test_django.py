@@ -95,3 +95,16 @@ def test_a_reverse_that_forgets_the_data_is_caught_with_the_rows_it_left(
     left = {c["address"]: c for t in report["round_trip"]["targets"] for c in t["changes"]}["update rows public.invoices"]
     row = left["detail"]["sample_rows"][0]
     assert row["before"]["status"] == "paid" and row["after"]["status"] == "settled"
+
+
+def test_bad_input_is_one_line(project: tuple[Path, ProdDb], shadow_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder, db = project
+    missing = shadow_cli("django", "--manage", str(tmp_path / "nope.py"), env={"DATABASE_URL": db.dsn})
+    assert missing.code == 2 and "no such manage.py" in missing.err and "Traceback" not in missing.err
+    migration = folder / "billing" / "migrations" / "0004_settle_invoices.py"
+    migration.write_text(migration.read_text().replace('shadow_expect = {', 'shadow_expect = dict(**{', 1)
+                         .replace('    "rows": {"public.invoices": {"updated": "<= 500", "inserted": 0, "deleted": 0}},\n}',
+                                  '    "rows": {"public.invoices": {"updated": "<= 500", "inserted": 0, "deleted": 0}},\n})'))
+    computed = shadow_cli("django", "--manage", str(folder / "manage.py"), env={"DATABASE_URL": db.dsn})
+    assert computed.code == 2 and "0004_settle_invoices.py:5: shadow_expect must be a literal" in computed.err, \
+        computed.text

@@ -37,6 +37,14 @@ from shadow.session import Progress
 from shadow.settings import Settings
 
 TIMEOUT = "30m"
+DSN_VARIABLE = "SHADOW_MIGRATIONS_DSN"
+
+
+def with_database(settings: Settings, dsn: str) -> Settings:
+    """``settings`` whose environment names the database the plans of :func:`write_plan` are for."""
+    import dataclasses
+
+    return dataclasses.replace(settings, environ={**settings.environ, DSN_VARIABLE: dsn})
 
 
 @dataclass(frozen=True)
@@ -136,10 +144,10 @@ def rehearse_steps(tool: Tool, dsn: str, settings: Settings, to: str, round_trip
         trip_dir = folder / "round-trip"
         trip_dir.mkdir(parents=True, exist_ok=True)
         command, may = tool.round_trip(start, migrations)
-        plan_file = write_plan(trip_dir, dsn, {"command": command, "timeout": TIMEOUT}, {"may": may})
+        plan_file = write_plan(trip_dir, {"command": command, "timeout": TIMEOUT}, {"may": may})
         progress("info", f"round trip: up to {migrations[-1].id}, back to {start or 'the start'}, on a shadow of "
                          "production")
-        out.round_trip = run.plan(plan_file, settings)
+        out.round_trip = run.plan(plan_file, with_database(settings, dsn))
     return out
 
 
@@ -159,9 +167,9 @@ def _rehearse_one(tool: Tool, migration: Migration, previous: str | None, copy_d
         action, mode = {"command": tool.command(migration), "timeout": TIMEOUT}, "online"
         progress("info", f"{migration.id} cannot be rendered as SQL; it runs as the tool's own command")
     expect, source = expectations(migration, tool.bookkeeping + (tool.online_bookkeeping if mode == "online" else []))
-    plan_file = write_plan(folder, copy_dsn, action, expect)
+    plan_file = write_plan(folder, action, expect)
     try:
-        result = run.plan(plan_file, settings)
+        result = run.plan(plan_file, with_database(settings, copy_dsn))
     except PlanError as exc:
         raise BadInput(f"{migration.path}: shadow_expect: {exc}") from None
     return Step(migration.id, migration.message, mode, result, source)
@@ -179,9 +187,11 @@ def expectations(migration: Migration, bookkeeping: list[str]) -> tuple[dict[str
     return expect, f"{Path(migration.path).name}: shadow_expect"
 
 
-def write_plan(folder: Path, dsn: str, action: dict[str, Any], expect: dict[str, Any]) -> Path:
-    doc = {"version": 1, "targets": {"app": {"kind": "postgres", "dsn": dsn}}, "action": action,
-           "expect": {"app": expect}}
+def write_plan(folder: Path, action: dict[str, Any], expect: dict[str, Any]) -> Path:
+    """A plan for the database named by ``$SHADOW_MIGRATIONS_DSN`` (:func:`with_database`): the file, kept with the
+    run, holds no password."""
+    doc = {"version": 1, "targets": {"app": {"kind": "postgres", "dsn": "${" + DSN_VARIABLE + "}"}},
+           "action": action, "expect": {"app": expect}}
     path = folder / "shadow.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True))
     return path

@@ -57,6 +57,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "round trip), rehearsed against --shadow-target app=DSN or DATABASE_URL; repeatable")
     parser.addini("shadow_alembic", type="paths", default=[],
                   help="Alembic config files whose pending revisions are collected as tests")
+    group.addoption("--shadow-django", action="append", default=[], metavar="MANAGE_PY",
+                    help="collect a Django project's unapplied migrations as tests (one item per migration, and "
+                         "the round trip), like --shadow-alembic; repeatable")
+    parser.addini("shadow_django", type="paths", default=[],
+                  help="Django manage.py files whose unapplied migrations are collected as tests")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -72,14 +77,16 @@ def _plan_globs(config: pytest.Config) -> tuple[str, ...]:
     return DEFAULT_PLANS if config.getoption("shadow") else ()
 
 
-def _alembic_configs(config: pytest.Config) -> set[Path]:
-    given = [Path(p) for p in config.getoption("shadow_alembic") or ()] + list(config.getini("shadow_alembic"))
+def _projects(config: pytest.Config, tool: str) -> set[Path]:
+    """The migration projects (``--shadow-alembic`` / ``--shadow-django`` and their ini keys) to collect."""
+    given = [Path(p) for p in config.getoption(f"shadow_{tool}") or ()] + list(config.getini(f"shadow_{tool}"))
     return {(p if p.is_absolute() else config.invocation_params.dir / p).resolve() for p in given}
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    if file_path.suffix == ".ini" and file_path.resolve() in _alembic_configs(parent.config):
-        return AlembicFile.from_parent(parent, path=file_path)
+    for tool, suffix in (("alembic", ".ini"), ("django", ".py")):
+        if file_path.suffix == suffix and file_path.resolve() in _projects(parent.config, tool):
+            return MigrationsFile.from_parent(parent, path=file_path, tool=tool)
     globs = _plan_globs(parent.config)
     if not globs or file_path.suffix not in (".yaml", ".yml"):
         return None
@@ -238,27 +245,34 @@ def _verdicts(result: RunResult, plan: Plan, rule: str, target: str, subject: st
     return mine
 
 
-class AlembicFile(pytest.File):
-    """An Alembic project: one item per pending revision, and the round trip (``shadow alembic``)."""
+class MigrationsFile(pytest.File):
+    """An Alembic project (its config file) or a Django project (its manage.py): one item per pending migration,
+    and the round trip (``shadow alembic`` / ``shadow django``)."""
 
     _run: Any = None
     _error: str | None = None
 
+    def __init__(self, *, tool: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.tool = tool
+
     def collect(self) -> Iterator[pytest.Item]:
         from shadow.errors import ShadowError
-        from shadow.migrations import alembic
+        from shadow.migrations import alembic, django
 
         self.dsn = target_overrides(self.config).get("app") or os.environ.get("DATABASE_URL") or ""
+        word = "revision" if self.tool == "alembic" else "migration"
         try:
             if not self.dsn:
                 raise pytest.UsageError(f"{self.path}: name production with --shadow-target app=DSN or DATABASE_URL")
-            revisions = alembic.pending(self.path, self.dsn)
+            pending = (alembic.pending(self.path, self.dsn) if self.tool == "alembic" else
+                       django.pending(self.path, self.dsn))
         except ShadowError as exc:
-            yield RevisionItem.from_parent(self, name="alembic", revision="", problem=str(exc))
+            yield RevisionItem.from_parent(self, name=self.tool, revision="", problem=str(exc))
             return
-        for rev in revisions:
-            yield RevisionItem.from_parent(self, name=f"revision {rev}", revision=rev, problem="")
-        if revisions:
+        for rev in pending:
+            yield RevisionItem.from_parent(self, name=f"{word} {rev}", revision=rev, problem="")
+        if pending:
             yield RevisionItem.from_parent(self, name="round trip", revision="", problem="")
 
     def run(self) -> Any:
@@ -266,10 +280,12 @@ class AlembicFile(pytest.File):
             raise PlanFailed(self._error)
         if self._run is None:
             from shadow.errors import ShadowError
-            from shadow.migrations import alembic
+            from shadow.migrations import alembic, django
 
             try:
-                self._run = alembic.rehearse(self.path, self.dsn, _settings(self.config))
+                settings = _settings(self.config)
+                self._run = (alembic.rehearse(self.path, self.dsn, settings) if self.tool == "alembic" else
+                             django.rehearse(self.path, self.dsn, settings))
             except ShadowError as exc:
                 self._error = f"the rehearsal could not run: {exc}"
                 raise PlanFailed(self._error) from None
@@ -285,20 +301,20 @@ class RevisionItem(_ShadowItem):
         if self.problem:
             raise PlanFailed(self.problem)
         parent = self.parent
-        assert isinstance(parent, AlembicFile)
+        assert isinstance(parent, MigrationsFile)
         done = parent.run()
         if self.revision:
             if self.revision in done.not_rehearsed:
-                pytest.skip(f"not rehearsed: an earlier revision does not run")
+                pytest.skip("not rehearsed: an earlier one does not run")
             [step] = [s for s in done.steps if s.revision == self.revision]
             if not step.passed:
-                raise PlanFailed(f"revision {step.revision} ({step.message}):\n" + step.result.explain())
+                raise PlanFailed(f"{step.revision} ({step.message}):\n" + step.result.explain())
             return
         trip = done.round_trip
         if trip is None:
-            pytest.skip("no round trip: a revision does not run")
+            pytest.skip("no round trip: a migration does not run")
         if not (trip.passed and trip.outcome.value == "passed"):
-            raise PlanFailed(f"the downgrades back to {done.start or 'base'} left a trace:\n" + left_behind(trip))
+            raise PlanFailed(f"migrating back to {done.start or 'the start'} left a trace:\n" + left_behind(trip))
 
 
 

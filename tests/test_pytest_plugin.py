@@ -248,7 +248,7 @@ def test_an_alembic_project_is_one_item_per_revision_and_the_round_trip(
     assert "shop/alembic.ini::revision 0003 PASSED" in out, out
     assert "shop/alembic.ini::revision 0004 PASSED" in out
     assert "shop/alembic.ini::round trip FAILED" in out
-    assert "the downgrades back to 0002 left a trace" in out and '"status": "settled"' in out
+    assert "migrating back to 0002 left a trace" in out and '"status": "settled"' in out
     assert _outcomes(result) == {"passed": 2, "failed": 1}
 
 
@@ -269,3 +269,28 @@ def test_in_a_container(shadow_db):
 ''')
     result = pytester.runpytest_subprocess("--shadow-backend", "docker", "-p", "no:cacheprovider")
     assert _outcomes(result) == {"passed": 1}, result.stdout.str()
+
+
+def test_a_django_project_is_one_item_per_migration_and_the_round_trip(
+        pytester: pytest.Pytester, empty_db: ProdDb, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import shutil
+
+    from tests.conftest import ROOT
+
+    pytest.importorskip("django")
+    folder = pytester.path / "site"
+    shutil.copytree(ROOT / "examples" / "django", folder, ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run([sys.executable, str(folder / "manage.py"), "migrate", "billing", "0002"],
+                          env={**os.environ, "DATABASE_URL": empty_db.dsn}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    empty_db.execute((folder / "seed.sql").read_text())
+    monkeypatch.setenv("SHADOW_STATE_DIR", str(pytester.path / ".shadow"))
+    monkeypatch.setenv("DATABASE_URL", empty_db.dsn)
+    pytester.makeini("[pytest]\nshadow_django = site/manage.py\n")
+    result = pytester.runpytest_subprocess("-v", "-p", "no:cacheprovider")
+    out = result.stdout.str()
+    assert "site/manage.py::migration billing.0003_customer_tier PASSED" in out, out
+    assert "site/manage.py::migration billing.0004_settle_invoices PASSED" in out
+    assert "site/manage.py::round trip PASSED" in out
+    assert _outcomes(result) == {"passed": 3}

@@ -103,6 +103,14 @@ class DjangoTool:
                               env=env, cwd=self.manage.parent)
 
 
+def pending(manage: str | Path, dsn: str) -> list[str]:
+    """The migrations :func:`rehearse` would rehearse, in order (``showmigrations`` on production: it only reads)."""
+    path = Path(manage).absolute()
+    if not path.is_file():
+        raise BadInput(f"{path}: no such manage.py")
+    return [m.id for m in DjangoTool(path).pending(dsn)[1]]
+
+
 def _read_migration(path: Path) -> tuple[Any, str]:
     """(``shadow_expect``, the first line of the docstring) of a migration file, without importing it."""
     try:

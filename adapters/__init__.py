@@ -33,9 +33,11 @@ class Endpoint:
     dsn: str | None = None
     secrets: tuple[str, ...] = ()  # values to redact from anything shadow writes
     workdir: str | None = None  # a working directory the action runs in (a git working copy), if any
-    # Host directories an isolated action needs at the same path (a git working copy, its repository and a remote
-    # that is a local path); ``isolation: container`` mounts them read-write.
-    mounts: tuple[str, ...] = ()
+
+    def mounts(self) -> tuple[str, ...]:
+        """Host directories an isolated action needs at the same path (a git working copy, its repository, a
+        remote that is a local path); ``isolation: container`` mounts them read-write. Asked only then."""
+        return ()
 
 
 @dataclass

@@ -140,7 +140,7 @@ def run_action(plan: Plan, statements: list[Statement], endpoints: Mapping[str, 
         # runs there, and SHADOW_PLAN_DIR still leads to the plan's own files.
         workdirs = [ep.workdir for ep in endpoints.values() if ep.workdir]
         if sandbox is not None:
-            mounts = tuple(dict.fromkeys(m for ep in endpoints.values() for m in ep.mounts))
+            mounts = tuple(dict.fromkeys(m for ep in endpoints.values() for m in ep.mounts()))
             return sandbox.run(action.command, plan.folder, env, action.timeout, log_path, secrets, launch,  # type: ignore[no-any-return]
                                production, mounts=mounts, workdir=workdirs[0] if len(workdirs) == 1 else None)
         cwd = Path(workdirs[0]) if len(workdirs) == 1 else plan.folder

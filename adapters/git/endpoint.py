@@ -14,6 +14,13 @@ class GitEndpoint(Endpoint):
     """An endpoint with a working directory (``Endpoint.workdir``): a plan with one such endpoint runs its command
     there."""
 
+    target: str = ""
+    remote: str | None = None  # the remote's name, if any
+
+    def mounts(self) -> tuple[str, ...]:
+        assert self.workdir is not None
+        return _mounts(Git(Path(self.workdir), self.target), self.remote)
+
 
 def worktree_endpoint(name: str, root: str, identity_of: Git, remote: str | None = None) -> GitEndpoint:
     """``SHADOW_<NAME>_WORKTREE`` is ``root``; commits carry ``identity_of``'s identity; its secrets are masked.
@@ -21,7 +28,7 @@ def worktree_endpoint(name: str, root: str, identity_of: Git, remote: str | None
     Its mounts (for an isolated action) are the working copy, the repository when it lives elsewhere (a linked
     worktree) and ``remote``'s URL when that is a directory on this host."""
     return GitEndpoint(env={f"SHADOW_{env_name(name)}_WORKTREE": root, **identity_of.identity()},
-                       secrets=identity_of.secrets, workdir=root, mounts=_mounts(Git(Path(root), name), remote))
+                       secrets=identity_of.secrets, workdir=root, target=name, remote=remote)
 
 
 def _mounts(git: Git, remote: str | None) -> tuple[str, ...]:

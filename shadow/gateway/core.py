@@ -62,7 +62,6 @@ def open(path: str | Path, actor: str, settings: Settings | None = None) -> Gate
     return Gateway(load_gateway(Path(path), settings.environ), actor, settings)
 
 
-
 class Gateway:
     def __init__(self, file: GatewayFile, actor: str, settings: Settings) -> None:
         self.file = file

@@ -81,7 +81,7 @@ def pending(config_path: str | Path, dsn: str, to: str = "head") -> list[str]:
     path = Path(config_path).absolute()
     if not path.is_file():
         raise BadInput(f"{path}: no such Alembic config file")
-    return [r.revision for r in _path(_script(path), _current_revision(dsn), to, path)]
+    return [m.id for m in AlembicTool(path, to).pending(dsn)[1]]
 
 
 def _migration(rev: Any) -> Migration:

@@ -42,7 +42,7 @@ from adapters import docker as dockerlib
 from shadow.errors import InfrastructureError
 from shadow.guard import RunRecord, is_alive
 from shadow.settings import Settings
-from snapshots import PRUNED, Store, atomic_write_bytes
+from snapshots import PRUNED, Store, atomic_write_bytes, open_store
 
 STALE_AFTER = 3600.0  # seconds without a change before a temp dir whose owner cannot be known counts as abandoned
 NAMED_ONLY = ("home", "scratch")  # made by the orchestrator with the run id in the name, and no labels
@@ -108,7 +108,7 @@ def prune_checkpoints(settings: Any, older_than_days: float, dry_run: bool = Fal
     """
     result = GcResult(dry_run)
     started = time.time() if now is None else now
-    runs_dir, store = settings.runs_dir, Store(settings.store_dir)
+    runs_dir, store = settings.runs_dir, open_store(settings)
     live = [p.parent.name for p in runs_dir.glob("*/alive") if is_alive(p.parent)]
     if live:
         raise InfrastructureError(f"run {live[0]} is running: prune checkpoints once no run is (nothing removed)")

@@ -454,10 +454,10 @@ def _restore_checkpoint(server: Any, name: str, spec: str, settings: Any) -> Non
 
     from adapters.postgres.binaries import find_binaries
     from adapters.postgres.restore import restore_into_empty
-    from snapshots import Artifact, Store
+    from snapshots import Artifact, open_store
 
     run_id, _sep, target = spec.partition(":")
-    store = Store(settings.store_dir)
+    store = open_store(settings)
     folder = store.root / "manifests" / run_id
     manifests = sorted(p for p in folder.glob("*.json") if not target or p.stem == target) if folder.is_dir() else []
     postgres = [m for m in manifests if json.loads(m.read_text()).get("kind") == "postgres"]

@@ -41,7 +41,7 @@ from shadow.session import DEFAULT_LOCK_TIMEOUT, Progress, Session, make_targets
 from shadow.settings import Settings
 from shadow.sqlsplit import Statement, load_sql_files
 from shadow.undoing import undo_run, why_not
-from snapshots import Store
+from snapshots import open_store
 
 __all__ = ["DEFAULT_LOCK_TIMEOUT", "Outcome", "Progress", "RunResult", "TargetResult", "addresses", "apply",
            "approve", "binding", "choose_backend", "new_run_id", "plan", "read_approval", "recover",
@@ -269,7 +269,7 @@ def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Pat
     if earlier is not None:
         raise BadInput(f"run {run_id} was already rolled back by run {earlier} (production was restored to its "
                        "checkpoint and verified then); nothing to do (use --force to restore it again)")
-    Store(settings.store_dir).refuse_if_pruned(run_id)  # before its plan, which may have gone with it
+    open_store(settings).refuse_if_pruned(run_id)  # before its plan, which may have gone with it
     loaded = load_plan(Path(plan_file or original.plan_path), settings.environ)
     targets = make_targets(loaded, settings, progress)
     result = RunResult(new_run_id(), "rollback", str(loaded.path), time.time(), of_run=run_id,

@@ -25,7 +25,7 @@ from shadow.outcome import Outcome
 from shadow.plan import Plan
 from shadow.result import RunResult
 from shadow.settings import Settings
-from snapshots import Store, atomic_write_bytes, make_private_dir
+from snapshots import atomic_write_bytes, make_private_dir, open_store
 
 Progress = Callable[[str, str], None]
 T = TypeVar("T")
@@ -60,7 +60,7 @@ class Session:
         self.settings = settings
         self.result = result
         self.progress = progress
-        self.store = Store(settings.store_dir)
+        self.store = open_store(settings)
         self.dir = settings.runs_dir / result.run_id
         try:
             make_private_dir(settings.runs_dir)

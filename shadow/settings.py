@@ -23,6 +23,12 @@ class Settings:
     warm: str | None = None  # SHADOW_WARM: overrides the plan's policy.warm (a duration, or "off")
     warm_max: int = 2  # SHADOW_WARM_MAX: how many warm servers a state dir keeps at most (adapters.postgres.warm)
     targets: Mapping[str, str] = field(default_factory=dict)  # target name → address to use instead (pytest)
+    # SHADOW_STATE_URL: journal, run records, approvals and locks in a PostgreSQL schema (shadow.state) instead of
+    # the state dir; the state dir stays this runner's working copy.
+    state_url: str | None = None
+    # SHADOW_STORE_URL: the checkpoint store in an S3 prefix (s3://bucket/prefix) instead of <state dir>/snapshots,
+    # which is then this runner's verified cache of it.
+    store_url: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, state_dir: str | Path | None = None) -> Settings:
@@ -37,6 +43,8 @@ class Settings:
                     if value and (found := _IMAGE_VARIABLE.fullmatch(key))},
             warm=env.get("SHADOW_WARM") or None,
             warm_max=int(env["SHADOW_WARM_MAX"]) if env.get("SHADOW_WARM_MAX", "").isdigit() else 2,
+            state_url=env.get("SHADOW_STATE_URL") or None,
+            store_url=env.get("SHADOW_STORE_URL") or None,
         )
 
     def image_for(self, kind: str, default: str) -> str:

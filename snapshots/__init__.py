@@ -303,3 +303,14 @@ class Store:
             raise SnapshotCorrupt(f"no checkpoint manifest for run {run_id} target {target!r} at {path}") from exc
         except (OSError, ValueError) as exc:
             raise SnapshotCorrupt(f"checkpoint manifest {path} is unreadable: {exc}") from exc
+
+
+def open_store(settings: Any) -> Store:
+    """The checkpoint store ``settings`` name: ``<state dir>/snapshots``, or — with ``SHADOW_STORE_URL`` set — the
+    S3 prefix it names, with ``<state dir>/snapshots`` as this runner's verified cache of it."""
+    url = getattr(settings, "store_url", None)
+    if not url:
+        return Store(settings.store_dir)
+    from snapshots.s3 import S3Store
+
+    return S3Store(settings.store_dir, url, settings.environ)

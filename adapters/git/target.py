@@ -41,7 +41,7 @@ from adapters.git.shadow import GitShadow
 from adapters.git.verify import restore_problems
 from shadow.changes import Change
 from shadow.errors import BadInput, InfrastructureError, SnapshotCorrupt
-from snapshots import Store
+from snapshots import Store, open_store
 
 ROLLBACKS = ("revert", "reset")
 
@@ -212,7 +212,7 @@ class GitTarget:
              force: bool) -> tuple[list[str], list[str], list[str]]:
         if "pending" in record:  # kept before the action of an apply that was killed: what did it change?
             record = self.own_effect(record["pending"], checkpoint, bool(record.get("strict")))[2]
-        manifest = self._manifest(checkpoint, Store(self.settings.store_dir))
+        manifest = self._manifest(checkpoint, open_store(self.settings))
         return own_effect.undo(self.repo(), record, checkpoint, manifest, self.observe(), self.rollback, self.remote,
                                self.name, self.observe, force)
 

@@ -32,7 +32,7 @@ from shadow.changes import Change, RowDelta
 from shadow.errors import (BinaryNotFound, InfrastructureError, RestoreFailed, ShadowError, SnapshotCorrupt,
                            TargetUnreachable)
 from shadow.sqlsplit import Statement, forces_autocommit
-from snapshots import Artifact, Store
+from snapshots import Artifact, Store, open_store
 
 # Advisory lock key: a class id of shadow's own ("SH") and the database's name hashed.
 LOCK_SQL = "SELECT pg_try_advisory_lock(21320, hashtext(current_database()))"
@@ -481,7 +481,7 @@ class PostgresTarget:
         A ``pending`` record (kept before the action of an apply not in one transaction that failed or was killed
         before its effect was read) is completed first; one whose change no record can undo restores the whole
         checkpoint, as an apply without a record would."""
-        store = Store(self.settings.store_dir)
+        store = open_store(self.settings)
         if "pending" in record:
             record = self.own_effect(record["pending"], checkpoint, bool(record.get("strict")))[2]
             if record.get("fallback"):

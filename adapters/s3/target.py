@@ -40,7 +40,7 @@ from adapters.s3.shadow import S3Shadow
 from adapters.s3.verify import observe_settling_tags
 from shadow.changes import Change, differences
 from shadow.errors import BadInput, SnapshotCorrupt
-from snapshots import Artifact, Store
+from snapshots import Artifact, Store, open_store
 
 # Names other code imports from here, now defined in the modules above.
 __all__ = ["CONTENT_DIFF_LIMIT", "DELETE_BATCH", "MOTO_PORT", "REGION", "RETAIN_DAYS", "SERVER_START_TIMEOUT",
@@ -189,7 +189,7 @@ class S3Target:
              force: bool) -> tuple[list[str], list[str], list[str]]:
         if "pending" in record:  # kept before the action of an apply that was killed: what did it write?
             record = self.own_effect(record["pending"], checkpoint, bool(record.get("strict")))[2]
-        store = Store(self.settings.store_dir)
+        store = open_store(self.settings)
         manifest = self._manifest(checkpoint, store)
         return self._call("undoing the run's own writes", own_effect.undo,  # type: ignore[no-any-return]
                           self._bucket(), record, manifest, _copies_in(store), force)
@@ -252,7 +252,7 @@ class S3Target:
         else:
             now = self._call("verifying", lambda: observe_settling_tags(self._bucket(), checkpoint,
                                                                         self._progress("verified")))
-        recorded = self._recorded(checkpoint, Store(self.settings.store_dir))
+        recorded = self._recorded(checkpoint, open_store(self.settings))
         off = self._call("verifying the apply's keys", own_effect.differing, self._bucket(), recorded) \
             if recorded else []
         problems = [f"object {self.bucket}/{k}: its tags or metadata are not the ones recorded before the apply"

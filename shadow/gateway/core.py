@@ -34,7 +34,7 @@ from shadow.gateway.scope import judge_rules
 from shadow.outcome import Outcome
 from shadow.result import RunResult
 from shadow.settings import Settings
-from snapshots import atomic_write_bytes, make_private_dir
+from snapshots import atomic_write_bytes, make_private_dir, open_store
 
 GATEWAY_FORMAT = 1
 MAX_SQL_BYTES = 1 << 20
@@ -499,13 +499,12 @@ class Gateway:
         import fnmatch
 
         from adapters import Checkpoint
-        from snapshots import Store
 
         target = self._target(target)
         if name is not None and (not isinstance(name, str) or len(name) > 200):
             raise Refused("name: a glob of at most 200 characters on object names, like public.orders*")
         run_id = self._latest_runs().get(target)
-        store = Store(self.settings.store_dir)
+        store = open_store(self.settings)
         manifest = None
         if run_id:
             try:

@@ -16,14 +16,14 @@ from typing import Any
 from adapters import Checkpoint, ShadowCopy, Target
 from shadow.changes import Change
 from shadow.errors import BadInput
-from shadow.journal import Journal
+from shadow import state
 from shadow.judge import Verdict, compare_change_sets
 from shadow.outcome import Ending, Outcome
 from shadow.plan import Plan
 from shadow.result import RunResult, addresses, new_run_id
 from shadow.session import Session
 from shadow.settings import Settings
-from snapshots import atomic_write_bytes, sha256_file
+from snapshots import sha256_file
 
 
 def _action_files(plan_: Plan) -> dict[str, str]:
@@ -69,8 +69,8 @@ def binding_changes(approved: dict[str, Any], now: dict[str, Any]) -> list[str]:
 def request_approval(session: Session, plan_: Plan, checkpoints: dict[str, Checkpoint]) -> Ending:
     """A passed plan run that needs approval: leave what an approval would bind, and say how to give it."""
     run_id = session.result.run_id
-    atomic_write_bytes(session.dir / "approval-request.json", json.dumps(
-        {"run_id": run_id, "binding": binding(plan_, checkpoints, session.result)}, indent=1).encode())
+    state.write_run_file(session.settings, run_id, "approval-request.json", json.dumps(
+        {"run_id": run_id, "binding": binding(plan_, checkpoints, session.result)}, indent=1).encode(), session.db)
     return Ending(Outcome.AWAITING_APPROVAL, f"passed; awaiting approval: `shadow approve {run_id} --by NAME`, "
                   f"then `shadow apply --run {run_id}`")
 
@@ -125,15 +125,15 @@ def approve(run_id: str, by: str, comment: str = "", settings: Settings | None =
     settings = settings or Settings.from_env()
     if not by.strip():
         raise BadInput("--by must name who approves")
-    request = settings.runs_dir / run_id / "approval-request.json"
+    request = state.local_path(settings, run_id, "approval-request.json")
     if not request.exists():
         raise BadInput(f"run {run_id!r} is not awaiting approval (only a passed `shadow plan` of a plan with "
                        "policy.approval: required is; see `shadow runs`)")
     data = json.loads(request.read_text())
     approval = {"run_id": run_id, "by": by.strip(), "comment": comment, "at": time.time(),
                 "binding": data["binding"]}
-    atomic_write_bytes(settings.runs_dir / run_id / "approval.json", json.dumps(approval, indent=1).encode())
-    journal = Journal(settings.journal_path)
+    state.write_run_file(settings, run_id, "approval.json", json.dumps(approval, indent=1).encode())
+    journal = state.open_journal(settings)
     try:
         record_id = new_run_id()
         journal.start_run(record_id, "approve", data["binding"]["plan_path"], data["binding"]["plan_sha256"])
@@ -146,7 +146,7 @@ def approve(run_id: str, by: str, comment: str = "", settings: Settings | None =
 
 def read_approval(settings: Settings, run_id: str) -> dict[str, Any]:
     """The approval recorded for ``run_id``; bad input when there is none."""
-    path = settings.runs_dir / run_id / "approval.json"
+    path = state.local_path(settings, run_id, "approval.json")
     if not path.exists():
         raise BadInput(f"run {run_id!r} has not been approved (`shadow approve {run_id} --by NAME`)")
     data: dict[str, Any] = json.loads(path.read_text())

@@ -67,6 +67,40 @@ def audit(path: Path) -> AuditResult:
         raise InfrastructureError(f"cannot read the journal {path}: {exc}") from exc
 
 
+def audit_settings(settings: Any) -> AuditResult:
+    """Audit the journal ``settings`` name: the state dir's, or the shared state database's."""
+    if not settings.state_url:
+        return audit(settings.journal_path)
+    from shadow.statedb import PgJournal, StateDB
+
+    journal = PgJournal(StateDB(settings.state_url, settings.environ))
+    try:
+        return audit_rows(journal.path, journal.chained_rows(), journal.head())
+    finally:
+        journal.close()
+
+
+def audit_rows(where: str, rows: list[tuple[int, str, dict[str, Any]]], head: tuple[int, str] | None,
+               version: int = SCHEMA_VERSION) -> AuditResult:
+    """Walk a chain given as (link, table, row) in link order, and its recorded head."""
+    notes: list[str] = []
+    tampered = None
+    prev_hash, expected = GENESIS, 1
+    for link, table, row in rows:
+        bad = _link_problem(table, row, expected, prev_hash)
+        if bad:
+            tampered = _tampered(table, row, bad)
+            break
+        if table == "notes":
+            notes.append(row["text"])
+        prev_hash, expected = row["row_hash"], link + 1
+    if tampered is None:
+        last = (expected - 1, prev_hash) if rows else None
+        if head != last:
+            tampered = _head_mismatch(last, [head] if head else [])
+    return AuditResult(where, version, len(rows), prev_hash if rows and tampered is None else None, notes, tampered)
+
+
 def _audit(db: sqlite3.Connection, path: Path) -> AuditResult:
     db.row_factory = sqlite3.Row
     db.execute("BEGIN")
@@ -101,6 +135,10 @@ def _head_problem(db: sqlite3.Connection, last: tuple[int, str] | None) -> Tampe
     head = [tuple(r) for r in db.execute("SELECT link, row_hash FROM chain_head")]
     if head == ([last] if last else []):
         return None
+    return _head_mismatch(last, head)
+
+
+def _head_mismatch(last: tuple[int, str] | None, head: list[Any]) -> Tampered:
     chain = f"link {last[0]}" if last else "no row"
     recorded = f"link {head[0][0]}" if head else "no head"
     return Tampered("chain_head", None, f"the chain ends at {chain} but its head records {recorded}: rows at the "

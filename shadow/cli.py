@@ -267,7 +267,7 @@ def audit_cmd(ctx: Ctx, as_json: bool) -> None:
     """
     from shadow import audit
 
-    result = _guard(ctx, lambda: audit.audit(ctx.settings.journal_path))
+    result = _guard(ctx, lambda: audit.audit_settings(ctx.settings))
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     elif result.tampered is None:

@@ -40,9 +40,11 @@ from typing import Any
 from adapters import REGISTRY, Checkpoint, tempdirs
 from adapters import docker as dockerlib
 from shadow.errors import InfrastructureError
+from shadow import state
 from shadow.guard import RunRecord, is_alive
 from shadow.settings import Settings
 from snapshots import PRUNED, Store, atomic_write_bytes, open_store
+from snapshots.s3 import S3Store, StoredArtifact
 
 STALE_AFTER = 3600.0  # seconds without a change before a temp dir whose owner cannot be known counts as abandoned
 NAMED_ONLY = ("home", "scratch")  # made by the orchestrator with the run id in the name, and no labels
@@ -109,7 +111,8 @@ def prune_checkpoints(settings: Any, older_than_days: float, dry_run: bool = Fal
     result = GcResult(dry_run)
     started = time.time() if now is None else now
     runs_dir, store = settings.runs_dir, open_store(settings)
-    live = [p.parent.name for p in runs_dir.glob("*/alive") if is_alive(p.parent)]
+    state.pull_records(settings)  # shared state: every runner's records, so that no other runner's run is missed
+    live = [p.parent.name for p in runs_dir.glob("*/alive") if is_alive(p.parent)] + state.running_elsewhere(settings)
     if live:
         raise InfrastructureError(f"run {live[0]} is running: prune checkpoints once no run is (nothing removed)")
     cutoff = started - older_than_days * 86400
@@ -118,7 +121,7 @@ def prune_checkpoints(settings: Any, older_than_days: float, dry_run: bool = Fal
               and _run_started(folder) < cutoff]
     for folder in doomed:
         item = Leftover("checkpoint", folder.name, folder.name, f"run older than {older_than_days:g} day(s)")
-        _remove(result, item, partial(_prune_run, folder, started), (FileNotFoundError,),
+        _remove(result, item, partial(_prune_run, store, folder, started), (FileNotFoundError,),
                 (OSError, InfrastructureError))
     # What every manifest still on disk refers to (one whose prune failed included); a dry run counts the doomed
     # runs as gone.
@@ -131,12 +134,26 @@ def prune_checkpoints(settings: Any, older_than_days: float, dry_run: bool = Fal
                 _references(_read_json(path), store, referenced)
     kept = {folder.name for folder in folders if folder not in doomed and not (folder / PRUNED).exists()}
     _prune_proposals(result, settings, cutoff, kept)
-    for path in store.object_paths():
-        if path.name in referenced or path.stat().st_mtime >= started:
+    for stored in _stored_artifacts(store):
+        if stored.sha256 in referenced or stored.modified >= started:
             continue
-        item = Leftover("artifact", path.name[:16], None, f"{path.stat().st_size:,} bytes, no checkpoint uses it")
-        _remove(result, item, partial(path.unlink), (FileNotFoundError,), (OSError,))
+        item = Leftover("artifact", stored.sha256[:16], None, f"{stored.size:,} bytes, no checkpoint uses it")
+        _remove(result, item, stored.remove, (FileNotFoundError,), (OSError, InfrastructureError))
     return result
+
+
+def _stored_artifacts(store: Store) -> list[StoredArtifact]:
+    """Every artifact the store holds (in S3 as well, for a store there), and when it was last written or reused."""
+    if isinstance(store, S3Store):
+        return store.stored_artifacts()
+    out = []
+    for path in store.object_paths():
+        try:
+            found = path.stat()
+        except FileNotFoundError:
+            continue  # removed just now
+        out.append(StoredArtifact(path.name, found.st_size, found.st_mtime, path.unlink))
+    return out
 
 
 def _prune_proposals(result: GcResult, settings: Any, cutoff: float, kept: set[str]) -> None:
@@ -190,9 +207,10 @@ def _run_started(folder: Path) -> float:
         return folder.stat().st_mtime
 
 
-def _prune_run(folder: Path, when: float) -> str:
+def _prune_run(store: Store, folder: Path, when: float) -> str:
     """Remove a run's checkpoint manifests (leaving a marker), and what each checkpoint keeps outside the store
-    (its kind's ``prune``); returns what went besides the manifests."""
+    (its kind's ``prune``); returns what went besides the manifests. A store in S3 is told last (the marker goes
+    there first, then the manifests)."""
     dropped = []
     for path in folder.glob("*.json"):
         checkpoint = _checkpoint_in(path)
@@ -203,6 +221,8 @@ def _prune_run(folder: Path, when: float) -> str:
     if applied.is_dir():
         shutil.rmtree(applied, ignore_errors=True)
     atomic_write_bytes(folder / PRUNED, json.dumps({"pruned_at": when}).encode())
+    if isinstance(store, S3Store):
+        store.mark_pruned(folder.name)
     return "; ".join(said for said in dropped if said)
 
 
@@ -221,7 +241,8 @@ def _references(data: Any, store: Store, out: set[str]) -> None:
         if isinstance(sha, str) and sha not in out:
             out.add(sha)
             if str(data.get("format", "")).endswith("manifest"):
-                path = store.object_path(sha)
+                # In S3 only, it is fetched into the cache: what it refers to must not be swept.
+                path = store.cached(sha) if isinstance(store, S3Store) else store.object_path(sha)
                 if path.exists():
                     _references(_read_json(path), store, out)
         for value in data.values():

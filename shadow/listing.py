@@ -9,7 +9,7 @@ from typing import Any
 
 from shadow import reports
 from shadow.errors import BadInput
-from shadow.journal import Journal
+from shadow import state
 from shadow.settings import Settings
 from snapshots import atomic_write_bytes
 
@@ -17,9 +17,9 @@ from snapshots import atomic_write_bytes
 def runs(settings: Settings | None = None, limit: int = 50) -> list[dict[str, Any]]:
     """The latest ``limit`` runs, newest first: id, command, plan, outcome, summary and start time."""
     settings = settings or Settings.from_env()
-    if not settings.journal_path.exists():
+    if not state.has_journal(settings):
         return []
-    journal = Journal(settings.journal_path)
+    journal = state.open_journal(settings)
     try:
         return [
             {"id": r.id, "command": r.command, "plan": r.plan_path, "outcome": r.outcome, "summary": r.summary,
@@ -35,7 +35,7 @@ def show(run_id: str, settings: Settings | None = None, fmt: str = "md", output:
     settings = settings or Settings.from_env()
     if fmt not in reports.FORMATS:
         raise BadInput(f"unknown report format {fmt!r}; use one of {', '.join(reports.FORMATS)}")
-    path = settings.runs_dir / run_id / "report.json"
+    path = state.local_path(settings, run_id, "report.json")
     if not path.exists():
         raise BadInput(f"no report for run {run_id!r} in {settings.runs_dir} (see `shadow runs`)")
     text = reports.render(json.loads(path.read_text()), fmt)

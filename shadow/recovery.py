@@ -19,8 +19,8 @@ from typing import Any
 from adapters import Checkpoint, OwnEffect, SqlTarget, Target
 from shadow.action import session_tag
 from shadow.errors import BadInput, InfrastructureError
-from shadow.guard import Liveness, RunRecord, holder_text, lock_targets, unfinished
-from shadow.journal import Journal
+from shadow import state
+from shadow.guard import RunRecord, holder_text
 from shadow.outcome import Ending, Outcome
 from shadow.plan import Plan, load_plan
 from shadow.production import restore_all, undo_apply
@@ -39,27 +39,33 @@ def recover(settings: Settings | None = None, progress: Progress = quiet,
     """
     settings = settings or Settings.from_env()
     out = []
-    for stale in unfinished(settings.runs_dir):
+    for stale in state.unfinished(settings):
         folder = settings.runs_dir / stale.run_id
+        db = state.shared(settings)  # shared state: this connection holds the dead run's lock while settling it
         try:
-            hold = Liveness(folder)  # a second `shadow recover` waits here rather than race
-        except OSError as exc:
-            raise InfrastructureError(f"cannot take over run {stale.run_id}: {exc}") from exc
-        try:
-            record = RunRecord.load(folder / "run.json")  # as the other recover, if any, left it
-            if record.phase == "finished":
-                continue
-            was = record.phase
-            outcome, text = _recover_one(settings, record, progress, lock_timeout, plan_file)
-            journal = Journal(settings.journal_path)
             try:
-                journal.finish_run(record.run_id, outcome.value, f"recovered: {text}")
+                hold = state.Liveness(settings, stale.run_id, db)  # a second `shadow recover` waits here
+            except OSError as exc:
+                raise InfrastructureError(f"cannot take over run {stale.run_id}: {exc}") from exc
+            try:
+                state.pull_run(settings, stale.run_id, db)
+                record = RunRecord.load(folder / "run.json")  # as the other recover, if any, left it
+                if record.phase == "finished":
+                    continue
+                was = record.phase
+                outcome, text = _recover_one(settings, record, progress, lock_timeout, plan_file)
+                journal = state.open_journal(settings, db)
+                try:
+                    journal.finish_run(record.run_id, outcome.value, f"recovered: {text}")
+                finally:
+                    journal.close()
+                record.phase = "finished"
+                state.save_record(settings, record, db)
             finally:
-                journal.close()
-            record.phase = "finished"
-            record.save(folder)
+                hold.release()
         finally:
-            hold.release()
+            if db is not None:
+                db.close()
         out.append({"run": record.run_id, "command": record.command, "was": was, "outcome": outcome.value,
                     "summary": text})
         progress("info", f"run {record.run_id} ({record.command}): {outcome.value} — {text}")
@@ -165,7 +171,7 @@ def _recover_one(settings: Settings, record: RunRecord, progress: Progress, lock
         result.targets[name] = TargetResult(name, t.kind, t.describe())
     session = Session(settings, result, progress)
     with session.running():
-        with lock_targets(settings.state_dir / "locks", targets, holder_text(result.run_id, "recover"),
+        with state.lock_targets(settings, targets, holder_text(result.run_id, "recover"),
                           lock_timeout, lambda text: progress("info", text)):
             session.begin(targets, str(loaded.path), loaded.sha256)
             settled, ending = _settle(session, record, targets)

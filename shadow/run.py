@@ -26,8 +26,8 @@ from shadow.approval import (approve, binding, binding_changes, compare_with_app
                              read_approval, request_approval)
 from shadow.errors import BadInput, InfrastructureError, ShadowError
 from shadow.findings import static_findings
-from shadow.guard import RunRecord, holder_text, lock_targets, refuse_if_unrecovered
-from shadow.journal import Journal
+from shadow import state
+from shadow.guard import holder_text
 from shadow.judge import Verdict
 from shadow.listing import runs, show
 from shadow.outcome import Ending, Outcome
@@ -123,7 +123,7 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
         raise BadInput("action.isolation: container needs the docker backend, but this run uses "
                        f"{backend} ({why})")
     targets = make_targets(loaded, settings, progress)
-    refuse_if_unrecovered(settings.runs_dir, {n: t.describe() for n, t in targets.items()})
+    state.refuse_if_unrecovered(settings, {n: t.describe() for n, t in targets.items()})
     result = RunResult(new_run_id(), command, str(loaded.path), time.time(), backend, why,
                        action=loaded.action.describe())
     result.redact = loaded.policy.redact
@@ -136,11 +136,11 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
         with ExitStack() as stack:
             if command == "apply":
                 # Held from before the checkpoint to the end: nobody else writes through shadow meanwhile.
-                stack.enter_context(lock_targets(settings.state_dir / "locks", targets,
+                stack.enter_context(state.lock_targets(settings, targets,
                                                  holder_text(result.run_id, command), lock_timeout,
                                                  lambda text: progress("info", text)))
                 # Checked again under the locks: a run that held them may have been killed meanwhile.
-                refuse_if_unrecovered(settings.runs_dir, {n: t.describe() for n, t in targets.items()})
+                state.refuse_if_unrecovered(settings, {n: t.describe() for n, t in targets.items()})
             session.begin(targets, str(loaded.path), loaded.sha256)
             progress("info", f"run {result.run_id}: {backend} backend ({why})")
             result.end(_run_phases(session, loaded, statements, targets, stack, approval))
@@ -256,7 +256,7 @@ def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Pat
     """Undo an applied run and verify it: only the run's own change when its apply kept an undo record (other
     sessions' writes since are kept), else — or with ``full`` — by restoring the whole checkpoint."""
     settings = settings or Settings.from_env()
-    journal = Journal(settings.journal_path)
+    journal = state.open_journal(settings)
     try:
         original = journal.run(run_id)
     finally:
@@ -277,12 +277,12 @@ def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Pat
     result.redact = loaded.policy.redact
     for name, t in targets.items():
         result.targets[name] = TargetResult(name, t.kind, t.describe())
-    refuse_if_unrecovered(settings.runs_dir, {n: t.describe() for n, t in targets.items()})
+    state.refuse_if_unrecovered(settings, {n: t.describe() for n, t in targets.items()})
     session = Session(settings, result, progress)
     with session.running():
-        with lock_targets(settings.state_dir / "locks", targets, holder_text(result.run_id, "rollback"),
+        with state.lock_targets(settings, targets, holder_text(result.run_id, "rollback"),
                           lock_timeout, lambda text: progress("info", text)):
-            refuse_if_unrecovered(settings.runs_dir, {n: t.describe() for n, t in targets.items()})
+            state.refuse_if_unrecovered(settings, {n: t.describe() for n, t in targets.items()})
             session.begin(targets, str(loaded.path), loaded.sha256)
             result.end(_restore_run(session, targets, run_id, force, full))
     return result
@@ -343,11 +343,10 @@ def _drifted_since_apply(session: Session, targets: dict[str, Target], run_id: s
 def _rolled_back_by(settings: Settings, run_id: str) -> str | None:
     """The latest rollback run that restored ``run_id``'s checkpoint, if any."""
     done = []
-    journal = Journal(settings.journal_path)
+    journal = state.open_journal(settings)
     try:
-        for path in settings.runs_dir.glob("*/run.json"):
+        for record in state.run_records(settings):
             try:
-                record = RunRecord.load(path)
                 if record.command == "rollback" and record.of_run == run_id:
                     row = journal.run(record.run_id)
                     if row.outcome == Outcome.RESTORED:

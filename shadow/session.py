@@ -18,8 +18,8 @@ from adapters import REGISTRY, Target
 from shadow import reports
 from shadow.action import Launch
 from shadow.errors import InfrastructureError, ShadowError
-from shadow.guard import FaultPoints, Liveness, RunRecord
-from shadow.journal import Journal
+from shadow import state
+from shadow.guard import FaultPoints, RunRecord
 from shadow.locks import DEFAULT_LOCK_TIMEOUT
 from shadow.outcome import Outcome
 from shadow.plan import Plan
@@ -68,8 +68,16 @@ class Session:
         except OSError as exc:
             raise InfrastructureError(f"state dir {settings.state_dir} is not writable: {exc.strerror}") from exc
         result.report_dir = str(self.dir)
-        self.journal = Journal(settings.journal_path)
-        self.liveness = Liveness(self.dir)
+        # Shared state: one connection carries the run's journal and its liveness lock, so a run whose
+        # connection died (and with it the lock other runners see) cannot journal — nor start — another step.
+        self.db = state.shared(settings)
+        try:
+            self.journal = state.open_journal(settings, self.db)
+            self.liveness = state.Liveness(settings, result.run_id, self.db)
+        except BaseException:
+            if self.db is not None:
+                self.db.close()
+            raise
         self.faults = FaultPoints(settings.environ)
         self.record: RunRecord | None = None
         self.judges: Sequence[Callable[[RunResult], list[Any]]] = ()  # more rules (shadow.run.plan's judges)
@@ -79,7 +87,7 @@ class Session:
         r = self.result
         self.record = RunRecord(r.run_id, r.command, plan_path, {n: t.describe() for n, t in targets.items()},
                                 pid=os.getpid(), host=socket.gethostname(), of_run=r.of_run)
-        self.record.save(self.dir)
+        state.save_record(self.settings, self.record, self.db)
         self.journal.start_run(r.run_id, r.command, plan_path, plan_sha256)
         self.faults.reached("start run")
 
@@ -107,7 +115,7 @@ class Session:
     def action_started(self, identity: dict[str, Any]) -> None:
         assert self.record is not None
         self.record.actions.append(identity)
-        self.record.save(self.dir)
+        state.save_record(self.settings, self.record, self.db)
         self.faults.reached("action recorded")
 
     def phase(self, name: str, transaction: dict[str, Any] | None = None) -> None:
@@ -116,7 +124,7 @@ class Session:
         self.record.phase = name
         if transaction is not None:
             self.record.transaction = transaction
-        self.record.save(self.dir)
+        state.save_record(self.settings, self.record, self.db)
         self.faults.reached(f"phase {name}")
 
     @contextmanager
@@ -169,15 +177,20 @@ class Session:
         self.result.seconds = round(time.monotonic() - self.result.clock, 3)
         model = self.result.to_dict()
         try:
-            atomic_write_bytes(self.dir / "report.json", reports.render_json(model).encode())
+            state.write_run_file(self.settings, self.result.run_id, "report.json",
+                                 reports.render_json(model).encode(), self.db)
             atomic_write_bytes(self.dir / "report.md", reports.render_markdown(model).encode())
             atomic_write_bytes(self.dir / "report.html", reports.render(model, "html").encode())
         finally:
-            self.journal.finish_run(self.result.run_id, self.result.outcome.value, reports.summary_line(model))
-            self.journal.close()
-            # A run that stopped while production was being written, without settling it, stays unfinished:
-            # `shadow recover` settles it, and until then no new work starts on its targets.
-            settled = self.result.outcome.settles
-            if self.record is not None and (settled or self.record.phase not in ("applying", "restoring")):
-                self.phase("finished")
-            self.liveness.release()
+            try:
+                self.journal.finish_run(self.result.run_id, self.result.outcome.value, reports.summary_line(model))
+                self.journal.close()
+                # A run that stopped while production was being written, without settling it, stays unfinished:
+                # `shadow recover` settles it, and until then no new work starts on its targets.
+                settled = self.result.outcome.settles
+                if self.record is not None and (settled or self.record.phase not in ("applying", "restoring")):
+                    self.phase("finished")
+            finally:
+                self.liveness.release()
+                if self.db is not None:
+                    self.db.close()

@@ -8,6 +8,7 @@ from typing import Any
 from shadow.gateway.config import Rules, load_gateway
 from shadow.gateway.ledger import Ledger
 from shadow.settings import Settings
+from shadow.state import has_journal
 
 
 def overview(gateway_file: Path | None, settings: Settings) -> list[dict[str, Any]]:
@@ -15,7 +16,7 @@ def overview(gateway_file: Path | None, settings: Settings) -> list[dict[str, An
     gw = load_gateway(gateway_file, settings.environ) if gateway_file is not None and Path(gateway_file).exists() \
         else None
     ledger = Ledger(settings)
-    events = ledger.events() if settings.journal_path.exists() else []
+    events = ledger.events() if has_journal(settings) else []
     actors = sorted({a for a in (gw.agents if gw else {}) if a != "default"} |
                     {str(e["actor"]) for e in events if e.get("actor")})
     rows = []

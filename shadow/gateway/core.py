@@ -392,14 +392,14 @@ class Gateway:
     # -- status, apply, rollback ---------------------------------------------------------------------------------
 
     def _status(self, run_id: str) -> dict[str, Any]:
-        from shadow.journal import Journal
+        from shadow.state import local_path, open_journal
 
         try:
             record = self._record(run_id)
         except Refused:
             return self._others_state(run_id)
         proposal = record.get("of_proposal", run_id)
-        journal = Journal(self.settings.journal_path)
+        journal = open_journal(self.settings)
         try:
             def outcome(rid: str | None) -> str | None:
                 if not rid:
@@ -409,7 +409,7 @@ class Gateway:
                 except ShadowError:
                     return None
             state = {"rehearsal": outcome(proposal)}
-            approval_path = self.settings.runs_dir / proposal / "approval.json"
+            approval_path = local_path(self.settings, proposal, "approval.json")
             approval = json.loads(approval_path.read_text()) if approval_path.exists() else None
             proposal_record = self._record(proposal)
             applied = proposal_record.get("applied_run")
@@ -425,12 +425,12 @@ class Gateway:
 
     def _others_state(self, run_id: Any) -> dict[str, Any]:
         """Another actor's run: its state and nothing more. Refused when it is no gateway run at all."""
-        from shadow.journal import Journal
+        from shadow.state import open_journal
 
         if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id) or \
                 not (self.dir / "runs" / f"{run_id}.json").exists():
             raise Refused(f"{cap(str(run_id), 40)!r} is no run of this gateway")
-        journal = Journal(self.settings.journal_path)
+        journal = open_journal(self.settings)
         try:
             outcome = journal.run(run_id).outcome
         except ShadowError:
@@ -443,7 +443,7 @@ class Gateway:
     def _apply(self, run_id: str) -> dict[str, Any]:
         from shadow import run
         from shadow.approval import approve
-        from shadow.journal import Journal
+        from shadow.state import local_path, open_journal
 
         self._gate("apply")
         record = self._record(run_id)
@@ -451,14 +451,14 @@ class Gateway:
             raise Refused(f"run {run_id} is an apply; apply takes the proposal's run id ({record['of_proposal']})")
         if record.get("applied_run"):
             raise Refused(f"proposal {run_id} was already applied by run {record['applied_run']}")
-        journal = Journal(self.settings.journal_path)
+        journal = open_journal(self.settings)
         try:
             outcome = journal.run(run_id).outcome
         finally:
             journal.close()
         if outcome != Outcome.AWAITING_APPROVAL:
             raise Refused(f"proposal {run_id} did not pass its rehearsal (outcome {outcome}); nothing to apply")
-        approved = (self.settings.runs_dir / run_id / "approval.json").exists()
+        approved = local_path(self.settings, run_id, "approval.json").exists()
         if not approved:
             if self.rules.apply != "within-limits":
                 raise Refused(f"proposal {run_id} awaits a person's approval: `shadow approve {run_id} --by NAME`")
@@ -558,7 +558,7 @@ class Gateway:
     def _on_copy(self, target: str, body: Callable[[str], dict[str, Any]] | None) -> tuple[str, Any]:
         """Checkpoint ``target`` (or reuse its warm checkpoint) as a journaled ``look`` run; with ``body``, open a
         shadow from it and call ``body(shadow DSN)``. Production is only read."""
-        from shadow.guard import refuse_if_unrecovered
+        from shadow.state import refuse_if_unrecovered
         from shadow.outcome import Ending
         from shadow.rehearsal import checkpoint_all, open_shadows
         from shadow.result import TargetResult, new_run_id
@@ -572,7 +572,7 @@ class Gateway:
         result.redact = tuple(self.file.policy.get("redact") or ())
         for name, t in targets.items():
             result.targets[name] = TargetResult(name, t.kind, t.describe())
-        refuse_if_unrecovered(self.settings.runs_dir, {n: t.describe() for n, t in targets.items()})
+        refuse_if_unrecovered(self.settings, {n: t.describe() for n, t in targets.items()})
         session = Session(self.settings, result, quiet)
         answer = None
         with session.running():

@@ -17,7 +17,7 @@ from typing import Any
 
 from shadow.errors import InfrastructureError
 from shadow.gateway.config import Rate, Rules
-from shadow.journal import Journal
+from shadow import state
 from shadow.settings import Settings
 
 PREFIX = "gateway "
@@ -35,7 +35,7 @@ class Ledger:
 
     def write(self, event: dict[str, Any]) -> None:
         """One event as a chained journal row; an error (exit 3) when the journal cannot be written."""
-        journal = Journal(self.settings.journal_path)
+        journal = state.open_journal(self.settings)
         try:
             journal.note(PREFIX + json.dumps(event, sort_keys=True, ensure_ascii=False))
         except Exception as exc:  # noqa: BLE001 - whatever stops the write, the gateway must not act unrecorded
@@ -44,7 +44,7 @@ class Ledger:
             journal.close()
 
     def events(self, actor: str | None = None) -> list[dict[str, Any]]:
-        journal = Journal(self.settings.journal_path)
+        journal = state.open_journal(self.settings)
         try:
             rows = journal.notes(PREFIX)
         finally:

@@ -5,12 +5,23 @@ Every container shadow creates carries ``shadow.run-id`` (the run), ``shadow.pid
 process that owns it), so ``shadow gc`` can find and remove what a killed run left behind without touching
 containers of runs still alive.
 
-**Routes.** A shadow's ports are published on 127.0.0.1 only (never on an interface that faces a network). That
-address is the engine's loopback, which is this process's only when it runs beside the engine, not in one of its
-containers. :func:`route_to` finds a way in, trying in order, each with a short timeout:
+**Where the engine is** (:func:`engine_site`, from ``DOCKER_HOST``) decides two things, separately:
 
-1. the published port on 127.0.0.1, when the engine is local — taken as it is when this process is not in one of
-   the engine's containers (or shares the host's network), else only if it answers;
+- *its files*: only an engine reached through a socket on this machine (``DOCKER_HOST`` unset, ``unix://``,
+  ``npipe://``) is taken to see this machine's paths, so that a bind mount of one shows its content. Any other
+  (``tcp://``, ``ssh://``) may run on another host — even ``tcp://127.0.0.1:…`` can be a tunnel, or a daemon in
+  another mount namespace — so what a container needs from this machine is copied into it, never mounted;
+- *its loopback* (:func:`engine_is_local`): whether its 127.0.0.1 can be this process's.
+
+**Routes.** A local engine publishes a shadow's ports on 127.0.0.1 only (never on an interface that faces a
+network). That address is the engine's loopback, which is this process's only when it runs beside the engine, not
+in one of its containers. An engine elsewhere publishes them on its host's interfaces (its 127.0.0.1 is out of
+reach from here): put such an engine on a network only its clients reach. :func:`route_to` finds a way in, trying
+in order, each with a short timeout:
+
+1. the published port: on 127.0.0.1 when the engine is local — taken as it is when this process is not in one of
+   the engine's containers (or shares the host's network), else only if it answers; on the host ``DOCKER_HOST``
+   names when the engine is elsewhere, if it answers;
 2. the container's own address on a network this process's container shares with it;
 3. joining this process's container to the shadow container's network (it stays joined), and that address.
 
@@ -194,6 +205,39 @@ def engine_is_local(docker_host: str | None) -> bool:
     return host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
 
 
+@dataclass(frozen=True)
+class EngineSite:
+    """Where the Docker engine is, as this process sees it (see the module docstring)."""
+
+    docker_host: str  # DOCKER_HOST as given; "" when unset
+    shares_files: bool  # a bind mount of a path of this machine shows that path's content
+    shares_loopback: bool  # its 127.0.0.1 can be this process's (engine_is_local)
+    host: str  # where its published ports are reached from here
+
+    @property
+    def publish_ip(self) -> str:
+        """The address a shadow's port is published on: the engine's loopback when that can be ours, else its
+        host's every interface (its loopback would be out of this process's reach)."""
+        return "127.0.0.1" if self.shares_loopback else "0.0.0.0"
+
+    def describe(self) -> str:
+        return f"the Docker engine at DOCKER_HOST={self.docker_host}" if self.docker_host else "the Docker engine"
+
+
+def engine_site(docker_host: str | None) -> EngineSite:
+    """Where the engine ``docker_host`` (a DOCKER_HOST value, None when unset) is."""
+    loopback = engine_is_local(docker_host)
+    return EngineSite(docker_host=docker_host or "",
+                      shares_files=not docker_host or docker_host.startswith(("unix://", "npipe://")),
+                      shares_loopback=loopback,
+                      host="127.0.0.1" if loopback else urlparse(docker_host or "").hostname or "")
+
+
+def this_engine() -> EngineSite:
+    """Where the engine this process's Docker client talks to is (``DOCKER_HOST``, as the client reads it)."""
+    return engine_site(os.environ.get("DOCKER_HOST"))
+
+
 _CONTAINER_ID = re.compile(r"(?:/containers/|/docker/|docker-)([0-9a-f]{64})(?:[/.:\s]|$)")
 
 
@@ -211,12 +255,16 @@ def own_container_id(mountinfo: str, cgroup: str, hostname: str) -> list[str]:
 
 
 def plan_routes(port: int, published: int | None, shadow_networks: dict[str, str], engine_local: bool,
-                runner_networks: dict[str, str] | None, runner_mode: str = "") -> list[Candidate]:
+                runner_networks: dict[str, str] | None, runner_mode: str = "",
+                engine_host: str = "") -> list[Candidate]:
     """The routes to try, in order. ``shadow_networks``: network name → the container's address there;
-    ``runner_networks``: the same for this process's container, None when it runs in none of the engine's."""
+    ``runner_networks``: the same for this process's container, None when it runs in none of the engine's;
+    ``engine_host``: where an engine that is not local publishes (the host DOCKER_HOST names), "" for none."""
     out: list[Candidate] = []
     if engine_local and published:
         out.append(Candidate("published", "127.0.0.1", published))
+    elif engine_host and published:
+        out.append(Candidate("published", engine_host, published))
     if runner_networks is None or runner_mode in ("host", "none") or runner_mode.startswith("container:"):
         return out
     for name, address in sorted(shadow_networks.items()):
@@ -269,7 +317,7 @@ def _networks(container: Any) -> dict[str, str]:
 def _published(container: Any, port: int) -> int | None:
     bindings = (container.attrs.get("NetworkSettings", {}).get("Ports") or {}).get(f"{port}/tcp") or []
     for binding in bindings:
-        if binding.get("HostIp") in ("127.0.0.1", "") and binding.get("HostPort"):
+        if binding.get("HostIp") in ("127.0.0.1", "0.0.0.0", "") and binding.get("HostPort"):
             return int(binding["HostPort"])
     return None
 
@@ -290,7 +338,8 @@ def start_network() -> str | None:
 
 def route_to(container: Any, port: int, what: str) -> Route:
     """A route from this process to ``port`` of ``container`` (a docker SDK container whose port is published on
-    127.0.0.1), or InfrastructureError naming every route tried. ``what`` names the container in messages."""
+    :attr:`EngineSite.publish_ip`), or InfrastructureError naming every route tried. ``what`` names the container
+    in messages."""
     c = client()
     try:
         shadow_networks = _networks(container)
@@ -298,11 +347,12 @@ def route_to(container: Any, port: int, what: str) -> Route:
         runner = _own_container(c)
         runner_networks = _networks(runner) if runner is not None else None
         mode = str(runner.attrs.get("HostConfig", {}).get("NetworkMode") or "") if runner is not None else ""
-        local = engine_is_local(os.environ.get("DOCKER_HOST"))
+        site = this_engine()
+        local = site.shares_loopback
         tried: list[str] = []
-        for cand in plan_routes(port, published, shadow_networks, local, runner_networks, mode):
+        for cand in plan_routes(port, published, shadow_networks, local, runner_networks, mode, site.host):
             if cand.kind == "published":
-                if runner is None or mode == "host":  # beside the engine: its loopback is ours
+                if local and (runner is None or mode == "host"):  # beside the engine: its loopback is ours
                     return Route(cand.host, cand.port, "published port on 127.0.0.1")
                 why = probe(cand.host, cand.port)
             elif cand.kind == "shared":
@@ -323,11 +373,15 @@ def route_to(container: Any, port: int, what: str) -> Route:
                 return Route(cand.host, cand.port, cand.describe().removeprefix("the "))
             tried.append(f"{cand.describe()} ({why})")
         if not tried:
-            where = os.environ.get("DOCKER_HOST", "")
-            tried.append(f"none: the engine ({where}) is not on this machine and this process is not in one of its "
-                         "containers" if not local else "none: the container publishes no port")
-        raise InfrastructureError(f"no route from this process to {what}; tried " + "; ".join(tried) + ". Its ports "
-                                  "are published on 127.0.0.1 only: run shadow beside the engine, in a container of "
-                                  "it with the engine's socket mounted, or with the host's network")
+            tried.append(f"none: the engine ({site.docker_host}) is not on this machine and this process is not in "
+                         "one of its containers" if not local else "none: the container publishes no port")
+        if local:
+            advice = ("Its ports are published on 127.0.0.1 only: run shadow beside the engine, in a container of it "
+                      "with the engine's socket mounted, or with the host's network")
+        else:
+            advice = (f"Its ports are published on the interfaces of the engine's host ({site.host or '?'}, from "
+                      "DOCKER_HOST): let this machine reach that host's ports, or run shadow in a container of that "
+                      "engine")
+        raise InfrastructureError(f"no route from this process to {what}; tried " + "; ".join(tried) + ". " + advice)
     finally:
         c.close()

@@ -5,19 +5,28 @@ network, no host ports — production is unreachable by construction) that the s
 under their target's name; the plan folder is mounted read-only, a scratch dir is writable, and the environment
 is exactly what the plan hands over plus the shadows' endpoints — nothing of the host's. During apply the same
 image runs the same command with the host's network, because there it must reach production.
+
+An engine that may not see this machine's files (``DOCKER_HOST=tcp://…`` or ``ssh://…``:
+:func:`adapters.docker.engine_site`) gets a copy instead of mounts: the plan folder (without shadow's own state
+dir, which holds production's dumps) is put into the created container at the same place, read-only to anyone
+but root, and the scratch dir is a directory of the container; what the action writes there is discarded with
+it. A git target's working copy cannot be copied in and back, so an action on one is refused there. "The host's
+network" during apply is then the engine host's: production must be reachable from there.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import tarfile
 import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
-from adapters.docker import client, labels
+from adapters.docker import EngineSite, client, labels, this_engine
 from shadow import warden
 from shadow.action import ActionResult, Launch, finished
 from shadow.errors import InfrastructureError
@@ -94,22 +103,37 @@ class Sandbox:
         ``mounts`` (host directories: a git working copy, its throwaway remote) appear read-write at the same paths,
         so every path the environment names holds inside too; the command then runs as this host's user, so what it
         writes there stays this user's. With ``workdir`` it runs there (``SHADOW_PLAN_DIR`` is the plan folder).
+        On an engine that does not see this machine's files, ``mounts`` are refused (InfrastructureError) and the
+        plan folder is copied in (see the module docstring).
 
         The container is created, recorded in the run record, put under a :mod:`shadow.warden` (which kills and
         removes it should shadow die), and only then started."""
         start = time.monotonic()
+        site = this_engine()
+        if mounts and not site.shares_files:
+            raise InfrastructureError(
+                f"action.isolation: container mounts a git target's working copy ({mounts[0]}) into the action's "
+                f"container, and {site.describe()} may be on another host, where this machine's directories are "
+                "not: run it with a Docker engine on this machine (DOCKER_HOST unset or unix://…), or without "
+                "isolation"
+            )
         env = {k: v for k, v in env.items() if k != "PATH"}  # the image's own PATH
         env["HOME"] = SCRATCH
-        volumes = {str(plan_folder): {"bind": WORKDIR, "mode": "ro"}} | {m: {"bind": m, "mode": "rw"} for m in mounts}
         if workdir:
             env["SHADOW_PLAN_DIR"] = WORKDIR
         user = f"{os.getuid()}:{os.getgid()}" if mounts else None
-        with tempfile.TemporaryDirectory(prefix=f"shadow-scratch-{self.run_id}-") as scratch:
-            Path(scratch).chmod(0o777)
+        scratch_dir = (tempfile.TemporaryDirectory(prefix=f"shadow-scratch-{self.run_id}-") if site.shares_files
+                       else nullcontext(""))
+        with scratch_dir as scratch:
+            volumes: dict[str, dict[str, str]] = {}
+            if site.shares_files:
+                Path(scratch).chmod(0o777)
+                volumes = ({str(plan_folder): {"bind": WORKDIR, "mode": "ro"}, scratch: {"bind": SCRATCH, "mode": "rw"}}
+                           | {m: {"bind": m, "mode": "rw"} for m in mounts})
             try:
                 container = self._docker.containers.create(
                     self.image, ["sh", "-c", command], environment=env, working_dir=workdir or WORKDIR, user=user,
-                    volumes=volumes | {scratch: {"bind": SCRATCH, "mode": "rw"}},
+                    volumes=volumes,
                     network=None if production else self.network.name,
                     network_mode="host" if production else None,
                     labels=labels(self.run_id, "action"), **self._bounds(),
@@ -122,6 +146,10 @@ class Sandbox:
                 guard = warden.spawn("container", container.id, stdout=subprocess.DEVNULL)
                 launch.started(warden.identity(guard, launch.run_id, container=container.id))
                 warden.let_go(guard)
+                if not site.shares_files:
+                    problem = self._copy_in(container, plan_folder, _state_dir(log_path, self.run_id), site)
+                    if problem:
+                        return ActionResult(False, time.monotonic() - start, "container", problem)
                 try:
                     container.start()
                 except Exception as exc:  # noqa: BLE001
@@ -142,3 +170,46 @@ class Sandbox:
                 if guard is not None:
                     warden.release(guard)
         return finished(text, error, log_path, start, "container")
+
+    @staticmethod
+    def _copy_in(container: Any, plan_folder: Path, state_dir: Path | None, site: EngineSite) -> str | None:
+        """Put the plan folder and an empty scratch dir into the created container; None, else why not."""
+        try:
+            with tempfile.TemporaryFile(prefix="shadow-plan-") as archive:
+                _plan_archive(plan_folder, state_dir, archive)
+                archive.seek(0)
+                container.put_archive("/", archive)
+        except Exception as exc:  # noqa: BLE001 - OSError reading the folder, docker SDK errors
+            text = str(exc).strip().splitlines()
+            return (f"could not copy the plan folder {plan_folder} into the action's container on "
+                    f"{site.describe()}: {text[0][:300] if text else type(exc).__name__}")
+        return None
+
+
+def _state_dir(log_path: Path, run_id: str) -> Path | None:
+    """Shadow's state dir, when the action's log is in this run's folder of it (``<state>/runs/<run id>/``)."""
+    run_dir = log_path.parent
+    return run_dir.parent.parent if run_dir.name == run_id and run_dir.parent.name == "runs" else None
+
+
+def _plan_archive(plan_folder: Path, state_dir: Path | None, into: IO[bytes]) -> None:
+    """A tar of ``plan_folder`` at :data:`WORKDIR` (owned by root, read-only to anyone else) and an empty
+    :data:`SCRATCH` anyone may write, for ``put_archive`` at ``/``. Leaves out shadow's ``state_dir`` when it is in
+    the folder (the default ``.shadow`` is, for shadow run there): it holds production's dumps and every run's
+    records."""
+    skip = state_dir.resolve() if state_dir is not None else None
+
+    def entry(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        inside = Path(info.name).relative_to(WORKDIR.lstrip("/"))
+        if skip is not None and info.isdir() and (plan_folder / inside).resolve() == skip:
+            return None
+        info.uid = info.gid = 0
+        info.uname = info.gname = "root"
+        info.mode &= ~0o222
+        return info
+
+    with tarfile.open(fileobj=into, mode="w") as tar:
+        tar.add(plan_folder, arcname=WORKDIR.lstrip("/"), filter=entry)
+        scratch = tarfile.TarInfo(SCRATCH.lstrip("/"))
+        scratch.type, scratch.mode = tarfile.DIRTYPE, 0o1777
+        tar.addfile(scratch)

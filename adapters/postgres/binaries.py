@@ -43,10 +43,26 @@ class PgBinaries:
 class ContainerTools:
     """Client tools run inside a throwaway container of ``image`` — when production's server is newer than every
     local ``pg_dump``. ``--network host`` lets the tool reach the same addresses as this process; the files it
-    reads or writes are mounted at the same paths; PGPASSWORD is passed by name, never on the command line."""
+    reads or writes are mounted at the same paths; PGPASSWORD is passed by name, never on the command line.
+
+    Both need the engine on this machine: made for an engine elsewhere (``DOCKER_HOST=tcp://…``, ``ssh://…``:
+    :func:`adapters.docker.engine_site`) it raises :class:`BinaryNotFound` instead — there the dump would be
+    written on the engine's disk and production reached from the engine's network."""
 
     image: str
     major: int
+
+    def __post_init__(self) -> None:
+        from adapters.docker import this_engine
+
+        site = this_engine()
+        if not site.shares_files:
+            raise BinaryNotFound(
+                f"production runs PostgreSQL {self.major}, newer than every local pg_dump, and the fallback — "
+                f"pg_dump/pg_restore in a container of {self.image!r}, reading and writing the dump on this "
+                f"machine's disk over this machine's network — needs a Docker engine on this machine, not "
+                f"{site.describe()}: install postgresql-client-{self.major} (or newer) here, or set SHADOW_PG_BINDIR"
+            )
 
     def argv(self, tool: str, mounts: Sequence[Path] = ()) -> list[str]:
         volumes = [arg for m in sorted({str(Path(p)) for p in mounts}) for arg in ("-v", f"{m}:{m}")]

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from adapters.docker import Route, labels, route_to, start_network
+from adapters.docker import Route, labels, route_to, start_network, this_engine
 from adapters.postgres.server import SUPERUSER, Server
 from shadow.errors import InfrastructureError
 
@@ -67,7 +67,8 @@ class ContainerServer(Server):
         container = DockerContainer(self.image)
         container.with_env("POSTGRES_USER", SUPERUSER).with_env("POSTGRES_PASSWORD", self.password)
         container.with_env("POSTGRES_DB", "postgres")
-        container.ports["5432/tcp"] = ("127.0.0.1",)  # type: ignore[assignment]  # never on other interfaces
+        # 127.0.0.1 only, unless the engine is elsewhere: then its host's interfaces (adapters.docker)
+        container.ports["5432/tcp"] = (this_engine().publish_ip,)  # type: ignore[assignment]
         container.with_command(DURABILITY_OFF)
         network = start_network()
         container.with_kwargs(labels=labels(self.label, "postgres-shadow", self.warm), **self.limits.docker_kwargs(),

@@ -76,12 +76,13 @@ class MotoContainer:
     def __init__(self, image: str, run_id: str) -> None:
         from testcontainers.core.container import DockerContainer
 
-        from adapters.docker import labels, start_network
+        from adapters.docker import labels, start_network, this_engine
 
         self.image = image
         self._container = DockerContainer(image)
-        # Published on 127.0.0.1 only: moto checks no credentials, so the port must not face the network.
-        self._container.ports[f"{MOTO_PORT}/tcp"] = ("127.0.0.1",)  # type: ignore[assignment]
+        # Published on 127.0.0.1 only: moto checks no credentials, so the port must not face the network — unless
+        # the engine is elsewhere, where its loopback is out of reach: then on its host's interfaces (adapters.docker).
+        self._container.ports[f"{MOTO_PORT}/tcp"] = (this_engine().publish_ip,)  # type: ignore[assignment]
         network = start_network()
         self._container.with_kwargs(labels=labels(run_id, "s3-shadow"), **({"network": network} if network else {}))
         self.url = ""

@@ -127,25 +127,31 @@ def _prepare(conn: psycopg.Connection[Any], url: str, schema: str) -> None:
             f"the state database {where(url)} (schema {schema}) was written by a newer shadow: its state schema is "
             f"version {version}, this shadow knows up to {SCHEMA_VERSION}; upgrade shadow on this runner (two "
             "versions of shadow cannot share one state database)")
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (MIGRATE_LOCK, schema))
-        version = _version(conn, schema)  # as whoever migrated while this waited left it
-        if version is not None and version >= SCHEMA_VERSION:
-            return
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
-        conn.execute("CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL)")
-        for step in range((version or 0) + 1, SCHEMA_VERSION + 1):
-            for statement in MIGRATIONS[step]:
-                conn.execute(statement)  # type: ignore[arg-type]  # our own literal DDL
-        conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
-                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
+    # A session lock taken before the transaction: a transaction begun while another runner's migration was
+    # still running would keep seeing the catalog as it was (no schema yet) and migrate a second time.
+    conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (MIGRATE_LOCK, schema))
+    try:
+        with conn.transaction():
+            version = _version(conn, schema)  # as whoever migrated while this waited left it
+            if version is not None and version >= SCHEMA_VERSION:
+                return
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL)")
+            for step in range((version or 0) + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[step]:
+                    conn.execute(statement)  # type: ignore[arg-type]  # our own literal DDL
+            conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', %s) "
+                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(SCHEMA_VERSION),))
+    finally:
+        conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (MIGRATE_LOCK, schema))
 
 
 def _version(conn: psycopg.Connection[Any], schema: str) -> int | None:
     row = conn.execute("SELECT to_regclass(%s)", (f"{schema}.meta",)).fetchone()
     if row is None or row[0] is None:
         return None
-    found = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    found = conn.execute(sql.SQL("SELECT value FROM {}.meta WHERE key = 'schema_version'").format(
+        sql.Identifier(schema))).fetchone()
     return int(found[0]) if found else None
 
 

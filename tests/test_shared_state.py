@@ -1,0 +1,314 @@
+"""Several runners, one state: journal, run records, approvals, liveness and locks on a real PostgreSQL server
+(``SHADOW_STATE_URL``), checkpoints on moto's S3 server (``SHADOW_STORE_URL``). Each runner is a separate ``shadow``
+process with its own working directory and state dir, as two CI machines would be."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from adapters.postgres.cluster import LocalCluster
+from adapters.postgres.binaries import find_binaries
+from tests.conftest import CliResult, ProdDb, run_cli, start_cli, write_plan
+from tests.writer import Writer
+
+APPROVED_PLAN = """
+targets: {app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}}
+action: {sql: migrate.sql}
+expect: {app: {must: ["add column public.users.nickname"]}}
+policy: {approval: required}
+"""
+
+# Autocommit writes with a pause between them: a kill in the pause leaves production half changed.
+SLOW_MIGRATE = """
+import os, time, psycopg
+with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+    conn.execute("INSERT INTO audit_log (happened_at, message) VALUES ('2031-01-01', 'step1')")
+    time.sleep(float(os.environ.get("PAUSE", "0")))
+    conn.execute("UPDATE users SET full_name = 'step2' WHERE id <= 5")
+"""
+SLOW_PLAN = """
+targets: {app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}}
+action: {command: "%s slow.py", env: {PAUSE: "${PAUSE}"}}
+expect: {app: {may: ["insert rows public.audit_log", "update rows public.users"]}}
+""" % sys.executable
+
+INSERT_PLAN = """
+targets: {app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}}
+action: {sql: insert.sql}
+expect: {app: {may: ["insert rows public.audit_log"]}}
+"""
+
+
+@pytest.fixture(scope="session")
+def state_server() -> Iterator[LocalCluster]:
+    """A PostgreSQL server of its own for shared state, so a test can restart it without touching production."""
+    with LocalCluster(label="test-state", binaries=find_binaries()[-1]) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def state_url(state_server: LocalCluster) -> Iterator[str]:
+    name = "state_" + uuid.uuid4().hex[:10]
+    dsn = state_server.create_database(name)
+    yield dsn
+    with state_server.connect() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def store_url(s3_server: str) -> str:
+    import boto3
+
+    name = "store-" + uuid.uuid4().hex[:12]
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket=name)
+    return f"s3://{name}/checkpoints"
+
+
+class Runner:
+    """One machine: its own working directory and state dir; the shared state and store from the environment."""
+
+    def __init__(self, root: Path, name: str, env: dict[str, str]) -> None:
+        self.cwd = root / name
+        self.cwd.mkdir()
+        self.state = self.cwd / ".shadow"
+        self.env = {"PAUSE": "0"} | env
+
+    def __call__(self, *args: str, cwd: Path | None = None, **env: str) -> CliResult:
+        return run_cli(*args, state=self.state, cwd=cwd or self.cwd, env=self.env | env, timeout=600)
+
+    def start(self, *args: str, cwd: Path | None = None, **env: str) -> Any:
+        return start_cli(*args, state=self.state, cwd=cwd or self.cwd, env=self.env | env)
+
+    def json(self, *args: str, cwd: Path | None = None, **env: str) -> Any:
+        result = self(*args, "--json", cwd=cwd, **env)
+        assert result.code in (0, 1), result.text
+        return json.loads(result.out)
+
+
+def _shared_env(state_url: str, s3_server: str | None = None, store_url: str | None = None) -> dict[str, str]:
+    env = {"SHADOW_STATE_URL": state_url}
+    if store_url:
+        env |= {"SHADOW_STORE_URL": store_url, "AWS_ENDPOINT_URL": str(s3_server), "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    return env
+
+
+def _state(state_url: str, query: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(state_url, autocommit=True) as conn:
+        return conn.execute(query).fetchall()  # type: ignore[arg-type]
+
+
+def test_one_runner_plans_another_approves_lists_audits_and_applies(prod_db: ProdDb, state_url: str,
+                                                                      tmp_path: Path) -> None:
+    plans = tmp_path / "repo"
+    plans.mkdir()
+    write_plan(plans, APPROVED_PLAN, {"migrate.sql": "ALTER TABLE users ADD COLUMN nickname text;\n"})
+    env = _shared_env(state_url) | {"APP_DATABASE_URL": prod_db.dsn}
+    a, b = Runner(tmp_path, "a", env), Runner(tmp_path, "b", env)
+
+    planned = a.json("plan", cwd=plans)
+    assert planned["outcome"] == "awaiting_approval", planned
+    run_id = planned["run_id"]
+    assert not (b.state / "runs" / run_id).exists()
+
+    listed = b.json("runs")
+    assert [r["id"] for r in listed] == [run_id] and listed[0]["outcome"] == "awaiting_approval"
+    shown = b("show", run_id)
+    assert shown.code == 0 and "add column public.users.nickname" in shown.out, shown.text
+    approved = b("approve", run_id, "--by", "ana")
+    assert approved.code == 0, approved.text
+
+    applied = a.json("apply", "--run", run_id)
+    assert applied["outcome"] == "applied", applied
+    assert prod_db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nickname'") == 1
+
+    audit = b.json("audit")
+    assert audit["intact"] and audit["rows"] > 5 and "schema shadow" in audit["path"], audit
+    commands = [r["command"] for r in b.json("runs")]
+    assert sorted(commands) == ["apply", "approve", "plan"], commands
+    # Nothing but the shared state carried it: b's state dir never held a journal.
+    assert not (b.state / "journal.sqlite").exists() and not (a.state / "journal.sqlite").exists()
+
+
+def test_an_edited_shared_journal_row_is_named_by_audit(prod_db: ProdDb, state_url: str, tmp_path: Path) -> None:
+    write_plan(tmp_path, APPROVED_PLAN.replace("policy: {approval: required}\n", ""),
+               {"migrate.sql": "ALTER TABLE users ADD COLUMN nickname text;\n"})
+    runner = Runner(tmp_path, "a", _shared_env(state_url) | {"APP_DATABASE_URL": prod_db.dsn})
+    assert runner("plan", cwd=tmp_path).code == 0
+    assert runner.json("audit")["intact"]
+    _state(state_url, "UPDATE shadow.run_ends SET summary = 'nothing to see' RETURNING 1")
+    broken = runner("audit", "--json")
+    assert broken.code == 1, broken.text
+    tampered = json.loads(broken.out)["tampered"]
+    assert tampered["table"] == "run_ends" and "edited" in tampered["problem"], tampered
+
+
+def test_a_state_database_of_a_newer_shadow_is_refused_and_an_empty_one_is_set_up(state_url: str,
+                                                                                   tmp_path: Path) -> None:
+    runner = Runner(tmp_path, "a", _shared_env(state_url))
+    assert runner.json("runs") == []  # an empty database: the schema is created (version 1)
+    assert _state(state_url, "SELECT value FROM shadow.meta WHERE key = 'schema_version'") == [("1",)]
+    _state(state_url, "UPDATE shadow.meta SET value = '99' WHERE key = 'schema_version' RETURNING 1")
+    refused = runner("runs")
+    assert refused.code == 3, refused.text
+    assert "newer shadow" in refused.err and "version 99" in refused.err and "Traceback" not in refused.text
+    unreachable = Runner(tmp_path, "b", _shared_env("postgresql://shadow:secret-pw@127.0.0.1:1/state"))("runs")
+    assert unreachable.code == 3 and "unreachable" in unreachable.err, unreachable.text
+    assert "secret-pw" not in unreachable.text and "Traceback" not in unreachable.text
+
+
+def test_killed_apply_on_one_runner_is_recovered_by_another_and_rolled_back_from_it(
+        prod_db: ProdDb, state_url: str, s3_server: str, store_url: str, tmp_path: Path) -> None:
+    plans = tmp_path / "repo"
+    plans.mkdir()
+    write_plan(plans, SLOW_PLAN, {"slow.py": SLOW_MIGRATE})
+    env = _shared_env(state_url, s3_server, store_url) | {"APP_DATABASE_URL": prod_db.dsn}
+    a, b = Runner(tmp_path, "a", env), Runner(tmp_path, "b", env)
+    before = prod_db.fingerprint()
+
+    # A applies; it is SIGKILLed while its action is half done in production.
+    proc = a.start("apply", cwd=plans, PAUSE="30")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (
+            prod_db.scalar("SELECT count(*) FROM audit_log WHERE message = 'step1'") and proc.poll() is None):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert prod_db.scalar("SELECT count(*) FROM audit_log WHERE message = 'step1'") == 1
+
+    # B sees the unfinished run, refuses new work on that target, and settles it.
+    refused = b("apply", cwd=plans, PAUSE="0")
+    assert refused.code != 0 and "shadow recover" in refused.text, refused.text
+    recovered = b("recover", "--json", PAUSE="0")
+    assert recovered.code == 0, recovered.text
+    settled = json.loads(recovered.out)
+    assert [s["outcome"] for s in settled] == ["rolled_back"], settled
+    assert prod_db.fingerprint() == before
+
+    # A applies again to the end; B rolls it back from A's checkpoint (which only the S3 store holds for B).
+    applied = a.json("apply", cwd=plans, PAUSE="0")
+    assert applied["outcome"] == "applied", applied
+    assert prod_db.scalar("SELECT count(*) FROM users WHERE full_name = 'step2'") == 5
+    rolled = b.json("rollback", applied["run_id"], cwd=plans)
+    assert rolled["outcome"] == "restored", rolled
+    assert prod_db.fingerprint() == before
+    assert b.json("audit")["intact"]
+
+
+def test_the_state_database_restarting_mid_run_fails_safe_and_the_next_run_is_clean(
+        prod_db: ProdDb, state_server: LocalCluster, state_url: str, tmp_path: Path) -> None:
+    plans = tmp_path / "repo"
+    plans.mkdir()
+    write_plan(plans, SLOW_PLAN, {"slow.py": SLOW_MIGRATE})
+    runner = Runner(tmp_path, "a", _shared_env(state_url) | {"APP_DATABASE_URL": prod_db.dsn})
+    before = prod_db.fingerprint()
+
+    proc = runner.start("apply", cwd=plans, PAUSE="6")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not prod_db.scalar(
+            "SELECT count(*) FROM audit_log WHERE message = 'step1'"):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    restarted = state_server._run([state_server.binaries.path("pg_ctl"), "restart", "-m", "fast", "-w", "-D",
+                                   str(state_server.datadir), "-l", str(state_server.root / "server.log"),  # type: ignore[operator]
+                                   "-o", f"-p {state_server.port}"], timeout=90)
+    assert restarted.returncode == 0, restarted.stderr
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 3, out + err
+    assert "state database" in err and "Traceback" not in err, err
+    print(err.strip().splitlines()[-1])
+
+    # Whatever the apply got to, production is either as it was or settled by recover once the state is back.
+    recovered = runner("recover", "--json", PAUSE="0")
+    assert recovered.code == 0, recovered.text
+    assert prod_db.fingerprint() == before, json.loads(recovered.out or "[]")
+    again = runner.json("apply", cwd=plans, PAUSE="0")
+    assert again["outcome"] == "applied", again
+    assert runner.json("audit")["intact"]
+
+
+def test_two_runners_share_state_and_store_through_twenty_runs_on_two_targets(
+        pg_server: LocalCluster, state_url: str, s3_server: str, store_url: str, tmp_path: Path) -> None:
+    schema = (Path(__file__).resolve().parent.parent / "examples" / "demo" / "schema.sql").read_text()
+    dbs = []
+    for label in ("x", "y"):
+        name = f"prod_{label}_" + uuid.uuid4().hex[:8]
+        db = ProdDb(pg_server, name, pg_server.create_database(name))
+        db.execute(schema + "\nCREATE TABLE events (id bigserial PRIMARY KEY, note text);")
+        dbs.append(db)
+        folder = tmp_path / f"plan_{label}"
+        folder.mkdir()
+        write_plan(folder, INSERT_PLAN.replace("APP_DATABASE_URL", f"{label.upper()}_DATABASE_URL"),
+                   {"insert.sql": "INSERT INTO audit_log (happened_at, message) VALUES ('2031-02-02', 'runner');\n"})
+    env = _shared_env(state_url, s3_server, store_url) | {"X_DATABASE_URL": dbs[0].dsn, "Y_DATABASE_URL": dbs[1].dsn}
+    a, b = Runner(tmp_path, "a", env), Runner(tmp_path, "b", env)
+    counts = {"applied": 0, "restored": 0}
+    problems: list[str] = []
+
+    def work(runner: Runner, order: str) -> None:
+        for label in order:
+            done = runner("apply", "--json", "--lock-timeout", "300", cwd=tmp_path / f"plan_{label}")
+            report = json.loads(done.out) if done.out.strip().startswith("{") else {}
+            if report.get("outcome") != "applied":
+                problems.append(f"apply {label}: {done.text[-400:]}")
+                continue
+            counts["applied"] += 1
+            back = runner("rollback", report["run_id"], "--json", "--lock-timeout", "300",
+                          cwd=tmp_path / f"plan_{label}")
+            outcome = json.loads(back.out).get("outcome") if back.out.strip().startswith("{") else None
+            if outcome != "restored":
+                problems.append(f"rollback {label}: {back.text[-400:]}")
+            else:
+                counts["restored"] += 1
+
+    writers = [Writer(db.dsn, "events", tmp_path / f"writes_{i}.jsonl", every=0.05) for i, db in enumerate(dbs)]
+    for w in writers:
+        w.__enter__()
+    try:
+        threads = [threading.Thread(target=work, args=(a, "xyxyx")), threading.Thread(target=work, args=(b, "yxyxy"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for w in writers:
+            w.stop()
+            w.__exit__(None, None, None)
+    assert not problems, problems
+    kept = [w.assert_kept(db.dsn) for w, db in zip(writers, dbs, strict=True)]
+
+    # No two runs' production steps on one target overlapped in time.
+    steps = _state(state_url, "SELECT s.run_id, s.target, s.started_at, s.ended_at, r.plan_path FROM shadow.steps s "
+                              "JOIN shadow.runs r ON r.id = s.run_id WHERE s.undo IS NOT NULL ORDER BY s.started_at")
+    by_target: dict[str, list[tuple[str, float, float]]] = {}
+    for run_id, _target, started, ended, plan_path in steps:
+        by_target.setdefault(Path(plan_path).parent.name, []).append((run_id, started, ended or started))
+    for target, spans in by_target.items():
+        for (run1, _s1, e1), (run2, s2, _e2) in zip(spans, spans[1:]):
+            assert run1 == run2 or s2 >= e1, f"{target}: runs {run1} and {run2} wrote at the same time"
+    runs = b.json("runs")
+    unsettled = [r for r in runs if r["outcome"] not in ("applied", "restored")]
+    assert not unsettled, unsettled
+    assert b.json("audit")["intact"]
+    for db in dbs:
+        assert db.scalar("SELECT count(*) FROM audit_log WHERE message = 'runner'") == 0
+    print(f"two runners: {counts['applied']} applies and {counts['restored']} rollbacks on 2 targets, "
+          f"{len(runs)} runs in the shared journal, writer rows kept: {kept}")
+    assert counts == {"applied": 10, "restored": 10}
+    for db in dbs:
+        with pg_server.connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')

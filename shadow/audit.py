@@ -75,6 +75,9 @@ def audit_settings(settings: Any) -> AuditResult:
 
     journal = PgJournal(StateDB(settings.state_url, settings.environ))
     try:
+        foreign = journal.foreign_objects()
+        if foreign:
+            return AuditResult(journal.path, SCHEMA_VERSION, tampered=Tampered(foreign[0][0], None, foreign[0][1]))
         return audit_rows(journal.path, journal.chained_rows(), journal.head())
     finally:
         journal.close()

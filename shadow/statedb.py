@@ -340,6 +340,20 @@ class PgJournal:
             rows.sort(key=lambda item: (item[0], item[1]))
         return rows
 
+    def foreign_objects(self) -> list[tuple[str, str]]:
+        """Tables and triggers in the state schema that shadow did not create: (name, what it is)."""
+        known = set(CHAINED) | {"chain_head", "meta", "files"}
+        with self.db._errors("read the journal"):
+            tables = self.db.conn.execute(
+                "SELECT c.relname FROM pg_class c WHERE c.relnamespace = %s::regnamespace AND c.relkind IN "
+                "('r', 'p', 'f', 'm')", (self.db.schema,)).fetchall()
+            triggers = self.db.conn.execute(
+                "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                "WHERE c.relnamespace = %s::regnamespace AND NOT t.tgisinternal", (self.db.schema,)).fetchall()
+        return ([(str(name), "a table that is not part of the journal (rows outside the chain)")
+                 for (name,) in tables if name not in known]
+                + [(str(name), "a trigger that is not part of the journal") for (name,) in triggers])
+
     def head(self) -> tuple[int, str] | None:
         with self.db._errors("read the journal"):
             row = self.db.conn.execute("SELECT link, row_hash FROM chain_head").fetchone()

@@ -154,6 +154,12 @@ def test_an_edited_shared_journal_row_is_named_by_audit(prod_db: ProdDb, state_u
     assert broken.code == 1, broken.text
     tampered = json.loads(broken.out)["tampered"]
     assert tampered["table"] == "run_ends" and "edited" in tampered["problem"], tampered
+    with psycopg.connect(state_url, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION shadow.keep() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'")
+        conn.execute("CREATE TRIGGER rewrite BEFORE INSERT ON shadow.run_ends FOR EACH ROW EXECUTE FUNCTION "
+                     "shadow.keep()")
+    trigger = json.loads(runner("audit", "--json").out)["tampered"]
+    assert trigger["table"] == "rewrite" and "trigger" in trigger["problem"], trigger
 
 
 def test_a_state_database_of_a_newer_shadow_is_refused_and_an_empty_one_is_set_up(state_url: str,
@@ -312,3 +318,36 @@ def test_two_runners_share_state_and_store_through_twenty_runs_on_two_targets(
     for db in dbs:
         with pg_server.connect() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
+
+
+def test_a_run_alive_on_another_runner_blocks_gc_and_is_not_recovered(prod_db: ProdDb, state_url: str,
+                                                                       s3_server: str, store_url: str,
+                                                                       tmp_path: Path) -> None:
+    plans = tmp_path / "repo"
+    plans.mkdir()
+    write_plan(plans, INSERT_PLAN, {"insert.sql": "INSERT INTO audit_log (happened_at, message) "
+                                                  "VALUES ('2031-02-02', 'runner');\n"})
+    env = _shared_env(state_url, s3_server, store_url) | {"APP_DATABASE_URL": prod_db.dsn}
+    a, b = Runner(tmp_path, "a", env), Runner(tmp_path, "b", env)
+    applied = a.json("apply", cwd=plans)
+    assert applied["outcome"] == "applied", applied
+
+    # Another machine's run, mid-apply: its record says so and its session holds its liveness lock.
+    record = {"run_id": "20991231-000000-elsewh", "command": "apply", "plan_path": str(plans / "shadow.yaml"),
+              "targets": {"app": prod_db.target().describe()}, "phase": "applying", "pid": 1,
+              "host": "elsewhere"}
+    with psycopg.connect(state_url, autocommit=True) as holder:
+        holder.execute("INSERT INTO shadow.files (run_id, name, body, written_at) VALUES (%s, 'run.json', %s, 0)",
+                       (record["run_id"], json.dumps(record).encode()))
+        holder.execute("SELECT pg_advisory_lock(21321, hashtext(%s))", (record["run_id"],))
+        refused = b("gc", "--checkpoints-older-than", "0")
+        assert refused.code == 3 and f"run {record['run_id']} is running" in refused.err, refused.text
+        assert b("recover", "--json").out.strip() in ("[]", ""), "a live run must not be settled"
+    # Its session gone (the machine died): now it is a killed run that any runner must settle first.
+    blocked = b("apply", cwd=plans)
+    assert blocked.code == 3 and record["run_id"] in blocked.err and "elsewhere" in blocked.err, blocked.text
+
+    pruned = b("gc", "--checkpoints-older-than", "0", "--json")
+    assert pruned.code == 0, pruned.text
+    rollback = b("rollback", applied["run_id"], cwd=plans)
+    assert rollback.code != 0 and "pruned" in rollback.text, rollback.text

@@ -351,3 +351,35 @@ def test_a_run_alive_on_another_runner_blocks_gc_and_is_not_recovered(prod_db: P
     assert pruned.code == 0, pruned.text
     rollback = b("rollback", applied["run_id"], cwd=plans)
     assert rollback.code != 0 and "pruned" in rollback.text, rollback.text
+
+
+def test_gateways_on_two_runners_share_breaker_approvals_and_ledger(prod_db: ProdDb, state_url: str,
+                                                                     tmp_path: Path) -> None:
+    from shadow import gateway
+    from shadow.approval import approve
+    from shadow.settings import Settings
+    from tests.test_gateway import GATEWAY
+
+    prod_db.execute("CREATE TABLE notes (id bigserial PRIMARY KEY, note text)")
+    path = tmp_path / "gateway.yaml"
+    path.write_text(GATEWAY)
+    env = {"APP_DATABASE_URL": prod_db.dsn, "SHADOW_STATE_URL": state_url}
+    here = Settings.from_env(environ=env, state_dir=tmp_path / "a" / ".shadow")
+    there = Settings.from_env(environ=env, state_dir=tmp_path / "b" / ".shadow")
+
+    fragile = gateway.open(path, "fragile", here)
+    for _ in range(3):
+        assert fragile.propose({"sql": "DELETE FROM audit_log"})["verdict"] == "failed"
+    assert gateway.open(path, "fragile", there).targets()["breaker"]["state"] == "open"  # the other runner's view
+    listed = run_cli("agents", "-f", str(path), "--json", state=there.state_dir, cwd=tmp_path, env=env)
+    rows = {r["actor"]: r for r in json.loads(listed.out)}
+    assert rows["fragile"]["breaker"]["state"] == "open" and rows["fragile"]["failures"] == 3, listed.text
+
+    agent = gateway.open(path, "agent", here)
+    proposed = agent.propose({"sql": "INSERT INTO notes (note) VALUES ('from an agent')"})
+    assert proposed["verdict"] == "awaiting_approval", proposed
+    approve(proposed["run_id"], "alice", settings=there)  # a person, on another machine
+    applied = agent.apply(proposed["run_id"])
+    assert applied["verdict"] == "applied", applied
+    assert prod_db.scalar("SELECT count(*) FROM notes WHERE note = 'from an agent'") == 1
+    assert Runner(tmp_path, "c", {"SHADOW_STATE_URL": state_url}).json("audit")["intact"]

@@ -263,3 +263,34 @@ def test_production_undo_writes_column_by_column_under_the_session_search_path(p
     assert prod_db.scalar("select count(*) from audit_log") == 2
     assert prod_db.scalar("select count(*) from users where email = 'marker@example.com'") == 0
     assert prod_db.scalar(orders) == before
+
+
+def test_the_full_comparison_sees_a_change_of_case_under_a_case_insensitive_collation(empty_db) -> None:  # type: ignore[no-untyped-def]
+    """The full comparison hashes each column's text under "C": a case-insensitive (non-deterministic) column's
+    change of case is an update; a column added NULL is none; a dropped column updates only rows that lose a value."""
+    from adapters.postgres.rowdiff import count_rows
+
+    empty_db.execute("CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false); "
+                     "CREATE TABLE people (id int PRIMARY KEY, name text COLLATE ci, nick text, gone text); "
+                     "INSERT INTO people SELECT g, 'Name ' || g, NULL, CASE WHEN g <= 4 THEN 'x' END "
+                     "FROM generate_series(1, 50) g; "
+                     "CREATE TABLE tags (name text COLLATE ci); INSERT INTO tags VALUES ('Red'), ('Blue')")
+    copy = "c_" + uuid.uuid4().hex[:10]
+    with empty_db.server.connect() as conn:
+        conn.execute(f'CREATE DATABASE "{copy}" TEMPLATE "{empty_db.name}" STRATEGY FILE_COPY')
+    try:
+        with psycopg.connect(empty_db.server.dsn(copy), autocommit=True) as conn:
+            conn.execute("UPDATE people SET name = upper(name) WHERE id IN (7, 8); UPDATE tags SET name = 'RED' "
+                         "WHERE name = 'Red' COLLATE \"C\"; ALTER TABLE people ADD COLUMN extra int; "
+                         "ALTER TABLE people DROP COLUMN gone; UPDATE people SET nick = NULL")
+        with psycopg.connect(empty_db.dsn, autocommit=True) as before_conn, \
+                psycopg.connect(empty_db.server.dsn(copy), autocommit=True) as after_conn:
+            before, after = observe(before_conn), observe(after_conn)
+            people = count_rows(before_conn, after_conn, "public.people", before, after)
+            tags = count_rows(before_conn, after_conn, "public.tags", before, after)
+        assert (people.inserted, people.updated, people.deleted) == (0, 6, 0), people
+        assert people.updated_by_drop == 4 and set(people.samples["update"]) <= {"[1]", "[2]", "[3]", "[4]", "[7]", "[8]"}
+        assert (tags.inserted, tags.updated, tags.deleted) == (1, 0, 1), tags  # no key: the old row went, a new came
+    finally:
+        with empty_db.server.connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')

@@ -141,6 +141,13 @@ def test_one_runner_plans_another_approves_lists_audits_and_applies(prod_db: Pro
     assert sorted(commands) == ["apply", "approve", "plan"], commands
     # Nothing but the shared state carried it: b's state dir never held a journal.
     assert not (b.state / "journal.sqlite").exists() and not (a.state / "journal.sqlite").exists()
+    # The state database's password is in no state file, shared row or report (production's neither).
+    secrets = [psycopg.conninfo.conninfo_to_dict(url)["password"] for url in (state_url, prod_db.dsn)]
+    kept = [p.read_bytes() for runner in (a, b) for p in runner.state.rglob("*") if p.is_file()]
+    kept += [bytes(r[0]) for r in _state(state_url, "SELECT body FROM shadow.files")]
+    kept += [str(r).encode() for table in ("run_starts", "run_ends", "step_starts", "step_ends", "notes")
+             for r in _state(state_url, f"SELECT * FROM shadow.{table}")]
+    assert kept and not [s for s in secrets for body in kept if str(s).encode() in body]
 
 
 def test_an_edited_shared_journal_row_is_named_by_audit(prod_db: ProdDb, state_url: str, tmp_path: Path) -> None:

@@ -117,28 +117,18 @@ def _audit(db: sqlite3.Connection, path: Path) -> AuditResult:
     for table in CHAINED:
         rows.extend((r["link"], table, dict(r)) for r in db.execute(f"SELECT * FROM {table}"))
     rows.sort(key=lambda item: (item[0], item[1]))
-    notes: list[str] = []
     tampered = _schema_problem(db)
-    prev_hash, expected = GENESIS, 1
-    for link, table, row in rows if tampered is None else []:
-        bad = _link_problem(table, row, expected, prev_hash)
-        if bad:
-            tampered = _tampered(table, row, bad)
-            break
-        if table == "notes":
-            notes.append(row["text"])
-        prev_hash, expected = row["row_hash"], link + 1
-    if tampered is None:
-        tampered = _head_problem(db, (expected - 1, prev_hash) if rows else None)
-    return AuditResult(str(path), version, len(rows), prev_hash if rows and tampered is None else None, notes,
-                       tampered)
+    if tampered is not None:
+        return AuditResult(str(path), version, len(rows), tampered=tampered)
+    return audit_rows(str(path), rows, _head(db), version)
 
 
-def _head_problem(db: sqlite3.Connection, last: tuple[int, str] | None) -> Tampered | None:
-    head = [tuple(r) for r in db.execute("SELECT link, row_hash FROM chain_head")]
-    if head == ([last] if last else []):
-        return None
-    return _head_mismatch(last, head)
+def _head(db: sqlite3.Connection) -> tuple[int, str] | None:
+    """The recorded head; more than its one row can match no chain."""
+    head = [(int(r[0]), str(r[1])) for r in db.execute("SELECT link, row_hash FROM chain_head")]
+    if len(head) > 1:
+        return (-1, "")
+    return head[0] if head else None
 
 
 def _head_mismatch(last: tuple[int, str] | None, head: list[Any]) -> Tampered:

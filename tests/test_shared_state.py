@@ -111,7 +111,7 @@ def _state(state_url: str, query: str) -> list[tuple[Any, ...]]:
         return conn.execute(query).fetchall()  # type: ignore[arg-type]
 
 
-def test_one_runner_plans_another_approves_lists_audits_and_applies(prod_db: ProdDb, state_url: str,
+def test_one_runner_plans_another_approves_applies_lists_and_audits(prod_db: ProdDb, state_url: str,
                                                                       tmp_path: Path) -> None:
     plans = tmp_path / "repo"
     plans.mkdir()
@@ -131,7 +131,7 @@ def test_one_runner_plans_another_approves_lists_audits_and_applies(prod_db: Pro
     approved = b("approve", run_id, "--by", "ana")
     assert approved.code == 0, approved.text
 
-    applied = a.json("apply", "--run", run_id)
+    applied = b.json("apply", "--run", run_id)  # approved on one runner, applied from another
     assert applied["outcome"] == "applied", applied
     assert prod_db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nickname'") == 1
 

@@ -55,7 +55,7 @@ RANGE=10.199.0.0/16                     # the bridge and every network this engi
 POOL=base=10.199.128.0/17,size=24
 CHAIN=SHADOW-REMOTE-DOCKER
 HIDDEN=(/tmp /var/tmp /work /root /home)  # this machine's directories the engine must not see
-IMAGES=(shadow-test/postgres:15 shadow-test/action:latest)
+IMAGES=(shadow-test/postgres:15 shadow-test/action:latest shadow-test/moto:latest)
 
 log() { printf '[start-remote-docker] %s\n' "$*" >&2; }
 remote_ok() { docker -H "$REMOTE" info >/dev/null 2>&1; }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -209,3 +210,35 @@ def test_client_tools_in_a_container_are_refused_on_the_remote_engine(remote, pr
     assert r.code == 3, r.text
     assert "production runs PostgreSQL 17" in r.err and "needs a Docker engine on this machine" in r.err, r.err
     assert f"DOCKER_HOST={remote.address}" in r.err and "install postgresql-client-17" in r.err, r.err
+
+
+S3_WRITE = """
+import os, boto3
+s3 = boto3.client("s3")
+s3.put_object(Bucket=os.environ["SHADOW_ASSETS_BUCKET"], Key="invoices/0.json", Body=b'{"n": 0, "paid": true}')
+print("ENDPOINT", os.environ["AWS_ENDPOINT_URL"])
+"""
+
+
+def test_an_s3_plan_rehearses_on_a_moto_shadow_on_the_remote_engine(remote, tmp_path, bucket, s3_server):
+    if not remote.client.images.list(name="shadow-test/moto:latest"):
+        _unavailable("it lacks the image shadow-test/moto:latest")
+    client, name = bucket
+    for i in range(3):
+        client.put_object(Bucket=name, Key=f"invoices/{i}.json", Body=json.dumps({"n": i}).encode())
+    write_plan(tmp_path, f"""
+targets: {{assets: {{kind: s3, bucket: {name}, prefix: invoices/, endpoint_url: "{s3_server}"}}}}
+action: {{command: "{sys.executable} write.py"}}
+expect: {{assets: {{must: ["modify object {name}/invoices/0.json"]}}}}
+""", {"write.py": S3_WRITE})
+    since = time.time()
+    r = _shadow(tmp_path, remote, "plan", "--json", env={"SHADOW_S3_IMAGE": "shadow-test/moto:latest"})
+    assert r.code == 0, r.text
+    report = json.loads(r.out)
+    assert report["outcome"] == "passed", r.text
+    log = Path(report["action"]["rehearsal"]["log"]).read_text()
+    assert "ENDPOINT" in log and s3_server not in log, log      # it wrote the shadow, never production
+    roles = {e["Actor"]["Attributes"].get("shadow.role") for e in remote.events(report["run_id"], since)}
+    assert roles == {"s3-shadow"}, roles
+    assert remote.left(report["run_id"]) == []
+    assert json.loads(client.get_object(Bucket=name, Key="invoices/0.json")["Body"].read()) == {"n": 0}

@@ -99,8 +99,10 @@ def connect(url: str, schema: str) -> psycopg.Connection[Any]:
     try:
         conn = psycopg.connect(url, autocommit=True, connect_timeout=10,
                                application_name="shadow state")
-    except psycopg.ProgrammingError as exc:
-        raise BadInput(f"SHADOW_STATE_URL is not a PostgreSQL connection string: {exc}") from None
+    except psycopg.ProgrammingError:
+        # psycopg's own message quotes the string, password included: not repeated
+        raise BadInput("SHADOW_STATE_URL is not a PostgreSQL connection string (postgresql://USER@HOST:PORT/DBNAME "
+                       "or key=value pairs)") from None
     except psycopg.Error as exc:
         raise InfrastructureError(f"the state database {where(url)} is unreachable: "
                                   f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}"

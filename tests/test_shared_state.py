@@ -181,6 +181,9 @@ def test_a_state_database_of_a_newer_shadow_is_refused_and_an_empty_one_is_set_u
     unreachable = Runner(tmp_path, "b", _shared_env("postgresql://shadow:secret-pw@127.0.0.1:1/state"))("runs")
     assert unreachable.code == 3 and "unreachable" in unreachable.err, unreachable.text
     assert "secret-pw" not in unreachable.text and "Traceback" not in unreachable.text
+    malformed = Runner(tmp_path, "c", _shared_env("host=127.0.0.1 port=1 password=secret-pw sslmod=x"))("runs")
+    assert malformed.code == 2 and "SHADOW_STATE_URL is not a PostgreSQL connection string" in malformed.err
+    assert "secret-pw" not in malformed.text and "Traceback" not in malformed.text
 
 
 def test_killed_apply_on_one_runner_is_recovered_by_another_and_rolled_back_from_it(

@@ -483,7 +483,14 @@ def agents_reset_cmd(ctx: Ctx, actor: str, by: str) -> None:
 
     if not by.strip():
         _fail(ctx, click.UsageError("--by must name who resets the breaker"), EXIT_BAD_INPUT)
-    _guard(ctx, lambda: Ledger(ctx.settings).reset(actor, by.strip()))
+    settings = ctx.settings
+    parent = click.get_current_context().parent
+    gateway_file = parent.params.get("gateway_file") if parent is not None else None
+    if gateway_file is not None and Path(gateway_file).exists():  # its `state:` names where the ledger is
+        from shadow.gateway.config import load_gateway
+
+        settings = _guard(ctx, lambda: load_gateway(Path(gateway_file), settings.environ)).settings_for(settings)
+    _guard(ctx, lambda: Ledger(settings).reset(actor, by.strip()))
     ctx.out.print(f"breaker of {escape(actor)} closed by {escape(by.strip())}")
 
 

@@ -372,10 +372,11 @@ def test_gateways_on_two_runners_share_breaker_approvals_and_ledger(prod_db: Pro
 
     prod_db.execute("CREATE TABLE notes (id bigserial PRIMARY KEY, note text)")
     path = tmp_path / "gateway.yaml"
-    path.write_text(GATEWAY)
-    env = {"APP_DATABASE_URL": prod_db.dsn, "SHADOW_STATE_URL": state_url}
+    path.write_text(GATEWAY + 'state: {url: "${TEAM_STATE_URL}"}\n')  # the gateways find it in their file
+    env = {"APP_DATABASE_URL": prod_db.dsn, "TEAM_STATE_URL": state_url}
     here = Settings.from_env(environ=env, state_dir=tmp_path / "a" / ".shadow")
     there = Settings.from_env(environ=env, state_dir=tmp_path / "b" / ".shadow")
+    person = Settings.from_env(environ=env | {"SHADOW_STATE_URL": state_url}, state_dir=tmp_path / "p" / ".shadow")
 
     fragile = gateway.open(path, "fragile", here)
     for _ in range(3):
@@ -388,8 +389,14 @@ def test_gateways_on_two_runners_share_breaker_approvals_and_ledger(prod_db: Pro
     agent = gateway.open(path, "agent", here)
     proposed = agent.propose({"sql": "INSERT INTO notes (note) VALUES ('from an agent')"})
     assert proposed["verdict"] == "awaiting_approval", proposed
-    approve(proposed["run_id"], "alice", settings=there)  # a person, on another machine
+    approve(proposed["run_id"], "alice", settings=person)  # a person, on another machine
     applied = agent.apply(proposed["run_id"])
     assert applied["verdict"] == "applied", applied
     assert prod_db.scalar("SELECT count(*) FROM notes WHERE note = 'from an agent'") == 1
     assert Runner(tmp_path, "c", {"SHADOW_STATE_URL": state_url}).json("audit")["intact"]
+    assert not (tmp_path / "a" / ".shadow" / "journal.sqlite").exists()  # the file's state, not the state dir's
+
+    # A password written into the file itself is refused, naming the place.
+    path.write_text(GATEWAY + 'state: {url: "postgresql://shadow:hunter2@127.0.0.1:1/state"}\n')
+    refused = run_cli("agents", "-f", str(path), state=there.state_dir, cwd=tmp_path, env=env)
+    assert refused.code == 2 and "state.url: holds a password" in refused.err, refused.text

@@ -15,6 +15,8 @@ def overview(gateway_file: Path | None, settings: Settings) -> list[dict[str, An
     """One row per actor (named in the gateway file, or seen in the journal): breaker, counts, recent runs."""
     gw = load_gateway(gateway_file, settings.environ) if gateway_file is not None and Path(gateway_file).exists() \
         else None
+    if gw is not None:
+        settings = gw.settings_for(settings)  # the gateway file's `state:`, unless the environment names one
     ledger = Ledger(settings)
     events = ledger.events() if has_journal(settings) else []
     actors = sorted({a for a in (gw.agents if gw else {}) if a != "default"} |

@@ -59,7 +59,8 @@ class Refused(ShadowError):
 def open(path: str | Path, actor: str, settings: Settings | None = None) -> Gateway:  # noqa: A001 - gateway.open
     """The gateway of ``path`` for ``actor``: ``shadow.gateway.open("gateway.yaml", actor="bot")``."""
     settings = settings or Settings.from_env()
-    return Gateway(load_gateway(Path(path), settings.environ), actor, settings)
+    file = load_gateway(Path(path), settings.environ)
+    return Gateway(file, actor, file.settings_for(settings))
 
 
 class Gateway:

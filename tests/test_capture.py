@@ -294,3 +294,55 @@ def test_the_full_comparison_sees_a_change_of_case_under_a_case_insensitive_coll
     finally:
         with empty_db.server.connect() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')
+
+
+@pytest.mark.parametrize("changed", ["all", "few"])
+def test_a_probe_of_the_buckets_decides_the_passes_and_the_counts_stay_exact(empty_db, changed) -> None:  # type: ignore[no-untyped-def]
+    """A table large enough to be probed (40,000 rows: 256 buckets): when most rows changed every bucket is
+    streamed at once, when few changed only theirs — the counts, keys and digests are the same either way (checked
+    against the per-key truth), with and without a key."""
+    from adapters.postgres import rowdiff
+
+    empty_db.execute("CREATE TABLE big (id int PRIMARY KEY, v int, note text); "
+                     "INSERT INTO big SELECT g, g, 'n' || g FROM generate_series(1, 40000) g; "
+                     "CREATE TABLE bag (v int, note text); INSERT INTO bag SELECT g % 30000, 'n' FROM "
+                     "generate_series(1, 40000) g")
+    copy = "c_" + uuid.uuid4().hex[:10]
+    with empty_db.server.connect() as conn:
+        conn.execute(f'CREATE DATABASE "{copy}" TEMPLATE "{empty_db.name}" STRATEGY FILE_COPY')
+    where = "" if changed == "all" else " WHERE v % 5000 = 0"
+    try:
+        with psycopg.connect(empty_db.server.dsn(copy), autocommit=True) as conn:
+            conn.execute(f"UPDATE big SET note = note || '!'{where}")
+            conn.execute("DELETE FROM big WHERE id IN (3, 4); INSERT INTO big VALUES (50001, 1, 'new')")
+            conn.execute(f"UPDATE bag SET note = 'm'{where}")
+        found: list[int] = []
+        real = rowdiff._RowHashes.differing_buckets
+
+        def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            found.append(len(out := real(self, *args, **kwargs)))
+            return out
+
+        rowdiff._RowHashes.differing_buckets = spy  # type: ignore[method-assign]
+        try:
+            with psycopg.connect(empty_db.dsn, autocommit=True) as before_conn, \
+                    psycopg.connect(empty_db.server.dsn(copy), autocommit=True) as after_conn:
+                before, after = observe(before_conn), observe(after_conn)
+                big = rowdiff.count_rows(before_conn, after_conn, "public.big", before, after, keys=True)
+                bag = rowdiff.count_rows(before_conn, after_conn, "public.bag", before, after)
+        finally:
+            rowdiff._RowHashes.differing_buckets = real  # type: ignore[method-assign]
+        updated = 40000 - 2 if changed == "all" else 8  # ids 5000, 10000 … 40000
+        assert (big.inserted, big.updated, big.deleted) == (1, updated, 2), big
+        assert sorted(big.keys["delete"]) == ["[3]", "[4]"] and big.keys["insert"] == ["[50001]"]
+        assert big.digests["delete"] == format((rowdiff.key_hash("[3]") + rowdiff.key_hash("[4]"))
+                                                % rowdiff.DIGEST_MOD, "x")
+        bag_changed = 40000 if changed == "all" else 8
+        assert (bag.inserted, bag.updated, bag.deleted) == (bag_changed, 0, bag_changed), bag  # no key: out, in
+        if changed == "all":  # the probe saw most buckets differ: every bucket is read, no second hashing pass
+            assert found == [rowdiff.bucket_count(40001), rowdiff.bucket_count(40000)]
+        else:  # the probe saw few: only the buckets that differ are read
+            assert max(found) < 16, found
+    finally:
+        with empty_db.server.connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')

@@ -26,6 +26,7 @@ from shadow.changes import RowDelta
 SAMPLE = 5
 SAMPLE_VALUE_CHARS = 200  # a sample row's values are clipped to this many characters
 FETCH_BATCH_ROWS = 200_000
+PROBE = 16  # a table of at least 256 × PROBE buckets is probed on 1 bucket in PROBE first (differing_buckets)
 T = TypeVar("T")
 U = TypeVar("U")
 
@@ -149,36 +150,50 @@ class _RowHashes:
 
     def select(self, columns: list[str], what: str, where: sql.Composable = sql.SQL(""),
                full: list[str] | None = None, before: bool = False) -> sql.Composed:
-        """``what`` over k and h; its ``{hf}`` is h, or with ``full`` the hash over those columns."""
+        """``what`` over k, h and b (the row's bucket); its ``{hf}`` is h, or with ``full`` the hash over those
+        columns. A bucket is a hash of the key's columns (of the row, without a key) — never of k's text, which a
+        query that does not ask for k then does not build."""
         h = compare_hash_expr(columns)
         k = key_expr(self.key) if self.key else sql.SQL("{}::text").format(h)
         hf = sql.SQL(", {} AS hf").format(compare_hash_expr(full)) if full else sql.SQL("")
-        return sql.SQL("SELECT {what} FROM (SELECT {k} AS k, {h} AS h{hf} FROM {rel} t) s {where}").format(
-            what=sql.SQL(what).format(hf=sql.SQL("hf" if full else "h")), k=k, h=h, hf=hf,
+        b = sql.SQL("({} & {})::int").format(compare_hash_expr(self.key) if self.key else h,
+                                              sql.Literal(self.buckets - 1))
+        return sql.SQL("SELECT {what} FROM (SELECT {k} AS k, {h} AS h{hf}, {b} AS b FROM {rel} t) s {where}").format(
+            what=sql.SQL(what).format(hf=sql.SQL("hf" if full else "h")), k=k, h=h, hf=hf, b=b,
             rel=self.rel_before if before else self.rel, where=where
         )
 
     def differing_buckets(self, conn_before: psycopg.Connection, b_cols: list[str], full: list[str] | None,
                           conn_after: psycopg.Connection, a_cols: list[str]) -> list[int]:
-        """The buckets whose (count, sum of hashes) differ between the two sides, in order."""
-        agg = f"(hashtext(k) & {self.buckets - 1}) AS b, count(*), sum({{hf}})::text"
+        """The buckets whose (count, sum of hashes) differ between the two sides, in order.
+
+        A large table is probed first on one bucket in :data:`PROBE`: when most of those differ, most rows
+        changed, and every bucket is taken as differing — the stream then reads each side once instead of
+        twice (hashing every row to find the buckets would cost as much as reading them all)."""
+        agg = "b, count(*), sum({hf})::text"
 
         def buckets_of(conn: psycopg.Connection, columns: list[str], full: list[str] | None,
-                       before: bool) -> dict[int, tuple[int, str]]:
-            q = sql.SQL("{} GROUP BY 1").format(self.select(columns, agg, full=full, before=before))
+                       before: bool, where: sql.Composable) -> dict[int, tuple[int, str]]:
+            q = sql.SQL("{} GROUP BY 1").format(self.select(columns, agg, where, full=full, before=before))
             return {b: (n, s) for b, n, s in conn.execute(q)}
 
-        bb, ab = both(conn_before, conn_after, lambda: buckets_of(conn_before, b_cols, full, True),
-                      lambda: buckets_of(conn_after, a_cols, None, False))
-        return sorted(b for b in set(bb) | set(ab) if bb.get(b) != ab.get(b))
+        def differing(where: sql.Composable) -> list[int]:
+            bb, ab = both(conn_before, conn_after, lambda: buckets_of(conn_before, b_cols, full, True, where),
+                          lambda: buckets_of(conn_after, a_cols, None, False, where))
+            return sorted(b for b in set(bb) | set(ab) if bb.get(b) != ab.get(b))
+
+        if self.buckets >= PROBE * 16:
+            probed = self.buckets // PROBE
+            if len(differing(sql.SQL("WHERE b < {}").format(sql.Literal(probed)))) * 4 >= probed * 3:
+                return list(range(self.buckets))
+        return differing(sql.SQL(""))
 
     def in_buckets(self, batch: list[int]) -> sql.Composable:
         """The rows of these buckets (none to filter when that is every bucket); an ``int[]``, which PostgreSQL
         looks values up in by hash (a ``smallint[]`` is searched element by element, for every row)."""
         if len(batch) == self.buckets:
             return sql.SQL("")
-        return sql.SQL("WHERE (hashtext(k) & {}) = ANY({}::int[])").format(sql.Literal(self.buckets - 1),
-                                                                             sql.Literal(batch))
+        return sql.SQL("WHERE b = ANY({}::int[])").format(sql.Literal(batch))
 
     def fetch(self, conn: psycopg.Connection, columns: list[str], where: sql.Composable,
               full: list[str] | None, before: bool = False) -> dict[str, Any]:
@@ -201,7 +216,7 @@ class _RowHashes:
                differing: list[int]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
         """(rows before, rows after) of each differing bucket, from one pass over each side in bucket order; both
         servers sort at the same time (the first fetch of each runs in its own thread)."""
-        what = f"(hashtext(k) & {self.buckets - 1}) AS b, k, h, {{hf}}"
+        what = "b, k, h, {hf}"
         where = self.in_buckets(differing)
         cursors = []
         try:

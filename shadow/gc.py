@@ -44,7 +44,6 @@ from shadow import state
 from shadow.guard import RunRecord, is_alive
 from shadow.settings import Settings
 from snapshots import PRUNED, Store, atomic_write_bytes, open_store
-from snapshots.s3 import S3Store, StoredArtifact
 
 STALE_AFTER = 3600.0  # seconds without a change before a temp dir whose owner cannot be known counts as abandoned
 NAMED_ONLY = ("home", "scratch")  # made by the orchestrator with the run id in the name, and no labels
@@ -134,26 +133,12 @@ def prune_checkpoints(settings: Any, older_than_days: float, dry_run: bool = Fal
                 _references(_read_json(path), store, referenced)
     kept = {folder.name for folder in folders if folder not in doomed and not (folder / PRUNED).exists()}
     _prune_proposals(result, settings, cutoff, kept)
-    for stored in _stored_artifacts(store):
+    for stored in store.stored_artifacts():
         if stored.sha256 in referenced or stored.modified >= started:
             continue
         item = Leftover("artifact", stored.sha256[:16], None, f"{stored.size:,} bytes, no checkpoint uses it")
         _remove(result, item, stored.remove, (FileNotFoundError,), (OSError, InfrastructureError))
     return result
-
-
-def _stored_artifacts(store: Store) -> list[StoredArtifact]:
-    """Every artifact the store holds (in S3 as well, for a store there), and when it was last written or reused."""
-    if isinstance(store, S3Store):
-        return store.stored_artifacts()
-    out = []
-    for path in store.object_paths():
-        try:
-            found = path.stat()
-        except FileNotFoundError:
-            continue  # removed just now
-        out.append(StoredArtifact(path.name, found.st_size, found.st_mtime, path.unlink))
-    return out
 
 
 def _prune_proposals(result: GcResult, settings: Any, cutoff: float, kept: set[str]) -> None:
@@ -221,8 +206,7 @@ def _prune_run(store: Store, folder: Path, when: float) -> str:
     if applied.is_dir():
         shutil.rmtree(applied, ignore_errors=True)
     atomic_write_bytes(folder / PRUNED, json.dumps({"pruned_at": when}).encode())
-    if isinstance(store, S3Store):
-        store.mark_pruned(folder.name)
+    store.mark_pruned(folder.name)
     return "; ".join(said for said in dropped if said)
 
 
@@ -241,8 +225,7 @@ def _references(data: Any, store: Store, out: set[str]) -> None:
         if isinstance(sha, str) and sha not in out:
             out.add(sha)
             if str(data.get("format", "")).endswith("manifest"):
-                # In S3 only, it is fetched into the cache: what it refers to must not be swept.
-                path = store.cached(sha) if isinstance(store, S3Store) else store.object_path(sha)
+                path = store.cached(sha)  # in S3 only: fetched into the cache, what it refers to must not be swept
                 if path.exists():
                     _references(_read_json(path), store, out)
         for value in data.values():

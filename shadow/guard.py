@@ -59,8 +59,11 @@ class RunRecord:
         data = json.loads(path.read_text())
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
+    def to_bytes(self) -> bytes:
+        return json.dumps(self.__dict__, sort_keys=True).encode()
+
     def save(self, folder: Path) -> None:
-        atomic_write_bytes(folder / "run.json", json.dumps(self.__dict__, sort_keys=True).encode())
+        atomic_write_bytes(folder / "run.json", self.to_bytes())
 
 
 class Liveness:
@@ -79,30 +82,6 @@ class Liveness:
 def is_alive(folder: Path) -> bool:
     """Whether a process still holds the run's liveness lock."""
     return held(folder / "alive")
-
-
-def unfinished(runs_dir: Path) -> list[RunRecord]:
-    """Runs whose process died before they finished, oldest first."""
-    out = []
-    for path in sorted(runs_dir.glob("*/run.json")):
-        try:
-            record = RunRecord.load(path)
-        except (OSError, ValueError, TypeError):
-            continue
-        if record.phase != "finished" and not is_alive(path.parent):
-            out.append(record)
-    return out
-
-
-def refuse_if_unrecovered(runs_dir: Path, identities: Mapping[str, str]) -> None:
-    """Refuse new work on a target that a killed run left unfinished."""
-    wanted = set(identities.values())
-    for record in unfinished(runs_dir):
-        touched = sorted(name for name, ident in record.targets.items() if ident in wanted)
-        if touched and record.command in ("apply", "rollback", "recover"):
-            raise Unrecovered(f"run {record.run_id} (`shadow {record.command}`, pid {record.pid}) was killed while "
-                              f"{record.phase} on {', '.join(touched)}; run `shadow recover` to settle it before "
-                              "starting new work on that target")
 
 
 @contextmanager

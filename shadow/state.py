@@ -67,7 +67,7 @@ def write_run_file(settings: Settings, run_id: str, name: str, body: bytes, db: 
 
 
 def save_record(settings: Settings, record: RunRecord, db: Any = None) -> None:
-    write_run_file(settings, record.run_id, "run.json", json.dumps(record.__dict__, sort_keys=True).encode(), db)
+    write_run_file(settings, record.run_id, "run.json", record.to_bytes(), db)
 
 
 def pull_run(settings: Settings, run_id: str, db: Any = None) -> None:

@@ -22,11 +22,11 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from shadow.errors import InfrastructureError, SnapshotCorrupt
 
@@ -42,6 +42,15 @@ hand.
 class Artifact:
     sha256: str
     size: int
+
+
+class StoredArtifact(NamedTuple):
+    """One stored artifact as ``shadow gc`` sees it: ``modified`` is when it was last written or reused."""
+
+    sha256: str
+    size: int
+    modified: float
+    remove: Callable[[], object]
 
 
 @dataclass
@@ -144,6 +153,24 @@ class Store:
     def object_paths(self) -> list[Path]:
         """Every stored artifact, by path."""
         return sorted((self.root / "objects" / "sha256").glob("*/*"))
+
+    def stored_artifacts(self) -> list[StoredArtifact]:
+        """Every stored artifact, with when it was last written or reused (``shadow gc``)."""
+        out = []
+        for path in self.object_paths():
+            try:
+                found = path.stat()
+            except FileNotFoundError:
+                continue  # removed just now
+            out.append(StoredArtifact(path.name, found.st_size, found.st_mtime, path.unlink))
+        return out
+
+    def cached(self, sha256: str) -> Path:
+        """Where artifact ``sha256`` is on this machine (the path may not exist)."""
+        return self.object_path(sha256)
+
+    def mark_pruned(self, run_id: str) -> None:
+        """Publish a prune of ``run_id`` already made in this directory (a remote store's; nothing here)."""
 
     def manifest_dirs(self) -> list[Path]:
         """One folder per run that wrote checkpoint manifests (or whose manifests were pruned)."""

@@ -30,26 +30,18 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import urlsplit
 
 from shadow.errors import BadInput, InfrastructureError, SnapshotCorrupt, excerpt
-from snapshots import PRUNED, Artifact, Store, _fsync_dir, atomic_write_bytes, make_private_dir, sha256_file
+from snapshots import (PRUNED, Artifact, Store, StoredArtifact, _fsync_dir, atomic_write_bytes, make_private_dir,
+                       sha256_file)
 
 MiB = 1 << 20
 SSE_CHOICES = ("AES256", "aws:kms", "aws:kms:dsse")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,254}")
 _MISSING = ("404", "NoSuchKey", "NotFound")  # a HEAD's 404 has no body, hence no code beyond the status
-
-
-class StoredArtifact(NamedTuple):
-    """One stored artifact as ``shadow gc`` sees it: ``modified`` is when it was last written or reused."""
-
-    sha256: str
-    size: int
-    modified: float
-    remove: Callable[[], object]
 
 
 def shown(url: str, limit: int = 80) -> str:
@@ -358,15 +350,11 @@ class S3Store(Store):
             if not _SHA256.fullmatch(sha):
                 continue  # not an artifact (a "folder" marker, someone else's file): not ours to delete
             found[sha] = StoredArtifact(sha, size, modified + 1, partial(self.remove_artifact, sha))
-        for path in self.object_paths():
-            try:
-                local = path.stat()
-            except FileNotFoundError:
-                continue
-            s3 = found.get(path.name)
-            found[path.name] = StoredArtifact(path.name, s3.size if s3 else local.st_size,
-                                              max(local.st_mtime, s3.modified if s3 else 0.0),
-                                              partial(self.remove_artifact, path.name))
+        for local in super().stored_artifacts():
+            s3 = found.get(local.sha256)
+            found[local.sha256] = StoredArtifact(local.sha256, s3.size if s3 else local.size,
+                                                 max(local.modified, s3.modified if s3 else 0.0),
+                                                 partial(self.remove_artifact, local.sha256))
         return [found[sha] for sha in sorted(found)]
 
     def remove_artifact(self, sha256: str) -> None:

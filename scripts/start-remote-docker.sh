@@ -103,6 +103,11 @@ start() {
     fi
     network
     mkdir -p "$DATA_ROOT" "$EXEC_ROOT" "$(dirname "$LOG")"
+    # A restart must not find its old network store: dockerd (20.10) deletes a stale default "bridge" network at
+    # start and, because --default-address-pool is set, then deletes the interface named docker0 -- the FIRST
+    # engine's bridge, whatever --bridge says.  Every container of the first engine then fails to start ("could
+    # not find bridge docker0").  This engine's networks are throwaway, so its store starts empty every time.
+    rm -rf "${DATA_ROOT:?}/network"
     local cover=""
     for dir in "${HIDDEN[@]}"; do
         if [ -d "$dir" ]; then cover+="mount -t tmpfs -o size=64m,mode=1777 $NAME-hides $dir && "; fi
@@ -121,6 +126,8 @@ if remote_ok; then
     log "the engine at $REMOTE already answers"
 else
     docker info >/dev/null 2>&1 || bash "$HERE/start-docker.sh"
+    had_docker0=no
+    ip link show docker0 >/dev/null 2>&1 && had_docker0=yes
     rc=0
     start || rc=$?
     if [ "$rc" != 0 ]; then
@@ -129,6 +136,17 @@ else
         exit 1
     fi
     log "the engine at $REMOTE answers (pid $(cat "$PIDFILE"))"
+    if [ "$had_docker0" = yes ] && ! ip link show docker0 >/dev/null 2>&1; then
+        # Should the cause above come back in another form: the first engine gets its bridge back by restarting.
+        log "docker0 vanished while this engine started; restarting the first engine to recreate it"
+        first=$(cat "${DOCKERD_PIDFILE:-/var/run/docker.pid}" 2>/dev/null || true)
+        if [ -n "$first" ]; then
+            kill "$first" 2>/dev/null || true
+            for _ in $(seq 1 60); do kill -0 "$first" 2>/dev/null || break; sleep 0.5; done
+        fi
+        bash "$HERE/start-docker.sh"
+        ip link show docker0 >/dev/null 2>&1 || { log "docker0 is still missing"; exit 1; }
+    fi
 fi
 
 for image in "${IMAGES[@]}"; do

@@ -15,7 +15,7 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/shadow demo
 
 test: $(VENV)/.installed
-	$(PY) -m pytest --durations=15
+	$(PY) -m pytest -n 2 --durations=15
 
 lint: $(VENV)/.installed
 	$(PY) -m mypy shadow adapters snapshots

@@ -148,11 +148,12 @@ def test_sandbox_networks_are_removed_after_the_run(prod_db, shadow_cli, tmp_pat
     import docker
 
     _plan(tmp_path, prod_db)
-    r = shadow_cli("plan", env={"APP_DATABASE_URL": prod_db.dsn, "SHADOW_BACKEND": "docker"})
+    r = shadow_cli("plan", "--json", env={"APP_DATABASE_URL": prod_db.dsn, "SHADOW_BACKEND": "docker"})
     assert r.code == 0, r.text
+    mark = f"shadow.run-id={json.loads(r.out)['run_id']}"  # this run's: tests on other workers run their own
     client = docker.from_env()
-    assert client.networks.list(filters={"label": "shadow.role=sandbox-network"}) == []
-    assert client.containers.list(all=True, filters={"label": "shadow.run-id"}) == []
+    assert client.networks.list(filters={"label": ["shadow.role=sandbox-network", mark]}) == []
+    assert client.containers.list(all=True, filters={"label": mark}) == []
 
 
 @pytest.mark.parametrize("backend", ["docker"], indirect=True)

@@ -1,17 +1,17 @@
 """Per-table content hashes kept between checkpoints of one production, reused only where MVCC proves a table's
 rows unchanged — so a checkpoint costs about a ``pg_dump`` once production has been checkpointed before.
 
-A checkpoint's observation hashes every row (:func:`adapters.postgres.observe.table_data`: a jsonb object per row,
-about as much CPU as ``pg_dump``'s export). The hashes are kept (``<state dir>/hashes/<key>.json``, 0600, one
-per production address; counts and hashes, never a value) with the snapshot they were read in
-(``txid_current_snapshot()``). The next checkpoint, in its own snapshot, reads each table once more **without
-hashing**: its row count, and how many visible rows have an ``xmin`` the kept snapshot did not see as committed
-(newer than its ``xmax``, or in progress then). A row version never changes once written, so when that number is
-zero and the count is the same, the table holds exactly the rows it held then: an insert or update leaves a newer
-visible version unless it was deleted again, and then the count is short. Its kept hash is reused; any other table
-is hashed as before. Transaction ids mean the same rows only within one server incarnation: the kept hashes name
-the postmaster's start time and the database's oid, and are not reused after a restart, a failover, a
-point-in-time recovery or a recreated database.
+A checkpoint's observation hashes every row (:func:`adapters.postgres.observe.table_data`: a hash per non-NULL
+column of every row). The hashes are kept (``<state dir>/hashes/<key>.json``, 0600, one per production address;
+counts and hashes, never a value) with the snapshot they were read in (``txid_current_snapshot()``). The next
+checkpoint, in its own snapshot, reads each table once more **without hashing**: its row count, and how many
+visible rows have an ``xmin`` the kept snapshot did not see as committed (newer than its ``xmax``, or in progress
+then). A row version never changes once written, so when that number is zero and the count is the same, the table
+holds exactly the rows it held then: an insert or update leaves a newer visible version unless it was deleted
+again, and then the count is short. Its kept hash is reused; any other table is hashed as before. Hashes made with
+another row hash (:mod:`adapters.postgres.observe`) are never reused. Transaction ids mean the same rows only
+within one server incarnation: the kept hashes name the postmaster's start time and the database's oid, and are
+not reused after a restart, a failover, a point-in-time recovery or a recreated database.
 
 What can change how a row reads without a new row version — the table's columns and partitions, the database's
 types (an enum label renamed), extensions and collations — is part of each kept hash's signature
@@ -34,7 +34,7 @@ from psycopg import sql
 
 from adapters import json_sha256
 from adapters.postgres.capture import definition
-from adapters.postgres.observe import Hashed, relation_sql
+from adapters.postgres.observe import Hashed, current_row_hash, relation_sql, row_hash_of
 from snapshots import atomic_write_bytes
 
 MAX_AGE = 2**30  # transactions since the kept snapshot beyond which 32-bit ids are not compared
@@ -73,6 +73,7 @@ class HashCache:
         def hashed(table: str, objects: dict[str, dict[str, dict[str, Any]]]) -> bool:
             kept = tables.get(table)
             if (not kept or not snapshot or self.origin is None or self.kept.get("origin") != self.origin
+                    or self.kept.get("row_hash", 1) != current_row_hash()
                     or kept.get("signature") != _signature(objects, table)):
                 return True
             bounds = self._kept_bounds(conn, snapshot)
@@ -123,6 +124,7 @@ class HashCache:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             atomic_write_bytes(self.path, json.dumps({"snapshot": snapshot, "origin": self.origin, "tables": tables,
+                                                      "row_hash": row_hash_of(observation),
                                                       "kept_at": time.time()}).encode())
             os.chmod(self.path, 0o600)
         except OSError:

@@ -3,6 +3,7 @@
 An observation is plain JSON-able data::
 
     {"server": {"major": 15, "version_num": 150018},
+     "row_hash": 2,                                     # how rows were hashed (see "Row hashing" below)
      "objects": {kind: {name: {property: value}}},     # kinds are the change-address kinds
      "data": {table: {"rows": n, "hash": "…", "key": [pk columns] | None, "only": bool, "columns": [names]}},
      "depends": {"<kind> <name>": {"<kind> <name>": deptypes}}}   # pg_depend between observed objects
@@ -15,21 +16,33 @@ Objects that belong to an extension are covered by ``extension`` and not listed 
 one REPEATABLE READ transaction, so the observation is one consistent snapshot; ``snapshot`` lets a checkpoint
 observe exactly what ``pg_dump --snapshot`` dumps.
 
-Row hashing: the row becomes a jsonb object ``{column: value as text}`` without its NULL columns, and is hashed
-with ``jsonb_hash_extended``. Text works for every column type (``hash_record_extended`` fails on json, xml,
-point …) and keeps what a conversion to jsonb would lose (json's exact text, a null-valued key *inside* a jsonb
-value); leaving NULL columns out makes "add a nullable column" leave every row's hash alone, so it is not reported
-as an update of every row. Text output depends on session settings (TimeZone, DateStyle, bytea_output …), which
-production's database, role or client may set differently from the shadow's server: :data:`READ_SETTINGS` pins
-them for every read, so equal data hashes equal wherever it is observed.
+Row hashing: a row's hash is made of each non-NULL column's name and value as text — every column's text is hashed
+with ``hashtextextended`` under ``COLLATE "C"``, seeded by its name, and the column hashes are XORed (row hash 2,
+:func:`row_hash_expr`). Text works for every column type (``hash_record_extended`` fails on json, xml, point …)
+and keeps what a conversion to jsonb would lose (json's exact text, a null-valued key *inside* a jsonb value);
+leaving NULL columns out makes "add a nullable column" leave every row's hash alone, so it is not reported as an
+update of every row; the order of the columns does not matter. Text output depends on session settings (TimeZone,
+DateStyle, bytea_output …), which production's database, role or client may set differently from the shadow's
+server: :data:`READ_SETTINGS` pins them for every read, so equal data hashes equal wherever it is observed.
+
+Row hashes are versioned (``row_hash`` in the observation; absent means 1). Row hash 1 hashed a jsonb object
+``{column: text}`` per row with ``jsonb_hash_extended`` — the same content at 3-4× the CPU. A run keeps the row hash
+of its checkpoint to the end: every observation compared with (or derived from) a checkpoint's is made under
+:func:`hashing_like` that checkpoint, so a run planned, applied or kept as an undo record by an older shadow is
+still applied, verified and rolled back exactly by a newer one.
 """
 
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
-from collections.abc import Callable
-from typing import Any
+import inspect
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -41,11 +54,17 @@ from adapters.postgres.catalog import (PUBLICATION_TABLE_EXTRA_15, USER_NS, NOT_
                                          Q_TYPES, Q_DEFAULT_PRIVILEGES, DEFAULT_PRIVILEGE_OBJECTS, Q_RULES,
                                          Q_STATISTICS, Q_PUBLICATIONS, Q_PUBLICATION_TABLES, Q_PUBLICATION_SCHEMAS,
                                          Q_EVENT_TRIGGERS, Q_COLLATIONS, Q_SETTINGS, Q_EXTENSIONS, Q_DEPENDS)
-from shadow.errors import TargetUnreachable
+from shadow.errors import ShadowError, TargetUnreachable
 from shadow.redact import looks_secret
 
 # hashed(table, objects): whether observe counts and hashes that table's rows
 Hashed = Callable[[str, dict[str, dict[str, dict[str, Any]]]], bool]
+
+ROW_HASH = 2  # the row hash of new observations (see the module docstring); 1 is read and made for older runs
+ROW_HASHES = (1, 2)
+# The row hash in force: set by hashing_like() for the work on one checkpoint's run; unset, new observations' own
+# (SHADOW_ROW_HASH=1 makes a checkpoint the way shadow did before row hash 2, for the tests of such runs).
+_row_hash: ContextVar[int | None] = ContextVar("shadow_row_hash", default=None)
 
 # SET LOCAL for every transaction that reads user data (observing, and counting row changes in diff).
 READ_SETTINGS = {
@@ -156,6 +175,7 @@ def _observe_in_tx(conn: psycopg.Connection, with_data: bool, hashed: Hashed | N
             objects[kind] = found
     return {
         "server": {"version_num": conn.info.server_version, "major": server_major(conn)},
+        "row_hash": current_row_hash(),
         "objects": objects,
         "data": _observe_data(conn, objects, relkinds, table_columns, hashed) if with_data else {},
         "depends": dependencies(conn),
@@ -394,14 +414,75 @@ def _primary_keys(conn: psycopg.Connection) -> dict[str, list[str]]:
     return {name: list(cols) for name, cols in rows}
 
 
+def current_row_hash() -> int:
+    """The row hash observations are made with here and now (:func:`hashing_like`)."""
+    found = _row_hash.get()
+    if found is not None:
+        return found
+    wanted = os.environ.get("SHADOW_ROW_HASH", "").strip()
+    return int(wanted) if wanted in ("1", "2") else ROW_HASH
+
+
+def row_hash_of(observation: dict[str, Any]) -> int:
+    """The row hash ``observation`` was made with (1: made before observations said)."""
+    version = observation.get("row_hash", 1)
+    if version not in ROW_HASHES:
+        raise ShadowError(f"this checkpoint's rows were hashed by a newer shadow (row hash {version}); "
+                          "use that version of shadow for this run")
+    return int(version)
+
+
+@contextmanager
+def hashing_like(observation: dict[str, Any]) -> Iterator[None]:
+    """Hash rows, inside the block, as ``observation`` (a checkpoint's) was hashed."""
+    token = _row_hash.set(row_hash_of(observation))
+    try:
+        yield
+    finally:
+        _row_hash.reset(token)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def like_checkpoint(method: F) -> F:
+    """Decorate a method whose ``checkpoint`` argument (or, without one, ``self.checkpoint``) names the run's
+    checkpoint: rows are hashed inside it as that checkpoint's observation was (:func:`hashing_like`)."""
+    signature = inspect.signature(method)
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs).arguments
+        checkpoint = bound.get("checkpoint") or bound["self"].checkpoint
+        with hashing_like(checkpoint.observation):
+            return method(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def row_hash_expr(columns: list[str]) -> sql.Composable:
-    """SQL for the hash of row ``t`` over ``columns`` (raw names; see the module docstring)."""
-    # Arrays, not jsonb_build_object: a function takes at most 100 arguments, a table up to 1600 columns.
-    names = sql.SQL(", ").join(sql.Literal(c) for c in columns)
-    values = sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in columns)
-    return sql.SQL(
-        "jsonb_hash_extended(jsonb_strip_nulls(jsonb_object(ARRAY[{}]::text[], ARRAY[{}]::text[])), 0)"
-    ).format(names, values)
+    """SQL for the hash of row ``t`` over ``columns`` (raw names; see the module docstring), in the row hash in
+    force (:func:`current_row_hash`)."""
+    if current_row_hash() == 1:
+        # Arrays, not jsonb_build_object: a function takes at most 100 arguments, a table up to 1600 columns.
+        names = sql.SQL(", ").join(sql.Literal(c) for c in columns)
+        values = sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(c)) for c in columns)
+        return sql.SQL(
+            "jsonb_hash_extended(jsonb_strip_nulls(jsonb_object(ARRAY[{}]::text[], ARRAY[{}]::text[])), 0)"
+        ).format(names, values)
+    return column_hash_expr(columns)
+
+
+def column_hash_expr(columns: list[str]) -> sql.Composable:
+    """Row hash 2 of row ``t`` over ``columns``: each non-NULL column's text hashed with a seed of its own (its
+    name's) and the hashes XORed; a NULL counts as absent and the order of the columns does not matter. ``COLLATE
+    "C"``: a case-insensitive column's hash would not see a change of case."""
+    if not columns:
+        return sql.SQL("0::bigint")
+    return sql.SQL("({})").format(sql.SQL(" # ").join(
+        sql.SQL("COALESCE(hashtextextended(t.{}::text COLLATE \"C\", {}::bigint), 0::bigint)").format(
+            sql.Identifier(c), sql.SQL(f"({int.from_bytes(hashlib.sha256(c.encode()).digest()[:8], 'big', signed=True)})"))
+        for c in columns))
 
 
 def relation_sql(name: str, only: bool) -> sql.Composable:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from adapters.postgres.observe import relation_sql, set_read_settings
+from adapters.postgres.observe import column_hash_expr, relation_sql, set_read_settings
 from shadow import redact
 from shadow.changes import RowDelta
 
@@ -117,18 +117,10 @@ def _count_rows(
 
 
 def compare_hash_expr(columns: list[str]) -> sql.Composable:
-    """SQL for a 64-bit hash of row ``t`` over ``columns`` that two sides of one comparison agree on — the same
-    content as :func:`adapters.postgres.observe.row_hash_expr` (each non-NULL column's name and text; a NULL counts
-    as absent, the order of the columns does not matter) at under half its cost: every column's text is hashed
-    with a seed of its own (its name's) and the hashes are XORed. Only ever compared with itself, never stored:
-    observations keep their own hash. ``COLLATE "C"``: a case-insensitive column's hash would not see a change of
-    case."""
-    if not columns:
-        return sql.SQL("0::bigint")
-    return sql.SQL("({})").format(sql.SQL(" # ").join(
-        sql.SQL("COALESCE(hashtextextended(t.{}::text COLLATE \"C\", {}::bigint), 0::bigint)").format(
-            sql.Identifier(c), sql.SQL(f"({int.from_bytes(hashlib.sha256(c.encode()).digest()[:8], 'big', signed=True)})"))
-        for c in columns))
+    """SQL for a 64-bit hash of row ``t`` over ``columns`` that two sides of one comparison agree on: row hash 2
+    (:func:`adapters.postgres.observe.column_hash_expr`) always, whatever the run's checkpoint was hashed with —
+    both sides are hashed here, by the same query."""
+    return column_hash_expr(columns)
 
 
 def bucket_count(total: int) -> int:

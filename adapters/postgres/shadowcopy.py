@@ -21,7 +21,7 @@ from adapters.postgres.compare import count_changed_rows, how_they_differ, last_
 from adapters.postgres.diff import diff
 from adapters.postgres import undo, warm
 from adapters.postgres.rowdiff import count_rows
-from adapters.postgres.observe import observe, read_text_as_str
+from adapters.postgres.observe import like_checkpoint, observe, read_text_as_str
 from adapters.postgres.restore import restore_into_empty, restore_over
 from adapters.postgres.server import SUPERUSER, Server
 from shadow.changes import Change, RowDelta
@@ -85,6 +85,7 @@ class PgShadow:
         if golden is None:  # nothing writes to the pristine copy: it is observed while the action runs
             self._pristine_thread.start()
 
+    @like_checkpoint
     def _observe_pristine(self) -> None:
         try:
             with self.connect_pristine() as conn:
@@ -211,6 +212,7 @@ class PgShadow:
             conn.execute(create.format(sql.Identifier(self.database), sql.Literal(meta["encoding"]),
                                        sql.Literal("C.UTF-8"), sql.Literal("C.UTF-8")))
 
+    @like_checkpoint
     def _fidelity(self) -> list[str]:
         """Differences between the restored copy and the checkpoint; a faithful shadow has none."""
         if fingerprint_of(self.pristine_observation) == self.checkpoint.fingerprint:
@@ -258,6 +260,7 @@ class PgShadow:
         read_text_as_str(conn)  # a SQL_ASCII copy's checks and row keys come back as str, as production's do
         return conn
 
+    @like_checkpoint
     def observe(self) -> dict[str, Any]:
         with self.connect() as conn:
             return observe(conn)
@@ -274,6 +277,7 @@ class PgShadow:
                 self._touched = footprint.touched_tables(conn, self._counters)
         return self._touched
 
+    @like_checkpoint
     def changes(self) -> list[Change]:
         self._footprint()  # first: observing scans every table
         with self.connect_pristine() as before_conn, self.connect() as after_conn:
@@ -293,10 +297,12 @@ class PgShadow:
         """The tables the rehearsal read or wrote (None: not known, a server older than 15)."""
         return footprint.tables(self._footprint(), self._rehearsed)
 
+    @like_checkpoint
     def independent(self, changes: list[Change]) -> list[Change]:
         return footprint.independent(changes, self._footprint(), self._rehearsed,
                                      self.checkpoint.observation["objects"].get("sequence", {}))
 
+    @like_checkpoint
     def rehearse_rollback(self, undo: bool = False) -> list[str]:
         """Undo the rehearsal exactly as a rollback would undo production, then compare the copy with the
         checkpoint; empty when the undo is proven. ``undo``: production's apply runs in one transaction and keeps
@@ -316,6 +322,7 @@ class PgShadow:
             return []
         return how_they_differ(self.checkpoint.observation, now)
 
+    @like_checkpoint
     def _rehearse_undo(self) -> list[str] | None:
         """Keep the undo record production's apply would keep, undo it, and compare the copy with the pristine
         one (cost: what the action wrote, :mod:`adapters.postgres.capture`); None when the record says only the

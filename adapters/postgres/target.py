@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from adapters import Checkpoint, Endpoint, fingerprint_of, fingerprint_unchanged
+from adapters import Checkpoint, Endpoint, fingerprint_of
 from adapters.postgres import dsn as dsnlib
 from adapters.docker import engine_answers
 from adapters.postgres.binaries import ClientTools, ContainerTools, binaries_for, configured_bindir
@@ -25,7 +25,7 @@ from adapters.postgres import own_effect, stepwise, undo, undo_tables, warm
 from adapters.postgres.hashcache import HashCache
 from adapters.postgres.compare import count_changed_rows, how_they_differ, last_line, settle_settings, uncounted
 from adapters.postgres.shadowcopy import PgShadow, endpoint_env
-from adapters.postgres.observe import Hashed, observe, read_text_as_str
+from adapters.postgres.observe import Hashed, like_checkpoint, observe, read_text_as_str
 from adapters.postgres import dbsettings
 from adapters.postgres.restore import Dump, dumped_sequences, pg_dump_started, restore_over, table_data_files
 from shadow.changes import Change, RowDelta
@@ -172,7 +172,10 @@ class PostgresTarget:
     def fingerprint(self, observation: dict[str, Any] | None = None) -> str:
         return fingerprint_of(observation if observation is not None else self.observe())
 
-    at_checkpoint = fingerprint_unchanged
+    @like_checkpoint
+    def at_checkpoint(self, checkpoint: Checkpoint, store: Store) -> bool:
+        """Whether production fingerprints as ``checkpoint`` (observed with its row hash)."""
+        return self.fingerprint() == checkpoint.fingerprint
 
     # -- checkpoint -----------------------------------------------------------------------------------------
     def checkpoint(self, store: Store, run_id: str) -> Checkpoint:
@@ -364,6 +367,7 @@ class PostgresTarget:
         age = time.time() - lease.entry.created
         return checkpoint, f"the warm copy of run {checkpoint.run_id}'s checkpoint ({_age(age)} old)"
 
+    @like_checkpoint
     def moved_since(self, checkpoint: Checkpoint, shadow: Any) -> tuple[list[Change], list[Change]]:
         """Production against the warm ``checkpoint`` in what the rehearsal read or wrote: every definition and
         sequence, the rows of the tables of the shadow's footprint (all tables when it is unknown); the others'
@@ -405,6 +409,7 @@ class PostgresTarget:
         """The first statement that cannot run inside a transaction, or None when all can."""
         return next((st for st in statements if forces_autocommit(st)), None)
 
+    @like_checkpoint
     def apply_sql_verified(self, statements: list[Statement], timeout: float, checkpoint: Checkpoint, shadow: Any,
                            judge: Callable[[list[Change]], list[str]],
                            on_begin: Callable[[int], None] | None = None, tag: str = "",
@@ -439,6 +444,7 @@ class PostgresTarget:
         return problems, seen
 
     # -- an apply not in one transaction (adapters.postgres.stepwise) --------------------------------------------
+    @like_checkpoint
     def before_action(self, checkpoint: Checkpoint, shadow: Any) -> dict[str, Any]:
         """Production's tables just before an apply that cannot run in one transaction, and the rehearsal's
         footprint. Refused when undoing the rehearsed change would take the whole checkpoint and production
@@ -454,6 +460,7 @@ class PostgresTarget:
         self._rehearsal = shadow
         return before
 
+    @like_checkpoint
     def own_effect(self, before: dict[str, Any], checkpoint: Checkpoint,
                    strict: bool) -> tuple[list[Change], list[Change], dict[str, Any]]:
         """After an apply not in one transaction: (the action's own change set since the checkpoint — rows
@@ -473,6 +480,7 @@ class PostgresTarget:
                                       target=self.name) from exc
         return ours, theirs, record
 
+    @like_checkpoint
     def undo(self, record: dict[str, Any], checkpoint: Checkpoint, force: bool) -> tuple[list[str], list[str], list[str]]:
         """Undo one run's own change (:mod:`adapters.postgres.undo`); a table it puts back whole from the
         checkpoint (:mod:`adapters.postgres.undo_tables`) is read from the checkpoint's archive (in the store the
@@ -520,6 +528,7 @@ class PostgresTarget:
                     return str(status or "unknown")
                 time.sleep(0.2)
 
+    @like_checkpoint
     def changes_since(self, checkpoint: Checkpoint, shadow: Any | None) -> list[Change]:
         return self._changes(checkpoint, self.observe(), shadow)
 
@@ -531,6 +540,7 @@ class PostgresTarget:
             return diff(checkpoint.observation, after, rows)
         return uncounted(checkpoint.observation, after)
 
+    @like_checkpoint
     def restore(self, checkpoint: Checkpoint, store: Store) -> None:
         archive = store.open_verified(_artifact(checkpoint))
         restore_over(self.binaries(int(checkpoint.meta["major"])), self.dsn, archive,
@@ -538,6 +548,7 @@ class PostgresTarget:
         with self.connect() as conn:
             settle_settings(conn, str(checkpoint.meta["database"]), checkpoint)
 
+    @like_checkpoint
     def verify_restored(self, checkpoint: Checkpoint) -> list[str]:
         """Differences between production now and the checkpoint; empty when the restore is exact."""
         now = self.observe()

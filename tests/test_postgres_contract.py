@@ -43,9 +43,10 @@ class _Same:
 SAME: Any = _Same()  # a fact's expected value: whatever production returned just before the checkpoint
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def roles(pg_server: LocalCluster) -> tuple[str, ...]:
-    """Roles the schemas grant to and hand ownership to (roles are cluster-wide: create them once)."""
+    """Roles the schemas grant to and hand ownership to (roles are cluster-wide: create them once, before any
+    test of this module — under xdist a worker may run any of them first)."""
     with pg_server.connect() as conn:
         for role in (READER, WRITER, OWNER):
             conn.execute(f"""

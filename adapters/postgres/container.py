@@ -45,8 +45,9 @@ class ContainerServer(Server):
     """One PostgreSQL container; use as a context manager. Same surface as ``LocalCluster``."""
 
     def __init__(self, label: str, image: str, major: int, limits: Limits | None = None,
-                 warm: str | None = None) -> None:
+                 warm: str | None = None, autovacuum: bool = True) -> None:
         self.label = label
+        self.autovacuum = autovacuum  # off for a shadow (see adapters.postgres.cluster.LocalCluster)
         self.warm = warm  # the warm entry that may keep this container after the run (adapters.postgres.warm)
         self.image = image
         self.major = major
@@ -69,7 +70,7 @@ class ContainerServer(Server):
         container.with_env("POSTGRES_DB", "postgres")
         # 127.0.0.1 only, unless the engine is elsewhere: then its host's interfaces (adapters.docker)
         container.ports["5432/tcp"] = (this_engine().publish_ip,)  # type: ignore[assignment]
-        container.with_command(DURABILITY_OFF)
+        container.with_command(DURABILITY_OFF + ([] if self.autovacuum else ["-c", "autovacuum=off"]))
         network = start_network()
         container.with_kwargs(labels=labels(self.label, "postgres-shadow", self.warm), **self.limits.docker_kwargs(),
                               **({"network": network} if network else {}))

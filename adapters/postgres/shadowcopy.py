@@ -159,6 +159,14 @@ class PgShadow:
         if problems:
             self.warnings.append("pg_restore reported: " + "; ".join(problems[:5]))
         self._cut_outbound_connections()
+        with self.server.connect(self.database) as conn:
+            # Statistics, as production has them (pg_restore brings none before PostgreSQL 18, and the server's
+            # autovacuum is off): the action is planned as it would be there. Before the twin: it copies them.
+            try:
+                conn.execute("ANALYZE")
+            except psycopg.Error as exc:
+                self.warnings.append(f"the shadow could not be analyzed, its action runs without planner "
+                                     f"statistics: {exc.diag.message_primary or exc}")
         with self.server.connect() as conn:
             # FILE_COPY (15+) copies the files instead of WAL-logging every block: faster for a throwaway twin.
             strategy = " STRATEGY FILE_COPY" if conn.info.server_version >= 150000 else ""

@@ -281,10 +281,10 @@ class PostgresTarget:
         if backend == "docker":
             server = ContainerServer(run_id, self.image_for(major), major, Limits(
                 getattr(limits, "memory", None), getattr(limits, "cpus", None), getattr(limits, "pids", None)),
-                warm=entry)
+                warm=entry, autovacuum=False)
         else:
             server = LocalCluster(label=run_id, binaries=binaries_for(major, configured_bindir(self.settings)),
-                                  warm=entry)
+                                  warm=entry, autovacuum=False)
         kept = False  # once kept warm, the server belongs to its entry: not stopped here
         try:
             server.start()

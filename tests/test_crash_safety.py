@@ -306,15 +306,19 @@ def _marked_processes(run_id: str) -> list[int]:
 
 
 def _kill_mid_action(tmp_path: Path, prod: Production, also_warden: bool, backend: str = "local",
-                     extra_env: dict[str, str] | None = None) -> str:
-    """Start `shadow apply`, SIGKILL it once step1 reached production (and the warden too, when asked); the run id."""
+                     extra_env: dict[str, str] | None = None, running: str | None = None) -> str:
+    """Start `shadow apply`, SIGKILL it once step1 reached production (and, with ``running``, once a statement
+    containing that text runs there) — and the warden too, when asked; the run id."""
     proc = start_cli("apply", state=tmp_path / "state", cwd=tmp_path, backend=backend,
                      env={"APP_DATABASE_URL": prod.dsn, **(extra_env or {})}, stdout=subprocess.DEVNULL, text=False)
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:
             with psycopg.connect(prod.dsn) as conn:
-                if conn.execute("SELECT full_name FROM users WHERE id = 1").fetchone()[0].endswith(" step1"):
+                if conn.execute("SELECT full_name FROM users WHERE id = 1").fetchone()[0].endswith(" step1") and (
+                        running is None or conn.execute(
+                            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND pid <> "
+                            "pg_backend_pid() AND position(%s in query) > 0", [running]).fetchone()[0]):
                     break
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
             time.sleep(0.05)
@@ -427,7 +431,9 @@ expect: {app: {may: ["update rows public.users"]}}
 policy: {allow: [update-without-where]}
 """, {"slow.sql": SLOW_SQL})
     checkpoint = production.fingerprint()
-    run_id = _kill_mid_action(tmp_path, production, also_warden=False)
+    # Killed while the slow statement runs (not in the moment between step1's commit and its start, when the
+    # action's session is idle and ends with its client).
+    run_id = _kill_mid_action(tmp_path, production, also_warden=False, running="' slow'")
     with psycopg.connect(production.dsn) as conn:
         assert conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
                             [f"shadow action {run_id}"]).fetchone()[0] == 1, "the slow statement runs on"

@@ -52,6 +52,7 @@ def test_a_checkpoint_from_a_newer_shadow_is_refused_by_name() -> None:
         row_hash_of({"row_hash": 3})
 
 
+@pytest.mark.cold  # the last plan must take a checkpoint of its own, not reuse the warm one of the older run
 @pytest.mark.parametrize("backend", ["local"], indirect=True)
 def test_a_run_applied_by_the_older_row_hash_is_undone_by_the_newer(prod_db: ProdDb, shadow_cli,
                                                                     tmp_path: Path) -> None:

@@ -59,3 +59,14 @@ def test_plan_accepts_addresses_of_every_postgres_kind(tmp_path: Path):
     # the made-up kind is refused (so addresses are checked at all), the real ones are not
     assert len(err.value.problems) == 1
     assert "expect.db.may.0: 'add gadget public.x': unknown kind 'gadget'" in err.value.problems[0]
+
+
+@pytest.mark.parametrize("written, seconds", [("'off'", None), ("off", None), ("'none'", None), ("10m", 600.0),
+                                              ("90", 90.0)])
+def test_policy_warm_is_a_duration_or_off(tmp_path: Path, written: str, seconds: float | None):
+    """`off` (quoted or not), as SHADOW_WARM and the gateway file spell it, turns warm checkpoints off."""
+    (tmp_path / "m.sql").write_text("SELECT 1;")
+    plan_file = tmp_path / "p.yaml"
+    plan_file.write_text("version: 1\ntargets: {db: {kind: postgres, dsn: 'postgresql://u@h/db'}}\n"
+                         f"action: {{sql: m.sql}}\npolicy: {{warm: {written}}}\n")
+    assert load_plan(plan_file, {}).policy.warm == seconds

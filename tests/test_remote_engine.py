@@ -124,6 +124,7 @@ def test_the_remote_engine_cannot_see_this_machine_s_files(remote, tmp_path):
     assert remote.sees(tmp_path) == ""                   # an empty directory where the runner has a file
 
 
+@pytest.mark.cold  # asserts that no container outlives the run on the remote engine
 def test_a_postgres_plan_rehearses_on_the_remote_engine(remote, prod_db: ProdDb, tmp_path):
     write_plan(tmp_path, PLAN, {"m.sql": "ALTER TABLE users ADD COLUMN nickname text DEFAULT 'n';"})
     before = prod_db.fingerprint()

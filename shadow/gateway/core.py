@@ -303,8 +303,11 @@ class Gateway:
             plan_action["timeout"] = f"{self.rules.timeout:g}s"
         policy: dict[str, Any] = {"approval": "required", "warm": "10m"}
         policy |= {k: v for k, v in self.file.policy.items()}
-        if _warm(self.file.policy, self.settings) is None:
-            policy.pop("warm")  # off (SHADOW_WARM, when set, decides for every run anyway)
+        warm = _warm(self.file.policy, self.settings)  # SHADOW_WARM, when set, decides for every run
+        if warm is None:
+            policy.pop("warm")  # off
+        else:
+            policy["warm"] = f"{warm:g}s"  # as decided: never the file's "off" when SHADOW_WARM turns it on
         if self.rules.max_lock:
             policy["max_lock"] = dict(self.rules.max_lock)  # seconds
         doc = {"version": 1, "targets": dict(self.file.raw_targets), "action": plan_action,

@@ -49,7 +49,7 @@ def load_policy(doc: Doc, raw: Any) -> Policy:
         drift = "scoped"
     lock_timeout, lock_retries = _lock_waits(doc, raw)
     warm = None
-    if raw.get("warm") not in (None, False):
+    if raw.get("warm") not in (None, False) and str(raw["warm"]).strip().lower() not in ("off", "no", "none"):
         warm = duration(raw["warm"])
         if warm is None or warm <= 0:
             doc.problem(("policy", "warm"), f"{raw['warm']!r} is not a duration like 10m, 1h (how long the "

@@ -220,7 +220,6 @@ class PgShadow:
             conn.execute(create.format(sql.Identifier(self.database), sql.Literal(meta["encoding"]),
                                        sql.Literal("C.UTF-8"), sql.Literal("C.UTF-8")))
 
-    @like_checkpoint
     def _fidelity(self) -> list[str]:
         """Differences between the restored copy and the checkpoint; a faithful shadow has none."""
         if fingerprint_of(self.pristine_observation) == self.checkpoint.fingerprint:
@@ -305,7 +304,6 @@ class PgShadow:
         """The tables the rehearsal read or wrote (None: not known, a server older than 15)."""
         return footprint.tables(self._footprint(), self._rehearsed)
 
-    @like_checkpoint
     def independent(self, changes: list[Change]) -> list[Change]:
         return footprint.independent(changes, self._footprint(), self._rehearsed,
                                      self.checkpoint.observation["objects"].get("sequence", {}))
@@ -330,7 +328,6 @@ class PgShadow:
             return []
         return how_they_differ(self.checkpoint.observation, now)
 
-    @like_checkpoint
     def _rehearse_undo(self) -> list[str] | None:
         """Keep the undo record production's apply would keep, undo it, and compare the copy with the pristine
         one (cost: what the action wrote, :mod:`adapters.postgres.capture`); None when the record says only the

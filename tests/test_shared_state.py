@@ -264,12 +264,16 @@ def test_two_runners_share_state_and_store_through_twenty_runs_on_two_targets(
     for label in ("x", "y"):
         name = f"prod_{label}_" + uuid.uuid4().hex[:8]
         db = ProdDb(pg_server, name, pg_server.create_database(name))
-        db.execute(schema + "\nCREATE TABLE events (id bigserial PRIMARY KEY, note text);")
+        # The runs write to a table with a key: each rollback undoes its own row and keeps the other runner's.
+        # (A keyless table is put back whole, so a rollback refuses when the other runner wrote to it since.)
+        db.execute(schema + "\nCREATE TABLE events (id bigserial PRIMARY KEY, note text);"
+                            "\nCREATE TABLE notes (id bigserial PRIMARY KEY, runner text);")
         dbs.append(db)
         folder = tmp_path / f"plan_{label}"
         folder.mkdir()
-        write_plan(folder, INSERT_PLAN.replace("APP_DATABASE_URL", f"{label.upper()}_DATABASE_URL"),
-                   {"insert.sql": "INSERT INTO audit_log (happened_at, message) VALUES ('2031-02-02', 'runner');\n"})
+        write_plan(folder, INSERT_PLAN.replace("APP_DATABASE_URL", f"{label.upper()}_DATABASE_URL")
+                   .replace("public.audit_log", "public.notes"),
+                   {"insert.sql": "INSERT INTO notes (runner) VALUES ('runner');\n"})
     env = _shared_env(state_url, s3_server, store_url) | {"X_DATABASE_URL": dbs[0].dsn, "Y_DATABASE_URL": dbs[1].dsn}
     a, b = Runner(tmp_path, "a", env), Runner(tmp_path, "b", env)
     counts = {"applied": 0, "restored": 0}
@@ -280,14 +284,16 @@ def test_two_runners_share_state_and_store_through_twenty_runs_on_two_targets(
             done = runner("apply", "--json", "--lock-timeout", "300", cwd=tmp_path / f"plan_{label}")
             report = json.loads(done.out) if done.out.strip().startswith("{") else {}
             if report.get("outcome") != "applied":
-                problems.append(f"apply {label}: {done.text[-400:]}")
+                problems.append(f"apply {label}: {report.get('outcome')}: {report.get('reason')} {done.err[-1500:]}")
                 continue
             counts["applied"] += 1
             back = runner("rollback", report["run_id"], "--json", "--lock-timeout", "300",
                           cwd=tmp_path / f"plan_{label}")
-            outcome = json.loads(back.out).get("outcome") if back.out.strip().startswith("{") else None
-            if outcome != "restored":
-                problems.append(f"rollback {label}: {back.text[-400:]}")
+            told = json.loads(back.out) if back.out.strip().startswith("{") else {}
+            if told.get("outcome") != "restored":
+                problems.append(f"rollback {label}: {told.get('outcome')}: {told.get('reason')} "
+                                f"{[t.get('warnings') for t in told.get('targets', [])]} "
+                                f"{told.get('steps', [])[-3:]} {back.err[-1500:]}")
             else:
                 counts["restored"] += 1
 
@@ -321,7 +327,7 @@ def test_two_runners_share_state_and_store_through_twenty_runs_on_two_targets(
     assert not unsettled, unsettled
     assert b.json("audit")["intact"]
     for db in dbs:
-        assert db.scalar("SELECT count(*) FROM audit_log WHERE message = 'runner'") == 0
+        assert db.scalar("SELECT count(*) FROM notes") == 0
     print(f"two runners: {counts['applied']} applies and {counts['restored']} rollbacks on 2 targets, "
           f"{len(runs)} runs in the shared journal, writer rows kept: {kept}")
     assert counts == {"applied": 10, "restored": 10}

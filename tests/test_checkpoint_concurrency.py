@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from shadow.errors import InfrastructureError
@@ -56,11 +57,14 @@ def _assert_nothing_left(store: Store, tmp_path: Path) -> None:
 
 
 def test_a_pg_dump_that_fails_cancels_the_observation_and_says_what_pg_dump_said(prod_db: ProdDb, tmp_path: Path):
-    # Enough rows that the observation is still hashing when pg_dump fails.
-    prod_db.execute("CREATE TABLE big AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 1000000) g")
+    # The observation is still reading when pg_dump fails, whatever the machine's speed: another session holds a
+    # lock on a table it must read (hashing even a million rows once finished first on a loaded machine).
+    prod_db.execute("CREATE TABLE big AS SELECT g AS id, md5(g::text) AS note FROM generate_series(1, 1000) g")
     store = Store(tmp_path / "store")
-    with pytest.raises(InfrastructureError) as failed:
-        _target(prod_db, tmp_path, FAILS).checkpoint(store, "run-1")
+    with psycopg.connect(prod_db.dsn) as blocker:
+        blocker.execute("LOCK TABLE big IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(InfrastructureError) as failed:
+            _target(prod_db, tmp_path, FAILS).checkpoint(store, "run-1")
     assert str(failed.value).endswith("pg_dump failed: pg_dump: error: connection to server was lost")
     causes, exc = [], failed.value.__context__
     while exc is not None:

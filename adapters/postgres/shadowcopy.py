@@ -66,9 +66,11 @@ class PgShadow:
         if golden is None:
             self._build(binaries, archive)
             self._pristine_ready.set()
-        else:  # the twin is cloned at the same time: it is needed once the action has run
-            self._pristine_thread.start()
+        else:
+            # The shadow first, then its twin while the action runs: the twin is needed only once the action has
+            # run, and two file copies of the golden database at once made each about twice as slow.
             self._clone(golden)
+            self._pristine_thread.start()
         self.dsn = server.dsn(self.database)  # shadow's own superuser: observing, checks
         action_dsn = self._action_dsn()
         env, exclusive = endpoint_env(name, action_dsn)

@@ -9,6 +9,12 @@ linear in its size: a 60 MB ``INSERT`` is split in seconds. The statement text h
 original source slice, never a regenerated one; comments before a statement and between its last token and its
 semicolon are left out.
 
+One construct hides semicolons without quoting them: a SQL-standard function or procedure body, ``BEGIN ATOMIC
+… END`` (PostgreSQL 14+), whose statements end in semicolons of their own. Like psql, the splitter counts ``BEGIN
+ATOMIC`` and ``CASE`` up and ``END`` down inside such a body and ends a statement at a semicolon only outside it.
+Unlike psql, a ``BEGIN`` not followed by ``ATOMIC`` counts for nothing, so a column named ``begin`` does not swallow
+the rest of the file.
+
 Errors never quote the file's content: only its name, line and what is unterminated.
 """
 
@@ -54,6 +60,9 @@ _IDENTIFIER = re.compile(r'"[^"]*(?:""[^"]*)*"')
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_\u0080-\U0010ffff]*)?\$")
 _BLOCK_COMMENT_MARK = re.compile(r"/\*|\*/")
 _IDENT_CHAR = re.compile(r"[A-Za-z0-9_$\u0080-\U0010ffff]")
+# The words of a plain run that open and close a BEGIN ATOMIC body (a run's '…' strings are matched and skipped).
+_BLOCK_WORD = re.compile(r"'[^']*(?:''[^']*)*'|(?<![A-Za-z0-9_$\u0080-\U0010ffff.])(begin|atomic|case|end)"
+                         r"(?![A-Za-z0-9_$\u0080-\U0010ffff])", re.IGNORECASE)
 
 
 class _Lines:
@@ -94,12 +103,15 @@ class _Splitter:
         self.found: list[Statement] = []
         self.start: int | None = None  # the first character of the statement being read
         self.end = 0  # just after its last significant character
+        self.depth = 0  # inside a BEGIN ATOMIC body: its BEGIN ATOMIC and CASE not yet closed by END
+        self.after_begin = False  # the last word read was BEGIN: an ATOMIC next opens a body
 
     def statements(self) -> list[Statement]:
         source, pos, n = self.source, 0, len(self.source)
         while pos < n:
             if plain := _PLAIN.match(source, pos):
                 self.significant(pos, plain.end())
+                self.words(pos, plain.end())
                 pos = plain.end()
                 if pos == n:
                     break
@@ -111,12 +123,17 @@ class _Splitter:
         """Read the construct at ``stop``, a character a plain run stopped at (; " $ / - an unclosed ' or the e of
         e'…); return where reading goes on."""
         source, ch, after = self.source, self.source[stop], stop + 1
-        if ch == ";":
+        comment = False
+        if ch == ";" and self.depth:  # a statement of a BEGIN ATOMIC body
+            self.significant(stop, after)
+        elif ch == ";":
             self.close()
         elif ch == "-" and source.startswith("-", after):
+            comment = True
             newline = source.find("\n", after)
             after = len(source) if newline < 0 else newline
         elif ch == "/" and source.startswith("*", after):
+            comment = True
             after = _skip_block_comment(source, stop)
             if after < 0:
                 raise self.unterminated("a /* comment", stop)
@@ -132,7 +149,25 @@ class _Splitter:
             self.significant(stop, after)
         else:  # an operator character, or a $ inside a name or a parameter ($1)
             self.significant(stop, after)
+        if not comment:  # only a comment may stand between BEGIN and ATOMIC
+            self.after_begin = False
         return after
+
+    def words(self, a: int, b: int) -> None:
+        """Follow BEGIN ATOMIC bodies through the plain run ``source[a:b]``."""
+        # endpos b + 1: the look-ahead sees the character after the run (a word cut by a $ is not a word)
+        for found in _BLOCK_WORD.finditer(self.source, a, min(b + 1, len(self.source))):
+            word = found.group(1)
+            if word is None or found.start() >= b:
+                continue
+            word = word.lower()
+            if word == "atomic" and self.after_begin:
+                self.depth += 1
+            elif word == "case" and self.depth:
+                self.depth += 1
+            elif word == "end" and self.depth:
+                self.depth -= 1
+            self.after_begin = word == "begin"
 
     def quoted(self, stop: int, ch: str) -> int:
         """Just after the string or quoted identifier at ``stop``."""
@@ -161,6 +196,7 @@ class _Splitter:
             self.found.append(_statement(self.source, self.file, self.start, self.end, self.lines, self.quote,
                                          self.budget))
         self.start = None
+        self.depth, self.after_begin = 0, False
 
     def unterminated(self, what: str, at: int) -> SqlError:
         line, _ = self.lines.at(at)

@@ -67,10 +67,11 @@ class PgShadow:
             self._build(binaries, archive)
             self._pristine_ready.set()
         else:
-            # The shadow first, then its twin while the action runs: the twin is needed only once the action has
-            # run, and two file copies of the golden database at once made each about twice as slow.
-            self._clone(golden)
+            # The twin is cloned at the same time as the shadow, though it is needed only once the action has run:
+            # cloned after the shadow (while the action runs) the shadow was ready sooner (0.80 s instead of 1.07 s
+            # at 1 GB) but the second 1 GB copy took ~2 s instead of ~0.5 s here, and a warm plan 3.7 s, not 2.0 s.
             self._pristine_thread.start()
+            self._clone(golden)
         self.dsn = server.dsn(self.database)  # shadow's own superuser: observing, checks
         action_dsn = self._action_dsn()
         env, exclusive = endpoint_env(name, action_dsn)

@@ -105,13 +105,17 @@ class _Splitter:
         self.end = 0  # just after its last significant character
         self.depth = 0  # inside a BEGIN ATOMIC body: its BEGIN ATOMIC and CASE not yet closed by END
         self.after_begin = False  # the last word read was BEGIN: an ATOMIC next opens a body
+        # Words are followed only in a file that has the word ATOMIC at all: for the others reading them would
+        # cost 5x the split (a 118 MB INSERT: 3.3 s instead of 0.6 s).
+        self.atomic = _mentions_atomic(source)
 
     def statements(self) -> list[Statement]:
         source, pos, n = self.source, 0, len(self.source)
         while pos < n:
             if plain := _PLAIN.match(source, pos):
                 self.significant(pos, plain.end())
-                self.words(pos, plain.end())
+                if self.atomic:
+                    self.words(pos, plain.end())
                 pos = plain.end()
                 if pos == n:
                     break
@@ -216,6 +220,11 @@ class _Budget:
         self.exhausted = self.exhausted or size > self.left
         self.left -= 0 if self.exhausted else size
         return not self.exhausted
+
+
+def _mentions_atomic(source: str, chunk: int = 1 << 20) -> bool:
+    """Whether ``source`` holds "atomic" in any case (lowered a chunk at a time: 3x faster than a regex)."""
+    return any("atomic" in source[i:i + chunk + 5].lower() for i in range(0, len(source), chunk))
 
 
 def _skip_block_comment(source: str, at: int) -> int:

@@ -24,6 +24,7 @@ from adapters.s3.target import S3Target
 from shadow.settings import Settings
 from snapshots import Store
 from tests.conftest import run_cli, write_plan
+from tests.s3_writer import S3Writer
 from tests.test_s3_contract import Requests, _plain_bucket
 
 PREFIX = "data/"
@@ -291,6 +292,37 @@ def test_rollback_full_puts_back_the_tags_the_apply_changed_in_place(tagged, sha
     assert report["outcome"] == "restored", report["reason"]
     assert next(t for t in report["targets"] if t["name"] == "assets")["restore"]["mode"] == "full"
     _assert_at_checkpoint(client, name)
+
+
+def test_tags_changed_in_place_are_applied_and_undone_while_another_writer_keeps_writing(
+        tagged, shadow_cli, s3_server: str, tmp_path: Path) -> None:
+    """Production never stands still: a writer puts, overwrites and deletes objects under logs/ of the same bucket
+    through the apply, the rollback, and a failed apply's undo. The tags come back exactly; none of its writes is
+    lost, and none is counted as the action's change."""
+    client, name = tagged
+    with S3Writer(s3_server, name, "logs/", tmp_path / "writes.jsonl") as writer:
+        applied = shadow_cli("apply", "-f", str(_retag_plan(tmp_path / "ok", name, s3_server)), "--json")
+        assert applied.code == 0, applied.text
+        report = json.loads(applied.out)
+        assert report["outcome"] == "applied", report["reason"]
+        assets = next(t for t in report["targets"] if t["name"] == "assets")
+        assert {c["name"] for c in assets["production_changes"]} == {f"{name}/invoices/0.json",
+                                                                     f"{name}/invoices/1.json"}
+        assert _tags(client, name, "invoices/0.json") == {"state": "paid"}
+
+        rolled = shadow_cli("rollback", report["run_id"], "--json")
+        assert rolled.code == 0, rolled.text
+        back = json.loads(rolled.out)
+        assert back["outcome"] == "restored", back["reason"]
+        assert next(t for t in back["targets"] if t["name"] == "assets")["restore"]["mode"] == "undo"
+        _assert_at_checkpoint(client, name)
+
+        failed = shadow_cli("apply", "-f", str(_retag_plan(tmp_path / "fails", name, s3_server, fail=True)),
+                            "--json")
+        assert json.loads(failed.out)["outcome"] == "rolled_back", failed.text
+        _assert_at_checkpoint(client, name)
+        writer.stop()
+    assert writer.assert_kept(client) > 10
 
 
 def test_a_bad_track_value_is_bad_input_naming_the_key(shadow_cli, tmp_path: Path) -> None:

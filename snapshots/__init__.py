@@ -287,6 +287,29 @@ class Store:
         except (OSError, ValueError) as exc:
             raise SnapshotCorrupt(f"the applied state {path} is unreadable: {exc}") from exc
 
+    def write_undone(self, run_id: str, target: str, xid: int) -> None:
+        """The transaction undoing run ``run_id``'s own change to ``target`` — written before it commits, so a
+        killed rollback's ``recover`` asks the server whether it did (an undo that matches rows by value must
+        never run twice)."""
+        self._ensure()
+        try:
+            make_private_dir(self.root / "applied")
+            make_private_dir(self.root / "applied" / run_id)
+            atomic_write_bytes(self.root / "applied" / run_id / f"{target}.undone.json",
+                               json.dumps({"xid": int(xid)}).encode())
+        except OSError as exc:
+            raise InfrastructureError(f"could not record the undo of run {run_id}: {exc.strerror}") from exc
+
+    def read_undone(self, run_id: str, target: str) -> int | None:
+        """:meth:`write_undone`'s transaction id; None when no undo of that run began."""
+        path = self.root / "applied" / run_id / f"{target}.undone.json"
+        try:
+            return int(json.loads(path.read_text())["xid"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SnapshotCorrupt(f"the undo's transaction record {path} is unreadable: {exc}") from exc
+
     def write_undo(self, run_id: str, target: str, record: dict[str, Any]) -> None:
         """What undoing run ``run_id``'s own change to ``target`` needs (an adapter's capture), as an artifact; its
         reference sits beside the checkpoint's manifest (``<target>.undo.json``), so that pruning the run drops it

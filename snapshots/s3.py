@@ -296,6 +296,14 @@ class S3Store(Store):
         self._cached(f"applied/{run_id}/{target}.json")
         return super().read_applied(run_id, target)
 
+    def write_undone(self, run_id: str, target: str, xid: int) -> None:
+        super().write_undone(run_id, target, xid)
+        self._put(f"applied/{run_id}/{target}.undone.json")
+
+    def read_undone(self, run_id: str, target: str) -> int | None:
+        self._cached(f"applied/{run_id}/{target}.undone.json")
+        return super().read_undone(run_id, target)
+
     def write_undo(self, run_id: str, target: str, record: dict[str, Any]) -> None:
         super().write_undo(run_id, target, record)
         self._put(f"manifests/{run_id}/{target}.undo.json")

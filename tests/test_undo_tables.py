@@ -1,6 +1,10 @@
 """Issue 15 item 4: a table whose rows cannot be undone one by one is put back whole from the checkpoint — that
 table alone, in the undo's one transaction — not the whole database. Real PostgreSQL, the real CLI, and a writer
 process (:mod:`tests.writer`) that keeps writing to another table throughout.
+
+A keyless table is undone row by row, its rows matched by value (tests/test_undo_by_value.py), unless the run
+changed more of its rows than SHADOW_UNDO_BY_VALUE_ROWS: these tests set it to 0, so that their keyless tables
+take the whole-table way.
 """
 
 from __future__ import annotations
@@ -54,6 +58,18 @@ expect:
 policy:
   rehearse_rollback: false
 """
+
+
+WHOLE = {"SHADOW_UNDO_BY_VALUE_ROWS": "0"}  # keyless tables put back whole, never row by row by value
+
+
+@pytest.fixture
+def shadow_cli(shadow_cli):  # type: ignore[no-untyped-def]
+    """The suite's CLI, with keyless tables put back whole (:data:`WHOLE`)."""
+    def run(*args: str, env: dict[str, str] | None = None, **kw: object) -> CliResult:
+        return shadow_cli(*args, env=WHOLE | (env or {}), **kw)  # type: ignore[no-any-return]
+    run.state_dir = shadow_cli.state_dir  # type: ignore[attr-defined]
+    return run
 
 
 @pytest.fixture

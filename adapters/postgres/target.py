@@ -495,6 +495,11 @@ class PostgresTarget:
             if record.get("fallback"):
                 self.restore(checkpoint, store)
                 return [], [f"restored the whole checkpoint: {record['fallback']}"], self.verify_restored(checkpoint)
+        began = store.read_undone(checkpoint.run_id, self.name) if record.get("multisets") else None
+        if began is not None and self.transaction_outcome(began) == "committed":
+            # Rows matched by value (adapters.postgres.undo_multiset) must not be taken out twice: an undo of this
+            # run committed already (a killed rollback's recover, or a second rollback), so nothing is done again.
+            return [], [f"already undone by transaction {began}, which committed"], []
         oids = undo_tables.archive_oids(record)
         try:
             with tempdirs.tempdir("restore", checkpoint.run_id) as folder:
@@ -508,7 +513,8 @@ class PostgresTarget:
                     files = table_data_files(self.binaries(int(checkpoint.meta["major"])), archive, oids, folder)
                 with self.connect() as conn:
                     read_text_as_str(conn)
-                    return undo.undo(conn, record, force, files=files)
+                    return undo.undo(conn, record, force, files=files,
+                                     on_begin=lambda xid: store.write_undone(checkpoint.run_id, self.name, xid))
         except psycopg.OperationalError as exc:
             raise TargetUnreachable(f"lost production during the undo: {last_line(exc)}", target=self.name) from exc
         except psycopg.Error as exc:

@@ -24,6 +24,7 @@ them; objects others created since stay.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,12 @@ from psycopg import sql
 
 from adapters.postgres.diff import split_name, table_of
 from adapters.postgres.observe import row_hash_expr, set_read_settings
-from adapters.postgres import undo_tables
+from adapters.postgres import undo_multiset, undo_tables
 from adapters.postgres.rowdiff import key_expr, with_keys
 from adapters.postgres.undo_tables import Refill, columns_exist, idents
 from shadow.changes import Change, RowDelta
 
-VERSION = 1
+VERSION = 2  # 2: tables without a primary key undone row by row (``multisets``, adapters.postgres.undo_multiset)
 # What an added object's inverse is, in the order objects are dropped (what depends on others goes first).
 DROP_ORDER = ("view", "materialized_view", "constraint", "index", "column", "table", "function", "procedure",
               "sequence")
@@ -54,7 +55,7 @@ def capture(conn: psycopg.Connection, before_of: Any, before: dict[str, Any], af
     the checkpoint's data, see :mod:`adapters.postgres.undo_tables`); ``unkept``: why no row was kept one by one
     (an apply not in one transaction, :mod:`adapters.postgres.stepwise`), when none was."""
     record: dict[str, Any] = {"version": VERSION, "tables": {}, "objects": [], "restore_tables": {},
-                              "fallback": None}
+                              "multisets": {}, "fallback": None}
     encoding = conn.execute("SHOW server_encoding").fetchone()
     sql_ascii = encoding is not None and str(encoding[0]).upper() == "SQL_ASCII"
     if sql_ascii and not all(c.name.isascii() for c in changes):
@@ -118,6 +119,11 @@ def _rows(record: dict[str, Any], conn: psycopg.Connection, before_of: Any, tabl
           was: dict[str, Any], now: dict[str, Any]) -> str | None:
     """Keep the rows of ``table`` the statements changed; or say why they cannot be kept one by one."""
     key = now.get("key")
+    if not key and not was.get("key") and not delta.by_key:
+        entry, why = undo_multiset.capture(conn, before_of, table, delta, was, now)
+        if entry is not None:
+            record["multisets"][table] = entry
+        return why
     if not key or key != was.get("key") or not delta.by_key:
         return f"{table} has no primary key: its rows cannot be undone one by one"
     if not delta.keys:
@@ -175,10 +181,12 @@ def table_digest(conn: psycopg.Connection, table: str, columns: list[str]) -> st
 # -- the undo ------------------------------------------------------------------------------------------------
 
 def undo(conn: psycopg.Connection, record: dict[str, Any], force: bool, lock_timeout: float = 5.0,
-         files: dict[int, Path] | None = None) -> tuple[list[str], list[str], list[str]]:
+         files: dict[int, Path] | None = None,
+         on_begin: Callable[[int], None] | None = None) -> tuple[list[str], list[str], list[str]]:
     """Undo ``record`` in one transaction: (conflicts, what was done, problems). With conflicts (and not
     ``force``) or problems, the transaction is rolled back and production is as it was. ``files``: the
-    checkpoint's data of the tables the record puts back whole (:func:`undo_tables.archive_oids`)."""
+    checkpoint's data of the tables the record puts back whole (:func:`undo_tables.archive_oids`). ``on_begin``:
+    called with the transaction's id before anything is written (kept, it tells whether the undo committed)."""
     conflicts: list[str] = []
     done: list[str] = []
     problems: list[str] = []
@@ -186,12 +194,32 @@ def undo(conn: psycopg.Connection, record: dict[str, Any], force: bool, lock_tim
     try:
         with conn.transaction():
             conn.execute(f"SET LOCAL lock_timeout = {max(1, int(lock_timeout * 1000))}")
+            if on_begin is not None:
+                xid = conn.execute("SELECT txid_current()").fetchone()
+                assert xid is not None
+                on_begin(int(xid[0]))
             path = conn.execute("SELECT current_setting('search_path')").fetchone()
             set_read_settings(conn)
+            if int(record.get("version", 1)) > VERSION:
+                problems.append(f"the undo record was kept by a newer shadow (record version {record['version']}, "
+                                f"this shadow reads up to {VERSION}): upgrade shadow; nothing was changed")
+                raise psycopg.Rollback()
             refills = undo_tables.load(conn, restore_tables, files or {}, force, conflicts, problems)
+            multisets = record.get("multisets") or {}
+            todos = {table: undo_multiset.plan(conn, table, entry, force, conflicts, problems)
+                     for table, entry in sorted(multisets.items())}
             if problems or (conflicts and not force):
                 raise psycopg.Rollback()
             _undo_all_rows(conn, record["tables"], refills, force, conflicts, done, str(path[0]) if path else "")
+            conn.execute("SELECT set_config('search_path', %s, true)", [str(path[0]) if path else ""])
+            for table, todo in todos.items():
+                said = undo_multiset.write(conn, table, todo, _writable(conn, table, multisets[table]["columns"]),
+                                           problems)
+                if said:
+                    done.append(said)
+            set_read_settings(conn)
+            if problems:
+                raise psycopg.Rollback()
             for obj in sorted(record["objects"], key=lambda o: DROP_ORDER.index(o["kind"])):
                 _drop(conn, obj, record["objects"], set(restore_tables), force, conflicts, done)
             if conflicts and not force:

@@ -6,8 +6,10 @@
 copy or the transaction's own copy, :mod:`adapters.postgres.own_effect`) and a hash of each inserted or updated row
 as the statements left it; and the objects they added (columns, indexes, constraints, tables, views, functions,
 sequences), with a digest of what an added table or column holds. Cost follows the rows and objects changed.
-A table whose rows cannot be kept one by one (no primary key, rows not counted one by one, a ``SQL_ASCII``
-database) is put back whole from the checkpoint's data instead, in the same transaction (``restore_tables``,
+A table without a primary key keeps the run's multiset difference instead: its rows are undone matched by value
+(``multisets``, :mod:`adapters.postgres.undo_multiset`). A table whose rows cannot be kept one by one (a keyless
+one with too many changed rows or changed columns, rows not counted one by one, a ``SQL_ASCII`` database) is put
+back whole from the checkpoint's data instead, in the same transaction (``restore_tables``,
 :mod:`adapters.postgres.undo_tables`). A change to a definition that cannot be undone object by object — a drop, an
 altered definition — makes the record say so (``fallback``): the rollback then restores the whole checkpoint.
 

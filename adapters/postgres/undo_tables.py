@@ -1,7 +1,8 @@
 """The undo's fallback for a table whose rows it cannot put back one by one: that table's data from the checkpoint.
 
-A table without a primary key, rows that were not counted one by one, a ``SQL_ASCII`` database (its bytes cannot
-travel through the JSON record): the undo record then names the table instead of its rows (``restore_tables``),
+A table without a primary key whose rows cannot be matched by value (:mod:`adapters.postgres.undo_multiset`: more
+changed rows than it keeps, or changed columns), rows that were not counted one by one, a ``SQL_ASCII`` database
+(its bytes cannot travel through the JSON record): the undo record then names the table instead of its rows (``restore_tables``),
 with what the run left in it (row count and content hash, read inside the apply's transaction) and what the
 checkpoint held. The undo puts back **only that table's data**, from the checkpoint's ``pg_dump`` archive, in the
 undo's one transaction (:func:`adapters.postgres.undo.undo`) — every other table is still undone row by row and

@@ -220,6 +220,8 @@ def undo(conn: psycopg.Connection, record: dict[str, Any], force: bool, lock_tim
                 if said:
                     done.append(said)
             set_read_settings(conn)
+            for table, todo in todos.items():
+                problems += undo_multiset.verify(conn, table, multisets[table], todo)
             if problems:
                 raise psycopg.Rollback()
             for obj in sorted(record["objects"], key=lambda o: DROP_ORDER.index(o["kind"])):

@@ -104,6 +104,9 @@ def plan(conn: psycopg.Connection, table: str, entry: dict[str, Any], force: boo
             wanted[h] = min(n, c)
     for _h, n, _left, row in entry["removed"]:
         todo["insert"].append([row, n])
+    # What each value must count once the undo wrote (checked by :func:`verify` inside the same transaction).
+    todo["expect"] = {h: now.get(h, 0) - wanted.get(h, 0) for h, *_ in entry["added"]}
+    todo["expect"].update({h: now.get(h, 0) + n for h, n, *_ in entry["removed"]})
     if clashes:
         conflicts.append(f"table {table}: {clashes} row value(s) the run inserted were deleted since (it has no "
                          "primary key: its rows are matched by their values)")
@@ -144,6 +147,18 @@ def write(conn: psycopg.Connection, table: str, todo: dict[str, Any], writable: 
     if not deleted and not rows:
         return None
     return f"{table}: {deleted} row(s) deleted, {inserted} re-inserted (no primary key: matched by their values)"
+
+
+def verify(conn: psycopg.Connection, table: str, entry: dict[str, Any], todo: dict[str, Any]) -> list[str]:
+    """Inside the undo's transaction, under the observation's settings: every value the run changed counts what
+    the undo meant it to (a trigger that rewrote a re-inserted row, say, would make it count otherwise)."""
+    expect = todo.get("expect") or {}
+    now = _counts_of(conn, table, bool(entry["only"]), entry["columns"], list(expect))
+    wrong = [h for h, n in expect.items() if now.get(h, 0) != n]
+    if not wrong:
+        return []
+    return [f"{table}: {len(wrong)} row value(s) not counted as the undo meant (e.g. {now.get(wrong[0], 0)} rows of "
+            f"one, not {expect[wrong[0]]})"]
 
 
 def _buckets(conn: psycopg.Connection, rel: str, only: bool, columns: list[str]) -> dict[int, tuple[int, str]]:

@@ -6,7 +6,9 @@ Tests never touch the developer's home directory or default state dir: every run
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
 import threading
 import sys
@@ -20,6 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from adapters.postgres import cluster
 from adapters.postgres.binaries import find_binaries
 from adapters.postgres.cluster import LocalCluster
 from adapters.postgres.target import PostgresTarget
@@ -201,6 +204,29 @@ def shadow_cli(tmp_path: Path, backend: str):  # type: ignore[no-untyped-def]
 
     run.state_dir = state  # type: ignore[attr-defined]
     return run
+
+
+@pytest.fixture
+def own_tempdir() -> Iterator[Path]:
+    """gc and recover reap every shadow temp dir of a dead run in the machine's temp dir. A test that runs them gives
+    its runs and its cleaner a temp dir of their own (TMPDIR; short, as a cluster's socket path must stay under 107
+    bytes), so that it neither reaps another test's leftovers nor has its own reaped while tests run in parallel."""
+    folder = tempfile.mkdtemp(prefix="gct", dir="/tmp")
+    os.chmod(folder, 0o1777)  # like /tmp: a cluster run as another user (root cannot run initdb) goes in
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = folder, folder
+    try:
+        yield Path(folder)
+    finally:
+        if saved[0] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[0]
+        tempfile.tempdir = saved[1]
+        for root in Path(folder).glob("shadow-*"):
+            with contextlib.suppress(Exception):
+                cluster.stop_leftover(root)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def write_plan(folder: Path, body: str, files: dict[str, str] | None = None, name: str = "shadow.yaml") -> Path:

@@ -340,6 +340,7 @@ def copy_of_production(prod_db: ProdDb) -> Iterator[tuple[ProdDb, Callable[[], N
 
 
 @pytest.mark.cold  # asserts that nothing outlives the run, or counts fault points of a cold run
+@pytest.mark.usefixtures("own_tempdir")  # its gc sees only this test's temp dirs
 def test_recover_from_a_corrupted_artifact_refuses_and_leaves_the_run_to_recover_later(
         copy_of_production: tuple[ProdDb, Callable[[], None]], tmp_path: Path, scratch: Path) -> None:
     db, reset = copy_of_production

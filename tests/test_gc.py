@@ -30,6 +30,9 @@ from tests.test_lifecycle import _shadow_dirs, _wait_for
 
 NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
 
+
+pytestmark = pytest.mark.usefixtures("own_tempdir")  # gc here sees only this test's temp dirs
+
 # Writes its process group (so the test can end it: a SIGKILLed shadow cannot) and its HOME (a temp dir the
 # killed run leaves behind, younger than gc's hour), then waits to be killed.
 SLEEPER = """
@@ -140,8 +143,9 @@ def test_gc_stops_and_removes_the_local_cluster_of_a_killed_run(running_plan):
         assert not root.exists()
         assert not _is_postmaster_of(postmaster, root)
 
+        # Nothing of this run is left (gc sees the whole machine: another test's killed run may be reaped here).
         again = _gc(env=NO_DOCKER)
-        assert again.code == 0 and "nothing to remove" in again.out, again.text
+        assert again.code == 0 and run_id not in again.out and str(root) not in again.out, again.text
     finally:
         if root.exists():
             stop_leftover(root)
@@ -165,8 +169,8 @@ def test_gc_removes_the_container_of_a_killed_docker_run(running_plan):
                          "error": None, "detail": f"owner pid {proc.pid} gone"}]
         assert _containers(run_id) == []
 
-        again = _gc()
-        assert again.code == 0 and "nothing to remove" in again.out, again.text
+        again = _gc()  # nothing of this run is left (another test's killed run may be reaped here)
+        assert again.code == 0 and run_id not in again.out, again.text
     finally:
         for leftover in _containers(run_id):
             leftover.remove(force=True, v=True)

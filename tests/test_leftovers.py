@@ -25,7 +25,6 @@ from shadow.guard import Liveness
 from tests.conftest import CliResult, ProdDb, run_cli, start_cli, write_plan
 from tests.gitrepos import make_repo
 
-TMP = Path(tempfile.gettempdir())
 NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
 
 # Writes its process group (a SIGKILLed shadow cannot end it, so the test does) and its HOME, then waits.
@@ -40,6 +39,8 @@ import os, psycopg
 with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
     conn.execute("ALTER TABLE users ADD COLUMN nickname text")
 """
+
+pytestmark = pytest.mark.usefixtures("own_tempdir")  # gc and recover here see only this test's temp dirs
 
 
 def _env(state: Path, **extra: str) -> dict[str, str]:
@@ -57,7 +58,7 @@ def _rows(result: CliResult) -> dict[str, dict[str, Any]]:
 
 
 def _shadow_dirs() -> set[Path]:
-    return {p for p in TMP.glob("shadow-*") if p.is_dir()}
+    return {p for p in Path(tempfile.gettempdir()).glob("shadow-*") if p.is_dir()}
 
 
 def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 120) -> None:

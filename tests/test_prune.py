@@ -36,6 +36,7 @@ def _run_id(result_out: str) -> str:
     return result_out.split("run ")[-1].split()[0]
 
 
+@pytest.mark.usefixtures("own_tempdir")  # its gc sees only this test's temp dirs
 def test_old_checkpoints_go_and_a_rollback_of_their_run_says_so(prod_db: ProdDb, shadow_cli: Any,
                                                                 tmp_path: Path) -> None:
     write_plan(tmp_path, SAFE_PLAN, {"migrations/0042_add_email_verified.sql": SAFE_SQL})

@@ -9,7 +9,7 @@ by the undo, as a keyed table's are; only a write to a value the run changed is 
 
 **Capture** (:func:`capture`): one pass over each side groups row hashes into 4,096 buckets (count and sum); only
 the buckets that differ are read again, hash by hash. Cost: two scans of the table on each side, whatever the
-table's size, and memory for the changed values only. Above :data:`MAX_ROWS` changed rows — or when the columns
+table's size (the two sides at once when they are two connections), and memory for the changed values only. Above :data:`MAX_ROWS` changed rows — or when the columns
 changed — the table is put back whole from the checkpoint instead (:mod:`adapters.postgres.undo_tables`).
 
 **Undo** (:func:`plan` then :func:`write`): for each value ``v`` the run put ``n`` rows of in, production now holds
@@ -24,8 +24,12 @@ not run again (:meth:`adapters.postgres.target.PostgresTarget.undo`).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
@@ -53,23 +57,55 @@ def capture(conn: psycopg.Connection, before_of: Any, table: str, delta: RowDelt
                       f"{MAX_ROWS_ENV})")
     only = bool(now.get("only", True))
     old_conn, old_rel = before_of(table)
-    with old_conn.transaction(force_rollback=True):
-        set_read_settings(old_conn)
-        then_buckets = _buckets(old_conn, old_rel, only, columns)
-    now_buckets = _buckets(conn, table, only, columns)
-    differing = sorted(b for b in set(then_buckets) | set(now_buckets) if then_buckets.get(b) != now_buckets.get(b))
-    with old_conn.transaction(force_rollback=True):
-        set_read_settings(old_conn)
-        then = _counts_in(old_conn, old_rel, only, columns, differing)
-        after = _counts_in(conn, table, only, columns, differing)
-        out = {h: n - after.get(h, 0) for h, n in then.items() if n > after.get(h, 0)}
-        rows = _rows_of(old_conn, old_rel, only, columns, sorted(out))
+
+    def before(read: Callable[[], Any]) -> Any:
+        with old_conn.transaction(force_rollback=True):
+            set_read_settings(old_conn)
+            return read()
+
+    with _Sides(old_conn is not conn) as sides:  # the two sides read at once when they are two connections
+        then_buckets, now_buckets = sides.both(lambda: before(lambda: _buckets(old_conn, old_rel, only, columns)),
+                                               lambda: _buckets(conn, table, only, columns))
+        differing = sorted(b for b in set(then_buckets) | set(now_buckets)
+                           if then_buckets.get(b) != now_buckets.get(b))
+        then, after = sides.both(lambda: before(lambda: _counts_in(old_conn, old_rel, only, columns, differing)),
+                                 lambda: _counts_in(conn, table, only, columns, differing))
+    out = {h: n - after.get(h, 0) for h, n in then.items() if n > after.get(h, 0)}
+    rows = before(lambda: _rows_of(old_conn, old_rel, only, columns, sorted(out)))
     added: list[list[Any]] = [[h, n - then.get(h, 0), n] for h, n in sorted(after.items()) if n > then.get(h, 0)]
     removed: list[list[Any]] = [[h, n, after.get(h, 0), rows[h]] for h, n in sorted(out.items())]
     if sum(a[1] for a in added) + sum(r[1] for r in removed) > 2 * limit:
         return None, f"{why} and the run changed more than {limit} of its rows ({MAX_ROWS_ENV})"
     return {"columns": columns, "only": only, "row_hash": current_row_hash(), "added": added,
             "removed": removed}, None
+
+
+class _Sides:
+    """Reads of the rows before (another connection: the pristine copy) and after (the apply's transaction) at
+    once, in a thread, when they are two connections — in the apply's transaction, the wall time is lock time."""
+
+    def __init__(self, parallel: bool) -> None:
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="shadow-undo-before") if parallel else None
+
+    def __enter__(self) -> _Sides:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+
+    def both(self, before: Callable[[], Any], after: Callable[[], Any]) -> tuple[Any, Any]:
+        if self.pool is None:
+            return before(), after()
+        # The row hash in force (a context variable) is the caller's: the thread runs in a copy of its context.
+        done = self.pool.submit(contextvars.copy_context().run, before)
+        try:
+            now = after()
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                done.result()
+            raise
+        return done.result(), now
 
 
 def max_rows() -> int:
@@ -162,7 +198,10 @@ def verify(conn: psycopg.Connection, table: str, entry: dict[str, Any], todo: di
 
 
 def _buckets(conn: psycopg.Connection, rel: str, only: bool, columns: list[str]) -> dict[int, tuple[int, str]]:
-    query = sql.SQL("SELECT s.h & {m}, count(*), sum(s.h)::text FROM (SELECT {h} AS h FROM {t} t) s GROUP BY 1").format(
+    # OFFSET 0 keeps the subquery apart, so each row's hash is computed once, not once per use (1M rows: 0.31 s
+    # instead of 0.47 s here).
+    query = sql.SQL("SELECT s.h & {m}, count(*), sum(s.h)::text FROM (SELECT {h} AS h FROM {t} t OFFSET 0) s "
+                    "GROUP BY 1").format(
         m=sql.Literal(BUCKETS - 1), h=row_hash_expr(columns), t=relation_sql(rel, only))
     return {int(b): (int(n), str(total)) for b, n, total in conn.execute(query)}
 
@@ -172,7 +211,7 @@ def _counts_in(conn: psycopg.Connection, rel: str, only: bool, columns: list[str
     """hash → rows, for the rows whose hash falls in ``buckets``."""
     if not buckets:
         return {}
-    query = sql.SQL("SELECT s.h::text, count(*) FROM (SELECT {h} AS h FROM {t} t) s "
+    query = sql.SQL("SELECT s.h::text, count(*) FROM (SELECT {h} AS h FROM {t} t OFFSET 0) s "
                     "WHERE s.h & {m} = ANY(%s::bigint[]) GROUP BY s.h").format(
         h=row_hash_expr(columns), t=relation_sql(rel, only), m=sql.Literal(BUCKETS - 1))
     return {str(h): int(n) for h, n in conn.execute(query, [buckets])}
@@ -182,7 +221,7 @@ def _counts_of(conn: psycopg.Connection, rel: str, only: bool, columns: list[str
     """hash → rows, for ``hashes``."""
     if not hashes:
         return {}
-    query = sql.SQL("SELECT s.h::text, count(*) FROM (SELECT {h} AS h FROM {t} t) s "
+    query = sql.SQL("SELECT s.h::text, count(*) FROM (SELECT {h} AS h FROM {t} t OFFSET 0) s "
                     "WHERE s.h = ANY(%s::bigint[]) GROUP BY s.h").format(h=row_hash_expr(columns),
                                                                        t=relation_sql(rel, only))
     return {str(h): int(n) for h, n in conn.execute(query, [hashes])}

@@ -212,14 +212,8 @@ def undo(conn: psycopg.Connection, record: dict[str, Any], force: bool, lock_tim
                      for table, entry in sorted(multisets.items())}
             if problems or (conflicts and not force):
                 raise psycopg.Rollback()
-            _undo_all_rows(conn, record["tables"], refills, force, conflicts, done, str(path[0]) if path else "")
-            conn.execute("SELECT set_config('search_path', %s, true)", [str(path[0]) if path else ""])
-            for table, todo in todos.items():
-                said = undo_multiset.write(conn, table, todo, _writable(conn, table, multisets[table]["columns"]),
-                                           problems)
-                if said:
-                    done.append(said)
-            set_read_settings(conn)
+            _undo_all_rows(conn, record["tables"], refills, multisets, todos, force, conflicts, done, problems,
+                           str(path[0]) if path else "")
             for table, todo in todos.items():
                 problems += undo_multiset.verify(conn, table, multisets[table], todo)
             if problems:
@@ -246,27 +240,33 @@ class _Plan:
     reinsert: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _undo_all_rows(conn: psycopg.Connection, tables: dict[str, Any], refills: dict[str, Refill], force: bool,
-                   conflicts: list[str], done: list[str], search_path: str) -> None:
+def _undo_all_rows(conn: psycopg.Connection, tables: dict[str, Any], refills: dict[str, Refill],
+                   multisets: dict[str, Any], todos: dict[str, Any], force: bool, conflicts: list[str],
+                   done: list[str], problems: list[str], search_path: str) -> None:
     """Every table's rows, in an order foreign keys accept: deletes from referencing tables before the tables
     they reference, then rows put back and re-inserted in referenced tables before the tables referencing them.
-    The tables put back whole from the checkpoint (``refills``) take their place in the same order.
+    The tables put back whole from the checkpoint (``refills``) and the keyless ones undone by value (``todos``
+    of ``multisets``, :mod:`adapters.postgres.undo_multiset`) take their place in the same order.
 
     The rows are read under the observation's settings; they are written under the session's own
     ``search_path``, so production's triggers find the unqualified names they use, as for any other write."""
     plans = {table: _classify(conn, table, rows, force, conflicts) for table, rows in sorted(tables.items())}
-    parents_first = _fk_order(conn, list(plans) + [t for t in refills if t not in plans])
+    parents_first = _fk_order(conn, list(plans) + [t for t in [*refills, *todos] if t not in plans])
+    by_value = {table: (todo, _writable(conn, table, multisets[table]["columns"])) for table, todo in todos.items()}
     conn.execute("SELECT set_config('search_path', %s, true)", [search_path])
-    _write_rows(conn, tables, refills, plans, parents_first, done)
+    _write_rows(conn, tables, refills, plans, by_value, parents_first, done, problems)
     set_read_settings(conn)  # (an error above rolls the whole undo back: nothing to reset then)
 
 
 def _write_rows(conn: psycopg.Connection, tables: dict[str, Any], refills: dict[str, Refill],
-                plans: dict[str, _Plan], parents_first: list[str], done: list[str]) -> None:
+                plans: dict[str, _Plan], by_value: dict[str, tuple[dict[str, Any], list[str]]],
+                parents_first: list[str], done: list[str], problems: list[str]) -> None:
     deleted: dict[str, int] = {}
     for table in reversed(parents_first):
         if table in refills:
             deleted[table] = undo_tables.delete_surplus(conn, refills[table])
+        elif table in by_value:
+            deleted[table] = undo_multiset.delete(conn, by_value[table][0])
         elif plans[table].delete:
             key = tables[table]["key"]
             conn.execute(sql.SQL("DELETE FROM {t} t WHERE {w}").format(
@@ -278,6 +278,11 @@ def _write_rows(conn: psycopg.Connection, tables: dict[str, Any], refills: dict[
             done.append(f"{table}: put back from the checkpoint{f' (a partition of {whole})' if whole != table else ''}"
                         f" — {deleted[table]} row(s) deleted, {inserted} "
                         f"{'updated or inserted by key' if refills[table].key else 'inserted'}")
+        elif table in by_value:
+            todo, writable = by_value[table]
+            said = undo_multiset.insert(conn, table, todo, writable, deleted[table], problems)
+            if said:
+                done.append(said)
         else:
             _put_back(conn, table, tables[table]["key"], tables[table]["before_columns"], plans[table])
     for table, plan in plans.items():

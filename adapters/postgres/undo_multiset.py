@@ -12,7 +12,7 @@ the buckets that differ are read again, hash by hash. Cost: two scans of the tab
 table's size (the two sides at once when they are two connections), and memory for the changed values only. Above :data:`MAX_ROWS` changed rows — or when the columns
 changed — the table is put back whole from the checkpoint instead (:mod:`adapters.postgres.undo_tables`).
 
-**Undo** (:func:`plan` then :func:`write`): for each value ``v`` the run put ``n`` rows of in, production now holds
+**Undo** (:func:`plan`, then :func:`delete` and :func:`insert` in foreign-key order): for each value ``v`` the run put ``n`` rows of in, production now holds
 ``c`` rows of ``v``: ``c >= n`` — take ``n`` out (by ``ctid``, the rows locked first), whatever others inserted or
 deleted of that value since (their rows are kept, by count: the run's change is taken out of the multiset as it is
 now); ``c < n`` — someone deleted what the run inserted — a **conflict**, refused unless forced. A value the run
@@ -36,6 +36,7 @@ import psycopg
 from psycopg import sql
 
 from adapters.postgres.observe import current_row_hash, relation_sql, row_hash_expr, set_read_settings
+from adapters.postgres.undo_tables import idents
 from shadow.changes import RowDelta
 
 MAX_ROWS = 10_000  # changed rows of one keyless table kept one by one; above, the table is put back whole
@@ -161,22 +162,28 @@ def plan(conn: psycopg.Connection, table: str, entry: dict[str, Any], force: boo
     return todo
 
 
-def write(conn: psycopg.Connection, table: str, todo: dict[str, Any], writable: list[str],
-          problems: list[str]) -> str | None:
-    """Take out and put back ``table``'s rows as :func:`plan` said; what was done, or None when nothing. The rows
-    each statement wrote are counted: anything but what was planned is a problem (the undo is rolled back)."""
+def delete(conn: psycopg.Connection, todo: dict[str, Any]) -> int:
+    """Take out the rows :func:`plan` located (by ``ctid``, partition by partition); how many were."""
     deleted = 0
-    planned = sum(len(tids) for tids in todo["delete"].values())
     for rel, tids in sorted(todo["delete"].items()):
-        cur = conn.execute(sql.SQL("DELETE FROM ONLY {} WHERE ctid = ANY(%s::tid[])").format(sql.SQL(rel)), [tids])
-        deleted += cur.rowcount
+        deleted += conn.execute(sql.SQL("DELETE FROM ONLY {} WHERE ctid = ANY(%s::tid[])").format(sql.SQL(rel)),
+                                [tids]).rowcount
+    return deleted
+
+
+def insert(conn: psycopg.Connection, table: str, todo: dict[str, Any], writable: list[str], deleted: int,
+           problems: list[str]) -> str | None:
+    """Put back the rows the run took out (after :func:`delete` took out ``deleted``); what was done, or None when
+    nothing. The rows each statement wrote are counted: anything but the plan is a problem (the undo is rolled
+    back)."""
     rows = [json.loads(row) for row, n in todo["insert"] for _ in range(n)]
     inserted = 0
     if rows:
         inserted = conn.execute(sql.SQL("INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE SELECT {rcols} FROM "
                                         "json_populate_recordset(NULL::{t}, {rows}) r").format(
-            t=sql.SQL(table), cols=_idents(writable), rcols=_idents(writable, "r."),
+            t=sql.SQL(table), cols=idents(writable), rcols=idents(writable, "r."),
             rows=sql.Literal(json.dumps(rows)))).rowcount
+    planned = sum(len(tids) for tids in todo["delete"].values())
     if (deleted, inserted) != (planned, len(rows)):
         problems.append(f"{table}: {deleted} row(s) deleted and {inserted} inserted, not {planned} and {len(rows)} "
                         "(a trigger or rule rewrote the undo's own writes)")
@@ -235,7 +242,3 @@ def _rows_of(conn: psycopg.Connection, rel: str, only: bool, columns: list[str],
                     "FROM {t} t) s WHERE s.h = ANY(%s::bigint[]) ORDER BY s.h").format(
         h=row_hash_expr(columns), t=relation_sql(rel, only))
     return {str(h): str(j) for h, j in conn.execute(query, [hashes])}
-
-
-def _idents(columns: list[str], prefix: str = "") -> sql.Composable:
-    return sql.SQL(", ").join(sql.SQL(prefix) + sql.Identifier(c) for c in columns)

@@ -265,14 +265,18 @@ class Store:
         """What production observed after run ``run_id`` applied and verified (``shadow rollback`` and
         ``recover`` compare production with it). Kept beside, never inside, the checkpoint's manifest: a
         checkpoint is written once and never edited."""
+        self._write_applied(run_id, f"{target}.json", json.dumps(record, indent=1, sort_keys=True, default=str),
+                            "the applied state")
+
+    def _write_applied(self, run_id: str, name: str, body: str, what: str) -> None:
+        """``applied/<run_id>/<name>``, written atomically (:meth:`write_applied`, :meth:`write_undone`)."""
         self._ensure()
-        body = json.dumps(record, indent=1, sort_keys=True, default=str).encode()
         try:
             make_private_dir(self.root / "applied")
             make_private_dir(self.root / "applied" / run_id)
-            atomic_write_bytes(self.root / "applied" / run_id / f"{target}.json", body)
+            atomic_write_bytes(self.root / "applied" / run_id / name, body.encode())
         except OSError as exc:
-            raise InfrastructureError(f"could not record the applied state: {exc.strerror}") from exc
+            raise InfrastructureError(f"could not record {what}: {exc.strerror}") from exc
 
     def read_applied(self, run_id: str, target: str) -> dict[str, Any] | None:
         """:meth:`write_applied`'s record; None when the run never got that far. (Runs recorded before it was
@@ -291,14 +295,8 @@ class Store:
         """The transaction undoing run ``run_id``'s own change to ``target`` — written before it commits, so a
         killed rollback's ``recover`` asks the server whether it did (an undo that matches rows by value must
         never run twice)."""
-        self._ensure()
-        try:
-            make_private_dir(self.root / "applied")
-            make_private_dir(self.root / "applied" / run_id)
-            atomic_write_bytes(self.root / "applied" / run_id / f"{target}.undone.json",
-                               json.dumps({"xid": int(xid)}).encode())
-        except OSError as exc:
-            raise InfrastructureError(f"could not record the undo of run {run_id}: {exc.strerror}") from exc
+        self._write_applied(run_id, f"{target}.undone.json", json.dumps({"xid": int(xid)}),
+                            f"the undo of run {run_id}")
 
     def read_undone(self, run_id: str, target: str) -> int | None:
         """:meth:`write_undone`'s transaction id; None when no undo of that run began."""

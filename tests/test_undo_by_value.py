@@ -6,14 +6,14 @@ same table since — even rows equal to the run's own. Real PostgreSQL, the real
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
 from adapters import Checkpoint
 from shadow.settings import Settings
 from snapshots import Store
-from tests.conftest import CliResult, ProdDb, write_plan
+from tests.conftest import ProdDb, write_plan
+from tests.test_undo_tables import _report
 from tests.writer import Writer
 
 PLAN = """
@@ -41,10 +41,6 @@ INSERT INTO journal (id, note, amount) VALUES (0, 'twin', 1), (-1, 'from the run
 
 def _plan(tmp_path: Path, db: ProdDb, sql: str, table: str = "journal") -> Path:
     return write_plan(tmp_path, PLAN.format(dsn=db.dsn, table=table), {"migrate.sql": sql})
-
-
-def _report(result: CliResult) -> dict:  # type: ignore[type-arg]
-    return json.loads(result.out)
 
 
 def _digest(db: ProdDb, where: str = "true", table: str = "journal") -> str:
@@ -196,3 +192,19 @@ def test_a_keyless_partitioned_table_is_undone_by_value_across_its_partitions(pr
     assert _report(rolled)["targets"][0]["restore"]["mode"] == "undo"
     assert (_digest(prod_db, where, "readings"), prod_db.scalar(placed)) == (before, counts)
     assert prod_db.scalar("SELECT count(*) FROM readings WHERE v = 7") == 2
+
+
+def test_a_keyless_table_referencing_a_keyed_one_is_undone_in_foreign_key_order(prod_db: ProdDb, shadow_cli,
+                                                                                tmp_path: Path) -> None:
+    """The run adds a user and a keyless row referencing it: the row goes before the user it references."""
+    prod_db.execute("CREATE TABLE user_log (user_id bigint NOT NULL REFERENCES users (id), note text)")
+    before = (_digest(prod_db, table="users"), _digest(prod_db, table="user_log"))
+    sql = ("INSERT INTO users (email, full_name) VALUES ('new@example.com', 'New');\n"
+           "INSERT INTO user_log SELECT id, 'joined' FROM users WHERE email = 'new@example.com';\n")
+    plan = write_plan(tmp_path, PLAN.format(dsn=prod_db.dsn, table="user_log").replace(
+        '"update rows public.user_log"]', '"update rows public.user_log", "insert rows public.users"]'),
+        {"migrate.sql": sql})
+    rolled = shadow_cli("rollback", _apply(shadow_cli, plan), "--json")
+    assert rolled.code == 0, rolled.text
+    assert _report(rolled)["targets"][0]["restore"]["mode"] == "undo"
+    assert (_digest(prod_db, table="users"), _digest(prod_db, table="user_log")) == before

@@ -513,8 +513,10 @@ class PostgresTarget:
                     files = table_data_files(self.binaries(int(checkpoint.meta["major"])), archive, oids, folder)
                 with self.connect() as conn:
                     read_text_as_str(conn)
-                    return undo.undo(conn, record, force, files=files,
-                                     on_begin=lambda xid: store.write_undone(checkpoint.run_id, self.name, xid))
+                    # Kept before it commits, where an undo must never run twice (rows matched by value).
+                    keep = ((lambda xid: store.write_undone(checkpoint.run_id, self.name, xid))
+                            if record.get("multisets") else None)
+                    return undo.undo(conn, record, force, files=files, on_begin=keep)
         except psycopg.OperationalError as exc:
             raise TargetUnreachable(f"lost production during the undo: {last_line(exc)}", target=self.name) from exc
         except psycopg.Error as exc:

@@ -279,8 +279,8 @@ def test_a_killed_warm_run_leaves_nothing_for_the_next(prod_db: ProdDb, shadow_c
 
 def test_spares_made_between_runs_are_what_the_next_run_rehearses_on(prod_db: ProdDb, shadow_cli, tmp_path: Path,
                                                                      state: Path):
-    """A long-lived process (the gateway) clones the golden ahead, between runs: the next run renames those spares
-    instead of copying, the server's fingerprint still matches (the lease does not discard it), and what an earlier
+    """A long-lived process (the gateway) clones the golden ahead, between runs: the next run renames that spare
+    instead of copying (its pristine state is the shadow as the action found it: no twin), the server's fingerprint still matches (the lease does not discard it), and what an earlier
     rehearsal wrote is in none of them (the leak guard)."""
     plan = _plan(tmp_path, prod_db, MARKER_SQL, MARKER_MAY)
     assert _run(shadow_cli, "plan", "-f", str(plan))["_code"] == 0
@@ -296,16 +296,16 @@ def test_spares_made_between_runs_are_what_the_next_run_rehearses_on(prod_db: Pr
         assert all(not allowed for _, allowed in rows)  # closed to connections, like the golden
         return {name for name, _ in rows}
 
-    assert warm.prepare_spares(folder) == 2 and present() == set(spares)
+    assert warm.prepare_spares(folder) == 1 and present() == set(spares)
     assert warm.prepare_spares(folder) == 0  # already there
     for _ in range(2):
         report = _run(shadow_cli, "plan", "-f", str(plan))
         assert report["_code"] == 0, report["_text"]
         assert _warm_info(report)["reused"] is True, report["_text"]
-        assert present() == set()  # both were taken: the shadow and its twin
+        assert present() == set()  # taken by the shadow
         [target] = report["targets"]
         assert sorted(c["address"] for c in target["changes"]) == ["add table public.marker", "insert rows public.users"]
-        assert warm.prepare_spares(folder) == 2
+        assert warm.prepare_spares(folder) == 1
     [still] = warm.entries(folder)
     assert still.run == entry.run  # never discarded for the spares
 
@@ -335,3 +335,44 @@ def test_a_run_that_comes_first_stops_the_spares_and_finds_nothing_half_made(pro
         assert all(not allowed for _, allowed in rows), rows
         report = _run(shadow_cli, "plan", "-f", str(plan))
         assert report["_code"] == 0 and _warm_info(report)["reused"] is True, report["_text"]
+
+
+SECOND_COPY = "read from a second copy of the warm checkpoint"
+
+
+@pytest.mark.parametrize("sql, may, snapshot", [
+    # rows written, a column added: the shadow itself, read as the action found it
+    ("ALTER TABLE users ADD COLUMN nickname text;\nUPDATE users SET nickname = 'n' || id WHERE id <= 3;\n"
+     "DELETE FROM audit_log WHERE message = 'shop opened';\n",
+     "add column public.users.nickname, update rows public.users, delete rows public.audit_log", True),
+    # waits for every older snapshot: the held one is ended at once, the rows are read from a clone
+    ("UPDATE users SET full_name = upper(full_name) WHERE id <= 2;\n"
+     "CREATE INDEX CONCURRENTLY users_full_name ON users (full_name);\n",
+     "update rows public.users, add index public.users_full_name", False),
+    # a new storage file: the old rows are not where the held snapshot would look
+    ("UPDATE users SET full_name = full_name || '!' WHERE id <= 2;\nVACUUM FULL users;\n",
+     "update rows public.users", False),
+    # an enum label renamed: every stored 'paid' reads differently through today's catalog
+    ("ALTER TYPE order_status RENAME VALUE 'paid' TO 'settled';\n", "alter type public.order_status, "
+     "update rows public.orders, alter view public.paid_revenue", False),
+])
+def test_a_warm_rehearsal_counts_the_same_changes_whether_it_reads_the_shadow_as_it_was_or_a_second_copy(
+        prod_db: ProdDb, shadow_cli, tmp_path: Path, state: Path, sql: str, may: str, snapshot: bool):
+    """The warm run's change set, row counts included, is the cold run's; the second copy is made only when the
+    held snapshot cannot show the rows as they were (adapters.postgres.held), and the report says why."""
+    plan = _plan(tmp_path, prod_db, sql, may)
+    cold = _run(shadow_cli, "plan", "-f", str(plan))
+    assert cold["_code"] == 0 and _warm_info(cold)["reused"] is False, cold["_text"]
+    warm_run = _run(shadow_cli, "plan", "-f", str(plan))
+    assert warm_run["_code"] == 0 and _warm_info(warm_run)["reused"] is True, warm_run["_text"]
+
+    def changes(report: dict) -> list[tuple[str, object]]:
+        [target] = report["targets"]
+        return sorted((c["address"], json.dumps({k: v for k, v in (c.get("detail") or {}).items()
+                                                 if not k.startswith("sample")}, sort_keys=True))
+                      for c in target["changes"])  # the sample rows shown are any few: the digest covers all
+
+    assert changes(warm_run) == changes(cold) and len(changes(cold)) == len(may.split(", ")), changes(cold)
+    assert (SECOND_COPY not in _warnings(warm_run)) is snapshot, _warnings(warm_run)
+    verdicts = {v["rule"]: v for v in warm_run["expectations"]}
+    assert verdicts["rollback"]["ok"], verdicts

@@ -58,16 +58,18 @@ class Mark:
     xid: int
     files: dict[str, int]
     counters: footprint.Counters
+    own: frozenset[int] = frozenset()  # shadow's own sessions on the shadow, not the action's (held snapshot)
 
 
-def mark(conn: psycopg.Connection) -> Mark | None:
-    """The shadow's state just before the action; None on a server whose counters lag (older than 15)."""
+def mark(conn: psycopg.Connection, own: frozenset[int] = frozenset()) -> Mark | None:
+    """The shadow's state just before the action; None on a server whose counters lag (older than 15). ``own``:
+    sessions of shadow's own that stay on the shadow while the action runs."""
     counters = footprint.counters(conn)
     if counters is None:
         return None
     row = conn.execute("SELECT txid_current()").fetchone()
     assert row is not None
-    return Mark(int(row[0]) % 2**32, _files(conn), counters)
+    return Mark(int(row[0]) % 2**32, _files(conn), counters, own)
 
 
 def _files(conn: psycopg.Connection) -> dict[str, int]:
@@ -83,7 +85,7 @@ def observe_changes(after: psycopg.Connection, pristine: psycopg.Connection, bef
     for conn in (after, pristine):
         read_text_as_str(conn)
     # SQL_ASCII: keys do not travel through JSON and back unchanged (:func:`rowdiff.with_keys`)
-    moved = _written(after, since) if since is not None and after.info.encoding != "ascii" else None
+    moved = _written(after, since, pristine) if since is not None and after.info.encoding != "ascii" else None
     if moved is None:
         return _full(after, pristine, before)
     written, rewritten, versions = moved
@@ -148,11 +150,13 @@ def _table_data(conn: psycopg.Connection, table: str, entry: dict[str, Any]) -> 
         return table_data(conn, table, only=bool(entry["only"]), key=entry["key"], columns=list(entry["columns"]))
 
 
-def _written(conn: psycopg.Connection, since: Mark) -> tuple[set[str], set[str], dict[str, int]] | None:
+def _written(conn: psycopg.Connection, since: Mark,
+             pristine: psycopg.Connection) -> tuple[set[str], set[str], dict[str, int]] | None:
     """(the tables whose write counters — rows inserted, updated, deleted — or storage file moved since ``since``,
     those whose storage file did, how many row versions each wrote at most); None when that cannot be known (a
     session of the action still connected after 10 s)."""
-    if footprint.touched_tables(conn, since.counters) is None:  # waits for the action's sessions to end
+    own = since.own | {pristine.info.backend_pid}  # the pristine copy may be this shadow, read as it was
+    if footprint.touched_tables(conn, since.counters, ignore=own) is None:  # waits for the action's sessions to end
         return None
     now = footprint.counters(conn)
     if now is None:

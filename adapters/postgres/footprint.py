@@ -30,6 +30,7 @@ FROM pg_stat_user_tables
 Q_OTHERS = """
 SELECT count(*) FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'
+  AND pid <> ALL(%s::int[])
 """
 COUNTED_SINCE = 150000  # server_version_num from which counters are flushed synchronously at backend exit
 SEQUENCE_VALUE = {"last_value", "is_called"}
@@ -45,13 +46,15 @@ def counters(conn: psycopg.Connection) -> Counters | None:
     return {str(name): tuple(int(v) for v in rest) for name, *rest in conn.execute(Q_COUNTERS)}
 
 
-def touched_tables(conn: psycopg.Connection, before: Counters | None, wait: float = 10.0) -> set[str] | None:
+def touched_tables(conn: psycopg.Connection, before: Counters | None, wait: float = 10.0,
+                   ignore: frozenset[int] = frozenset()) -> set[str] | None:
     """The tables whose counters moved since ``before``; None when that cannot be known (an old server, or the
-    action's sessions still running after ``wait`` seconds)."""
+    action's sessions still running after ``wait`` seconds). ``ignore``: shadow's own sessions on the shadow
+    (:mod:`adapters.postgres.held`), which are not the action's."""
     if before is None:
         return None
     deadline = time.monotonic() + wait
-    while _others(conn):
+    while _others(conn, ignore):
         if time.monotonic() > deadline:
             return None
         time.sleep(0.05)
@@ -61,8 +64,8 @@ def touched_tables(conn: psycopg.Connection, before: Counters | None, wait: floa
     return {name for name, now in after.items() if before.get(name) != now}
 
 
-def _others(conn: psycopg.Connection) -> int:
-    row = conn.execute(Q_OTHERS).fetchone()
+def _others(conn: psycopg.Connection, ignore: frozenset[int]) -> int:
+    row = conn.execute(Q_OTHERS, [sorted(ignore)]).fetchone()
     return int(row[0]) if row else 0
 
 

@@ -50,7 +50,9 @@ from adapters.postgres.server import SUPERUSER, Server
 from snapshots import atomic_write_bytes
 
 GOLDEN_SUFFIX = "__shadow_golden"
-SPARE_SUFFIXES = ("__shadow_spare1", "__shadow_spare2")  # ready clones of the golden: the next shadow and its twin
+# A ready clone of the golden: the next shadow. Its twin is seldom needed (adapters.postgres.held reads the shadow
+# as the action found it), and cloned when it is.
+SPARE_SUFFIXES = ("__shadow_spare1",)
 ADMIN_DB = "template1"  # where a warm server is managed from: the database named like production's comes and goes
 DEFAULT_MAX = 2
 
@@ -401,8 +403,8 @@ def make_golden(server: Server, database: str, pristine: str) -> None:
 
 def clone(conn: psycopg.Connection, golden: str, name: str, owner: str | None, spares: list[str] | None = None) -> None:
     """``name`` as a file copy of the golden database (a checkpoint before, then no WAL per block) — or, when
-    :func:`prepare_spares` left one of ``spares`` ready, that copy renamed (the shadow and its twin, cloning at the
-    same time, each claim a different one)."""
+    :func:`prepare_spares` left one of ``spares`` ready, that copy renamed (two clones made at once each claim a
+    different one)."""
     drop_database(conn, name)
     for spare in spares or ():
         try:

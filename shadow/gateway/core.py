@@ -146,7 +146,7 @@ class Gateway:
         self.wait_between(stop=False)
 
     def _prepare_warm(self, interrupt: Any) -> None:
-        """While the actor reads the answer, each idle warm copy gets its next shadow and twin cloned ahead
+        """While the actor reads the answer, each idle warm copy gets its next shadow cloned ahead
         (:meth:`adapters.Kind.prepare_warm`): the next proposal renames them instead of copying. Best effort — a
         copy that cannot be readied is cloned on the next call's path as before."""
         from adapters import REGISTRY

@@ -1,6 +1,7 @@
 """Row hashes are versioned: a run keeps its checkpoint's row hash to the end, so a run made by an older shadow
 (row hash 1, a jsonb object per row) is applied, verified and undone exactly by a newer one (row hash 2, a hash
-per column) — and the two never meet in one comparison."""
+per column of its text; row hash 3, some types hashed by their own function) — and two never meet in one
+comparison."""
 
 from __future__ import annotations
 
@@ -32,24 +33,27 @@ def test_the_two_row_hashes_differ_and_hash_the_same_content(prod_db: ProdDb) ->
     a run must keep one (a comparison across them would report every table changed)."""
     with psycopg.connect(prod_db.dsn, autocommit=True) as conn:
         new = observe(conn)
+        with hashing_like({"row_hash": 2}):
+            two = observe(conn)
         with hashing_like({}):  # an observation from before `row_hash` existed: 1
             old = observe(conn)
+        versions = (new, two, old)
         conn.execute("ALTER TABLE users ADD COLUMN nick text")  # NULL everywhere: no row's hash moves
-        assert observe(conn)["data"]["public.users"]["hash"] == new["data"]["public.users"]["hash"]
-        with hashing_like(old):
-            assert observe(conn)["data"]["public.users"]["hash"] == old["data"]["public.users"]["hash"]
+        for made in versions:
+            with hashing_like(made):
+                assert observe(conn)["data"]["public.users"]["hash"] == made["data"]["public.users"]["hash"]
         conn.execute("UPDATE users SET full_name = 'user 7' WHERE id = 7")  # only the case of one letter
-        assert observe(conn)["data"]["public.users"]["hash"] != new["data"]["public.users"]["hash"]
-        with hashing_like(old):
-            assert observe(conn)["data"]["public.users"]["hash"] != old["data"]["public.users"]["hash"]
-    assert (new["row_hash"], old["row_hash"], ROW_HASH, current_row_hash()) == (2, 1, 2, 2)
-    assert new["data"]["public.users"]["hash"] != old["data"]["public.users"]["hash"]
+        for made in versions:
+            with hashing_like(made):
+                assert observe(conn)["data"]["public.users"]["hash"] != made["data"]["public.users"]["hash"]
+    assert (new["row_hash"], two["row_hash"], old["row_hash"], ROW_HASH, current_row_hash()) == (3, 2, 1, 3, 3)
+    assert len({v["data"]["public.users"]["hash"] for v in versions}) == 3  # users.id is a bigint: hashed natively
     assert new["data"]["public.users"]["rows"] == old["data"]["public.users"]["rows"] == 500
 
 
 def test_a_checkpoint_from_a_newer_shadow_is_refused_by_name() -> None:
     with pytest.raises(ShadowError, match="newer shadow"):
-        row_hash_of({"row_hash": 3})
+        row_hash_of({"row_hash": ROW_HASH + 1})
 
 
 @pytest.mark.cold  # the last plan must take a checkpoint of its own, not reuse the warm one of the older run
@@ -83,4 +87,34 @@ def test_a_run_applied_by_the_older_row_hash_is_undone_by_the_newer(prod_db: Pro
     # The next plan is the newer shadow's own: it does not reuse the older run's kept hashes, and keeps its own.
     replanned = shadow_cli("plan", "--json", env=new)
     assert replanned.code == 0, replanned.text
-    assert _kept_row_hash(shadow_cli.state_dir) == 2
+    assert _kept_row_hash(shadow_cli.state_dir) == ROW_HASH
+
+
+# Row hash 3 hashes these natively; each pair prints differently, so the content hash must tell them apart.
+NATIVE_PAIRS = [
+    ("smallint", "1", "2"), ("integer", "-1", "1"), ("bigint", "9007199254740993", "9007199254740992"),
+    ("oid", "4294967295", "1"), ("uuid", "'00000000-0000-0000-0000-000000000001'", "'00000000-0000-0000-0000-000000000002'"),
+    ("timestamp", "'2026-01-01 00:00:00'", "'2026-01-01 00:00:00.000001'"),
+    ("timestamptz", "'2026-03-29 01:30:00+00'", "'2026-03-29 01:30:00+01'"),
+    ("time", "'00:00:00'", "'00:00:00.000001'"), ("char(3)", "'ab'", "'abc'"),
+    # stay text: their hash functions equate values that print differently
+    ("numeric", "1.0", "1.00"), ("float8", "0", "'-0'"), ("interval", "'1 day'", "'24 hours'"),
+    ("jsonb", """'{"a": 1.0}'""", """'{"a": 1.00}'"""), ("int[]", "'{1,2}'", "'[2:3]={1,2}'"),
+]
+
+
+@pytest.mark.parametrize("column_type, one, other", NATIVE_PAIRS, ids=[p[0] for p in NATIVE_PAIRS])
+def test_row_hash_3_tells_apart_every_two_values_that_print_differently(empty_db: ProdDb, column_type: str,
+                                                                        one: str, other: str) -> None:
+    """Also under a domain, and with the session in another time zone (observing pins UTC)."""
+    empty_db.execute(f"CREATE DOMAIN d AS {column_type}; CREATE TABLE t (v {column_type}, w d)")
+    with psycopg.connect(empty_db.dsn, autocommit=True) as conn:
+        conn.execute("SET TimeZone = 'Europe/Paris'")
+        hashes = []
+        for value in (one, other):
+            conn.execute(f"TRUNCATE t; INSERT INTO t VALUES ({value}, {value})")
+            printed = conn.execute("SELECT v::text, w::text FROM t").fetchone()
+            data = observe(conn)["data"]["public.t"]
+            hashes.append(data["hash"])
+        assert printed is not None
+        assert hashes[0] != hashes[1], (column_type, printed)

@@ -33,7 +33,8 @@ from psycopg import sql
 from adapters.postgres import footprint
 from adapters.postgres.compare import count_changed_rows
 from adapters.postgres.diff import split_name
-from adapters.postgres.observe import observe, read_text_as_str, relation_sql, row_hash_expr, set_read_settings, table_data
+from adapters.postgres.observe import (native_hashes, observe, read_text_as_str, relation_sql, set_read_settings,
+                                      table_data, table_hash_expr)
 from adapters.postgres.rowdiff import (DIGEST_MOD, SAMPLE, bucket_count, count_rows, key_expr, key_hash, reading,
                                       sample_rows, with_keys)
 from shadow import redact
@@ -233,6 +234,8 @@ class _Captured:
         self.key: list[str] = list(entry["key"])
         self.columns: list[str] = list(entry["columns"])
         self.rel = relation_sql(table, bool(entry["only"]))
+        # Each row's part of the content hash, exactly as the observation sums them (same definition both sides).
+        self.hash = table_hash_expr(self.columns, native_hashes(after, table).get(table, {}))
 
     def count(self) -> tuple[RowDelta, int, str] | None:
         """(the row changes, the table's row count, its content hash), or None when the rows do not add up."""
@@ -272,15 +275,14 @@ class _Captured:
         """(the table's row count, key → row hash of every row version written since the mark), in one pass."""
         new = sql.SQL("age(t.xmin) < age({}::text::xid)").format(sql.Literal(str(self.xid)))
         query = sql.SQL("SELECT count(*), array_agg({k}) FILTER (WHERE {new}), array_agg({h}) FILTER (WHERE {new}) "
-                        "FROM {rel} t").format(k=key_expr(self.key), h=row_hash_expr(self.columns), rel=self.rel, new=new)
+                        "FROM {rel} t").format(k=key_expr(self.key), h=self.hash, rel=self.rel, new=new)
         row = self.after.execute(query).fetchone()
         assert row is not None
         return int(row[0]), {str(k): int(h) for k, h in zip(row[1] or [], row[2] or [], strict=True)}
 
     def _by_key(self, conn: psycopg.Connection, keys: list[str]) -> dict[str, int]:
         """key → row hash of the rows with these keys."""
-        return {k: int(h) for k, h in with_keys(conn, self.table, self.rel, self.key, keys,
-                                                 row_hash_expr(self.columns))}
+        return {k: int(h) for k, h in with_keys(conn, self.table, self.rel, self.key, keys, self.hash)}
 
     def _deleted_keys(self, new: set[str]) -> set[str] | None:
         """The keys of the pristine copy no longer in the table: one pass over the keys alone on each side, in

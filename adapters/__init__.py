@@ -83,9 +83,10 @@ class ShadowCopy(Protocol):
         ``undo``: production's rollback will undo the run's own change from the record its apply keeps (an apply
         in one transaction): rehearse that undo where the kind keeps such records."""
 
-    def watch(self) -> None:
+    def watch(self, sql_text: str | None = None) -> None:
         """Called just before the action runs on the copy: from now on the copy measures what the action reads
-        and writes (a kind that cannot measure it does nothing)."""
+        and writes (a kind that cannot measure it does nothing). ``sql_text``: the action's SQL when it is SQL run
+        on this copy (None: a command, or SQL for another target — anything may happen)."""
 
     def independent(self, changes: list[Change]) -> list[Change]:
         """Of production's changes since the checkpoint (others' writes), the top-level ones the action neither

@@ -124,8 +124,9 @@ def _run_on_shadows(session: Session, plan_: Plan, statements: list[Statement], 
     result = session.result
     with session.step("rehearse") as step:
         start = time.monotonic()
-        for shadow in shadows.values():  # from here on each copy measures what the action reads and writes
-            shadow.watch()
+        sql_text = "\n".join(s.text for s in statements) if plan_.action.kind == "sql" else None
+        for name, shadow in shadows.items():  # from here on each copy measures what the action reads and writes
+            shadow.watch(sql_text if name == plan_.action.sql_target else None)
         try:
             result.rehearsal = run_action(plan_, statements, endpoints, targets, session.settings.environ,
                                           session.dir / "action-rehearsal.log", session.launch(), sandbox)

@@ -94,7 +94,7 @@ class GitShadow:
         twin.restore_from(self.checkpoint, self.manifest)
         return twin.verify_restored(self.checkpoint)
 
-    def watch(self) -> None:
+    def watch(self, sql_text: str | None = None) -> None:
         """What the action reads is not measured in a clone: its footprint is what it changed
         (:mod:`adapters.git.own_effect`)."""
 

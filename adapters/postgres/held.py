@@ -31,6 +31,7 @@ would have, and the run falls back to the twin.
 
 from __future__ import annotations
 
+import re
 import threading
 import psycopg
 from psycopg import sql
@@ -72,6 +73,20 @@ SELECT line FROM (
   WHERE a.attnum > 0 AND NOT a.attisdropped AND (c.relkind = 'c' OR c.reltype IN (SELECT typ FROM used))
 ) s
 """
+# Words of SQL that may give a table a new storage file, drop or rename one, or change how stored values read —
+# what the held snapshot cannot show past: the twin is made before the action instead (cheaper than after). Only a
+# guess (a volatile default rewrites too, a DROP INDEX does not): a wrong one costs time, never correctness.
+REWRITES = re.compile(r"\b(concurrently|truncate|vacuum|cluster|refresh|rename|drop|type|extension|collation|"
+                      r"tablespace|logged|unlogged|generated|identity|serial|bigserial|smallserial|default\s+[\w.\"]+\s*\()",
+                      re.IGNORECASE)
+
+
+def may_rewrite(sql_text: str | None) -> bool:
+    """Whether an action (its SQL; None: a command, anything may happen) may do what the held snapshot cannot
+    show past (see :data:`REWRITES`)."""
+    return sql_text is None or REWRITES.search(sql_text) is not None
+
+
 # A session of the action waiting on the held one (a CREATE INDEX CONCURRENTLY waits for older snapshots).
 Q_WAITING_ON = "SELECT count(*) FROM pg_stat_activity WHERE %(pid)s = ANY(pg_blocking_pids(pid))"
 WATCH_EVERY = 0.05  # seconds between two looks for a session waiting on the held one

@@ -49,7 +49,7 @@ class PgShadow:
     checkpoint's."""
 
     def __init__(self, name: str, server: Server, binaries: ClientTools, checkpoint: Checkpoint,
-                 archive: Path, backend: str, golden: str | None = None) -> None:
+                 archive: Path, backend: str, golden: str | None = None, twin: bool = True) -> None:
         self.name = name
         self.server = server
         self.backend = backend
@@ -62,15 +62,19 @@ class PgShadow:
         self._pristine_ready = threading.Event()  # the twin exists
         self._pristine_result: dict[str, Any] | BaseException | None = None
         self._pristine_thread = threading.Thread(target=self._observe_pristine, name=f"pristine-{name}", daemon=True)
-        # A warm shadow's pristine state is the shadow itself as the action found it, read through a snapshot held
-        # open (adapters.postgres.held) — no second copy; the twin is cloned from the golden only when that cannot
-        # show it. (Cloned beside the shadow, the twin made a warm shadow ready in 1.07 s instead of 0.80 s at 1 GB;
-        # cloned while the action ran, it took ~2 s and a warm plan 3.7 s instead of 2.0 s.)
+        # The pristine state is the shadow itself as the action found it, read through a snapshot held open
+        # (adapters.postgres.held) — no second copy — unless ``twin``: a cold shadow kept warm afterwards copies
+        # itself into a twin right after the restore (the twin becomes the golden). The twin is made anyway when the
+        # action may rewrite a table (watch()), or when the snapshot turns out unable to show the old rows: a clone
+        # of the golden (warm), or a second restore (cold). (Cloned beside a warm shadow, the twin made it ready in
+        # 1.07 s instead of 0.80 s at 1 GB, and a warm plan took 2.0 s instead of 1.x.)
         self._held: held.Held | None = None
-        self.pristine_via = "clone"  # how the pristine state was read: "clone" (the twin) or "snapshot"
+        self._pristine_is_shadow = False  # the shadow was restored to the checkpoint after the action (rehearsal)
+        self._twin_up_front = twin and golden is None
         if golden is None:
-            self._build(binaries, archive)
-            self._pristine_ready.set()
+            self._build(binaries, archive, twin=self._twin_up_front)
+            if self._twin_up_front:
+                self._pristine_ready.set()
         else:
             self._pristine_result = checkpoint.observation
             self._clone(golden)
@@ -87,8 +91,18 @@ class PgShadow:
         self._counters: footprint.Counters | None = None
         self._touched: set[str] | None = None  # what the action read or wrote (None: unknown)
         self._rehearsed: list[Change] = []
-        if golden is None:  # nothing writes to the pristine copy: it is observed while the action runs
+        if self._twin_up_front:  # nothing writes to the pristine copy: it is observed while the action runs
             self._pristine_thread.start()
+        elif golden is None:  # the shadow is its own pristine copy until the action runs: observed now
+            self._observe_shadow()
+
+    @like_checkpoint
+    def _observe_shadow(self) -> None:
+        try:
+            with self.connect() as conn:
+                self._pristine_result = observe(conn)
+        except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the observation
+            self._pristine_result = exc
 
     @like_checkpoint
     def _observe_pristine(self) -> None:
@@ -117,7 +131,6 @@ class PgShadow:
                                   every_database=False, shadow=True)
         except psycopg.Error as exc:
             raise InfrastructureError(f"cloning the shadow's pristine copy failed: {exc}", target=self.name) from exc
-        self.pristine_via = "clone"
         self._pristine_ready.set()
 
     @property
@@ -135,7 +148,7 @@ class PgShadow:
         """Differences between the restored copy and the checkpoint; a faithful shadow has none."""
         return self._fidelity()
 
-    def _build(self, binaries: ClientTools, archive: Path) -> None:
+    def _build(self, binaries: ClientTools, archive: Path, twin: bool) -> None:
         meta = self.checkpoint.meta
         with self.server.connect() as conn:
             existing = {r[0] for r in conn.execute("SELECT rolname FROM pg_roles")}
@@ -155,7 +168,7 @@ class PgShadow:
                 except psycopg.Error as exc:
                     self.warnings.append(f"role membership {member} → {role} not copied: {exc.diag.message_primary}")
             if self.database != "postgres":
-                self._create_database(conn, meta)
+                self._create_database(conn, meta, self.database)
             if meta.get("database_owner"):
                 conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
                     sql.Identifier(self.database), sql.Identifier(meta["database_owner"])))
@@ -172,15 +185,37 @@ class PgShadow:
             except psycopg.Error as exc:
                 self.warnings.append(f"the shadow could not be analyzed, its action runs without planner "
                                      f"statistics: {exc.diag.message_primary or exc}")
+        if twin:
+            self._copy_twin()
+        with self.server.connect() as conn:
+            # Last: a setting such as default_transaction_read_only must not get in the way of building the copy.
+            wanted = self.checkpoint.meta.get("settings") or []
+            dbsettings.settle(conn, self.database, wanted, every_database=True, shadow=True, own_role=SUPERUSER)
+
+    def _copy_twin(self) -> None:
+        """The pristine twin as a file copy of the shadow database (nothing may be connected to it)."""
         with self.server.connect() as conn:
             # FILE_COPY (15+) copies the files instead of WAL-logging every block: faster for a throwaway twin.
             strategy = " STRATEGY FILE_COPY" if conn.info.server_version >= 150000 else ""
             conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}" + strategy).format(
                 sql.Identifier(self.pristine), sql.Identifier(self.database)))
-            # Last: a setting such as default_transaction_read_only must not get in the way of building the copy.
             wanted = self.checkpoint.meta.get("settings") or []
-            dbsettings.settle(conn, self.database, wanted, every_database=True, shadow=True, own_role=SUPERUSER)
             dbsettings.settle(conn, self.pristine, wanted, every_database=False, shadow=True)
+        self._pristine_ready.set()
+
+    def _restore_twin(self) -> None:
+        """The pristine twin as a second restore of the checkpoint: once the action has written the shadow, the
+        only way back to its pristine rows when the held snapshot cannot show them (a cold shadow)."""
+        with self.server.connect() as conn:
+            self._create_database(conn, self.checkpoint.meta, self.pristine)
+        problems = restore_into_empty(self.binaries, self.server.dsn(self.pristine), self.archive,
+                                      observation=self.checkpoint.observation, run_id=self.checkpoint.run_id)
+        if problems:
+            self.warnings.append("pg_restore reported (second restore): " + "; ".join(problems[:5]))
+        with self.server.connect() as conn:
+            dbsettings.settle(conn, self.pristine, self.checkpoint.meta.get("settings") or [], every_database=False,
+                              shadow=True)
+        self._pristine_ready.set()
 
     def _cut_outbound_connections(self) -> None:
         """A shadow must not reach production's neighbours: foreign servers restored from the dump still point
@@ -213,16 +248,16 @@ class PgShadow:
             conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user), sql.Literal(password)))
         return self.server.dsn(self.database, user=user, password=password)
 
-    def _create_database(self, conn: psycopg.Connection, meta: dict[str, Any]) -> None:
+    def _create_database(self, conn: psycopg.Connection, meta: dict[str, Any], name: str) -> None:
         create = sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}")
         try:
-            conn.execute(create.format(sql.Identifier(self.database), sql.Literal(meta["encoding"]),
+            conn.execute(create.format(sql.Identifier(name), sql.Literal(meta["encoding"]),
                                        sql.Literal(meta["collate"]), sql.Literal(meta["ctype"])))
         except psycopg.Error:
             self.warnings.append(
                 f"locale {meta['collate']!r} is not available here; the shadow uses C.UTF-8 (sorting may differ)"
             )
-            conn.execute(create.format(sql.Identifier(self.database), sql.Literal(meta["encoding"]),
+            conn.execute(create.format(sql.Identifier(name), sql.Literal(meta["encoding"]),
                                        sql.Literal("C.UTF-8"), sql.Literal("C.UTF-8")))
 
     def _fidelity(self) -> list[str]:
@@ -260,8 +295,11 @@ class PgShadow:
             self._held = None
 
     def connect_pristine(self) -> psycopg.Connection:
-        """A session reading the checkpoint's state: the twin, or a warm shadow as the action found it (module
-        :mod:`adapters.postgres.held`) while that can show it — else the twin, cloned now."""
+        """A session reading the checkpoint's state: the shadow as the action found it (module
+        :mod:`adapters.postgres.held`) while that can show it — else the twin, made now if need be."""
+        if self._pristine_is_shadow:
+            return self._connect(self.dsn)
+        why = "the snapshot could not be held"
         if not self._pristine_ready.is_set() and self._held is not None:
             self._held.quiet()
             if self._held.usable():
@@ -271,14 +309,18 @@ class PgShadow:
                     pass
                 else:
                     read_text_as_str(conn)
-                    self.pristine_via = "snapshot"
                     return conn
-            self.warnings.append(f"the rows as the action found them were read from a second copy of the warm "
-                                 f"checkpoint, not from the shadow itself: {self._held.ended or 'it had ended'}")
+            why = self._held.ended or "the held session had ended"
             self._held.close()
             self._held = None
         if not self._pristine_ready.is_set():
-            self._clone_pristine()
+            copy = "a second copy of the warm checkpoint" if self.golden else "a second restore of the checkpoint"
+            self.warnings.append(f"the rows as the action found them were read from {copy}, not from the shadow "
+                                 f"itself: {why}")
+            if self.golden is not None:
+                self._clone_pristine()
+            else:
+                self._restore_twin()
         return self._connect(self.server.dsn(self.pristine))
 
     def _connect(self, dsn: str) -> psycopg.Connection:
@@ -295,14 +337,22 @@ class PgShadow:
         with self.connect() as conn:
             return observe(conn)
 
-    def watch(self) -> None:
+    def watch(self, sql_text: str | None = None) -> None:
+        """Just before the action: hold the shadow's state (or make its twin now, when the action may rewrite a
+        table: :func:`adapters.postgres.held.may_rewrite`), then mark where the action starts."""
         own: frozenset[int] = frozenset()
-        if self.golden is not None and not self._pristine_ready.is_set() and self._held is None:
-            try:
-                self._held = held.Held(self.dsn, self.server.dsn(warm.ADMIN_DB))
-                own = frozenset({self._held.pid})
-            except psycopg.Error:
-                self._held = None  # the twin, then
+        if not self._pristine_ready.is_set() and self._held is None:
+            if held.may_rewrite(sql_text):
+                if self.golden is not None:
+                    self._clone_pristine()
+                else:
+                    self._copy_twin()
+            else:
+                try:
+                    self._held = held.Held(self.dsn, self.server.dsn(warm.ADMIN_DB))
+                    own = frozenset({self._held.pid})
+                except psycopg.Error:
+                    self._held = None  # the twin, once the action has run
         with self.connect() as conn:
             self._mark = capture.mark(conn, own)
             self._counters = self._mark.counters if self._mark else None
@@ -356,6 +406,13 @@ class PgShadow:
             settle_settings(conn, self.database, self.checkpoint, shadow=True)
         now = self.observe()
         if fingerprint_of(now) == self.checkpoint.fingerprint:
+            # Restored and proven equal to the checkpoint, and written no more: the shadow is its own pristine
+            # copy again (the held snapshot saw the tables the restore replaced; no twin needs making for that).
+            if not self._pristine_ready.is_set():
+                if self._held is not None:
+                    self._held.close()
+                    self._held = None
+                self._pristine_is_shadow = True
             return []
         return how_they_differ(self.checkpoint.observation, now)
 

@@ -288,9 +288,14 @@ class PostgresTarget:
         kept = False  # once kept warm, the server belongs to its entry: not stopped here
         try:
             server.start()
-            shadow = PgShadow(self.name, server, tools, checkpoint, archive, backend)
+            # A copy kept warm needs its twin (the golden to be) from the start; any other reads the shadow itself
+            # as the action found it (adapters.postgres.held).
+            shadow = PgShadow(self.name, server, tools, checkpoint, archive, backend, twin=bool(self._keep))
             before = warm.server_state(server, shadow.database).replace("absent", "closed") if self._keep else ""
-            yield shadow
+            try:
+                yield shadow
+            finally:
+                shadow.settled()
             kept = self._keep_warm(server, shadow, run_id, backend, major, before)
         finally:
             if not kept:

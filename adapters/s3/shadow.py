@@ -173,7 +173,7 @@ class S3Shadow:
         problems = [] if cp == seen else differences(cp, seen)
         return problems or ([] if pristine == now else differences(pristine, now))
 
-    def watch(self) -> None:
+    def watch(self, sql_text: str | None = None) -> None:
         """From here on the server's requests are the action's (:mod:`adapters.s3.footprint`)."""
         self._mark = len(self._request_log())
 

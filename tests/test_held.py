@@ -7,6 +7,7 @@ Real PostgreSQL: one session holds the snapshot, another plays the action, and w
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -94,3 +95,18 @@ def test_its_session_holds_no_lock_an_alter_waits_for(shop: tuple[ProdDb, held.H
         conn.execute("SET lock_timeout = '3s'")
         conn.execute("ALTER TABLE items ADD COLUMN note text")  # ACCESS EXCLUSIVE: raises if anything held a lock
     assert snapshot.usable()
+
+
+def test_the_databases_own_idle_timeout_does_not_end_it(empty_db: ProdDb):
+    """Production's settings are given to the shadow's database: an idle-in-transaction timeout there must not end
+    the held session while the action runs."""
+    empty_db.execute(SCHEMA)
+    empty_db.execute(f'ALTER DATABASE "{empty_db.name}" SET idle_in_transaction_session_timeout = 300')
+    snapshot = held.Held(empty_db.dsn, empty_db.server.dsn("postgres"))
+    try:
+        before = _names(snapshot)
+        time.sleep(1)  # a held session idle in its transaction for longer than 300 ms
+        empty_db.execute("UPDATE items SET name = 'changed'")
+        assert snapshot.usable() and _names(snapshot) == before
+    finally:
+        snapshot.close()

@@ -89,6 +89,7 @@ def may_rewrite(sql_text: str | None) -> bool:
 
 # A session of the action waiting on the held one (a CREATE INDEX CONCURRENTLY waits for older snapshots).
 Q_WAITING_ON = "SELECT count(*) FROM pg_stat_activity WHERE %(pid)s = ANY(pg_blocking_pids(pid))"
+NO_TIMEOUTS = "-c idle_in_transaction_session_timeout=0 -c statement_timeout=0"
 WATCH_EVERY = 0.05  # seconds between two looks for a session waiting on the held one
 
 
@@ -98,7 +99,9 @@ class Held:
 
     def __init__(self, dsn: str, admin_dsn: str) -> None:
         self._dsn = dsn
-        self._holder = psycopg.connect(dsn, autocommit=False, application_name="shadow pristine snapshot")
+        # Production's own idle/statement timeouts (settled on the shadow's database) must not end it half way.
+        self._holder = psycopg.connect(dsn, autocommit=False, application_name="shadow pristine snapshot",
+                                       options=NO_TIMEOUTS)
         try:
             self._holder.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             self._holder.read_only = True
@@ -155,7 +158,8 @@ class Held:
 
     def reader(self) -> psycopg.Connection:
         """A session reading the shadow as it was (one transaction: used once, in a ``with``)."""
-        conn = psycopg.connect(self._dsn, autocommit=False, application_name="shadow pristine reader")
+        conn = psycopg.connect(self._dsn, autocommit=False, application_name="shadow pristine reader",
+                               options=NO_TIMEOUTS)
         try:
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             conn.read_only = True

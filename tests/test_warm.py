@@ -340,6 +340,7 @@ def test_a_run_that_comes_first_stops_the_spares_and_finds_nothing_half_made(pro
 FALLBACK = "the rows as the action found them were read from a second"
 
 
+@pytest.mark.cold  # its first run must not keep a copy warm (SHADOW_TEST_WARM): it is the plain cold case
 @pytest.mark.parametrize("sql, may, fallback", [
     # rows written, a column added: the shadow itself, read as the action found it
     ("ALTER TABLE users ADD COLUMN nickname text;\nUPDATE users SET nickname = 'n' || id WHERE id <= 3;\n"

@@ -1,9 +1,11 @@
-"""A PostgreSQL shadow: the checkpoint restored into a throwaway server, plus a pristine twin for row diffs."""
+"""A PostgreSQL shadow: the checkpoint restored into a throwaway server, and its pristine state for row diffs (the
+shadow as the action found it, through a held snapshot, or a twin)."""
 
 from __future__ import annotations
 
 import secrets
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +68,8 @@ class PgShadow:
         # (adapters.postgres.held) — no second copy — unless ``twin``: a cold shadow kept warm afterwards copies
         # itself into a twin right after the restore (the twin becomes the golden). The twin is made anyway when the
         # action may rewrite a table (watch()), or when the snapshot turns out unable to show the old rows: a clone
-        # of the golden (warm), or a second restore (cold). (Cloned beside a warm shadow, the twin made it ready in
-        # 1.07 s instead of 0.80 s at 1 GB, and a warm plan took 2.0 s instead of 1.x.)
+        # of the golden (warm), or a second restore (cold). (At 1 GB, cloned beside a warm shadow, the twin made it
+        # ready in 1.07 s instead of 0.40 s, and a warm plan took 2.0 s instead of 1.1 s.)
         self._held: held.Held | None = None
         self._pristine_is_shadow = False  # the shadow was restored to the checkpoint after the action (rehearsal)
         self._twin_up_front = twin and golden is None
@@ -94,20 +96,14 @@ class PgShadow:
         if self._twin_up_front:  # nothing writes to the pristine copy: it is observed while the action runs
             self._pristine_thread.start()
         elif golden is None:  # the shadow is its own pristine copy until the action runs: observed now
-            self._observe_shadow()
+            self._observe_pristine(self.connect)
 
     @like_checkpoint
-    def _observe_shadow(self) -> None:
+    def _observe_pristine(self, connect: Callable[[], psycopg.Connection] | None = None) -> None:
+        """The pristine state's observation, through ``connect`` (the twin's by default), kept for whoever reads it
+        (:attr:`pristine_observation`) — or the error observing it raised."""
         try:
-            with self.connect() as conn:
-                self._pristine_result = observe(conn)
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the observation
-            self._pristine_result = exc
-
-    @like_checkpoint
-    def _observe_pristine(self) -> None:
-        try:
-            with self.connect_pristine() as conn:
+            with (connect or self.connect_pristine)() as conn:
                 self._pristine_result = observe(conn)
         except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the observation
             self._pristine_result = exc

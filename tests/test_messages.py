@@ -8,6 +8,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ProdDb, write_plan
 
 SAFE_PLAN = """
@@ -272,3 +274,25 @@ def test_restore_verification_speaks_in_change_addresses(prod_db, tmp_path):
     assert "add index public.users_late_idx" in problems
     assert any(p.startswith("update rows public.audit_log — content changed") for p in problems), problems
     assert not any("root[" in p for p in problems), problems
+
+
+# -- a statement's own error that psycopg files as operational --------------------------------------------------
+@pytest.mark.parametrize("sql, words, line", [
+    # 55P04: a new enum value used in the transaction that added it
+    ("CREATE TYPE mood AS ENUM ('ok');\nBEGIN;\nALTER TYPE mood ADD VALUE 'sad';\nSELECT 'sad'::mood;\nCOMMIT;\n",
+     "unsafe use of new value", 4),
+    # 54000: a value too big for a btree index entry
+    ("CREATE TABLE big (v text);\nCREATE INDEX ON big (v);\n"
+     "INSERT INTO big SELECT string_agg(md5(g::text), '') FROM generate_series(1, 300) g;\n",
+     "index row requires", 3),
+    # 55000: currval before nextval in the session
+    ("CREATE SEQUENCE s;\nSELECT currval('s');\n", "is not yet defined in this session", 2),
+], ids=["enum value", "index row", "currval"])
+def test_a_statements_own_error_filed_as_operational_is_a_rejected_statement_not_a_lost_connection(
+        prod_db, shadow_cli, tmp_path, sql, words, line):
+    write_plan(tmp_path, SAFE_PLAN, {"migrate.sql": sql})
+    r = shadow_cli("plan", env=_env(prod_db))
+    assert r.code == 2, r.text
+    assert "lost the connection" not in r.text
+    assert words in r.text and "the server rejected the statement" in r.text, r.text
+    assert f"migrate.sql:{line}:" in r.text, r.text

@@ -28,7 +28,7 @@ from psycopg.conninfo import make_conninfo
 
 from adapters import tempdirs
 from adapters.postgres.binaries import PgBinaries, binaries_for
-from adapters.postgres.server import SUPERUSER, Server
+from adapters.postgres.server import SHADOW_SETTINGS, SUPERUSER, Server
 from shadow.errors import InfrastructureError
 from adapters.tempdirs import LABELS_FILE, read_labels
 
@@ -59,12 +59,9 @@ class LocalCluster(Server):
     """One ephemeral cluster; use as a context manager."""
 
     def __init__(self, label: str, binaries: PgBinaries | None = None, locale: str = "C.UTF-8",
-                 warm: str | None = None, autovacuum: bool = True) -> None:
+                 warm: str | None = None, shadow: bool = False) -> None:
         self.label = label
-        # Off for a shadow: right after a restore, autovacuum would vacuum every freshly loaded table (the insert
-        # threshold) on the cores the rehearsal needs, and make CREATE DATABASE … TEMPLATE wait for it to leave;
-        # the shadow is analyzed once instead (PgShadow), so the action is planned with statistics.
-        self.autovacuum = autovacuum
+        self.shadow = shadow  # a shadow's server: SHADOW_SETTINGS
         self.warm = warm  # the warm entry that may keep this cluster after the run (adapters.postgres.warm)
         self.binaries = binaries or binaries_for(None)
         self.locale = locale
@@ -135,7 +132,7 @@ class LocalCluster(Server):
                 f"unix_socket_directories = '{self.sockdir}'\n"
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
                 "max_connections = 50\nshared_buffers = 64MB\n"
-                + ("" if self.autovacuum else "autovacuum = off\n")
+                + "".join(f"{name} = {value}\n" for name, value in (SHADOW_SETTINGS if self.shadow else {}).items())
             )
         for attempt in range(5):
             self.port = free_port()

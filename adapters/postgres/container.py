@@ -17,7 +17,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from adapters.docker import Route, labels, route_to, start_network, this_engine
-from adapters.postgres.server import SUPERUSER, Server
+from adapters.postgres.server import SHADOW_SETTINGS, SUPERUSER, Server
 from shadow.errors import InfrastructureError
 
 DEFAULT_IMAGE = "postgres:{major}"  # unless the target's `image:` or SHADOW_POSTGRES_IMAGE names another
@@ -45,9 +45,9 @@ class ContainerServer(Server):
     """One PostgreSQL container; use as a context manager. Same surface as ``LocalCluster``."""
 
     def __init__(self, label: str, image: str, major: int, limits: Limits | None = None,
-                 warm: str | None = None, autovacuum: bool = True) -> None:
+                 warm: str | None = None, shadow: bool = False) -> None:
         self.label = label
-        self.autovacuum = autovacuum  # off for a shadow (see adapters.postgres.cluster.LocalCluster)
+        self.shadow = shadow  # a shadow's server: SHADOW_SETTINGS
         self.warm = warm  # the warm entry that may keep this container after the run (adapters.postgres.warm)
         self.image = image
         self.major = major
@@ -70,7 +70,9 @@ class ContainerServer(Server):
         container.with_env("POSTGRES_DB", "postgres")
         # 127.0.0.1 only, unless the engine is elsewhere: then its host's interfaces (adapters.docker)
         container.ports["5432/tcp"] = (this_engine().publish_ip,)  # type: ignore[assignment]
-        container.with_command(DURABILITY_OFF + ([] if self.autovacuum else ["-c", "autovacuum=off"]))
+        settings = SHADOW_SETTINGS if self.shadow else {}
+        container.with_command(DURABILITY_OFF + [arg for name, value in settings.items()
+                                                 for arg in ("-c", f"{name}={value}")])
         network = start_network()
         container.with_kwargs(labels=labels(self.label, "postgres-shadow", self.warm), **self.limits.docker_kwargs(),
                               **({"network": network} if network else {}))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -209,18 +209,34 @@ def _run(conn: psycopg.Connection, st: Statement, deadline: float, target: str) 
         conn.execute(st.text, prepare=False)
     except pgerrors.QueryCanceled:
         raise
-    except psycopg.OperationalError:
-        raise
+    except psycopg.OperationalError as exc:
+        if not _statements_fault(exc):
+            raise
+        _rejected(exc, st, target)
     except psycopg.Error as exc:
-        line = st.line
-        position = getattr(exc.diag, "statement_position", None)
-        if position:
-            line += st.text[: int(position) - 1].count("\n")
-        message = exc.diag.message_primary or _first_line(exc)
-        if exc.diag.message_detail:
-            message += f" ({exc.diag.message_detail})"
-        raise SqlError(f"the server rejected the statement: {message}", file=st.file, line=line,
-                       statement=st.text, target=target) from exc
+        _rejected(exc, st, target)
+
+
+def _statements_fault(exc: psycopg.OperationalError) -> bool:
+    """Whether an error psycopg files as operational is the statement's own, with the session alive: a program
+    limit (class 54: an index row too big, too many columns) or an object not in the state the statement needs
+    (class 55: a new enum value used in the transaction that added it, currval before nextval, a replication slot
+    the server's wal_level cannot give) — but not a lock that was not available (55P03), which may be retried."""
+    state = exc.sqlstate or ""
+    return state.startswith("54") or (state.startswith("55") and state != "55P03")
+
+
+def _rejected(exc: psycopg.Error, st: Statement, target: str) -> NoReturn:
+    """The server rejected ``st``: an :class:`SqlError` naming its file and line."""
+    line = st.line
+    position = getattr(exc.diag, "statement_position", None)
+    if position:
+        line += st.text[: int(position) - 1].count("\n")
+    message = exc.diag.message_primary or _first_line(exc)
+    if exc.diag.message_detail:
+        message += f" ({exc.diag.message_detail})"
+    raise SqlError(f"the server rejected the statement: {message}", file=st.file, line=line,
+                   statement=st.text, target=target) from exc
 
 
 def _first_line(exc: BaseException) -> str:

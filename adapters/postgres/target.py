@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from adapters.docker import engine_answers
 from adapters.postgres.binaries import ClientTools, ContainerTools, binaries_for, configured_bindir
 from adapters.postgres.container import DEFAULT_IMAGE, ContainerServer, Limits
 from adapters.postgres.cluster import LocalCluster
-from adapters.postgres.server import Server
+from adapters.postgres.server import MINIMAL_WAL_MISSES, Server
 from adapters.postgres.diff import diff
 from adapters.postgres.execute import end_sessions, execute, execute_verified
 from adapters import tempdirs
@@ -29,12 +30,14 @@ from adapters.postgres.observe import Hashed, like_checkpoint, observe, read_tex
 from adapters.postgres import dbsettings
 from adapters.postgres.restore import Dump, dumped_sequences, pg_dump_started, restore_over, table_data_files
 from shadow.changes import Change, RowDelta
-from shadow.errors import (BinaryNotFound, InfrastructureError, RestoreFailed, ShadowError, SnapshotCorrupt,
+from shadow.errors import (BinaryNotFound, InfrastructureError, RestoreFailed, ShadowError, SnapshotCorrupt, SqlError,
                            TargetUnreachable)
 from shadow.sqlsplit import Statement, forces_autocommit
 from snapshots import Artifact, Store, open_store
 
 # Advisory lock key: a class id of shadow's own ("SH") and the database's name hashed.
+# The server's words when a feature needs more WAL than wal_level = minimal writes (a replication slot, a base backup).
+WAL_LEVEL_ERROR = re.compile(r"wal_level|WAL level", re.IGNORECASE)
 LOCK_SQL = "SELECT pg_try_advisory_lock(21320, hashtext(current_database()))"
 LOCK_HOLDER_SQL = """
 SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
@@ -281,10 +284,10 @@ class PostgresTarget:
         if backend == "docker":
             server = ContainerServer(run_id, self.image_for(major), major, Limits(
                 getattr(limits, "memory", None), getattr(limits, "cpus", None), getattr(limits, "pids", None)),
-                warm=entry, autovacuum=False)
+                warm=entry, shadow=True)
         else:
             server = LocalCluster(label=run_id, binaries=binaries_for(major, configured_bindir(self.settings)),
-                                  warm=entry, autovacuum=False)
+                                  warm=entry, shadow=True)
         kept = False  # once kept warm, the server belongs to its entry: not stopped here
         try:
             server.start()
@@ -403,7 +406,13 @@ class PostgresTarget:
                     trace: list[dict[str, Any]] | None = None, tag: str = "", lock_timeout: float | None = None,
                     lock_retries: int = 0, waited: Callable[[str], None] | None = None) -> str:
         assert endpoint.dsn is not None
-        return execute(endpoint.dsn, statements, timeout, self.name, trace, tag, lock_timeout, lock_retries, waited)
+        try:
+            return execute(endpoint.dsn, statements, timeout, self.name, trace, tag, lock_timeout, lock_retries,
+                           waited)
+        except SqlError as exc:
+            if endpoint.dsn != self.dsn and WAL_LEVEL_ERROR.search(str(exc)):  # in the shadow (SHADOW_SETTINGS)
+                exc.args = (f"{exc.args[0]} — {MINIMAL_WAL_MISSES}",)
+            raise
 
     def end_sessions(self, tag: str) -> int:
         """End production's sessions named ``tag`` (a killed run's) and wait until they are gone."""

@@ -1,0 +1,58 @@
+"""A shadow's own server (adapters.postgres.server.SHADOW_SETTINGS): set up for one restore and one rehearsal
+(autovacuum off, wal_level minimal), and saying so when that setup is why an action failed in the rehearsal.
+
+Real CLI, real production database, a real shadow server on each backend.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from adapters.postgres.server import MINIMAL_WAL_MISSES
+from tests.conftest import BOTH_BACKENDS, ProdDb, write_plan
+
+PLAN = """
+version: 1
+targets:
+  app: {{kind: postgres, dsn: "{dsn}"}}
+action:
+  sql: migrate.sql
+expect:
+  app:
+    may: ["* rows public.*"]
+"""
+
+
+@BOTH_BACKENDS
+def test_an_action_that_needs_more_wal_than_the_shadow_writes_fails_there_and_says_why(
+        empty_db: ProdDb, shadow_cli, tmp_path: Path):  # type: ignore[no-untyped-def]
+    empty_db.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)")
+    # Production's server (wal_level replica, the default) can create this slot; the shadow's cannot.
+    plan = write_plan(tmp_path, PLAN.format(dsn=empty_db.dsn), {
+        "migrate.sql": "UPDATE t SET id = 2;\nSELECT pg_create_physical_replication_slot('shadow_test_slot');\n"})
+    result = shadow_cli("plan", "-f", str(plan), "--json")
+    assert result.code != 0, result.text
+    assert MINIMAL_WAL_MISSES in result.text, result.text
+    assert "migrate.sql:2" in result.text, result.text  # the statement's place, as for any rejected statement
+    with empty_db.connect() as conn:
+        assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (0,)
+        assert conn.execute("SELECT id FROM t").fetchall() == [(1,)]
+
+
+@BOTH_BACKENDS
+def test_the_shadows_server_writes_minimal_wal_and_runs_no_autovacuum(
+        empty_db: ProdDb, shadow_cli, tmp_path: Path):  # type: ignore[no-untyped-def]
+    empty_db.execute("CREATE TABLE seen (name text PRIMARY KEY, value text)")
+    # The action records the settings it ran under, in the shadow only (a rehearsal is never applied here).
+    plan = write_plan(tmp_path, PLAN.format(dsn=empty_db.dsn), {
+        "migrate.sql": "INSERT INTO seen SELECT name, setting FROM pg_settings "
+                       "WHERE name IN ('wal_level', 'autovacuum', 'max_wal_senders', 'fsync');\n"})
+    result = shadow_cli("plan", "-f", str(plan), "--json")
+    assert result.code == 0, result.text
+    report = json.loads(result.out)
+    [target] = report["targets"]
+    assert any(c.get("kind") == "rows" or "rows" in json.dumps(c) for c in target["changes"]), target["changes"]
+    with empty_db.connect() as conn:  # production: its own settings, and nothing written
+        assert conn.execute("SELECT count(*) FROM seen").fetchone() == (0,)
+        assert conn.execute("SHOW wal_level").fetchone() == ("replica",)

@@ -229,6 +229,15 @@ class Warmable(Protocol):
         the action touched, not the database."""
 
 
+@runtime_checkable
+class ServerAhead(Protocol):
+    """A target whose shadow needs a server of its own, which can come up while the checkpoint is taken."""
+
+    def shadow_server_ahead(self, run_id: str, backend: str, limits: Any = None) -> AbstractContextManager[None]:
+        """Start, in the background, the server the next :meth:`Target.shadow` of ``run_id`` on ``backend`` will
+        restore into. Leaving the context stops it unless a shadow took it (and then owns it)."""
+
+
 class Kind(Protocol):
     name: str
     change_ops: tuple[str, ...]  # the ops and kinds its change addresses use, for validating expectations

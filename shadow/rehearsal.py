@@ -8,7 +8,7 @@ import time
 from contextlib import ExitStack
 from typing import Any
 
-from adapters import Checkable, Checkpoint, Endpoint, ShadowCopy, Target, Warmable
+from adapters import Checkable, Checkpoint, Endpoint, ServerAhead, ShadowCopy, Target, Warmable
 from shadow.action import ActionResult, run_action
 from shadow.errors import InfrastructureError, ShadowError, SqlError
 from shadow.judge import Verdict, judge
@@ -20,11 +20,12 @@ from shadow.sqlsplit import Statement
 
 
 def checkpoint_all(session: Session, targets: dict[str, Target], warm: float | None = None,
-                   limits: Any = None) -> tuple[dict[str, Checkpoint], set[str]]:
+                   limits: Any = None, ahead: ExitStack | None = None) -> tuple[dict[str, Checkpoint], set[str]]:
     """Checkpoint every target into the store — or, with ``warm`` (``policy.warm``), reuse the checkpoint a
     target keeps warm (:class:`~adapters.Warmable`; checked against production after the rehearsal,
     :func:`warm_check`). A checkpoint's safety findings become verdicts. Returns (the checkpoints, the names of
-    the targets whose checkpoint was reused)."""
+    the targets whose checkpoint was reused). ``ahead``: shadows will follow, torn down by this stack — a target
+    that can (:class:`~adapters.ServerAhead`) starts its shadow's server while its checkpoint is taken."""
     checkpoints: dict[str, Checkpoint] = {}
     reused: set[str] = set()
     for name, t in targets.items():
@@ -35,6 +36,8 @@ def checkpoint_all(session: Session, targets: dict[str, Target], warm: float | N
                 session.progress("info", f"{name}: rehearsing on {why}" if cp else f"{name}: no warm copy to "
                                  f"rehearse on ({why}): checkpointing, and keeping this one warm")
             if cp is None:
+                if ahead is not None and isinstance(t, ServerAhead):
+                    ahead.enter_context(t.shadow_server_ahead(session.result.run_id, session.result.backend, limits))
                 cp = t.checkpoint(session.store, session.result.run_id)
             else:
                 reused.add(name)

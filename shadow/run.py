@@ -183,7 +183,7 @@ def _attempt(session: Session, plan_: Plan, statements: list[Statement], targets
     """One checkpoint, rehearsal and judgement — and, for ``apply``, the apply; ``stack`` holds the shadows."""
     result = session.result
     warm = keep_warm(plan_, session.settings)
-    checkpoints, reused = checkpoint_all(session, targets, warm, plan_.policy.limits)
+    checkpoints, reused = checkpoint_all(session, targets, warm, plan_.policy.limits, ahead=stack)
     sql_target = plan_.action.sql_target if statements else None
     facts = checkpoints[sql_target].meta.get("lint_facts") if sql_target else None
     if facts and any(facts.values()):  # lint again only when the checkpoint knows something the SQL does not

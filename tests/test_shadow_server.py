@@ -56,3 +56,28 @@ def test_the_shadows_server_writes_minimal_wal_and_runs_no_autovacuum(
     with empty_db.connect() as conn:  # production: its own settings, and nothing written
         assert conn.execute("SELECT count(*) FROM seen").fetchone() == (0,)
         assert conn.execute("SHOW wal_level").fetchone() == ("replica",)
+
+
+@BOTH_BACKENDS
+def test_a_server_started_during_a_checkpoint_that_fails_is_stopped_and_removed(
+        empty_db: ProdDb, shadow_cli, tmp_path: Path, own_tempdir: Path, backend: str):  # type: ignore[no-untyped-def]
+    """The shadow's server comes up while the checkpoint is taken (PostgresTarget.shadow_server_ahead); when the
+    checkpoint fails, no shadow takes it, and it must not outlive the run."""
+    role = f"reader_{empty_db.name}"
+    empty_db.execute(f"CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE secret (id int);"
+                     f"CREATE ROLE {role} LOGIN PASSWORD 'pw'; GRANT SELECT ON t TO {role};")
+    dsn = empty_db.dsn.replace("user=shadow", f"user={role}").split(" password=")[0] + " password=pw"
+    plan = write_plan(tmp_path, PLAN.format(dsn=dsn), {"migrate.sql": "UPDATE t SET id = 2;\n"})
+    docker_before = _shadow_containers() if backend == "docker" else set()
+    result = shadow_cli("plan", "-f", str(plan), "--json")
+    assert result.code != 0, result.text
+    assert "permission denied" in result.text, result.text  # pg_dump cannot read `secret`
+    assert not list(own_tempdir.glob("shadow-pg-*")), list(own_tempdir.iterdir())
+    if backend == "docker":
+        assert _shadow_containers() == docker_before
+
+
+def _shadow_containers() -> set[str]:
+    from adapters.docker import LABEL_ROLE, client
+
+    return {c.id for c in client().containers.list(all=True, filters={"label": f"{LABEL_ROLE}=postgres-shadow"})}

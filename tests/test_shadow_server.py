@@ -7,10 +7,18 @@ Real CLI, real production database, a real shadow server on each backend.
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
+
 from adapters.postgres.server import MINIMAL_WAL_MISSES
-from tests.conftest import BOTH_BACKENDS, ProdDb, write_plan
+from tests.conftest import BOTH_BACKENDS, ROOT, ProdDb, write_plan
 
 PLAN = """
 version: 1
@@ -81,3 +89,41 @@ def _shadow_containers() -> set[str]:
     from adapters.docker import LABEL_ROLE, client
 
     return {c.id for c in client().containers.list(all=True, filters={"label": f"{LABEL_ROLE}=postgres-shadow"})}
+
+
+@pytest.mark.parametrize("die_with_parent", [True, False])
+def test_a_server_tool_run_in_a_thread_dies_with_the_killed_process_when_asked(die_with_parent: bool):
+    """initdb of a server started while the checkpoint is taken runs in a thread; a SIGKILLed run must not leave it
+    writing into the directory ``recover`` removes (the other case shows the test can see a survivor)."""
+    seconds = f"3{secrets.randbelow(10**6):06d}"  # a command line no other process has
+    script = (
+        "import threading, time\n"
+        "from adapters.postgres.cluster import LocalCluster\n"
+        "cluster = LocalCluster(label='t')\n"
+        f"threading.Thread(target=cluster._run, args=(['sleep', '{seconds}'],),\n"
+        f"                 kwargs={{'die_with_parent': {die_with_parent}}}, daemon=True).start()\n"
+        "time.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT)
+    try:
+        assert _wait_for(lambda: _pids_of(f"sleep {seconds}"), 20), "the tool never started"
+    finally:
+        parent.kill()
+        parent.wait()
+    survivors = [] if _wait_for(lambda: not _pids_of(f"sleep {seconds}"), 5) else _pids_of(f"sleep {seconds}")
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert bool(survivors) is not die_with_parent, survivors
+
+
+def _pids_of(command_line: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-f", f"^{command_line}$"], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _wait_for(condition, seconds: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False

@@ -12,6 +12,7 @@ live one's (:func:`stop_leftover` stops the former; :func:`stop_servers_in` any 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pwd
 import secrets
@@ -21,6 +22,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -31,6 +33,8 @@ from adapters.postgres.binaries import PgBinaries, binaries_for
 from adapters.postgres.server import SHADOW_SETTINGS, SUPERUSER, Server
 from shadow.errors import InfrastructureError
 from adapters.tempdirs import LABELS_FILE, read_labels
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 TEMP_PREFIX = tempdirs.prefix("pg", None)
 __all__ = ["LABELS_FILE", "LocalCluster", "TEMP_PREFIX", "read_labels", "stop_leftover", "stop_servers_in"]
@@ -94,10 +98,15 @@ class LocalCluster(Server):
 
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
-    def _run(self, args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+    def _run(self, args: list[str], die_with_parent: bool = False, **kw: object) -> subprocess.CompletedProcess[str]:
+        """Run a server tool as the cluster's user. ``die_with_parent``: killed with the thread that runs it (a
+        cluster started while the checkpoint is taken, PostgresTarget.shadow_server_ahead: initdb must not go on
+        writing into a directory ``recover`` removes after this process was killed)."""
         extra: dict[str, object] = {}
         if self._user is not None:
             extra = {"user": self._user.pw_uid, "group": self._user.pw_gid, "extra_groups": []}
+        if die_with_parent and (arm := _dies_with(os.getpid())) is not None:
+            extra["preexec_fn"] = arm
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
         return subprocess.run(args, capture_output=True, text=True, env=env, **extra, **kw)  # type: ignore[call-overload]
 
@@ -120,6 +129,7 @@ class LocalCluster(Server):
                 f"--locale={self.locale}",
                 "--no-sync",
             ],
+            die_with_parent=True,
             timeout=120,
         )
         pwfile.unlink()
@@ -177,6 +187,24 @@ class LocalCluster(Server):
             self._started = False
         shutil.rmtree(self.root, ignore_errors=True)
         self.root = None
+
+
+def _dies_with(parent: int) -> Callable[[], None] | None:
+    """A ``preexec_fn``: SIGKILL when the forking thread ends (PR_SET_PDEATHSIG; armed after the switch to the
+    cluster's user, which would clear it), and exit at once if ``parent`` is already gone. None where there is no
+    prctl (not Linux): ``recover`` still finds the directory by its labels. Resolved here, before the fork: the
+    child of a threaded process must not import anything."""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return arm
 
 
 def stop_leftover(root: Path) -> str:

@@ -340,3 +340,25 @@ def test_an_undo_keeps_what_others_built_since_and_refuses_to_drop_it_with_the_r
     assert undone.code == 0, undone.text
     assert prod_db.scalar("SELECT to_regclass('public.users_name_idx') IS NOT NULL")  # theirs: kept
     assert prod_db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nickname'") == 0
+
+
+def test_a_statement_production_rejects_with_an_operational_error_rolls_back_and_keeps_the_writers_rows(
+        live_db: ProdDb, shadow_cli, tmp_path: Path):
+    """A statement production alone rejects with an error psycopg files as operational (class 55: currval before
+    nextval, here only on production's port) is the action failing, not a lost connection: its transaction is
+    rolled back, production was never changed, and every row the application committed meanwhile stays."""
+    port = live_db.server.port
+    plan = _plan(tmp_path, live_db, "CREATE SEQUENCE s;\nALTER TABLE users ADD COLUMN nickname text;\n"
+                 f"DO $$ BEGIN IF current_setting('port')::int = {port} THEN PERFORM currval('s'); END IF; END $$;\n",
+                 "add column public.users.nickname, add sequence public.s")
+    with Writer(live_db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
+        result = shadow_cli("apply", "-f", str(plan), "--json")
+        writer.stop()
+    assert result.code == 1, result.text
+    report = _report(result)
+    assert report["outcome"] == "rolled_back", report["reason"]
+    assert "not yet defined in this session" in report["reason"] and "lost the connection" not in result.text
+    assert "migrate.sql:3" in report["reason"] and "production was never changed" in report["reason"]
+    assert live_db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nickname'") == 0
+    assert live_db.scalar("SELECT count(*) FROM pg_class WHERE relname = 's'") == 0
+    assert writer.assert_kept(live_db.dsn) > 5

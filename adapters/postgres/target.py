@@ -75,6 +75,7 @@ class PostgresTarget:
         self._lease: warm.Lease | None = None  # leased by warm_checkpoint, for shadow() to clone from
         self._leased: warm.Lease | None = None  # the lease the open shadow clones from
         self._ahead: _Ahead | None = None  # a server started while the checkpoint is taken (shadow_server_ahead)
+        self._ahead_wanted: tuple[str, str, Any] | None = None  # (run id, backend, limits) of that server
 
     # -- connection ---------------------------------------------------------------------------------------
     def describe(self) -> str:
@@ -204,6 +205,7 @@ class PostgresTarget:
             assert row is not None
             snapshot, txids = str(row[0]), str(row[1])
             major = int(holder.info.server_version) // 10000
+            self._start_ahead(major)
             binaries = self.binaries(major)
             db = holder.execute(Q_DATABASE).fetchone()
             assert db is not None
@@ -317,23 +319,28 @@ class PostgresTarget:
     @contextmanager
     def shadow_server_ahead(self, run_id: str, backend: str, limits: Any = None) -> Iterator[None]:
         """Start the next shadow's server in a thread while the checkpoint is taken (a container took 1.5 s to
-        come up at 1 GB, a local cluster 0.5 s, on top of a 2.5 s checkpoint); stopped on leaving unless
-        :meth:`shadow` took it. Production's major version picks the server, as the checkpoint's will."""
-        try:
-            with self.connect() as conn:
-                major = int(conn.info.server_version) // 10000
-            server = self._new_server(run_id, backend, major, limits)
-        except (psycopg.Error, ShadowError):
-            yield  # the checkpoint says what is wrong; shadow() starts its server itself
-            return
-        ahead = self._ahead = _Ahead(run_id, backend, major, server)
+        come up at 1 GB, a local cluster 0.5 s, on top of a 2.5 s checkpoint): the checkpoint starts it once its
+        first connection has told production's major version (no connection of its own, so an unreachable
+        production is waited for once). Stopped on leaving unless :meth:`shadow` took it."""
+        self._ahead_wanted = (run_id, backend, limits)
         try:
             yield
         finally:
-            if self._ahead is ahead:
-                self._ahead = None
-            if not ahead.taken:
+            self._ahead_wanted = None
+            ahead, self._ahead = self._ahead, None
+            if ahead is not None and not ahead.taken:
                 ahead.discard()
+
+    def _start_ahead(self, major: int) -> None:
+        """Called by the checkpoint: the server :meth:`shadow_server_ahead` asked for, starting."""
+        if self._ahead_wanted is None or self._ahead is not None:
+            return
+        (run_id, backend, limits), self._ahead_wanted = self._ahead_wanted, None  # one server, for the first
+        try:
+            server = self._new_server(run_id, backend, major, limits)
+        except ShadowError:
+            return  # shadow() meets the same problem and says it
+        self._ahead = _Ahead(run_id, backend, major, server)
 
     @contextmanager
     def _warm_shadow(self, lease: warm.Lease, checkpoint: Checkpoint, store: Store,

@@ -271,25 +271,43 @@ def load_sql_files(paths: list[Path], display: list[str]) -> list[Statement]:
 
 
 # Statements PostgreSQL refuses inside a transaction block, or that manage transactions themselves: an action
-# holding one runs statement by statement (autocommit), as psql would.
-NON_TRANSACTIONAL = re.compile(
-    r"""^\s*(
+# holding one runs statement by statement (autocommit), as psql would. Each test is one forward scan: a statement
+# may be megabytes long (a generated INSERT, a DETACH PARTITION list), so no pattern nests two ``.*``.
+_LEADS_AUTOCOMMIT = re.compile(
+    r"""\s*(
         (create|drop)\s+(unique\s+)?index\s+concurrently
-      | reindex\b.*\bconcurrently
-      | vacuum\b | cluster\b(?!.*\bon\b)
+      | vacuum\b
       | (create|drop|alter)\s+database\b | alter\s+system\b | (create|drop)\s+tablespace\b
       | begin\b | start\s+transaction\b | commit\b | end\b | rollback\b | abort\b | savepoint\b
-      | call\b | alter\s+subscription\b | (create|drop)\s+subscription\b
-      | alter\s+type\b.*\badd\s+value\b
-      | alter\s+table\b.*\bdetach\s+partition\b.*\bconcurrently\b | discard\s+all\b
+      | call\b | alter\s+subscription\b | (create|drop)\s+subscription\b | discard\s+all\b
     )""",
-    re.IGNORECASE | re.VERBOSE | re.DOTALL,
+    re.IGNORECASE | re.VERBOSE,
 )
+_LEAD_WORDS = re.compile(r"\s*(reindex|cluster|alter\s+type|alter\s+table)\b", re.IGNORECASE)
+_CONCURRENTLY = re.compile(r"\bconcurrently\b", re.IGNORECASE)
+_ON = re.compile(r"\bon\b", re.IGNORECASE)
+_ADD_VALUE = re.compile(r"\badd\s+value\b", re.IGNORECASE)
+_DETACH_PARTITION = re.compile(r"\bdetach\s+partition\b", re.IGNORECASE)
 
 
 def forces_autocommit(statement: Statement) -> bool:
-    return bool(NON_TRANSACTIONAL.match(_strip_comments(statement.text)))
+    text = _strip_comments(statement.text)
+    if _LEADS_AUTOCOMMIT.match(text):
+        return True
+    lead = _LEAD_WORDS.match(text)
+    if lead is None:
+        return False
+    word = lead.group(1).split()[-1].lower()
+    if word == "reindex":  # REINDEX … CONCURRENTLY
+        return _CONCURRENTLY.search(text, lead.end()) is not None
+    if word == "cluster":  # as before: CLUSTER, unless in the old form CLUSTER index ON table
+        return _ON.search(text, lead.end()) is None
+    if word == "type":  # ALTER TYPE … ADD VALUE (before PostgreSQL 12; a new value is unusable until committed)
+        return _ADD_VALUE.search(text, lead.end()) is not None
+    detach = _DETACH_PARTITION.search(text, lead.end())  # ALTER TABLE … DETACH PARTITION … CONCURRENTLY
+    return detach is not None and _CONCURRENTLY.search(text, detach.end()) is not None
 
 
 def _strip_comments(text: str) -> str:
-    return re.sub(r"(--[^\n]*\n)|(/\*.*?\*/)", " ", text + "\n", flags=re.DOTALL)
+    # an unterminated comment runs to the end (one scan, not one per "/*")
+    return re.sub(r"(--[^\n]*\n)|(/\*.*?(?:\*/|\Z))", " ", text + "\n", flags=re.DOTALL)

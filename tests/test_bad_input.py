@@ -141,8 +141,9 @@ def s3(id: str, keys: str, *needles: str) -> Bad:
 
 
 def cli(id: str, *args: str, needles: tuple[str, ...], code: int = 2,
-        files: dict[str, str | bytes] | None = None, links: dict[str, str] | None = None) -> Bad:
-    return Bad(id, args, needles, code, files or {}, None, links or {})
+        files: dict[str, str | bytes] | None = None, links: dict[str, str] | None = None,
+        absent: tuple[str, ...] = ()) -> Bad:
+    return Bad(id, args, needles, code, files or {}, None, links or {}, absent)
 
 
 def _nested(depth: int) -> str:
@@ -321,6 +322,12 @@ CORPUS: list[Bad] = [
          files={"m.sql": "INSERT INTO api_keys VALUES ('sk_live_4eC39HqLyjWDarjtT1zdp7dc',\n"
                          "  'Bearer aZ09aZ09aZ09aZ09aZ09'\n"},
          absent=("4eC39HqLyjWDarjtT1zdp7dc", "aZ09aZ09aZ09aZ09aZ09")),
+    plan("sql-symlink-outside-that-the-server-rejects", T + A, "m.sql:1", "does not exist",
+         links={"m.sql": "../rejected.sql"},
+         files={"../rejected.sql": 'SELECT "TOPSECRETaZ09aZ09aZ09aZ09x" FROM pg_class WHERE relname = \'Q9vXk\';\n'},
+         absent=("TOPSECRET", "aZ09aZ09", "Q9vXk")),
+    plan("sql-absolute-path", T + "action: {sql: /etc/passwd}\n", "/etc/passwd:1", "does not start an SQL command",
+         absent=("root:", "/bin/")),
     plan("sql-symlink-loop", T + A, "shadow.yaml:6: action.sql", "m.sql is a symlink loop", links={"m.sql": "m.sql"}),
     plan("sql-statement-too-large-runs", T + A, "m.sql:1", "does not exist",
          files={"m.sql": "INSERT INTO no_such_table VALUES " + ", ".join(["(1, 'x')"] * 200_000) + ";\n"}),
@@ -352,9 +359,9 @@ CORPUS: list[Bad] = [
     cli("lint-not-utf-8", "lint", "m.sql", needles=("m.sql", "not UTF-8"), files={"m.sql": b"SELECT '\xff';\n"}),
     cli("lint-symlink-loop", "lint", "m.sql", needles=("m.sql", "cannot read SQL file"), links={"m.sql": "m.sql"}),
     cli("lint-symlink-to-etc-passwd", "lint", "m.sql", needles=("m.sql:1", "does not start an SQL command"),
-        links={"m.sql": "/etc/passwd"}),
+        links={"m.sql": "/etc/passwd"}, absent=("root:", "/bin/")),
     cli("lint-unterminated-comment", "lint", "m.sql", needles=("m.sql:2", "/* comment", "never closed"),
-        files={"m.sql": "SELECT 1;\n/* TOPSECRET /* nested */\nSELECT 2;\n"}),
+        files={"m.sql": "SELECT 1;\n/* TOPSECRET /* nested */\nSELECT 2;\n"}, absent=("TOPSECRET",)),
     cli("plan-file-symlink-loop", "plan", "-f", "loop.yaml", needles=("loop.yaml", "symbolic links"),
         links={"loop.yaml": "loop.yaml"}),
     cli("audit-without-journal", "audit", needles=("no journal at",)),

@@ -98,6 +98,26 @@ def test_cli_lints_a_huge_insert_and_many_statements_without_crashing(tmp_path: 
     assert f"many.sql:{fit + 1} info analysis-limit" in r.out and "the 200,000 after it" in r.out
 
 
+def test_telling_whether_a_huge_statement_needs_autocommit_takes_one_pass() -> None:
+    # Each statement is checked for what cannot run in a transaction block, even one too large to analyse. Two
+    # shapes took time quadratic in their length on main: a list of DETACH PARTITIONs (2 MB: about ten minutes)
+    # and a literal full of "/*" (900 KB: over five minutes). In one pass each takes well under a second; the
+    # child process's deadline is what fails on a quadratic scan.
+    import subprocess
+    import sys
+
+    code = (
+        "from shadow.sqlsplit import Statement, forces_autocommit\n"
+        "detach = 'ALTER TABLE t ' + ', '.join(f'DETACH PARTITION p{i}' for i in range(100_000))\n"
+        "comments = \"SELECT '\" + '/* ' * 300_000 + \"'\"\n"
+        "print(forces_autocommit(Statement(text=detach, line=1, file='a.sql')),\n"
+        "      forces_autocommit(Statement(text=detach + ' CONCURRENTLY', line=1, file='a.sql')),\n"
+        "      forces_autocommit(Statement(text=comments, line=1, file='a.sql')))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.stdout.split() == ["False", "True", "False"], r.stderr
+
+
 # --- SQL files outside the plan's folder --------------------------------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from psycopg import errors as pgerrors
 
 from adapters.postgres.locks import LockTracer
 from adapters.postgres.observe import read_text_as_str
-from shadow.errors import ActionFailed, SqlError, TargetUnreachable
+from shadow.errors import ActionFailed, SqlError, TargetUnreachable, excerpt
 from shadow.sqlsplit import Statement, forces_autocommit
 
 def execute(dsn: str, statements: list[Statement], timeout: float, target: str,
@@ -232,11 +232,11 @@ def _rejected(exc: psycopg.Error, st: Statement, target: str) -> NoReturn:
     position = getattr(exc.diag, "statement_position", None)
     if position:
         line += st.text[: int(position) - 1].count("\n")
-    message = exc.diag.message_primary or _first_line(exc)
-    if exc.diag.message_detail:
-        message += f" ({exc.diag.message_detail})"
+    message = excerpt(exc.diag.message_primary or _first_line(exc), 300)  # secret-looking runs masked
+    if exc.diag.message_detail and st.quote:  # the detail may quote values: "Key (k)=(…) already exists"
+        message += f" ({excerpt(exc.diag.message_detail, 160)})"
     raise SqlError(f"the server rejected the statement: {message}", file=st.file, line=line,
-                   statement=st.text, target=target) from exc
+                   statement=st.text if st.quote else None, target=target) from exc
 
 
 def _first_line(exc: BaseException) -> str:

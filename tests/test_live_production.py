@@ -241,6 +241,40 @@ def test_a_row_changed_again_since_the_apply_is_a_conflict(prod_db: ProdDb, shad
     assert prod_db.scalar("SELECT full_name FROM users WHERE id = 2") == "User 2"
 
 
+def test_a_write_still_open_when_the_rollback_reads_the_row_is_waited_for_and_never_overwritten(
+        prod_db: ProdDb, shadow_cli, tmp_path: Path):
+    """The application's transaction updates a row the run updated and commits only while the rollback is already
+    at work. The undo locks the run's rows before it reads them, so it waits for that transaction, then sees the
+    application's value: a conflict, refused, the application's write kept (before the lock, the undo read the
+    old value, its UPDATE waited for the row and then overwrote the application's committed write)."""
+    import time
+
+    from tests.conftest import start_cli
+
+    plan = _plan(tmp_path, prod_db, "UPDATE users SET full_name = 'x' WHERE id <= 3;\n", "update rows public.users")
+    applied = shadow_cli("apply", "-f", str(plan), "--json")
+    assert applied.code == 0, applied.text
+    run_id = _report(applied)["run_id"]
+    with prod_db.connect() as app:
+        app.autocommit = False
+        app.execute("UPDATE users SET full_name = 'the application' WHERE id = 2")  # open, not committed
+        rollback = start_cli("rollback", run_id, "--json", state=tmp_path / "state", cwd=tmp_path)
+        deadline = time.monotonic() + 60
+        with prod_db.connect() as watch:  # until the rollback waits for the application's row
+            while not watch.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                    "AND datname = current_database()").fetchone()[0]:  # type: ignore[index]
+                assert rollback.poll() is None and time.monotonic() < deadline, rollback.communicate()
+                time.sleep(0.05)
+        app.commit()
+        out, err = rollback.communicate(timeout=120)
+    assert rollback.returncode == 1, out + err
+    report = json.loads(out)
+    assert "ROLLBACK REFUSED, production untouched" in report["reason"]
+    assert "public.users row [2]" in report["reason"]
+    assert prod_db.scalar("SELECT full_name FROM users WHERE id = 2") == "the application"
+    assert prod_db.scalar("SELECT count(*) FROM users WHERE full_name = 'x'") == 2  # nothing was undone
+
+
 def test_rollback_full_restores_the_whole_checkpoint(prod_db: ProdDb, shadow_cli, tmp_path: Path):
     plan = _plan(tmp_path, prod_db, "UPDATE users SET full_name = 'x' WHERE id <= 3;\n", "update rows public.users")
     applied = shadow_cli("apply", "-f", str(plan), "--json")

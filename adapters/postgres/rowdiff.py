@@ -347,21 +347,23 @@ def sample_rows(conn_before: psycopg.Connection, conn_after: psycopg.Connection,
 
 
 def with_keys(conn: psycopg.Connection, table: str, rel: sql.Composable, key: list[str], keys: list[str],
-              what: sql.Composable) -> list[tuple[Any, ...]]:
+              what: sql.Composable, lock: bool = False) -> list[tuple[Any, ...]]:
     """(key, ``what``…) of the rows of ``rel`` with these keys (as :func:`key_expr` spells them), found through the
     primary key's index: the keys are read back into ``table``'s row type. Where that does not work (a key
-    column whose type differs between ``rel`` and ``table``), every row's key is compared instead."""
+    column whose type differs between ``rel`` and ``table``), every row's key is compared instead. ``lock``: the
+    rows found are locked FOR UPDATE until the transaction ends (nobody changes them between a read and a write)."""
     if not keys:
         return []
+    locking = sql.SQL(" FOR UPDATE OF t" if lock else "")
     if conn.info.encoding == "ascii":  # SQL_ASCII: its bytes do not travel through JSON and back unchanged
-        return _scan_for_keys(conn, rel, key, keys, what)
+        return _scan_for_keys(conn, rel, key, keys, what, locking)
     records = json.dumps([dict(zip(key, json.loads(k), strict=True)) for k in keys])
     columns = sql.SQL(", ").join(sql.SQL("t.") + sql.Identifier(c) for c in key)
     wanted = sql.SQL(", ").join(sql.SQL("x.") + sql.Identifier(c) for c in key)
     indexed = sql.SQL("SELECT {k}, {what} FROM {rel} t WHERE ({cols}) IN "
-                      "(SELECT {wanted} FROM jsonb_populate_recordset(NULL::{row}, {records}::jsonb) x)").format(
+                      "(SELECT {wanted} FROM jsonb_populate_recordset(NULL::{row}, {records}::jsonb) x){lock}").format(
         k=key_expr(key), what=what, rel=rel, cols=columns, wanted=wanted, row=sql.SQL(table),
-        records=sql.Literal(records))
+        records=sql.Literal(records), lock=locking)
     try:
         with conn.transaction():
             found = conn.execute(indexed).fetchall()
@@ -370,13 +372,13 @@ def with_keys(conn: psycopg.Connection, table: str, rel: sql.Composable, key: li
     except (psycopg.errors.DataError, psycopg.errors.SyntaxErrorOrAccessRuleViolation,
             psycopg.errors.FeatureNotSupported):
         pass  # rolled back to the savepoint
-    return _scan_for_keys(conn, rel, key, keys, what)
+    return _scan_for_keys(conn, rel, key, keys, what, locking)
 
 
 def _scan_for_keys(conn: psycopg.Connection, rel: sql.Composable, key: list[str], keys: list[str],
-                   what: sql.Composable) -> list[tuple[Any, ...]]:
-    scan = sql.SQL("SELECT {k}, {what} FROM {rel} t WHERE {k} = ANY({keys})").format(
-        k=key_expr(key), what=what, rel=rel, keys=sql.Literal(keys))
+                   what: sql.Composable, locking: sql.Composable = sql.SQL("")) -> list[tuple[Any, ...]]:
+    scan = sql.SQL("SELECT {k}, {what} FROM {rel} t WHERE {k} = ANY({keys}){lock}").format(
+        k=key_expr(key), what=what, rel=rel, keys=sql.Literal(keys), lock=locking)
     return [(str(k), *rest) for k, *rest in conn.execute(scan)]
 
 

@@ -297,6 +297,10 @@ def _classify(conn: psycopg.Connection, table: str, rows: dict[str, Any], force:
     (a conflict: someone changed it since; undone only with ``force``)."""
     key, b_cols, a_cols = rows["key"], rows["before_columns"], rows["after_columns"]
     every = [r[0] for r in rows["insert"]] + [r[0] for r in rows["update"]] + [r[0] for r in rows["delete"]]
+    # Lock them first: a write committed between the reads below and the undo's own write would be overwritten
+    # unseen (READ COMMITTED re-reads the row at the write, not at the read). A row still being written by an open
+    # transaction is waited for (at most the undo's lock_timeout), then read as that writer left it.
+    with_keys(conn, table, sql.SQL(table), key, every, sql.SQL("1"), lock=True)
     now_a = _read(conn, table, key, every, a_cols) if columns_exist(conn, table, a_cols) else {}
     now_b = _read(conn, table, key, every, b_cols)
     plan = _Plan()

@@ -78,7 +78,9 @@ def audit_settings(settings: Any) -> AuditResult:
         foreign = journal.foreign_objects()
         if foreign:
             return AuditResult(journal.path, SCHEMA_VERSION, tampered=Tampered(foreign[0][0], None, foreign[0][1]))
-        return audit_rows(journal.path, journal.chained_rows(), journal.head())
+        with journal.one_snapshot():  # the rows and the head as of one moment, however busy other runners are
+            rows, head = journal.chained_rows(), journal.head()
+        return audit_rows(journal.path, rows, head)
     finally:
         journal.close()
 

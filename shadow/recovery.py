@@ -23,6 +23,7 @@ from shadow import state
 from shadow.guard import RunRecord, holder_text
 from shadow.outcome import Ending, Outcome
 from shadow.plan import Plan, load_plan
+from shadow.plan.state import with_state
 from shadow.production import restore_all, undo_apply
 from shadow.result import RunResult, TargetResult, new_run_id
 from shadow.session import DEFAULT_LOCK_TIMEOUT, Progress, Session, make_targets, quiet
@@ -38,6 +39,8 @@ def recover(settings: Settings | None = None, progress: Progress = quiet,
     ``plan_file``: the plan, if it moved since the run (its targets must still point where the run worked).
     """
     settings = settings or Settings.from_env()
+    if plan_file is not None:  # its `state:` names where its runs are kept
+        settings = with_state(settings, load_plan(Path(plan_file), settings.environ).state)
     out = []
     for stale in state.unfinished(settings):
         folder = settings.runs_dir / stale.run_id

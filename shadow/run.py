@@ -32,6 +32,7 @@ from shadow.judge import Verdict
 from shadow.listing import runs, show
 from shadow.outcome import Ending, Outcome
 from shadow.plan import Plan, load_plan, with_targets
+from shadow.plan.state import with_state
 from shadow.production import apply_to_production, how_applied, restore_all, restore_target
 from shadow.recovery import recover
 from shadow.rehearsal import (checkpoint_all, failure_reason, fidelity, open_shadows, rehearse,
@@ -88,7 +89,7 @@ def apply(plan_file: str | Path | None, settings: Settings | None = None, progre
     ``approved_run``: apply exactly the rehearsal approved with ``shadow approve`` — refused if the plan, the
     action's files, the expectations or production changed since, or if the new rehearsal differs from it.
     """
-    settings = settings or Settings.from_env()
+    settings = with_plan_state(settings or Settings.from_env(), plan_file)
     approval = None
     if approved_run is not None:
         approval = read_approval(settings, approved_run)
@@ -96,6 +97,14 @@ def apply(plan_file: str | Path | None, settings: Settings | None = None, progre
     if plan_file is None:
         raise BadInput("apply needs a plan file, or --run RUN_ID of an approved plan run")
     return _execute(plan_file, settings, "apply", progress, lock_timeout, approval, judges)
+
+
+def with_plan_state(settings: Settings, plan_file: str | Path | None) -> Settings:
+    """``settings`` with the shared state and store the plan's ``state:`` names (the environment's win): a command
+    given ``-f PLAN`` finds its runs where that plan's runs are kept."""
+    if plan_file is None:
+        return settings
+    return with_state(settings, load_plan(Path(plan_file), settings.environ).state)
 
 
 def _load(plan_file: str | Path, settings: Settings, command: str,
@@ -118,6 +127,7 @@ def _execute(plan_file: str | Path, settings: Settings, command: str, progress: 
              lock_timeout: float = DEFAULT_LOCK_TIMEOUT, approval: dict[str, Any] | None = None,
              judges: Judges = ()) -> RunResult:
     loaded, statements = _load(plan_file, settings, command, approval)
+    settings = with_state(settings, loaded.state)
     backend, why = choose_backend(loaded.policy.backend, settings)
     if loaded.action.isolation == "container" and backend != "docker":
         raise BadInput("action.isolation: container needs the docker backend, but this run uses "
@@ -255,7 +265,7 @@ def rollback(run_id: str, settings: Settings | None = None, plan_file: str | Pat
              lock_timeout: float = DEFAULT_LOCK_TIMEOUT, full: bool = False) -> RunResult:
     """Undo an applied run and verify it: only the run's own change when its apply kept an undo record (other
     sessions' writes since are kept), else — or with ``full`` — by restoring the whole checkpoint."""
-    settings = settings or Settings.from_env()
+    settings = with_plan_state(settings or Settings.from_env(), plan_file)
     journal = state.open_journal(settings)
     try:
         original = journal.run(run_id)

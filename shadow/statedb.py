@@ -29,6 +29,7 @@ refused with a message, never written.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -342,8 +343,18 @@ class PgJournal:
             rows.sort(key=lambda item: (item[0], item[1]))
         return rows
 
+    @contextmanager
+    def one_snapshot(self) -> Iterator[None]:
+        """Every read inside sees the journal at one moment (REPEATABLE READ, read only): an audit while other
+        runners append never mistakes rows written between two of its reads for a broken chain."""
+        with self.db._errors("read the journal"), self.db.conn.transaction():
+            self.db.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield
+
     def foreign_objects(self) -> list[tuple[str, str]]:
-        """Tables and triggers in the state schema that shadow did not create: (name, what it is)."""
+        """What in the state schema shadow did not create, or defined otherwise: (name, what it is) — tables,
+        triggers, rules and row-level policies (each can hide or rewrite journal rows) and views whose definition
+        is not the one shadow created (``runs`` and ``steps`` are what ``shadow runs`` reads)."""
         known = set(CHAINED) | {"chain_head", "meta", "files"}
         with self.db._errors("read the journal"):
             tables = self.db.conn.execute(
@@ -352,9 +363,44 @@ class PgJournal:
             triggers = self.db.conn.execute(
                 "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
                 "WHERE c.relnamespace = %s::regnamespace AND NOT t.tgisinternal", (self.db.schema,)).fetchall()
+            rules = self.db.conn.execute(
+                "SELECT r.rulename FROM pg_rewrite r JOIN pg_class c ON c.oid = r.ev_class "
+                "WHERE c.relnamespace = %s::regnamespace AND r.rulename <> '_RETURN'", (self.db.schema,)).fetchall()
+            policies = self.db.conn.execute(
+                "SELECT p.polname FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid "
+                "WHERE c.relnamespace = %s::regnamespace", (self.db.schema,)).fetchall()
+            views = self._views_changed()
         return ([(str(name), "a table that is not part of the journal (rows outside the chain)")
                  for (name,) in tables if name not in known]
-                + [(str(name), "a trigger that is not part of the journal") for (name,) in triggers])
+                + [(str(name), "a trigger that is not part of the journal") for (name,) in triggers]
+                + [(str(name), "a rule that is not part of the journal (it can rewrite what is written or read)")
+                   for (name,) in rules]
+                + [(str(name), "a row-level policy that is not part of the journal (it can hide rows)")
+                   for (name,) in policies]
+                + [(name, "the view's definition is not the one shadow created") for name in views])
+
+    def _views_changed(self) -> list[str]:
+        """The journal's views whose definition differs from (or is missing against) the one this shadow creates:
+        each is created again as a temporary view, in a savepoint rolled back, and the two definitions compared
+        as the server prints them."""
+        changed = []
+        for statement in MIGRATIONS[SCHEMA_VERSION]:
+            found = re.match(r"CREATE VIEW (\w+) AS ", statement)
+            if not found:
+                continue
+            name = found.group(1)
+            probe = f"shadow_audit_{name}"
+            try:
+                with self.db.conn.transaction(force_rollback=True):
+                    self.db.conn.execute(statement.replace(f"CREATE VIEW {name} AS ", f"CREATE TEMP VIEW {probe} AS ", 1))
+                    row = self.db.conn.execute(
+                        sql.SQL("SELECT pg_get_viewdef({}::regclass) = pg_get_viewdef({}::regclass)").format(
+                            sql.Literal(f"{self.db.schema}.{name}"), sql.Literal(f"pg_temp.{probe}"))).fetchone()
+            except psycopg.errors.UndefinedTable:
+                row = None
+            if not (row and row[0]):
+                changed.append(name)
+        return changed
 
     def head(self) -> tuple[int, str] | None:
         with self.db._errors("read the journal"):

@@ -169,6 +169,82 @@ def test_an_edited_shared_journal_row_is_named_by_audit(prod_db: ProdDb, state_u
     assert trigger["table"] == "rewrite" and "trigger" in trigger["problem"], trigger
 
 
+def test_audit_reads_one_moment_while_another_runner_appends_and_names_what_can_hide_rows(
+        state_url: str, tmp_path: Path) -> None:
+    """An audit while another runner keeps appending sees the rows and the head of one moment (read one after the
+    other, the head could be ahead of the rows read: "rows at the end were deleted"); a redefined view, a rule or a
+    row-level policy in the state schema — each can hide or rewrite journal rows — is named like a trigger."""
+    from shadow.settings import Settings
+    from shadow.statedb import PgJournal, StateDB
+
+    runner = Runner(tmp_path, "a", _shared_env(state_url))
+    assert runner.json("audit")["intact"]  # sets the schema up
+    environ = {"SHADOW_STATE_URL": state_url}
+    stop = threading.Event()
+    appended = [0]
+
+    def append() -> None:
+        journal = PgJournal(StateDB(state_url, environ))
+        try:
+            while not stop.is_set():
+                journal.note(f"busy {appended[0]}")
+                appended[0] += 1
+        finally:
+            journal.close()
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        from shadow.audit import audit_settings
+
+        settings = Settings.from_env(state_dir=tmp_path / "audit-state", environ=environ)
+        results = [audit_settings(settings) for _ in range(20)]
+    finally:
+        stop.set()
+        writer.join()
+    assert appended[0] > 20
+    assert [r.tampered for r in results if r.tampered] == []
+    assert runner.json("audit")["intact"]
+    for change, named, what in [
+        ("CREATE OR REPLACE VIEW shadow.runs AS SELECT s.id, s.command, s.plan_path, s.plan_sha256, s.started_at, "
+         "e.finished_at, e.outcome, e.summary FROM shadow.run_starts s LEFT JOIN shadow.run_ends e ON e.run_id = s.id "
+         "WHERE s.command <> 'apply'", "runs", "view's definition"),
+        ("CREATE POLICY hide ON shadow.run_starts USING (command <> 'apply')", "hide", "row-level policy"),
+        ("CREATE RULE quiet AS ON INSERT TO shadow.notes WHERE NEW.text LIKE 'x%' DO INSTEAD NOTHING", "quiet", "rule"),
+    ]:  # each named before what the case before it left (rules, then policies, then views are reported first)
+        with psycopg.connect(state_url, autocommit=True) as conn:
+            conn.execute(change)  # type: ignore[arg-type]
+        broken = runner("audit", "--json")
+        assert broken.code == 1, broken.text
+        tampered = json.loads(broken.out)["tampered"]
+        assert tampered["table"] == named and what in tampered["problem"], tampered
+
+
+def test_a_plans_state_key_keeps_its_runs_in_the_state_database(prod_db: ProdDb, state_url: str,
+                                                                 tmp_path: Path) -> None:
+    """`state: {url: "${VAR}"}` in the plan: its runs are journaled in the state database with no SHADOW_STATE_URL
+    set; `rollback RUN -f PLAN` finds the run there; the environment's setting wins; a password written in the
+    file is refused naming the key."""
+    write_plan(tmp_path, APPROVED_PLAN.replace("policy: {approval: required}\n", "")
+               + 'state: {url: "${TEAM_STATE}"}\n', {"migrate.sql": "ALTER TABLE users ADD COLUMN nickname text;\n"})
+    runner = Runner(tmp_path, "a", {"APP_DATABASE_URL": prod_db.dsn, "TEAM_STATE": state_url})
+    applied = runner("apply", "-f", str(tmp_path / "shadow.yaml"), "--json")
+    assert applied.code == 0, applied.text
+    run_id = json.loads(applied.out)["run_id"]
+    assert _state(state_url, f"SELECT command FROM shadow.run_starts WHERE id = '{run_id}'") == [("apply",)]
+    assert not (runner.state / "journal.sqlite").exists()  # no journal in the local state dir
+    shared = Runner(tmp_path, "b", _shared_env(state_url))  # another machine, the environment's setting
+    assert run_id in [r["id"] for r in shared.json("runs")]
+    rolled = runner("rollback", run_id, "-f", str(tmp_path / "shadow.yaml"), "--json")
+    assert rolled.code == 0, rolled.text
+    assert prod_db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nickname'") == 0
+    (tmp_path / "secret.yaml").write_text(APPROVED_PLAN.replace("policy: {approval: required}\n", "")
+                                          + 'state: {url: "postgresql://shadow:hunter2@127.0.0.1:1/state"}\n')
+    refused = runner("plan", "-f", str(tmp_path / "secret.yaml"))
+    assert refused.code == 2 and "state.url" in refused.err and "password" in refused.err, refused.text
+    assert "hunter2" not in refused.text
+
+
 def test_a_state_database_of_a_newer_shadow_is_refused_and_an_empty_one_is_set_up(state_url: str,
                                                                                    tmp_path: Path) -> None:
     runner = Runner(tmp_path, "a", _shared_env(state_url))

@@ -15,7 +15,6 @@ An actor with its own entry gets ``default``'s keys it does not set; an actor wi
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import re
 from collections.abc import Mapping
@@ -29,6 +28,7 @@ from shadow.errors import BadInput, PlanError
 from shadow.plan.document import Doc, duration, known, read_plan
 from shadow.plan.model import Limits, TargetSpec
 from shadow.plan.policy import LOCK_MODES, lock_budgets, resource_limits
+from shadow.plan.state import load_state, with_state
 from shadow.plan.targets import load_targets
 
 AGENT_KEYS = ("scope", "limits", "rate", "breaker", "apply", "isolation", "resources")
@@ -98,8 +98,7 @@ class GatewayFile:
     def settings_for(self, settings: Any) -> Any:
         """``settings`` with the file's shared state and store — the environment's own settings
         (``SHADOW_STATE_URL``, ``SHADOW_STORE_URL``) win, as ``SHADOW_BACKEND`` wins over ``policy.backend``."""
-        return dataclasses.replace(settings, state_url=settings.state_url or self.state.get("url") or None,
-                                   store_url=settings.store_url or self.state.get("store") or None)
+        return with_state(settings, self.state)
 
     def rules_for(self, actor: str) -> Rules:
         if actor in self.agents:
@@ -129,39 +128,11 @@ def load_gateway(path: Path, env: Mapping[str, str], kinds: Mapping[str, Any] | 
     _credentials_only_via_variables(doc, written.get("targets"))
     policy = _policy(doc, data.get("policy"))
     agents = _agents(doc, data.get("agents"), {t.name for t in targets})
-    state = _state(doc, data.get("state"), written.get("state"))
+    state = load_state(doc, data.get("state"), written.get("state"))
     if doc.problems:
         raise PlanError(doc.problems)
     return GatewayFile(path.resolve(), hashlib.sha256(raw).hexdigest(), tuple(targets), raw_targets, policy, agents,
                        state)
-
-
-def _state(doc: Doc, raw: Any, written: Any) -> dict[str, str]:
-    """``state: {url: "${SHADOW_STATE_URL}", store: s3://bucket/prefix}``: where the gateway keeps its journal,
-    run records and approvals (a PostgreSQL database) and its checkpoints (an S3 prefix) — see
-    :mod:`shadow.state`. A password only through ``${VAR}``."""
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        doc.problem(("state",), "must be a mapping like {url: \"${SHADOW_STATE_URL}\", store: s3://bucket/prefix}")
-        return {}
-    known(doc, raw, ("state",), ("url", "store"))
-    out: dict[str, str] = {}
-    for key in ("url", "store"):
-        value = raw.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, str) or not value.strip():
-            doc.problem(("state", key), "must be a non-empty string")
-            continue
-        as_written = (written or {}).get(key) if isinstance(written, dict) else None
-        if isinstance(as_written, str) and "${" not in as_written and (
-                re.search(r"://[^/@\s]*:[^/@\s]+@", as_written) or "password=" in as_written):
-            doc.problem(("state", key), "holds a password: give credentials only through ${VAR}")
-        out[key] = value
-    if "store" in out and not out["store"].startswith("s3://"):
-        doc.problem(("state", "store"), "must be an S3 prefix like s3://bucket/prefix")
-    return out
 
 
 def _raw_targets(written: Any, targets: list[TargetSpec], kinds: Mapping[str, Any], folder: Path) -> dict[str, Any]:

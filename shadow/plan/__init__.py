@@ -23,6 +23,7 @@ from shadow.plan.expect import load_expectations, parse_comparison
 from shadow.plan.model import (Action, Check, Comparison, Expectation, Limits, ObjectRule, Plan, Policy, RowRule,
                                TargetSpec)
 from shadow.plan.policy import load_policy
+from shadow.plan.state import load_state
 from shadow.plan.targets import load_targets
 
 __all__ = ["Action", "Check", "Comparison", "Expectation", "Limits", "ObjectRule", "Plan", "Policy", "RowRule",
@@ -36,7 +37,7 @@ def load_plan(path: Path, env: Mapping[str, str], kinds: Mapping[str, Any] | Non
     kinds = REGISTRY if kinds is None else kinds
     path = Path(path)
     raw, doc, data = read_plan(path, env)
-    known(doc, data, (), ("version", "targets", "action", "expect", "policy"))
+    known(doc, data, (), ("version", "targets", "action", "expect", "policy", "state"))
     if data.get("version", 1) != 1:
         doc.problem(("version",), f"unsupported plan version {data.get('version')!r} (this shadow reads version 1)")
 
@@ -44,6 +45,12 @@ def load_plan(path: Path, env: Mapping[str, str], kinds: Mapping[str, Any] | Non
     action = load_action(doc, data.get("action"), path.parent.resolve(), targets, kinds)
     expect = load_expectations(doc, data.get("expect") or {}, {t.name: kinds[t.kind] for t in targets})
     policy = load_policy(doc, data.get("policy") or {})
+    written = data.get("state")
+    if written is not None:  # as in the file, ${VAR} kept: a password written in it is refused
+        import yaml
+
+        written = (yaml.safe_load(raw.decode("utf-8", errors="replace")) or {}).get("state")
+    state = load_state(doc, data.get("state"), written)
     if doc.problems:
         raise PlanError(doc.problems)
     return Plan(
@@ -53,6 +60,7 @@ def load_plan(path: Path, env: Mapping[str, str], kinds: Mapping[str, Any] | Non
         action=action,
         expect={t.name: expect.get(t.name, Expectation()) for t in targets},
         policy=policy,
+        state=state,
     )
 
 

@@ -122,6 +122,7 @@ class Plan:
     action: Action
     expect: Mapping[str, Expectation]
     policy: Policy
+    state: Mapping[str, str] = field(default_factory=dict)  # `state: {url, store}` (shadow.plan.state)
 
     @property
     def folder(self) -> Path:

@@ -383,16 +383,18 @@ class PgJournal:
         """The journal's views whose definition differs from (or is missing against) the one this shadow creates:
         each is created again as a temporary view, in a savepoint rolled back, and the two definitions compared
         as the server prints them."""
+        latest: dict[str, str] = {}  # each view's definition as the last migration that (re)created it left it
+        for step in sorted(MIGRATIONS):
+            for statement in MIGRATIONS[step]:
+                found = re.match(r"CREATE (?:OR REPLACE )?VIEW (\w+) AS ", statement)
+                if found:
+                    latest[found.group(1)] = statement[found.end():]
         changed = []
-        for statement in MIGRATIONS[SCHEMA_VERSION]:
-            found = re.match(r"CREATE VIEW (\w+) AS ", statement)
-            if not found:
-                continue
-            name = found.group(1)
+        for name, body in latest.items():
             probe = f"shadow_audit_{name}"
             try:
                 with self.db.conn.transaction(force_rollback=True):
-                    self.db.conn.execute(statement.replace(f"CREATE VIEW {name} AS ", f"CREATE TEMP VIEW {probe} AS ", 1))
+                    self.db.conn.execute(f"CREATE TEMP VIEW {probe} AS {body}")  # type: ignore[arg-type]  # ours
                     row = self.db.conn.execute(
                         sql.SQL("SELECT pg_get_viewdef({}::regclass) = pg_get_viewdef({}::regclass)").format(
                             sql.Literal(f"{self.db.schema}.{name}"), sql.Literal(f"pg_temp.{probe}"))).fetchone()

@@ -220,6 +220,40 @@ def test_audit_reads_one_moment_while_another_runner_appends_and_names_what_can_
         assert tampered["table"] == named and what in tampered["problem"], tampered
 
 
+def test_the_state_schema_is_set_up_once_migrated_in_place_and_refused_by_an_older_shadow(
+        state_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runners connecting first at once set the schema up once; a newer shadow's migration (a version 2 made
+    for this test) runs in place and keeps the chain intact; the older shadow then refuses, naming both versions;
+    SHADOW_STATE_SCHEMA keeps it all in a schema of its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shadow import statedb
+    from shadow.audit import audit_settings
+    from shadow.errors import InfrastructureError
+    from shadow.settings import Settings
+
+    environ = {"SHADOW_STATE_URL": state_url, "SHADOW_STATE_SCHEMA": "team_a"}
+    with ThreadPoolExecutor(2) as pool:
+        for db in list(pool.map(lambda _: statedb.StateDB(state_url, environ), range(2))):
+            db.close()
+    assert _state(state_url, "SELECT value FROM team_a.meta WHERE key = 'schema_version'") == [("1",)]
+    assert _state(state_url, "SELECT to_regclass('shadow.meta')") == [(None,)]  # the default schema: untouched
+    journal = statedb.PgJournal(statedb.StateDB(state_url, environ))
+    journal.note("written by version 1")
+    journal.close()
+    settings = Settings.from_env(environ=environ, state_dir="/nonexistent")
+    monkeypatch.setattr(statedb, "MIGRATIONS", {**statedb.MIGRATIONS, 2: ["CREATE INDEX notes_at ON notes (at)"]})
+    monkeypatch.setattr(statedb, "SCHEMA_VERSION", 2)
+    statedb.StateDB(state_url, environ).close()  # the newer shadow connects: migrated in place
+    assert _state(state_url, "SELECT value FROM team_a.meta WHERE key = 'schema_version'") == [("2",)]
+    assert _state(state_url, "SELECT to_regclass('team_a.notes_at') IS NOT NULL") == [(True,)]
+    upgraded = audit_settings(settings)
+    assert upgraded.tampered is None and "written by version 1" in upgraded.notes, upgraded
+    monkeypatch.undo()  # the older shadow again
+    with pytest.raises(InfrastructureError, match=r"newer shadow.*version 2, this shadow knows up to 1"):
+        statedb.StateDB(state_url, environ)
+
+
 def test_a_plans_state_key_keeps_its_runs_in_the_state_database(prod_db: ProdDb, state_url: str,
                                                                  tmp_path: Path) -> None:
     """`state: {url: "${VAR}"}` in the plan: its runs are journaled in the state database with no SHADOW_STATE_URL

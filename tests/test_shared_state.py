@@ -446,6 +446,75 @@ def test_two_runners_share_state_and_store_through_twenty_runs_on_two_targets(
             conn.execute(f'DROP DATABASE IF EXISTS "{db.name}" WITH (FORCE)')
 
 
+S3_TOUCH = """
+import os, time
+import boto3
+
+s3 = boto3.client("s3")
+bucket = os.environ["SHADOW_ASSETS_BUCKET"]
+if os.environ.get("AWS_ENDPOINT_URL") == os.environ["PROD_S3"]:  # in production: say so if another run is in here
+    try:
+        s3.head_object(Bucket=bucket, Key="busy")
+        with open(os.environ["OVERLAPS"], "a") as log:
+            log.write(os.environ["RUNNER"] + "\\n")
+    except s3.exceptions.ClientError:
+        pass
+s3.put_object(Bucket=bucket, Key="busy", Body=b"1")
+time.sleep(0.4)
+s3.delete_object(Bucket=bucket, Key="busy")
+s3.put_object(Bucket=bucket, Key="result-" + os.environ["RUNNER"] + ".txt", Body=str(time.time()).encode())
+"""
+
+
+def test_two_runners_on_one_s3_target_take_turns_through_the_state_databases_lock(
+        state_url: str, s3_server: str, bucket: tuple[Any, str], tmp_path: Path) -> None:
+    """An S3 bucket has no lock of its own: two runners sharing state exclude each other on it only through the
+    state database's target lock. Each apply's action, in production, notes whether another run's action is in
+    the bucket at the same time; none ever is, and every run settles."""
+    client, name = bucket
+    client.put_object(Bucket=name, Key="seed.txt", Body=b"seed")
+    write_plan(tmp_path, f"""
+targets: {{assets: {{kind: s3, bucket: {name}, endpoint_url: "{s3_server}"}}}}
+action: {{command: "{sys.executable} touch.py", env: {{PROD_S3: "{s3_server}", OVERLAPS: "{tmp_path / 'overlaps'}",
+          RUNNER: "${{RUNNER}}"}}}}
+expect: {{assets: {{may: ["* object {name}/*"]}}}}
+policy: {{rehearse_rollback: false}}
+""", {"touch.py": S3_TOUCH})
+    env = _shared_env(state_url) | {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                                    "AWS_DEFAULT_REGION": "us-east-1"}
+    problems: list[str] = []
+    counts = {"applied": 0, "restored": 0}
+
+    def work(runner: Runner) -> None:
+        for _ in range(3):
+            done = runner("apply", "--json", "--lock-timeout", "300", cwd=tmp_path)
+            report = json.loads(done.out) if done.out.strip().startswith("{") else {}
+            if report.get("outcome") != "applied":
+                problems.append(f"apply: {report.get('outcome')}: {report.get('reason')} {done.err[-1500:]}")
+                continue
+            counts["applied"] += 1
+            back = runner("rollback", report["run_id"], "--json", "--lock-timeout", "300", cwd=tmp_path)
+            told = json.loads(back.out) if back.out.strip().startswith("{") else {}
+            if told.get("outcome") == "restored":
+                counts["restored"] += 1
+            else:
+                problems.append(f"rollback: {told.get('outcome')}: {told.get('reason')} {back.err[-1500:]}")
+
+    runners = [Runner(tmp_path, n, env | {"RUNNER": n}) for n in ("a", "b")]
+    threads = [threading.Thread(target=work, args=(r,)) for r in runners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not problems, problems
+    overlaps = (tmp_path / "overlaps").read_text().split() if (tmp_path / "overlaps").exists() else []
+    assert overlaps == [], f"runs of {overlaps} found another run's action in the bucket at the same time"
+    assert counts == {"applied": 6, "restored": 6}
+    assert runners[1].json("audit")["intact"]
+    keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=name).get("Contents", []))
+    assert keys == ["seed.txt"], keys  # every run's own change undone
+
+
 def test_a_run_alive_on_another_runner_blocks_gc_and_is_not_recovered(prod_db: ProdDb, state_url: str,
                                                                        s3_server: str, store_url: str,
                                                                        tmp_path: Path) -> None:

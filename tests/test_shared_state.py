@@ -335,6 +335,87 @@ def test_killed_apply_on_one_runner_is_recovered_by_another_and_rolled_back_from
     assert b.json("audit")["intact"]
 
 
+def _on_host(name: str) -> Any:
+    """A ``preexec_fn`` that puts the child in a UTS namespace of its own named ``name``: another machine, as far
+    as anything that reads the host name can tell (root only, as the tests here run)."""
+    import ctypes
+
+    def enter() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.unshare(0x04000000) != 0 or libc.sethostname(name.encode(), len(name)) != 0:  # CLONE_NEWUTS
+            raise OSError(ctypes.get_errno(), "cannot enter a UTS namespace")
+    return enter
+
+
+SLOW_SQL = ("INSERT INTO audit_log (happened_at, message) VALUES ('2031-01-01', 'step1');\n"
+            "VACUUM audit_log;\n"  # statement by statement: production is half changed while it sleeps
+            "SELECT pg_sleep(CASE WHEN inet_server_port() = {port} THEN 30 ELSE 0 END);\n"  # production
+            "UPDATE users SET full_name = 'step2' WHERE id <= 5;\n")
+
+
+def test_runner_a_on_another_host_plans_b_approves_and_applies_a_killed_mid_apply_b_recovers_and_rolls_back(
+        prod_db: ProdDb, state_url: str, s3_server: str, store_url: str, tmp_path: Path) -> None:
+    """The issue's flow in one piece, runner A on a host of another name: A plans, B approves and applies the
+    approved run; A's next apply (an SQL action, statement by statement) is SIGKILLed with production half changed;
+    B refuses new work on the target, settles A's run, and later rolls back A's applied run from A's checkpoint,
+    which only the shared store holds for B."""
+    approved_plans, slow_plans = tmp_path / "approved", tmp_path / "slow"
+    approved_plans.mkdir()
+    slow_plans.mkdir()
+    write_plan(approved_plans, APPROVED_PLAN, {"migrate.sql": "ALTER TABLE users ADD COLUMN nickname text;\n"})
+    write_plan(slow_plans, """
+targets: {app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}}
+action: {sql: slow.sql}
+expect: {app: {may: ["insert rows public.audit_log", "update rows public.users"]}}
+""", {"slow.sql": SLOW_SQL.format(port=prod_db.server.port)})
+    env = _shared_env(state_url, s3_server, store_url) | {"APP_DATABASE_URL": prod_db.dsn}
+    a, b = Runner(tmp_path, "a", env), Runner(tmp_path, "b", env)
+    host_a = "runner-a-" + uuid.uuid4().hex[:6]
+
+    def on_a(*args: str, cwd: Path) -> CliResult:
+        return run_cli(*args, state=a.state, cwd=cwd, env=a.env, timeout=600, preexec_fn=_on_host(host_a))
+
+    planned = on_a("plan", "--json", cwd=approved_plans)
+    assert planned.code == 0, planned.text
+    run_id = json.loads(planned.out)["run_id"]
+    record = json.loads(_state(state_url, f"SELECT body FROM shadow.files WHERE run_id = '{run_id}' "
+                                          "AND name = 'run.json'")[0][0])
+    assert record["host"] == host_a and host_a != os.uname().nodename
+    assert b("approve", run_id, "--by", "ana").code == 0
+    assert b.json("apply", "--run", run_id)["outcome"] == "applied"
+    before = prod_db.fingerprint()
+
+    proc = start_cli("apply", state=a.state, cwd=slow_plans, env=a.env, preexec_fn=_on_host(host_a))
+    deadline = time.monotonic() + 240
+    while not prod_db.scalar("SELECT count(*) FROM audit_log WHERE message = 'step1'"):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+    refused = b("apply", cwd=slow_plans)
+    assert refused.code == 3 and "shadow recover" in refused.text, refused.text
+    recovered = b("recover", "--json")
+    assert recovered.code == 0, recovered.text
+    assert [s["outcome"] for s in json.loads(recovered.out)] == ["rolled_back"], recovered.out
+    assert prod_db.fingerprint() == before  # step1 undone; the sleeping statement's session ended
+
+    fast = tmp_path / "fast"
+    fast.mkdir()
+    write_plan(fast, """
+targets: {app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}}
+action: {sql: fast.sql}
+expect: {app: {may: ["update rows public.users"]}}
+""", {"fast.sql": "UPDATE users SET full_name = 'by a' WHERE id <= 3;\n"})
+    done = on_a("apply", "--json", cwd=fast)
+    assert done.code == 0, done.text
+    assert prod_db.scalar("SELECT count(*) FROM users WHERE full_name = 'by a'") == 3
+    rolled = b.json("rollback", json.loads(done.out)["run_id"], cwd=fast)
+    assert rolled["outcome"] == "restored", rolled
+    assert prod_db.scalar("SELECT count(*) FROM users WHERE full_name = 'by a'") == 0
+    assert b.json("audit")["intact"]
+
+
 def test_the_state_database_restarting_mid_run_fails_safe_and_the_next_run_is_clean(
         prod_db: ProdDb, state_server: LocalCluster, state_url: str, tmp_path: Path) -> None:
     plans = tmp_path / "repo"

@@ -243,3 +243,33 @@ expect: {{assets: {{must: ["modify object {name}/invoices/0.json"]}}}}
     assert roles == {"s3-shadow"}, roles
     assert remote.left(report["run_id"]) == []
     assert json.loads(client.get_object(Bucket=name, Key="invoices/0.json")["Body"].read()) == {"n": 0}
+
+
+@pytest.mark.cold  # asserts that no container outlives the runs on the remote engine
+def test_an_apply_and_its_rollback_on_the_remote_engine_keep_every_write_of_the_application(remote, prod_db: ProdDb,
+                                                                                            tmp_path):
+    """The whole cycle with the shadows on the blind engine, while the application keeps writing: the apply's
+    rehearsal (and its rollback rehearsal) ran there, production was changed as rehearsed, the rollback undid
+    only the run's own change, and every row the writer committed is still there."""
+    from tests.writer import Writer
+
+    prod_db.execute("CREATE TABLE events (id bigserial PRIMARY KEY, note text NOT NULL)")
+    write_plan(tmp_path, PLAN, {"m.sql": "ALTER TABLE users ADD COLUMN nickname text DEFAULT 'n';"})
+    env = {"APP_DATABASE_URL": prod_db.dsn}
+    since = time.time()
+    with Writer(prod_db.dsn, "events", tmp_path / "writes.jsonl", every=0.05) as writer:
+        applied = _shadow(tmp_path, remote, "apply", "--json", env=env)
+        assert applied.code == 0, applied.text
+        report = json.loads(applied.out)
+        assert report["outcome"] == "applied", applied.text
+        assert prod_db.scalar("SELECT count(*) FROM users WHERE nickname = 'n'") == prod_db.scalar(
+            "SELECT count(*) FROM users")
+        rolled = _shadow(tmp_path, remote, "rollback", report["run_id"], "--json", env=env)
+        assert rolled.code == 0, rolled.text
+        assert json.loads(rolled.out)["outcome"] == "restored", rolled.text
+        writer.stop()
+    assert writer.assert_kept(prod_db.dsn) > 5
+    assert prod_db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nickname'") == 0
+    created = remote.events(report["run_id"], since)
+    assert "postgres-shadow" in {e["Actor"]["Attributes"].get("shadow.role") for e in created}, created
+    assert remote.left(report["run_id"]) == []

@@ -314,12 +314,15 @@ def _breaker(doc: Doc, raw: Any, where: tuple[Any, ...]) -> tuple[int, float]:
         doc.problem(where, "must be a mapping like {failures: 5, window: 30m}")
         return base.breaker_failures, base.breaker_window
     known(doc, raw, where, ("failures", "window"))
-    failures = _count(doc, raw, "failures", where, base.breaker_failures) or base.breaker_failures
+    failures = _count(doc, raw, "failures", where, base.breaker_failures)
+    if failures == 0:  # a breaker that opens before any failure would block the actor for good
+        doc.problem(where + ("failures",), "must be at least 1 (the failures that open the breaker)")
+        failures = None
     window = duration(raw.get("window", "30m"))
     if window is None:
         doc.problem(where + ("window",), f"{raw.get('window')!r} is not a duration like 30m")
         window = base.breaker_window
-    return failures, window
+    return failures or base.breaker_failures, window
 
 
 def _resources(doc: Doc, raw: Any, where: tuple[Any, ...]) -> tuple[Limits, float]:

@@ -97,3 +97,19 @@ def test_every_module_imports_first_in_a_fresh_interpreter() -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         failures = [f for f in pool.map(alone, [m for m in modules() if m != "shadow.__main__"]) if f]
     assert failures == [], "\n".join(failures)
+
+
+def test_the_readme_layout_names_every_module() -> None:
+    """The README's "Layout" section is the map a newcomer reads: every module of the three packages is on it
+    (by its file name, or its path from the repository or from its package)."""
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+
+    def named(path: Path, package: str) -> bool:
+        spellings = (path.name, path.relative_to(ROOT).as_posix(), path.relative_to(ROOT / package).as_posix())
+        return any(f"`{spelling}`" in layout for spelling in spellings)
+
+    missing = [str(path.relative_to(ROOT)) for package in ("shadow", "adapters", "snapshots")
+               for path in sorted((ROOT / package).rglob("*.py")) if path.name != "__init__.py"
+               and not named(path, package)]
+    assert not missing, f"the README's Layout section does not name: {', '.join(missing)}"

@@ -203,17 +203,22 @@ def rollback_cmd(ctx: Ctx, run_id: str, plan_file: Path | None, force: bool, ful
 @cli.command("recover")
 @click.option("-f", "--file", "plan_file", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="The plan file, if it moved since the killed run (its targets must point where the run worked).")
+@click.option("--host-gone", "hosts_gone", multiple=True, metavar="HOST",
+              help="HOST is down for good and can write nothing any more: settle runs whose action ran there from "
+                   "here (otherwise refused: shadow cannot stop an action on another host). Repeatable.")
 @LOCK_TIMEOUT_OPTION
 @JSON_OPTION
 @QUIET_OPTION
 @click.pass_obj
-def recover_cmd(ctx: Ctx, plan_file: Path | None, lock_timeout: float, as_json: bool, quiet: bool) -> None:
-    """Settle every run whose process was killed: finish a verified apply, or restore the checkpoint and verify.
+def recover_cmd(ctx: Ctx, plan_file: Path | None, hosts_gone: tuple[str, ...], lock_timeout: float, as_json: bool,
+                quiet: bool) -> None:
+    """Settle every run whose process was killed: finish a verified apply, or undo its own change (restore the
+    checkpoint where nothing else can) and verify.
 
     Until then, new runs on those targets are refused. Exit 0 when every run was settled (or none needed it).
     """
     settled = _guard(ctx, lambda: runmod.recover(ctx.settings, _progress(ctx, quiet or as_json), lock_timeout,
-                                                 plan_file))
+                                                 plan_file, hosts_gone))
     if as_json:
         click.echo(json.dumps(settled, indent=2))
         return

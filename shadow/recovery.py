@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import socket
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +33,14 @@ from shadow.undoing import undo_run, why_not
 
 
 def recover(settings: Settings | None = None, progress: Progress = quiet,
-            lock_timeout: float = DEFAULT_LOCK_TIMEOUT, plan_file: str | Path | None = None) -> list[dict[str, Any]]:
+            lock_timeout: float = DEFAULT_LOCK_TIMEOUT, plan_file: str | Path | None = None,
+            hosts_gone: Collection[str] = ()) -> list[dict[str, Any]]:
     """Settle every run whose process died before it finished; one line of what was done for each (see the
     module's docstring for what settling means for each kind of run).
 
     ``plan_file``: the plan, if it moved since the run (its targets must still point where the run worked).
+    ``hosts_gone``: hosts the operator says are down for good — a run whose action ran there is settled from here
+    (nothing there can write any more), where otherwise recover refuses because it cannot stop that action.
     """
     settings = settings or Settings.from_env()
     if plan_file is not None:  # its `state:` names where its runs are kept
@@ -56,7 +60,7 @@ def recover(settings: Settings | None = None, progress: Progress = quiet,
                 if record.phase == "finished":
                     continue
                 was = record.phase
-                outcome, text = _recover_one(settings, record, progress, lock_timeout, plan_file)
+                outcome, text = _recover_one(settings, record, progress, lock_timeout, plan_file, hosts_gone)
                 journal = state.open_journal(settings, db)
                 try:
                     journal.finish_run(record.run_id, outcome.value, f"recovered: {text}")
@@ -103,19 +107,27 @@ def _clear_leftovers(runs: set[str], settings: Settings, progress: Progress) -> 
         progress("info", f"could not remove leftover {item.kind} {item.id}: {why} (retry with `shadow gc`)")
 
 
-def _stop_action(record: RunRecord, progress: Progress) -> None:
+def _stop_action(record: RunRecord, progress: Progress, hosts_gone: Collection[str] = ()) -> str:
     """Nothing of a killed run's action may still run when production is settled: its processes (the recorded
     warden session, everything carrying the run's mark) and its containers are killed, and confirmed gone —
-    or recover refuses, and production is left as it is."""
+    or recover refuses, and production is left as it is. An action on another host can only be stopped there,
+    unless the operator says that host is gone for good (``hosts_gone``): then what the journal says of it."""
     from shadow import warden
 
     here = socket.gethostname()
     elsewhere = sorted({a["host"] for a in record.actions if a.get("host") and a["host"] != here})
-    if elsewhere:
-        raise InfrastructureError(f"cannot settle run {record.run_id}: its action ran on {', '.join(elsewhere)}, "
-                                  f"and from {here} shadow cannot make sure it stopped; run `shadow recover` there "
-                                  "(production was left as it is)", run_id=record.run_id)
-    sessions: list[dict[str, Any] | None] = [a for a in record.actions if a.get("session")] or [None]
+    if still := [host for host in elsewhere if host not in hosts_gone]:
+        raise InfrastructureError(
+            f"cannot settle run {record.run_id}: its action ran on {', '.join(still)}, and from {here} shadow "
+            "cannot make sure it stopped; run `shadow recover` there, or — only once that host is down for good "
+            f"and can write nothing any more — `shadow recover --host-gone {still[0]}` (production was left as "
+            "it is)", run_id=record.run_id)
+    gone = (f" (its action ran on {', '.join(elsewhere)}, which the operator declared gone for good with "
+            "--host-gone; settled from here)") if elsewhere else ""
+    if gone:
+        progress("info", f"run {record.run_id}:{gone}")
+    local = [a for a in record.actions if a.get("host") in (None, here)]
+    sessions: list[dict[str, Any] | None] = [a for a in local if a.get("session")] or [None]
     for recorded in sessions:
         alive = warden.stop_run_processes(record.run_id, recorded)
         if alive:
@@ -125,8 +137,9 @@ def _stop_action(record: RunRecord, progress: Progress) -> None:
                                       run_id=record.run_id)
     if any(a.get("container") for a in record.actions):
         _remove_action_containers(record)
-    if record.actions:
+    if record.actions and not gone:
         progress("info", f"run {record.run_id}: its action is confirmed stopped")
+    return gone
 
 
 def _remove_action_containers(record: RunRecord) -> None:
@@ -162,11 +175,11 @@ def _recorded_targets(settings: Settings, record: RunRecord, plan_file: str | Pa
 
 
 def _recover_one(settings: Settings, record: RunRecord, progress: Progress, lock_timeout: float,
-                 plan_file: str | Path | None) -> tuple[Outcome, str]:
+                 plan_file: str | Path | None, hosts_gone: Collection[str] = ()) -> tuple[Outcome, str]:
     """Settle one killed run: the outcome it ends with, and why."""
-    _stop_action(record, progress)
+    gone = _stop_action(record, progress, hosts_gone)
     if record.command not in ("apply", "rollback") or record.phase == "rehearsing":
-        return Outcome.INTERRUPTED, "killed before it touched production; production was not changed by it"
+        return Outcome.INTERRUPTED, "killed before it touched production; production was not changed by it" + gone
     loaded, targets = _recorded_targets(settings, record, plan_file, progress)
     result = RunResult(new_run_id(), "recover", str(loaded.path), time.time(), of_run=record.run_id,
                        action=f"settle run {record.run_id} ({record.command}, killed while {record.phase})")
@@ -179,7 +192,7 @@ def _recover_one(settings: Settings, record: RunRecord, progress: Progress, lock
             session.begin(targets, str(loaded.path), loaded.sha256)
             settled, ending = _settle(session, record, targets)
             result.end(ending)
-            return settled, ending.reason
+            return settled, ending.reason + gone
 
 
 def _settle(session: Session, record: RunRecord, targets: dict[str, Target]) -> tuple[Outcome, Ending]:

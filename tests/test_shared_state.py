@@ -416,6 +416,46 @@ expect: {app: {may: ["update rows public.users"]}}
     assert b.json("audit")["intact"]
 
 
+def test_a_command_action_of_a_host_that_is_gone_is_settled_only_when_the_operator_says_so(
+        prod_db: ProdDb, state_url: str, s3_server: str, store_url: str, tmp_path: Path) -> None:
+    """Runner A (a host of another name) is killed while its command action is half done. From runner B, shadow
+    cannot make sure a process on A stopped: recover refuses, naming A and how to go on. Once the operator says A
+    is down for good (`--host-gone A`), B settles the run: production is back at the checkpoint."""
+    plans = tmp_path / "repo"
+    plans.mkdir()
+    pause_in_production = SLOW_MIGRATE.replace(
+        'time.sleep(float(os.environ.get("PAUSE", "0")))',
+        'time.sleep(30 if conn.info.port == int(os.environ["PROD_PORT"]) else 0)')  # the rehearsal does not wait
+    write_plan(plans, SLOW_PLAN.replace('env: {PAUSE: "${PAUSE}"}', f'env: {{PROD_PORT: "{prod_db.server.port}"}}'),
+               {"slow.py": pause_in_production})
+    env = _shared_env(state_url, s3_server, store_url) | {"APP_DATABASE_URL": prod_db.dsn}
+    a, b = Runner(tmp_path, "a", env), Runner(tmp_path, "b", env)
+    host_a = "runner-a-" + uuid.uuid4().hex[:6]
+    before = prod_db.fingerprint()
+    proc = start_cli("apply", state=a.state, cwd=plans, env=a.env, preexec_fn=_on_host(host_a))
+    deadline = time.monotonic() + 240
+    while not prod_db.scalar("SELECT count(*) FROM audit_log WHERE message = 'step1'"):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+    refused = b("recover", "--json")
+    assert refused.code == 3, refused.text
+    assert host_a in refused.err and f"--host-gone {host_a}" in refused.err and "Traceback" not in refused.text
+    assert prod_db.scalar("SELECT count(*) FROM audit_log WHERE message = 'step1'") == 1  # left as it is
+    other = b("recover", "--host-gone", "some-other-host")
+    assert other.code == 3 and host_a in other.err, other.text
+    settled = b("recover", "--json", "--host-gone", host_a)
+    assert settled.code == 0, settled.text
+    assert [s["outcome"] for s in json.loads(settled.out)] == ["rolled_back"], settled.out
+    assert f"{host_a}, which the operator declared gone" in json.loads(settled.out)[0]["summary"]
+    assert prod_db.fingerprint() == before
+    journaled = [r for r in b.json("runs") if r["outcome"] == "rolled_back"]
+    assert journaled and "--host-gone" in journaled[0]["summary"], journaled  # in the shared journal
+    assert b.json("audit")["intact"]
+
+
 def test_the_state_database_restarting_mid_run_fails_safe_and_the_next_run_is_clean(
         prod_db: ProdDb, state_server: LocalCluster, state_url: str, tmp_path: Path) -> None:
     plans = tmp_path / "repo"

@@ -281,7 +281,8 @@ class Interrupt:
     """Stops work another thread does between runs: :meth:`set` ends the step under way (through the cancel
     function the worker registered with :meth:`cancelling`) and every later one."""
 
-    def __init__(self) -> None:
+    def __init__(self, by_signal: bool = False) -> None:
+        self.by_signal = by_signal  # the work runs in a process of its own that a run may stop with SIGTERM
         self._set = False
         self._cancel: Callable[[], None] | None = None
         self._lock = threading.Lock()

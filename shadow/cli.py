@@ -147,6 +147,7 @@ def plan_cmd(ctx: Ctx, plan_file: Path, as_json: bool, quiet: bool) -> None:
     """
     result = _guard(ctx, lambda: runmod.plan(plan_file, ctx.settings, _progress(ctx, quiet or as_json)))
     print_result(ctx.out, result, as_json, ctx.quiet)
+    _ready_warm_copies(ctx)
     sys.exit(result.exit_code)
 
 
@@ -171,7 +172,26 @@ def apply_cmd(ctx: Ctx, plan_file: Path | None, approved_run: str | None, lock_t
     result = _guard(ctx, lambda: runmod.apply(plan_file, ctx.settings, _progress(ctx, quiet or as_json),
                                               lock_timeout, approved_run))
     print_result(ctx.out, result, as_json, ctx.quiet)
+    _ready_warm_copies(ctx)
     sys.exit(result.exit_code)
+
+
+def _ready_warm_copies(ctx: Ctx) -> None:
+    """After a run that may have used a warm copy: leave the cloning of its next shadow to a process of its own
+    (:mod:`shadow.spares`), as the gateway does between calls."""
+    from shadow import spares
+
+    if spares.wanted(ctx.settings):
+        spares.start_detached(ctx.settings)
+
+
+@cli.command("prepare-warm", hidden=True)
+@click.pass_obj
+def prepare_warm_cmd(ctx: Ctx) -> None:
+    """Ready the warm copies' next shadows between CLI runs (started detached by plan and apply)."""
+    from shadow import spares
+
+    spares.prepare(ctx.settings)
 
 
 @cli.command("rollback")

@@ -147,6 +147,9 @@ def cli_env(backend: str | None = "local", env: dict[str, str] | None = None, dr
     full.update({name: os.environ[name] for name in TEST_IMAGES_ENV})
     if os.environ.get("SHADOW_TEST_WARM"):  # read at call time: a `cold` test turns it off
         full["SHADOW_WARM"] = os.environ["SHADOW_TEST_WARM"]
+    # No detached spare maker after a warm run (shadow.spares; tests/test_spares.py turns it on): it would race
+    # the checks tests make of their warm copies between runs.
+    full["SHADOW_WARM_SPARES"] = "0"
     full.update(env or {})
     return full
 

@@ -36,6 +36,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ GOLDEN_SUFFIX = "__shadow_golden"
 SPARE_SUFFIXES = ("__shadow_spare1",)
 ADMIN_DB = "template1"  # where a warm server is managed from: the database named like production's comes and goes
 DEFAULT_MAX = 2
+PREPARER_STOPS = 15.0  # seconds a run waits for a stopped preparer to let go (it cancels its copy)
 
 # What a database cannot hold and a clone does not reset: the server's global state, fingerprinted.
 Q_SERVER_STATE = """
@@ -175,8 +177,11 @@ def lease(folder: Path, key: str) -> tuple[Lease | None, str]:
     if not path.exists():
         return None, "no warm copy kept"
     fd = _lock(folder, key, blocking=False)
+    if fd < 0 and _stop_preparer(folder, key):
+        fd = _lock(folder, key, blocking=True, timeout=PREPARER_STOPS)
     if fd < 0:
         return None, "the warm copy is in use by another run"
+    _preparing(folder, key).unlink(missing_ok=True)  # a preparer killed outright leaves its note behind
     try:
         entry = _read(path)
         if entry is None:
@@ -261,9 +266,12 @@ def reap(folder: Path, everything: bool = False, runs: set[str] | None = None) -
         if not everything and not entry.expired() and entry.run not in (runs or ()):
             continue
         fd = _lock(folder, entry.key, blocking=False)
+        if fd < 0 and _stop_preparer(folder, entry.key):  # readying spares is no use: it goes
+            fd = _lock(folder, entry.key, blocking=True, timeout=PREPARER_STOPS)
         if fd < 0:
             continue
         try:
+            _preparing(folder, entry.key).unlink(missing_ok=True)
             done.append((entry, discard(folder, entry)))
         finally:
             os.close(fd)
@@ -319,16 +327,45 @@ def _write(folder: Path, entry: Entry) -> None:
     os.chmod(path, 0o600)
 
 
-def _lock(folder: Path, key: str, blocking: bool) -> int:
-    """An exclusive flock on ``<key>.lock``: its fd, or -1 when another process holds it (not ``blocking``)."""
+def _lock(folder: Path, key: str, blocking: bool, timeout: float | None = None) -> int:
+    """An exclusive flock on ``<key>.lock``: its fd, or -1 when another process holds it (not ``blocking``, or
+    still after ``timeout`` seconds)."""
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(folder / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking and deadline is None else fcntl.LOCK_NB))
+            return fd
+        except BlockingIOError:
+            if not blocking or (deadline is not None and time.monotonic() >= deadline):
+                os.close(fd)
+                return -1
+            time.sleep(0.01)
+
+
+def _preparing(folder: Path, key: str) -> Path:
+    """The note a preparer in a process of its own (``shadow prepare-warm``) leaves while it holds ``key``'s lock:
+    its pid, so that a run wanting the copy can stop it instead of going cold."""
+    return folder / f"{key}.preparing"
+
+
+def _stop_preparer(folder: Path, key: str) -> bool:
+    """SIGTERM the preparer holding ``key``'s lock, if a preparer holds it: the note names a live process whose
+    command line is ``shadow … prepare-warm`` (a pid noted long ago may be another process's by now)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-    except BlockingIOError:
-        os.close(fd)
-        return -1
-    return fd
+        pid = int(_preparing(folder, key).read_text())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except (OSError, ValueError):
+        return False
+    if b"prepare-warm" not in argv:
+        return False
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 # -- the server side ----------------------------------------------------------------------------------------------
@@ -439,7 +476,10 @@ def prepare_spares(folder: Path, interrupt: Interrupt | None = None) -> int:
         fd = _lock(folder, entry.key, blocking=False)
         if fd < 0:
             continue
+        note = _preparing(folder, entry.key)
         try:
+            if interrupt.by_signal:
+                atomic_write_bytes(note, str(os.getpid()).encode())
             current = _read(folder / f"{entry.key}.json")
             if current is None or current.expired():
                 continue
@@ -460,5 +500,7 @@ def prepare_spares(folder: Path, interrupt: Interrupt | None = None) -> int:
         except psycopg.Error:
             continue  # the next lease finds out what is wrong with it, and clones as before
         finally:
+            if interrupt.by_signal:
+                note.unlink(missing_ok=True)
             os.close(fd)
     return made

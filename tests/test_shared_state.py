@@ -691,6 +691,10 @@ def test_gateways_on_two_runners_share_breaker_approvals_and_ledger(prod_db: Pro
     listed = run_cli("agents", "-f", str(path), "--json", state=there.state_dir, cwd=tmp_path, env=env)
     rows = {r["actor"]: r for r in json.loads(listed.out)}
     assert rows["fragile"]["breaker"]["state"] == "open" and rows["fragile"]["failures"] == 3, listed.text
+    reset = run_cli("agents", "reset", "fragile", "--by", "bob", state=person.state_dir, cwd=tmp_path,
+                    env=env | {"SHADOW_STATE_URL": state_url})  # a person closes it from a third machine
+    assert reset.code == 0, reset.text
+    assert gateway.open(path, "fragile", here).targets()["breaker"]["state"] == "closed"  # seen by the first
 
     agent = gateway.open(path, "agent", here)
     proposed = agent.propose({"sql": "INSERT INTO notes (note) VALUES ('from an agent')"})

@@ -45,11 +45,11 @@ def drift_check(session: Session, targets: dict[str, Target], shadows: dict[str,
             tr = session.result.targets[name]
             if independent:
                 tr.warnings.append(f"production also changed since the checkpoint, in what this action neither "
-                                   f"read nor wrote on the shadow: {addresses(independent)}")
+                                   f"read nor wrote on the shadow: {addresses(independent, counts=True)}")
             if one_transaction and not strict:
                 if depends:
                     tr.warnings.append(f"production changed what this action reads or writes since the checkpoint "
-                                       f"({addresses(depends)}): applied in one transaction and judged on its own "
+                                       f"({addresses(depends, counts=True)}): applied in one transaction and judged on its own "
                                        "effect there")
                 continue
             if undone_alone and not strict and not depends:
@@ -62,7 +62,7 @@ def drift_check(session: Session, targets: dict[str, Target], shadows: dict[str,
                    "the apply cannot run in one transaction, so undoing it would mean restoring the checkpoint, "
                    "which would lose those writes")
             return Ending(Outcome.REFUSED, f"production {name!r} changed since the checkpoint (drift; {why}); what "
-                          f"changed: {addresses(shown)}; nothing was applied — run shadow again to rehearse "
+                          f"changed: {addresses(shown, counts=True)}; nothing was applied — run shadow again to rehearse "
                           "against the current state", rehearse_again=undone_alone and not strict)
     return None
 

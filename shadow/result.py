@@ -181,7 +181,12 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + pysecrets.token_hex(3)
 
 
-def addresses(changes: list[Change], limit: int = 3) -> str:
-    """The first ``limit`` top-level change addresses, and how many more there are."""
-    shown = "; ".join(c.address for c in changes[:limit])
+def addresses(changes: list[Change], limit: int = 3, counts: bool = False) -> str:
+    """The first ``limit`` top-level change addresses, and how many more there are; ``counts``: each with its row
+    count where it has one ("insert rows public.events — 37 rows")."""
+    def one(c: Change) -> str:
+        count = c.detail.get("count") if counts else None
+        return c.address + (f" — {count:,} row{'s' if count != 1 else ''}" if isinstance(count, int) else "")
+
+    shown = "; ".join(one(c) for c in changes[:limit])
     return shown + (f"; and {len(changes) - limit} more" if len(changes) > limit else "") or "no change observed"

@@ -295,27 +295,9 @@ def _interesting(props: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in props.items() if v not in (None, {}, [], False)}
 
 
-def differences(before: Any, after: Any, limit: int = 20) -> list[str]:
-    """Human-readable differences between two observations (for "restore verified?" messages)."""
-    from deepdiff import DeepDiff  # here, not at import: deepdiff (and pydantic) cost a third of a second
-
-    report = DeepDiff(before, after, ignore_order=False, verbose_level=2)
-    lines: list[str] = []
-    for category, items in report.items():
-        entries = items.items() if isinstance(items, dict) else ((i, None) for i in items)
-        for path, value in entries:
-            text = f"{category.replace('_', ' ')}: {path}"
-            if isinstance(value, dict) and "old_value" in value:
-                text += f": {_short(value['old_value'])} → {_short(value['new_value'])}"
-            lines.append(text)
-    if len(lines) > limit:
-        lines = lines[:limit] + [f"… and {len(lines) - limit} more"]
-    return lines
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+def listed(lines: list[str], limit: int = 20) -> list[str]:
+    """``lines`` cut to ``limit``, the rest counted (how a restore check or a fidelity check says what differs)."""
+    return lines if len(lines) <= limit else lines[:limit] + [f"… and {len(lines) - limit} more"]
 
 
 def change_summary(c: dict[str, Any]) -> str:

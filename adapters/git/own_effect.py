@@ -21,8 +21,8 @@ from adapters import Checkpoint, sort_undo
 from adapters.git.describe import describe_changes
 from adapters.git.observe import diff, local_refs
 from adapters.git.repo import Git
-from adapters.git.restore import is_branch, restore_checkpoint, tree_of
-from adapters.git.verify import restore_problems
+from adapters.git.restore import restore_checkpoint
+from adapters.git.verify import restore_problems, reverted
 from shadow.changes import Change
 
 VERSION = 1
@@ -59,10 +59,7 @@ def own_effect(git: Git, before: dict[str, Any], checkpoint: Checkpoint, now: di
 
 def _back(git: Git, current: str | None, want: str | None, mode: str, name: str) -> bool:
     """The ref is where the checkpoint had it — or, reverted, a descendant with the checkpoint's tree."""
-    if current == want:
-        return True
-    return bool(mode == "revert" and is_branch(name) and current and want and git.has_object(current)
-                and git.is_ancestor(want, current) and tree_of(git, current) == tree_of(git, want))
+    return current == want or (mode == "revert" and reverted(git, name, want, current))
 
 
 def undo(git: Git, record: dict[str, Any], checkpoint: Checkpoint, manifest: dict[str, Any], now: dict[str, Any],

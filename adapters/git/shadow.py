@@ -13,7 +13,8 @@ from adapters.git.endpoint import worktree_endpoint
 from adapters.git.observe import diff, local_refs, observe
 from adapters.git.own_effect import footprint
 from adapters.git.repo import Git
-from shadow.changes import Change, differences
+from adapters.git.verify import restore_problems
+from shadow.changes import Change
 
 if TYPE_CHECKING:
     from adapters.git.target import GitTarget
@@ -73,7 +74,7 @@ class GitShadow:
     @property
     def fidelity(self) -> list[str]:
         want, got = self.checkpoint.observation["objects"], self.pristine_observation["objects"]
-        return [] if want == got else differences(want, got)
+        return [] if want == got else restore_problems(self.git, want, got, "reset")
 
     def observe(self) -> dict[str, Any]:
         return observe(self.git, f"shadow of {self.target.describe()}", self.remote)

@@ -13,7 +13,7 @@ from adapters.postgres import dbsettings
 from adapters.postgres.diff import diff
 from adapters.postgres.rowdiff import count_rows
 from adapters.postgres.observe import read_text_as_str
-from shadow.changes import Change, RowDelta, differences
+from shadow.changes import Change, RowDelta, diff_objects, listed
 from shadow.errors import RestoreFailed
 
 
@@ -45,12 +45,11 @@ def uncounted(before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
 
 def how_they_differ(want: dict[str, Any], got: dict[str, Any], limit: int = 20) -> list[str]:
     """How observation ``got`` differs from ``want``, in change addresses (what a restore or a shadow still has to
-    undo); the raw observation difference only for what no change address names (a sequence's position …)."""
+    undo); what a change set leaves out (a column's position) by the same addresses, nothing ignored."""
     lines = [c.summary() for c in uncounted(want, got)]
     if not lines:
-        lines = differences({"objects": want["objects"], "data": want["data"]},
-                            {"objects": got["objects"], "data": got["data"]}, limit) or ["fingerprints differ"]
-    return lines if len(lines) <= limit else lines[:limit] + [f"… and {len(lines) - limit} more"]
+        lines = [c.summary() for c in diff_objects(want["objects"], got["objects"])] or ["fingerprints differ"]
+    return listed(lines, limit)
 
 
 def settle_settings(conn: psycopg.Connection, database: str, checkpoint: Checkpoint, shadow: bool = False) -> None:

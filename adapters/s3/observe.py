@@ -196,9 +196,9 @@ def diff(before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
     b, a = before["objects"]["object"], after["objects"]["object"]
     changes: list[Change] = []
     for name in sorted(set(a) - set(b)):
-        changes.append(Change("add", "object", name, {"size": a[name]["size"], "etag": a[name]["etag"]}))
+        changes.append(Change("add", "object", name, {"size": a[name].get("size"), "etag": a[name].get("etag")}))
     for name in sorted(set(b) - set(a)):
-        changes.append(Change("delete", "object", name, {"size": b[name]["size"], "etag": b[name]["etag"]}))
+        changes.append(Change("delete", "object", name, {"size": b[name].get("size"), "etag": b[name].get("etag")}))
     for name in sorted(set(a) & set(b)):
         delta = {p: {"from": b[name][p], "to": a[name][p]} for p in OBJECT_PROPS
                  if p in b[name] and p in a[name] and b[name][p] != a[name][p]}

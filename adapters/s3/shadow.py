@@ -24,7 +24,8 @@ from adapters.s3.content import CONTENT_DIFF_LIMIT, content_diff
 from adapters.s3.footprint import Footprint, parse
 from adapters.s3.moto import MOTO_PORT, MotoContainer
 from adapters.s3.observe import LISTED, Props, by_key, comparable, diff, list_current, observe, read_tags, same
-from shadow.changes import Change, differences
+from adapters.s3.verify import how_they_differ
+from shadow.changes import Change
 from snapshots import Artifact, Store
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ class S3Shadow:
     def fidelity(self) -> list[str]:
         """How the pristine shadow differs from the checkpoint, in what the checkpoint recorded."""
         cp, shadow = _both_recorded(self.checkpoint.observation["objects"], self.pristine_observation["objects"])
-        return [] if cp == shadow else differences(cp, shadow)
+        return how_they_differ({"object": cp}, {"object": shadow})
 
     def observe(self) -> dict[str, Any]:
         return observe(self.client, self.target.bucket, self.target.prefix)
@@ -170,8 +171,8 @@ class S3Shadow:
         after = self.observe()["objects"]
         now, pristine = _comparable(after), _comparable(self.pristine_observation["objects"])
         cp, seen = _both_recorded(self.checkpoint.observation["objects"], after)
-        problems = [] if cp == seen else differences(cp, seen)
-        return problems or ([] if pristine == now else differences(pristine, now))
+        return how_they_differ({"object": cp}, {"object": seen}) or how_they_differ({"object": pristine},
+                                                                                   {"object": now})
 
     def watch(self, sql_text: str | None = None) -> None:
         """From here on the server's requests are the action's (:mod:`adapters.s3.footprint`)."""

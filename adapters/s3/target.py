@@ -37,8 +37,8 @@ from adapters.s3.observe import (TRACKABLE, by_key, comparable, diff, fingerprin
                                  tracked_only, versioning)
 from adapters.s3.restore import copy_restore_ops, restore_versions, run_ops
 from adapters.s3.shadow import S3Shadow
-from adapters.s3.verify import observe_settling_tags
-from shadow.changes import Change, differences
+from adapters.s3.verify import how_they_differ, observe_settling_tags
+from shadow.changes import Change
 from shadow.errors import BadInput, SnapshotCorrupt
 from snapshots import Artifact, Store, open_store
 
@@ -255,12 +255,11 @@ class S3Target:
         recorded = self._recorded(checkpoint, open_store(self.settings))
         off = self._call("verifying the apply's keys", own_effect.differing, self._bucket(), recorded) \
             if recorded else []
-        problems = [f"object {self.bucket}/{k}: its tags or metadata are not the ones recorded before the apply"
-                    for k in off]
+        problems = [f"modify object {self.bucket}/{k} — its tags or metadata are not the ones recorded before the "
+                    "apply" for k in off]
         if fingerprint_of(now) == checkpoint.fingerprint:
             return problems
-        want, have = comparable(checkpoint.observation["objects"], now["objects"])
-        return problems if want == have else differences(want, have) + problems or ["fingerprints differ"]
+        return how_they_differ(*comparable(checkpoint.observation["objects"], now["objects"])) + problems
 
 
 def _copies_in(store: Store) -> Callable[[dict[str, Any]], Any]:

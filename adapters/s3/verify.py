@@ -8,6 +8,8 @@ checkpoint that recorded only the listing is verified from a listing alone (of t
 size are all it compares); one that recorded tags costs a
 tagging read per key (tags change in place, and no listing shows them); one that recorded metadata costs a HEAD
 of each key *not* at its checkpoint version (a copy over equal content with other metadata keeps the ETag).
+
+What still differs is said in the change set's own addresses (``modify object <bucket>/<key>``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,20 @@ from typing import Any
 from adapters import Checkpoint
 from adapters.s3.bucket import Bucket
 from adapters.s3.client import WORKERS
-from adapters.s3.observe import LISTED, by_key, describe, list_current, list_versions, read_tags, same
+from adapters.s3.observe import LISTED, by_key, describe, diff, list_current, list_versions, read_tags, same
 from adapters.s3.restore import Tick
+from shadow.changes import listed
+
+LIMIT = 20  # differences listed; the rest are counted
+
+
+def how_they_differ(want: dict[str, Any], got: dict[str, Any]) -> list[str]:
+    """How ``got`` differs from ``want`` (two observations' ``objects``, each cut to what both recorded), in
+    change addresses; nothing when they are equal."""
+    if want == got:
+        return []
+    lines = [c.summary() for c in diff({"objects": want}, {"objects": got})] or ["fingerprints differ"]
+    return listed(lines, LIMIT)
 
 
 def observe_settling_tags(b: Bucket, checkpoint: Checkpoint, tick: Tick) -> dict[str, Any]:

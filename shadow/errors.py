@@ -65,8 +65,8 @@ class PlanError(BadInput):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         shown = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
-        if len(problems) > MAX_PROBLEMS_SHOWN:
-            shown += f"; and {len(problems) - MAX_PROBLEMS_SHOWN:,} more"
+        if len(problems) > MAX_PROBLEMS_SHOWN:  # said first: a message cut to its length still says how many
+            shown = f"the first {MAX_PROBLEMS_SHOWN}, and {len(problems) - MAX_PROBLEMS_SHOWN:,} more: {shown}"
         super().__init__(shown if len(problems) < 2 else f"{len(problems):,} problems: {shown}")
 
 

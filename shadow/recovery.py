@@ -131,10 +131,11 @@ def _stop_action(record: RunRecord, progress: Progress, hosts_gone: Collection[s
     for recorded in sessions:
         alive = warden.stop_run_processes(record.run_id, recorded)
         if alive:
-            raise InfrastructureError(f"cannot settle run {record.run_id}: its action's processes "
-                                      f"{', '.join(map(str, alive[:10]))} would not stop (SIGKILL); production was "
-                                      "left as it is — stop them, then run `shadow recover` again",
-                                      run_id=record.run_id)
+            raise InfrastructureError(f"cannot settle run {record.run_id}: processes "
+                                      f"{', '.join(map(str, alive[:10]))} would not stop (SIGKILL), or may be its "
+                                      "action's but carry nothing that says so (its recorded session, whose warden "
+                                      "is gone); production was left as it is — stop them, then run `shadow "
+                                      "recover` again", run_id=record.run_id)
     if any(a.get("container") for a in record.actions):
         _remove_action_containers(record)
     if record.actions and not gone:

@@ -103,6 +103,8 @@ def _kill(pids: Iterable[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        except PermissionError:  # another user's: it stays, and the caller sees it still living
+            pass
 
 
 def _reap() -> None:
@@ -267,31 +269,49 @@ def stop(warden: subprocess.Popen[bytes], grace: float = 10.0) -> None:
 
 
 def stop_run_processes(run_id: str, recorded: dict[str, Any] | None, wait: float = 15.0) -> list[int]:
-    """SIGKILL every process of run ``run_id`` on this host — the recorded warden session, its descendants and
-    any process carrying the run's mark — and wait until none is left. Returns the pids that would not die."""
+    """SIGKILL every process of run ``run_id`` on this host — the recorded warden session when it is still the
+    run's (:func:`_session_of_run`), its descendants and any process carrying the run's mark — and wait until
+    none is left. Returns the pids that would not die, and those that may be the run's but cannot be told from
+    another session's (they are left alone: the caller must not act as if they were gone)."""
     session = int(recorded["session"]) if recorded and recorded.get("session") else None
+    start = recorded.get("start") if recorded else None
     deadline = time.monotonic() + wait
     while True:
         procs = table()
         victims: set[int] = set()
+        unsure: set[int] = set()
         if session is not None:
-            warden = procs.get(session)
-            # A session id is not handed to a new process while any process still belongs to that session, so
-            # members of the recorded session are the action's; the leader itself is checked by start time.
-            if warden is not None and warden.start == recorded.get("start"):  # type: ignore[union-attr]
-                victims |= {session} | descendants(session, procs)
-            victims |= {p.pid for p in procs.values() if p.session == session and p.pid != session}
+            ours, unsure = _session_of_run(session, start, run_id, procs)
+            victims |= ours
         victims |= {pid for pid in procs if pid != os.getpid() and marked(pid, run_id)}
         victims = _living(victims, procs)
         for pid in list(victims):
             victims |= _living(descendants(pid, procs), procs)
+        unsure = _living(unsure, procs) - victims
         if not victims:
-            return []
+            return sorted(unsure)
         if time.monotonic() > deadline:
-            return sorted(victims)
+            return sorted(victims | unsure)
         _kill(victims)
         _reap()
         time.sleep(0.05)
+
+
+def _session_of_run(session: int, start: int | None, run_id: str,
+                    procs: dict[int, Proc]) -> tuple[set[int], set[int]]:
+    """The members of the recorded session that are the run's, and those that cannot be told either way.
+
+    A session id is not handed to a new process while any process still belongs to that session, so all its
+    members come from one incarnation of it: the run's when its leader is the recorded warden (same start time)
+    or when any member carries the run's mark. A leader with another start time means the pid was reused: the
+    members are another session's and are never killed. No leader and no mark: unsure."""
+    members = {p.pid for p in procs.values() if p.session == session}
+    leader = procs.get(session)
+    if leader is not None:
+        return ((members | {session} | descendants(session, procs)) if leader.start == start else set()), set()
+    if any(marked(pid, run_id) for pid in members):
+        return members, set()
+    return set(), {pid for pid in members if start is None or procs[pid].start >= start}
 
 
 if __name__ == "__main__":

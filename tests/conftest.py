@@ -285,3 +285,30 @@ def bucket(s3_server: str) -> Iterator[tuple[Any, str]]:
     client.create_bucket(Bucket=name)
     client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
     yield client, name
+
+
+# -- evidence lines: what a test saw (where production ended, corpus counts), shown in the run's summary -------
+# CI runs `pytest -n 2` without -s, so a print is lost. A test's lines go into its report's user_properties,
+# which pytest-xdist carries from the workers to the controller; the summary prints them.
+EVIDENCE = "shadow-evidence"
+
+
+@pytest.fixture
+def evidence(request: pytest.FixtureRequest) -> Any:
+    """``evidence(line)``: print the line, and show it in the terminal summary of the whole run."""
+
+    def say(line: str) -> None:
+        print("\n" + line)
+        request.node.user_properties.append((EVIDENCE, line))
+
+    return say
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    lines = [(report.nodeid, value) for reports in terminalreporter.stats.values() for report in reports
+             if getattr(report, "when", None) == "call"
+             for name, value in getattr(report, "user_properties", ()) if name == EVIDENCE]
+    if lines:
+        terminalreporter.section("what the tests saw")
+        for nodeid, line in sorted(lines):
+            terminalreporter.write_line(f"{nodeid}: {line}")

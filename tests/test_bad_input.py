@@ -406,7 +406,7 @@ def _write(folder: Path, files: dict[str, str | bytes], links: dict[str, str]) -
         os.symlink(target, folder / rel)
 
 
-def test_corpus_of_bad_inputs(corpus_prod, tmp_path, capsys):
+def test_corpus_of_bad_inputs(corpus_prod, tmp_path, evidence):
     assert len(CORPUS) >= 50 and len({c.id for c in CORPUS}) == len(CORPUS)
     fingerprint = corpus_prod.fingerprint()
     failures: list[str] = []
@@ -438,9 +438,8 @@ def test_corpus_of_bad_inputs(corpus_prod, tmp_path, capsys):
                 fingerprint = now
         if problems:
             failures.append(f"{case.id}: {'; '.join(problems)}\n    {r.text.strip()[:400]}")
-    with capsys.disabled():
-        print(f"\nbad-input corpus: {len(CORPUS)} malformed inputs tried in {time.monotonic() - started:.1f} s, "
-              f"{len(failures)} mishandled")
+    evidence(f"bad-input corpus: {len(CORPUS)} malformed inputs tried in {time.monotonic() - started:.1f} s, "
+             f"{len(failures)} mishandled")
     assert not failures, "\n".join(failures)
 
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -22,7 +22,7 @@ import pytest
 
 from adapters.docker import LABEL_RUN
 from adapters.postgres.cluster import TEMP_PREFIX, read_labels
-from tests.conftest import CliResult, ProdDb, run_cli, start_cli, write_plan
+from tests.conftest import CliResult, ProdDb, cli_env, run_cli, start_cli, write_plan
 
 # Autocommit writes in three steps: a kill between them leaves production half changed, so only a restore
 # (not a transaction rollback) can put it back.
@@ -103,7 +103,8 @@ def clusters_of(state: Path) -> list[Path]:
 
 
 @pytest.mark.cold  # asserts that nothing outlives the run, or counts fault points of a cold run
-def test_sigkill_at_every_transition_of_apply_then_recover(production: Production, tmp_path: Path) -> None:
+def test_sigkill_at_every_transition_of_apply_then_recover(production: Production, tmp_path: Path,
+                                                           evidence: Callable[[str], None]) -> None:
     write_plan(tmp_path, PLAN, {"migrate.py": MIGRATE})
     checkpoint = production.fingerprint()
     points = transitions(tmp_path, production, "apply")
@@ -128,13 +129,14 @@ def test_sigkill_at_every_transition_of_apply_then_recover(production: Productio
         assert now in (checkpoint, rehearsed), f"killed at {points[point - 1]!r}: production is neither"
         outcomes[points[point - 1]] = "checkpoint" if now == checkpoint else "rehearsed"
         assert shadow(tmp_path, production, "recover", state=state).out.startswith("nothing to recover")
-    print(f"\ncovered {len(points)} kill points of apply: " +
+    evidence(f"covered {len(points)} kill points of apply: " +
           ", ".join(f"{p} → {o}" for p, o in outcomes.items()))
     assert set(outcomes.values()) == {"checkpoint", "rehearsed"}
     assert left_running, "no kill point left a shadow running: the leftover check proves nothing"
 
 
-def test_sigkill_at_every_transition_of_rollback_then_recover(production: Production, tmp_path: Path) -> None:
+def test_sigkill_at_every_transition_of_rollback_then_recover(production: Production, tmp_path: Path,
+                                                              evidence: Callable[[str], None]) -> None:
     write_plan(tmp_path, PLAN, {"migrate.py": MIGRATE})
     checkpoint = production.fingerprint()
     applied = shadow(tmp_path, production, "apply", "--json")
@@ -165,7 +167,7 @@ def test_sigkill_at_every_transition_of_rollback_then_recover(production: Produc
             with psycopg.connect(production.dsn) as conn:
                 assert conn.execute("SELECT count(*) FROM users WHERE nickname IS NOT NULL").fetchone()[0] > 0
         outcomes[points[point - 1]] = "applied state" if changed else "checkpoint"
-    print(f"\ncovered {len(points)} kill points of rollback: " +
+    evidence(f"covered {len(points)} kill points of rollback: " +
           ", ".join(f"{p} → {o}" for p, o in outcomes.items()))
     assert "checkpoint" in outcomes.values()
     assert rehearsed != checkpoint
@@ -244,10 +246,12 @@ def test_recover_asks_the_server_whether_a_one_transaction_apply_committed(produ
 
 
 # -- an action that keeps writing after shadow is killed ------------------------------------------------------
-# step1 on every target at once; then a grandchild that left the action's session (setsid, its parent gone)
-# writes at PAUSE/2 and the action itself at PAUSE. In the rehearsal both writes land (deterministically, before
-# the action exits). Killed in production once step1 is visible, neither may ever land — not after `recover`.
+# step1 on every target at once, PAUSE/4 after the action starts; then a grandchild that left the action's session
+# (setsid, its parent gone) writes PAUSE/2 later and the action itself PAUSE later. In the rehearsal every write
+# lands (deterministically, before the action exits). Killed in production before step1 is visible or once it is,
+# no later write may ever land — not after `recover`.
 PAUSE = 4.0
+LAST_WRITE = PAUSE * 1.25  # after the action started
 WRITER = r'''
 import os, subprocess, sys, time
 import psycopg
@@ -259,13 +263,14 @@ def write(step, row):
     if "postgres" in KINDS:
         with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
             conn.execute("UPDATE users SET full_name = full_name || %s WHERE id = %s", [" " + step, row])
-    if "s3" in KINDS and row == 1:
+    if "s3" in KINDS:
         import boto3
         boto3.client("s3").put_object(Bucket=os.environ["SHADOW_ASSETS_BUCKET"], Key=f"invoices/{step}.txt", Body=step)
-    if "git" in KINDS and row == 1:
+    if "git" in KINDS:
         subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", step], check=True)
         subprocess.run(["git", "push", "-q", "origin", "HEAD"], check=True)
 
+time.sleep(PAUSE / 4)
 write("step1", 1)
 if os.fork() == 0:          # leaves the action's session; orphaned at once, so re-parented
     os.setsid()
@@ -280,8 +285,10 @@ write("step2", 1)
 
 def _orphan_plan(tmp_path: Path, kinds: list[str], s3_server: str = "", bucket_name: str = "",
                  isolation: bool = False) -> None:
-    targets = ['  app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}']
-    expect = ['  app: {may: ["update rows public.users"]}']
+    targets, expect = [], []
+    if "postgres" in kinds:
+        targets.append('  app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}')
+        expect.append('  app: {may: ["update rows public.users"]}')
     if "s3" in kinds:
         targets.append(f'  assets: {{kind: s3, bucket: {bucket_name}, prefix: invoices/, endpoint_url: "{s3_server}"}}')
         expect.append('  assets: {may: ["add object *"]}')
@@ -305,25 +312,58 @@ def _marked_processes(run_id: str) -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit() and marked(int(p), run_id)]
 
 
-def _kill_mid_action(tmp_path: Path, prod: Production, also_warden: bool, backend: str = "local",
-                     extra_env: dict[str, str] | None = None, running: str | None = None) -> str:
-    """Start `shadow apply`, SIGKILL it once step1 reached production (and, with ``running``, once a statement
-    containing that text runs there) — and the warden too, when asked; the run id."""
+def _step1_in(prod: Production, running: str | None = None) -> Callable[[], bool]:
+    """Whether step1 reached the Postgres target (and, with ``running``, a statement containing that text runs)."""
+    def reached() -> bool:
+        with psycopg.connect(prod.dsn) as conn:
+            return conn.execute("SELECT full_name FROM users WHERE id = 1").fetchone()[0].endswith(" step1") and (
+                running is None or conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND pid <> "
+                    "pg_backend_pid() AND position(%s in query) > 0", [running]).fetchone()[0] > 0)
+    return reached
+
+
+def _before_first_write(state: Path, written: Callable[[], bool]) -> Callable[[], bool]:
+    """Whether production's action runs (the run is applying, a process of it runs writer.py) and has not
+    written yet (``written``: whether step1 is visible)."""
+    def reached() -> bool:
+        for run_json in state.glob("runs/*/run.json"):
+            record = json.loads(run_json.read_text())
+            if record.get("phase") != "applying":
+                continue
+            for pid in _marked_processes(record["run_id"]):
+                try:
+                    runs_writer = b"writer.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if runs_writer:
+                    assert not written(), "step1 was visible before the kill point before the first write"
+                    return True
+        return False
+    return reached
+
+
+def _kill_mid_action(tmp_path: Path, prod: Production | None, also_warden: bool, backend: str = "local",
+                     extra_env: dict[str, str] | None = None, running: str | None = None,
+                     reached: Callable[[], bool] | None = None) -> str:
+    """Start `shadow apply`, SIGKILL it once ``reached`` says so (by default: once step1 reached the Postgres
+    target, and with ``running``, once a statement containing that text runs there) — and the warden too, when
+    asked; the run id."""
+    env = {"APP_DATABASE_URL": prod.dsn} if prod is not None else {}
+    if reached is None:
+        assert prod is not None
+        reached = _step1_in(prod, running)
     proc = start_cli("apply", state=tmp_path / "state", cwd=tmp_path, backend=backend,
-                     env={"APP_DATABASE_URL": prod.dsn, **(extra_env or {})}, stdout=subprocess.DEVNULL, text=False)
+                     env={**env, **(extra_env or {})}, stdout=subprocess.DEVNULL, text=False)
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:
-            with psycopg.connect(prod.dsn) as conn:
-                if conn.execute("SELECT full_name FROM users WHERE id = 1").fetchone()[0].endswith(" step1") and (
-                        running is None or conn.execute(
-                            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND pid <> "
-                            "pg_backend_pid() AND position(%s in query) > 0", [running]).fetchone()[0]):
-                    break
+            if reached():
+                break
             assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
             time.sleep(0.05)
         else:
-            raise AssertionError("step1 never reached production")
+            raise AssertionError("the kill point was never reached")
         (run_dir,) = (tmp_path / "state" / "runs").iterdir()
         record = json.loads((run_dir / "run.json").read_text())
         wardens = [a["session"] for a in record.get("actions", [])]
@@ -340,15 +380,21 @@ def _kill_mid_action(tmp_path: Path, prod: Production, also_warden: bool, backen
     return run_dir.name
 
 
-ORPHAN_CASES = [pytest.param(["postgres"], False, id="postgres"),
-                pytest.param(["postgres", "s3", "git"], False, id="postgres+s3+git"),
-                pytest.param(["postgres", "s3", "git"], True, id="postgres+s3+git-warden-killed-too")]
+AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+BEFORE_STEP1, AFTER_STEP1 = "before its first write", "after its first write"
+ORPHAN_CASES = [pytest.param(["postgres"], False, BEFORE_STEP1, id="postgres-before-step1"),
+                pytest.param(["postgres"], True, BEFORE_STEP1, id="postgres-before-step1-warden-killed-too"),
+                pytest.param(["postgres"], False, AFTER_STEP1, id="postgres"),
+                pytest.param(["postgres"], True, AFTER_STEP1, id="postgres-warden-killed-too"),
+                pytest.param(["postgres", "s3", "git"], False, AFTER_STEP1, id="postgres+s3+git"),
+                pytest.param(["postgres", "s3", "git"], True, AFTER_STEP1, id="postgres+s3+git-warden-killed-too")]
 
 
-@pytest.mark.parametrize(("kinds", "also_warden"), ORPHAN_CASES)
+@pytest.mark.parametrize(("kinds", "also_warden", "kill_point"), ORPHAN_CASES)
 def test_a_killed_apply_leaves_no_action_writing_after_recover(production: Production, tmp_path: Path,
-                                                               kinds: list[str], also_warden: bool,
-                                                               request: pytest.FixtureRequest) -> None:
+                                                               kinds: list[str], also_warden: bool, kill_point: str,
+                                                               request: pytest.FixtureRequest,
+                                                               evidence: Callable[[str], None]) -> None:
     from tests.gitrepos import git, make_repo
 
     client = name = repo = s3_server = None
@@ -366,16 +412,16 @@ def test_a_killed_apply_leaves_no_action_writing_after_recover(production: Produ
         assert client is not None
         return sorted(o["Key"] for o in client.list_objects_v2(Bucket=name, Prefix="invoices/").get("Contents", []))
 
-    run_id = _kill_mid_action(tmp_path, production, also_warden, extra_env=
-                              {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
-    recovered = shadow(tmp_path, production, "recover", "--json",
-                       env={"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"})
+    step1 = _step1_in(production)
+    reached = _before_first_write(tmp_path / "state", step1) if kill_point == BEFORE_STEP1 else step1
+    run_id = _kill_mid_action(tmp_path, production, also_warden, extra_env=AWS, reached=reached)
+    recovered = shadow(tmp_path, production, "recover", "--json", env=AWS)
     assert recovered.code == 0 and "Traceback" not in recovered.err, recovered.err
     (row,) = json.loads(recovered.out)
     assert row["outcome"] == "rolled_back", row
     assert _marked_processes(run_id) == [], "an action process outlived recover"
 
-    time.sleep(PAUSE + 2)  # past the moment the orphans would have written
+    time.sleep(LAST_WRITE + 2)  # past the moment the orphans would have written
     ended = {"postgres": "checkpoint" if production.fingerprint() == checkpoint else "CHANGED"}
     if client is not None:
         ended["s3"] = "checkpoint" if objects() == ["invoices/0.txt"] else f"CHANGED {objects()}"
@@ -383,14 +429,14 @@ def test_a_killed_apply_leaves_no_action_writing_after_recover(production: Produ
         log = git(repo.remote, "log", "--format=%s", "main").splitlines()
         ended["git"] = ("checkpoint" if repo.remote_head() == remote_before and "step2" not in log
                         else f"CHANGED {log}")
-    print(f"\nkilled mid-action ({'+'.join(kinds)}, warden {'killed' if also_warden else 'alive'}); "
-          f"after recover and {PAUSE + 2:g} s: " + ", ".join(f"{k} → {v}" for k, v in ended.items()))
+    evidence(f"killed mid-action, {kill_point} ({'+'.join(kinds)}, warden {'killed' if also_warden else 'alive'}); "
+             f"after recover and {LAST_WRITE + 2:g} s: " + ", ".join(f"{k} → {v}" for k, v in ended.items()))
     assert set(ended.values()) == {"checkpoint"}, ended
 
 
 @pytest.mark.parametrize("also_warden", [False, True], ids=["warden-alive", "warden-killed-too"])
 def test_a_killed_apply_leaves_no_isolated_action_container(production: Production, tmp_path: Path,
-                                                            also_warden: bool) -> None:
+                                                            also_warden: bool, evidence: Callable[[str], None]) -> None:
     from tests.conftest import docker_or_skip
 
     docker_or_skip()
@@ -407,11 +453,60 @@ def test_a_killed_apply_leaves_no_isolated_action_container(production: Producti
         assert docker.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run_id}"}) == []
     finally:
         docker.close()
-    time.sleep(PAUSE + 2)
+    time.sleep(LAST_WRITE + 2)
     now = production.fingerprint()
-    print(f"\nisolated action killed mid-apply (warden {'killed' if also_warden else 'alive'}): production → "
-          f"{'checkpoint' if now == checkpoint else 'CHANGED'}")
+    evidence(f"isolated action killed mid-apply (warden {'killed' if also_warden else 'alive'}): production → "
+             f"{'checkpoint' if now == checkpoint else 'CHANGED'}")
     assert now == checkpoint
+
+
+@pytest.mark.parametrize("also_warden", [False, True], ids=["warden-alive", "warden-killed-too"])
+@pytest.mark.parametrize("kind", ["s3", "git"])
+def test_a_killed_apply_on_s3_or_git_alone_leaves_no_action_writing_after_recover(
+        tmp_path: Path, kind: str, also_warden: bool, request: pytest.FixtureRequest,
+        evidence: Callable[[str], None]) -> None:
+    # S3 and git tell the run's own writes from other writers': recover undoes the run's own writes from the
+    # records it kept, instead of restoring the checkpoint — with nothing of the action left to write again.
+    from tests.gitrepos import git, make_repo
+
+    if kind == "s3":
+        client, bucket = request.getfixturevalue("bucket")
+        s3_server = request.getfixturevalue("s3_server")
+        client.put_object(Bucket=bucket, Key="invoices/0.txt", Body=b"checkpointed")
+
+        def now() -> object:
+            listed = client.list_objects_v2(Bucket=bucket).get("Contents", [])
+            return {o["Key"]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
+
+        def step1() -> bool:
+            return "invoices/step1.txt" in [o["Key"] for o in client.list_objects_v2(
+                Bucket=bucket, Prefix="invoices/").get("Contents", [])]
+        _orphan_plan(tmp_path, ["s3"], s3_server, bucket)
+    else:
+        repo = make_repo(tmp_path / "repo", {"README": "hello"})
+
+        def now() -> object:
+            return git(repo.remote, "for-each-ref", "--format=%(objectname) %(refname)")
+
+        def step1() -> bool:
+            return "step1" in git(repo.remote, "log", "--format=%s", "main").splitlines()
+        _orphan_plan(tmp_path, ["git"])
+    checkpoint = now()
+
+    run_id = _kill_mid_action(tmp_path, None, also_warden, extra_env=AWS, reached=step1)
+    assert now() != checkpoint, "step1 is in production when shadow is killed"
+    recovered = run_cli("recover", "--json", state=tmp_path / "state", cwd=tmp_path, env=AWS)
+    assert recovered.code == 0 and "Traceback" not in recovered.err, recovered.err
+    (row,) = json.loads(recovered.out)
+    assert row["outcome"] == "rolled_back", row
+    assert _marked_processes(run_id) == [], "an action process outlived recover"
+    settled = now()
+    time.sleep(LAST_WRITE + 2)  # past the moment the orphans would have written
+    later = now()
+    ended = "checkpoint" if settled == later == checkpoint else f"CHANGED: {later!r}"
+    evidence(f"killed mid-action, {AFTER_STEP1} ({kind} alone, warden {'killed' if also_warden else 'alive'}); "
+             f"after recover and {LAST_WRITE + 2:g} s: {kind} → {ended}")
+    assert ended == "checkpoint"
 
 
 SLOW_SQL = """VACUUM users;
@@ -440,22 +535,29 @@ policy: {allow: [update-without-where]}
     recovered = shadow(tmp_path, production, "recover")
     assert recovered.code == 0, recovered.err
     assert "ended 1 session(s) the killed run left running" in recovered.err + recovered.out
-    time.sleep(PAUSE + 1)
+    time.sleep(LAST_WRITE + 1)
     with psycopg.connect(production.dsn) as conn:
         assert conn.execute("SELECT count(*) FROM users WHERE full_name LIKE '%slow'").fetchone()[0] == 0
     assert production.fingerprint() == checkpoint
 
 
-def test_recover_refuses_when_it_cannot_make_sure_the_action_stopped(production: Production, tmp_path: Path) -> None:
+def _killed_once_its_action_was_recorded(tmp_path: Path, prod: Production, state: str) -> tuple[Path, str]:
+    """A migration's apply SIGKILLed once production's action is recorded, before it was let go; the run's record
+    (to stage what recover finds there) and production's checkpoint fingerprint."""
     write_plan(tmp_path, PLAN, {"migrate.py": MIGRATE})
-    points = transitions(tmp_path, production, "apply")
-    production.reset()
-    checkpoint = production.fingerprint()
+    points = transitions(tmp_path, prod, "apply")
+    prod.reset()
+    checkpoint = prod.fingerprint()
     recorded = [i for i, p in enumerate(points, 1) if p == "action recorded"]
     assert len(recorded) == 2, points  # the rehearsal's action, then production's
-    killed = shadow(tmp_path, production, "apply", env={"SHADOW_FAULT_KILL_AT": str(recorded[1])}, state="far")
+    killed = shadow(tmp_path, prod, "apply", env={"SHADOW_FAULT_KILL_AT": str(recorded[1])}, state=state)
     assert killed.code == -signal.SIGKILL, killed.err
-    (run_json,) = (tmp_path / "far" / "runs").glob("*/run.json")
+    (run_json,) = (tmp_path / state / "runs").glob("*/run.json")
+    return run_json, checkpoint
+
+
+def test_recover_refuses_when_it_cannot_make_sure_the_action_stopped(production: Production, tmp_path: Path) -> None:
+    run_json, checkpoint = _killed_once_its_action_was_recorded(tmp_path, production, "far")
     record = json.loads(run_json.read_text())
     for identity in record["actions"]:
         identity["host"] = "build-7.example"  # as if the action ran on another machine
@@ -467,6 +569,61 @@ def test_recover_refuses_when_it_cannot_make_sure_the_action_stopped(production:
     assert "production was left as it is" in refused.err
     assert production.fingerprint() == checkpoint
     assert shadow(tmp_path, production, "plan", state="far").code == 3  # still unsettled: new work waits
+
+
+def test_recover_refuses_while_a_recorded_action_process_would_not_stop(production: Production,
+                                                                        tmp_path: Path) -> None:
+    from shadow.warden import read_proc
+
+    run_json, checkpoint = _killed_once_its_action_was_recorded(tmp_path, production, "stuck")
+    # The action's recorded session is another user's process, and recover runs without the power to signal
+    # other users' processes (no CAP_KILL), as an operator who is not root would: SIGKILL fails with EPERM.
+    other = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "300"],
+                             start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while (proc := read_proc(other.pid)) is None or proc.session != other.pid:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        record = json.loads(run_json.read_text())
+        record["actions"] = [{**record["actions"][-1], "session": other.pid, "start": proc.start}]
+        run_json.write_text(json.dumps(record))
+        argv = ["setpriv", "--bounding-set=-kill", "--inh-caps=-kill", sys.executable, "-m", "shadow.cli",
+                "--state-dir", str(tmp_path / "stuck"), "recover"]
+        refused = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                                 env=cli_env("local", {"APP_DATABASE_URL": production.dsn}))
+        assert refused.returncode == 3, refused.stdout + refused.stderr
+        assert "Traceback" not in refused.stderr and "internal error" not in refused.stderr, refused.stderr
+        assert f"processes {other.pid} would not stop" in refused.stderr, refused.stderr
+        assert "production was left as it is" in refused.stderr
+        assert other.poll() is None
+        assert production.fingerprint() == checkpoint
+        assert shadow(tmp_path, production, "plan", state="stuck").code == 3  # still unsettled: new work waits
+    finally:
+        other.kill()
+        other.wait()
+    settled = shadow(tmp_path, production, "recover", state="stuck")  # once it is gone, recover settles the run
+    assert settled.code == 0, settled.err
+    assert production.fingerprint() == checkpoint
+
+
+def test_recover_refuses_when_no_docker_engine_answers_for_a_recorded_container(production: Production,
+                                                                              tmp_path: Path) -> None:
+    from adapters.postgres.cluster import free_port
+
+    run_json, checkpoint = _killed_once_its_action_was_recorded(tmp_path, production, "blind")
+    record = json.loads(run_json.read_text())
+    record["actions"][-1]["container"] = "5b1e" * 16  # as if the action ran in a container (isolation: container)
+    run_json.write_text(json.dumps(record))
+    nobody_listens = f"tcp://127.0.0.1:{free_port()}"
+
+    refused = shadow(tmp_path, production, "recover", env={"DOCKER_HOST": nobody_listens}, state="blind")
+    assert refused.code == 3, refused.out + refused.err
+    assert "Traceback" not in refused.err and "internal error" not in refused.err, refused.err
+    assert "its action ran in a container, and shadow cannot make sure it stopped" in refused.err, refused.err
+    assert "no Docker engine answers" in refused.err and "production was left as it is" in refused.err
+    assert production.fingerprint() == checkpoint
+    assert shadow(tmp_path, production, "plan", state="blind").code == 3  # still unsettled: new work waits
 
 
 # An SQL migration that runs in one transaction: its apply keeps an undo record and its rollback undoes only the
@@ -488,7 +645,8 @@ policy: {rehearse_rollback: false}
 """
 
 
-def test_sigkill_at_every_transition_of_an_undo_then_recover(production: Production, tmp_path: Path) -> None:
+def test_sigkill_at_every_transition_of_an_undo_then_recover(production: Production, tmp_path: Path,
+                                                             evidence: Callable[[str], None]) -> None:
     """Killed anywhere in a change-by-change rollback, `recover` finishes the undo: production ends at the
     checkpoint (the undo is one transaction and idempotent), never half undone."""
     write_plan(tmp_path, UNDOABLE_PLAN, {"migrate.sql": UNDOABLE_SQL})
@@ -517,13 +675,13 @@ def test_sigkill_at_every_transition_of_an_undo_then_recover(production: Product
         now = production.fingerprint()
         assert now in (checkpoint, rehearsed), f"killed at {points[point - 1]!r}: production is neither"
         outcomes[points[point - 1]] = "checkpoint" if now == checkpoint else "applied state"
-    print(f"\ncovered {len(points)} kill points of an undo: " +
+    evidence(f"covered {len(points)} kill points of an undo: " +
           ", ".join(f"{p} → {o}" for p, o in outcomes.items()))
     assert "checkpoint" in outcomes.values()
 
 
-def test_sigkill_at_every_transition_of_a_transactional_apply_keeps_its_undo(production: Production,
-                                                                             tmp_path: Path) -> None:
+def test_sigkill_at_every_transition_of_a_transactional_apply_keeps_its_undo(
+        production: Production, tmp_path: Path, evidence: Callable[[str], None]) -> None:
     """The undo record is kept inside the apply's transaction, before COMMIT: wherever the apply is killed,
     production is at the checkpoint or has the change — and then `shadow rollback` undoes it change by change."""
     import json
@@ -551,6 +709,6 @@ def test_sigkill_at_every_transition_of_a_transactional_apply_keeps_its_undo(pro
             assert rolled.code == 0, (points[point - 1], rolled.out + rolled.err)
             assert "other sessions' writes since were kept" in json.loads(rolled.out)["reason"]
             assert production.fingerprint() == checkpoint
-    print(f"\ncovered {len(points)} kill points of a transactional apply: " +
+    evidence(f"covered {len(points)} kill points of a transactional apply: " +
           ", ".join(f"{p} → {o}" for p, o in outcomes.items()))
     assert set(outcomes.values()) == {"checkpoint", "applied"}

@@ -115,3 +115,59 @@ def test_recover_stops_stragglers_by_session_and_mark_when_the_warden_died_too(t
     assert len(_alive(run_id)) == 2
     assert stop_run_processes(run_id, identity) == []
     assert _alive(run_id) == []
+
+
+def _session_members(session: int, count: int) -> list[int]:
+    from shadow.warden import table
+
+    deadline = time.monotonic() + 10
+    while True:
+        members = sorted(p.pid for p in table().values() if p.session == session and p.state not in ("Z", "X"))
+        if len(members) >= count:
+            return members
+        assert time.monotonic() < deadline, members
+        time.sleep(0.05)
+
+
+def _unmarked_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "SHADOW_RUN_ID"}
+
+
+def test_recover_leaves_alone_another_session_that_reused_the_recorded_session_id(tmp_path: Path) -> None:
+    # After pid reuse, the recorded session id belongs to somebody else's session: its leader's start time is not
+    # the recorded warden's, and none of its members carries the run's mark.
+    from shadow.warden import read_proc
+
+    unrelated = subprocess.Popen(["sh", "-c", "sleep 300 & wait"], env=_unmarked_env(), start_new_session=True)
+    try:
+        members = _session_members(unrelated.pid, 2)
+        leader = read_proc(unrelated.pid)
+        assert leader is not None
+        fabricated = {"session": unrelated.pid, "start": leader.start + 1}  # the recorded warden's, long gone
+        assert stop_run_processes(_mark(), fabricated, wait=1) == []
+        assert unrelated.poll() is None
+        assert _session_members(unrelated.pid, 2) == members, "a member of an unrelated session was killed"
+    finally:
+        os.killpg(unrelated.pid, signal.SIGKILL)
+        unrelated.wait()
+
+
+def test_recover_reports_unmarked_members_of_a_leaderless_session_instead_of_killing_them(tmp_path: Path) -> None:
+    # The leader is gone and no member carries the run's mark: they may be the action's (its environment scrubbed)
+    # or another session's after pid reuse — never killed, and named, so that recover refuses to restore.
+    from shadow.warden import read_proc
+
+    leader = subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300"], env=_unmarked_env(), start_new_session=True)
+    session = leader.pid
+    try:
+        _session_members(session, 2)  # the shell and its background sleep
+        proc = read_proc(session)
+        assert proc is not None
+        recorded = {"session": session, "start": proc.start}
+        leader.send_signal(signal.SIGKILL)
+        leader.wait()
+        left = _session_members(session, 1)
+        assert stop_run_processes(_mark(), recorded, wait=1) == left
+        assert _session_members(session, 1) == left, "an unconfirmed process was killed"
+    finally:
+        os.killpg(session, signal.SIGKILL)

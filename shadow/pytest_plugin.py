@@ -2,8 +2,14 @@
 
 - ``pytest --shadow`` (or ``shadow_plans = …`` globs in the ini file) collects plan files as tests, the way pytest
   collects doctests: each plan is rehearsed once (``shadow plan``, never apply) and every expectation — each ``must``
-  pattern, "nothing unexpected" per target, each ``rows`` / ``objects`` / ``files`` rule, each check — and the
-  error-level findings are their own test item, passing or failing with the change set in the failure text.
+  pattern, "nothing unexpected" per target, each ``rows`` / ``objects`` / ``files`` rule, each check — and each
+  error-level finding is its own test item, passing or failing with the change set in the failure text. The SQL
+  is linted at collection (one item per finding id and place); findings the collection did not see (the run lints
+  again once the checkpoint says which tables are partitioned, and the SQL may have changed since) fail the one
+  item ``findings found by the rehearsal``. An item the rehearsal never judged (it could not run, or the action
+  failed) is skipped with the reason, never passed.
+  Under pytest-xdist, whatever ``--dist``, a plan file (or a migrations project) is rehearsed once per test run:
+  the first worker to need it rehearses it, and the others read its result (:func:`_once`).
   ``--shadow-target NAME=ADDRESS`` points a plan's target somewhere else for the test run (a DSN for PostgreSQL,
   a bucket for S3, a working copy for git).
 - ``shadow_db``: a fresh throwaway PostgreSQL database per test, cloned from a session-wide template built from a
@@ -11,9 +17,12 @@
 - ``rehearse``: ``rehearse(sql="migrations/0042.sql", expect={...}, on=shadow_db)`` returns the run's result;
   ``assert result.passed, result.explain()``.
 
-Rehearsals use the CLI's backends — ``local`` unless ``--shadow-backend`` (or ``SHADOW_BACKEND``) says otherwise —
-and the CLI's state dir unless ``SHADOW_STATE_DIR`` names another. Loading the plugin imports nothing but pytest and
-the standard library: a project that installs shadow and does not use it pays nothing.
+Rehearsals use the CLI's backends — ``local`` unless ``--shadow-backend`` (or ``SHADOW_BACKEND``) says otherwise.
+Plan files and migrations projects keep their runs in the CLI's state dir (``SHADOW_STATE_DIR``, else the
+default), where ``shadow show`` finds them; ``rehearse`` keeps each test's runs in that test's ``tmp_path`` (its
+report: ``result.report_dir``), so hand-written tests never fill a real store with throwaway databases. Loading the
+plugin imports nothing but pytest and the standard library: a project that installs shadow and does not use it pays
+nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -68,6 +77,47 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "shadow_db(schema=None, dump=None, checkpoint=None): what the shadow_db "
                                        "fixture's database is built from (a file relative to the test's folder, "
                                        "or RUN_ID[:TARGET] of a shadow checkpoint)")
+
+
+T = TypeVar("T")
+
+
+def _once(node: pytest.File, make: Callable[[], T]) -> T | str:
+    """``make()`` — or the message of the :class:`~shadow.errors.ShadowError` it raised — once per test run.
+
+    pytest-xdist hands one file's items to several workers (``--dist load``, ``worksteal``, ``each``), and each
+    would rehearse the plan again. So a worker takes a lock in the run's temp dir (shared by its workers: pytest-
+    xdist's recipe for running something once), and either finds the outcome another worker left there or makes
+    it and leaves it. A worker killed while making it leaves no outcome, and the next one makes it."""
+    from shadow.errors import ShadowError
+
+    def outcome() -> T | str:
+        try:
+            return make()
+        except ShadowError as exc:
+            return str(exc)
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return outcome()
+    import fcntl
+    import hashlib
+    import pickle
+
+    factory: pytest.TempPathFactory = node.config._tmp_path_factory  # type: ignore[attr-defined]
+    shared = factory.getbasetemp().parent / "shadow-rehearsals"
+    shared.mkdir(exist_ok=True)
+    key = hashlib.sha256(str(node.path.resolve()).encode()).hexdigest()[:16]
+    with open(shared / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the worker dies
+        done = shared / f"{key}.pickle"
+        if done.exists():
+            loaded: T | str = pickle.loads(done.read_bytes())  # written by a worker of this run, below
+            return loaded
+        made = outcome()
+        temp = done.with_suffix(".tmp")
+        temp.write_bytes(pickle.dumps(made))
+        os.replace(temp, done)
+        return made
 
 
 def _plan_globs(config: pytest.Config) -> tuple[str, ...]:
@@ -134,6 +184,8 @@ class PlanFile(pytest.File):
         except ShadowError as exc:
             yield PlanItem.from_parent(self, name="plan", check=("plan", "", str(exc)))
             return
+        self._plan = plan
+        self._static = _sql_findings(plan)
         yield PlanItem.from_parent(self, name="rehearsal", check=("rehearsal", "", ""))
         for target, expectation in plan.expect.items():
             for pattern in expectation.must:
@@ -150,8 +202,11 @@ class PlanFile(pytest.File):
             for check in expectation.checks:
                 yield PlanItem.from_parent(self, name=f"{target}: check {_short(check.sql)}",
                                            check=("check", target, check.sql))
-        yield PlanItem.from_parent(self, name="findings", check=("finding", "", ""))
-        self._plan = plan
+        target = plan.action.sql_target or ""
+        for subject in self._static:
+            yield PlanItem.from_parent(self, name=f"{target}: finding {subject}", check=("finding", target, subject))
+        if plan.action.sql_files:
+            yield PlanItem.from_parent(self, name="findings found by the rehearsal", check=("finding", target, ""))
 
     def result(self) -> RunResult:
         """The plan's rehearsal, run once (by the first item that needs it)."""
@@ -159,15 +214,36 @@ class PlanFile(pytest.File):
             raise PlanFailed(self._error)
         if self._result is None:
             from shadow import run
-            from shadow.errors import ShadowError
 
-            try:
-                settings = dataclasses.replace(_settings(self.config), targets=target_overrides(self.config))
-                self._result = run.plan(self.path, settings)
-            except ShadowError as exc:
-                self._error = f"the rehearsal could not run: {exc}"
-                raise PlanFailed(self._error) from None
+            settings = dataclasses.replace(_settings(self.config), targets=target_overrides(self.config))
+            done = _once(self, lambda: run.plan(self.path, settings))
+            if isinstance(done, str):
+                self._error = f"the rehearsal could not run: {done}"
+                raise PlanFailed(self._error)
+            self._result = done
         return self._result
+
+
+def _sql_findings(plan: Plan) -> dict[str, str]:
+    """The error-level findings a run of ``plan`` starts with (``shadow.findings.static_findings``: the SQL linted
+    before anything runs, the plan's allow list applied), by the subject their verdicts have (``ID at FILE:LINE``):
+    what is wrong and what to do.
+
+    Empty when the plan has no SQL or its SQL cannot be read: the rehearsal fails on that, and says why."""
+    if not plan.action.sql_files:
+        return {}
+    from shadow import lint
+    from shadow.errors import ShadowError
+    from shadow.sqlsplit import load_sql_files
+
+    try:
+        statements = load_sql_files(list(plan.action.sql_files), list(plan.action.sql_display))
+        kept, _allowed = lint.allowed(lint.lint(statements, one_session=plan.action.one_session),
+                                      list(plan.policy.allow))
+    except ShadowError:
+        return {}
+    return {f"{f.id} at {f.where}": f"{f.message} — {f.hint} (or allow it: policy.allow: [{f.id}])"
+            for f in kept if f.severity == "error"}
 
 
 class PlanFailed(Exception):
@@ -204,16 +280,22 @@ class PlanItem(_ShadowItem):
         except PlanFailed as exc:  # the rehearsal item says why; the rest were never judged
             if rule == "rehearsal":
                 raise
+            if rule == "finding" and subject:  # found on the SQL, before anything ran
+                raise PlanFailed(f"FAILED {target}: finding {subject}: {parent._static[subject]}\n"
+                                 f"(found on the SQL before the rehearsal, which did not finish: {exc})") from None
             pytest.skip(f"not judged: {exc}")
         mine = _verdicts(result, parent._plan, rule, target, subject)
+        if rule == "finding" and not subject:  # the findings the collection's lint did not see
+            mine = [v for v in mine if v.subject not in parent._static]
         failed = [v for v in mine if not v.ok]
         if rule == "rehearsal" and (failed or result.outcome.value not in ("passed", "awaiting_approval", "failed")):
             raise PlanFailed(result.explain(failed))
         if failed:
             raise PlanFailed(result.explain(failed, target))
-        if not mine and rule in ("must", "rows", "objects", "files", "check") and not _judged(result):
-            pytest.skip(f"not judged: {result.reason or 'the rehearsal failed'} (see the plan's rehearsal item)")
-
+        # A static finding's item is judged before anything runs; every other item only once the run got there.
+        if rule != "rehearsal" and not (rule == "finding" and subject) and not _judged(result, rule, target):
+            why = next((v.message for v in result.verdicts if v.rule == "action" and not v.ok), result.reason)
+            pytest.skip(f"not judged: {why or 'the rehearsal failed'} (see the plan's rehearsal item)")
 
 
 def _short(text: str, width: int = 60) -> str:
@@ -221,8 +303,13 @@ def _short(text: str, width: int = 60) -> str:
     return one if len(one) <= width else one[: width - 1] + "…"
 
 
-def _judged(result: RunResult) -> bool:
-    return any(v.rule in ("must", "unexpected", "rows", "objects", "files", "check") for v in result.verdicts)
+def _judged(result: RunResult, rule: str, target: str) -> bool:
+    """Whether the run got as far as judging ``rule`` on ``target``: a target's expectations once its ``judge``
+    step ran to its end; the findings the collection did not see once the rehearsal started (the run lints the SQL
+    again, knowing the checkpoint, just before)."""
+    if rule == "finding":
+        return any(s["step"] == "rehearse" for s in result.steps)
+    return any(s["step"] == "judge" and s["target"] == target and s["state"] != "failed" for s in result.steps)
 
 
 def _verdicts(result: RunResult, plan: Plan, rule: str, target: str, subject: str) -> list[Any]:
@@ -230,7 +317,7 @@ def _verdicts(result: RunResult, plan: Plan, rule: str, target: str, subject: st
     if rule == "rehearsal":
         return [v for v in result.verdicts if v.rule not in ITEM_RULES]
     if rule == "finding":
-        return [v for v in result.verdicts if v.rule == "finding"]
+        return [v for v in result.verdicts if v.rule == "finding" and (not subject or v.subject == subject)]
     mine = [v for v in result.verdicts if v.rule == rule and v.target == target]
     if rule in ("must", "check"):
         return [v for v in mine if v.subject == subject]
@@ -279,16 +366,15 @@ class MigrationsFile(pytest.File):
         if self._error is not None:
             raise PlanFailed(self._error)
         if self._run is None:
-            from shadow.errors import ShadowError
             from shadow.migrations import alembic, django
 
-            try:
-                settings = _settings(self.config)
-                self._run = (alembic.rehearse(self.path, self.dsn, settings) if self.tool == "alembic" else
-                             django.rehearse(self.path, self.dsn, settings))
-            except ShadowError as exc:
-                self._error = f"the rehearsal could not run: {exc}"
-                raise PlanFailed(self._error) from None
+            settings = _settings(self.config)
+            done = _once(self, lambda: alembic.rehearse(self.path, self.dsn, settings) if self.tool == "alembic" else
+                         django.rehearse(self.path, self.dsn, settings))
+            if isinstance(done, str):
+                self._error = f"the rehearsal could not run: {done}"
+                raise PlanFailed(self._error)
+            self._run = done
         return self._run
 
 
@@ -306,7 +392,13 @@ class RevisionItem(_ShadowItem):
         if self.revision:
             if self.revision in done.not_rehearsed:
                 pytest.skip("not rehearsed: an earlier one does not run")
-            [step] = [s for s in done.steps if s.revision == self.revision]
+            steps = [s for s in done.steps if s.revision == self.revision]
+            if len(steps) != 1:  # production moved between collection and now
+                raise PlanFailed(f"{self.revision} was pending when the tests were collected, but the rehearsal "
+                                 f"started from {done.start or 'an empty history'} and "
+                                 f"{'did not rehearse it' if not steps else 'rehearsed it more than once'}: "
+                                 "production's migrations changed meanwhile — run the tests again")
+            [step] = steps
             if not step.passed:
                 raise PlanFailed(f"{step.revision} ({step.message}):\n" + step.result.explain())
             return
@@ -499,8 +591,9 @@ def shadow_db(request: pytest.FixtureRequest, _shadow_templates: _Templates) -> 
 
 @pytest.fixture
 def rehearse(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., RunResult]:
-    """``rehearse(sql=… | command=…, expect=…, on=DSN_or_shadow_db, files=…)``: the run result of rehearsing the
-    action on a copy of ``on`` (default: ``--shadow-target app=…``, else ``DATABASE_URL``); never applied."""
+    """``rehearse(sql=… | command=…, expect=…, on=DSN_or_shadow_db, target="app", policy=…)``: the run result of rehearsing the
+    action on a copy of ``on`` (default: ``--shadow-target app=…``, else ``DATABASE_URL``); never applied. The
+    runs are kept in the test's ``tmp_path`` (``result.report_dir``), whatever ``SHADOW_STATE_DIR`` says."""
     counter = itertools.count(1)
     folder = Path(request.path).parent
 

@@ -64,9 +64,9 @@ def test_plans_are_collected_as_tests_one_item_per_expectation(plans: pytest.Pyt
     result = plans.runpytest_subprocess("--shadow", "-v", "-p", "no:cacheprovider")
     out = result.stdout.str()
     print(out)
-    # shadow_backfill.yaml: rehearsal, must, nothing unexpected, rows, check, findings — all pass
+    # shadow_backfill.yaml: rehearsal, must, nothing unexpected, rows, check, findings found by the rehearsal — pass
     for name in ("rehearsal", "app: must update rows public.users", "app: nothing unexpected",
-                 "app: rows public.users", "findings"):
+                 "app: rows public.users", "findings found by the rehearsal"):
         assert f"shadow_backfill.yaml::{name} PASSED" in out
     assert "shadow_backfill.yaml::app: check SELECT count(*) FROM users WHERE full_name = 'Renamed' PASSED" in out
     # shadow_wide.yaml: the index is unexpected and 500 updates break the rows bound; must still passes
@@ -76,10 +76,12 @@ def test_plans_are_collected_as_tests_one_item_per_expectation(plans: pytest.Pyt
     assert "FAILED app: unexpected add index public.users_name_idx: not covered by must/may" in out
     assert "FAILED app: rows public.users updated: 500 updated, expected <= 10" in out
     assert "changes on app: add index public.users_name_idx, update rows public.users" in out
-    assert "shadow_wide.yaml::findings FAILED" in out  # an UPDATE without WHERE is an error-level finding
+    # an UPDATE without WHERE is an error-level finding, its own item
+    assert "shadow_wide.yaml::app: finding update-without-where at wide.sql:1 FAILED" in out
     assert "FAILED app: finding update-without-where at wide.sql:1" in out
+    assert "shadow_wide.yaml::findings found by the rehearsal PASSED" in out
     assert "Traceback" not in out
-    assert _outcomes(result) == {"passed": 8, "failed": 3}
+    assert _outcomes(result) == {"passed": 9, "failed": 3}
     assert prod_db.fingerprint() == before  # rehearsed, never applied
 
 
@@ -95,6 +97,80 @@ def test_shadow_target_points_a_plan_elsewhere_and_ini_globs_collect(plans: pyte
     assert "the rehearsal could not run: target 'app': cannot connect to postgresql://nobody@127.0.0.1:1/x" in out
 
 
+FINDINGS = """\
+version: 1
+targets:
+  app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}
+action:
+  sql: [upper.sql, events.sql]
+expect:
+  app:
+    must: ["update rows public.users"]
+"""
+
+
+def test_each_error_level_finding_is_its_own_item_failing_even_when_the_rehearsal_cannot_run(
+        plans: pytest.Pytester, prod_db: ProdDb) -> None:
+    # Production has a partitioned table: only the checkpoint tells the linter so (its finding is the rehearsal's),
+    # and PostgreSQL refuses the CONCURRENTLY index on it, so the rehearsal stops there.
+    prod_db.execute("CREATE TABLE events (id int, at date) PARTITION BY RANGE (at);\n"
+                    "CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');")
+    plans.makefile(".yaml", shadow_findings=FINDINGS)
+    plans.makefile(".sql", upper="UPDATE users SET full_name = upper(full_name);\n",
+                   events="TRUNCATE events_2026;\nCREATE INDEX CONCURRENTLY events_at_idx ON events (at);\n")
+    result = plans.runpytest_subprocess("--shadow", "-v", "-p", "no:cacheprovider", "shadow_findings.yaml")
+    out = result.stdout.str()
+    assert "shadow_findings.yaml::rehearsal FAILED" in out, out
+    assert 'cannot create index on partitioned table "events" concurrently' in out
+    assert "shadow_findings.yaml::app: finding update-without-where at upper.sql:1 FAILED" in out
+    assert "FAILED app: finding update-without-where at upper.sql:1: UPDATE users without WHERE" in out
+    assert "shadow_findings.yaml::app: finding truncate at events.sql:1 FAILED" in out
+    assert "FAILED app: finding truncate at events.sql:1: TRUNCATE events_2026" in out
+    for name in ("findings found by the rehearsal", "app: must update rows public.users", "app: nothing unexpected"):
+        assert f"shadow_findings.yaml::{name} SKIPPED" in out
+    assert "Traceback" not in out
+    assert _outcomes(result) == {"failed": 3, "skipped": 3}
+
+
+def test_a_finding_the_collection_did_not_see_fails_the_rehearsals_findings_item(plans: pytest.Pytester) -> None:
+    # the SQL changes after pytest collected the plan: the run's lint finds what the collection's could not
+    plans.makeconftest("""
+from pathlib import Path
+
+def pytest_collection_finish(session):
+    with open(Path(session.config.rootpath, "backfill.sql"), "a") as sql:
+        sql.write("\\nDELETE FROM audit_log;\\n")
+""")
+    result = plans.runpytest_subprocess("--shadow", "-v", "-p", "no:cacheprovider", "shadow_backfill.yaml")
+    out = result.stdout.str()
+    assert "shadow_backfill.yaml::findings found by the rehearsal FAILED" in out, out
+    assert "FAILED app: finding delete-without-where at backfill.sql:2: DELETE FROM audit_log without WHERE" in out
+    assert "shadow_backfill.yaml::app: nothing unexpected FAILED" in out  # the rows it deleted
+    assert "shadow_backfill.yaml::rehearsal PASSED" in out
+    assert _outcomes(result) == {"passed": 4, "failed": 2}
+
+
+def test_items_the_rehearsal_never_judged_are_skipped_not_passed(plans: pytest.Pytester) -> None:
+    plans.makefile(".yaml", shadow_cmd='''\
+version: 1
+targets:
+  app: {kind: postgres, dsn: "${APP_DATABASE_URL}"}
+action: {command: "false"}
+expect:
+  app:
+    must: ["update rows public.users"]
+''')
+    result = plans.runpytest_subprocess("--shadow", "-v", "-rs", "-p", "no:cacheprovider", "shadow_cmd.yaml")
+    out = result.stdout.str()
+    assert "shadow_cmd.yaml::rehearsal FAILED" in out, out
+    assert "the action failed on the shadow" in out
+    for name in ("app: must update rows public.users", "app: nothing unexpected"):
+        assert f"shadow_cmd.yaml::{name} SKIPPED" in out
+    assert "not judged: the action failed on the shadow: the command exited with status 1" in out
+    assert "findings" not in out  # no SQL, nothing to find
+    assert _outcomes(result) == {"failed": 1, "skipped": 2}
+
+
 def test_a_bad_plan_is_one_failing_item_naming_the_place(plans: pytest.Pytester) -> None:
     plans.makefile(".yaml", shadow_bad="version: 1\ntargets:\n  app: {kind: postgres}\naction:\n  sql: nope.sql\n")
     result = plans.runpytest_subprocess("--shadow", "-p", "no:cacheprovider", "shadow_bad.yaml")
@@ -104,6 +180,9 @@ def test_a_bad_plan_is_one_failing_item_naming_the_place(plans: pytest.Pytester)
 
 
 SHADOW_DB_TESTS = '''
+import os
+from pathlib import Path
+
 import pytest
 
 @pytest.mark.shadow_db(schema="schema.sql")
@@ -121,13 +200,15 @@ def test_from_a_dump(shadow_db):
     assert shadow_db.scalar("SELECT count(*) FROM seeded") == 2
 
 @pytest.mark.shadow_db(schema="schema.sql")
-def test_rehearse(shadow_db, rehearse):
+def test_rehearse(shadow_db, rehearse, tmp_path):
     with shadow_db.connect() as conn:
         conn.execute("INSERT INTO users (email, full_name) SELECT 'u' || g || '@x', 'U' FROM generate_series(1, 5) g")
     good = rehearse(sql="migrate.sql", expect={"must": ["add column public.users.nickname"],
                                                "may": ["update rows public.users"],
                                                "rows": {"public.users": {"updated": 5}}}, on=shadow_db)
     assert good.passed, good.explain()
+    assert Path(good.report_dir).is_relative_to(tmp_path)  # the test's own, never the state dir
+    assert not Path(os.environ["SHADOW_STATE_DIR"]).exists()
     bad = rehearse(sql="migrate.sql", expect={"must": ["add column public.users.nickname"]}, on=shadow_db)
     assert not bad.passed
     assert "FAILED app: unexpected update rows public.users" in bad.explain(), bad.explain()
@@ -204,6 +285,32 @@ def test_xdist_workers_share_no_database_and_no_port(pytester: pytest.Pytester,
     assert len({(s["port"], s["db"]) for s in seen}) == 6
 
 
+def test_under_xdist_each_plan_file_is_rehearsed_once(plans: pytest.Pytester, prod_db: ProdDb) -> None:
+    pytest.importorskip("xdist")
+    before = prod_db.fingerprint()
+
+    def rehearsed() -> list[str]:
+        return sorted(Path(json.loads(p.read_text())["plan_path"]).name
+                      for p in (plans.path / ".shadow" / "runs").glob("*/run.json"))
+
+    # --dist load (what -n means) may hand one file's items to both workers; each plan is still rehearsed once
+    result = plans.runpytest_subprocess("--shadow", "-n", "2", "-v", "-p", "no:cacheprovider")
+    out = result.stdout.str()
+    assert _outcomes(result) == {"passed": 9, "failed": 3}, out  # as without -n
+    for name in ("app: nothing unexpected", "app: rows public.users",
+                 "app: finding update-without-where at wide.sql:1"):
+        assert f"FAILED shadow_wide.yaml::{name}" in out
+    assert "PASSED shadow_wide.yaml::app: must update rows public.users" in out
+    assert "PASSED shadow_backfill.yaml::app: rows public.users" in out
+    assert rehearsed() == ["shadow_backfill.yaml", "shadow_wide.yaml"]
+
+    # --dist each: both workers run every item, and still one rehearsal per plan (per test run)
+    result = plans.runpytest_subprocess("--shadow", "-n", "2", "--dist", "each", "-p", "no:cacheprovider")
+    assert _outcomes(result) == {"passed": 18, "failed": 6}, result.stdout.str()
+    assert rehearsed() == ["shadow_backfill.yaml"] * 2 + ["shadow_wide.yaml"] * 2
+    assert prod_db.fingerprint() == before
+
+
 def test_loading_the_plugin_imports_nothing_heavy() -> None:
     """A project that installs shadow but does not use the plugin pays for pytest and the standard library only
     (the time it adds is measured in benchmarks/bench_plugin_import.py)."""
@@ -250,6 +357,39 @@ def test_an_alembic_project_is_one_item_per_revision_and_the_round_trip(
     assert "shop/alembic.ini::round trip FAILED" in out
     assert "migrating back to 0002 left a trace" in out and '"status": "settled"' in out
     assert _outcomes(result) == {"passed": 2, "failed": 1}
+
+
+def test_a_revision_applied_between_collection_and_run_fails_clearly(
+        pytester: pytest.Pytester, empty_db: ProdDb, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+    import shutil
+
+    from tests.conftest import ROOT
+
+    folder = pytester.path / "shop"
+    shutil.copytree(ROOT / "examples" / "alembic", folder, ignore=shutil.ignore_patterns("__pycache__"))
+    upgrade = [sys.executable, "-m", "shadow.migrations.alembic_run", "-c", str(folder / "alembic.ini"), "upgrade"]
+    done = subprocess.run([*upgrade, "0002"], env={**os.environ, "DATABASE_URL": empty_db.dsn},
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    empty_db.execute((folder / "seed.sql").read_text())
+    monkeypatch.setenv("SHADOW_STATE_DIR", str(pytester.path / ".shadow"))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    # someone deploys 0003 to production after pytest collected it as pending
+    pytester.makeconftest(f"""
+import os, subprocess
+
+def pytest_collection_finish(session):
+    subprocess.run({upgrade + ["0003"]!r}, env={{**os.environ, "DATABASE_URL": {empty_db.dsn!r}}}, check=True)
+""")
+    result = pytester.runpytest_subprocess("--shadow-alembic", "shop/alembic.ini", "--shadow-target",
+                                           f"app={empty_db.dsn}", "-v", "-p", "no:cacheprovider")
+    out = result.stdout.str()
+    assert "shop/alembic.ini::revision 0003 FAILED" in out, out
+    assert ("0003 was pending when the tests were collected, but the rehearsal started from 0003 and did not "
+            "rehearse it: production's migrations changed meanwhile — run the tests again") in out
+    assert "shop/alembic.ini::revision 0004 PASSED" in out
+    assert "Traceback" not in out and "ValueError" not in out
 
 
 def test_shadow_db_on_the_docker_backend(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:

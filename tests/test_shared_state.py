@@ -489,7 +489,7 @@ def test_the_state_database_restarting_mid_run_fails_safe_and_the_next_run_is_cl
 
 
 def test_two_runners_share_state_and_store_through_twenty_runs_on_two_targets(
-        pg_server: LocalCluster, state_url: str, s3_server: str, store_url: str, tmp_path: Path) -> None:
+        pg_server: LocalCluster, state_url: str, s3_server: str, store_url: str, tmp_path: Path, evidence: Any) -> None:
     schema = (Path(__file__).resolve().parent.parent / "examples" / "demo" / "schema.sql").read_text()
     dbs = []
     for label in ("x", "y"):
@@ -559,8 +559,8 @@ def test_two_runners_share_state_and_store_through_twenty_runs_on_two_targets(
     assert b.json("audit")["intact"]
     for db in dbs:
         assert db.scalar("SELECT count(*) FROM notes") == 0
-    print(f"two runners: {counts['applied']} applies and {counts['restored']} rollbacks on 2 targets, "
-          f"{len(runs)} runs in the shared journal, writer rows kept: {kept}")
+    evidence(f"two runners: {counts['applied']} applies and {counts['restored']} rollbacks on 2 targets, "
+             f"{len(runs)} runs in the shared journal, writer rows kept: {kept}")
     assert counts == {"applied": 10, "restored": 10}
     for db in dbs:
         with pg_server.connect() as conn:
@@ -588,7 +588,7 @@ s3.put_object(Bucket=bucket, Key="result-" + os.environ["RUNNER"] + ".txt", Body
 
 
 def test_two_runners_on_one_s3_target_take_turns_through_the_state_databases_lock(
-        state_url: str, s3_server: str, bucket: tuple[Any, str], tmp_path: Path) -> None:
+        state_url: str, s3_server: str, bucket: tuple[Any, str], tmp_path: Path, evidence: Any) -> None:
     """An S3 bucket has no lock of its own: two runners sharing state exclude each other on it only through the
     state database's target lock. Each apply's action, in production, notes whether another run's action is in
     the bucket at the same time; none ever is, and every run settles."""
@@ -631,6 +631,8 @@ policy: {{rehearse_rollback: false}}
     overlaps = (tmp_path / "overlaps").read_text().split() if (tmp_path / "overlaps").exists() else []
     assert overlaps == [], f"runs of {overlaps} found another run's action in the bucket at the same time"
     assert counts == {"applied": 6, "restored": 6}
+    evidence(f"two runners on one S3 bucket: {counts['applied']} applies and {counts['restored']} rollbacks, "
+             f"actions overlapping in the bucket: {len(overlaps)}")
     assert runners[1].json("audit")["intact"]
     keys = sorted(o["Key"] for o in client.list_objects_v2(Bucket=name).get("Contents", []))
     assert keys == ["seed.txt"], keys  # every run's own change undone

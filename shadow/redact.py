@@ -14,6 +14,7 @@ endpoint is replaced, also in its percent-encoded forms.
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -88,3 +89,27 @@ def mask_secrets(text: str, secrets: Iterable[str]) -> str:
             for form in {secret, quote(secret, safe=""), quote(secret)}:
                 text = text.replace(form, "***")
     return text
+
+
+def mask_secret_looking(text: str) -> str:
+    """``text`` with every run that looks like a secret value — an API key, a token, a password hash, a base64
+    secret (:func:`shadow.errors.excerpt`'s test) — replaced by :data:`MARKER`; for text whose columns or fields
+    are not known (a query's computed values, an action's output)."""
+    from shadow.errors import _WORDISH, _secretish  # one test of what looks secret, shared with error excerpts
+
+    return _WORDISH.sub(lambda m: MARKER if _secretish(m.group()) else m.group(), text)
+
+
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)([^@\s]+)(@)")
+_KEYWORD_PASSWORD = re.compile(r"(\b\w*(?:password|passwd|pwd)\w*\s*[=:]\s*)('(?:[^'\\]|\\.)*'|\"[^\"]*\"|\S+)", re.I)
+
+
+def mask_dsn_passwords(text: str) -> str:
+    """``text`` with the password of every connection string in it masked: ``postgres://u:***@h/db``,
+    ``password=***`` (also ``PGPASSWORD=***``)."""
+    return _KEYWORD_PASSWORD.sub(r"\1***", _URL_PASSWORD.sub(r"\1***\3", text))
+
+
+def mask_output(text: str) -> str:
+    """An action's output as an agent may read it: DSN passwords and secret-looking values masked."""
+    return mask_secret_looking(mask_dsn_passwords(text))

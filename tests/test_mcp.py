@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -235,3 +236,83 @@ def _server_pids(state: Path) -> list[int]:
             pids.append(int(data["pid"]))
     assert pids, "the apply never started"
     return pids
+
+
+PLANTED_NAME = "Zelda Quarantine"  # in users.full_name, hidden only by the gateway file's policy.redact glob
+SECRETISH = "AKIAxQ7mN2pL9vR4tY8wZ3bC6"  # a secret-looking value in a column no rule names
+
+BYPASSES = [  # each reaches a row that holds the planted values
+    "SELECT api_token AS t FROM users WHERE id = 1",  # an alias hides the column's name
+    "SELECT row_to_json(u) FROM users u WHERE id = 1",  # a whole row as one value
+    "SELECT u FROM users u WHERE id = 1",
+    "SELECT concat(api_token) FROM users WHERE id = 1",  # a function of the column
+    "SELECT api_token::int FROM users WHERE id = 1",  # the server's error quotes the value
+    "SELECT full_name AS who FROM users WHERE id = 1",  # a policy.redact glob with its table part
+    "SELECT full_name::int FROM users WHERE id = 1",
+    "SELECT row_to_json(u) FROM users u WHERE ctid = (SELECT ctid FROM users WHERE id = 1)",  # a TID scan
+    "SELECT note FROM notes WHERE false UNION ALL SELECT api_token FROM users WHERE id = 1",  # no column origin
+    "SELECT query_to_xml('select api_token, full_name from users where id = 1', true, false, '')",  # SQL in SQL
+    "SELECT note FROM notes",  # the secret-looking value itself
+]
+
+
+def test_query_bypasses_return_no_redacted_or_secret_looking_value(tmp_path: Path, served: dict[str, Any]) -> None:
+    db: ProdDb = served["db"]
+    db.execute(f"UPDATE users SET full_name = '{PLANTED_NAME}' WHERE id = 1; "
+               f"INSERT INTO notes (note) VALUES ('aws key {SECRETISH} (rotate)')")
+    (tmp_path / "gateway.yaml").write_text(
+        GATEWAY.replace('warm: "off"}', 'warm: "off", redact: ["public.users.full_name"]}'))
+
+    async def body(s: ClientSession) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for sql in BYPASSES:
+            result = await s.call_tool("query", {"target": "app", "sql": sql})
+            out[sql] = error_text(result) if result.is_error else answer(result)
+        out["plain"] = answer(await s.call_tool("query", {"target": "app", "sql":
+                                                          "SELECT id, email FROM users WHERE id = 1"}))
+        out["count"] = answer(await s.call_tool("query", {"target": "app", "sql": "SELECT count(*) FROM orders"}))
+        return out
+
+    out = drive(tmp_path, served["env"], "agent", body)
+    for sql in BYPASSES:
+        text = json.dumps(out[sql])
+        for secret in (SECRET_VALUE, PLANTED_NAME, SECRETISH, password_of(served["env"]["APP_DATABASE_URL"])):
+            assert secret not in text, (sql, out[sql])
+        shown = out[sql] if isinstance(out[sql], dict) else {}
+        assert "[redacted]" in text or shown.get("redacted_columns"), (sql, out[sql])  # hidden, and said so
+    assert "invalid input syntax for type integer" in out["SELECT api_token::int FROM users WHERE id = 1"]
+    assert out["SELECT note FROM notes"]["rows"] == [["aws key [redacted] (rotate)"]]
+    assert out["plain"]["rows"] == [[1, db.scalar("SELECT email FROM users WHERE id = 1")]]  # the rest stays useful
+    assert out["count"]["rows"] == [[2000]]
+
+
+def test_a_huge_answer_is_cut_with_a_note(tmp_path: Path, served: dict[str, Any]) -> None:
+    from shadow.gateway.core import MAX_ANSWER_CHARS
+
+    async def body(s: ClientSession) -> dict[str, Any]:
+        return answer(await s.call_tool("query", {
+            "target": "app", "sql": "SELECT g, repeat('x', 4000) AS filler FROM generate_series(1, 1000) g",
+            "limit": 1000, "max_bytes": 1 << 20}))
+
+    out = drive(tmp_path, served["env"], "agent", body)
+    assert len(json.dumps(out)) <= MAX_ANSWER_CHARS
+    cut = out["answer_cut"]
+    assert "cut to fit" in cut["note"] and cut["limit_chars"] == MAX_ANSWER_CHARS
+    kept, of = (int(n.replace(",", "")) for n in re.findall(r"[\d,]+", cut["lists"]["rows"]))
+    assert 0 < kept < of and len(out["rows"]) == kept and out["rows"][0][0] == 1
+
+
+def test_action_output_masks_dsn_passwords_and_secret_looking_values(tmp_path: Path, served: dict[str, Any]) -> None:
+    script = (f"print('connecting to postgres://app:hunter2-Pw@db.internal/app password=s3cr3t-Pw')\n"
+              f"print('token {SECRETISH} loaded')\n")
+
+    async def body(s: ClientSession) -> dict[str, Any]:
+        return answer(await s.call_tool("propose", {"action": {
+            "command": f"{sys.executable} show.py", "files": {"show.py": script}}}))
+
+    out = drive(tmp_path, served["env"], "agent", body)
+    output = out["action_output"]
+    assert "postgres://app:***@db.internal/app" in output and "password=***" in output, output
+    assert "token [redacted] loaded" in output, output
+    text = json.dumps(out)
+    assert "hunter2-Pw" not in text and "s3cr3t-Pw" not in text and SECRETISH not in text

@@ -9,7 +9,9 @@ as extra judges — and **apply** a proposal only through the existing ``apply -
 it (``shadow approve``) or, for ``apply: within-limits`` actors, once everything held. Every call is journaled
 before it acts (:mod:`shadow.gateway.ledger`); anything the gateway cannot decide is a refusal.
 
-Answers are plain JSON (``gateway_format`` 1); the change sets in them are the report model's, redacted.
+Answers are plain JSON (``gateway_format`` 1); the change sets in them are the report model's, redacted; none is
+larger than :data:`MAX_ANSWER_CHARS` (:func:`shadow.gateway.answers.fit`). What ``query`` hides is in
+:mod:`shadow.gateway.query`.
 """
 
 from __future__ import annotations
@@ -28,8 +30,10 @@ import yaml
 
 from shadow import redact
 from shadow.errors import BadInput, ShadowError, cap
+from shadow.gateway.answers import fit
 from shadow.gateway.config import GatewayFile, Rules, load_gateway
 from shadow.gateway.ledger import Ledger, digest
+from shadow.gateway.query import QueryFailed, read_only
 from shadow.gateway.scope import judge_rules
 from shadow.outcome import Outcome
 from shadow.result import RunResult
@@ -46,7 +50,7 @@ MAX_ANSWER_CHARS = 256 * 1024  # no answer is larger; its lists are cut first
 FILE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 RUN_ID = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
 WARMING_TOOLS = ("describe", "query", "propose", "apply")  # calls that may leave a warm copy to ready
-QUERY_ROWS, QUERY_BYTES, QUERY_TIMEOUT = 100, 64 * 1024, 10.0
+QUERY_ROWS, QUERY_BYTES = 100, 64 * 1024
 
 
 class Refused(ShadowError):
@@ -178,7 +182,7 @@ class Gateway:
         self._result(tool, "ok", answer.get("run_id"), failure, answer.get("verdict", ""))
         if failure:
             self.ledger.count_failure(self.actor, self.rules)
-        return json.loads(self._safe(json.dumps(answer, default=str)))
+        return fit(json.loads(self._safe(json.dumps(answer, default=str))), MAX_ANSWER_CHARS)
 
     def _result(self, tool: str, result: str, run_id: str | None, failure: bool, detail: str) -> None:
         self.ledger.write({"event": "result", "actor": self.actor, "tool": tool, "result": result, "run_id": run_id,
@@ -384,12 +388,12 @@ class Gateway:
         rehearsal = (model["action"] or {}).get("rehearsal") or {}
         return {
             "gateway_format": GATEWAY_FORMAT, "run_id": result.run_id, "command": result.command,
-            "verdict": result.outcome.value, "reason": result.reason, "passed": result.passed,
+            "verdict": result.outcome.value, "reason": redact.mask_output(result.reason), "passed": result.passed,
             "changes": {t["name"]: t["changes"] for t in model["targets"]},
             "expectations": [v for v in model["expectations"] if v["rule"] not in ("scope", "limit", "max_lock")],
             "rules": [v for v in model["expectations"] if v["rule"] in ("scope", "limit", "max_lock")],
             "findings": model["findings"], "locks": rehearsal.get("locks"),
-            "action_output": cap(str(rehearsal.get("output") or ""), 4000) or None,
+            "action_output": _action_output(rehearsal.get("log")),
             "report": str(Path(result.report_dir) / "report.md"),
         }
 
@@ -554,8 +558,11 @@ class Gateway:
         if len(statements) != 1:
             raise Refused(f"sql: exactly one statement, not {len(statements)}")
         text = statements[0].text
-        run_id, answer = self._on_copy(target, lambda dsn: _read_only(dsn, text, limit, max_bytes,
-                                                                       tuple(self.file.policy.get("redact") or ())))
+        patterns = tuple(self.file.policy.get("redact") or ())
+        try:
+            run_id, answer = self._on_copy(target, lambda dsn: read_only(dsn, text, limit, max_bytes, patterns))
+        except QueryFailed as exc:
+            raise Refused(str(exc)) from None
         return {"gateway_format": GATEWAY_FORMAT, "target": target, "on": f"a shadow (checkpoint of run {run_id}); "
                 "never production", **(answer or {})}
 
@@ -594,6 +601,21 @@ class Gateway:
         return result.run_id, answer
 
 
+def _action_output(log: Any) -> str | None:
+    """The end of the rehearsal's output (its log, where the action's own known secrets are already masked) as the
+    actor may read it: DSN passwords and secret-looking values masked too, at most :data:`MAX_TEXT_CHARS`."""
+    if not log:
+        return None
+    try:
+        with Path(str(log)).open("rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 4 * MAX_TEXT_CHARS))  # the end is what says how it went
+            text = f.read().decode(errors="replace")
+    except (OSError, ValueError):
+        return None
+    text = redact.mask_output(text)
+    return (text if len(text) <= MAX_TEXT_CHARS else "…" + text[1 - MAX_TEXT_CHARS:]) or None
+
+
 def _warm(policy: Any, settings: Settings) -> float | None:
     from shadow.plan.document import duration
 
@@ -601,47 +623,3 @@ def _warm(policy: Any, settings: Settings) -> float | None:
     if raw.strip().lower() in ("off", "0", "false", "no", "none"):
         return None
     return duration(raw)
-
-
-def _read_only(dsn: str, sql: str, limit: int, max_bytes: int, patterns: tuple[str, ...]) -> dict[str, Any]:
-    """Run ``sql`` in a READ ONLY transaction (statement timeout) on the shadow at ``dsn``; rows capped and
-    redacted by column name."""
-    import psycopg
-
-    try:
-        with psycopg.connect(dsn, connect_timeout=10) as conn:
-            conn.read_only = True
-            with conn.cursor() as cur:
-                cur.execute(f"SET LOCAL statement_timeout = {int(QUERY_TIMEOUT * 1000)}")
-                cur.execute(sql.encode())  # the agent's one statement, simple protocol, on a disposable copy
-                if cur.description is None:
-                    return {"columns": [], "rows": [], "row_count": 0, "cut": False}
-                columns = [d.name for d in cur.description]
-                hidden = {i for i, c in enumerate(columns) if redact.is_redacted("", c, patterns)}
-                rows: list[list[Any]] = []
-                size, cut = 2, False
-                for raw in cur.fetchmany(limit + 1):
-                    if len(rows) == limit:
-                        cut = True
-                        break
-                    row = [redact.MARKER if i in hidden and v is not None else _jsonable(v) for i, v in enumerate(raw)]
-                    size += len(json.dumps(row, default=str)) + 1
-                    if size > max_bytes:
-                        cut = True
-                        break
-                    rows.append(row)
-                conn.rollback()
-    except psycopg.Error as exc:
-        raise Refused(f"the query failed on the shadow: {cap(str(exc).strip(), 500)}") from None
-    answer: dict[str, Any] = {"columns": columns, "rows": rows, "row_count": len(rows), "cut": cut}
-    if cut:
-        answer["note"] = f"cut at {len(rows)} rows (row cap {limit}, byte cap {max_bytes})"
-    return answer
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value if not isinstance(value, str) or len(value) <= 4096 else value[:4096] + "…"
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return f"\\x{bytes(value)[:2048].hex()}"
-    return str(value)

@@ -12,9 +12,10 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapters import Endpoint
 from shadow import warden
@@ -22,6 +23,9 @@ from shadow.errors import ActionFailed
 from shadow.redact import mask_secrets
 from shadow.plan import Plan
 from shadow.sqlsplit import Statement
+
+if TYPE_CHECKING:
+    from adapters.postgres.locksample import LockSampler
 
 PASSTHROUGH = ("PATH", "LANG", "TZ")
 LOG_TAIL = 20
@@ -34,7 +38,8 @@ class ActionResult:
     mode: str = ""  # sql: "transaction" | "autocommit"; command: "process"
     error: str | None = None
     log: str | None = None
-    locks: list[dict[str, Any]] | None = None  # SQL rehearsals: per statement, locks taken and tables rewritten
+    # Rehearsals: per SQL statement, locks taken and tables rewritten; a command's on a Postgres shadow, sampled
+    locks: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "seconds": round(self.seconds, 3), "mode": self.mode, "error": self.error,
@@ -146,4 +151,24 @@ def run_action(plan: Plan, statements: list[Statement], endpoints: Mapping[str, 
         cwd = Path(workdirs[0]) if len(workdirs) == 1 else plan.folder
         if cwd != plan.folder:
             env["SHADOW_PLAN_DIR"] = str(plan.folder)
-        return run_command(action.command, cwd, env, action.timeout, log_path, secrets, launch)
+        with ExitStack() as stack:
+            samplers = [] if production else [stack.enter_context(s) for s in
+                                              lock_samplers(action.command, endpoints, kinds, secrets)]
+            result = run_command(action.command, cwd, env, action.timeout, log_path, secrets, launch)
+        if samplers:
+            result.locks = [s.trace() for s in samplers]
+        return result
+
+
+def lock_samplers(command: str, endpoints: Mapping[str, Endpoint], kinds: Mapping[str, str],
+                  secrets: tuple[str, ...]) -> list[LockSampler]:
+    """A sampled lock trace per Postgres shadow (:mod:`adapters.postgres.locksample`): shadow cannot see a
+    command's statements, so it reads what the command's sessions hold while it runs. Not for an action isolated
+    in a container (its endpoints name hosts on the sandbox's network)."""
+    shadows = [(name, ep.dsn) for name, ep in endpoints.items() if kinds[name] == "postgres" and ep.dsn]
+    if not shadows:
+        return []
+    from adapters.postgres.locksample import LockSampler  # noqa: F811 - only Postgres plans load it
+
+    return [LockSampler(dsn, command, secrets, "command" if len(shadows) == 1 else f"command ({name})")
+            for name, dsn in shadows]

@@ -347,6 +347,16 @@ def _on_host(name: str) -> Any:
     return enter
 
 
+def _killed_at_step1(prod_db: ProdDb, proc: Any) -> None:
+    """SIGKILL the apply ``proc`` once its action's first write (step1) is in production."""
+    deadline = time.monotonic() + 240
+    while not prod_db.scalar("SELECT count(*) FROM audit_log WHERE message = 'step1'"):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+
+
 SLOW_SQL = ("INSERT INTO audit_log (happened_at, message) VALUES ('2031-01-01', 'step1');\n"
             "VACUUM audit_log;\n"  # statement by statement: production is half changed while it sleeps
             "SELECT pg_sleep(CASE WHEN inet_server_port() = {port} THEN 30 ELSE 0 END);\n"  # production
@@ -385,13 +395,8 @@ expect: {app: {may: ["insert rows public.audit_log", "update rows public.users"]
     assert b.json("apply", "--run", run_id)["outcome"] == "applied"
     before = prod_db.fingerprint()
 
-    proc = start_cli("apply", state=a.state, cwd=slow_plans, env=a.env, preexec_fn=_on_host(host_a))
-    deadline = time.monotonic() + 240
-    while not prod_db.scalar("SELECT count(*) FROM audit_log WHERE message = 'step1'"):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    _killed_at_step1(prod_db, start_cli("apply", state=a.state, cwd=slow_plans, env=a.env,
+                                        preexec_fn=_on_host(host_a)))
 
     refused = b("apply", cwd=slow_plans)
     assert refused.code == 3 and "shadow recover" in refused.text, refused.text
@@ -432,13 +437,7 @@ def test_a_command_action_of_a_host_that_is_gone_is_settled_only_when_the_operat
     a, b = Runner(tmp_path, "a", env), Runner(tmp_path, "b", env)
     host_a = "runner-a-" + uuid.uuid4().hex[:6]
     before = prod_db.fingerprint()
-    proc = start_cli("apply", state=a.state, cwd=plans, env=a.env, preexec_fn=_on_host(host_a))
-    deadline = time.monotonic() + 240
-    while not prod_db.scalar("SELECT count(*) FROM audit_log WHERE message = 'step1'"):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    _killed_at_step1(prod_db, start_cli("apply", state=a.state, cwd=plans, env=a.env, preexec_fn=_on_host(host_a)))
 
     refused = b("recover", "--json")
     assert refused.code == 3, refused.text

@@ -70,6 +70,7 @@ def undo_run(session: Session, targets: dict[str, Target], checkpoints: dict[str
     if result.command != "recover":  # a recover's undo: the run it settles stays unfinished until that is done
         session.phase("restoring")
     did: list[str] = []
+    overwritten = 0
     for name, t in targets.items():
         assert isinstance(t, Undoable)
         tr = result.targets[name]
@@ -95,6 +96,8 @@ def undo_run(session: Session, targets: dict[str, Target], checkpoints: dict[str
                           "whole checkpoint")
         if conflicts:
             tr.warnings.append(f"--force overwrote what others wrote since the apply: {'; '.join(conflicts[:10])}")
+            overwritten += len(conflicts)
         did += [f"{name}: {d}" for d in done] or [f"{name}: nothing left to undo"]
-    return Ending(Outcome.RESTORED, f"undid run {run_id}'s own change ({'; '.join(did)}) and verified it; other "
-                  "sessions' writes since were kept")
+    kept = (f"other sessions' later writes to {overwritten} row(s), table(s) or object(s) the run had changed were "
+            "overwritten; every other write was kept") if overwritten else "other sessions' writes since were kept"
+    return Ending(Outcome.RESTORED, f"undid run {run_id}'s own change ({'; '.join(did)}) and verified it; {kept}")

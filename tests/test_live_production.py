@@ -239,6 +239,8 @@ def test_a_row_changed_again_since_the_apply_is_a_conflict(prod_db: ProdDb, shad
     forced = shadow_cli("rollback", run_id, "--force", "--json")
     assert forced.code == 0, forced.text
     assert "--force overwrote" in _warnings(_report(forced))
+    assert "later writes to 1 row(s), table(s) or object(s) the run had changed were overwritten" in _report(
+        forced)["reason"]
     assert prod_db.scalar("SELECT full_name FROM users WHERE id = 2") == "User 2"
 
 

@@ -4,6 +4,7 @@ real PostgreSQL production."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from pathlib import Path
@@ -121,6 +122,22 @@ END $$;
     assert prod_db.fingerprint() == before
 
 
+def test_the_readme_lists_every_verdict_line():
+    from shadow.outcome import Outcome
+    from shadow.reports import verdict_line
+
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text().split())
+    undo = {"mode": "undo", "verified": True, "conflicts": []}
+    models = [{"outcome": "refused", "command": "rollback"},
+              {"outcome": "rolled_back", "targets": [{"restore": {"transaction": "rolled back", "verified": True}}]},
+              {"outcome": "rolled_back", "targets": [{"restore": {"needed": False, "verified": True}}]},
+              {"outcome": "rolled_back", "targets": [{"restore": undo}]},
+              {"outcome": "restored", "targets": [{"restore": undo}]}]
+    lines = [o.verdict for o in Outcome if " — " in o.verdict] + [verdict_line(m) for m in models]
+    missing = [line for line in lines if f"`{line}`" not in readme and f"`{line.split(' — ')[1]}`" not in readme]
+    assert not missing, missing
+
+
 # -- item 9: steps that found a problem -------------------------------------------------------------------------
 DIVERGING = """
 import os, psycopg
@@ -148,8 +165,26 @@ expect: {{app: {{may: [insert rows public.audit_log]}}}}
     steps = _steps(_report(shadow_cli, _run_id(r.out)))
     assert steps["verify app"]["state"] == "problem"
     assert steps["apply"]["state"] == "done"
-    md = (shadow_cli.state_dir / "runs" / _run_id(r.out) / "report.md").read_text()
+    folder = shadow_cli.state_dir / "runs" / _run_id(r.out)
+    md = (folder / "report.md").read_text()
     assert "| verify | app |" in md and "found: production did not change the way the shadow did" in md
+    # Item 8: a command cannot run in one transaction; only the run's own change was undone, not the checkpoint.
+    undone = "ROLLED BACK — the run's own change was undone and verified; everyone else's writes were kept"
+    assert undone in r.out and "restored to the checkpoint" not in r.out
+    assert f"**{undone}**" in md and "restored to the checkpoint" not in md
+    page = html.unescape((folder / "report.html").read_text())
+    assert "the run's own change was undone and verified; everyone else's writes were kept" in page
+    assert "restored to the checkpoint" not in page
+
+
+def test_a_forced_undo_headline_says_it_overwrote_later_writes():
+    from shadow.reports import verdict_line
+
+    undo = {"needed": True, "mode": "undo", "verified": True, "done": ["public.users: 1 row(s) updated"],
+            "conflicts": ["public.users (id)=(1) was changed again since", "public.orders (id)=(4) was deleted"]}
+    line = verdict_line({"outcome": "restored", "command": "rollback", "targets": [{"restore": undo}]})
+    assert line == ("RESTORED — the run's own change was undone and verified, overwriting others' later writes to 2 "
+                    "row(s), table(s) or object(s) it had changed; every other write was kept")
 
 
 # -- item 10: `shadow runs` never cuts run ids ------------------------------------------------------------------
@@ -177,6 +212,24 @@ def test_unreachable_dsn_keeps_the_reason_on_one_line(shadow_cli, tmp_path):
     assert "cannot connect to postgresql://app@127.0.0.1:" in lines[0]
     assert "failed: Connection refused; Is the server running on that host" in lines[0]
     assert "  " not in lines[0] and "\t" not in lines[0]
+
+
+@pytest.mark.parametrize("entry", ["execute", "execute_verified"])
+def test_the_applys_own_connection_keeps_libpqs_reason_and_hint(entry):
+    from adapters.postgres import execute
+    from adapters.postgres.cluster import free_port
+    from shadow.errors import TargetUnreachable
+
+    port = free_port()  # nothing listens there: the OS refuses the connection
+    dsn = f"host=127.0.0.1 port={port} dbname=shop user=app password=not-to-be-quoted connect_timeout=5"
+    with pytest.raises(TargetUnreachable) as caught:
+        if entry == "execute":
+            execute.execute(dsn, [], 5, "app")
+        else:
+            execute.execute_verified(dsn, [], 5, "app", lambda conn, prepared: [])
+    assert str(caught.value) == (f'target \'app\': cannot connect: connection to server at "127.0.0.1", port {port} '
+                                 "failed: Connection refused; Is the server running on that host and accepting "
+                                 "TCP/IP connections?")
 
 
 # -- item 13: definition diffs and catalog codes ------------------------------------------------------------------
@@ -210,6 +263,23 @@ expect: {app: {must: ["alter function public.log_cancellation()", "alter trigger
     assert ('<span class="add">+    INSERT INTO audit_log VALUES (now(), &#x27;order &#x27; || NEW.id || '
             '&#x27; was cancelled&#x27;);</span>') in html
     assert "<td>state</td><td><code>enabled</code></td><td><code>disabled</code></td>" in html
+
+
+def test_a_long_definition_line_is_cut_where_it_changed():
+    from shadow.reports.common import DIFF_LINE_CHARS, definition_diff
+
+    before = "SELECT " + ", ".join(f"col{i}" for i in range(100)) + " FROM t"  # one line of 700 characters
+    after = before.replace("col80,", "col80 AS renamed,")
+    header, removed, added = definition_diff(before, after)
+    assert header == "@@ -1 +1 @@"
+    assert removed != added and "col80, col81" in removed and "col80 AS renamed, col81" in added
+    assert removed.startswith("-…") and added.startswith("+…")  # what was left out is marked
+    assert max(len(removed), len(added)) <= DIFF_LINE_CHARS
+    assert removed.index("col80") == added.index("col80")  # both sides cut at the same place: they line up
+    # A change past the cut near the end: both lines end with it, each marked as starting mid-line.
+    _, removed, added = definition_diff("x" * 400 + " a", "x" * 400 + " b")
+    assert removed.startswith("-…") and removed.endswith("x a") and added.endswith("x b")
+    assert removed.count("…") == 1
 
 
 # -- item 14: wording ---------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import psycopg
 from psycopg import errors as pgerrors
 
+from adapters.postgres import dsn as dsnlib
 from adapters.postgres.locks import LockTracer
 from adapters.postgres.observe import read_text_as_str
 from shadow.errors import ActionFailed, SqlError, TargetUnreachable, excerpt
@@ -34,7 +35,7 @@ def execute(dsn: str, statements: list[Statement], timeout: float, target: str,
     try:
         conn = _connect(dsn, tag)
     except psycopg.OperationalError as exc:
-        raise TargetUnreachable(f"cannot connect: {_first_line(exc)}", target=target) from exc
+        raise TargetUnreachable(f"cannot connect: {_why(exc, dsn)}", target=target) from exc
     tracer = LockTracer(conn, dsn, one_transaction) if trace is not None else None
     if lock_timeout is not None:
         conn.execute(f"SET lock_timeout = {max(1, int(lock_timeout * 1000))}")
@@ -63,7 +64,7 @@ def execute(dsn: str, statements: list[Statement], timeout: float, target: str,
         except psycopg.OperationalError as exc:
             if isinstance(exc, pgerrors.QueryCanceled):
                 raise ActionFailed(f"the SQL action timed out after {timeout:g} s", target=target) from exc
-            raise TargetUnreachable(f"lost the connection during the action: {_first_line(exc)}", target=target) from exc
+            raise TargetUnreachable(f"lost the connection during the action: {_why(exc, dsn)}", target=target) from exc
         finally:
             if tracer is not None and trace is not None:
                 trace.extend(tracer.finish())
@@ -114,7 +115,7 @@ def execute_verified(dsn: str, statements: list[Statement], timeout: float, targ
     try:
         conn = _connect(dsn, tag)
     except psycopg.OperationalError as exc:
-        raise TargetUnreachable(f"cannot connect: {_first_line(exc)}", target=target) from exc
+        raise TargetUnreachable(f"cannot connect: {_why(exc, dsn)}", target=target) from exc
     with conn:
         for attempt in range(retries + 1):
             try:
@@ -132,7 +133,7 @@ def execute_verified(dsn: str, statements: list[Statement], timeout: float, targ
             except psycopg.OperationalError as exc:
                 if isinstance(exc, pgerrors.QueryCanceled):
                     raise ActionFailed(f"the SQL action timed out after {timeout:g} s", target=target) from exc
-                raise TargetUnreachable(f"lost the connection during the action: {_first_line(exc)}",
+                raise TargetUnreachable(f"lost the connection during the action: {_why(exc, dsn)}",
                                         target=target) from exc
     raise AssertionError("unreachable: the last attempt returns or raises")
 
@@ -237,6 +238,12 @@ def _rejected(exc: psycopg.Error, st: Statement, target: str) -> NoReturn:
         message += f" ({excerpt(exc.diag.message_detail, 160)})"
     raise SqlError(f"the server rejected the statement: {message}", file=st.file, line=line,
                    statement=st.text if st.quote else None, target=target) from exc
+
+
+def _why(exc: BaseException, dsn: str) -> str:
+    """Why the connection failed or was lost, on one line: libpq's whole message (the server's or the OS's reason
+    and its hint), never only its first line, and never the password."""
+    return dsnlib.connect_error(exc, dsnlib.parse(dsn).get("password"))
 
 
 def _first_line(exc: BaseException) -> str:

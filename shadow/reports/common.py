@@ -3,6 +3,7 @@ where the time went, catalog codes as words, a changed definition as a diff, and
 
 from __future__ import annotations
 
+import os.path
 from typing import Any
 
 from shadow.outcome import Outcome
@@ -13,6 +14,7 @@ ENABLED_WORDS = {"O": "enabled", "D": "disabled", "R": "enabled on replicas only
 CODED_KINDS = ("trigger", "rule", "event_trigger")
 DIFF_LINES = 40  # a definition's unified diff is cut after this many lines (whole lines only)
 DIFF_LINE_CHARS = 300
+DIFF_LEAD_CHARS = 60  # a long changed line is cut this many characters before where it differs
 
 
 def verdict_line(m: dict[str, Any]) -> str:
@@ -21,21 +23,31 @@ def verdict_line(m: dict[str, Any]) -> str:
     if outcome == "refused" and m.get("command") == "rollback":
         return "REFUSED — nothing was restored; production was left as it is"
     restores = [t.get("restore") or {} for t in m.get("targets") or []]
-    if outcome == "restored" and restores and all(r.get("mode") in ("undo", "tables") for r in restores):
-        return "RESTORED — the run's own change was undone and verified; everyone else's writes were kept"
+    if outcome in ("restored", "rolled_back") and restores and all(r.get("mode") in ("undo", "tables")
+                                                                    for r in restores):
+        return f"{Outcome(outcome).verdict.split(' — ')[0]} — {_undone(restores)}"
     if outcome == "rolled_back":
-        restores = [t.get("restore") or {} for t in m.get("targets") or []]
+        # Only a one-transaction apply's ROLLBACK says "rolled back" (shadow.production.apply_in_one_transaction).
         if restores and all(r.get("transaction") == "rolled back" for r in restores):
-            if all(r.get("verified") for r in restores):
-                return "ROLLED BACK — the transaction was rolled back; production was never changed"
-            return ("ROLLED BACK — the transaction was rolled back; shadow never changed production, but other "
-                    "sessions wrote to it meanwhile")
+            return "ROLLED BACK — the transaction was rolled back; production was never changed"
         if restores and not any(r.get("needed", True) for r in restores):
             return "ROLLED BACK — production still equals the checkpoint (verified); nothing needed restoring"
     try:
         return Outcome(outcome).verdict
     except ValueError:  # an outcome this version does not know (a report from another version)
         return str(outcome)
+
+
+def _undone(restores: list[dict[str, Any]]) -> str:
+    """What undoing only a run's own change (:mod:`shadow.undoing`) did to production, as its restores say: a
+    forced undo puts back what others wrote since to what the run changed (``conflicts``), and says how much."""
+    done = ("the run's own change was undone and verified" if all(r.get("verified") for r in restores)
+            else "the run's own change was undone but the undo did not verify")
+    overwritten = sum(len(r.get("conflicts") or []) for r in restores)
+    if overwritten:
+        return (f"{done}, overwriting others' later writes to {overwritten} row(s), table(s) or object(s) it had "
+                "changed; every other write was kept")
+    return f"{done}; everyone else's writes were kept"
 
 
 def summary_line(m: dict[str, Any]) -> str:
@@ -81,15 +93,32 @@ def is_text_block(before: Any, after: Any) -> bool:
 
 
 def definition_diff(before: Any, after: Any, limit: int = DIFF_LINES) -> list[str]:
-    """A unified diff of two texts (no file headers), cut after ``limit`` whole lines with a count of the rest."""
+    """A unified diff of two texts (no file headers), cut after ``limit`` whole lines with a count of the rest; a
+    line too long to show whole is cut around where it differs (:func:`_cut`)."""
     import difflib
 
     lines = list(difflib.unified_diff(str(before or "").splitlines(), str(after or "").splitlines(),
                                       lineterm="", n=2))[2:]
-    lines = [line if len(line) <= DIFF_LINE_CHARS else line[: DIFF_LINE_CHARS - 1] + "…" for line in lines]
+    removed, added = [line[1:] for line in lines if line[:1] == "-"], [line[1:] for line in lines if line[:1] == "+"]
+    lines = [_cut(line, {"-": added, "+": removed}.get(line[:1], [])) for line in lines]
     if len(lines) > limit:
         lines = lines[:limit] + [f"… {len(lines) - limit} more lines of the diff (report.json has both texts)"]
     return lines
+
+
+def _cut(line: str, counterparts: list[str]) -> str:
+    """Diff line ``line`` in at most about ``DIFF_LINE_CHARS`` characters, with … where text was left out. A removed
+    or added line is cut around the first character where it differs from its closest counterpart on the other side
+    (the one it shares the longest start with): a one-line definition changed past the cut would otherwise read the
+    same on both sides."""
+    if len(line) <= DIFF_LINE_CHARS:
+        return line
+    sign, body = line[:1], line[1:]
+    at = max((len(os.path.commonprefix([body, other])) for other in counterparts), default=0)
+    width = DIFF_LINE_CHARS - 3  # the sign and an ellipsis on each side
+    start = max(0, at - DIFF_LEAD_CHARS)  # the same on both sides of a change: they line up
+    end = start + width
+    return sign + ("…" if start else "") + body[start:end] + ("…" if end < len(body) else "")
 
 
 def changed_cells(sample: dict[str, Any] | None) -> list[tuple[str, Any, Any]]:

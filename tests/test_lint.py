@@ -567,3 +567,159 @@ def test_a_plan_says_its_sql_files_run_in_one_session(tmp_path: Path) -> None:
     (tmp_path / "shadow.yaml").write_text(body + "  one_session: please\n")
     with pytest.raises(PlanError, match="action.one_session: 'please' is not true or false"):
         load_plan(tmp_path / "shadow.yaml", {})
+
+
+# --- issue 13 item 16: ALTER TABLE actions PostgreSQL's grammar refuses, and strings that cannot be read -----------
+
+
+@pytest.mark.parametrize(("sql", "where", "says"), [
+    ("ALTER TABLE users ADD COLUM x int;\n", "line 1, column 31",
+     "unexpected 'int': after ADD, 'COLUM' reads as the new column's name and 'x' as its type, and only constraints "
+     "(NOT NULL, DEFAULT …, REFERENCES …) may follow them; is COLUMN misspelled?"),
+    ("ALTER TABLE users DROP COLUMN;\n", "line 1, column 30", "the name of the column to drop is missing"),
+    ("ALTER TABLE users\n  DROP COLUMN IF EXISTS,\n  DROP b;\n", "line 2, column 24",
+     "the name of the column to drop is missing"),
+    ("ALTER TABLE users DROP COLUMN a b;\n", "line 1, column 33", "unexpected 'b' after the name of the column to drop"),
+    ("ALTER TABLE users ALTER COLUM a TYPE int;\n", "line 1, column 31", "unexpected 'a' after the column's name: "
+     "ALTER [COLUMN] name takes TYPE, SET …, DROP … next; is COLUMN misspelled?"),
+    ("ALTER TABLE users ALTER COLUMN a DROP NULL;\n", "line 1, column 39", "unexpected 'NULL' after ALTER COLUMN … "
+     "DROP (it takes DEFAULT, NOT NULL, EXPRESSION or IDENTITY)"),
+    ("ALTER TABLE users DORP COLUMN a;\n", "line 1, column 19", "unexpected 'DORP': PostgreSQL has no ALTER TABLE "
+     "action that starts so (they start with ADD, DROP, ALTER, RENAME, SET …); is DROP misspelled?"),
+    ("ALTER TABLE users ADD COLUMN x;\n", "line 1, column 31", "the new column's type is missing"),
+    ("ALTER TABLE users ADD COLUMN select int;\n", "line 1, column 30",
+     "the new column's name is missing: SELECT is a reserved word (a name spelled so must be written in double "
+     "quotes)"),
+    ("ALTER TABLE users RENAME COLUMN a b;\n", "line 1, column 35", "expected TO after the column's name, not 'b'"),
+    ("ALTER TABLE users RENAME TO members, ADD COLUMN y int;\n", "line 1, column 19",
+     "RENAME TO cannot be combined with other actions: PostgreSQL takes it only in an ALTER TABLE of its own"),
+    ("ALTER TABLE users ADD COLUMN x int,;\n", "line 1, column 35", "a comma with no action after it"),
+    ("ALTER TABLE users;\n", "line 1, column 18", "an action (ADD, DROP, ALTER …) is missing after the table's name"),
+    ("ALTER TABLE payment ATTACH PARTITION p;\n", "line 1, column 39",
+     "FOR VALUES … or DEFAULT after the partition's name is missing"),
+    ("ALTER TABLE users ADD CONSTRAINT c CHEK (a > 0);\n", "line 1, column 36",
+     "expected CHECK, UNIQUE, PRIMARY KEY, FOREIGN KEY or EXCLUDE after the constraint's name, not 'CHEK'"),
+    ("ALTER TABLE users OWNER app;\n", "line 1, column 25", "unexpected 'app' after OWNER (it takes TO)"),
+    ("UPDATE t SET a = B'12' WHERE id = 1;\n", "line 1, column 18",
+     "a bit string (B'…') may hold only the digits 0 and 1, not '2'"),
+    ("UPDATE t\n   SET a = X'1G'\n WHERE id = 1;\n", "line 2, column 12",
+     "a hex string (X'…') may hold only the digits 0-9 and A-F, not 'G'"),
+])
+def test_cli_alter_table_actions_and_strings_postgresql_refuses_are_exit_2_with_line_column(
+        tmp_path: Path, sql: str, where: str, says: str) -> None:
+    # each statement here is refused by PostgreSQL 15 with a syntax error (or, for the strings, an invalid digit)
+    f = write(tmp_path, "migrations/0007.sql", sql)
+    result = shadow_lint(tmp_path, f)
+    assert result.code == 2, result.out + result.err
+    assert f"migrations/0007.sql:{where.split(',')[0].split()[1]}: cannot parse the SQL ({where}): {says}" \
+        in result.err, result.err
+    assert "sqlglot" not in result.err and "Traceback" not in result.err
+
+
+def test_alter_table_errors_outside_the_plan_folder_quote_nothing_of_the_statement() -> None:
+    sql = "ALTER TABLE users ADD COLUM secret_x int;\n"
+    with pytest.raises(SqlError) as caught:
+        lint(split_sql(sql, "m.sql", quote=False))
+    assert str(caught.value) == ("m.sql:1: cannot parse the SQL (line 1, column 38): unexpected word after the new "
+                                 "column's name and type, and only constraints (NOT NULL, DEFAULT …, REFERENCES …) may "
+                                 "follow them; is COLUMN misspelled?")
+
+
+# Each passes PostgreSQL 15's grammar (run against a cluster: no SQLSTATE 42601), except the last ones, from newer
+# versions (STORAGE in a column definition: 16; SET EXPRESSION: 17; NOT NULL constraints, ENFORCED: 18).
+VALID_ALTER_TABLES = [
+    "ALTER TABLE users ADD COLUMN nickname text",
+    "ALTER TABLE users ADD nickname text NOT NULL DEFAULT ''",
+    'ALTER TABLE users ADD COLUMN IF NOT EXISTS nickname varchar(40) COLLATE "C"',
+    "ALTER TABLE IF EXISTS ONLY public.users ADD IF NOT EXISTS score numeric(10, 2) CHECK (score >= 0)",
+    "ALTER TABLE users * ADD COLUMN created timestamp(3) with time zone DEFAULT now()",
+    "ALTER TABLE ONLY (users) ADD COLUMN x int",
+    "ALTER TABLE users ADD COLUMN ratio double precision, ADD COLUMN code character varying(8) UNIQUE",
+    "ALTER TABLE users ADD COLUMN span interval day to second(3), ADD COLUMN flags bit varying(8)",
+    "ALTER TABLE users ADD COLUMN d decimal(5), ADD COLUMN n national character varying(3), "
+    "ADD COLUMN ts timestamp without time zone, ADD COLUMN iv interval year to month, ADD COLUMN c \"char\"",
+    "ALTER TABLE users ADD COLUMN tags text[] DEFAULT ARRAY['a', 'b'], ADD COLUMN grid int ARRAY[3], "
+    "ADD COLUMN m int[][] NOT NULL DEFAULT '{}'",
+    "ALTER TABLE users ADD COLUMN owner_id int REFERENCES users (id) ON DELETE SET NULL",
+    "ALTER TABLE users ADD COLUMN total int GENERATED ALWAYS AS (a * 2) STORED",
+    "ALTER TABLE users ADD COLUMN seq bigint GENERATED BY DEFAULT AS IDENTITY (START WITH 10)",
+    "ALTER TABLE users ADD COLUMN x int NOT NULL DEFAULT 0 CONSTRAINT x_positive CHECK (x >= 0)",
+    "ALTER TABLE users ADD COLUMN j jsonb DEFAULT '{}'::jsonb NOT NULL, ADD COLUMN p pg_catalog.int4",
+    'ALTER TABLE users ADD COLUMN doc public."MyType", ADD COLUMN body text COMPRESSION pglz',
+    "ALTER TABLE users ADD COLUMN int int, ADD COLUMN type text, ADD COLUMN name text, ADD COLUMN key text",
+    'ALTER TABLE "Sales"."Ünïcode" ADD COLUMN "naïve name" text, ADD COLUMN naïve text, ADD "Total" money',
+    'ALTER TABLE users ADD COLUMN U&"d\\0061t" text, ADD COLUMN U&"d!0061t2" UESCAPE \'!\' text',
+    "ALTER TABLE users ADD CONSTRAINT users_a_check CHECK (a > 0) NOT VALID",
+    "ALTER TABLE users ADD CONSTRAINT users_email_key UNIQUE USING INDEX users_email_idx",
+    "ALTER TABLE users ADD PRIMARY KEY (id), ADD UNIQUE (email)",
+    "ALTER TABLE users ADD FOREIGN KEY (a) REFERENCES other (id) NOT VALID",
+    "ALTER TABLE users ADD EXCLUDE USING gist (a WITH =)",
+    "ALTER TABLE users DROP COLUMN legacy, DROP legacy2 CASCADE",
+    "ALTER TABLE users DROP COLUMN IF EXISTS legacy CASCADE",
+    "ALTER TABLE users DROP IF EXISTS legacy RESTRICT",
+    "ALTER TABLE users DROP CONSTRAINT IF EXISTS users_a_check, DROP CONSTRAINT c2 CASCADE",
+    'ALTER TABLE users DROP COLUMN index, DROP COLUMN "select", DROP if, DROP COLUMN exists',
+    "ALTER TABLE users ALTER COLUMN a TYPE bigint USING a::bigint",
+    'ALTER TABLE users ALTER email SET DATA TYPE varchar(200) COLLATE "C"',
+    "ALTER TABLE users ALTER COLUMN a SET DEFAULT 0, ALTER COLUMN email DROP DEFAULT",
+    "ALTER TABLE users ALTER COLUMN a SET NOT NULL, ALTER COLUMN email DROP NOT NULL",
+    "ALTER TABLE users ALTER COLUMN a SET STATISTICS 500, ALTER COLUMN email SET STORAGE EXTERNAL",
+    "ALTER TABLE users ALTER COLUMN a SET (n_distinct = 100), ALTER COLUMN a RESET (n_distinct)",
+    "ALTER TABLE users ALTER COLUMN total DROP EXPRESSION IF EXISTS",
+    "ALTER TABLE users ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY",
+    "ALTER TABLE users ALTER COLUMN id SET GENERATED BY DEFAULT RESTART WITH 100",
+    "ALTER TABLE users ALTER COLUMN id SET INCREMENT BY 2, ALTER COLUMN id RESTART",
+    "ALTER TABLE users ALTER COLUMN id DROP IDENTITY IF EXISTS",
+    "ALTER TABLE users ALTER COLUMN email SET COMPRESSION lz4",
+    "ALTER TABLE users ALTER type TYPE int4range, ALTER COLUMN data SET DATA TYPE text",
+    "ALTER TABLE users ALTER CONSTRAINT users_fk DEFERRABLE INITIALLY DEFERRED",
+    "ALTER TABLE users VALIDATE CONSTRAINT users_a_check",
+    "ALTER TABLE users RENAME TO members",
+    "ALTER TABLE users RENAME COLUMN email TO mail",
+    "ALTER TABLE users RENAME email TO mail",
+    "ALTER TABLE users RENAME CONSTRAINT users_a_check TO users_a_positive",
+    "ALTER TABLE IF EXISTS users SET SCHEMA archive",
+    "ALTER TABLE payment ATTACH PARTITION payment_2026 FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')",
+    "ALTER TABLE payment ATTACH PARTITION public.payment_old DEFAULT",
+    "ALTER TABLE payment ATTACH PARTITION payment_h0 FOR VALUES WITH (MODULUS 4, REMAINDER 0)",
+    "ALTER TABLE payment DETACH PARTITION payment_2025 CONCURRENTLY",
+    "ALTER TABLE payment DETACH PARTITION payment_2025 FINALIZE",
+    "ALTER TABLE users ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY",
+    "ALTER TABLE users NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY",
+    "ALTER TABLE users DISABLE TRIGGER ALL, ENABLE REPLICA TRIGGER trg, ENABLE ALWAYS RULE r, ENABLE TRIGGER USER",
+    "ALTER TABLE users OWNER TO CURRENT_USER",
+    "ALTER TABLE users OWNER TO app_owner",
+    "ALTER TABLE users CLUSTER ON users_pkey, SET WITHOUT CLUSTER",
+    "ALTER TABLE users SET (fillfactor = 70, autovacuum_enabled = false), RESET (toast_tuple_target)",
+    "ALTER TABLE users SET TABLESPACE pg_default, SET LOGGED",
+    "ALTER TABLE users SET ACCESS METHOD heap",
+    "ALTER TABLE users SET WITHOUT OIDS",
+    "ALTER TABLE users INHERIT parent, NO INHERIT other_parent",
+    "ALTER TABLE users OF user_type",
+    "ALTER TABLE users NOT OF",
+    "ALTER TABLE users REPLICA IDENTITY FULL",
+    "ALTER TABLE users REPLICA IDENTITY USING INDEX users_pkey",
+    "ALTER TABLE ALL IN TABLESPACE pg_default SET TABLESPACE fast NOWAIT",
+    "ALTER TABLE users\n  ADD COLUMN a int,\n  DROP COLUMN b,\n  ALTER COLUMN c\n  DROP DEFAULT",
+    "ALTER TABLE users ADD COLUMN x int /* why */ NOT NULL -- a comment\n DEFAULT 1",
+    # newer than PostgreSQL 15
+    "ALTER TABLE users ADD COLUMN body text STORAGE EXTERNAL",
+    "ALTER TABLE users ALTER COLUMN total SET EXPRESSION AS (a * 3)",
+    "ALTER TABLE users ADD CONSTRAINT users_a_not_null NOT NULL a",
+    "ALTER TABLE users ALTER CONSTRAINT users_fk NOT ENFORCED",
+]
+
+
+@pytest.mark.parametrize("sql", VALID_ALTER_TABLES)
+def test_valid_alter_table_forms_are_never_refused(sql: str) -> None:
+    findings = lint(split_sql(sql + ";\n", "m.sql"))
+    assert not [f for f in findings if f.id == "opaque-statement"], findings
+
+
+def test_an_alter_table_action_newer_than_lint_is_reported_unchecked_not_refused(tmp_path: Path) -> None:
+    f = write(tmp_path, "m.sql", "SET lock_timeout = '1s';\nSET statement_timeout = '1min';\n"
+              "ALTER TABLE payment MERGE PARTITIONS (p1, p2) INTO p12;\n")
+    result = shadow_lint(tmp_path, f)
+    assert result.code == 0, result.err
+    assert ("m.sql:3 info opaque-statement cannot check this ALTER TABLE: lint does not know the ALTER TABLE action "
+            "MERGE (the rehearsal still runs it)") in result.out

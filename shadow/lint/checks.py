@@ -65,7 +65,10 @@ def statement_checks(facts: Facts, is_new: bool, session: Session,
                    "drop BEGIN/COMMIT: shadow already runs a transactional SQL action in one transaction")
         else:
             yield "non-transactional", f"{label(facts)} cannot run inside a transaction: {_HALF_APPLIED}", None
-    if words and words[0] in ("DO", "CALL", "EXECUTE"):
+    if facts.unchecked:
+        yield ("opaque-statement", f"cannot check this {label(facts) or 'statement'}: {facts.unchecked} (the rehearsal "
+               "still runs it)", None)
+    elif words and words[0] in ("DO", "CALL", "EXECUTE"):
         yield ("opaque-statement", f"{words[0]} runs procedural code: the locks it takes and the tables it touches "
                "are invisible to static checks", None)
     elif tree is None and _ANALYSED.match(facts.text):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 import sqlglot
@@ -18,7 +18,7 @@ from sqlglot.tokens import Token, TokenType
 
 from shadow.errors import SqlError, excerpt
 from shadow.sqlsplit import Statement
-from shadow.sqlsyntax import check_shape, parse_error, quotable
+from shadow.sqlsyntax import check_alter_table, check_shape, comma_parts, parse_error, quotable, unreadable
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class Facts:
     tree: exp.Expression | None  # None: an opaque Command, or a command sqlglot does not model
     tokens: tuple[Token, ...]
     words: tuple[str, ...]  # one per token: keywords upper-cased, quoted identifiers re-quoted, strings masked
+    unchecked: str | None = None  # why its syntax could not be checked (it is not refused: the rehearsal runs it)
 
     @property
     def text(self) -> str:
@@ -65,6 +66,7 @@ def analyse(st: Statement, start_col: int) -> Facts:
             raise SqlError(f"cannot parse the SQL (line {st.line}, column {start_col}): {first} does not "
                            "start an SQL command", file=st.file, line=st.line, statement=quotable(st))
         check_shape(st, tokens, words)
+        unchecked = check_alter_table(st, tokens, words)
         if words[0] in _UNMODELLED:
             return Facts(st, None, tokens, words)
         with _quiet_sqlglot():
@@ -72,11 +74,15 @@ def analyse(st: Statement, start_col: int) -> Facts:
                      if t is not None]
     except ParseError as exc:
         raise parse_error(st, exc, start_col) from exc
-    except TokenError as exc:  # its message quotes the source at length: the statement's excerpt is enough
-        raise SqlError("cannot read the SQL: sqlglot cannot tokenize this statement", file=st.file, line=st.line,
-                       statement=quotable(st)) from exc
+    except TokenError as exc:  # its message quotes the source at length, and names no line or column
+        tokenizer = Postgres().tokenizer()
+        with suppress(TokenError):
+            tokenizer.tokenize(st.text)
+        if error := unreadable(st, tokenizer.tokens):  # the tokens read before the one that failed
+            raise error from exc
+        return Facts(st, None, (), (), unchecked="its text could not be cut into SQL words")
     tree = trees[0] if len(trees) == 1 and isinstance(trees[0], exp.Expression) else None
-    return Facts(st, None if isinstance(tree, exp.Command) else tree, tokens, words)
+    return Facts(st, None if isinstance(tree, exp.Command) else tree, tokens, words, unchecked)
 
 
 def _without_index_only(text: str, tokens: Sequence[Token], words: Sequence[str]) -> str:
@@ -159,15 +165,7 @@ def alter_table(facts: Facts) -> tuple[str, list[str]] | None:
     """``(table, actions)`` of an ALTER TABLE, each action as its words joined by spaces."""
     if facts.words[:2] != ("ALTER", "TABLE"):
         return None
-    actions: list[list[str]] = [[]]
-    depth = 0
-    for word in facts.words:
-        depth += (word == "(") - (word == ")")
-        if word == "," and depth == 0:
-            actions.append([])
-        else:
-            actions[-1].append(word)
-    joined = [" ".join(a) for a in actions]
+    joined = [" ".join(facts.words[a:b]) for a, b in comma_parts(facts.words)]
     if not (m := _ALTER_HEAD.match(joined[0])):
         return None
     return fold_name(m.group(1)), [a for a in (joined[0][m.end():], *joined[1:]) if a]

@@ -6,8 +6,10 @@ Every one is ``<tmp>/shadow-<what>-<run id>-<random>`` (``what``: one of :data:`
 and host). The name says which run a dir belongs to even when it was made elsewhere or its labels never got
 written; the labels say whether the process that made it still runs.
 
-A restore made without a run id (its caller did not know it) is ``shadow-restore-<random>``: its labels still
-name the owning process, which is how gc ties it to the run that process ran.
+A restore made without a run id (its caller did not know it) is ``shadow-restore-<random>``, and a migration
+rehearsal's dump of production (``shadow alembic``/``shadow django`` run many plans, none of them its own) is
+``shadow-dump-<random>``: their labels still name the owning process, which is how gc ties them to the runs that
+process ran.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from snapshots import atomic_write_bytes
 
 # home: an action's HOME · scratch: a container action's writable dir · restore: pg_restore's lists and scripts,
 # a git restore's index · git: a git checkpoint's index files, a git shadow's clone · pg: a local cluster ·
-# s3: an S3 shadow's request log
-KINDS = ("home", "scratch", "restore", "git", "pg", "s3")
+# s3: an S3 shadow's request log · dump: production's pg_dump, copied into the working copy that `shadow alembic` and
+# `shadow django` rehearse on (production's data: it must never outlive its process)
+KINDS = ("home", "scratch", "restore", "git", "pg", "s3", "dump")
 LEFTOVER_NAMES = {"pg": "cluster"}  # what `shadow gc` calls a leftover dir of this kind; any other is a "tempdir"
 # A server runs in these: one without labels (being created, or an older shadow's) may still be in use, and gc
 # never judges it by age.

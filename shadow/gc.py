@@ -16,7 +16,10 @@ cut leave its shadows behind. Every one of them is labelled with the run id and 
     name names is not running (its liveness lock ``runs/<id>/alive`` is free);
   - else (no labels yet, a run this state dir does not know, or a name without a run id, as older shadows
     made them): over once nothing in it changed for an hour — except the dirs a server runs in
-    (:data:`adapters.tempdirs.LABELS_REQUIRED`), never removed without labels.
+    (:data:`adapters.tempdirs.LABELS_REQUIRED`), never removed without labels;
+* the checkpoint store's partial artifacts (``<store>/tmp/artifact-<pid>-<host>-…``,
+  :meth:`snapshots.Store.partial_writes`) whose writing process is gone; one in an older shadow's name, which
+  does not say whose it is, once unchanged for an hour.
 
 ``runs``: only those runs' leftovers (``shadow recover`` clears the runs it settled, which are over by then, so
 a dir whose name names one of them goes even without labels); a labelled dir also belongs to a run when that run's record names its owning process (a rollback restores the
@@ -51,7 +54,8 @@ NAMED_ONLY = ("home", "scratch")  # made by the orchestrator with the run id in 
 
 @dataclass(frozen=True)
 class Leftover:
-    """One thing a dead run left behind: ``kind`` is container, network, cluster or tempdir."""
+    """One thing a dead run left behind: ``kind`` is container, network, cluster, tempdir or partial (a half
+    written store artifact)."""
 
     kind: str
     id: str  # container id, network name or path
@@ -93,7 +97,9 @@ def gc(dry_run: bool = False, runs: set[str] | None = None, settings: Settings |
     result = GcResult(dry_run, runs=runs)
     collect_warm(result, settings, everything=warm)
     _collect_docker(result)
-    _collect_tempdirs(result, Path(tempfile.gettempdir()), settings.runs_dir, time.time())
+    owners, now = _owners(settings.runs_dir, runs), time.time()
+    _collect_tempdirs(result, Path(tempfile.gettempdir()), settings.runs_dir, owners, now)
+    _collect_partial_writes(result, Store(settings.store_dir), owners, now)
     return result
 
 
@@ -273,8 +279,8 @@ def _collect_docker(result: GcResult) -> None:
         client.close()
 
 
-def _collect_tempdirs(result: GcResult, tmp: Path, runs_dir: Path, now: float) -> None:
-    owners = _owners(runs_dir, result.runs)
+def _collect_tempdirs(result: GcResult, tmp: Path, runs_dir: Path, owners: dict[tuple[str, str], str],
+                      now: float) -> None:
     for path in sorted(tmp.glob("shadow-*")):
         named = tempdirs.parse(path.name)
         if named is None or path.is_symlink() or not path.is_dir():
@@ -287,6 +293,22 @@ def _collect_tempdirs(result: GcResult, tmp: Path, runs_dir: Path, now: float) -
             item = Leftover(tempdirs.LEFTOVER_NAMES.get(named[0], "tempdir"), str(path), *verdict)
             _remove(result, item, partial(_remove_tempdir, path), (FileNotFoundError,),
                     (OSError, InfrastructureError))
+
+
+def _collect_partial_writes(result: GcResult, store: Store, owners: dict[tuple[str, str], str], now: float) -> None:
+    """The artifacts a killed process was writing into the store (a remote store's local cache included)."""
+    for partial in store.partial_writes():
+        if partial.pid is None or partial.host is None:
+            idle = now - partial.modified
+            if result.runs is not None or idle < STALE_AFTER:
+                continue
+            verdict: tuple[str | None, str] = (None, f"unchanged for {idle / 3600:.1f} h")
+        else:
+            if dockerlib.owner_alive({dockerlib.LABEL_PID: partial.pid, dockerlib.LABEL_HOST: partial.host}):
+                continue
+            verdict = (owners.get((partial.host, partial.pid)), f"owner pid {partial.pid} gone")
+        item = Leftover("partial", str(partial.path), *verdict)
+        _remove(result, item, partial.path.unlink, (FileNotFoundError,), (OSError,))
 
 
 def _owners(runs_dir: Path, runs: set[str] | None) -> dict[tuple[str, str], str]:

@@ -4,7 +4,7 @@ Layout under the store root (``<state-dir>/snapshots``)::
 
     objects/sha256/ab/abcdef…      artifacts (pg_dump archives, object copies …), named by their sha256
     manifests/<run-id>/<target>.json
-    tmp/                           partial writes; never read
+    tmp/                           partial writes; never read (an artifact's is named after the process writing it)
 
 Every write goes to ``tmp/`` first, is fsynced and moved into place with ``os.replace`` — a crash leaves either
 the old state or the new one, never half a file. ``open_verified`` re-hashes an artifact before anything is
@@ -21,6 +21,8 @@ import errno
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,6 +46,17 @@ class Artifact:
     size: int
 
 
+class PartialWrite(NamedTuple):
+    """An artifact being written in ``tmp/`` (or left there by a killed process), as ``shadow gc`` sees it: the
+    process writing it (``pid``, ``host``; None in an older shadow's name, which does not say) and when it last
+    changed."""
+
+    path: Path
+    pid: str | None
+    host: str | None
+    modified: float
+
+
 class StoredArtifact(NamedTuple):
     """One stored artifact as ``shadow gc`` sees it: ``modified`` is when it was last written or reused."""
 
@@ -57,6 +70,16 @@ class StoredArtifact(NamedTuple):
 class Slot:
     path: Path
     artifact: Artifact | None = None
+
+
+# A partial artifact is ``artifact-<pid>-<host>-<random>``: mkstemp's random part has no "-", a host name may.
+_PARTIAL = re.compile(r"artifact-(?:(?P<pid>\d+)-(?P<host>.+)-)?[^-]+")
+
+
+def partial_prefix() -> str:
+    """Whose a partial artifact is, as its name says it; a host name's odd characters (never in a DNS name) are
+    replaced, and gc then takes the file for another host's, which it never removes."""
+    return f"artifact-{os.getpid()}-{re.sub(r'[^A-Za-z0-9.-]', '_', socket.gethostname())}-"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -165,6 +188,19 @@ class Store:
             out.append(StoredArtifact(path.name, found.st_size, found.st_mtime, path.unlink))
         return out
 
+    def partial_writes(self) -> list[PartialWrite]:
+        """Every artifact being written, or half written by a process that was killed (``shadow gc``)."""
+        out = []
+        for path in sorted((self.root / "tmp").glob("artifact-*")):
+            found = _PARTIAL.fullmatch(path.name)
+            try:
+                modified = path.lstat().st_mtime
+            except FileNotFoundError:
+                continue  # stored or removed just now
+            if found:
+                out.append(PartialWrite(path, found["pid"], found["host"], modified))
+        return out
+
     def cached(self, sha256: str) -> Path:
         """Where artifact ``sha256`` is on this machine (the path may not exist)."""
         return self.object_path(sha256)
@@ -182,7 +218,7 @@ class Store:
         and ``slot.artifact`` is set. On failure the partial file is removed."""
         self._ensure()
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.root / "tmp", prefix="artifact-")
+            fd, tmp = tempfile.mkstemp(dir=self.root / "tmp", prefix=partial_prefix())
         except OSError as exc:
             raise InfrastructureError(f"snapshot store {self.root} is not writable: {exc.strerror}") from exc
         os.close(fd)

@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 from shadow.errors import BadInput, InfrastructureError, SnapshotCorrupt, excerpt
 from snapshots import (PRUNED, Artifact, Store, StoredArtifact, _fsync_dir, atomic_write_bytes, make_private_dir,
-                       sha256_file)
+                       partial_prefix, sha256_file)
 
 MiB = 1 << 20
 SSE_CHOICES = ("AES256", "aws:kms", "aws:kms:dsse")
@@ -223,7 +223,7 @@ class S3Store(Store):
         """Fetch artifact ``sha256`` into the cache through ``tmp/``, verified; False when S3 does not have it."""
         self._ensure()
         try:
-            fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix="download-")
+            fd, name = tempfile.mkstemp(dir=self.root / "tmp", prefix=partial_prefix())  # gc sweeps a killed one
         except OSError as exc:
             raise InfrastructureError(f"snapshot store {self.root} is not writable: {exc.strerror}") from exc
         os.close(fd)

@@ -24,6 +24,7 @@ from adapters.docker import LABEL_PID, LABEL_RUN, client, labels
 from adapters.postgres.cluster import LABELS_FILE, LocalCluster, read_labels, stop_leftover
 from shadow import gc
 from shadow.settings import Settings
+from snapshots import Store
 from tests.conftest import CliResult, ProdDb, TEST_IMAGES, docker_or_skip, run_cli, start_cli, write_plan
 from tests.gitrepos import git, make_repo
 from tests.test_lifecycle import _shadow_dirs, _wait_for
@@ -305,3 +306,53 @@ def test_gc_has_every_kind_clear_a_dead_runs_git_clone_so_a_server_started_in_it
         if root.exists():
             server.stop()
             shutil.rmtree(root, ignore_errors=True)
+
+
+# Stores an artifact the way a checkpoint does, prints where its partial file is, and is killed half way.
+HALF_WRITER = """
+import sys, time
+from pathlib import Path
+from snapshots import Store
+with Store(Path(sys.argv[1])).new_artifact() as slot:
+    slot.path.write_bytes(b"half of production's rows")
+    print(slot.path, flush=True)
+    time.sleep(120)
+"""
+
+
+def test_gc_removes_the_partial_artifact_of_a_killed_writer_and_keeps_a_live_ones(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    store = Settings.from_env(state_dir=state).store_dir
+    writer = subprocess.Popen([sys.executable, "-c", HALF_WRITER, str(store)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None
+        dead = Path(writer.stdout.readline().strip())
+        writer.kill()  # mid-write: its `finally` never runs
+        writer.communicate(timeout=30)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+            writer.communicate()
+    older = store / "tmp" / "artifact-older1x"  # an older shadow's name, which does not say whose it is
+    older.write_bytes(b"x")
+    two_hours_ago = time.time() - 7200
+    os.utime(older, (two_hours_ago, two_hours_ago))
+    env = {**NO_DOCKER, "SHADOW_STATE_DIR": str(state)}
+    with Store(store).new_artifact() as live:
+        live.path.write_bytes(b"being written")
+        assert dead.is_file() and dead.parent == live.path.parent
+
+        dry = _gc("--dry-run", "--json", env=env)
+        assert dry.code == 0, dry.text
+        rows = {row["id"]: row for row in json.loads(dry.out)}
+        assert rows[str(dead)] == {"kind": "partial", "id": str(dead), "run_id": None, "status": "would remove",
+                                   "error": None, "detail": f"owner pid {writer.pid} gone"}
+        assert rows[str(older)]["status"] == "would remove"
+        assert str(live.path) not in rows and dead.is_file()
+
+        r = _gc(env=env)
+        assert r.code == 0, r.text
+        assert f"removed partial   {dead}  run -" in r.out
+        assert not dead.exists() and not older.exists()
+        assert live.path.read_bytes() == b"being written", "a live process's write is never touched"
+    assert live.artifact is not None and Store(store).object_path(live.artifact.sha256).is_file()

@@ -24,6 +24,7 @@ from adapters.postgres.cluster import LocalCluster, read_labels, stop_leftover
 from shadow.guard import Liveness
 from tests.conftest import CliResult, ProdDb, run_cli, start_cli, write_plan
 from tests.gitrepos import make_repo
+from tests.test_alembic import project  # noqa: F401 - the example migration project, at revision 0002
 
 NO_DOCKER = {"DOCKER_HOST": "unix:///nonexistent/docker.sock"}
 
@@ -263,3 +264,45 @@ expect: {{app: {{must: ["add column public.users.nickname"]}}}}
     else:
         assert f"removed tempdir   {restore}  run {rollback_run}" in done.out
     assert not restore.exists()
+
+
+@pytest.mark.parametrize("cleaner", ["gc", "recover"])
+def test_a_killed_migration_rehearsal_leaves_its_dump_of_production_where_gc_and_recover_find_it(
+        project: tuple[Path, ProdDb], tmp_path: Path, leftovers: set[Path], cleaner: str) -> None:
+    folder, db = project
+    state = tmp_path / "state"
+    before = _shadow_dirs()
+    proc = start_cli("alembic", "-c", str(folder / "alembic.ini"), state=None, cwd=tmp_path,
+                     env=_env(state, DATABASE_URL=db.dsn))
+    try:
+        deadline = time.monotonic() + 120
+        while not list(state.glob("runs/*/run.json")):  # production copied: the first revision's rehearsal began
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the first revision's rehearsal never started"
+            time.sleep(0.1)
+        made = _shadow_dirs() - before
+        leftovers.update(made)
+        dumps = [p for p in made if p.name.startswith("shadow-dump-")]
+        proc.kill()  # the working copy's server and the revision's shadow keep running: gc stops them
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    run_id = _run_id(state)
+    assert len(dumps) == 1, f"production's dump is in a temp dir named for gc: {sorted(p.name for p in made)}"
+    (dump,) = dumps
+    assert (dump / "production.dump").stat().st_size > 0, "SIGKILL leaves a copy of production's data behind"
+    assert (read_labels(dump) or {}).get(LABEL_PID) == str(proc.pid)
+
+    dry = _rows(_cli(state, tmp_path, "gc", "--dry-run", "--json"))
+    assert dry[str(dump)] == {"kind": "tempdir", "id": str(dump), "run_id": run_id, "status": "would remove",
+                              "error": None, "detail": f"owner pid {proc.pid} gone"}
+    assert dump.is_dir()
+
+    done = _cli(state, tmp_path, cleaner, DATABASE_URL=db.dsn)
+    assert done.code == 0, done.text
+    if cleaner == "gc":
+        assert f"removed tempdir   {dump}  run {run_id}" in done.out
+    assert not dump.exists()
+    assert not [p for p in made if p.exists()], "the working copy's server and the shadow went with it"

@@ -22,8 +22,8 @@ migration; the working copy needs PostgreSQL's local binaries.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,11 +214,12 @@ class WorkingCopy:
     def __init__(self, dsn: str, progress: Progress, label: str) -> None:
         self.dsn, self.progress, self.label = dsn, progress, label
         self.server: Any = None
-        self.tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.tmp: Path | None = None
 
     def __enter__(self) -> str:
         import psycopg
 
+        from adapters import tempdirs
         from adapters.postgres import dsn as dsnlib
         from adapters.postgres.binaries import binaries_for
         from adapters.postgres.cluster import LocalCluster
@@ -227,11 +228,12 @@ class WorkingCopy:
             with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
                 major = conn.info.server_version // 10000
         except psycopg.Error as exc:
-            raise InfrastructureError(f"cannot connect to production at {dsnlib.redact(self.dsn)}: "
-                                      f"{str(exc).strip().splitlines()[0]}") from None
+            reason = dsnlib.connect_error(exc, dsnlib.parse(self.dsn).get("password"))
+            raise InfrastructureError(f"cannot connect to production at {dsnlib.redact(self.dsn)}: {reason}") from None
         tools = binaries_for(major)
-        self.tmp = tempfile.TemporaryDirectory(prefix=f"shadow-{self.label}-")
-        dump = Path(self.tmp.name) / "production.dump"
+        # Labelled with this process, so that `shadow gc` removes production's dump if this process is killed.
+        self.tmp = tempdirs.make("dump", None, f"{self.label} working copy")
+        dump = self.tmp / "production.dump"
         self.progress("info", f"{self.label}: copying production for the migration-by-migration rehearsal")
         done = subprocess.run([*tools.argv("pg_dump", [dump.parent]), "-Fc", "--no-owner", "--no-acl", "-f",
                                str(dump), self.dsn], capture_output=True, text=True)
@@ -255,5 +257,5 @@ class WorkingCopy:
             self.server.stop()
             self.server = None
         if self.tmp is not None:
-            self.tmp.cleanup()
+            shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None

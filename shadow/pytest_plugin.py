@@ -97,16 +97,21 @@ def _once(node: pytest.File, make: Callable[[], T]) -> T | str:
         except ShadowError as exc:
             return str(exc)
 
-    if "PYTEST_XDIST_WORKER" not in os.environ:
+    # A worker of this run has ``workerinput`` (the environment variable would also be seen by a pytest run
+    # *inside* a worker, e.g. by pytester, which is no worker of anyone).
+    workerinput = getattr(node.config, "workerinput", None)
+    if workerinput is None:
         return outcome()
     import fcntl
     import hashlib
     import pickle
 
     factory: pytest.TempPathFactory = node.config._tmp_path_factory  # type: ignore[attr-defined]
-    shared = factory.getbasetemp().parent / "shadow-rehearsals"
-    shared.mkdir(exist_ok=True)
-    key = hashlib.sha256(str(node.path.resolve()).encode()).hexdigest()[:16]
+    shared = factory.getbasetemp().parent / "shadow-rehearsals" / str(workerinput.get("testrunuid", "run"))
+    shared.mkdir(parents=True, exist_ok=True)
+    # The same file rehearsed against other targets is another outcome.
+    what = repr((str(node.path.resolve()), sorted(target_overrides(node.config).items())))
+    key = hashlib.sha256(what.encode()).hexdigest()[:16]
     with open(shared / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the worker dies
         done = shared / f"{key}.pickle"

@@ -1,6 +1,7 @@
-"""The agent gateway through its Python API (shadow.gateway), against a real PostgreSQL production: scope and limits
-judged from the measured change set, approval, drift, rate limits, the breaker, read-only queries on a copy, and
-secrets. The MCP layer over the same methods is tested with the SDK's own stdio client in test_mcp.py."""
+"""The agent gateway against a real PostgreSQL production: scope and limits judged from the measured change set,
+approval, drift, rate limits, the breaker, read-only queries on a copy, and secrets. Each test goes through both doors
+(tests/gateway_door.py): the Python API (shadow.gateway) and ``shadow mcp`` as a subprocess driven by the ``mcp``
+SDK's own stdio client. test_mcp.py adds what only MCP has: tool annotations, malformed calls, a killed server."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from shadow.audit import audit
 from shadow.gateway import Refused
 from shadow.settings import Settings
 from tests.conftest import ProdDb, run_cli
+from tests.gateway_door import DOORS, Doors, doors
 from tests.writer import Writer
 
 SECRET_VALUE = "tok-SECRET-e5b1d2"
@@ -52,17 +55,26 @@ def shop(prod_db: ProdDb) -> ProdDb:
     return prod_db
 
 
+@pytest.fixture(params=DOORS)
+def door(request: pytest.FixtureRequest) -> Iterator[Doors]:
+    """The door a test's gateways are opened through: the Python API, or ``shadow mcp`` over stdio."""
+    with doors(request.param) as opened:
+        yield opened
+
+
 @pytest.fixture
-def gw_env(tmp_path: Path, shop: ProdDb) -> dict[str, Any]:
+def gw_env(tmp_path: Path, shop: ProdDb, door: Doors) -> dict[str, Any]:
     path = tmp_path / "gateway.yaml"
     path.write_text(GATEWAY)
     env = {"APP_DATABASE_URL": shop.dsn}  # its password is the planted secret: in no answer
     settings = Settings.from_env(environ=env, state_dir=tmp_path / "state")
-    return {"path": path, "env": env, "settings": settings, "db": shop, "state": tmp_path / "state"}
+    return {"path": path, "env": env, "settings": settings, "db": shop, "state": tmp_path / "state", "door": door}
 
 
-def open_gw(gw_env: dict[str, Any], actor: str = "agent") -> gateway.Gateway:
-    return gateway.open(gw_env["path"], actor, gw_env["settings"])
+def open_gw(gw_env: dict[str, Any], actor: str = "agent") -> Any:
+    """A gateway for ``actor`` through the test's door (a ``shadow.gateway.Gateway``, or an MCP client of one)."""
+    door: Doors = gw_env["door"]
+    return door.open(gw_env["path"], actor, gw_env["env"], gw_env["state"])
 
 
 def password_of(dsn: str) -> str:
@@ -260,7 +272,8 @@ agents:
 """
 
 
-def test_an_isolated_command_is_bounded_in_memory_processes_and_time(tmp_path: Path, shop: ProdDb) -> None:
+def test_an_isolated_command_is_bounded_in_memory_processes_and_time(tmp_path: Path, shop: ProdDb,
+                                                                      door: Doors) -> None:
     from tests.conftest import docker_or_skip
     from tests.test_isolation import ACTION_IMAGE
 
@@ -268,7 +281,7 @@ def test_an_isolated_command_is_bounded_in_memory_processes_and_time(tmp_path: P
     (tmp_path / "gateway.yaml").write_text(BOUNDED)
     env = {"APP_DATABASE_URL": shop.dsn, "SHADOW_ACTION_IMAGE": ACTION_IMAGE,
            **{k: os.environ[k] for k in ("SHADOW_POSTGRES_IMAGE",) if k in os.environ}}
-    gw = gateway.open(tmp_path / "gateway.yaml", "agent", Settings.from_env(environ=env, state_dir=tmp_path / "s"))
+    gw = door.open(tmp_path / "gateway.yaml", "agent", env, tmp_path / "s")
     fingerprint = shop.fingerprint()
     memory = gw.propose({"command": "python3 -c 'x = bytearray(512 * 1024 * 1024)'"})
     assert memory["verdict"] == "failed" and "more memory than action.limits.memory allows (64m" in memory["reason"]
@@ -280,7 +293,8 @@ def test_an_isolated_command_is_bounded_in_memory_processes_and_time(tmp_path: P
     assert shop.fingerprint() == fingerprint
 
 
-def test_an_s3_target_is_scoped_by_key(tmp_path: Path, bucket: tuple[Any, str], s3_server: str) -> None:
+def test_an_s3_target_is_scoped_by_key(tmp_path: Path, bucket: tuple[Any, str], s3_server: str,
+                                       door: Doors) -> None:
     """One S3 case: a command writing inside its scope (``* object reports/*``) passes and applies after approval;
     one deleting outside it is refused from the measured change set."""
     client, name = bucket
@@ -294,9 +308,10 @@ policy: {{backend: local, warm: "off"}}
 agents:
   default: {{scope: {{assets: {{may: ["* object reports/*"]}}}}, isolation: process}}
 """)
-    settings = Settings.from_env(environ={"ASSETS_BUCKET": name, **{k: os.environ[k] for k in (
-        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}}, state_dir=tmp_path / "state")
-    gw = gateway.open(tmp_path / "gateway.yaml", "agent", settings)
+    env = {"ASSETS_BUCKET": name, **{k: os.environ[k] for k in (
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}}
+    settings = Settings.from_env(environ=env, state_dir=tmp_path / "state")
+    gw = door.open(tmp_path / "gateway.yaml", "agent", env, tmp_path / "state")
     script = ("import boto3, os, sys\ns3 = boto3.client('s3')\nb = os.environ['SHADOW_ASSETS_BUCKET']\n"
               "if sys.argv[1] == 'write':\n    s3.put_object(Bucket=b, Key='reports/feb.csv', Body=b'c,d\\n')\n"
               "else:\n    s3.delete_object(Bucket=b, Key='raw/keep.csv')\n")
@@ -319,8 +334,7 @@ def test_what_the_gateway_cannot_decide_is_refused_without_secrets(gw_env: dict[
     db: ProdDb = gw_env["db"]
     dsn = gw_env["env"]["APP_DATABASE_URL"]
     unreachable = re.sub(r"port=\d+", f"port={free_port()}", dsn)
-    settings = Settings.from_env(environ={"APP_DATABASE_URL": unreachable}, state_dir=tmp_path / "other")
-    gw = gateway.open(gw_env["path"], "agent", settings)
+    gw = open_gw({**gw_env, "env": {"APP_DATABASE_URL": unreachable}, "state": tmp_path / "other"})
     with pytest.raises(Refused) as refused:
         gw.propose({"sql": "INSERT INTO notes (note) VALUES ('x')"})
     assert "Connection refused" in str(refused.value) or "connect" in str(refused.value)

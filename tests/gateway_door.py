@@ -108,3 +108,52 @@ def doors(door: str) -> Iterator[Doors]:
         yield opened
     finally:
         opened.close()
+
+
+# -- the answers' documented shape (docs/gateway-answers.md) -----------------------------------------------------
+
+ANSWERS_DOC = Path(__file__).resolve().parent.parent / "docs" / "gateway-answers.md"
+NAMED_KEYS = {"scope": "<target>", "changes": "<target>", "tables": "<table>", "columns": "<column>",
+              "objects": "<kind>", "rate_state": "<tool>", "max_lock": "<mode>"}
+OPEN_OBJECTS = ("detail", "lists")  # kind-specific facts; answer_cut.lists: path -> "kept N of M"
+
+
+def documented_fields() -> dict[str, set[str]]:
+    """The fields the answers page lists, by tool (``*``: every answer)."""
+    import re
+
+    fields: dict[str, set[str]] = {}
+    tools: list[str] = []
+    for line in ANSWERS_DOC.read_text().splitlines():
+        if line.startswith("## "):
+            tools = ["*"] if "Every answer" in line else re.findall(r"`(\w+)`", line)
+        elif line.startswith("| `") and tools:
+            first = line.split("|")[1]
+            for tool in tools:
+                fields.setdefault(tool, set()).update(re.findall(r"`([^`]+)`", first))
+    return fields
+
+
+def _paths(value: Any, path: str = "") -> Iterator[str]:
+    if isinstance(value, dict):
+        named = NAMED_KEYS.get(path.rsplit(".", 1)[-1]) if path else None
+        if named == "<column>" and not path.startswith("tables."):
+            named = None
+        for key, inner in value.items():
+            here = f"{path}.{named or key}" if path else str(key)
+            yield here
+            if str(key) not in OPEN_OBJECTS:
+                yield from _paths(inner, here)
+    elif isinstance(value, list):
+        for inner in value:
+            if isinstance(inner, dict):
+                yield from _paths(inner, f"{path}[]")
+
+
+def undocumented(tool: str, answer: dict[str, Any]) -> set[str]:
+    """The fields of a real ``tool`` answer that docs/gateway-answers.md does not list (an object that only
+    holds listed fields counts as listed)."""
+    docs = documented_fields()
+    known = docs.get("*", set()) | docs.get(tool, set())
+    return {p for p in _paths(answer) if p not in known and
+            not any(k.startswith(p + ".") or k.startswith(p + "[]") for k in known)}

@@ -22,7 +22,7 @@ from shadow.audit import audit
 from shadow.gateway import Refused
 from shadow.settings import Settings
 from tests.conftest import ProdDb, run_cli
-from tests.gateway_door import DOORS, Doors, doors
+from tests.gateway_door import DOORS, Doors, doors, undocumented
 from tests.writer import Writer
 
 SECRET_VALUE = "tok-SECRET-e5b1d2"
@@ -143,6 +143,8 @@ def test_scope_and_limits_are_judged_on_the_measured_changes(gw_env: dict[str, A
     assert any(v["subject"] == "rows public.orders" and "450 rows" in v["message"] and "400" in v["message"]
                for v in per_table["rules"]), per_table["rules"]
     assert gw_env["db"].fingerprint() == fingerprint  # nothing reached production
+    for refused in (hidden_drop, trigger, never, per_table):
+        assert not undocumented("propose", refused)
 
 
 def test_total_rows_limit_and_command_that_deletes(gw_env: dict[str, Any]) -> None:
@@ -177,6 +179,7 @@ def test_within_limits_applies_and_another_actor_cannot(gw_env: dict[str, Any]) 
     others = open_gw(gw_env).status(answer["run_id"])
     assert others == {"gateway_format": 1, "run_id": answer["run_id"], "state": "awaiting_approval",
                       "note": "not a run of actor 'agent': only its state is shown"}
+    assert not undocumented("status", others)
     applied = bot.apply(answer["run_id"])
     assert applied["verdict"] == "applied", applied
     assert gw_env["db"].scalar("SELECT count(*) FROM notes WHERE note = 'from the bot'") == 1

@@ -21,6 +21,7 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from shadow.audit import audit
 from tests.conftest import ProdDb, cli_env, run_cli
+from tests.gateway_door import undocumented
 from tests.test_gateway import GATEWAY, SECRET_VALUE, password_of
 
 Session = Callable[[ClientSession], Awaitable[Any]]
@@ -100,6 +101,9 @@ def test_every_tool_over_stdio(tmp_path: Path, served: dict[str, Any]) -> None:
     assert out["apply"]["verdict"] == "applied" and out["paid"] == 2
     assert out["rollback"]["verdict"] == "restored"
     assert db.fingerprint() == fingerprint
+    for tool in ("targets", "describe", "query", "propose", "status", "apply", "rollback"):
+        assert not undocumented(tool, out[tool]), f"{tool}: not in docs/gateway-answers.md"
+    assert undocumented("status", {**out["status"], "approved_at": 1.0}) == {"approved_at"}  # the check can fail
     text = json.dumps(out, default=str)
     assert password_of(served["env"]["APP_DATABASE_URL"]) not in text and SECRET_VALUE not in text
     state = tmp_path / "state"
@@ -300,6 +304,7 @@ def test_a_huge_answer_is_cut_with_a_note(tmp_path: Path, served: dict[str, Any]
     assert "cut to fit" in cut["note"] and cut["limit_chars"] == MAX_ANSWER_CHARS
     kept, of = (int(n.replace(",", "")) for n in re.findall(r"[\d,]+", cut["lists"]["rows"]))
     assert 0 < kept < of and len(out["rows"]) == kept and out["rows"][0][0] == 1
+    assert not undocumented("query", out)
 
 
 def test_action_output_masks_dsn_passwords_and_secret_looking_values(tmp_path: Path, served: dict[str, Any]) -> None:

@@ -44,7 +44,9 @@ def layer(module: str) -> int:
         return 0
     if module.split(".")[0] in ("snapshots", "adapters"):
         return 1
-    return 3 if module in FRONT_ENDS else 2
+    # A front end split in modules (shadow.cli_*, shadow.pytest_plugin_*) is a front end in each.
+    front = any(module == f or module.startswith((f + ".", f + "_")) for f in FRONT_ENDS)
+    return 3 if front else 2
 
 
 def imported(path: Path, module: str, known: set[str]) -> set[str]:

@@ -229,6 +229,27 @@ class Warmable(Protocol):
         the action touched, not the database."""
 
 
+class LockTrace(Protocol):
+    """A sampler of the locks a command's sessions hold: a context around the command, then its lock-trace step
+    (the shape of a SQL action's)."""
+
+    def __enter__(self) -> Any: ...
+
+    def __exit__(self, *exc: Any) -> None: ...
+
+    def trace(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class LockSampling(Protocol):
+    """A kind whose copies can show which locks a command's sessions hold while it runs: shadow cannot see a
+    command's statements, so it samples what they hold (``policy.max_lock`` judges the trace)."""
+
+    def lock_sampler(self, endpoint: Endpoint, label: str, secrets: tuple[str, ...], where: str) -> LockTrace | None:
+        """A sampler of the copy at ``endpoint`` for the command ``label`` (``where``: how the trace names it), or
+        None when that endpoint cannot be sampled."""
+
+
 @runtime_checkable
 class ServerAhead(Protocol):
     """A target whose shadow needs a server of its own, which can come up while the checkpoint is taken."""
@@ -252,6 +273,10 @@ class Kind(Protocol):
         """The target's settings with paths relative to the plan's ``folder`` made absolute (most kinds: as given)."""
 
     def target(self, name: str, spec: Mapping[str, Any], settings: Any) -> Target: ...
+
+    def point_at(self, spec: Mapping[str, Any], address: str) -> dict[str, Any]:
+        """The target's settings pointed at another ``address`` (``pytest --shadow-target NAME=ADDRESS``): what
+        names the resource — a PostgreSQL DSN, a bucket, a repository's path or URL."""
 
     def clear_leftovers(self, root: Path) -> list[str]:
         """Before ``shadow gc`` removes a dead run's temp dir ``root``: stop whatever of this kind still runs inside

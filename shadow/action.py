@@ -25,7 +25,7 @@ from shadow.plan import Plan
 from shadow.sqlsplit import Statement
 
 if TYPE_CHECKING:
-    from adapters.postgres.locksample import LockSampler
+    from adapters import LockTrace
 
 PASSTHROUGH = ("PATH", "LANG", "TZ")
 LOG_TAIL = 20
@@ -161,14 +161,19 @@ def run_action(plan: Plan, statements: list[Statement], endpoints: Mapping[str, 
 
 
 def lock_samplers(command: str, endpoints: Mapping[str, Endpoint], kinds: Mapping[str, str],
-                  secrets: tuple[str, ...]) -> list[LockSampler]:
-    """A sampled lock trace per Postgres shadow (:mod:`adapters.postgres.locksample`): shadow cannot see a
-    command's statements, so it reads what the command's sessions hold while it runs. Not for an action isolated
+                  secrets: tuple[str, ...]) -> list[LockTrace]:
+    """A sampled lock trace per copy whose kind can sample one (:class:`~adapters.LockSampling`): shadow cannot see
+    a command's statements, so it reads what the command's sessions hold while it runs. Not for an action isolated
     in a container (its endpoints name hosts on the sandbox's network)."""
-    shadows = [(name, ep.dsn) for name, ep in endpoints.items() if kinds[name] == "postgres" and ep.dsn]
-    if not shadows:
-        return []
-    from adapters.postgres.locksample import LockSampler  # noqa: F811 - only Postgres plans load it
+    from adapters import REGISTRY, LockSampling
 
-    return [LockSampler(dsn, command, secrets, "command" if len(shadows) == 1 else f"command ({name})")
-            for name, dsn in shadows]
+    sampling = [(name, REGISTRY[kinds[name]]) for name in endpoints]
+    sampling = [(name, kind) for name, kind in sampling if isinstance(kind, LockSampling)]
+    samplers = []
+    for name, kind in sampling:
+        assert isinstance(kind, LockSampling)
+        where = "command" if len(sampling) == 1 else f"command ({name})"
+        sampler = kind.lock_sampler(endpoints[name], command, secrets, where)
+        if sampler is not None:
+            samplers.append(sampler)
+    return samplers

@@ -20,7 +20,10 @@ PACKAGES = ("shadow", "snapshots", "adapters")
 # The leaf core: what any layer may use. Knows no kind, no run, no front end.
 CORE = {"shadow", "shadow.errors", "shadow.changes", "shadow.redact", "shadow.settings", "shadow.sqlsplit",
         "shadow.sqlsyntax", "shadow.locks", "shadow.warden"}
-FRONT_ENDS = {"shadow.cli", "shadow.cli_output", "shadow.demo", "shadow.__main__", "shadow.pytest_plugin"}
+# shadow.migrations: the Alembic and Django front ends (a tool's migrations rehearsed on PostgreSQL).
+FRONT_ENDS = {"shadow.cli", "shadow.cli_output", "shadow.demo", "shadow.__main__", "shadow.pytest_plugin",
+              "shadow.migrations"}
+KINDS = ("postgres", "s3", "git")
 # What the renderers of the report model may import besides themselves (their own layer's other modules are
 # allowed by the layer map, but would pull in a run: judge → plan, result → action → adapters).
 REPORTS = "shadow.reports"
@@ -115,3 +118,21 @@ def test_the_readme_layout_names_every_module() -> None:
                for path in sorted((ROOT / package).rglob("*.py")) if path.name != "__init__.py"
                and not named(path, package)]
     assert not missing, f"the README's Layout section does not name: {', '.join(missing)}"
+
+
+def test_no_core_or_orchestrator_module_names_a_kind() -> None:
+    """What a kind does is asked of the kind (``adapters.REGISTRY``, its capabilities): no module of the core or
+    the orchestrator imports a kind's package or compares against a kind's name. The registry (adapters) and the
+    front ends (a demo on PostgreSQL, the Alembic/Django front ends, the shadow_db fixture) may."""
+    known = set(modules())
+    found = []
+    for module, path in modules().items():
+        if layer(module) not in (0, 2):
+            continue
+        for name in imported(path, module, known):
+            if name.split(".")[:2] in [["adapters", kind] for kind in KINDS]:
+                found.append(f"{module} imports {name}")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in KINDS:
+                found.append(f"{module}:{node.lineno} names the kind {node.value!r}")
+    assert not found, "\n".join(found)

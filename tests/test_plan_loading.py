@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shadow.errors import PlanError
+from shadow.errors import BadInput, PlanError
 from shadow.plan import load_plan
 
 
@@ -70,3 +70,35 @@ def test_policy_warm_is_a_duration_or_off(tmp_path: Path, written: str, seconds:
     plan_file.write_text("version: 1\ntargets: {db: {kind: postgres, dsn: 'postgresql://u@h/db'}}\n"
                          f"action: {{sql: m.sql}}\npolicy: {{warm: {written}}}\n")
     assert load_plan(plan_file, {}).policy.warm == seconds
+
+
+def test_every_kind_points_a_plan_target_elsewhere(tmp_path: Path) -> None:
+    """``pytest --shadow-target NAME=ADDRESS`` asks each target's kind what the address replaces
+    (``Kind.point_at``); the plan's other settings stay, and the result is valid for the kind."""
+    from adapters import REGISTRY
+    from shadow.plan import load_plan, with_targets
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (tmp_path / "plan.yaml").write_text(
+        "version: 1\n"
+        "targets:\n"
+        "  app: {kind: postgres, dsn: 'host=127.0.0.1 port=1 dbname=a'}\n"
+        "  files: {kind: s3, bucket: first-bucket, prefix: reports/}\n"
+        f"  repo: {{kind: git, path: {repo}, remote: origin}}\n"
+        "action: {command: 'true'}\n")
+    plan = load_plan(tmp_path / "plan.yaml", {})
+    assert {t.kind for t in plan.targets} == set(REGISTRY)  # every registered kind is pointed below
+    moved = with_targets(plan, {"app": "host=127.0.0.1 port=2 dbname=b", "files": "second-bucket",
+                                "repo": "https://example.invalid/shop.git"})
+    options = {t.name: t.options for t in moved.targets}
+    assert options["app"]["dsn"] == "host=127.0.0.1 port=2 dbname=b"
+    assert options["files"] == {"bucket": "second-bucket", "prefix": "reports/"}
+    assert options["repo"] == {"url": "https://example.invalid/shop.git"}  # path and remote belong to a working copy
+    local = with_targets(plan, {"repo": "other"})
+    assert {t.name: t.options for t in local.targets}["repo"] == {"path": str(Path("other").absolute())}
+    for t in moved.targets:
+        assert not [p for p in REGISTRY[t.kind].validate({**t.options, **({"branch": "main"} if "url" in
+                                                                         t.options else {})})], t
+    with pytest.raises(BadInput, match="no target named 'nope'"):
+        with_targets(plan, {"nope": "x"})

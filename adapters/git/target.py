@@ -272,3 +272,12 @@ class GitKind:
 
     def target(self, name: str, spec: Mapping[str, Any], settings: Any) -> GitTarget:
         return GitTarget(name, spec, settings)
+
+    def point_at(self, spec: Mapping[str, Any], address: str) -> dict[str, Any]:
+        """Another repository: a URL (``url:``, with ``://``) or a working copy (``path:``)."""
+        out = {k: v for k, v in spec.items() if k not in ("path", "url", "remote")}
+        if "://" in address:
+            out["url"] = address
+        else:
+            out["path"] = str(Path(address).absolute())
+        return out

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from adapters import nothing_kept, paths_as_given
+from adapters import Endpoint, nothing_kept, paths_as_given
 from adapters.postgres import dsn as dsnlib
 from adapters.postgres.cluster import stop_servers_in
+from adapters.postgres.locksample import LockSampler
 from adapters.postgres.target import PostgresTarget
 from adapters.postgres.warm import prepare_for_next, reap_for_gc
 from shadow.errors import BadInput
@@ -44,3 +45,11 @@ class PostgresKind:
 
     def target(self, name: str, spec: Mapping[str, Any], settings: Any) -> PostgresTarget:
         return PostgresTarget(name, spec, settings)
+
+    def lock_sampler(self, endpoint: Endpoint, label: str, secrets: tuple[str, ...], where: str) -> LockSampler | None:
+        """:class:`~adapters.LockSampling`: the command's sessions' locks, sampled from ``pg_locks``."""
+        return LockSampler(endpoint.dsn, label, secrets, where) if endpoint.dsn else None
+
+    def point_at(self, spec: Mapping[str, Any], address: str) -> dict[str, Any]:
+        """Another database: ``address`` is its DSN."""
+        return {**spec, "dsn": address}

@@ -310,3 +310,7 @@ class S3Kind:
 
     def target(self, name: str, spec: Mapping[str, Any], settings: Any) -> S3Target:
         return S3Target(name, spec, settings)
+
+    def point_at(self, spec: Mapping[str, Any], address: str) -> dict[str, Any]:
+        """Another bucket: ``address`` is its name."""
+        return {**spec, "bucket": address}

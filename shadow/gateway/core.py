@@ -283,7 +283,7 @@ class Gateway:
                 raise Refused(f"action.sql: more than {MAX_SQL_BYTES >> 20} MiB of SQL")
             files["action.sql"] = sql
             plan_action = {"sql": ["action.sql"]}
-            sql_targets = [t.name for t in self.file.targets if t.kind == "postgres"]
+            sql_targets = [t.name for t in self.file.targets if _runs_sql(t.kind)]
             target = action.get("target")
             if target is None and len(sql_targets) != 1:
                 raise Refused(f"action.target: name the target the SQL runs on (one of: {', '.join(sql_targets)})")
@@ -543,7 +543,7 @@ class Gateway:
         from shadow.sqlsplit import split_sql
 
         target = self._target(target)
-        if self.file.target(target).kind != "postgres":
+        if not _runs_sql(self.file.target(target).kind):
             raise Refused(f"query runs SQL; {target!r} is a {self.file.target(target).kind} target (use describe)")
         if not isinstance(sql, str) or not sql.strip() or len(sql) > 100_000:
             raise Refused("sql: one read-only SQL statement of at most 100,000 characters")
@@ -623,3 +623,10 @@ def _warm(policy: Any, settings: Settings) -> float | None:
     if raw.strip().lower() in ("off", "0", "false", "no", "none"):
         return None
     return duration(raw)
+
+
+def _runs_sql(kind: str) -> bool:
+    """Whether targets of ``kind`` run SQL (``Kind.runs_sql``): an SQL action and ``query`` need one."""
+    from adapters import REGISTRY
+
+    return bool(REGISTRY[kind].runs_sql)

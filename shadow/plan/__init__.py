@@ -65,9 +65,11 @@ def load_plan(path: Path, env: Mapping[str, str], kinds: Mapping[str, Any] | Non
 
 
 def with_targets(plan: Plan, addresses: Mapping[str, str]) -> Plan:
-    """``plan`` with some targets pointed elsewhere (``pytest --shadow-target NAME=ADDRESS``): a PostgreSQL
-    target's ``dsn``, an S3 target's ``bucket``, a git target's working copy (``path``; ``url`` for an address
-    with ``://``)."""
+    """``plan`` with some targets pointed elsewhere (``pytest --shadow-target NAME=ADDRESS``), as each target's
+    kind says (``Kind.point_at``: a PostgreSQL target's ``dsn``, an S3 target's ``bucket``, a git target's working
+    copy, or its ``url`` for an address with ``://``)."""
+    from adapters import REGISTRY
+
     if not addresses:
         return plan
     names = [t.name for t in plan.targets]
@@ -81,17 +83,6 @@ def with_targets(plan: Plan, addresses: Mapping[str, str]) -> Plan:
         if address is None:
             targets.append(t)
             continue
-        options = dict(t.options)
-        if t.kind == "postgres":
-            options["dsn"] = address
-        elif t.kind == "s3":
-            options["bucket"] = address
-        elif t.kind == "git":
-            for key in ("path", "url", "remote"):
-                options.pop(key, None)
-            options["url" if "://" in address else "path"] = address if "://" in address else str(
-                Path(address).absolute())
-        else:
-            raise BadInput(f"{plan.path}: target {t.name!r} ({t.kind}) cannot be pointed elsewhere")
+        options = REGISTRY[t.kind].point_at(t.options, address)
         targets.append(dataclasses.replace(t, options=options))
     return dataclasses.replace(plan, targets=tuple(targets))

@@ -117,10 +117,7 @@ class Sandbox:
                 "not: run it with a Docker engine on this machine (DOCKER_HOST unset or unix://…), or without "
                 "isolation"
             )
-        env = {k: v for k, v in env.items() if k != "PATH"}  # the image's own PATH
-        env["HOME"] = SCRATCH
-        if workdir:
-            env["SHADOW_PLAN_DIR"] = WORKDIR
+        env = _environment(env, workdir)
         user = f"{os.getuid()}:{os.getgid()}" if mounts else None
         scratch_dir = (tempfile.TemporaryDirectory(prefix=f"shadow-scratch-{self.run_id}-") if site.shares_files
                        else nullcontext(""))
@@ -131,45 +128,67 @@ class Sandbox:
                 volumes = ({str(plan_folder): {"bind": WORKDIR, "mode": "ro"}, scratch: {"bind": SCRATCH, "mode": "rw"}}
                            | {m: {"bind": m, "mode": "rw"} for m in mounts})
             try:
-                container = self._docker.containers.create(
-                    self.image, ["sh", "-c", command], environment=env, working_dir=workdir or WORKDIR, user=user,
-                    volumes=volumes,
-                    network=None if production else self.network.name,
-                    network_mode="host" if production else None,
-                    labels=labels(self.run_id, "action"), **self._bounds(),
-                )
+                container = self._create(command, env, workdir, user, volumes, production)
             except Exception as exc:  # noqa: BLE001
                 return ActionResult(False, time.monotonic() - start, "container",
                                     f"could not create the action container from {self.image!r}: {exc}")
-            guard = None
-            try:
-                guard = warden.spawn("container", container.id, stdout=subprocess.DEVNULL)
-                launch.started(warden.identity(guard, launch.run_id, container=container.id))
-                warden.let_go(guard)
-                if not site.shares_files:
-                    problem = self._copy_in(container, plan_folder, _state_dir(log_path, self.run_id), site)
-                    if problem:
-                        return ActionResult(False, time.monotonic() - start, "container", problem)
-                try:
-                    container.start()
-                except Exception as exc:  # noqa: BLE001
-                    return ActionResult(False, time.monotonic() - start, "container",
-                                        f"could not start the action container from {self.image!r}: {exc}")
-                try:
-                    code = int(container.wait(timeout=timeout)["StatusCode"])
-                    error = None if code == 0 else f"the command exited with status {code}"
-                    if code != 0 and self._oom_killed(container):
-                        error = (f"the command was killed for using more memory than action.limits.memory allows "
-                                 f"({self.limits.memory}; status {code})")
-                except Exception:  # noqa: BLE001 - requests' ReadTimeout: the action ran too long
-                    container.kill()
-                    code, error = -1, f"the command timed out after {timeout:g} s and was killed"
-                text = mask_secrets(container.logs().decode(errors="replace"), secrets)
-            finally:
-                container.remove(force=True)
-                if guard is not None:
-                    warden.release(guard)
+            ran = self._supervise(container, plan_folder, timeout, log_path, secrets, launch, site, start)
+            if isinstance(ran, ActionResult):
+                return ran
+        text, error = ran
         return finished(text, error, log_path, start, "container")
+
+    def _create(self, command: str, env: dict[str, str], workdir: str | None, user: str | None,
+                volumes: dict[str, dict[str, str]], production: bool) -> Any:
+        """The action's container, created (not started): on the internal network, or on the host's during apply."""
+        return self._docker.containers.create(
+            self.image, ["sh", "-c", command], environment=env, working_dir=workdir or WORKDIR, user=user,
+            volumes=volumes,
+            network=None if production else self.network.name,
+            network_mode="host" if production else None,
+            labels=labels(self.run_id, "action"), **self._bounds(),
+        )
+
+    def _supervise(self, container: Any, plan_folder: Path, timeout: float, log_path: Path,
+                   secrets: tuple[str, ...], launch: Launch, site: EngineSite,
+                   start: float) -> ActionResult | tuple[str, str | None]:
+        """Run the created ``container`` under a :mod:`shadow.warden`, recorded in the run record first: (its
+        output with ``secrets`` masked, the error or None) — or the result when it could not be started. The
+        container is removed in any case."""
+        guard = None
+        try:
+            guard = warden.spawn("container", container.id, stdout=subprocess.DEVNULL)
+            launch.started(warden.identity(guard, launch.run_id, container=container.id))
+            warden.let_go(guard)
+            if not site.shares_files:
+                problem = self._copy_in(container, plan_folder, _state_dir(log_path, self.run_id), site)
+                if problem:
+                    return ActionResult(False, time.monotonic() - start, "container", problem)
+            try:
+                container.start()
+            except Exception as exc:  # noqa: BLE001
+                return ActionResult(False, time.monotonic() - start, "container",
+                                    f"could not start the action container from {self.image!r}: {exc}")
+            error = self._wait(container, timeout)
+            return mask_secrets(container.logs().decode(errors="replace"), secrets), error
+        finally:
+            container.remove(force=True)
+            if guard is not None:
+                warden.release(guard)
+
+    def _wait(self, container: Any, timeout: float) -> str | None:
+        """Wait for the started ``container``'s command: None when it exited 0, else what went wrong (killed when it
+        runs longer than ``timeout``)."""
+        try:
+            code = int(container.wait(timeout=timeout)["StatusCode"])
+            error = None if code == 0 else f"the command exited with status {code}"
+            if code != 0 and self._oom_killed(container):
+                error = (f"the command was killed for using more memory than action.limits.memory allows "
+                         f"({self.limits.memory}; status {code})")
+        except Exception:  # noqa: BLE001 - requests' ReadTimeout: the action ran too long
+            container.kill()
+            error = f"the command timed out after {timeout:g} s and was killed"
+        return error
 
     @staticmethod
     def _copy_in(container: Any, plan_folder: Path, state_dir: Path | None, site: EngineSite) -> str | None:
@@ -184,6 +203,16 @@ class Sandbox:
             return (f"could not copy the plan folder {plan_folder} into the action's container on "
                     f"{site.describe()}: {text[0][:300] if text else type(exc).__name__}")
         return None
+
+
+def _environment(env: dict[str, str], workdir: str | None) -> dict[str, str]:
+    """What the action's container gets: ``env`` less ``PATH`` (the image's own), ``HOME`` in the scratch dir, and
+    ``SHADOW_PLAN_DIR`` when the command runs in a ``workdir`` of its own."""
+    env = {k: v for k, v in env.items() if k != "PATH"}  # the image's own PATH
+    env["HOME"] = SCRATCH
+    if workdir:
+        env["SHADOW_PLAN_DIR"] = WORKDIR
+    return env
 
 
 def _state_dir(log_path: Path, run_id: str) -> Path | None:

@@ -6,7 +6,6 @@ Real CLI, real production database, a real shadow server on each backend.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import signal
@@ -76,19 +75,21 @@ def test_a_server_started_during_a_checkpoint_that_fails_is_stopped_and_removed(
                      f"CREATE ROLE {role} LOGIN PASSWORD 'pw'; GRANT SELECT ON t TO {role};")
     dsn = empty_db.dsn.replace("user=shadow", f"user={role}").split(" password=")[0] + " password=pw"
     plan = write_plan(tmp_path, PLAN.format(dsn=dsn), {"migrate.sql": "UPDATE t SET id = 2;\n"})
-    docker_before = _shadow_containers() if backend == "docker" else set()
     result = shadow_cli("plan", "-f", str(plan), "--json")
     assert result.code != 0, result.text
     assert "permission denied" in result.text, result.text  # pg_dump cannot read `secret`
     assert not list(own_tempdir.glob("shadow-pg-*")), list(own_tempdir.iterdir())
     if backend == "docker":
-        assert _shadow_containers() == docker_before
+        # This run's containers only: other tests (another xdist worker) start and remove their own meanwhile.
+        [run_dir] = (shadow_cli.state_dir / "runs").iterdir()  # the run, as the journal named it
+        assert _shadow_containers(run_dir.name) == set()
 
 
-def _shadow_containers() -> set[str]:
-    from adapters.docker import LABEL_ROLE, client
+def _shadow_containers(run_id: str) -> set[str]:
+    from adapters.docker import LABEL_ROLE, LABEL_RUN, client
 
-    return {c.id for c in client().containers.list(all=True, filters={"label": f"{LABEL_ROLE}=postgres-shadow"})}
+    wanted = {"label": [f"{LABEL_ROLE}=postgres-shadow", f"{LABEL_RUN}={run_id}"]}
+    return {c.id for c in client().containers.list(all=True, filters=wanted)}
 
 
 @pytest.mark.parametrize("die_with_parent", [True, False])

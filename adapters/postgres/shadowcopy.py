@@ -1,5 +1,6 @@
 """A PostgreSQL shadow: the checkpoint restored into a throwaway server, and its pristine state for row diffs (the
-shadow as the action found it, through a held snapshot, or a twin)."""
+shadow as the action found it, through a held snapshot, or a twin). How its databases are made — created or cloned,
+the twin copied, restored again or cloned — is in :mod:`adapters.postgres.shadowcopy_make`."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from adapters.postgres.rowdiff import count_rows
 from adapters.postgres.observe import like_checkpoint, observe, read_text_as_str
 from adapters.postgres.restore import restore_into_empty, restore_over
 from adapters.postgres.server import SUPERUSER, Server
+from adapters.postgres.shadowcopy_make import ShadowDatabases
 from shadow.changes import Change, RowDelta
 from shadow.errors import BadInput, CheckQueryFailed, InfrastructureError
 
@@ -43,7 +45,7 @@ def endpoint_env(name: str, dsn: str) -> tuple[dict[str, str], dict[str, str]]:
     return {f"SHADOW_{env_name(name)}_URL": url}, {"DATABASE_URL": url, **dsnlib.pg_env(dsn)}
 
 
-class PgShadow:
+class PgShadow(ShadowDatabases):
     """A restored copy of one checkpoint in a throwaway server, plus a pristine twin for row diffs.
 
     ``golden``: the server is a warm one (:mod:`adapters.postgres.warm`) holding the checkpoint restored and
@@ -108,27 +110,6 @@ class PgShadow:
         except BaseException as exc:  # noqa: BLE001 - handed to whoever reads the observation
             self._pristine_result = exc
 
-    def _clone(self, golden: str) -> None:
-        """The shadow database as a clone of the warm server's golden one, with the checkpoint's settings."""
-        with self.server.connect(warm.ADMIN_DB) as conn:
-            warm.clone(conn, golden, self.database, self.checkpoint.meta.get("database_owner"),
-                       warm.spare_names(self.database))
-            wanted = self.checkpoint.meta.get("settings") or []
-            dbsettings.settle(conn, self.database, wanted, every_database=True, shadow=True, own_role=SUPERUSER)
-
-    def _clone_pristine(self) -> None:
-        """The twin, cloned from the golden database; its observation is the checkpoint's (the golden one was
-        verified equal to it when it was kept, and refuses connections since)."""
-        assert self.golden is not None
-        try:
-            with self.server.connect(warm.ADMIN_DB) as conn:
-                warm.clone(conn, self.golden, self.pristine, None, warm.spare_names(self.database))
-                dbsettings.settle(conn, self.pristine, self.checkpoint.meta.get("settings") or [],
-                                  every_database=False, shadow=True)
-        except psycopg.Error as exc:
-            raise InfrastructureError(f"cloning the shadow's pristine copy failed: {exc}", target=self.name) from exc
-        self._pristine_ready.set()
-
     @property
     def pristine_observation(self) -> dict[str, Any]:
         if self._pristine_thread.ident is not None:
@@ -188,51 +169,6 @@ class PgShadow:
             wanted = self.checkpoint.meta.get("settings") or []
             dbsettings.settle(conn, self.database, wanted, every_database=True, shadow=True, own_role=SUPERUSER)
 
-    def _copy_twin(self) -> None:
-        """The pristine twin as a file copy of the shadow database (nothing may be connected to it)."""
-        with self.server.connect() as conn:
-            # FILE_COPY (15+) copies the files instead of WAL-logging every block: faster for a throwaway twin.
-            strategy = " STRATEGY FILE_COPY" if conn.info.server_version >= 150000 else ""
-            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}" + strategy).format(
-                sql.Identifier(self.pristine), sql.Identifier(self.database)))
-            wanted = self.checkpoint.meta.get("settings") or []
-            dbsettings.settle(conn, self.pristine, wanted, every_database=False, shadow=True)
-        self._pristine_ready.set()
-
-    def _restore_twin(self) -> None:
-        """The pristine twin as a second restore of the checkpoint: once the action has written the shadow, the
-        only way back to its pristine rows when the held snapshot cannot show them (a cold shadow)."""
-        with self.server.connect() as conn:
-            self._create_database(conn, self.checkpoint.meta, self.pristine)
-        problems = restore_into_empty(self.binaries, self.server.dsn(self.pristine), self.archive,
-                                      observation=self.checkpoint.observation, run_id=self.checkpoint.run_id)
-        if problems:
-            self.warnings.append("pg_restore reported (second restore): " + "; ".join(problems[:5]))
-        with self.server.connect() as conn:
-            dbsettings.settle(conn, self.pristine, self.checkpoint.meta.get("settings") or [], every_database=False,
-                              shadow=True)
-        self._pristine_ready.set()
-
-    def _cut_outbound_connections(self) -> None:
-        """A shadow must not reach production's neighbours: foreign servers restored from the dump still point
-        at real hosts with real credentials. Their user mappings are dropped, so foreign tables fail in the
-        rehearsal instead of writing to a real system."""
-        with self.server.connect(self.database) as conn:
-            mappings = conn.execute(
-                "SELECT srvname, CASE WHEN umuser = 0 THEN 'PUBLIC' ELSE quote_ident(usename) END "
-                "FROM pg_user_mappings").fetchall()
-            for server, user in mappings:
-                conn.execute(sql.SQL("DROP USER MAPPING IF EXISTS FOR " + user + " SERVER {}").format(
-                    sql.Identifier(server)))
-            servers = [r[0] for r in conn.execute("SELECT srvname FROM pg_foreign_server")]
-            dblink = conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'dblink'").fetchone()
-        if servers:
-            self.warnings.append(f"foreign servers {', '.join(servers)} are cut off in the shadow (user mappings "
-                                 "dropped): an action using their foreign tables fails in the rehearsal")
-        if dblink:
-            self.warnings.append("dblink is installed: an action can still open connections of its own from the "
-                                 "shadow — use the docker backend with `isolation: container` to prevent it")
-
     def _action_dsn(self) -> str:
         """The action connects as production's user (same role attributes and grants), so a rehearsal hits the
         same permission errors production would."""
@@ -243,18 +179,6 @@ class PgShadow:
         with self.server.connect() as conn:
             conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(user), sql.Literal(password)))
         return self.server.dsn(self.database, user=user, password=password)
-
-    def _create_database(self, conn: psycopg.Connection, meta: dict[str, Any], name: str) -> None:
-        create = sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}")
-        try:
-            conn.execute(create.format(sql.Identifier(name), sql.Literal(meta["encoding"]),
-                                       sql.Literal(meta["collate"]), sql.Literal(meta["ctype"])))
-        except psycopg.Error:
-            self.warnings.append(
-                f"locale {meta['collate']!r} is not available here; the shadow uses C.UTF-8 (sorting may differ)"
-            )
-            conn.execute(create.format(sql.Identifier(name), sql.Literal(meta["encoding"]),
-                                       sql.Literal("C.UTF-8"), sql.Literal("C.UTF-8")))
 
     def _fidelity(self) -> list[str]:
         """Differences between the restored copy and the checkpoint; a faithful shadow has none."""

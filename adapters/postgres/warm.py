@@ -30,115 +30,41 @@ the one a killed run it settles had kept; ``shadow gc --warm`` removes every one
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import json
 import os
-import secrets
 import shutil
-import signal
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
-from adapters import Interrupt
-from adapters.postgres.server import SUPERUSER, Server
-from snapshots import atomic_write_bytes
+from adapters.postgres.warm_entry import GOLDEN_SUFFIX as GOLDEN_SUFFIX
+from adapters.postgres.warm_entry import SPARE_SUFFIXES as SPARE_SUFFIXES
+from adapters.postgres.warm_entry import Entry as Entry
+from adapters.postgres.warm_entry import WarmServer as WarmServer
+from adapters.postgres.warm_entry import _lock as _lock
+from adapters.postgres.warm_entry import _read as _read
+from adapters.postgres.warm_entry import _write as _write
+from adapters.postgres.warm_entry import entries as entries
+from adapters.postgres.warm_entry import entries_dir as entries_dir
+from adapters.postgres.warm_entry import golden_name as golden_name
+from adapters.postgres.warm_entry import key_of as key_of
+from adapters.postgres.warm_entry import spare_names as spare_names
+from adapters.postgres.warm_golden import ADMIN_DB as ADMIN_DB
+from adapters.postgres.warm_golden import Q_SERVER_STATE as Q_SERVER_STATE
+from adapters.postgres.warm_golden import _fresh_session as _fresh_session
+from adapters.postgres.warm_golden import clone as clone
+from adapters.postgres.warm_golden import drop_clones as drop_clones
+from adapters.postgres.warm_golden import drop_database as drop_database
+from adapters.postgres.warm_golden import make_golden as make_golden
+from adapters.postgres.warm_golden import server_state as server_state
+from adapters.postgres.warm_spares import PREPARER_STOPS as PREPARER_STOPS
+from adapters.postgres.warm_spares import _preparing as _preparing
+from adapters.postgres.warm_spares import _stop_preparer as _stop_preparer
+from adapters.postgres.warm_spares import prepare_for_next as prepare_for_next
+from adapters.postgres.warm_spares import prepare_spares as prepare_spares
 
-GOLDEN_SUFFIX = "__shadow_golden"
-# A ready clone of the golden: the next shadow. Its twin is seldom needed (adapters.postgres.held reads the shadow
-# as the action found it), and cloned when it is.
-SPARE_SUFFIXES = ("__shadow_spare1",)
-ADMIN_DB = "template1"  # where a warm server is managed from: the database named like production's comes and goes
 DEFAULT_MAX = 2
-PREPARER_STOPS = 15.0  # seconds a run waits for a stopped preparer to let go (it cancels its copy)
-
-# What a database cannot hold and a clone does not reset: the server's global state, fingerprinted.
-Q_SERVER_STATE = """
-SELECT md5(coalesce(string_agg(line, E'\\n' ORDER BY line), '')) FROM (
-  SELECT 'role ' || r::text AS line FROM pg_roles r
-  UNION ALL SELECT 'member ' || m::text FROM pg_auth_members m
-  UNION ALL SELECT 'setting ' || coalesce(d.datname, '*') || ' ' || s.setrole || ' ' || s.setconfig::text
-    FROM pg_db_role_setting s LEFT JOIN pg_database d ON d.oid = s.setdatabase
-    WHERE d.datname IS NULL OR d.datname <> ALL(%(own)s)
-  UNION ALL SELECT 'database ' || concat_ws(' ', datname, datallowconn, datconnlimit, datistemplate, datacl)
-    FROM pg_database WHERE datname <> ALL(%(own)s)
-  UNION ALL SELECT 'tablespace ' || spcname FROM pg_tablespace
-  UNION ALL SELECT 'file ' || concat_ws(' ', sourcefile, name, setting, applied) FROM pg_file_settings
-) lines
-"""
-
-
-def entries_dir(settings: Any) -> Path:
-    """Where a state dir keeps PostgreSQL's warm entries."""
-    return Path(settings.warm_dir) / "postgres"
-
-
-def golden_name(database: str) -> str:
-    return database[: 63 - len(GOLDEN_SUFFIX)] + GOLDEN_SUFFIX
-
-
-def spare_names(database: str) -> list[str]:
-    return [database[: 63 - len(s)] + s for s in SPARE_SUFFIXES]
-
-
-def key_of(identity: str, backend: str, major: int, image: str | None) -> str:
-    """The entry a production's warm copy is kept under: one per address, backend, major version and image."""
-    return hashlib.sha256(json.dumps([identity, backend, major, image]).encode()).hexdigest()[:20]
-
-
-@dataclass
-class Entry:
-    """One warm server, as kept in ``<state dir>/warm/<key>.json``."""
-
-    key: str
-    run: str  # the run that restored it (the server's ``shadow.run-id`` label)
-    backend: str
-    major: int
-    host: str
-    port: int
-    password: str
-    database: str  # production's database name: each run's clone is named so
-    checkpoint: dict[str, Any]  # Checkpoint.to_dict() of the checkpoint the golden holds
-    state: str  # the server's global state when it was kept (Q_SERVER_STATE)
-    keep: float  # seconds after the last use
-    used: float
-    created: float
-    root: str | None = None  # a local cluster's temp dir
-    container: str | None = None  # a container's id
-    warnings: list[str] = field(default_factory=list)  # what building the copy warned about, said again per run
-
-    @property
-    def golden(self) -> str:
-        return golden_name(self.database)
-
-    def expired(self, now: float | None = None) -> bool:
-        return (now if now is not None else time.time()) >= self.used + self.keep
-
-    def server(self) -> WarmServer:
-        return WarmServer(self.host, self.port, self.password, self.container)
-
-
-class WarmServer(Server):
-    """A kept server, reached again by address; starting and stopping it is the entry's business, not a run's."""
-
-    def __init__(self, host: str, port: int, password: str, container_id: str | None) -> None:
-        self.host, self.port, self.password, self.container_id = host, port, password, container_id
-
-    def start(self) -> WarmServer:
-        return self
-
-    def stop(self) -> None:
-        pass
-
-    def dsn(self, dbname: str = "postgres", user: str = SUPERUSER, password: str | None = None) -> str:
-        return make_conninfo(host=self.host, port=self.port, dbname=dbname, user=user,
-                             password=password if password is not None else self.password, connect_timeout=10)
 
 
 class Lease:
@@ -242,12 +168,6 @@ def keep(folder: Path, entry: Entry, max_entries: int = DEFAULT_MAX) -> bool:
     return True
 
 
-def entries(folder: Path) -> list[Entry]:
-    if not folder.is_dir():
-        return []
-    return [e for e in (_read(p) for p in sorted(folder.glob("*.json"))) if e is not None]
-
-
 def reap_for_gc(settings: Any, everything: bool, dry_run: bool,
                 runs: set[str] | None = None) -> list[tuple[str, str | None, str]]:
     """:meth:`adapters.Kind.reap_warm`: (the server's dir or container, the run that made it, what was done)."""
@@ -311,196 +231,3 @@ def stop_server(entry: Entry) -> str:
         shutil.rmtree(root, ignore_errors=True)
         return said
     return "nothing to stop"
-
-
-def _read(path: Path) -> Entry | None:
-    try:
-        return Entry(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def _write(folder: Path, entry: Entry) -> None:
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = folder / f"{entry.key}.json"
-    atomic_write_bytes(path, json.dumps(asdict(entry)).encode())
-    os.chmod(path, 0o600)
-
-
-def _lock(folder: Path, key: str, blocking: bool, timeout: float | None = None) -> int:
-    """An exclusive flock on ``<key>.lock``: its fd, or -1 when another process holds it (not ``blocking``, or
-    still after ``timeout`` seconds)."""
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(folder / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking and deadline is None else fcntl.LOCK_NB))
-            return fd
-        except BlockingIOError:
-            if not blocking or (deadline is not None and time.monotonic() >= deadline):
-                os.close(fd)
-                return -1
-            time.sleep(0.01)
-
-
-def _preparing(folder: Path, key: str) -> Path:
-    """The note a preparer in a process of its own (``shadow prepare-warm``) leaves while it holds ``key``'s lock:
-    its pid, so that a run wanting the copy can stop it instead of going cold."""
-    return folder / f"{key}.preparing"
-
-
-def _stop_preparer(folder: Path, key: str) -> bool:
-    """SIGTERM the preparer holding ``key``'s lock, if a preparer holds it: the note names a live process whose
-    command line is ``shadow … prepare-warm`` (a pid noted long ago may be another process's by now)."""
-    try:
-        pid = int(_preparing(folder, key).read_text())
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
-    except (OSError, ValueError):
-        return False
-    if b"prepare-warm" not in argv:
-        return False
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-# -- the server side ----------------------------------------------------------------------------------------------
-def server_state(server: Server, database: str) -> str:
-    """The server's global state, but for the databases a run makes and drops (the shadow named ``database``,
-    its twin, the golden one) — the same before a cold run's action and once its copy is kept; and whether the
-    golden database still refuses connections."""
-    from adapters.postgres.shadowcopy import pristine_name
-
-    own = [database, pristine_name(database), golden_name(database)]
-    with server.connect(ADMIN_DB) as conn:
-        row = conn.execute(Q_SERVER_STATE, {"own": own + spare_names(database)}).fetchone()
-        closed = conn.execute("SELECT NOT datallowconn FROM pg_database WHERE datname = %s", [own[2]]).fetchone()
-    return f"{row[0] if row else ''} golden {'closed' if closed and closed[0] else 'open' if closed else 'absent'}"
-
-
-def _fresh_session(server: WarmServer) -> str:
-    """End every other session on the server and give its superuser a new password: whatever an earlier action
-    learnt or kept open (it may have run as a superuser, with the shadow's own address) is useless now."""
-    password = secrets.token_urlsafe(18)
-    with server.connect(ADMIN_DB) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' "
-                     "AND pid <> pg_backend_pid()")
-        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(SUPERUSER), sql.Literal(password)))
-    server.password = password
-    return password
-
-
-def drop_database(conn: psycopg.Connection, name: str) -> None:
-    """Drop ``name`` if it exists, ending its sessions first (any server version)."""
-    conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> "
-                 "pg_backend_pid()", [name])
-    for _ in range(50):
-        try:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-            return
-        except psycopg.errors.ObjectInUse:
-            time.sleep(0.1)  # a terminated session takes a moment to leave
-    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-
-
-def drop_clones(server: Server, database: str) -> None:
-    """Drop a run's clones (the shadow, its twin); the server keeps an empty ``postgres`` database."""
-    from adapters.postgres.shadowcopy import pristine_name
-
-    with server.connect(ADMIN_DB) as conn:
-        for name in (database, pristine_name(database)):
-            drop_database(conn, name)
-        if database == "postgres":
-            conn.execute("CREATE DATABASE postgres TEMPLATE template0")
-
-
-def make_golden(server: Server, database: str, pristine: str) -> None:
-    """Turn a cold run's server into a warm one: drop the written copy, rename the never-written twin to the golden
-    database and close it to connections."""
-    golden = golden_name(database)
-    with server.connect(ADMIN_DB) as conn:
-        drop_database(conn, database)
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [pristine])
-        drop_database(conn, golden)
-        for _ in range(50):
-            try:
-                conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(pristine),
-                                                                            sql.Identifier(golden)))
-                break
-            except psycopg.errors.ObjectInUse:
-                time.sleep(0.1)
-        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(golden)))
-        if database == "postgres":
-            conn.execute("CREATE DATABASE postgres TEMPLATE template0")
-
-
-def clone(conn: psycopg.Connection, golden: str, name: str, owner: str | None, spares: list[str] | None = None) -> None:
-    """``name`` as a file copy of the golden database (a checkpoint before, then no WAL per block) — or, when
-    :func:`prepare_spares` left one of ``spares`` ready, that copy renamed (two clones made at once each claim a
-    different one)."""
-    drop_database(conn, name)
-    for spare in spares or ():
-        try:
-            conn.execute(sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(spare), sql.Identifier(name)))
-        except (psycopg.errors.InvalidCatalogName, psycopg.errors.ObjectInUse):
-            continue  # not there, or claimed by the other clone this moment
-        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true").format(sql.Identifier(name)))
-        if owner:
-            conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), sql.Identifier(owner)))
-        return
-    strategy = " STRATEGY FILE_COPY" if conn.info.server_version >= 150000 else ""
-    owned = sql.SQL(" OWNER {}").format(sql.Identifier(owner)) if owner else sql.SQL("")
-    conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}" + strategy).format(sql.Identifier(name),
-                                                                             sql.Identifier(golden)) + owned)
-
-
-def prepare_for_next(settings: Any, interrupt: Interrupt) -> int:
-    """:meth:`adapters.Kind.prepare_warm`: :func:`prepare_spares` for ``settings``' state dir."""
-    return prepare_spares(entries_dir(settings), interrupt)
-
-
-def prepare_spares(folder: Path, interrupt: Interrupt | None = None) -> int:
-    """Between runs, in a long-lived process (the gateway): clone each idle entry's golden database into its spare
-    databases, closed to connections like the golden (one statement: a spare is whole or absent), so the next
-    lease renames them instead of copying on its critical path. An entry in use, expired or unreachable is left
-    alone; ``interrupt`` cancels the copy under way. How many were made."""
-    interrupt = interrupt or Interrupt()
-    made = 0
-    for entry in entries(folder):
-        if interrupt.is_set():
-            break
-        fd = _lock(folder, entry.key, blocking=False)
-        if fd < 0:
-            continue
-        note = _preparing(folder, entry.key)
-        try:
-            if interrupt.by_signal:
-                atomic_write_bytes(note, str(os.getpid()).encode())
-            current = _read(folder / f"{entry.key}.json")
-            if current is None or current.expired():
-                continue
-            with current.server().connect(ADMIN_DB) as conn:
-                names = spare_names(current.database)
-                there = {r[0] for r in conn.execute("SELECT datname FROM pg_database WHERE datname = ANY(%s)",
-                                                    [names]).fetchall()}
-                for spare in names:
-                    if spare in there:
-                        continue
-                    strategy = " STRATEGY FILE_COPY" if conn.info.server_version >= 150000 else ""
-                    with interrupt.cancelling(conn.cancel) as go:
-                        if not go:
-                            break
-                        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {} ALLOW_CONNECTIONS false" + strategy)
-                                     .format(sql.Identifier(spare), sql.Identifier(current.golden)))
-                    made += 1
-        except psycopg.Error:
-            continue  # the next lease finds out what is wrong with it, and clones as before
-        finally:
-            if interrupt.by_signal:
-                note.unlink(missing_ok=True)
-            os.close(fd)
-    return made

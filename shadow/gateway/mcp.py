@@ -12,19 +12,20 @@ from typing import Any
 
 from shadow.gateway.core import QUERY_BYTES, QUERY_ROWS, Gateway, Refused
 
+INSTRUCTIONS = ("shadow gateway for actor {actor!r}. Look at copies of production (targets, describe, query), "
+                "propose an action (it is rehearsed on a copy and judged against your expectations, scope and "
+                "limits), then apply a proposal once a person approved it. Nothing you do reaches production "
+                "unrehearsed.")
 LOOK = {"read_only_hint": True, "destructive_hint": False, "idempotent_hint": True, "open_world_hint": False}
 
 
-def server(gateway: Gateway) -> Any:
-    from mcp.server import MCPServer
+def _registrar(app: Any) -> Callable[[dict[str, Any]], Callable[[Callable[..., dict[str, Any]]], Any]]:
+    """``@tool(annotations)``: registers a gateway method's wrapper on ``app`` — run in a thread, one call at a time
+    (the gateway's runs are not meant to interleave), a refusal as a tool error with the gateway's message."""
     from mcp.server.mcpserver.exceptions import ToolError
     from mcp_types import ToolAnnotations
 
-    app = MCPServer("shadow", instructions=(
-        f"shadow gateway for actor {gateway.actor!r}. Look at copies of production (targets, describe, query), "
-        "propose an action (it is rehearsed on a copy and judged against your expectations, scope and limits), "
-        "then apply a proposal once a person approved it. Nothing you do reaches production unrehearsed."))
-    lock = asyncio.Lock()  # one call at a time: the gateway's runs are not meant to interleave
+    lock = asyncio.Lock()
 
     def tool(annotations: dict[str, Any]) -> Callable[[Callable[..., dict[str, Any]]], Any]:
         def register(fn: Callable[..., dict[str, Any]]) -> Any:
@@ -37,6 +38,14 @@ def server(gateway: Gateway) -> Any:
                         raise ToolError(str(exc)) from None
             return app.tool(annotations=ToolAnnotations(**annotations))(call)
         return register
+    return tool
+
+
+def server(gateway: Gateway) -> Any:
+    from mcp.server import MCPServer
+
+    app = MCPServer("shadow", instructions=INSTRUCTIONS.format(actor=gateway.actor))
+    tool = _registrar(app)
 
     @tool(LOOK)
     def targets() -> dict[str, Any]:

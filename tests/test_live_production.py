@@ -209,6 +209,42 @@ def test_rollback_undoes_only_the_runs_own_change_while_the_application_writes(l
     assert writer.assert_kept(live_db.dsn) > 20
 
 
+def _statistics(db: ProdDb, table: str) -> tuple[object, ...]:
+    """What the planner knows of ``table``: its OID, size estimates, per-column statistics and when it was analyzed."""
+    return tuple(db.scalar(sql) for sql in (
+        f"SELECT '{table}'::regclass::oid",
+        f"SELECT (reltuples, relpages)::text FROM pg_class WHERE oid = '{table}'::regclass",
+        f"SELECT md5(string_agg((staattnum, stadistinct, stanullfrac)::text, ',' ORDER BY staattnum)) "
+        f"FROM pg_statistic WHERE starelid = '{table}'::regclass",
+        f"SELECT last_analyze::text FROM pg_stat_user_tables WHERE relid = '{table}'::regclass"))
+
+
+def test_a_rollback_leaves_untouched_tables_statistics_as_they_were(live_db: ProdDb, shadow_cli, tmp_path: Path):
+    """The undo of a run's own change touches nothing else: an untouched table keeps its OID and every statistic
+    the planner has of it (the whole-checkpoint restore, ``--full``, re-creates it and loses them: the check can
+    tell)."""
+    live_db.execute("ANALYZE orders")
+    before = _statistics(live_db, "orders")
+    assert all(v is not None for v in before), before
+    plan = _plan(tmp_path, live_db, "ALTER TABLE users ADD COLUMN nickname text;\n"
+                                    "UPDATE users SET nickname = 'n' WHERE id <= 5;\n",
+                 "add column public.users.nickname, update rows public.users")
+    with Writer(live_db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
+        applied = shadow_cli("apply", "-f", str(plan), "--json")
+        assert applied.code == 0, applied.text
+        rolled = shadow_cli("rollback", _report(applied)["run_id"], "--json")
+        writer.stop()
+    assert rolled.code == 0 and _report(rolled)["outcome"] == "restored", rolled.text
+    assert _statistics(live_db, "orders") == before
+    assert writer.assert_kept(live_db.dsn) > 0
+    again = shadow_cli("apply", "-f", str(plan), "--json")
+    assert again.code == 0, again.text
+    full = shadow_cli("rollback", _report(again)["run_id"], "--full", "--json")
+    assert full.code == 0, full.text
+    after_full = _statistics(live_db, "orders")
+    assert after_full[0] != before[0] and after_full[3] is None  # re-created: a new OID, never analyzed
+
+
 def test_rollback_of_a_backfill_in_the_table_the_application_writes(live_db: ProdDb, shadow_cli, tmp_path: Path):
     before = {r[0]: r[1] for r in live_db.connect().execute("SELECT id, note FROM events WHERE id <= 10")}
     plan = _plan(tmp_path, live_db, "UPDATE events SET note = note || ' (checked)' WHERE id <= 10;\n",

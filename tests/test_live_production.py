@@ -153,6 +153,44 @@ def test_an_apply_waits_for_a_lock_a_bounded_time_and_says_so(live_db: ProdDb, s
     assert live_db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nickname'") == 0
 
 
+def test_a_serialisation_failure_rolls_back_and_is_tried_again_keeping_the_concurrent_write(
+        prod_db: ProdDb, shadow_cli, tmp_path: Path):
+    """The apply's REPEATABLE READ transaction changes a row another session changed and committed after the
+    transaction's snapshot: PostgreSQL refuses it (a serialisation failure). Nothing of the attempt is applied; the
+    transaction is tried again on a new snapshot, the wait is reported — and the other session's write is kept,
+    the apply's change made on top of it."""
+    import threading
+    import time
+
+    plan = _plan(tmp_path, prod_db, "SELECT pg_sleep(1.5);\n"
+                                    "UPDATE users SET full_name = full_name || ' (checked)' WHERE id = 1;\n",
+                 "update rows public.users")
+    seen: dict[str, object] = {}
+
+    def other_session() -> None:
+        """Once the apply's transaction sleeps on production (its snapshot taken), change the same row."""
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if prod_db.scalar(f"SELECT count(*) FROM pg_stat_activity WHERE datname = '{prod_db.name}' "
+                              "AND state = 'active' AND query LIKE '%pg_sleep(1.5)%' AND pid <> pg_backend_pid()"):
+                prod_db.execute("UPDATE users SET full_name = 'Renamed meanwhile' WHERE id = 1")
+                seen["at"] = time.monotonic()
+                return
+            time.sleep(0.02)
+
+    thread = threading.Thread(target=other_session, daemon=True)
+    thread.start()
+    result = shadow_cli("apply", "-f", str(plan), "--json")
+    thread.join(5)
+    assert "at" in seen, "the apply's transaction was never seen sleeping on production"
+    assert result.code == 0, result.text
+    report = _report(result)
+    assert report["outcome"] == "applied", report["reason"]
+    assert "could not be serialised with this transaction" in _warnings(report), _warnings(report)
+    assert "rolled back, trying again" in _warnings(report) and "retry 1 of" in _warnings(report)
+    assert prod_db.scalar("SELECT full_name FROM users WHERE id = 1") == "Renamed meanwhile (checked)"
+
+
 def test_a_checkpoint_is_written_once_and_the_applied_state_kept_beside_it(prod_db: ProdDb, shadow_cli,
                                                                            tmp_path: Path):
     """What production observed after the apply is its own record; the checkpoint's manifest is never edited."""

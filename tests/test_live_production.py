@@ -134,6 +134,26 @@ def test_an_apply_that_cannot_run_in_one_transaction_goes_ahead_while_another_ta
     writer.assert_kept(live_db.dsn)
 
 
+def test_an_apply_that_cannot_run_in_one_transaction_on_a_table_being_written_is_rehearsed_again_then_refused(
+        live_db: ProdDb, shadow_cli, tmp_path: Path):
+    """The index build reads the very table the writer keeps writing: the rehearsal cannot predict it, so the run
+    rehearses once more on a fresh checkpoint; production moved again meanwhile, so it is refused, naming what
+    moved — nothing applied, every write kept."""
+    plan = _plan(tmp_path, live_db, "CREATE INDEX CONCURRENTLY events_note_idx ON events (note);\n",
+                 "add index public.events_note_idx")
+    with Writer(live_db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
+        result = shadow_cli("apply", "-f", str(plan), "--json")
+        writer.stop()
+    assert result.code == 1, result.text
+    report = _report(result)
+    assert report["outcome"] == "refused", report["reason"]
+    assert "moved again while shadow rehearsed on a fresh checkpoint" in report["reason"], report["reason"]
+    assert "public.events" in report["reason"], report["reason"]
+    assert "rehearsed twice" in _warnings(report)
+    assert live_db.scalar("SELECT to_regclass('public.events_note_idx') IS NULL") is True
+    assert writer.assert_kept(live_db.dsn) > 10
+
+
 def test_an_apply_waits_for_a_lock_a_bounded_time_and_says_so(live_db: ProdDb, shadow_cli, tmp_path: Path):
     """A long read holds a lock the migration needs: the apply gives up after policy.lock_timeout, rolls back,
     retries policy.lock_retries times, reports each wait — and never queues every other query behind it."""

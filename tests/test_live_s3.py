@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +268,42 @@ def test_an_unversioned_bucket_is_undone_from_the_checkpoints_copies(s3_server: 
     head = client.head_object(Bucket=name, Key="invoices/0.json")
     assert head["ContentType"] == "application/json" and head["Metadata"] == {"owner": "billing"}
     assert writer.assert_kept(client) > 10
+
+
+def test_sigkill_at_every_transition_of_an_s3_rollback_then_recover(shop, s3_server: str, tmp_path: Path,
+                                                                    evidence: Callable[[str], None]) -> None:
+    """A killed rollback is finished by ``recover``: the invoices the run rewrote end as the apply left them or at
+    the checkpoint, and the other writer's objects are kept throughout."""
+    client, name, plan = shop
+    traced = tmp_path / "traced"
+    applied = run_cli("apply", "-f", str(plan), "--json", state=traced, cwd=tmp_path)
+    assert applied.code == 0, applied.text
+    trace = tmp_path / "trace.txt"
+    done = run_cli("rollback", json.loads(applied.out)["run_id"], state=traced, cwd=tmp_path,
+                   env={"SHADOW_FAULT_TRACE": str(trace)})
+    assert done.code == 0, done.text
+    points = [line.split("\t", 1)[1] for line in trace.read_text().splitlines()]
+    outcomes = {}
+    with S3Writer(s3_server, name, "logs/", tmp_path / "writes.jsonl") as writer:
+        for point in range(1, len(points) + 1):
+            for i in range(4):
+                client.put_object(Bucket=name, Key=f"invoices/{i}.json", Body=json.dumps({"n": i}),
+                                  ContentType="application/json")
+            state = tmp_path / f"state{point}"
+            applied = run_cli("apply", "-f", str(plan), "--json", state=state, cwd=tmp_path)
+            assert applied.code == 0, applied.text
+            killed = run_cli("rollback", json.loads(applied.out)["run_id"], state=state, cwd=tmp_path,
+                             env={"SHADOW_FAULT_KILL_AT": str(point)})
+            assert killed.code == -signal.SIGKILL, (points[point - 1], killed.text)
+            recovered = run_cli("recover", state=state, cwd=tmp_path)
+            assert recovered.code == 0 and "Traceback" not in recovered.err, (points[point - 1], recovered.text)
+            docs = [_invoice(client, name, i) for i in range(4)]
+            at = ("checkpoint" if docs == [{"n": i} for i in range(4)] else
+                  "applied state" if docs == [{"n": i, "currency": "EUR"} for i in range(4)] else None)
+            assert at, f"killed at {points[point - 1]!r}: the invoices are neither ({docs})"
+            outcomes[points[point - 1]] = at
+        writer.stop()
+    assert writer.assert_kept(client) > 10
+    evidence(f"covered {len(points)} kill points of an S3 rollback: " +
+             ", ".join(f"{p} → {o}" for p, o in outcomes.items()))
+    assert "checkpoint" in outcomes.values()

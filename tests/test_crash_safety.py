@@ -677,7 +677,43 @@ def test_sigkill_at_every_transition_of_an_undo_then_recover(production: Product
         outcomes[points[point - 1]] = "checkpoint" if now == checkpoint else "applied state"
     evidence(f"covered {len(points)} kill points of an undo: " +
           ", ".join(f"{p} → {o}" for p, o in outcomes.items()))
-    assert "checkpoint" in outcomes.values()
+    # Once the rollback has begun restoring, recover finishes the undo: never back to the applied state.
+    begun = points.index("phase restoring")
+    assert {outcomes[p] for p in points[begun:]} == {"checkpoint"}, outcomes
+
+
+def test_a_rollback_killed_inside_its_undo_transaction_is_finished_by_recover(production: Production,
+                                                                             tmp_path: Path) -> None:
+    """Tighter than a kill between steps: the undo's one transaction is open on production — some of its writes
+    made, one waiting for a row another session holds — when shadow is SIGKILLed. Nothing of the half-done undo
+    may stay (the transaction dies with its client), and `recover` finishes the undo: production at the
+    checkpoint, the other session's row as it left it."""
+    write_plan(tmp_path, UNDOABLE_PLAN, {"migrate.sql": UNDOABLE_SQL})
+    checkpoint = production.fingerprint()
+    applied = shadow(tmp_path, production, "apply", "--json")
+    assert applied.code == 0, applied.err
+    run_id = json.loads(applied.out)["run_id"]
+    as_applied = production.fingerprint()
+    with psycopg.connect(production.dsn) as locker:
+        locker.execute("SELECT 1 FROM users WHERE id = 40 FOR UPDATE")  # a row the undo puts back; held open
+        rollback = start_cli("rollback", run_id, state=tmp_path / "state", cwd=tmp_path,
+                             env={"APP_DATABASE_URL": production.dsn})
+        query = ("SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock' "
+                 "AND pid <> pg_backend_pid()")
+        deadline = time.monotonic() + 120
+        with psycopg.connect(production.dsn, autocommit=True) as watcher:
+            while not watcher.execute(query, [production.name]).fetchone()[0]:  # type: ignore[index]
+                assert rollback.poll() is None, rollback.communicate()
+                assert time.monotonic() < deadline, "the undo never waited for the held row"
+                time.sleep(0.05)
+        rollback.kill()
+        rollback.communicate()
+        locker.rollback()
+    assert production.fingerprint() == as_applied  # the killed undo's transaction left nothing
+    recovered = shadow(tmp_path, production, "recover")
+    assert recovered.code == 0 and "Traceback" not in recovered.err, recovered.out + recovered.err
+    assert production.fingerprint() == checkpoint
+    assert shadow(tmp_path, production, "recover").out.startswith("nothing to recover")
 
 
 def test_sigkill_at_every_transition_of_a_transactional_apply_keeps_its_undo(

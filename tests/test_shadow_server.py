@@ -6,6 +6,7 @@ Real CLI, real production database, a real shadow server on each backend.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal

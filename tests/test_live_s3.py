@@ -77,6 +77,22 @@ def _invoice(client: Any, name: str, i: int) -> dict[str, Any]:
     return dict(json.loads(client.get_object(Bucket=name, Key=f"invoices/{i}.json")["Body"].read()))
 
 
+def _seed_invoices(client: Any, name: str) -> None:
+    """The invoices as the checkpoint has them."""
+    for i in range(4):
+        client.put_object(Bucket=name, Key=f"invoices/{i}.json", Body=json.dumps({"n": i}),
+                          ContentType="application/json")
+
+
+def _invoices_at(client: Any, name: str, changed: str, where: str) -> str:
+    """"checkpoint", or ``changed`` when every invoice carries the run's currency; never anything in between."""
+    docs = [_invoice(client, name, i) for i in range(4)]
+    at = ("checkpoint" if docs == [{"n": i} for i in range(4)] else
+          changed if docs == [{"n": i, "currency": "EUR"} for i in range(4)] else None)
+    assert at, f"killed at {where!r}: the invoices are neither ({docs})"
+    return at
+
+
 def _target(report: dict[str, Any]) -> dict[str, Any]:
     return next(t for t in report["targets"] if t["name"] == "assets")
 
@@ -187,19 +203,14 @@ def test_sigkill_at_every_transition_of_an_s3_apply_then_recover(shop, s3_server
     outcomes = {}
     with S3Writer(s3_server, name, "logs/", tmp_path / "writes.jsonl") as writer:
         for point in range(first, len(points) + 1):
-            for i in range(4):
-                client.put_object(Bucket=name, Key=f"invoices/{i}.json", Body=json.dumps({"n": i}),
-                                  ContentType="application/json")
+            _seed_invoices(client, name)
             state = tmp_path / f"state{point}"
             killed = run_cli("apply", "-f", str(plan), state=state, cwd=tmp_path,
                              env={"SHADOW_FAULT_KILL_AT": str(point)})
             assert killed.code == -signal.SIGKILL, (points[point - 1], killed.text)
             recovered = run_cli("recover", state=state, cwd=tmp_path)
             assert recovered.code == 0 and "Traceback" not in recovered.err, (points[point - 1], recovered.text)
-            docs = [_invoice(client, name, i) for i in range(4)]
-            at = ("checkpoint" if docs == [{"n": i} for i in range(4)] else
-                  "rehearsed" if docs == [{"n": i, "currency": "EUR"} for i in range(4)] else None)
-            assert at, f"killed at {points[point - 1]!r}: the invoices are neither ({docs})"
+            at = _invoices_at(client, name, "rehearsed", points[point - 1])
             outcomes[points[point - 1]] = at
         writer.stop()
     assert writer.assert_kept(client) > 20
@@ -286,9 +297,7 @@ def test_sigkill_at_every_transition_of_an_s3_rollback_then_recover(shop, s3_ser
     outcomes = {}
     with S3Writer(s3_server, name, "logs/", tmp_path / "writes.jsonl") as writer:
         for point in range(1, len(points) + 1):
-            for i in range(4):
-                client.put_object(Bucket=name, Key=f"invoices/{i}.json", Body=json.dumps({"n": i}),
-                                  ContentType="application/json")
+            _seed_invoices(client, name)
             state = tmp_path / f"state{point}"
             applied = run_cli("apply", "-f", str(plan), "--json", state=state, cwd=tmp_path)
             assert applied.code == 0, applied.text
@@ -297,10 +306,7 @@ def test_sigkill_at_every_transition_of_an_s3_rollback_then_recover(shop, s3_ser
             assert killed.code == -signal.SIGKILL, (points[point - 1], killed.text)
             recovered = run_cli("recover", state=state, cwd=tmp_path)
             assert recovered.code == 0 and "Traceback" not in recovered.err, (points[point - 1], recovered.text)
-            docs = [_invoice(client, name, i) for i in range(4)]
-            at = ("checkpoint" if docs == [{"n": i} for i in range(4)] else
-                  "applied state" if docs == [{"n": i, "currency": "EUR"} for i in range(4)] else None)
-            assert at, f"killed at {points[point - 1]!r}: the invoices are neither ({docs})"
+            at = _invoices_at(client, name, "applied state", points[point - 1])
             outcomes[points[point - 1]] = at
         writer.stop()
     assert writer.assert_kept(client) > 10

@@ -92,12 +92,7 @@ class Running(GatewayBase):
                     "every expectation, scope rule and limit held", self.settings)
         result = run.apply(None, self.settings, approved_run=run_id,
                            judges=[lambda r: judge_rules(self.rules, r)])
-        record["applied_run"] = result.run_id
-        self._remember(run_id, record)
-        self._remember(result.run_id, {"run_id": result.run_id, "actor": self.actor, "of_proposal": run_id,
-                                       "at": time.time()})
-        answer = self._run_answer(result)
-        answer["proposal"] = run_id
+        answer = self._of_proposal(run_id, record, "applied_run", result)
         answer["_failure"] = result.outcome is not Outcome.APPLIED
         return answer
 
@@ -110,9 +105,13 @@ class Running(GatewayBase):
             raise Refused(f"proposal {run_id} was never applied; nothing to roll back")
         proposal = record.get("of_proposal", run_id)
         result = run.rollback(applied, self.settings)
-        proposal_record = self._record(proposal)
-        proposal_record["rollback_run"] = result.run_id
-        self._remember(proposal, proposal_record)
+        return self._of_proposal(proposal, self._record(proposal), "rollback_run", result)
+
+    def _of_proposal(self, proposal: str, record: dict[str, Any], key: str, result: Any) -> dict[str, Any]:
+        """Record ``result`` (an apply or a rollback) as the proposal's ``key`` and as a run of this actor's
+        proposal; its answer, naming the proposal."""
+        record[key] = result.run_id
+        self._remember(proposal, record)
         self._remember(result.run_id, {"run_id": result.run_id, "actor": self.actor, "of_proposal": proposal,
                                        "at": time.time()})
         answer = self._run_answer(result)

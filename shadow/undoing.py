@@ -57,10 +57,13 @@ def falls_back(record: dict[str, Any]) -> str | None:
 def mode_of(records: dict[str, Any], name: str) -> tuple[str, str]:
     """(``undo`` | ``tables``, why) for target ``name``'s undo record."""
     whole = (records[name].get("restore_tables") or {}) if name in records else {}
-    if not whole:
+    recreate = (records[name].get("recreate") or {}) if name in records else {}
+    if not whole and not recreate:
         return "undo", "the apply kept what it changed, one row, object, key or ref at a time"
-    return "tables", "; ".join(f"{table} is put back whole from the checkpoint because {entry['why']}"
-                               for table, entry in sorted(whole.items()))
+    return "tables", "; ".join([f"{table} is put back whole from the checkpoint because {entry['why']}"
+                                for table, entry in sorted(whole.items())]
+                               + [f"{table} is re-created from the checkpoint because {entry['why']}"
+                                  for table, entry in sorted(recreate.items())])
 
 
 def undo_run(session: Session, targets: dict[str, Target], checkpoints: dict[str, Checkpoint],

@@ -301,6 +301,11 @@ class PgShadow(ShadowDatabases):
         return self._rehearsed
 
     @property
+    def observed_after(self) -> dict[str, Any] | None:
+        """The shadow's observation after the action (None before :meth:`changes`)."""
+        return self._after
+
+    @property
     def footprint_tables(self) -> set[str] | None:
         """The tables the rehearsal read or wrote (None: not known, a server older than 15)."""
         return footprint.tables(self._footprint(), self._rehearsed)
@@ -350,7 +355,7 @@ class PgShadow(ShadowDatabases):
                         for table, delta in self._rows.items()}
                 record = undo.capture(conn, lambda table: (pristine, table), self.pristine_observation, self._after,
                                       rows, self._rehearsed, self.checkpoint.observation)
-            if record.get("fallback") or record.get("restore_tables"):
+            if record.get("fallback") or record.get("restore_tables") or record.get("recreate"):
                 return None
             conflicts, _, problems = undo.undo(conn, record, force=False)
             if conflicts or problems:

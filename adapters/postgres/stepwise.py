@@ -9,7 +9,8 @@ else is the action's; the record then says, as :mod:`adapters.postgres.undo` doe
 counted one by one: each table whose rows it changed is **put back whole from the checkpoint's data**
 (``restore_tables``, :mod:`adapters.postgres.undo_tables`: in the undo's one transaction, same OIDs, others'
 writes to that table since the apply a conflict), and each object it added (an index built ``CONCURRENTLY``, a
-column …) is dropped. A change no record can undo (a drop, an altered definition) makes the record say
+column …) is dropped. A changed definition is put back on its own table
+(:mod:`adapters.postgres.undo_definitions`); one no record can undo (a function, a type …) makes the record say
 ``fallback``: the whole checkpoint is restored then, as before.
 
 Just before the action (:func:`before_action`, kept in the store before the run says ``applying``), production's
@@ -23,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from adapters.postgres import footprint, undo
+from adapters.postgres import footprint, undo, undo_definitions
 from adapters.postgres.shadowcopy import PgShadow
 from shadow.changes import Change
 
@@ -37,14 +38,16 @@ def before_action(now: dict[str, Any], shadow: PgShadow) -> dict[str, Any]:
     touched = shadow.footprint_tables
     return {"version": VERSION, "kind": "postgres", "data": now["data"],
             "footprint": None if touched is None else sorted(touched),
-            "fallback": needs_checkpoint(shadow.rehearsed)}
+            "fallback": needs_checkpoint(shadow.rehearsed, shadow.checkpoint.observation["objects"],
+                                         (shadow.observed_after or {}).get("objects") or {})}
 
 
-def needs_checkpoint(changes: list[Change]) -> str | None:
-    """Why undoing ``changes`` takes the whole checkpoint (a change of a definition that is not an added object
-    the undo can drop), or None."""
+def needs_checkpoint(changes: list[Change], then: dict[str, Any], left: dict[str, Any]) -> str | None:
+    """Why undoing ``changes`` takes the whole checkpoint (a change of a definition that is neither an added object
+    the undo can drop nor one put back on its own table, :mod:`adapters.postgres.undo_definitions`), or None.
+    ``then``, ``left``: the objects of the checkpoint and of the rehearsal's outcome."""
     for change in changes:
-        if change.kind == "rows":
+        if change.kind == "rows" or undo_definitions.place(change, then, left):
             continue
         if change.kind == "sequence" and change.op == "alter" and set(change.detail) <= undo.SEQUENCE_POSITION:
             continue

@@ -13,7 +13,7 @@ import psycopg
 
 from adapters import Checkpoint, fingerprint_of
 from adapters import tempdirs
-from adapters.postgres import undo, undo_tables
+from adapters.postgres import archive_entries, undo, undo_tables
 from adapters.postgres.binaries import ClientTools
 from adapters.postgres.compare import how_they_differ, last_line, settle_settings
 from adapters.postgres.observe import like_checkpoint, read_text_as_str
@@ -58,22 +58,25 @@ class RestoreMixin:
             # run committed already (a killed rollback's recover, or a second rollback), so nothing is done again.
             return [], [f"already undone by transaction {began}, which committed"], []
         oids = undo_tables.archive_oids(record)
+        recreate = record.get("recreate") or {}
         try:
             with tempdirs.tempdir("restore", checkpoint.run_id) as folder:
-                files = {}
-                if oids:
+                files, scripts = {}, {}
+                if oids or recreate:
                     try:
                         archive = store.open_verified(_artifact(checkpoint))
                     except SnapshotCorrupt as exc:
-                        return [], [], [f"{', '.join(record['restore_tables'])} would be put back from the checkpoint, "
-                                        f"but its archive is unusable: {exc}"]
-                    files = table_data_files(self.binaries(int(checkpoint.meta["major"])), archive, oids, folder)
+                        return [], [], [f"{', '.join([*record['restore_tables'], *recreate])} would be put back from "
+                                        f"the checkpoint, but its archive is unusable: {exc}"]
+                    tools = self.binaries(int(checkpoint.meta["major"]))
+                    files = table_data_files(tools, archive, oids, folder) if oids else {}
+                    scripts = archive_entries.scripts_for(tools, archive, recreate, folder)
                 with self.connect() as conn:
                     read_text_as_str(conn)
                     # Kept before it commits, where an undo must never run twice (rows matched by value).
                     keep = ((lambda xid: store.write_undone(checkpoint.run_id, self.name, xid))
                             if record.get("multisets") else None)
-                    return undo.undo(conn, record, force, files=files, on_begin=keep)
+                    return undo.undo(conn, record, force, files=files, on_begin=keep, scripts=scripts)
         except psycopg.OperationalError as exc:
             raise TargetUnreachable(f"lost production during the undo: {last_line(exc)}", target=self.name) from exc
         except psycopg.Error as exc:

@@ -34,7 +34,8 @@ from typing import Any
 
 import psycopg
 
-from adapters.postgres import undo_multiset, undo_objects, undo_rows, undo_tables
+from adapters.postgres import undo_definitions, undo_multiset, undo_objects, undo_rows, undo_tables
+from adapters.postgres.archive_entries import Scripts
 from adapters.postgres.observe import set_read_settings
 from adapters.postgres.undo_objects import DROP_ORDER as DROP_ORDER
 from adapters.postgres.undo_objects import SEQUENCE_POSITION as SEQUENCE_POSITION
@@ -42,7 +43,8 @@ from adapters.postgres.undo_objects import column_digest as column_digest
 from adapters.postgres.undo_objects import table_digest as table_digest
 from shadow.changes import Change, RowDelta
 
-VERSION = 2  # 2: tables without a primary key undone row by row (``multisets``, adapters.postgres.undo_multiset)
+VERSION = 3  # 2: tables without a primary key undone row by row (``multisets``, adapters.postgres.undo_multiset)
+#             3: definitions put back from the checkpoint (``recreate``, ``readd``, adapters.postgres.undo_definitions)
 
 
 def capture(conn: psycopg.Connection, before_of: Any, before: dict[str, Any], after: dict[str, Any],
@@ -54,7 +56,7 @@ def capture(conn: psycopg.Connection, before_of: Any, before: dict[str, Any], af
     the checkpoint's data, see :mod:`adapters.postgres.undo_tables`); ``unkept``: why no row was kept one by one
     (an apply not in one transaction, :mod:`adapters.postgres.stepwise`), when none was."""
     record: dict[str, Any] = {"version": VERSION, "tables": {}, "objects": [], "restore_tables": {},
-                              "multisets": {}, "fallback": None}
+                              "multisets": {}, "recreate": {}, "readd": [], "fallback": None}
     encoding = conn.execute("SHOW server_encoding").fetchone()
     sql_ascii = encoding is not None and str(encoding[0]).upper() == "SQL_ASCII"
     if sql_ascii and not all(c.name.isascii() for c in changes):
@@ -63,9 +65,15 @@ def capture(conn: psycopg.Connection, before_of: Any, before: dict[str, Any], af
         return record
     added_tables = {c.name for c in changes if c.op == "add" and c.kind == "table"}
     whole: dict[str, str] = {}  # table → why its rows are put back from the checkpoint rather than one by one
+    # A changed definition put back from the checkpoint (adapters.postgres.undo_definitions); a table re-created
+    # whole takes its rows with it.
+    placed = {c.address: how for c in changes if checkpoint and "objects" in checkpoint
+              and (how := undo_definitions.place(c, checkpoint["objects"], after["objects"]))}
+    recreated = {table for how, table in placed.values() if how == "recreate"}
     for change in changes:
-        undo_objects.capture(record, change, after["objects"])
-        if change.kind != "rows" or change.name in added_tables:
+        if change.address not in placed:
+            undo_objects.capture(record, change, after["objects"])
+        if change.kind != "rows" or change.name in added_tables or change.name in recreated:
             continue
         if sql_ascii:
             # Its bytes have no declared encoding: keys and rows cannot travel through JSON and back unchanged.
@@ -75,7 +83,7 @@ def capture(conn: psycopg.Connection, before_of: Any, before: dict[str, Any], af
     with conn.transaction(force_rollback=True):  # read under READ_SETTINGS without leaving them set
         set_read_settings(conn)
         for table, delta in sorted(rows.items()):
-            if table not in added_tables and table not in whole:
+            if table not in added_tables and table not in whole and table not in recreated:
                 why = undo_rows.capture(record, conn, before_of, table, delta, before["data"][table],
                                         after["data"][table])
                 if why:
@@ -90,17 +98,20 @@ def capture(conn: psycopg.Connection, before_of: Any, before: dict[str, Any], af
             problem = undo_tables.capture(record["restore_tables"], conn, table, why, checkpoint, before, after)
             if problem:
                 record["fallback"] = record["fallback"] or problem
+        if placed and checkpoint is not None:
+            undo_definitions.capture(record, conn, placed, changes, checkpoint, before, after)
     return record
 
 
 # -- the undo ------------------------------------------------------------------------------------------------
 
 def undo(conn: psycopg.Connection, record: dict[str, Any], force: bool, lock_timeout: float = 5.0,
-         files: dict[int, Path] | None = None,
-         on_begin: Callable[[int], None] | None = None) -> tuple[list[str], list[str], list[str]]:
+         files: dict[int, Path] | None = None, on_begin: Callable[[int], None] | None = None,
+         scripts: dict[str, Scripts] | None = None) -> tuple[list[str], list[str], list[str]]:
     """Undo ``record`` in one transaction: (conflicts, what was done, problems). With conflicts (and not
     ``force``) or problems, the transaction is rolled back and production is as it was. ``files``: the
-    checkpoint's data of the tables the record puts back whole (:func:`undo_tables.archive_oids`). ``on_begin``:
+    checkpoint's data of the tables the record puts back whole (:func:`undo_tables.archive_oids`); ``scripts``: what
+    re-creates each table the record re-creates (:mod:`adapters.postgres.undo_definitions`). ``on_begin``:
     called with the transaction's id before anything is written (kept, it tells whether the undo committed)."""
     conflicts: list[str] = []
     done: list[str] = []
@@ -119,12 +130,19 @@ def undo(conn: psycopg.Connection, record: dict[str, Any], force: bool, lock_tim
                 problems.append(f"the undo record was kept by a newer shadow (record version {record['version']}, "
                                 f"this shadow reads up to {VERSION}): upgrade shadow; nothing was changed")
                 raise psycopg.Rollback()
+            recreating = _judge_definitions(conn, record, force, conflicts, problems)
             refills = undo_tables.load(conn, restore_tables, files or {}, force, conflicts, problems)
             multisets = record.get("multisets") or {}
             todos = {table: undo_multiset.plan(conn, table, entry, force, conflicts, problems)
                      for table, entry in sorted(multisets.items())}
             if problems or (conflicts and not force):
                 raise psycopg.Rollback()
+            for table in recreating:
+                undo_definitions.recreate(conn, table, record["recreate"][table], (scripts or {}).get(table), done,
+                                          problems)
+            if problems:
+                raise psycopg.Rollback()
+            set_read_settings(conn)  # the archive's SQL set its own search_path
             undo_rows.undo_all_rows(conn, record["tables"], refills, multisets, todos, force, conflicts, done,
                                     problems, str(path[0]) if path else "")
             for table, todo in todos.items():
@@ -133,15 +151,29 @@ def undo(conn: psycopg.Connection, record: dict[str, Any], force: bool, lock_tim
                 raise psycopg.Rollback()
             for obj in sorted(record["objects"], key=lambda o: DROP_ORDER.index(o["kind"])):
                 undo_objects.drop(conn, obj, record["objects"], set(restore_tables), force, conflicts, done)
+            undo_definitions.readd_all(conn, record, force, conflicts, done)
             if conflicts and not force:
                 raise psycopg.Rollback()
-            problems = _verify(conn, record)
+            problems = _verify(conn, record) + undo_definitions.verify(conn, record)
             if problems:
                 raise psycopg.Rollback()
     except psycopg.errors.LockNotAvailable:
         problems = [f"a lock the undo needs was held longer than {lock_timeout:g} s by another session; nothing "
                     "was changed — retry when production is less busy"]
     return conflicts, done, problems
+
+
+def _judge_definitions(conn: psycopg.Connection, record: dict[str, Any], force: bool, conflicts: list[str],
+                       problems: list[str]) -> list[str]:
+    """The tables to re-create (:func:`undo_definitions.judge`), each locked; conflicts and problems noted."""
+    recreate = record.get("recreate") or {}
+    if not recreate:
+        return []
+    now = undo_definitions.observe_objects(conn)[0]
+    allowed = {o["name"] for o in record["objects"] if o["kind"] == "constraint"}
+    allowed |= {key for entry in recreate.values() for key in entry["keys"]}
+    return [table for table, entry in sorted(recreate.items())
+            if undo_definitions.judge(conn, table, entry, now, allowed, force, conflicts, problems)]
 
 
 def _verify(conn: psycopg.Connection, record: dict[str, Any]) -> list[str]:

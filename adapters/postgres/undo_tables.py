@@ -165,12 +165,12 @@ def _load(conn: psycopg.Connection, table: str, leaf: str, file: Path | None, n:
     conn.execute(sql.SQL("CREATE TEMP TABLE {copy} ON COMMIT DROP AS SELECT {cols} FROM ONLY {leaf} WITH NO DATA")
                  .format(copy=copy, cols=idents(columns), leaf=sql.SQL(leaf)))
     with conn.cursor().copy(sql.SQL("COPY {} ({}) FROM STDIN").format(copy, idents(columns))) as pipe:
-        for chunk in _chunks(lines):
+        for chunk in chunks(lines):
             pipe.write(chunk)
     return Refill(table, leaf, copy, columns)
 
 
-def _chunks(lines: Iterator[bytes]) -> Iterator[bytes]:
+def chunks(lines: Iterator[bytes]) -> Iterator[bytes]:
     buffer: list[bytes] = []
     size = 0
     for line in lines:

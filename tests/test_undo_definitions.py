@@ -10,6 +10,7 @@ throughout: every one of its writes is kept, and untouched tables keep their OID
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 from tests.conftest import CliResult, ProdDb, write_plan
@@ -167,3 +168,40 @@ def test_a_table_another_view_builds_on_in_turn_falls_back_to_the_whole_checkpoi
     assert "the whole checkpoint is restored: `drop column public.users.created_at` cannot be undone on its own: " \
            "re-creating public.users would drop" in warnings, warnings
     assert "created_at" in _columns(prod_db, "users")
+
+
+def test_sigkill_at_every_transition_of_a_re_creating_rollback_then_recover(prod_db: ProdDb, shadow_cli,
+                                                                           tmp_path: Path):
+    """Killed anywhere, `shadow recover` finishes the undo that re-creates a table (or finds it done: it is one
+    transaction, and a table already as the checkpoint had it is left alone); never half re-created."""
+    orders, columns, users_oid = _digest(prod_db, "orders"), _columns(prod_db, "orders"), _oid(prod_db, "users")
+    applied = shadow_cli("apply", "-f", str(_plan(tmp_path, prod_db, "ALTER TABLE orders DROP COLUMN placed_at;\n",
+                                                  "drop column public.orders.placed_at")), "--json")
+    assert applied.code == 0, applied.text
+    run_id = _report(applied)["run_id"]
+    template = prod_db.name + "_applied"
+    with prod_db.server.connect() as conn:  # production as the apply left it, to start every kill point from
+        conn.execute(f'CREATE DATABASE "{template}" TEMPLATE "{prod_db.name}"')
+    trace = tmp_path / "trace.txt"
+    assert shadow_cli("rollback", run_id, env={"SHADOW_FAULT_TRACE": str(trace)}).code == 0
+    points = [line.split("\t", 1)[1] for line in trace.read_text().splitlines()]
+    assert "begin undo app" in points, points
+    ended = {}
+    try:
+        for point in range(1, len(points) + 1):
+            with prod_db.server.connect() as conn:
+                conn.execute(f'DROP DATABASE "{prod_db.name}" WITH (FORCE)')
+                conn.execute(f'CREATE DATABASE "{prod_db.name}" TEMPLATE "{template}"')
+            killed = shadow_cli("rollback", run_id, "--force", env={"SHADOW_FAULT_KILL_AT": str(point)})
+            assert killed.code == -signal.SIGKILL, (points[point - 1], killed.text)
+            recovered = shadow_cli("recover")
+            assert recovered.code == 0 and "Traceback" not in recovered.err, (points[point - 1], recovered.text)
+            back = _columns(prod_db, "orders") == columns
+            assert not back or _digest(prod_db, "orders") == orders, points[point - 1]  # never half re-created
+            assert _oid(prod_db, "users") == users_oid
+            ended[points[point - 1]] = "checkpoint" if back else "applied"
+    finally:
+        with prod_db.server.connect() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
+    assert all(o == "checkpoint" for p, o in list(ended.items())[points.index("begin undo app"):]), ended
+    assert "applied" in ended.values(), ended

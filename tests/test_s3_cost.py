@@ -345,7 +345,8 @@ import boto3, psycopg
 production = os.environ.get("AWS_ENDPOINT_URL") == os.environ["PROD_S3"]
 with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
     conn.execute("UPDATE users SET full_name = upper(full_name) WHERE id = 1")
-    conn.execute("DROP INDEX orders_user_id_idx")
+    # A changed function: no undo record puts it back, so the whole checkpoint is restored (tags included).
+    conn.execute("COMMENT ON FUNCTION log_cancellation() IS 'changed by the deploy hook'")
 boto3.client("s3").put_object_tagging(Bucket=os.environ["SHADOW_ASSETS_BUCKET"], Key="invoices/0.json",
                                       Tagging={"TagSet": [{"Key": "state", "Value": "paid"}]})
 if production and os.environ.get("FAIL"):
@@ -364,7 +365,7 @@ action:
     FAIL: "1"
 expect:
   app:
-    may: ["update rows public.users", "drop index public.orders_user_id_idx"]
+    may: ["update rows public.users", "alter function public.log_cancellation()"]
   assets:
     may: ["modify object {bucket}/invoices/*"]
 policy:

@@ -373,3 +373,30 @@ def test_a_warm_gateway_readies_the_next_shadow_between_calls(tmp_path: Path, sh
         gw.close()
         assert spares() == len(warm.SPARE_SUFFIXES) == 1
     assert shop.scalar("SELECT count(*) FROM notes") == 0
+
+
+def test_a_warm_proposal_whose_action_ends_every_other_session_is_still_judged_right(tmp_path: Path,
+                                                                                       shop: ProdDb) -> None:
+    """A warm rehearsal reads the shadow through one session of shadow's own, kept from before the action to its
+    end; an action that ends it (and the held snapshot's) is rehearsed, measured and undone as any other."""
+    (tmp_path / "gateway.yaml").write_text(GATEWAY.replace('warm: "off"', 'warm: "10m"'))
+    settings = Settings.from_env(environ={"APP_DATABASE_URL": shop.dsn}, state_dir=tmp_path / "state")
+    gw = gateway.open(tmp_path / "gateway.yaml", "agent", settings)
+    ends_others = ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND "
+                   "backend_type = 'client backend'; ")
+    before = shop.scalar("SELECT sum(total_cents) FROM orders")
+    try:
+        # The first keeps its copy warm (its twin is observed while the action runs: it ends nobody), the
+        # second rehearses on it.
+        for warm, sql in ((False, ""), (True, ends_others)):
+            answer = gw.propose({"sql": sql + "UPDATE orders SET total_cents = total_cents + 1 WHERE id <= 3"})
+            assert answer["verdict"] == "awaiting_approval", answer
+            [change] = answer["changes"]["app"]
+            assert (change["address"], change["detail"]["count"]) == ("update rows public.orders", 3), change
+            verdicts = {v["rule"]: v["ok"] for v in answer["expectations"]}
+            assert verdicts["fidelity"] and verdicts["rollback"], answer["expectations"]
+            report = json.loads((Path(answer["report"]).parent / "report.json").read_text())
+            assert report["targets"][0]["checkpoint"]["warm"]["reused"] is warm, report["targets"][0]["checkpoint"]
+    finally:
+        gw.close()
+    assert shop.scalar("SELECT sum(total_cents) FROM orders") == before

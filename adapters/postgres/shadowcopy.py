@@ -27,7 +27,7 @@ from adapters.postgres.rowdiff import count_rows
 from adapters.postgres.observe import like_checkpoint, observe, read_text_as_str
 from adapters.postgres.restore import restore_into_empty, restore_over
 from adapters.postgres.server import SUPERUSER, Server
-from adapters.postgres.shadowcopy_make import ShadowDatabases
+from adapters.postgres.shadowcopy_make import KeptSession, ShadowDatabases
 from shadow.changes import Change, RowDelta
 from shadow.errors import BadInput, CheckQueryFailed, InfrastructureError
 
@@ -89,6 +89,7 @@ class PgShadow(ShadowDatabases):
         # Observing the pristine copy (row hashes of every table) is most of shadow's own cost on top of a
         # plain restore; nothing writes to the pristine copy, so it runs while the action does.
         self._mark: capture.Mark | None = None  # taken by watch(), just before the action
+        self._session = KeptSession(self.connect)  # shadow's own, from the mark to settled(): one for every step
         self.counted: dict[str, str] = {}  # how changes() read each table (capture.observe_changes)
         self._after: dict[str, Any] | None = None  # the observation changes() made, and its row changes
         self._rows: dict[str, RowDelta] = {}
@@ -207,9 +208,11 @@ class PgShadow(ShadowDatabases):
             return dsnlib.connect_error(exc)
 
     def settled(self) -> None:
-        """Wait for the pristine twin's work (its observation) to end, and end the held snapshot."""
+        """Wait for the pristine twin's work (its observation) to end, and end the held snapshot and shadow's own
+        session."""
         if self._pristine_thread.ident is not None:
             self._pristine_thread.join()
+        self._session.close()
         if self._held is not None:
             self._held.close()
             self._held = None
@@ -273,14 +276,18 @@ class PgShadow(ShadowDatabases):
                     own = frozenset({self._held.pid})
                 except psycopg.Error:
                     self._held = None  # the twin, once the action has run
-        with self.connect() as conn:
+        with self._session.use() as conn:
+            if self._held is not None:  # it stays, idle beside the held session: nothing new for the action to meet
+                own |= {conn.info.backend_pid}
             self._mark = capture.mark(conn, own)
             self._counters = self._mark.counters if self._mark else None
+        if self._held is None:  # no session of shadow's own stays on the shadow while the action runs
+            self._session.close()
 
     def _footprint(self) -> set[str] | None:
         """What the action read or wrote, by the counters (read before anything else scans the tables)."""
         if self._counters is not None and self._touched is None:
-            with self.connect() as conn:
+            with self._session.use() as conn:
                 own = self._mark.own if self._mark else frozenset()
                 self._touched = footprint.touched_tables(conn, self._counters, ignore=own)
         return self._touched
@@ -288,7 +295,7 @@ class PgShadow(ShadowDatabases):
     @like_checkpoint
     def changes(self) -> list[Change]:
         self._footprint()  # first: observing scans every table
-        with self.connect_pristine() as before_conn, self.connect() as after_conn:
+        with self.connect_pristine() as before_conn, self._session.use() as after_conn:
             after, rows, self.counted = capture.observe_changes(after_conn, before_conn, self.pristine_observation,
                                                                 self._mark)
         self._after, self._rows = after, rows
@@ -325,6 +332,7 @@ class PgShadow(ShadowDatabases):
             problems = self._rehearse_undo()
             if problems is not None:
                 return problems
+        self._session.close()  # the restore replaces the database with no session of shadow's own on it, as before
         restore_over(self.binaries, self.dsn, self.archive, observation=self.checkpoint.observation,
                      run_id=self.checkpoint.run_id)
         with self.server.connect() as conn:
@@ -346,7 +354,7 @@ class PgShadow(ShadowDatabases):
         one (cost: what the action wrote, :mod:`adapters.postgres.capture`); None when the record says only the
         whole checkpoint (or a whole table of it) undoes this change."""
         assert self._after is not None
-        with self.connect() as conn:
+        with self._session.use() as conn:
             # Two sessions on the pristine state, none open while the undo runs: it may be this very shadow read
             # as it was (adapters.postgres.held), whose reader's locks would hold the undo's ALTERs up.
             with self.connect_pristine() as pristine:

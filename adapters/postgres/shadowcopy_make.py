@@ -5,11 +5,19 @@ The twin is a file copy of the freshly restored shadow (a cold shadow kept warm 
 checkpoint (a cold one, once the action has written the shadow), or a clone of the golden database (a warm one);
 :class:`PgShadow <adapters.postgres.shadowcopy.PgShadow>` decides which, and when. :class:`ShadowDatabases` holds
 these steps for it: it is only ever a base of ``PgShadow``, whose attributes it names below.
+
+Once made, the shadow database is read by the steps around one action — the mark before it, the footprint, the
+observation after it, the rehearsed undo — through one session of shadow's own (:class:`KeptSession`) instead of a
+connection each: a connection costs a SCRAM exchange and a new backend with cold catalog caches (about 4 ms on a
+local cluster; the password changes at every warm lease, so no cheaper authentication will do). ``PgShadow`` closes
+it when it is settled.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +123,62 @@ class ShadowDatabases:
         if dblink:
             self.warnings.append("dblink is installed: an action can still open connections of its own from the "
                                  "shadow — use the docker backend with `isolation: container` to prevent it")
+
+
+IDLE = psycopg.pq.TransactionStatus.IDLE
+
+
+class KeptSession:
+    """One session made by ``connect`` on first use, reused until :meth:`close`. It is handed out idle and in
+    autocommit, as a fresh connection would be, and checked alive first (an action may have ended every other
+    session on its server); a use that fails, or leaves it in a transaction, ends it as leaving ``with connection:``
+    would (rollback or commit, then close), and the next use connects again."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection]) -> None:
+        self._connect = connect
+        self._conn: psycopg.Connection | None = None
+
+    @contextmanager
+    def use(self) -> Iterator[psycopg.Connection]:
+        """The session (connected now if need be), for a ``with`` block."""
+        conn = self._alive() or self._connect()
+        self._conn = conn
+        try:
+            yield conn
+        except BaseException:
+            self._conn = None
+            _end(conn, failed=True)
+            raise
+        if not conn.autocommit or conn.info.transaction_status != IDLE:
+            self._conn = None
+            _end(conn, failed=False)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _alive(self) -> psycopg.Connection | None:
+        conn = self._conn
+        if conn is None or conn.closed:
+            return None
+        try:
+            conn.execute("SELECT 1")
+        except psycopg.Error:
+            self.close()
+            return None
+        return conn
+
+
+def _end(conn: psycopg.Connection, failed: bool) -> None:
+    """End ``conn`` as leaving ``with conn:`` does: roll back after a failure, else commit; then close."""
+    try:
+        if failed:
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                pass  # the connection is gone, or its transaction with it
+        else:
+            conn.commit()
+    finally:
+        conn.close()

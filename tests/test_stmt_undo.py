@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,46 @@ def test_a_dropped_index_is_applied_while_production_moves_and_put_back_on_its_o
         "CREATE INDEX orders_user_id_idx ON public.orders USING btree (user_id)")
     assert _oids(prod_db) == oids
     writer.assert_kept(prod_db.dsn)
+
+
+WRITES_DURING = """
+import os, psycopg
+with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+    conn.execute("UPDATE users SET full_name = upper(full_name) WHERE id <= 40")
+    if conn.info.port == int(os.environ["PROD_PORT"]):  # on production only: as if another session wrote meanwhile
+        conn.execute("UPDATE users SET full_name = 'written meanwhile' WHERE id = 2")
+"""
+COMMAND_PLAN = """
+version: 1
+targets:
+  app: {{kind: postgres, dsn: "{dsn}"}}
+action:
+  command: "{python} writes.py"
+  env: {{PROD_PORT: "{port}"}}
+expect:
+  app:
+    may: [update rows public.users]
+policy:
+  rehearse_rollback: false
+"""
+
+
+def test_a_table_written_during_a_statement_by_statement_apply_is_a_conflict_for_its_rollback(
+        prod_db: ProdDb, shadow_cli, tmp_path: Path) -> None:
+    """Such an apply keeps no rows one by one: its tables are put back whole. One that the apply left otherwise
+    than the rehearsal did (same row counts, other values: another session wrote to it meanwhile) would lose that
+    write, so its rollback is refused as a conflict, and ``--force`` says what it overwrote."""
+    plan = write_plan(tmp_path, COMMAND_PLAN.format(dsn=prod_db.dsn, python=sys.executable,
+                                                   port=prod_db.server.port), {"writes.py": WRITES_DURING})
+    users = _digest(prod_db, "users")
+    applied = shadow_cli("apply", "-f", str(plan), "--json")
+    assert applied.code == 0, applied.text
+    run_id = json.loads(applied.out)["run_id"]
+    refused = shadow_cli("rollback", run_id, "--json")
+    assert refused.code != 0, refused.text
+    assert "public.users: the apply left it otherwise than the rehearsal did" in refused.text, refused.text
+    assert prod_db.scalar("SELECT full_name FROM users WHERE id = 2") == "written meanwhile"  # nothing undone
+    forced = shadow_cli("rollback", run_id, "--force", "--json")
+    assert forced.code == 0, forced.text
+    assert "--force overwrote what others wrote since the apply" in _warnings(json.loads(forced.out))
+    assert _digest(prod_db, "users") == users

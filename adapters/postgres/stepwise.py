@@ -72,10 +72,19 @@ def split(changes: list[Change], before: dict[str, Any], now: dict[str, Any],
 
 
 def record_of(conn: psycopg.Connection, ours: list[Change], before: dict[str, Any], now: dict[str, Any],
-              checkpoint: dict[str, Any]) -> dict[str, Any]:
+              checkpoint: dict[str, Any], predicted: dict[str, Any] | None = None) -> dict[str, Any]:
     """The undo record of the action's own changes ``ours``: every table whose rows it changed put back whole from
-    the checkpoint, every object it added dropped."""
+    the checkpoint, every object it added dropped.
+
+    ``predicted``: the rehearsal's tables after the action (rows and content hash). A table that was as the
+    checkpoint just before the action but not as the rehearsal left it afterwards was written to by someone else
+    during the apply — or the action is not deterministic (``now()``): the apply cannot tell which, so putting it
+    back whole may overwrite another session's write, and the undo calls that a conflict (``during``)."""
     why = "the apply did not run in one transaction: its rows were not kept one by one"
     record = undo.capture(conn, None, {"data": before["data"]}, now, {}, ours, checkpoint, unkept=why)
     record["statement_by_statement"] = True
+    for table, entry in (record.get("restore_tables") or {}).items():
+        rehearsed = (predicted or {}).get(table)
+        if rehearsed is not None and not entry.get("moved") and [rehearsed["rows"], rehearsed["hash"]] != entry["left"]:
+            entry["during"] = True
     return record

@@ -126,7 +126,8 @@ class ApplyMixin:
             changes = self._changes(checkpoint, now, self._rehearsal)
             ours, theirs = stepwise.split(changes, before, now, strict)
             with self.connect() as conn:
-                record = stepwise.record_of(conn, ours, before, now, checkpoint.observation)
+                predicted = (self._rehearsal.observed_after or {}).get("data") if self._rehearsal else None
+                record = stepwise.record_of(conn, ours, before, now, checkpoint.observation, predicted)
         except psycopg.OperationalError as exc:
             raise TargetUnreachable(f"lost production while reading the apply's effect: {last_line(exc)}",
                                     target=self.name) from exc

@@ -148,7 +148,8 @@ def _differs(conn: psycopg.Connection, table: str, entry: dict[str, Any], force:
         clean = False
     if entry.get("during"):
         conflicts.append(f"table {table}: the apply left it otherwise than the rehearsal did — another session wrote "
-                         "to it during the apply, or the action is not deterministic (now(), random()); putting it "
+                         "to it during the apply, the action is not deterministic (now(), random()) or did not "
+                         "finish; putting it "
                          f"back whole from the checkpoint (because {entry['why']}) may overwrite such a write")
         clean = False
     return clean or force

@@ -192,6 +192,9 @@ def undo_apply(session: Session, targets: dict[str, Target], checkpoints: dict[s
     that changed again in the moments since is put back too (the run was writing it): the report says so."""
     run_id = run_id or session.result.run_id
     records = {n: session.store.read_undo(run_id, n) for n in targets}
+    for record in records.values():  # "left otherwise than the rehearsal": what a failed apply does by itself
+        for entry in ((record or {}).get("restore_tables") or {}).values():
+            entry.pop("during", None)
     if not all(isinstance(t, OwnEffect) and records[n] and not falls_back(records[n] or {})
                for n, t in targets.items()):
         return roll_back(session, targets, checkpoints, reason)

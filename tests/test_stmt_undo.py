@@ -211,3 +211,20 @@ def test_a_table_written_during_a_statement_by_statement_apply_is_a_conflict_for
     assert forced.code == 0, forced.text
     assert "--force overwrote what others wrote since the apply" in _warnings(json.loads(forced.out))
     assert _digest(prod_db, "users") == users
+
+
+def test_the_automatic_undo_of_a_failed_statement_by_statement_apply_reports_no_conflict_of_its_own_partial_work(
+        prod_db: ProdDb, shadow_cli, tmp_path: Path) -> None:
+    """A failed apply leaves its tables otherwise than the rehearsal (it did not finish): that is no sign of another
+    writer, so its automatic undo puts them back without calling it an overwrite."""
+    plan = write_plan(tmp_path, COMMAND_PLAN.format(dsn=prod_db.dsn, python=sys.executable,
+                                                   port=prod_db.server.port),
+                      {"writes.py": WRITES_DURING + "    if conn.info.port == int(os.environ['PROD_PORT']):\n"
+                                                    "        raise SystemExit('the hook failed half way')\n"})
+    users = _digest(prod_db, "users")
+    failed = shadow_cli("apply", "-f", str(plan), "--json")
+    report = json.loads(failed.out)
+    assert report["outcome"] == "rolled_back", report["reason"]
+    assert "other sessions' writes since were kept" in report["reason"], report["reason"]
+    assert "overwrote" not in _warnings(report)
+    assert _digest(prod_db, "users") == users

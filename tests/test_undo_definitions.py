@@ -205,3 +205,33 @@ def test_sigkill_at_every_transition_of_a_re_creating_rollback_then_recover(prod
             conn.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
     assert all(o == "checkpoint" for p, o in list(ended.items())[points.index("begin undo app"):]), ended
     assert "applied" in ended.values(), ended
+
+
+def test_a_quoted_unicode_table_with_identity_generated_columns_and_policies_is_re_created_exactly(
+        prod_db: ProdDb, shadow_cli, tmp_path: Path):
+    _events(prod_db)
+    table = '"Kassenbuch ü"'
+    prod_db.execute(f"""
+        CREATE TABLE {table} (
+            n bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            "Betrag €" integer NOT NULL CHECK ("Betrag €" > -1000),
+            note text DEFAULT 'ohne',
+            doubled integer GENERATED ALWAYS AS ("Betrag €" * 2) STORED,
+            spare text);
+        CREATE INDEX "Kassenbuch ü betrag" ON {table} ("Betrag €") WHERE note IS NOT NULL;
+        COMMENT ON COLUMN {table}."Betrag €" IS 'in Cent';
+        ALTER TABLE {table} ENABLE ROW LEVEL SECURITY;
+        CREATE POLICY "nur positiv" ON {table} USING ("Betrag €" >= 0);
+        CREATE TABLE belege (id int PRIMARY KEY, buch bigint REFERENCES {table} (n) ON DELETE CASCADE);
+        INSERT INTO {table} ("Betrag €", note, spare) SELECT g, 'row ' || g, 's' FROM generate_series(1, 200) g;
+        INSERT INTO belege SELECT g, g FROM generate_series(1, 50) g;""")
+    rows, columns, definitions = _digest(prod_db, table), _columns(prod_db, "Kassenbuch ü"), _definitions(prod_db)
+    policy = prod_db.scalar("SELECT polname || pg_get_expr(polqual, polrelid) FROM pg_policy")
+    report = _apply_and_roll_back(prod_db, shadow_cli, tmp_path, f"ALTER TABLE {table} DROP COLUMN spare;\n",
+                                  '"drop column public.\\"Kassenbuch ü\\".spare"')
+    assert report["outcome"] == "restored" and report["targets"][0]["restore"]["mode"] == "tables", report
+    assert _columns(prod_db, "Kassenbuch ü") == columns and _digest(prod_db, table) == rows
+    assert _definitions(prod_db) == definitions
+    assert prod_db.scalar("SELECT polname || pg_get_expr(polqual, polrelid) FROM pg_policy") == policy
+    assert prod_db.scalar(f"SELECT col_description('{table}'::regclass, 2)") == "in Cent"
+    prod_db.execute(f"INSERT INTO {table} (\"Betrag €\") VALUES (5)")  # the identity moved on, not backwards

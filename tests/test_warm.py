@@ -6,6 +6,7 @@ Every test runs the real CLI against a real production database; the warm server
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from adapters.postgres import warm
+from adapters.postgres import warm, warm_golden
 from shadow.gc import gc
 from shadow.settings import Settings
 from tests.conftest import BOTH_BACKENDS, ProdDb, start_cli, write_plan
@@ -303,6 +304,10 @@ def test_spares_made_between_runs_are_what_the_next_run_rehearses_on(prod_db: Pr
         assert report["_code"] == 0, report["_text"]
         assert _warm_info(report)["reused"] is True, report["_text"]
         assert present() == set()  # taken by the shadow
+        [now] = warm.entries(folder)
+        with now.server().connect(warm.ADMIN_DB) as conn:  # the lease's cheap verifier, and still SCRAM
+            [(verifier,)] = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = current_user").fetchall()
+        assert verifier.startswith(f"SCRAM-SHA-256${warm_golden.LEASE_ITERATIONS}:")
         [target] = report["targets"]
         assert sorted(c["address"] for c in target["changes"]) == ["add table public.marker", "insert rows public.users"]
         assert warm.prepare_spares(folder) == 1
@@ -388,3 +393,24 @@ def test_a_rehearsal_counts_the_same_changes_whether_it_reads_the_shadow_as_it_w
         assert (FALLBACK in _warnings(runs[how])) is fallback, (how, _warnings(runs[how]))
         verdicts = {v["rule"]: v for v in runs[how]["expectations"]}
         assert verdicts["rollback"]["ok"] and verdicts["fidelity"]["ok"], verdicts
+
+
+def test_the_lease_verifier_is_the_one_postgresql_computes_and_only_its_password_logs_in(empty_db: ProdDb):
+    """``_verifier`` matches PostgreSQL's own SCRAM-SHA-256 verifier for the same salt and iterations, and a
+    client logs in over SCRAM with the password behind a 1-iteration one (and not with another)."""
+    role = "lease_" + empty_db.name
+    with empty_db.server.connect() as conn:
+        conn.execute(f"SET password_encryption = 'scram-sha-256'; CREATE ROLE {role} LOGIN PASSWORD 'pencil'")
+        [(stored,)] = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", [role]).fetchall()
+        iterations, salt = stored.split("$")[1].split(":")
+        assert warm_golden._verifier("pencil", int(iterations), base64.b64decode(salt)) == stored
+        conn.execute(f"ALTER ROLE {role} PASSWORD '{warm_golden._verifier('new one', 1)}'")
+    try:
+        dsn = empty_db.server.dsn(empty_db.name, user=role, password="new one")
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SELECT current_user").fetchone() == (role,)
+        with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+            psycopg.connect(empty_db.server.dsn(empty_db.name, user=role, password="pencil"))
+    finally:
+        with empty_db.server.connect() as conn:
+            conn.execute(f"DROP ROLE {role}")

@@ -97,7 +97,12 @@ class Held:
     """The shadow database as it was when this was made (just before the action), readable through
     :meth:`reader` while :meth:`usable` says so; :meth:`close` ends it."""
 
-    def __init__(self, dsn: str, admin_dsn: str) -> None:
+    def __init__(self, dsn: str, admin_dsn: str, checker: psycopg.Connection,
+                 watcher: psycopg.Connection | None = None) -> None:
+        """``checker``: the caller's own autocommit session on the shadow (it stays beside the held one while the
+        action runs), which records what :meth:`usable` compares with — no further session for that.
+        ``watcher``: an autocommit session on ``admin_dsn``'s database the watcher takes over (and closes) instead
+        of making its own; the caller closes it when this raises."""
         self._dsn = dsn
         # Production's own idle/statement timeouts (settled on the shadow's database) must not end it half way.
         self._holder = psycopg.connect(dsn, autocommit=False, application_name="shadow pristine snapshot",
@@ -108,22 +113,21 @@ class Held:
             row = self._holder.execute("SELECT pg_export_snapshot(), pg_backend_pid()").fetchone()
             assert row is not None
             self.snapshot, self.pid = str(row[0]), int(row[1])
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                self._layout, self._values = _layout(conn), _values(conn)
+            self._layout, self._values = _layout(checker), _values(checker)
         except BaseException:
             self._holder.close()
             raise
         self.ended: str | None = None  # why the held session is gone, once it is
         self._stop = threading.Event()
-        self._watcher = threading.Thread(target=self._watch, args=(admin_dsn,), name="shadow-held-snapshot",
+        self._watcher = threading.Thread(target=self._watch, args=(admin_dsn, watcher), name="shadow-held-snapshot",
                                          daemon=True)
         self._watcher.start()
 
-    def _watch(self, admin_dsn: str) -> None:
+    def _watch(self, admin_dsn: str, watcher: psycopg.Connection | None) -> None:
         """Until :meth:`quiet`: end the held session the moment anything waits on it (the action must run as it
         would without it). From another database, so the action's sessions are counted without this one."""
         try:
-            with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            with watcher if watcher is not None else psycopg.connect(admin_dsn, autocommit=True) as conn:
                 while not self._stop.wait(WATCH_EVERY):
                     row = conn.execute(Q_WAITING_ON, {"pid": self.pid}).fetchone()
                     if row and row[0]:
@@ -141,13 +145,13 @@ class Held:
         self._stop.set()
         self._watcher.join()
 
-    def usable(self) -> bool:
-        """Whether :meth:`reader` still shows every table as it was (module docstring)."""
+    def usable(self, checker: psycopg.Connection) -> bool:
+        """Whether :meth:`reader` still shows every table as it was (module docstring), read through ``checker``
+        (an autocommit session on the shadow)."""
         if self.ended is not None:
             return False
         try:
-            with psycopg.connect(self._dsn, autocommit=True) as conn:
-                same = _same_values(self._values, _values(conn)) and _unchanged(self._layout, _layout(conn))
+            same = _same_values(self._values, _values(checker)) and _unchanged(self._layout, _layout(checker))
         except psycopg.Error as exc:
             self.ended = f"the shadow could not be read: {exc}"
             return False

@@ -27,7 +27,7 @@ from adapters.postgres.rowdiff import count_rows
 from adapters.postgres.observe import like_checkpoint, observe, read_text_as_str
 from adapters.postgres.restore import restore_into_empty, restore_over
 from adapters.postgres.server import SUPERUSER, Server
-from adapters.postgres.shadowcopy_make import KeptSession, ShadowDatabases
+from adapters.postgres.shadowcopy_make import KeptSession, ShadowDatabases, answering
 from shadow.changes import Change, RowDelta
 from shadow.errors import BadInput, CheckQueryFailed, InfrastructureError
 
@@ -53,7 +53,8 @@ class PgShadow(ShadowDatabases):
     checkpoint's."""
 
     def __init__(self, name: str, server: Server, binaries: ClientTools, checkpoint: Checkpoint,
-                 archive: Path, backend: str, golden: str | None = None, twin: bool = True) -> None:
+                 archive: Path, backend: str, golden: str | None = None, twin: bool = True,
+                 admin: psycopg.Connection | None = None) -> None:
         self.name = name
         self.server = server
         self.backend = backend
@@ -73,6 +74,7 @@ class PgShadow(ShadowDatabases):
         # of the golden (warm), or a second restore (cold). (At 1 GB, cloned beside a warm shadow, the twin made it
         # ready in 1.07 s instead of 0.40 s, and a warm plan took 2.0 s instead of 1.1 s.)
         self._held: held.Held | None = None
+        self._admin: psycopg.Connection | None = None  # the clone's session on warm.ADMIN_DB, until watch()
         self._pristine_is_shadow = False  # the shadow was restored to the checkpoint after the action (rehearsal)
         self._twin_up_front = twin and golden is None
         if golden is None:
@@ -81,7 +83,7 @@ class PgShadow(ShadowDatabases):
                 self._pristine_ready.set()
         else:
             self._pristine_result = checkpoint.observation
-            self._clone(golden)
+            self._clone(golden, admin)
         self.dsn = server.dsn(self.database)  # shadow's own superuser: observing, checks
         action_dsn = self._action_dsn()
         env, exclusive = endpoint_env(name, action_dsn)
@@ -201,11 +203,10 @@ class PgShadow(ShadowDatabases):
 
     def lost(self) -> str | None:
         """Why the shadow's server no longer answers (killed, its container gone), or None while it does."""
-        try:
-            with psycopg.connect(self.server.dsn(), autocommit=True, connect_timeout=5):
-                return None
-        except psycopg.OperationalError as exc:
-            return dsnlib.connect_error(exc)
+        conn, why = answering(self.server.dsn())
+        if conn is not None:
+            conn.close()
+        return why
 
     def settled(self) -> None:
         """Wait for the pristine twin's work (its observation) to end, and end the held snapshot and shadow's own
@@ -213,9 +214,15 @@ class PgShadow(ShadowDatabases):
         if self._pristine_thread.ident is not None:
             self._pristine_thread.join()
         self._session.close()
+        self._close_admin()
         if self._held is not None:
             self._held.close()
             self._held = None
+
+    def _close_admin(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            admin.close()
 
     def connect_pristine(self) -> psycopg.Connection:
         """A session reading the checkpoint's state: the shadow as the action found it (module
@@ -225,7 +232,12 @@ class PgShadow(ShadowDatabases):
         why = "the snapshot could not be held"
         if not self._pristine_ready.is_set() and self._held is not None:
             self._held.quiet()
-            if self._held.usable():
+            try:
+                with self._session.use() as checker:
+                    usable = self._held.usable(checker)
+            except InfrastructureError as exc:  # the shadow does not answer: the twin, as when it cannot be read
+                usable, self._held.ended = False, str(exc)
+            if usable:
                 try:
                     conn = self._held.reader()
                 except psycopg.Error:
@@ -264,25 +276,27 @@ class PgShadow(ShadowDatabases):
         """Just before the action: hold the shadow's state (or make its twin now, when the action may rewrite a
         table: :func:`adapters.postgres.held.may_rewrite`), then mark where the action starts."""
         own: frozenset[int] = frozenset()
-        if not self._pristine_ready.is_set() and self._held is None:
-            if held.may_rewrite(sql_text):
-                if self.golden is not None:
-                    self._clone_pristine()
-                else:
-                    self._copy_twin()
+        hold = not self._pristine_ready.is_set() and self._held is None
+        if hold and held.may_rewrite(sql_text):
+            hold = False
+            if self.golden is not None:
+                self._clone_pristine()
             else:
+                self._copy_twin()
+        with self._session.use() as conn:
+            if hold:
                 try:
-                    self._held = held.Held(self.dsn, self.server.dsn(warm.ADMIN_DB))
-                    own = frozenset({self._held.pid})
+                    self._held = held.Held(self.dsn, self.server.dsn(warm.ADMIN_DB), conn, self._admin)
+                    self._admin, own = None, frozenset({self._held.pid})  # the admin session is its watcher's
                 except psycopg.Error:
                     self._held = None  # the twin, once the action has run
-        with self._session.use() as conn:
             if self._held is not None:  # it stays, idle beside the held session: nothing new for the action to meet
                 own |= {conn.info.backend_pid}
             self._mark = capture.mark(conn, own)
             self._counters = self._mark.counters if self._mark else None
         if self._held is None:  # no session of shadow's own stays on the shadow while the action runs
             self._session.close()
+        self._close_admin()  # nor on the server, but the held snapshot's watcher
 
     def _footprint(self) -> set[str] | None:
         """What the action read or wrote, by the counters (read before anything else scans the tables)."""

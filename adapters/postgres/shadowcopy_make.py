@@ -26,6 +26,7 @@ from psycopg import sql
 
 from adapters import Checkpoint
 from adapters.postgres import dbsettings, warm
+from adapters.postgres import dsn as dsnlib
 from adapters.postgres.binaries import ClientTools
 from adapters.postgres.restore import restore_into_empty
 from adapters.postgres.server import SUPERUSER, Server
@@ -45,14 +46,22 @@ class ShadowDatabases:
     binaries: ClientTools
     archive: Path
     _pristine_ready: threading.Event
+    _admin: psycopg.Connection | None
 
-    def _clone(self, golden: str) -> None:
-        """The shadow database as a clone of the warm server's golden one, with the checkpoint's settings."""
-        with self.server.connect(warm.ADMIN_DB) as conn:
+    def _clone(self, golden: str, admin: psycopg.Connection | None) -> None:
+        """The shadow database as a clone of the warm server's golden one, with the checkpoint's settings, made
+        through ``admin`` (the lease's session on :data:`warm.ADMIN_DB`) or a new session there — kept for the
+        held snapshot's watcher (:meth:`PgShadow.watch`: one handshake fewer)."""
+        conn = admin if admin is not None else self.server.connect(warm.ADMIN_DB)
+        try:
             warm.clone(conn, golden, self.database, self.checkpoint.meta.get("database_owner"),
                        warm.spare_names(self.database))
             wanted = self.checkpoint.meta.get("settings") or []
             dbsettings.settle(conn, self.database, wanted, every_database=True, shadow=True, own_role=SUPERUSER)
+        except BaseException:
+            conn.close()
+            raise
+        self._admin = conn
 
     def _clone_pristine(self) -> None:
         """The twin, cloned from the golden database; its observation is the checkpoint's (the golden one was
@@ -182,3 +191,12 @@ def _end(conn: psycopg.Connection, failed: bool) -> None:
             conn.commit()
     finally:
         conn.close()
+
+
+def answering(dsn: str) -> tuple[psycopg.Connection | None, str | None]:
+    """An autocommit session on ``dsn`` — or None and why its server no longer answers (killed, its container gone),
+    within 5 s."""
+    try:
+        return psycopg.connect(dsn, autocommit=True, connect_timeout=5), None
+    except psycopg.OperationalError as exc:
+        return None, dsnlib.connect_error(exc)

@@ -23,6 +23,7 @@ from adapters.postgres.container import DEFAULT_IMAGE
 from adapters.postgres import warm
 from adapters.postgres.hashcache import HashCache
 from adapters.postgres.shadowcopy import PgShadow, endpoint_env
+from adapters.postgres.shadowcopy_make import KeptSession
 from adapters.postgres.observe import Hashed, like_checkpoint, observe, read_text_as_str
 from adapters.postgres.target_apply import ApplyMixin
 from adapters.postgres.target_checkpoint import CheckpointMixin
@@ -56,6 +57,9 @@ class PostgresTarget(CheckpointMixin, ShadowMixin, ApplyMixin, RestoreMixin):
         self._warm_key = ""
         self._lease: warm.Lease | None = None  # leased by warm_checkpoint, for shadow() to clone from
         self._leased: warm.Lease | None = None  # the lease the open shadow clones from
+        # warm_checkpoint's session on production, kept for moved_since (one handshake fewer): closed by it, or by
+        # the shadow's teardown
+        self._production = KeptSession(self.connect)
         self._ahead: _Ahead | None = None  # a server started while the checkpoint is taken (shadow_server_ahead)
         self._ahead_wanted: tuple[str, str, Any] | None = None  # (run id, backend, limits) of that server
 

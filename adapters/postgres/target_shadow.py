@@ -25,6 +25,7 @@ from adapters.postgres.container import ContainerServer, Limits
 from adapters.postgres.observe import like_checkpoint
 from adapters.postgres.server import Server
 from adapters.postgres.shadowcopy import PgShadow
+from adapters.postgres.shadowcopy_make import KeptSession, answering
 from adapters.postgres.target_checkpoint import _artifact
 from shadow.changes import Change
 from shadow.errors import ShadowError
@@ -41,6 +42,7 @@ class ShadowMixin:
     _warm_key: str
     _lease: warm.Lease | None
     _leased: warm.Lease | None
+    _production: KeptSession
     _ahead: _Ahead | None
     _ahead_wanted: tuple[str, str, Any] | None
     connect: Callable[..., psycopg.Connection]
@@ -61,6 +63,7 @@ class ShadowMixin:
                 yield shadow
             return
         if lease is not None:
+            self._production.close()
             lease.release()
         archive = store.open_verified(_artifact(checkpoint))
         major = int(checkpoint.meta["major"])
@@ -135,14 +138,19 @@ class ShadowMixin:
         try:
             archive = store.object_path(_artifact(checkpoint).sha256)  # verified when it was restored
             shadow = PgShadow(self.name, lease.entry.server(), self.binaries(lease.entry.major), checkpoint,
-                              archive, backend, golden=lease.entry.golden)
+                              archive, backend, golden=lease.entry.golden, admin=lease.admin)
+            lease.admin = None  # the shadow's now (release closes it when the shadow was not made)
             shadow.warnings += lease.entry.warnings
             yield shadow
         finally:
             self._leased = None
+            self._production.close()  # moved_since's, when the run ended before it
+            lost = None
             if shadow is not None:
                 shadow.settled()
-            lease.release(lost=shadow.lost() if shadow is not None else None)
+                # Whether the server was lost (PgShadow.lost), by the session that then drops the clones
+                lease.admin, lost = answering(lease.entry.server().dsn(warm.ADMIN_DB))
+            lease.release(lost=lost)
 
     def _keep_warm(self, server: Server, shadow: PgShadow, run_id: str, backend: str, major: int,
                    before: str) -> bool:
@@ -178,11 +186,16 @@ class ShadowMixin:
         """The checkpoint a warm server of this production holds, leased to this run until its shadow is torn
         down — or (None, why not); either way this run's shadow is kept warm ``keep`` seconds after its last use."""
         self._keep = keep
-        with self.connect() as conn:
+        with self._production.use() as conn:  # kept for moved_since when a lease is had
             major = int(conn.info.server_version) // 10000
-        image = self.image_for(major) if backend == "docker" else None
-        self._warm_key = warm.key_of(self.describe(), backend, major, image)
-        lease, why = warm.lease(self._warm_dir, self._warm_key)
+        lease: warm.Lease | None = None
+        try:
+            image = self.image_for(major) if backend == "docker" else None
+            self._warm_key = warm.key_of(self.describe(), backend, major, image)
+            lease, why = warm.lease(self._warm_dir, self._warm_key)
+        finally:
+            if lease is None:
+                self._production.close()
         if lease is None:
             return None, why
         checkpoint = Checkpoint.from_dict(lease.entry.checkpoint)
@@ -190,6 +203,7 @@ class ShadowMixin:
         path = store.object_path(artifact.sha256)
         if not path.exists() or path.stat().st_size != artifact.size:
             lease.stale = "its checkpoint's archive is no longer in the store"
+            self._production.close()
             lease.release()
             return None, lease.stale
         self._lease = lease
@@ -203,8 +217,11 @@ class ShadowMixin:
         rows are taken as the checkpoint has them — what they hold cannot change the action's outcome."""
         assert isinstance(shadow, PgShadow)
         tables = shadow.footprint_tables
-        with self.connect() as conn:
-            now = self._observe(conn, hashed=None if tables is None else lambda table, _: table in tables)
+        try:
+            with self._production.use() as conn:  # warm_checkpoint's, if it still answers
+                now = self._observe(conn, hashed=None if tables is None else lambda table, _: table in tables)
+        finally:
+            self._production.close()
         kept = checkpoint.observation["data"]
         for table, data in now["data"].items():
             was = kept.get(table)

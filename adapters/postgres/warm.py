@@ -70,9 +70,12 @@ DEFAULT_MAX = 2
 class Lease:
     """One run's hold on an entry (an exclusive flock): nobody else clones from it meanwhile."""
 
-    def __init__(self, folder: Path, entry: Entry, fd: int) -> None:
+    def __init__(self, folder: Path, entry: Entry, fd: int, admin: psycopg.Connection | None = None) -> None:
         self.folder, self.entry, self._fd = folder, entry, fd
         self.stale: str | None = None  # why the entry must not be lent out again
+        # A session on ADMIN_DB: the lease's, for the run's clone to take, or the one that found the server still
+        # answering at the end (each saves a handshake); release drops the clones through it, and closes it.
+        self.admin = admin
 
     def release(self, lost: str | None = None) -> None:
         """Drop this run's clones; keep the entry (used now) unless it went stale or its server is lost."""
@@ -82,17 +85,24 @@ class Lease:
         try:
             if why is None:
                 try:
-                    drop_clones(self.entry.server(), self.entry.database)
+                    drop_clones(self.entry.server(), self.entry.database, self.admin)
                 except psycopg.Error as exc:
                     why = f"its clones could not be dropped: {exc}"
+            self._close_admin()  # before a discard stops the server
             if why is None:
                 self.entry.used = time.time()
                 _write(self.folder, self.entry)
             else:
                 discard(self.folder, self.entry)
         finally:
+            self._close_admin()
             os.close(self._fd)
             self._fd = -1
+
+    def _close_admin(self) -> None:
+        admin, self.admin = self.admin, None
+        if admin is not None:
+            admin.close()
 
 
 # -- the registry -------------------------------------------------------------------------------------------------
@@ -117,16 +127,26 @@ def lease(folder: Path, key: str) -> tuple[Lease | None, str]:
             raise _Unusable("the warm copy expired")
         server = entry.server()
         try:
-            drop_clones(server, entry.database)  # a killed run's
-            state = server_state(server, entry.database)
-            if state == entry.state:
-                entry.password = _fresh_session(server)
-                entry.used = time.time()  # its time runs from this lease (and gc spares it while leased)
-                _write(folder, entry)
+            conn = server.connect(ADMIN_DB)  # one session for the lot, and the clone (each new one costs a handshake)
         except psycopg.Error as exc:
             discard(folder, entry)
             raise _Unusable(f"its server does not answer ({str(exc).strip().splitlines()[0]})") from exc
+        try:
+            drop_clones(server, entry.database, conn)  # a killed run's
+            state = server_state(server, entry.database, conn)
+            if state == entry.state:
+                entry.password = _fresh_session(server, conn)
+                entry.used = time.time()  # its time runs from this lease (and gc spares it while leased)
+                _write(folder, entry)
+        except psycopg.Error as exc:
+            conn.close()
+            discard(folder, entry)
+            raise _Unusable(f"its server does not answer ({str(exc).strip().splitlines()[0]})") from exc
+        except BaseException:
+            conn.close()
+            raise
         if state != entry.state:
+            conn.close()
             discard(folder, entry)
             raise _Unusable("a previous action changed the warm server's roles, settings or databases; discarded")
     except _Unusable as exc:
@@ -135,7 +155,7 @@ def lease(folder: Path, key: str) -> tuple[Lease | None, str]:
     except BaseException:
         os.close(fd)
         raise
-    return Lease(folder, entry, fd), ""
+    return Lease(folder, entry, fd, conn), ""
 
 
 class _Unusable(Exception):

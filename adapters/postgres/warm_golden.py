@@ -10,8 +10,13 @@ superuser a new password (:func:`_fresh_session`). All of it is managed from :da
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 from psycopg import sql
@@ -20,6 +25,8 @@ from adapters.postgres.server import SUPERUSER, Server
 from adapters.postgres.warm_entry import WarmServer, golden_name, spare_names
 
 ADMIN_DB = "template1"  # where a warm server is managed from: the database named like production's comes and goes
+# The PBKDF2 iterations of the superuser's verifier each lease sets (see _verifier): the fewest SCRAM allows.
+LEASE_ITERATIONS = 1
 
 # What a database cannot hold and a clone does not reset: the server's global state, fingerprinted.
 Q_SERVER_STATE = """
@@ -37,29 +44,60 @@ SELECT md5(coalesce(string_agg(line, E'\\n' ORDER BY line), '')) FROM (
 """
 
 
-def server_state(server: Server, database: str) -> str:
+@contextmanager
+def admin(server: Server, conn: psycopg.Connection | None = None) -> Iterator[psycopg.Connection]:
+    """``conn``, a session on :data:`ADMIN_DB` the caller holds already (a lease makes one for all its steps), or
+    a new one for this ``with`` block."""
+    if conn is not None:
+        yield conn
+        return
+    with server.connect(ADMIN_DB) as own:
+        yield own
+
+
+def server_state(server: Server, database: str, conn: psycopg.Connection | None = None) -> str:
     """The server's global state, but for the databases a run makes and drops (the shadow named ``database``,
     its twin, the golden one) — the same before a cold run's action and once its copy is kept; and whether the
     golden database still refuses connections."""
     from adapters.postgres.shadowcopy import pristine_name
 
     own = [database, pristine_name(database), golden_name(database)]
-    with server.connect(ADMIN_DB) as conn:
-        row = conn.execute(Q_SERVER_STATE, {"own": own + spare_names(database)}).fetchone()
-        closed = conn.execute("SELECT NOT datallowconn FROM pg_database WHERE datname = %s", [own[2]]).fetchone()
+    with admin(server, conn) as on:
+        row = on.execute(Q_SERVER_STATE, {"own": own + spare_names(database)}).fetchone()
+        closed = on.execute("SELECT NOT datallowconn FROM pg_database WHERE datname = %s", [own[2]]).fetchone()
     return f"{row[0] if row else ''} golden {'closed' if closed and closed[0] else 'open' if closed else 'absent'}"
 
 
-def _fresh_session(server: WarmServer) -> str:
+def _fresh_session(server: WarmServer, conn: psycopg.Connection | None = None) -> str:
     """End every other session on the server and give its superuser a new password: whatever an earlier action
     learnt or kept open (it may have run as a superuser, with the shadow's own address) is useless now."""
     password = secrets.token_urlsafe(18)
-    with server.connect(ADMIN_DB) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' "
-                     "AND pid <> pg_backend_pid()")
-        conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(SUPERUSER), sql.Literal(password)))
+    with admin(server, conn) as on:
+        on.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                   "AND pid <> pg_backend_pid()")
+        on.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(SUPERUSER),
+                                                                 sql.Literal(_verifier(password, LEASE_ITERATIONS))))
     server.password = password
     return password
+
+
+def _verifier(password: str, iterations: int, salt: bytes | None = None) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL stores for ``password`` (RFC 5802 section 3, RFC 7677; ALTER ROLE
+    stores a string in this form as it is, https://www.postgresql.org/docs/current/catalog-pg-authid.html), with a
+    new random salt. The lease sets it with 1 PBKDF2 iteration instead of the server's 4096, which cost every
+    connection of a run about 2 ms of the client's CPU: iterations only slow an offline guess of the password from a
+    stolen verifier, and this password is 144 random bits (``token_urlsafe(18)``), new at every lease, for a
+    throwaway local server only shadow connects to — beyond guessing at any iteration count. Authentication stays
+    SCRAM-SHA-256 (the password never crosses the wire; the server still proves it holds the verifier)."""
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)  # Hi(); ASCII: SASLprep is a no-op
+    stored = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
+    server = hmac.new(salted, b"Server Key", "sha256").digest()
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored)}:{b64(server)}"
 
 
 def drop_database(conn: psycopg.Connection, name: str) -> None:
@@ -75,15 +113,15 @@ def drop_database(conn: psycopg.Connection, name: str) -> None:
     conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
-def drop_clones(server: Server, database: str) -> None:
+def drop_clones(server: Server, database: str, conn: psycopg.Connection | None = None) -> None:
     """Drop a run's clones (the shadow, its twin); the server keeps an empty ``postgres`` database."""
     from adapters.postgres.shadowcopy import pristine_name
 
-    with server.connect(ADMIN_DB) as conn:
+    with admin(server, conn) as on:
         for name in (database, pristine_name(database)):
-            drop_database(conn, name)
+            drop_database(on, name)
         if database == "postgres":
-            conn.execute("CREATE DATABASE postgres TEMPLATE template0")
+            on.execute("CREATE DATABASE postgres TEMPLATE template0")
 
 
 def make_golden(server: Server, database: str, pristine: str) -> None:

@@ -88,6 +88,11 @@ def undo_run(session: Session, targets: dict[str, Target], checkpoints: dict[str
         if mode == "tables":
             tr.warnings.append(f"not every table could be undone row by row: {why}; every other table was undone row "
                                "by row (others' writes kept)")
+        tr.warnings += [f"{table}: the apply left it otherwise than the rehearsal did — another session wrote to it "
+                        "during the apply, or the action is not deterministic (now(), random()); putting it back whole "
+                        "from the checkpoint may have overwritten such a write"
+                        for table, entry in sorted((records[name].get("restore_tables") or {}).items())
+                        if entry.get("during") and not refused]
         if conflicts and not force:
             return Ending(Outcome.REFUSED, f"ROLLBACK REFUSED, production untouched: {len(conflicts)} row(s), "
                           f"table(s) or object(s) run {run_id} changed were changed again since "

@@ -78,8 +78,8 @@ def record_of(conn: psycopg.Connection, ours: list[Change], before: dict[str, An
 
     ``predicted``: the rehearsal's tables after the action (rows and content hash). A table that was as the
     checkpoint just before the action but not as the rehearsal left it afterwards was written to by someone else
-    during the apply — or the action is not deterministic (``now()``): the apply cannot tell which, so putting it
-    back whole may overwrite another session's write, and the undo calls that a conflict (``during``)."""
+    during the apply — or the action is not deterministic (``now()``): the apply cannot tell which, so the
+    rollback's report says that putting it back whole may have overwritten another session's write (``during``)."""
     why = "the apply did not run in one transaction: its rows were not kept one by one"
     record = undo.capture(conn, None, {"data": before["data"]}, now, {}, ours, checkpoint, unkept=why)
     record["statement_by_statement"] = True

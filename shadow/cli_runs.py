@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from rich.markup import escape
 from shadow.cli_context import (JSON_OPTION, LOCK_TIMEOUT_OPTION, PLAN_OPTION, QUIET_OPTION, Ctx, _guard, _progress,
                                 runmod)
 from shadow.cli_output import print_result
+from shadow.settings import Settings
 
 
 @click.command("plan")
@@ -25,7 +27,7 @@ def plan_cmd(ctx: Ctx, plan_file: Path, as_json: bool, quiet: bool) -> None:
 
     Exit 0 when every expectation holds, 1 when one does not.
     """
-    result = _guard(ctx, lambda: runmod.plan(plan_file, ctx.settings, _progress(ctx, quiet or as_json)))
+    result = _guard(ctx, lambda: runmod.plan(plan_file, _ending(ctx), _progress(ctx, quiet or as_json)))
     print_result(ctx.out, result, as_json, ctx.quiet)
     _ready_warm_copies(ctx)
     sys.exit(result.exit_code)
@@ -49,11 +51,17 @@ def apply_cmd(ctx: Ctx, plan_file: Path | None, approved_run: str | None, lock_t
     """
     if plan_file is None and approved_run is None:
         plan_file = Path("shadow.yaml")
-    result = _guard(ctx, lambda: runmod.apply(plan_file, ctx.settings, _progress(ctx, quiet or as_json),
+    result = _guard(ctx, lambda: runmod.apply(plan_file, _ending(ctx), _progress(ctx, quiet or as_json),
                                               lock_timeout, approved_run))
     print_result(ctx.out, result, as_json, ctx.quiet)
     _ready_warm_copies(ctx)
     sys.exit(result.exit_code)
+
+
+def _ending(ctx: Ctx) -> Settings:
+    """This command's settings for a run its process ends with: the removal of a shadow's container is not waited
+    for (``Settings.short_lived``)."""
+    return dataclasses.replace(ctx.settings, short_lived=True)
 
 
 def _ready_warm_copies(ctx: Ctx) -> None:

@@ -29,6 +29,9 @@ class Settings:
     # SHADOW_STORE_URL: the checkpoint store in an S3 prefix (s3://bucket/prefix) instead of <state dir>/snapshots,
     # which is then this runner's verified cache of it.
     store_url: str | None = None
+    # A CLI plan or apply, whose process ends with the run: what may outlive it without harm — removing a shadow's
+    # container, 1.2 s at 1 GB — is left to a process of its own (adapters.docker_remove) instead of waited for.
+    short_lived: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, state_dir: str | Path | None = None) -> Settings:

@@ -11,10 +11,11 @@ import os
 import shutil
 import subprocess
 import threading
+import time
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,15 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 BOTH_BACKENDS = pytest.mark.parametrize("backend", ["local", "docker"], indirect=True)
+
+
+def gone_soon(listing: Callable[[], list[Any]], seconds: float = 60.0) -> list[Any]:
+    """What ``listing()`` finds once it finds nothing, or after ``seconds``: a CLI run leaves the removal of its
+    shadow's container to a process of its own (adapters.docker_remove), done a second or two after the run."""
+    deadline = time.monotonic() + seconds
+    while (found := listing()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
 DEMO_SCHEMA = ROOT / "examples" / "demo" / "schema.sql"
 
 

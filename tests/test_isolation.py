@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import ProdDb, docker_or_skip, write_plan
+from tests.conftest import ProdDb, docker_or_skip, gone_soon, write_plan
 
 ACTION_IMAGE = "shadow-test/action:latest"
 
@@ -153,7 +153,7 @@ def test_sandbox_networks_are_removed_after_the_run(prod_db, shadow_cli, tmp_pat
     mark = f"shadow.run-id={json.loads(r.out)['run_id']}"  # this run's: tests on other workers run their own
     client = docker.from_env()
     assert client.networks.list(filters={"label": ["shadow.role=sandbox-network", mark]}) == []
-    assert client.containers.list(all=True, filters={"label": mark}) == []
+    assert gone_soon(lambda: client.containers.list(all=True, filters={"label": mark})) == []
 
 
 @pytest.mark.parametrize("backend", ["docker"], indirect=True)

@@ -18,7 +18,7 @@ import pytest
 
 from adapters.postgres.binaries import find_binaries
 from adapters.postgres.cluster import TEMP_PREFIX, LocalCluster
-from tests.conftest import BOTH_BACKENDS, ProdDb, start_cli, write_plan
+from tests.conftest import BOTH_BACKENDS, ProdDb, gone_soon, start_cli, write_plan
 
 
 def _shadow_dirs(run_id: str = "2") -> set[str]:
@@ -136,7 +136,8 @@ def test_shadow_is_removed_when_the_action_fails(prod_db, shadow_cli, tmp_path, 
     if backend == "docker":
         import docker
 
-        assert docker.from_env().containers.list(all=True, filters={"label": f"shadow.run-id={run_id}"}) == []
+        mine = {"label": f"shadow.run-id={run_id}"}
+        assert gone_soon(lambda: docker.from_env().containers.list(all=True, filters=mine)) == []
 
 
 @pytest.mark.skipif(len({b.major for b in find_binaries()}) < 2, reason="needs two PostgreSQL majors locally")

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from adapters.docker import Candidate, engine_site, plan_routes
-from tests.conftest import ProdDb, run_cli, write_plan
+from tests.conftest import ProdDb, gone_soon, run_cli, write_plan
 from tests.test_docker_backend import PLAN, production_17  # noqa: F401 - a fixture (production on the local engine)
 
 ADDRESS = os.environ.get("SHADOW_TEST_REMOTE_DOCKER", "tcp://127.0.0.1:23750")
@@ -52,8 +52,8 @@ class Remote:
     def left(self, run_id: str) -> list[str]:
         """Containers and networks labelled with ``run_id`` still on the engine."""
         wanted = {"label": f"shadow.run-id={run_id}"}
-        return ([f"container {c.name}" for c in self.client.containers.list(all=True, filters=wanted)]
-                + [f"network {n.name}" for n in self.client.networks.list(filters=wanted)])
+        return gone_soon(lambda: [f"container {c.name}" for c in self.client.containers.list(all=True, filters=wanted)]
+                         + [f"network {n.name}" for n in self.client.networks.list(filters=wanted)])
 
 
 def _unavailable(why: str) -> None:

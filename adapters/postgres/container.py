@@ -2,7 +2,7 @@
 
 The container is labelled with the run id (``adapters.docker.labels``), gets the plan's resource limits, runs
 with durability off (a shadow is thrown away), and is removed in ``stop()`` — which ``__exit__`` calls even
-when start-up failed half way. Images are never built here: ``postgres:<major>`` by default (pulled by Docker
+when start-up failed half way — or, at the end of a CLI run, by a process of its own (``stop_soon()``). Images are never built here: ``postgres:<major>`` by default (pulled by Docker
 as usual), or the plan's ``image:`` / ``SHADOW_POSTGRES_IMAGE`` (``{major}`` is replaced by the major version).
 """
 
@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from adapters import docker_remove
 from adapters.docker import Route, labels, route_to, start_network, this_engine
 from adapters.postgres.server import SHADOW_SETTINGS, SUPERUSER, Server
 from shadow.errors import InfrastructureError
@@ -137,3 +138,13 @@ class ContainerServer(Server):
             except Exception:  # noqa: BLE001 - already gone is fine; gc catches the rest by label
                 pass
             self._container = None
+
+    def stop_soon(self) -> None:
+        """:meth:`stop`, but the engine's work (kill, remove, the data volume) is left to a process of its own
+        (:mod:`adapters.docker_remove`): for a run whose process ends now. Waits as :meth:`stop` does when no such
+        process can be started."""
+        found = self.container_id
+        if found is None or not docker_remove.start([found]):
+            self.stop()
+            return
+        self._container = None

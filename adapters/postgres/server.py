@@ -40,6 +40,11 @@ class Server:
     def stop(self) -> None:
         raise NotImplementedError
 
+    def stop_soon(self) -> None:
+        """Stop and remove the server for a process that ends now: where a backend can leave the last of that work
+        to a process of its own, without waiting for it (a container); else :meth:`stop`."""
+        self.stop()
+
     def dsn(self, dbname: str = "postgres", user: str = SUPERUSER, password: str | None = None) -> str:
         raise NotImplementedError
 

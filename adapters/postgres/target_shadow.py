@@ -72,6 +72,7 @@ class ShadowMixin:
         server = ahead.server if ahead is not None and ahead.fits(run_id, backend, major) else \
             self._new_server(run_id, backend, major, limits)
         kept = False  # once kept warm, the server belongs to its entry: not stopped here
+        done = False  # the run is done with the shadow: neither failed nor interrupted in it
         try:
             if ahead is not None and server is ahead.server:
                 ahead.ready()  # raises what starting it raised
@@ -88,8 +89,11 @@ class ShadowMixin:
             finally:
                 shadow.settled()
             kept = self._keep_warm(server, shadow, run_id, backend, major, before)
+            done = True
         finally:
-            if not kept:
+            if not kept and done and self.settings.short_lived:
+                server.stop_soon()  # a CLI run, which ends now: the engine's part is not waited for
+            elif not kept:
                 server.stop()
 
     def _new_server(self, run_id: str, backend: str, major: int, limits: Any) -> Server:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -133,6 +134,26 @@ def baselines(server: LocalCluster, dsn: str, folder: Path) -> dict[str, float]:
         out["psql reverse"] = timed(lambda: run([*psql, str(folder / "raw-reverse.sql")], copy_env))
         admin.execute("DROP DATABASE bench_raw_copy")
     return out
+
+
+def checkpoint_alone(server: LocalCluster, dsn: str, folder: Path, repeat: int = 3) -> tuple[float, float]:
+    """(pg_dump -Fc -Z 1, shadow's checkpoint) — best of ``repeat`` each, taken in turns, in this process. The
+    checkpoint is a production's first (a state dir of its own each time: every table hashed beside the dump), with
+    no shadow server starting beside it as in a plan (above: the plan's own checkpoint step)."""
+    from adapters.postgres.target import PostgresTarget
+    from shadow.settings import Settings
+    from snapshots import Store
+
+    conninfo, env = libpq_env(dsn)
+    plain = ours = float("inf")
+    for i in range(repeat):
+        plain = min(plain, timed(lambda: run([server.binaries.path("pg_dump"), "--no-password", "-Fc", "-Z", "1",
+                                              "-f", str(folder / "alone.dump"), "-d", conninfo], env)))
+        state = folder / f"checkpoint-alone-{i}"
+        target = PostgresTarget("bench", {"dsn": dsn}, Settings.from_env(state_dir=state))
+        ours = min(ours, timed(lambda: target.checkpoint(Store(state / "snapshots"), f"alone-{i}")))
+        shutil.rmtree(state)
+    return plain, ours
 
 
 def image_template() -> str:
@@ -326,6 +347,10 @@ def main() -> None:
         print(f"production: a local PostgreSQL {binaries.major} cluster ({binaries.bindir})")
         dsn = build_production(server, args.scale, args.wide_rows)
         raw = baselines(server, dsn, Path(tmp))
+        plain, ours = checkpoint_alone(server, dsn, Path(tmp))
+        print(f"checkpoint alone (a production's first: every table hashed beside pg_dump; no shadow server starting "
+              f"beside it): {ours:.2f} s against pg_dump -Fc -Z 1 {plain:.2f} s — {ours / plain:.2f}x (best of 3 "
+              f"each, in turns)\n")
         for backend in backends:
             bench_backend(backend, dsn, raw, Path(tmp), binaries.major)
 

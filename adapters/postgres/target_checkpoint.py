@@ -81,10 +81,10 @@ class CheckpointMixin:
             members = [list(r) for r in holder.execute(Q_MEMBERS)]
             settings = dbsettings.read(holder, str(db[0]))
             # pg_dump and the observation run at once, both from the snapshot this connection holds open. The
-            # hashing is not split over a second connection of the snapshot: on 2 cores, beside pg_dump and its
-            # backend, that measured slower (1.8x pg_dump's time instead of 1.6x at 1.5M rows), and a big table's
-            # hash already gets parallel workers. The checkpoint is CPU-bound: row hashing costs about as much CPU
-            # as pg_dump's COPY and compression together, so at once they take ~1.6-1.9x pg_dump alone, not 1.2x.
+            # hashing runs in one process, hidden behind the dump: it costs a quarter of the dump's CPU (1 GB of
+            # pgbench: 1.25 CPU-s against pg_dump's 5.0-5.3 in 2.9 s), so one core finishes it well before the
+            # dump ends. Not split over a second connection of the snapshot (on 2 cores that measured slower), and
+            # no parallel workers (below): on a busy machine they only add CPU (1.56 CPU-s for the same hash).
             with store.new_artifact() as slot:
                 cache = self._hash_cache()
                 cache.identify(holder)
@@ -118,6 +118,9 @@ class CheckpointMixin:
         for. A dump that fails first cancels the observation, and its error is the one raised; an observation that
         fails first ends the dump (the caller's ``with``)."""
         with self.connect() as conn:
+            # In one process: beside pg_dump, parallel workers would end the hash sooner only to slow the dump, and
+            # what ends last is the dump (1 GB here: checkpoint 1.14-1.20x pg_dump without them, 1.21-1.23x with).
+            conn.execute("SET max_parallel_workers_per_gather = 0")
             done, cancelled = threading.Event(), threading.Event()
             watcher = threading.Thread(target=_cancel_when_failed, args=(dump, [conn], done, cancelled),
                                        name="shadow-checkpoint-watcher", daemon=True)

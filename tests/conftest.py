@@ -7,6 +7,7 @@ Tests never touch the developer's home directory or default state dir: every run
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -322,3 +323,23 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.section("what the tests saw")
         for nodeid, line in sorted(lines):
             terminalreporter.write_line(f"{nodeid}: {line}")
+
+
+def report_of(result: CliResult) -> dict[str, Any]:
+    """The report a CLI run printed with ``--json``."""
+    return dict(json.loads(result.out))
+
+
+def warnings_of(report: dict[str, Any]) -> str:
+    """Every target's warnings in ``report``, as one string to search."""
+    return " ".join(w for t in report["targets"] for w in t.get("warnings", []))
+
+
+def table_digest(db: ProdDb, table: str) -> str:
+    """Every row of ``table`` (generated columns too), as a multiset."""
+    return str(db.scalar(f"SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {table} t"))
+
+
+def table_oid(db: ProdDb, table: str) -> int:
+    """``table``'s oid: the same one when a table was not re-created."""
+    return int(db.scalar(f"SELECT '{table}'::regclass::oid"))  # type: ignore[arg-type]

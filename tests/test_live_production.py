@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ProdDb, write_plan
+from tests.conftest import ProdDb, report_of, table_digest, table_oid, warnings_of, write_plan
 from tests.writer import Writer
 
 EVENTS = "CREATE TABLE events (id bigserial PRIMARY KEY, note text NOT NULL);"
@@ -57,14 +57,6 @@ def test_a_checkpoint_taken_while_the_application_writes_restores_to_a_faithful_
     assert writer.assert_kept(live_db.dsn) > 20
 
 
-def _report(result) -> dict:  # type: ignore[no-untyped-def]
-    return json.loads(result.out)
-
-
-def _warnings(report: dict) -> str:
-    return " ".join(w for t in report["targets"] for w in t.get("warnings", []))
-
-
 def test_an_apply_goes_ahead_while_the_application_writes_to_another_table(live_db: ProdDb, shadow_cli,
                                                                             tmp_path: Path):
     """Writes the action neither read nor wrote are reported, never blocking; verification judges the
@@ -76,10 +68,11 @@ def test_an_apply_goes_ahead_while_the_application_writes_to_another_table(live_
         result = shadow_cli("apply", "-f", str(plan), "--json")
         writer.stop()
     assert result.code == 0, result.text
-    report = _report(result)
+    report = report_of(result)
     assert report["outcome"] == "applied"
-    assert "production also changed since the checkpoint" in _warnings(report)
-    assert re.search(r"rows public\.events — [\d,]+ rows?", _warnings(report)), _warnings(report)  # with its count
+    assert "production also changed since the checkpoint" in warnings_of(report)
+    said = warnings_of(report)
+    assert re.search(r"rows public\.events — [\d,]+ rows?", said), said  # with its count
     [target] = report["targets"]
     assert [c["address"] for c in target["production_changes"]] == ["add column public.users.nickname",
                                                                      "update rows public.users"]
@@ -97,7 +90,7 @@ def test_a_backfill_of_the_table_the_application_writes_is_judged_on_its_own_row
         result = shadow_cli("apply", "-f", str(plan), "--json")
         writer.stop()
     assert result.code == 0, result.text
-    report = _report(result)
+    report = report_of(result)
     [target] = report["targets"]
     [change] = target["production_changes"]
     assert (change["address"], change["detail"]["count"]) == ("update rows public.events", 10)
@@ -113,7 +106,7 @@ def test_policy_drift_strict_refuses_any_write_since_the_checkpoint(live_db: Pro
         result = shadow_cli("apply", "-f", str(plan), "--json")
         writer.stop()
     assert result.code == 1, result.text
-    report = _report(result)
+    report = report_of(result)
     assert report["outcome"] == "refused" and "policy.drift is strict" in report["reason"]
     assert live_db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nickname'") == 0
     writer.assert_kept(live_db.dsn)
@@ -129,7 +122,7 @@ def test_an_apply_that_cannot_run_in_one_transaction_goes_ahead_while_another_ta
         result = shadow_cli("apply", "-f", str(plan), "--json")
         writer.stop()
     assert result.code == 0, result.text
-    assert "cannot run in a transaction" in _report(result)["action"]["production"]["mode"]
+    assert "cannot run in a transaction" in report_of(result)["action"]["production"]["mode"]
     assert live_db.scalar("SELECT to_regclass('public.users_name_idx') IS NOT NULL") is True
     writer.assert_kept(live_db.dsn)
 
@@ -145,11 +138,11 @@ def test_an_apply_that_cannot_run_in_one_transaction_on_a_table_being_written_is
         result = shadow_cli("apply", "-f", str(plan), "--json")
         writer.stop()
     assert result.code == 1, result.text
-    report = _report(result)
+    report = report_of(result)
     assert report["outcome"] == "refused", report["reason"]
     assert "moved again while shadow rehearsed on a fresh checkpoint" in report["reason"], report["reason"]
     assert "public.events" in report["reason"], report["reason"]
-    assert "rehearsed twice" in _warnings(report)
+    assert "rehearsed twice" in warnings_of(report)
     assert live_db.scalar("SELECT to_regclass('public.events_note_idx') IS NULL") is True
     assert writer.assert_kept(live_db.dsn) > 10
 
@@ -166,10 +159,10 @@ def test_an_apply_waits_for_a_lock_a_bounded_time_and_says_so(live_db: ProdDb, s
         result = shadow_cli("apply", "-f", str(plan), "--json")
         reader.rollback()
     assert result.code == 1, result.text
-    report = _report(result)
+    report = report_of(result)
     assert report["outcome"] == "rolled_back"
     assert "waited 0.2 s for a lock" in report["reason"] and "production is busy" in report["reason"]
-    assert "retry 1 of 1" in _warnings(report)
+    assert "retry 1 of 1" in warnings_of(report)
     assert live_db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nickname'") == 0
 
 
@@ -204,10 +197,10 @@ def test_a_serialisation_failure_rolls_back_and_is_tried_again_keeping_the_concu
     thread.join(5)
     assert "at" in seen, "the apply's transaction was never seen sleeping on production"
     assert result.code == 0, result.text
-    report = _report(result)
+    report = report_of(result)
     assert report["outcome"] == "applied", report["reason"]
-    assert "could not be serialised with this transaction" in _warnings(report), _warnings(report)
-    assert "rolled back, trying again" in _warnings(report) and "retry 1 of" in _warnings(report)
+    assert "could not be serialised with this transaction" in warnings_of(report), warnings_of(report)
+    assert "rolled back, trying again" in warnings_of(report) and "retry 1 of" in warnings_of(report)
     assert prod_db.scalar("SELECT full_name FROM users WHERE id = 1") == "Renamed meanwhile (checked)"
 
 
@@ -218,7 +211,7 @@ def test_a_checkpoint_is_written_once_and_the_applied_state_kept_beside_it(prod_
                  "add column public.users.nickname")
     result = shadow_cli("apply", "-f", str(plan), "--json")
     assert result.code == 0, result.text
-    run_id = _report(result)["run_id"]
+    run_id = report_of(result)["run_id"]
     store = shadow_cli.state_dir / "snapshots"
     manifest = json.loads((store / "manifests" / run_id / "app.json").read_text())
     assert "after_apply" not in manifest
@@ -231,39 +224,33 @@ def test_a_checkpoint_is_written_once_and_the_applied_state_kept_beside_it(prod_
 
 # -- item 4: undo only what the run did ----------------------------------------------------------------------
 
-def _digest(db: ProdDb, table: str) -> str:
-    return str(db.scalar(f"SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {table} t"))
-
-
-def _oid(db: ProdDb, table: str) -> int:
-    return int(db.scalar(f"SELECT '{table}'::regclass::oid"))  # type: ignore[arg-type]
-
-
 def test_rollback_undoes_only_the_runs_own_change_while_the_application_writes(live_db: ProdDb, shadow_cli,
                                                                                 tmp_path: Path):
     """The apply keeps the rows it changed and the objects it added; rollback puts back exactly those, in one
     transaction, while the writer keeps writing: its rows stay, untouched tables keep their OIDs."""
-    users, orders_oid, events_oid = _digest(live_db, "users"), _oid(live_db, "orders"), _oid(live_db, "events")
+    users = table_digest(live_db, "users")
+    orders_oid, events_oid = table_oid(live_db, "orders"), table_oid(live_db, "events")
     plan = _plan(tmp_path, live_db, "ALTER TABLE users ADD COLUMN nickname text;\n"
                                     "UPDATE users SET full_name = upper(full_name), nickname = 'n' WHERE id <= 10;\n"
                                     "DELETE FROM orders WHERE id IN (SELECT id FROM orders WHERE user_id = 500);\n"
                                     "INSERT INTO users (email, full_name) VALUES ('new@example.com', 'New');\n",
                  "add column public.users.nickname, update rows public.users, insert rows public.users, "
                  "delete rows public.orders")
-    orders = _digest(live_db, "orders")
+    orders = table_digest(live_db, "orders")
     with Writer(live_db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
         applied = shadow_cli("apply", "-f", str(plan), "--json")
         assert applied.code == 0, applied.text
-        run_id = _report(applied)["run_id"]
+        run_id = report_of(applied)["run_id"]
         assert live_db.scalar("SELECT count(*) FROM users WHERE nickname IS NOT NULL") == 10
         rolled = shadow_cli("rollback", run_id, "--json")
         writer.stop()
     assert rolled.code == 0, rolled.text
-    report = _report(rolled)
+    report = report_of(rolled)
     assert report["outcome"] == "restored" and "other sessions' writes since were kept" in report["reason"]
-    assert _digest(live_db, "users") == users and _digest(live_db, "orders") == orders
+    assert table_digest(live_db, "users") == users and table_digest(live_db, "orders") == orders
     assert live_db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nickname'") == 0
-    assert (_oid(live_db, "orders"), _oid(live_db, "events")) == (orders_oid, events_oid)  # untouched tables stay
+    # untouched tables stay
+    assert (table_oid(live_db, "orders"), table_oid(live_db, "events")) == (orders_oid, events_oid)
     assert writer.assert_kept(live_db.dsn) > 20
 
 
@@ -290,14 +277,14 @@ def test_a_rollback_leaves_untouched_tables_statistics_as_they_were(live_db: Pro
     with Writer(live_db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
         applied = shadow_cli("apply", "-f", str(plan), "--json")
         assert applied.code == 0, applied.text
-        rolled = shadow_cli("rollback", _report(applied)["run_id"], "--json")
+        rolled = shadow_cli("rollback", report_of(applied)["run_id"], "--json")
         writer.stop()
-    assert rolled.code == 0 and _report(rolled)["outcome"] == "restored", rolled.text
+    assert rolled.code == 0 and report_of(rolled)["outcome"] == "restored", rolled.text
     assert _statistics(live_db, "orders") == before
     assert writer.assert_kept(live_db.dsn) > 0
     again = shadow_cli("apply", "-f", str(plan), "--json")
     assert again.code == 0, again.text
-    full = shadow_cli("rollback", _report(again)["run_id"], "--full", "--json")
+    full = shadow_cli("rollback", report_of(again)["run_id"], "--full", "--json")
     assert full.code == 0, full.text
     after_full = _statistics(live_db, "orders")
     assert after_full[0] != before[0] and after_full[3] is None  # re-created: a new OID, never analyzed
@@ -310,7 +297,7 @@ def test_rollback_of_a_backfill_in_the_table_the_application_writes(live_db: Pro
     with Writer(live_db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
         applied = shadow_cli("apply", "-f", str(plan), "--json")
         assert applied.code == 0, applied.text
-        rolled = shadow_cli("rollback", _report(applied)["run_id"], "--json")
+        rolled = shadow_cli("rollback", report_of(applied)["run_id"], "--json")
         writer.stop()
     assert rolled.code == 0, rolled.text
     assert {r[0]: r[1] for r in live_db.connect().execute("SELECT id, note FROM events WHERE id <= 10")} == before
@@ -323,17 +310,17 @@ def test_a_row_changed_again_since_the_apply_is_a_conflict(prod_db: ProdDb, shad
     plan = _plan(tmp_path, prod_db, "UPDATE users SET full_name = 'x' WHERE id <= 3;\n", "update rows public.users")
     applied = shadow_cli("apply", "-f", str(plan), "--json")
     assert applied.code == 0, applied.text
-    run_id = _report(applied)["run_id"]
+    run_id = report_of(applied)["run_id"]
     prod_db.execute("UPDATE users SET full_name = 'someone else' WHERE id = 2")
     refused = shadow_cli("rollback", run_id, "--json")
     assert refused.code == 1, refused.text
-    assert "ROLLBACK REFUSED, production untouched" in _report(refused)["reason"]
-    assert "public.users row [2]" in _report(refused)["reason"]
+    assert "ROLLBACK REFUSED, production untouched" in report_of(refused)["reason"]
+    assert "public.users row [2]" in report_of(refused)["reason"]
     assert prod_db.scalar("SELECT count(*) FROM users WHERE full_name = 'x'") == 2  # nothing was undone
     forced = shadow_cli("rollback", run_id, "--force", "--json")
     assert forced.code == 0, forced.text
-    assert "--force overwrote" in _warnings(_report(forced))
-    assert "later writes to 1 row(s), table(s) or object(s) the run had changed were overwritten" in _report(
+    assert "--force overwrote" in warnings_of(report_of(forced))
+    assert "later writes to 1 row(s), table(s) or object(s) the run had changed were overwritten" in report_of(
         forced)["reason"]
     assert prod_db.scalar("SELECT full_name FROM users WHERE id = 2") == "User 2"
 
@@ -351,7 +338,7 @@ def test_a_write_still_open_when_the_rollback_reads_the_row_is_waited_for_and_ne
     plan = _plan(tmp_path, prod_db, "UPDATE users SET full_name = 'x' WHERE id <= 3;\n", "update rows public.users")
     applied = shadow_cli("apply", "-f", str(plan), "--json")
     assert applied.code == 0, applied.text
-    run_id = _report(applied)["run_id"]
+    run_id = report_of(applied)["run_id"]
     with prod_db.connect() as app:
         app.autocommit = False
         app.execute("UPDATE users SET full_name = 'the application' WHERE id = 2")  # open, not committed
@@ -376,12 +363,12 @@ def test_rollback_full_restores_the_whole_checkpoint(prod_db: ProdDb, shadow_cli
     plan = _plan(tmp_path, prod_db, "UPDATE users SET full_name = 'x' WHERE id <= 3;\n", "update rows public.users")
     applied = shadow_cli("apply", "-f", str(plan), "--json")
     assert applied.code == 0, applied.text
-    checkpoint_oid = _oid(prod_db, "users")
-    rolled = shadow_cli("rollback", _report(applied)["run_id"], "--full", "--json")
+    checkpoint_oid = table_oid(prod_db, "users")
+    rolled = shadow_cli("rollback", report_of(applied)["run_id"], "--full", "--json")
     assert rolled.code == 0, rolled.text
-    assert "the whole checkpoint is restored: --full" in _warnings(_report(rolled))
+    assert "the whole checkpoint is restored: --full" in warnings_of(report_of(rolled))
     assert prod_db.scalar("SELECT count(*) FROM users WHERE full_name = 'x'") == 0
-    assert _oid(prod_db, "users") != checkpoint_oid  # the replayed dump re-created it
+    assert table_oid(prod_db, "users") != checkpoint_oid  # the replayed dump re-created it
 
 
 def test_a_backfill_whose_data_moved_on_is_judged_against_the_expectations_with_both_figures(
@@ -407,8 +394,8 @@ policy:
         result = shadow_cli("apply", "-f", str(plan), "--json")
         writer.stop()
     assert result.code == 0, result.text
-    report = _report(result)
-    warning = _warnings(report)
+    report = report_of(result)
+    warning = warnings_of(report)
     assert "judged against the plan's expectations, not the rehearsal's count: update rows public.events: " \
            "rehearsal" in warning and "production" in warning
     [target] = report["targets"]
@@ -432,16 +419,16 @@ def test_a_statement_by_statement_apply_waits_for_a_lock_a_bounded_time_too(live
         result = shadow_cli("apply", "-f", str(plan), "--json")
         reader.rollback()
     assert result.code == 1, result.text
-    report = _report(result)
+    report = report_of(result)
     assert report["outcome"] == "rolled_back" and "production is busy" in report["reason"]
-    assert "retry 1 of 1" in _warnings(report)
+    assert "retry 1 of 1" in warnings_of(report)
     assert live_db.scalar("SELECT count(*) FROM information_schema.columns WHERE column_name = 'nickname'") == 0
 
 
 def test_an_undo_puts_rows_back_in_an_order_the_foreign_keys_accept(prod_db: ProdDb, shadow_cli, tmp_path: Path):
     """The run deleted a user's orders, then the user: the undo re-inserts the user before its orders (and would
     delete inserted orders before their user)."""
-    users, orders = _digest(prod_db, "users"), _digest(prod_db, "orders")
+    users, orders = table_digest(prod_db, "users"), table_digest(prod_db, "orders")
     plan = _plan(tmp_path, prod_db, "DELETE FROM orders WHERE user_id = 7;\nDELETE FROM users WHERE id = 7;\n"
                                     "INSERT INTO users (email, full_name) VALUES ('n@example.com', 'N');\n"
                                     "INSERT INTO orders (user_id, total_cents, placed_at) "
@@ -450,9 +437,9 @@ def test_an_undo_puts_rows_back_in_an_order_the_foreign_keys_accept(prod_db: Pro
                  "insert rows public.orders")
     applied = shadow_cli("apply", "-f", str(plan), "--json")
     assert applied.code == 0, applied.text
-    rolled = shadow_cli("rollback", _report(applied)["run_id"], "--json")
+    rolled = shadow_cli("rollback", report_of(applied)["run_id"], "--json")
     assert rolled.code == 0, rolled.text
-    assert (_digest(prod_db, "users"), _digest(prod_db, "orders")) == (users, orders)
+    assert (table_digest(prod_db, "users"), table_digest(prod_db, "orders")) == (users, orders)
 
 
 def test_an_undo_keeps_what_others_built_since_and_refuses_to_drop_it_with_the_runs_column(
@@ -461,11 +448,11 @@ def test_an_undo_keeps_what_others_built_since_and_refuses_to_drop_it_with_the_r
                  "add column public.users.nickname")
     applied = shadow_cli("apply", "-f", str(plan), "--json")
     assert applied.code == 0, applied.text
-    run_id = _report(applied)["run_id"]
+    run_id = report_of(applied)["run_id"]
     prod_db.execute("CREATE INDEX users_nickname_idx ON users (nickname)")  # someone builds on the run's column
     refused = shadow_cli("rollback", run_id, "--json")
     assert refused.code == 1, refused.text
-    assert "index public.users_nickname_idx built on it since" in _report(refused)["reason"]
+    assert "index public.users_nickname_idx built on it since" in report_of(refused)["reason"]
     prod_db.execute("DROP INDEX users_nickname_idx; CREATE INDEX users_name_idx ON users (full_name)")
     undone = shadow_cli("rollback", run_id, "--json")
     assert undone.code == 0, undone.text
@@ -486,7 +473,7 @@ def test_a_statement_production_rejects_with_an_operational_error_rolls_back_and
         result = shadow_cli("apply", "-f", str(plan), "--json")
         writer.stop()
     assert result.code == 1, result.text
-    report = _report(result)
+    report = report_of(result)
     assert report["outcome"] == "rolled_back", report["reason"]
     assert "not yet defined in this session" in report["reason"] and "lost the connection" not in result.text
     assert "migrate.sql:3" in report["reason"] and "production was never changed" in report["reason"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ProdDb, write_plan
+from tests.conftest import ProdDb, table_digest, warnings_of, write_plan
 from tests.writer import Writer
 
 EVENTS = """
@@ -46,10 +46,6 @@ def _plan(tmp_path: Path, db: ProdDb, sql: str) -> Path:
     return write_plan(tmp_path, PLAN.format(dsn=db.dsn), {"migrate.sql": sql})
 
 
-def _digest(db: ProdDb, table: str) -> str:
-    return str(db.scalar(f"SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {table} t"))
-
-
 def _oids(db: ProdDb) -> dict[str, int]:
     return {t: int(db.scalar(f"SELECT '{t}'::regclass::oid")) for t in ("users",) + UNTOUCHED}  # type: ignore[arg-type]
 
@@ -58,27 +54,23 @@ def _index(db: ProdDb) -> object:
     return db.scalar("SELECT to_regclass('public.users_full_name_idx')")
 
 
-def _warnings(report: dict) -> str:  # type: ignore[type-arg]
-    return " ".join(w for t in report["targets"] for w in t.get("warnings", []))
-
-
 def test_rollback_of_a_statement_by_statement_apply_puts_back_only_its_table_and_index(
         prod_db: ProdDb, shadow_cli, tmp_path: Path) -> None:
     plan = _plan(tmp_path, prod_db, MIGRATE)
-    users, orders, oids = _digest(prod_db, "users"), _digest(prod_db, "orders"), _oids(prod_db)
+    users, orders, oids = table_digest(prod_db, "users"), table_digest(prod_db, "orders"), _oids(prod_db)
     with Writer(prod_db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
         applied = shadow_cli("apply", "-f", str(plan), "--json")
         assert applied.code == 0, applied.text
         report = json.loads(applied.out)
         assert "cannot run in a transaction" in report["action"]["production"]["mode"], report["action"]
-        assert _index(prod_db) is not None and _digest(prod_db, "users") != users
+        assert _index(prod_db) is not None and table_digest(prod_db, "users") != users
         rolled = shadow_cli("rollback", report["run_id"], "--json")
         writer.stop()
     assert rolled.code == 0, rolled.text
     back = json.loads(rolled.out)
     assert back["outcome"] == "restored", back["reason"]
     assert _index(prod_db) is None
-    assert (_digest(prod_db, "users"), _digest(prod_db, "orders")) == (users, orders)
+    assert (table_digest(prod_db, "users"), table_digest(prod_db, "orders")) == (users, orders)
     assert _oids(prod_db) == oids  # nothing re-created: no pg_restore over production
     assert writer.assert_kept(prod_db.dsn) > 20
     restore = back["targets"][0]["restore"]
@@ -86,13 +78,13 @@ def test_rollback_of_a_statement_by_statement_apply_puts_back_only_its_table_and
     assert "public.users is put back whole from the checkpoint because the apply did not run in one transaction" \
         in restore["why"]
     assert "dropped index public.users_full_name_idx" in restore["done"]
-    assert "whole checkpoint" not in _warnings(back)
+    assert "whole checkpoint" not in warnings_of(back)
 
 
 def test_a_statement_by_statement_apply_failing_in_production_is_undone_keeping_other_writes(
         prod_db: ProdDb, shadow_cli, tmp_path: Path) -> None:
     plan = _plan(tmp_path, prod_db, MIGRATE + FAILS_IN_PRODUCTION.format(port=prod_db.server.port))
-    users, oids = _digest(prod_db, "users"), _oids(prod_db)
+    users, oids = table_digest(prod_db, "users"), _oids(prod_db)
     with Writer(prod_db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
         applied = shadow_cli("apply", "-f", str(plan), "--json")
         writer.stop()
@@ -100,7 +92,7 @@ def test_a_statement_by_statement_apply_failing_in_production_is_undone_keeping_
     assert report["outcome"] == "rolled_back", report["reason"]
     assert "the action failed on production" in report["reason"] and "division by zero" in report["reason"]
     assert "other sessions' writes since were kept" in report["reason"]
-    assert _index(prod_db) is None and _digest(prod_db, "users") == users
+    assert _index(prod_db) is None and table_digest(prod_db, "users") == users
     assert _oids(prod_db) == oids
     assert writer.assert_kept(prod_db.dsn) > 5
     restore = report["targets"][0]["restore"]
@@ -114,7 +106,7 @@ def test_an_apply_killed_between_its_statements_is_recovered_table_by_table(
     """SIGKILL after the action ran on production (before its effect was read): `shadow recover` completes the
     pending record and puts back the table and the index — the writer's table and OIDs are kept."""
     plan = _plan(tmp_path, prod_db, MIGRATE)
-    users, oids = _digest(prod_db, "users"), _oids(prod_db)
+    users, oids = table_digest(prod_db, "users"), _oids(prod_db)
     trace = tmp_path / "trace.txt"
     template = prod_db.name + "_before"
     with prod_db.server.connect() as conn:
@@ -138,7 +130,7 @@ def test_an_apply_killed_between_its_statements_is_recovered_table_by_table(
             assert recovered.code == 0 and "Traceback" not in recovered.err, recovered.text
             assert "whole" not in recovered.text and "restored to the checkpoint" not in recovered.text, \
                 recovered.text
-            assert _index(prod_db) is None and _digest(prod_db, "users") == users, points[point - 1]
+            assert _index(prod_db) is None and table_digest(prod_db, "users") == users, points[point - 1]
             assert _oids(prod_db) == oids, points[point - 1]
             writer.assert_kept(prod_db.dsn)
     finally:
@@ -163,7 +155,7 @@ def test_a_dropped_index_is_applied_while_production_moves_and_put_back_on_its_o
         rolled = shadow_cli("rollback", json.loads(result.out)["run_id"], "--json")
         writer.stop()
     assert rolled.code == 0, rolled.text
-    assert "whole checkpoint" not in _warnings(json.loads(rolled.out))
+    assert "whole checkpoint" not in warnings_of(json.loads(rolled.out))
     assert prod_db.scalar("SELECT pg_get_indexdef('public.orders_user_id_idx'::regclass)") == (
         "CREATE INDEX orders_user_id_idx ON public.orders USING btree (user_id)")
     assert _oids(prod_db) == oids
@@ -199,14 +191,14 @@ def test_a_table_written_during_a_statement_by_statement_apply_is_named_by_its_r
     is not deterministic, which the apply cannot tell apart) is named: the put-back may overwrite such a write."""
     plan = write_plan(tmp_path, COMMAND_PLAN.format(dsn=prod_db.dsn, python=sys.executable,
                                                    port=prod_db.server.port), {"writes.py": WRITES_DURING})
-    users = _digest(prod_db, "users")
+    users = table_digest(prod_db, "users")
     applied = shadow_cli("apply", "-f", str(plan), "--json")
     assert applied.code == 0, applied.text
     rolled = shadow_cli("rollback", json.loads(applied.out)["run_id"], "--json")
     assert rolled.code == 0, rolled.text
     assert ("public.users: the apply left it otherwise than the rehearsal did — another session wrote to it during "
-            "the apply") in _warnings(json.loads(rolled.out))
-    assert _digest(prod_db, "users") == users
+            "the apply") in warnings_of(json.loads(rolled.out))
+    assert table_digest(prod_db, "users") == users
 
 
 def test_the_automatic_undo_of_a_failed_statement_by_statement_apply_reports_no_conflict_of_its_own_partial_work(
@@ -217,10 +209,10 @@ def test_the_automatic_undo_of_a_failed_statement_by_statement_apply_reports_no_
                                                    port=prod_db.server.port),
                       {"writes.py": WRITES_DURING + "    if conn.info.port == int(os.environ['PROD_PORT']):\n"
                                                     "        raise SystemExit('the hook failed half way')\n"})
-    users = _digest(prod_db, "users")
+    users = table_digest(prod_db, "users")
     failed = shadow_cli("apply", "-f", str(plan), "--json")
     report = json.loads(failed.out)
     assert report["outcome"] == "rolled_back", report["reason"]
     assert "other sessions' writes since were kept" in report["reason"], report["reason"]
-    assert "overwrote" not in _warnings(report)
-    assert _digest(prod_db, "users") == users
+    assert "overwrote" not in warnings_of(report)
+    assert table_digest(prod_db, "users") == users

@@ -9,11 +9,10 @@ throughout: every one of its writes is kept, and untouched tables keep their OID
 
 from __future__ import annotations
 
-import json
 import signal
 from pathlib import Path
 
-from tests.conftest import CliResult, ProdDb, write_plan
+from tests.conftest import ProdDb, report_of, table_digest, table_oid, warnings_of, write_plan
 from tests.writer import Writer
 
 PLAN = """
@@ -33,22 +32,6 @@ policy:
 
 def _plan(tmp_path: Path, db: ProdDb, sql: str, may: str) -> Path:
     return write_plan(tmp_path, PLAN.format(dsn=db.dsn, may=may), {"migrate.sql": sql})
-
-
-def _report(result: CliResult) -> dict:  # type: ignore[type-arg]
-    return json.loads(result.out)
-
-
-def _warnings(report: dict) -> str:  # type: ignore[type-arg]
-    return " ".join(w for t in report["targets"] for w in t.get("warnings", []))
-
-
-def _digest(db: ProdDb, table: str) -> str:
-    return str(db.scalar(f"SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {table} t"))
-
-
-def _oid(db: ProdDb, table: str) -> int:
-    return int(db.scalar(f"SELECT '{table}'::regclass::oid"))  # type: ignore[arg-type]
 
 
 def _columns(db: ProdDb, table: str) -> str:
@@ -78,54 +61,54 @@ def _apply_and_roll_back(db: ProdDb, shadow_cli, tmp_path: Path, sql: str, may: 
     with Writer(db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
         applied = shadow_cli("apply", "-f", str(_plan(tmp_path, db, sql, may)), "--json")
         assert applied.code == 0, applied.text
-        rolled = shadow_cli("rollback", _report(applied)["run_id"], "--json", *rollback)
+        rolled = shadow_cli("rollback", report_of(applied)["run_id"], "--json", *rollback)
         writer.stop()
     assert rolled.code == 0, rolled.text
     assert writer.assert_kept(db.dsn) > 0
-    return _report(rolled)
+    return report_of(rolled)
 
 
 def test_a_retyped_column_re_creates_its_table_alone_with_its_view_and_the_keys_to_it(prod_db: ProdDb, shadow_cli,
                                                                                       tmp_path: Path):
     _events(prod_db)
-    users, columns, definitions = _digest(prod_db, "users"), _columns(prod_db, "users"), _definitions(prod_db)
-    orders_oid, events_oid = _oid(prod_db, "orders"), _oid(prod_db, "events")
+    users, columns, definitions = table_digest(prod_db, "users"), _columns(prod_db, "users"), _definitions(prod_db)
+    orders_oid, events_oid = table_oid(prod_db, "orders"), table_oid(prod_db, "events")
     report = _apply_and_roll_back(prod_db, shadow_cli, tmp_path,
                                   "ALTER TABLE users ALTER COLUMN full_name TYPE varchar(200);\n",
                                   "alter column public.users.full_name")
     assert report["outcome"] == "restored", report
-    assert "whole checkpoint" not in _warnings(report)
+    assert "whole checkpoint" not in warnings_of(report)
     restore = report["targets"][0]["restore"]
     assert restore["mode"] == "tables" and "public.users is re-created from the checkpoint" in restore["why"]
-    assert _columns(prod_db, "users") == columns and _digest(prod_db, "users") == users
+    assert _columns(prod_db, "users") == columns and table_digest(prod_db, "users") == users
     assert _definitions(prod_db) == definitions  # its indexes, the key from orders, the view on it: all back
-    assert (_oid(prod_db, "orders"), _oid(prod_db, "events")) == (orders_oid, events_oid)
+    assert (table_oid(prod_db, "orders"), table_oid(prod_db, "events")) == (orders_oid, events_oid)
     # Its identity did not go backwards: a new user gets a fresh id.
     prod_db.execute("INSERT INTO users (email, full_name) VALUES ('after@example.com', 'After')")
 
 
 def test_a_dropped_column_comes_back_in_place_with_its_values(prod_db: ProdDb, shadow_cli, tmp_path: Path):
     _events(prod_db)
-    orders, columns, definitions = _digest(prod_db, "orders"), _columns(prod_db, "orders"), _definitions(prod_db)
-    users_oid = _oid(prod_db, "users")
+    orders, columns, definitions = table_digest(prod_db, "orders"), _columns(prod_db, "orders"), _definitions(prod_db)
+    users_oid = table_oid(prod_db, "users")
     report = _apply_and_roll_back(prod_db, shadow_cli, tmp_path, "ALTER TABLE orders DROP COLUMN placed_at;\n",
                                   "drop column public.orders.placed_at")
     assert report["outcome"] == "restored", report
-    assert _columns(prod_db, "orders") == columns and _digest(prod_db, "orders") == orders
-    assert _definitions(prod_db) == definitions and _oid(prod_db, "users") == users_oid
+    assert _columns(prod_db, "orders") == columns and table_digest(prod_db, "orders") == orders
+    assert _definitions(prod_db) == definitions and table_oid(prod_db, "users") == users_oid
     prod_db.execute("INSERT INTO orders (user_id, total_cents, placed_at) VALUES (1, 5, now())")  # serial moved on
 
 
 def test_a_dropped_index_is_put_back_and_its_table_keeps_its_oid(prod_db: ProdDb, shadow_cli, tmp_path: Path):
     _events(prod_db)
-    definitions, orders_oid = _definitions(prod_db), _oid(prod_db, "orders")
+    definitions, orders_oid = _definitions(prod_db), table_oid(prod_db, "orders")
     report = _apply_and_roll_back(prod_db, shadow_cli, tmp_path,
                                   "DROP INDEX orders_user_id_idx;\nALTER TABLE orders DROP CONSTRAINT "
                                   "orders_total_cents_check;\n",
                                   "drop index public.orders_user_id_idx, "
                                   "drop constraint public.orders.orders_total_cents_check")
     assert report["outcome"] == "restored" and report["targets"][0]["restore"]["mode"] == "undo", report
-    assert _definitions(prod_db) == definitions and _oid(prod_db, "orders") == orders_oid
+    assert _definitions(prod_db) == definitions and table_oid(prod_db, "orders") == orders_oid
 
 
 def test_a_dropped_table_is_re_created_with_its_rows(prod_db: ProdDb, shadow_cli, tmp_path: Path):
@@ -134,11 +117,11 @@ def test_a_dropped_table_is_re_created_with_its_rows(prod_db: ProdDb, shadow_cli
                     "cents int NOT NULL DEFAULT 100);"
                     "INSERT INTO coupons SELECT 'C' || g, g, g FROM generate_series(1, 40) g;"
                     "COMMENT ON TABLE coupons IS 'handed out'")
-    coupons, definitions = _digest(prod_db, "coupons"), _definitions(prod_db)
+    coupons, definitions = table_digest(prod_db, "coupons"), _definitions(prod_db)
     report = _apply_and_roll_back(prod_db, shadow_cli, tmp_path, "DROP TABLE coupons;\n",
                                   "drop table public.coupons, delete rows public.coupons")
     assert report["outcome"] == "restored", report
-    assert _digest(prod_db, "coupons") == coupons and _definitions(prod_db) == definitions
+    assert table_digest(prod_db, "coupons") == coupons and _definitions(prod_db) == definitions
     assert prod_db.scalar("SELECT obj_description('coupons'::regclass, 'pg_class')") == "handed out"
 
 
@@ -147,10 +130,10 @@ def test_a_re_created_table_written_to_since_the_apply_is_a_conflict(prod_db: Pr
                                                   "drop column public.orders.placed_at")), "--json")
     assert applied.code == 0, applied.text
     prod_db.execute("INSERT INTO orders (user_id, total_cents) VALUES (1, 777777)")
-    refused = shadow_cli("rollback", _report(applied)["run_id"], "--json")
+    refused = shadow_cli("rollback", report_of(applied)["run_id"], "--json")
     assert refused.code != 0 and "table public.orders: written to by someone since the apply" in refused.text
     assert prod_db.scalar("SELECT count(*) FROM orders WHERE total_cents = 777777") == 1  # nothing was undone
-    forced = shadow_cli("rollback", _report(applied)["run_id"], "--json", "--force")
+    forced = shadow_cli("rollback", report_of(applied)["run_id"], "--json", "--force")
     assert forced.code == 0, forced.text
     assert prod_db.scalar("SELECT count(*) FROM orders WHERE total_cents = 777777") == 0
     assert "placed_at" in _columns(prod_db, "orders")
@@ -162,9 +145,9 @@ def test_a_table_another_view_builds_on_in_turn_falls_back_to_the_whole_checkpoi
     applied = shadow_cli("apply", "-f", str(_plan(tmp_path, prod_db, "ALTER TABLE users DROP COLUMN created_at;\n",
                                                   "drop column public.users.created_at")), "--json")
     assert applied.code == 0, applied.text
-    rolled = shadow_cli("rollback", _report(applied)["run_id"], "--json")
+    rolled = shadow_cli("rollback", report_of(applied)["run_id"], "--json")
     assert rolled.code == 0, rolled.text
-    warnings = _warnings(_report(rolled))
+    warnings = warnings_of(report_of(rolled))
     assert "the whole checkpoint is restored: `drop column public.users.created_at` cannot be undone on its own: " \
            "re-creating public.users would drop" in warnings, warnings
     assert "created_at" in _columns(prod_db, "users")
@@ -174,11 +157,12 @@ def test_sigkill_at_every_transition_of_a_re_creating_rollback_then_recover(prod
                                                                            tmp_path: Path):
     """Killed anywhere, `shadow recover` finishes the undo that re-creates a table (or finds it done: it is one
     transaction, and a table already as the checkpoint had it is left alone); never half re-created."""
-    orders, columns, users_oid = _digest(prod_db, "orders"), _columns(prod_db, "orders"), _oid(prod_db, "users")
+    orders, columns = table_digest(prod_db, "orders"), _columns(prod_db, "orders")
+    users_oid = table_oid(prod_db, "users")
     applied = shadow_cli("apply", "-f", str(_plan(tmp_path, prod_db, "ALTER TABLE orders DROP COLUMN placed_at;\n",
                                                   "drop column public.orders.placed_at")), "--json")
     assert applied.code == 0, applied.text
-    run_id = _report(applied)["run_id"]
+    run_id = report_of(applied)["run_id"]
     template = prod_db.name + "_applied"
     with prod_db.server.connect() as conn:  # production as the apply left it, to start every kill point from
         conn.execute(f'CREATE DATABASE "{template}" TEMPLATE "{prod_db.name}"')
@@ -197,8 +181,8 @@ def test_sigkill_at_every_transition_of_a_re_creating_rollback_then_recover(prod
             recovered = shadow_cli("recover")
             assert recovered.code == 0 and "Traceback" not in recovered.err, (points[point - 1], recovered.text)
             back = _columns(prod_db, "orders") == columns
-            assert not back or _digest(prod_db, "orders") == orders, points[point - 1]  # never half re-created
-            assert _oid(prod_db, "users") == users_oid
+            assert not back or table_digest(prod_db, "orders") == orders, points[point - 1]  # never half re-created
+            assert table_oid(prod_db, "users") == users_oid
             ended[points[point - 1]] = "checkpoint" if back else "applied"
     finally:
         with prod_db.server.connect() as conn:
@@ -225,12 +209,12 @@ def test_a_quoted_unicode_table_with_identity_generated_columns_and_policies_is_
         CREATE TABLE belege (id int PRIMARY KEY, buch bigint REFERENCES {table} (n) ON DELETE CASCADE);
         INSERT INTO {table} ("Betrag €", note, spare) SELECT g, 'row ' || g, 's' FROM generate_series(1, 200) g;
         INSERT INTO belege SELECT g, g FROM generate_series(1, 50) g;""")
-    rows, columns, definitions = _digest(prod_db, table), _columns(prod_db, "Kassenbuch ü"), _definitions(prod_db)
+    rows, columns, definitions = table_digest(prod_db, table), _columns(prod_db, "Kassenbuch ü"), _definitions(prod_db)
     policy = prod_db.scalar("SELECT polname || pg_get_expr(polqual, polrelid) FROM pg_policy")
     report = _apply_and_roll_back(prod_db, shadow_cli, tmp_path, f"ALTER TABLE {table} DROP COLUMN spare;\n",
                                   '"drop column public.\\"Kassenbuch ü\\".spare"')
     assert report["outcome"] == "restored" and report["targets"][0]["restore"]["mode"] == "tables", report
-    assert _columns(prod_db, "Kassenbuch ü") == columns and _digest(prod_db, table) == rows
+    assert _columns(prod_db, "Kassenbuch ü") == columns and table_digest(prod_db, table) == rows
     assert _definitions(prod_db) == definitions
     assert prod_db.scalar("SELECT polname || pg_get_expr(polqual, polrelid) FROM pg_policy") == policy
     assert prod_db.scalar(f"SELECT col_description('{table}'::regclass, 2)") == "in Cent"

@@ -20,7 +20,7 @@ import pytest
 from adapters import Checkpoint
 from shadow.settings import Settings
 from snapshots import Store
-from tests.conftest import CliResult, ProdDb, write_plan
+from tests.conftest import CliResult, ProdDb, report_of, table_digest, table_oid, warnings_of, write_plan
 from tests.writer import Writer
 
 # Keyless, with a quoted unicode name, an identity column, a generated column and duplicate rows.
@@ -83,47 +83,30 @@ def _plan(tmp_path: Path, db: ProdDb, sql: str, may: list[str]) -> Path:
     return write_plan(tmp_path, PLAN.format(dsn=db.dsn, may=lines), {"migrate.sql": sql})
 
 
-def _report(result: CliResult) -> dict:  # type: ignore[type-arg]
-    return json.loads(result.out)
-
-
-def _warnings(report: dict) -> str:  # type: ignore[type-arg]
-    return " ".join(w for t in report["targets"] for w in t.get("warnings", []))
-
-
-def _digest(db: ProdDb, table: str) -> str:
-    """Every row of ``table`` (generated columns too), as a multiset."""
-    return str(db.scalar(f"SELECT md5(coalesce(string_agg(t::text, ',' ORDER BY t::text), '')) FROM {table} t"))
-
-
-def _oid(db: ProdDb, table: str) -> int:
-    return int(db.scalar(f"SELECT '{table}'::regclass::oid"))  # type: ignore[arg-type]
-
-
 def _apply(shadow_cli, plan: Path) -> str:  # type: ignore[no-untyped-def]
     applied = shadow_cli("apply", "-f", str(plan), "--json")
     assert applied.code == 0, applied.text
-    return str(_report(applied)["run_id"])
+    return str(report_of(applied)["run_id"])
 
 
 def test_a_keyless_table_is_put_back_from_the_checkpoint_while_the_application_writes_another(
         ledger_db: ProdDb, shadow_cli, tmp_path: Path):
     """Only the keyless table's data comes from the checkpoint; the keyed table is undone row by row; the writer's
     table keeps every write; no table is re-created (same OIDs)."""
-    ledger, users = _digest(ledger_db, LEDGER_TABLE), _digest(ledger_db, "users")
-    oids = {t: _oid(ledger_db, t) for t in (LEDGER_TABLE, "users", "orders", "events")}
+    ledger, users = table_digest(ledger_db, LEDGER_TABLE), table_digest(ledger_db, "users")
+    oids = {t: table_oid(ledger_db, t) for t in (LEDGER_TABLE, "users", "orders", "events")}
     plan = _plan(tmp_path, ledger_db, CHANGE_LEDGER, LEDGER_MAY)
     with Writer(ledger_db.dsn, "events", tmp_path / "writes.jsonl", every=0.005) as writer:
         run_id = _apply(shadow_cli, plan)
-        assert _digest(ledger_db, LEDGER_TABLE) != ledger
+        assert table_digest(ledger_db, LEDGER_TABLE) != ledger
         rolled = shadow_cli("rollback", run_id, "--json")
         writer.stop()
     assert rolled.code == 0, rolled.text
-    report = _report(rolled)
+    report = report_of(rolled)
     assert report["outcome"] == "restored", report["reason"]
-    assert (_digest(ledger_db, LEDGER_TABLE), _digest(ledger_db, "users")) == (ledger, users)
+    assert (table_digest(ledger_db, LEDGER_TABLE), table_digest(ledger_db, "users")) == (ledger, users)
     assert ledger_db.scalar('SELECT count(*) FROM "Kassenbuch ü" WHERE doubled <> "Betrag €" * 2') == 0
-    assert {t: _oid(ledger_db, t) for t in oids} == oids
+    assert {t: table_oid(ledger_db, t) for t in oids} == oids
     assert writer.assert_kept(ledger_db.dsn) > 20
     [target] = report["targets"]
     restore = target["restore"]
@@ -132,30 +115,31 @@ def test_a_keyless_table_is_put_back_from_the_checkpoint_while_the_application_w
         in restore["why"]
     assert any(d.startswith(f"{LEDGER_TABLE}: put back from the checkpoint") for d in restore["done"])
     assert any(d.startswith("public.users: 0 row(s) deleted, 3 put back") for d in restore["done"])
-    assert "not every table could be undone row by row" in _warnings(report)
-    assert "whole checkpoint" not in _warnings(report)
+    assert "not every table could be undone row by row" in warnings_of(report)
+    assert "whole checkpoint" not in warnings_of(report)
 
 
 def test_a_keyless_table_written_to_since_the_apply_is_a_conflict_and_force_overwrites_it(
         ledger_db: ProdDb, shadow_cli, tmp_path: Path):
-    ledger = _digest(ledger_db, LEDGER_TABLE)
+    ledger = table_digest(ledger_db, LEDGER_TABLE)
     run_id = _apply(shadow_cli, _plan(tmp_path, ledger_db, CHANGE_LEDGER, LEDGER_MAY))
     ledger_db.execute('INSERT INTO "Kassenbuch ü" ("Betrag €", note) VALUES (42, \'someone else\')')
-    as_they_left = _digest(ledger_db, LEDGER_TABLE)
+    as_they_left = table_digest(ledger_db, LEDGER_TABLE)
     refused = shadow_cli("rollback", run_id, "--json")
     assert refused.code == 1, refused.text
-    report = _report(refused)
+    report = report_of(refused)
     assert report["outcome"] == "refused"
     assert "ROLLBACK REFUSED, production untouched" in report["reason"]
     assert f"table {LEDGER_TABLE}: written to by someone since the apply" in report["reason"]
     assert report["targets"][0]["restore"]["untouched"] is True
-    assert _digest(ledger_db, LEDGER_TABLE) == as_they_left  # production untouched, the users' undo too
+    assert table_digest(ledger_db, LEDGER_TABLE) == as_they_left  # production untouched, the users' undo too
     assert ledger_db.scalar("SELECT count(*) FROM users WHERE full_name = 'x'") == 3
     forced = shadow_cli("rollback", run_id, "--force", "--json")
     assert forced.code == 0, forced.text
-    assert f"--force overwrote what others wrote since the apply: table {LEDGER_TABLE}" in _warnings(_report(forced))
-    assert _report(forced)["targets"][0]["restore"]["mode"] == "tables"
-    assert _digest(ledger_db, LEDGER_TABLE) == ledger
+    said = warnings_of(report_of(forced))
+    assert f"--force overwrote what others wrote since the apply: table {LEDGER_TABLE}" in said
+    assert report_of(forced)["targets"][0]["restore"]["mode"] == "tables"
+    assert table_digest(ledger_db, LEDGER_TABLE) == ledger
     assert ledger_db.scalar("SELECT count(*) FROM users WHERE full_name = 'x'") == 0
 
 
@@ -163,7 +147,7 @@ def test_a_second_undo_finds_the_table_already_put_back(ledger_db: ProdDb, shado
     """The undo is idempotent (what `shadow recover` relies on): a table already as the checkpoint is no
     conflict."""
 
-    ledger = _digest(ledger_db, LEDGER_TABLE)
+    ledger = table_digest(ledger_db, LEDGER_TABLE)
     run_id = _apply(shadow_cli, _plan(tmp_path, ledger_db, CHANGE_LEDGER, LEDGER_MAY))
     assert shadow_cli("rollback", run_id, "--json").code == 0
     settings = Settings.from_env(state_dir=str(shadow_cli.state_dir))
@@ -173,7 +157,7 @@ def test_a_second_undo_finds_the_table_already_put_back(ledger_db: ProdDb, shado
     checkpoint = Checkpoint.from_dict(store.read_manifest(run_id, "app"))
     conflicts, done, problems = ledger_db.target(settings).undo(record, checkpoint, force=False)
     assert (conflicts, done, problems) == ([], [], [])
-    assert _digest(ledger_db, LEDGER_TABLE) == ledger
+    assert table_digest(ledger_db, LEDGER_TABLE) == ledger
 
 
 PARTITIONED = '''
@@ -188,8 +172,8 @@ def test_a_keyless_partitioned_table_is_put_back_partition_by_partition(prod_db:
                                                                           tmp_path: Path):
     """Its rows live in its partitions: each is brought back to the checkpoint, rows moved between them too."""
     prod_db.execute(PARTITIONED)
-    readings = _digest(prod_db, "readings")
-    oids = {t: _oid(prod_db, t) for t in ("readings", "readings_2025", "readings_2026")}
+    readings = table_digest(prod_db, "readings")
+    oids = {t: table_oid(prod_db, t) for t in ("readings", "readings_2025", "readings_2026")}
     counts = prod_db.scalar("SELECT string_agg(tableoid::regclass || '=' || n, ',' ORDER BY 1) FROM "
                             "(SELECT tableoid, count(*) n FROM readings GROUP BY 1) c")
     plan = _plan(tmp_path, prod_db, "UPDATE readings SET at = at + 200 WHERE v = 1 AND at < '2025-09-01';\nDELETE FROM readings WHERE v = 2;\n",
@@ -197,23 +181,23 @@ def test_a_keyless_partitioned_table_is_put_back_partition_by_partition(prod_db:
     run_id = _apply(shadow_cli, plan)
     rolled = shadow_cli("rollback", run_id, "--json")
     assert rolled.code == 0, rolled.text
-    assert _digest(prod_db, "readings") == readings
+    assert table_digest(prod_db, "readings") == readings
     assert prod_db.scalar("SELECT string_agg(tableoid::regclass || '=' || n, ',' ORDER BY 1) FROM "
                           "(SELECT tableoid, count(*) n FROM readings GROUP BY 1) c") == counts
-    assert {t: _oid(prod_db, t) for t in oids} == oids
-    restore = _report(rolled)["targets"][0]["restore"]
+    assert {t: table_oid(prod_db, t) for t in oids} == oids
+    restore = report_of(rolled)["targets"][0]["restore"]
     assert restore["mode"] == "tables"
     assert {d.split(":")[0] for d in restore["done"]} == {"public.readings_2025", "public.readings_2026"}
 
 
 def test_rollback_full_still_restores_the_whole_database(ledger_db: ProdDb, shadow_cli, tmp_path: Path):
-    ledger, events_oid = _digest(ledger_db, LEDGER_TABLE), _oid(ledger_db, "events")
+    ledger, events_oid = table_digest(ledger_db, LEDGER_TABLE), table_oid(ledger_db, "events")
     run_id = _apply(shadow_cli, _plan(tmp_path, ledger_db, CHANGE_LEDGER, LEDGER_MAY))
     rolled = shadow_cli("rollback", run_id, "--full", "--json")
     assert rolled.code == 0, rolled.text
-    assert "the whole checkpoint is restored: --full" in _warnings(_report(rolled))
-    assert _digest(ledger_db, LEDGER_TABLE) == ledger
-    assert _oid(ledger_db, "events") != events_oid  # an untouched table re-created: the whole dump was replayed
+    assert "the whole checkpoint is restored: --full" in warnings_of(report_of(rolled))
+    assert table_digest(ledger_db, LEDGER_TABLE) == ledger
+    assert table_oid(ledger_db, "events") != events_oid  # an untouched table re-created: the whole dump was replayed
 
 
 def test_a_definition_change_falls_back_to_the_whole_checkpoint_and_says_why(ledger_db: ProdDb, shadow_cli,
@@ -226,7 +210,7 @@ def test_a_definition_change_falls_back_to_the_whole_checkpoint_and_says_why(led
     rolled = shadow_cli("rollback", _apply(shadow_cli, plan), "--json")
     assert rolled.code == 0, rolled.text
     assert ("the whole checkpoint is restored: `alter function public.log_cancellation()` cannot be undone object by "
-            "object, nor by putting back one table") in _warnings(_report(rolled))
+            "object, nor by putting back one table") in warnings_of(report_of(rolled))
     assert "audit_log" in str(ledger_db.scalar("SELECT prosrc FROM pg_proc WHERE proname = 'log_cancellation'"))
 
 
@@ -255,7 +239,7 @@ def test_a_sql_ascii_database_puts_back_the_changed_table_not_the_whole_database
                                                                                   tmp_path: Path):
     """Its bytes cannot travel through the JSON record, but they travel through COPY unchanged."""
     towns = _hex_rows(ascii_db, "towns")
-    visits_oid = _oid(ascii_db, "visits")
+    visits_oid = table_oid(ascii_db, "visits")
     plan = _plan(tmp_path, ascii_db, "UPDATE towns SET people = people + 1 WHERE name <> 'Oslo';\n",
                  ["update rows public.towns"])
     run_id = _apply(shadow_cli, plan)
@@ -263,8 +247,8 @@ def test_a_sql_ascii_database_puts_back_the_changed_table_not_the_whole_database
     rolled = shadow_cli("rollback", run_id, "--json")
     assert rolled.code == 0, rolled.text
     assert _hex_rows(ascii_db, "towns") == towns
-    assert (_oid(ascii_db, "visits"), _hex_rows(ascii_db, "visits")) == (visits_oid, [b"(1,kept)".hex()])
-    restore = _report(rolled)["targets"][0]["restore"]
+    assert (table_oid(ascii_db, "visits"), _hex_rows(ascii_db, "visits")) == (visits_oid, [b"(1,kept)".hex()])
+    restore = report_of(rolled)["targets"][0]["restore"]
     assert restore["mode"] == "tables" and "the database is SQL_ASCII" in restore["why"]
 
 
@@ -284,7 +268,7 @@ def test_a_keyless_table_written_to_between_the_checkpoint_and_the_apply_is_a_co
     refused = shadow_cli("rollback", run_id, "--json")
     assert refused.code == 1, refused.text
     assert "table public.journal: written to by someone between the checkpoint and the apply" in \
-        _report(refused)["reason"]
+        report_of(refused)["reason"]
     assert prod_db.scalar("SELECT count(*) FROM journal WHERE note LIKE '% (checked)'") == 10  # untouched
     writer.assert_kept(prod_db.dsn)
 
@@ -293,9 +277,10 @@ def test_sigkill_at_every_transition_of_a_tables_rollback_then_recover(ledger_db
                                                                        tmp_path: Path):
     """Killed anywhere, `shadow recover` finishes the undo (or finds it done: it is one transaction and
     idempotent); production ends as the checkpoint, the keyless table's OID kept."""
-    ledger, users, oid = _digest(ledger_db, LEDGER_TABLE), _digest(ledger_db, "users"), _oid(ledger_db, LEDGER_TABLE)
+    ledger, users = table_digest(ledger_db, LEDGER_TABLE), table_digest(ledger_db, "users")
+    oid = table_oid(ledger_db, LEDGER_TABLE)
     run_id = _apply(shadow_cli, _plan(tmp_path, ledger_db, CHANGE_LEDGER, LEDGER_MAY))
-    applied = (_digest(ledger_db, LEDGER_TABLE), _digest(ledger_db, "users"))
+    applied = (table_digest(ledger_db, LEDGER_TABLE), table_digest(ledger_db, "users"))
     template = ledger_db.name + "_applied"
     with ledger_db.server.connect() as conn:  # production as the apply left it, to start every kill point from
         conn.execute(f'CREATE DATABASE "{template}" TEMPLATE "{ledger_db.name}"')
@@ -313,9 +298,9 @@ def test_sigkill_at_every_transition_of_a_tables_rollback_then_recover(ledger_db
             assert killed.code == -signal.SIGKILL, (points[point - 1], killed.text)
             recovered = shadow_cli("recover")
             assert recovered.code == 0 and "Traceback" not in recovered.err, (points[point - 1], recovered.text)
-            now = (_digest(ledger_db, LEDGER_TABLE), _digest(ledger_db, "users"))
+            now = (table_digest(ledger_db, LEDGER_TABLE), table_digest(ledger_db, "users"))
             assert now in ((ledger, users), applied), points[point - 1]  # never half undone
-            assert _oid(ledger_db, LEDGER_TABLE) == oid
+            assert table_oid(ledger_db, LEDGER_TABLE) == oid
             ended[points[point - 1]] = "checkpoint" if now == (ledger, users) else "applied"
     finally:
         with ledger_db.server.connect() as conn:

@@ -21,7 +21,7 @@ import pytest
 from adapters.postgres import warm, warm_golden
 from shadow.gc import gc
 from shadow.settings import Settings
-from tests.conftest import BOTH_BACKENDS, ProdDb, start_cli, write_plan
+from tests.conftest import BOTH_BACKENDS, ProdDb, start_cli, warnings_of, write_plan
 from tests.writer import Writer
 
 PLAN = """
@@ -76,10 +76,6 @@ def _warm_info(report: dict) -> dict:
     return target["checkpoint"]["warm"]
 
 
-def _warnings(report: dict) -> str:
-    return " ".join(w for t in report["targets"] for w in t.get("warnings", []))
-
-
 def _entries(state: Path) -> list[warm.Entry]:
     return warm.entries(state / "warm" / "postgres")
 
@@ -102,7 +98,7 @@ def test_a_second_plan_rehearses_on_a_clone_of_the_warm_checkpoint_and_sees_noth
         assert report["_code"] == 0, report["_text"]
         info = _warm_info(report)
         assert info["reused"] is True and info["run_id"] == first["run_id"], info
-        assert "rehearsed on the warm checkpoint" in _warnings(report)
+        assert "rehearsed on the warm checkpoint" in warnings_of(report)
         [target] = report["targets"]
         assert sorted(c["address"] for c in target["changes"]) == ["add table public.marker",
                                                                     "insert rows public.users"]
@@ -186,14 +182,14 @@ def test_production_moving_elsewhere_keeps_the_warm_copy_and_moving_under_the_ac
         writer.stop()
     assert second["_code"] == 0, second["_text"]
     assert _warm_info(second)["reused"] is True
-    assert "public.events" in _warnings(second), _warnings(second)
+    assert "public.events" in warnings_of(second), warnings_of(second)
     writer.assert_kept(prod_db.dsn)
 
     before = {c["address"]: c for c in second["targets"][0]["changes"]}["update rows public.users"]["detail"]
     prod_db.execute("INSERT INTO users (email, full_name) VALUES ('new@example.com', 'new user')")
     third = _run(shadow_cli, "plan", "-f", str(plan))
     assert third["_code"] == 0, third["_text"]
-    assert "rehearsed twice" in _warnings(third) and "warm checkpoint" in _warnings(third), _warnings(third)
+    assert "rehearsed twice" in warnings_of(third) and "warm checkpoint" in warnings_of(third), warnings_of(third)
     assert _warm_info(third)["reused"] is False  # the second rehearsal took a fresh checkpoint
     after = {c["address"]: c for c in third["targets"][0]["changes"]}["update rows public.users"]["detail"]
     assert after["count"] == before["count"] + 1, (before, after)
@@ -390,7 +386,7 @@ def test_a_rehearsal_counts_the_same_changes_whether_it_reads_the_shadow_as_it_w
     assert changes(runs["plain"]) == changes(runs["keeps"]) == changes(runs["warm"]), changes(runs["plain"])
     assert len(changes(runs["plain"])) == len(may.split(", ")), changes(runs["plain"])
     for how in ("plain", "warm"):
-        assert (FALLBACK in _warnings(runs[how])) is fallback, (how, _warnings(runs[how]))
+        assert (FALLBACK in warnings_of(runs[how])) is fallback, (how, warnings_of(runs[how]))
         verdicts = {v["rule"]: v for v in runs[how]["expectations"]}
         assert verdicts["rollback"]["ok"] and verdicts["fidelity"]["ok"], verdicts
 

@@ -9,18 +9,27 @@ name a process that is gone, so ``shadow gc`` and ``shadow recover`` remove it (
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 MODULE = "adapters.docker_remove"
 
 
+# What the remover needs of this process's environment to reach the same engine (DOCKER_HOST, DOCKER_CONFIG, an
+# ssh:// engine's agent …) and to start: nothing else, so no credential of the run goes with it.
+KEPT = ("PATH", "HOME", "PYTHONPATH", "VIRTUAL_ENV", "TMPDIR", "LANG")
+KEPT_PREFIXES = ("DOCKER_", "SSH_", "LC_")
+
+
 def start(container_ids: list[str]) -> bool:
     """Start the removal of ``container_ids`` in a session of its own, its output discarded; False when no process
     could be started (the caller removes them itself)."""
+    env = {k: v for k, v in os.environ.items() if k in KEPT or k.startswith(KEPT_PREFIXES)}
     try:
         subprocess.Popen([sys.executable, "-m", MODULE, *container_ids], stdin=subprocess.DEVNULL,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True,
+                         env=env)
     except OSError:
         return False
     return True

@@ -104,3 +104,15 @@ def test_a_container_whose_remover_never_ran_is_removed_by_gc(engine: Any, tmp_p
     r = run_cli("gc", "--json", state=tmp_path / "state", cwd=tmp_path, backend=None, env={})
     assert r.code == 0, r.text
     assert not _exists(engine, "container", found)
+
+
+def test_the_remover_gets_what_reaches_the_engine_and_no_credential_of_the_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: dict[str, Any] = {}
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:23750")
+    monkeypatch.setenv("APP_DATABASE_URL", "postgresql://app:s3cret@db/app")
+    monkeypatch.setenv("PGPASSWORD", "s3cret")
+    monkeypatch.setattr(docker_remove.subprocess, "Popen", lambda argv, **kw: started.update(argv=argv, **kw))
+    assert docker_remove.start(["c0ffee"])
+    assert started["argv"][1:] == ["-m", "adapters.docker_remove", "c0ffee"] and started["start_new_session"]
+    assert started["env"]["DOCKER_HOST"] == "tcp://127.0.0.1:23750"
+    assert "s3cret" not in " ".join(started["env"].values())

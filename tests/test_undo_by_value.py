@@ -12,8 +12,7 @@ from pathlib import Path
 from adapters import Checkpoint
 from shadow.settings import Settings
 from snapshots import Store
-from tests.conftest import ProdDb, write_plan
-from tests.test_undo_tables import _report
+from tests.conftest import ProdDb, report_of, write_plan
 from tests.writer import Writer
 
 PLAN = """
@@ -62,7 +61,7 @@ SEEDED = "id <= 60"  # the seed rows and whatever the run wrote (its rows have i
 def _apply(shadow_cli, plan: Path) -> str:  # type: ignore[no-untyped-def]
     applied = shadow_cli("apply", "-f", str(plan), "--json")
     assert applied.code == 0, applied.text
-    report = _report(applied)
+    report = report_of(applied)
     assert report["outcome"] == "applied", report["reason"]
     return str(report["run_id"])
 
@@ -77,7 +76,7 @@ def test_a_keyless_table_is_undone_row_by_row_while_the_application_writes_to_it
         rolled = shadow_cli("rollback", run_id, "--json")
         writer.stop()
     assert rolled.code == 0, rolled.text
-    report = _report(rolled)
+    report = report_of(rolled)
     assert report["outcome"] == "restored", report["reason"]
     restore = report["targets"][0]["restore"]
     assert restore["mode"] == "undo" and restore["verified"], restore
@@ -97,7 +96,7 @@ def test_rows_equal_to_others_are_taken_out_once_for_each_run(prod_db: ProdDb, s
     assert prod_db.scalar(count) == 4
     for run_id, left in ((first, 3), (second, 2)):
         rolled = shadow_cli("rollback", run_id, "--json")
-        assert rolled.code == 0 and _report(rolled)["outcome"] == "restored", rolled.text
+        assert rolled.code == 0 and report_of(rolled)["outcome"] == "restored", rolled.text
         assert prod_db.scalar(count) == left
 
 
@@ -111,7 +110,7 @@ def test_a_row_the_run_inserted_and_someone_deleted_is_a_conflict_unless_forced(
     as_left = _digest(prod_db)
     refused = shadow_cli("rollback", run_id, "--json")
     assert refused.code == 1, refused.text
-    report = _report(refused)
+    report = report_of(refused)
     assert report["outcome"] == "refused" and "ROLLBACK REFUSED, production untouched" in report["reason"]
     assert "table public.journal: 1 row value(s) the run inserted were deleted since" in report["reason"]
     assert _digest(prod_db) == as_left  # nothing of the undo happened
@@ -125,7 +124,7 @@ def test_a_second_undo_of_the_same_run_does_nothing(prod_db: ProdDb, shadow_cli,
     prod_db.execute(JOURNAL)
     before = _digest(prod_db)
     run_id = _apply(shadow_cli, _plan(tmp_path, prod_db, CHANGE))
-    assert _report(shadow_cli("rollback", run_id, "--json"))["outcome"] == "restored"
+    assert report_of(shadow_cli("rollback", run_id, "--json"))["outcome"] == "restored"
     assert _digest(prod_db) == before
     settings = Settings.from_env(state_dir=str(shadow_cli.state_dir))
     store = Store(settings.store_dir)
@@ -189,7 +188,7 @@ def test_a_keyless_partitioned_table_is_undone_by_value_across_its_partitions(pr
     prod_db.execute("INSERT INTO readings VALUES ('2025-03-03', 7), ('2026-03-03', 7)")
     rolled = shadow_cli("rollback", run_id, "--json")
     assert rolled.code == 0, rolled.text
-    assert _report(rolled)["targets"][0]["restore"]["mode"] == "undo"
+    assert report_of(rolled)["targets"][0]["restore"]["mode"] == "undo"
     assert (_digest(prod_db, where, "readings"), prod_db.scalar(placed)) == (before, counts)
     assert prod_db.scalar("SELECT count(*) FROM readings WHERE v = 7") == 2
 
@@ -206,5 +205,5 @@ def test_a_keyless_table_referencing_a_keyed_one_is_undone_in_foreign_key_order(
         {"migrate.sql": sql})
     rolled = shadow_cli("rollback", _apply(shadow_cli, plan), "--json")
     assert rolled.code == 0, rolled.text
-    assert _report(rolled)["targets"][0]["restore"]["mode"] == "undo"
+    assert report_of(rolled)["targets"][0]["restore"]["mode"] == "undo"
     assert (_digest(prod_db, table="users"), _digest(prod_db, table="user_log")) == before

@@ -267,7 +267,7 @@ def _collect_docker(result: GcResult) -> None:
         for container in containers:
             item = Leftover("container", container.short_id, container.labels.get(dockerlib.LABEL_RUN),
                             f"owner pid {container.labels.get(dockerlib.LABEL_PID)} gone")
-            _remove(result, item, partial(container.remove, force=True, v=True), (NotFound,), (APIError,))
+            _remove(result, item, partial(_remove_container, container), (NotFound, _BeingRemoved), (APIError,))
         for network in client.networks.list(filters={"label": dockerlib.LABEL_RUN}):
             found = network.attrs.get("Labels") or {}
             if dockerlib.owner_alive(found):
@@ -277,6 +277,21 @@ def _collect_docker(result: GcResult) -> None:
             _remove(result, item, network.remove, (NotFound,), (APIError,))
     finally:
         client.close()
+
+
+class _BeingRemoved(Exception):
+    """Another process removes the container already: a CLI run's remover (adapters.docker_remove), another gc."""
+
+
+def _remove_container(container: Any) -> None:
+    from docker.errors import APIError
+
+    try:
+        container.remove(force=True, v=True)
+    except APIError as exc:
+        if exc.status_code == 409 and "already in progress" in str(exc):
+            raise _BeingRemoved(str(exc)) from exc
+        raise
 
 
 def _collect_tempdirs(result: GcResult, tmp: Path, runs_dir: Path, owners: dict[tuple[str, str], str],

@@ -116,3 +116,24 @@ def test_the_remover_gets_what_reaches_the_engine_and_no_credential_of_the_run(m
     assert started["argv"][1:] == ["-m", "adapters.docker_remove", "c0ffee"] and started["start_new_session"]
     assert started["env"]["DOCKER_HOST"] == "tcp://127.0.0.1:23750"
     assert "s3cret" not in " ".join(started["env"].values())
+
+
+def test_gc_takes_a_container_another_process_is_removing_as_gone_not_as_a_failure() -> None:
+    """`shadow gc` run the moment a CLI run ends finds its container still there, its remover at work: the engine
+    answers 409 "already in progress", which is no failure of gc's (pure logic: the engine's answer, as it gives it)."""
+    import requests
+    from docker.errors import APIError, NotFound
+
+    from shadow import gc
+
+    class Removing:
+        def remove(self, **options: Any) -> None:
+            answer = requests.Response()
+            answer.status_code = 409
+            raise APIError("409 Client Error: Conflict", response=answer,
+                           explanation="removal of container c0ffee is already in progress")
+
+    result = gc.GcResult(dry_run=False)
+    item = gc.Leftover("container", "c0ffee", "run-1", "owner pid 1 gone")
+    gc._remove(result, item, lambda: gc._remove_container(Removing()), (NotFound, gc._BeingRemoved), (APIError,))
+    assert (result.removed, result.failed) == ([], [])

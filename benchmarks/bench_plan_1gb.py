@@ -19,9 +19,9 @@ discarded at the end.
 What is printed, first, the checkpoint alone against ``pg_dump`` (best of 3 each, in turns); then per backend: one
 line per step — shadow's time, the raw baseline, the ratio. The cold plan runs ``--turns`` times (3), each right
 after its own ``pg_dump`` + ``pg_restore -j2``, and the turn with the median ratio fills the first four rows: this
-machine's speed drifts by ±30% within minutes, and a baseline timed once at the start would measure the drift. shadow's checkpoint
-and shadow-ready times are its own step timings from the plan's ``--json`` (``steps``); whole commands are wall
-times measured here. Any other per-phase timings the JSON carries (a list of ``{name, seconds}``-like entries or a
+machine's speed drifts by ±30% within minutes, and a baseline timed once at the start would measure the drift.
+shadow's checkpoint and shadow-ready times are its own step timings from the plan's ``--json`` (``steps``); whole
+commands are wall times measured here. Any other per-phase timings the JSON carries (a list of ``{name, seconds}``-like entries or a
 ``{phase: seconds}`` mapping, wherever it sits) are printed after the table, as found.
 """
 

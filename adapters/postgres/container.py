@@ -2,8 +2,9 @@
 
 The container is labelled with the run id (``adapters.docker.labels``), gets the plan's resource limits, runs
 with durability off (a shadow is thrown away), and is removed in ``stop()`` — which ``__exit__`` calls even
-when start-up failed half way — or, at the end of a CLI run, by a process of its own (``stop_soon()``). Images are never built here: ``postgres:<major>`` by default (pulled by Docker
-as usual), or the plan's ``image:`` / ``SHADOW_POSTGRES_IMAGE`` (``{major}`` is replaced by the major version).
+when start-up failed half way — or, at the end of a CLI run, by a process of its own (``stop_soon()``). Images
+are never built here: ``postgres:<major>`` by default (pulled by Docker as usual), or the plan's ``image:`` /
+``SHADOW_POSTGRES_IMAGE`` (``{major}`` is replaced by the major version).
 """
 
 from __future__ import annotations
